@@ -50,3 +50,18 @@ class ElfError(MinikvmError):
 
 class GuestFault(MinikvmError):
     """The guest did something that ends its run (a crash report is attached)."""
+
+
+class SyscallError(MinikvmError):
+    """A system call fails: the guest gets ``-errno`` in RAX.
+
+    Raised anywhere below the syscall dispatcher (a bad guest pointer in
+    ``mm.py`` raises ``SyscallError(EFAULT)``); the dispatcher is the one
+    place that turns it into the return value.  ``reason`` is for
+    ``--trace`` (``= -1 EACCES (denied: outside allowed paths)``).
+    """
+
+    def __init__(self, err: int, reason: str = "") -> None:
+        self.errno = err
+        self.reason = reason
+        super().__init__(f"{errno.errorcode.get(err, err)}{': ' + reason if reason else ''}")

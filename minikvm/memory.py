@@ -27,6 +27,10 @@ PAGE_SIZE = 4096  # x86 base page (Intel SDM Vol. 3A §4.1)
 #: mmap(2) flag: do not reserve swap for the whole region (the guest touches
 #: little of it).  Python's mmap module only exports it from 3.13 on.
 MAP_NORESERVE = 0x4000
+FALLOC_FL_KEEP_SIZE = 0x01   # linux/falloc.h
+FALLOC_FL_PUNCH_HOLE = 0x02
+
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class GuestMemory:
@@ -104,6 +108,22 @@ class GuestMemory:
     def write_u64(self, gpa: int, value: int) -> None:
         """Store one little-endian 64-bit value."""
         struct.pack_into("<Q", self.view(gpa, 8), 0, value)
+
+    def discard(self, gpa: int, length: int) -> None:
+        """Give pages back: afterwards they read as zeros, like fresh RAM.
+
+        In the owner's shared view this punches a hole in the memfd
+        (``fallocate(FALLOC_FL_PUNCH_HOLE)``), which also returns the host
+        memory.  A private (copy-on-write) view must not touch the shared
+        file, so it just writes zeros.
+        """
+        self.view(gpa, length)  # bounds check
+        if self.shared and self.owns_fd:
+            offset = gpa - self.base
+            if _libc.fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                               ctypes.c_long(offset), ctypes.c_long(length)) == 0:
+                return
+        self.zero(gpa, length)
 
     def zero(self, gpa: int, length: int) -> None:
         """Fill ``[gpa, gpa + length)`` with zeros (what fresh RAM reads as)."""

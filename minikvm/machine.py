@@ -1,0 +1,332 @@
+"""Layer 6 — a machine that runs one user-mode program, and its run loop.
+
+This is where the pieces meet: a VM with one vCPU in 64-bit long mode, the
+kernel area of :mod:`minikvm.layout` (GDT, IDT, TSS, stubs), the page
+tables of an :class:`~minikvm.mm.AddressSpace`, and the loop that runs the
+guest until it needs the host.
+
+The guest program runs at CPL 3 and never leaves it for long:
+
+* ``syscall`` jumps to the stub at LSTAR, whose ``out`` exits to the host.
+  The host reads the system call from the registers (synced through
+  ``kvm_run``, no ioctl), lets Python handle it, writes RAX, and the guest
+  resumes after its ``syscall`` — see :meth:`Machine.run`.
+* Any exception goes through the IDT to a stub on the IST stack, whose
+  ``out`` names the vector; the host reads the CPU's frame and builds a
+  crash report (:mod:`minikvm.crash`).
+
+On PVM hosts (``kvm_pvm``) ``syscall`` does not enter ring 0, ``sysretq``
+is not emulated, and CPL 0 code is slow; so the host returns the guest
+from the syscall itself.  On hardware VMX/SVM the stub's ``sysretq`` does
+it.  The CPL seen at the exit tells which case we are in.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from minikvm import ioctl as k
+from minikvm import x86
+from minikvm.crash import CrashReport, ExceptionFrame, Symbolizer, describe_exception
+from minikvm.gdt import GDT_LIMIT, TSS_SELECTOR, build_long_mode_gdt, tss_kvm_segment
+from minikvm.guestcode import (EXCEPTION_STUB_SIZE, SYSCALL_EXIT_OFFSET, assemble,
+                               exception_stubs, syscall_entry)
+from minikvm.idt import IDT_LIMIT, Gate, build_idt
+from minikvm.kvm import Kvm
+from minikvm.layout import (DEFAULT_MEMORY_SIZE, EXCEPTION_PORT_BASE, EXCEPTION_STUBS_ADDRESS,
+                            GDT_ADDRESS, IDT_ADDRESS, IST_STACK_BOTTOM, IST_STACK_TOP,
+                            PAGE_SIZE, SYSCALL_PORT, SYSCALL_STUB_ADDRESS, TSS_ADDRESS)
+from minikvm.memory import GuestMemory
+from minikvm.mm import AddressSpace
+from minikvm.paging import pte_flags
+from minikvm.segments import KERNEL_CODE64, KERNEL_DATA64, USER_CODE64, USER_DATA64
+from minikvm.tss import Tss
+
+MEMORY_SLOT = 0
+IST_INDEX = 1  # every exception gate uses IST1
+#: Where the syscall stub's ``out`` leaves RIP: the sign of a genuine syscall.
+SYSCALL_EXIT_RIP = SYSCALL_STUB_ADDRESS + SYSCALL_EXIT_OFFSET
+#: RFLAGS bits a program may set (like SYSRET's mask, minus IOPL, which a
+#: hostile guest could otherwise smuggle in through R11).
+USER_RFLAGS_MASK = (x86.RFLAGS_CF | x86.RFLAGS_PF | 1 << 4 | x86.RFLAGS_ZF | x86.RFLAGS_SF
+                    | x86.RFLAGS_TF | x86.RFLAGS_DF | x86.RFLAGS_OF | x86.RFLAGS_AC
+                    | x86.RFLAGS_ID)
+#: SYSCALL clears these RFLAGS bits on entry (MSR_SYSCALL_MASK), as Linux does.
+SYSCALL_MASK = x86.RFLAGS_TF | x86.RFLAGS_DF | x86.RFLAGS_IF | x86.RFLAGS_AC | x86.RFLAGS_NT
+#: STAR: SYSCALL takes CS from bits 47:32 (SS = +8); SYSRET takes bits 63:48
+#: and uses +16 for CS and +8 for SS (Intel SDM Vol. 2B "SYSRET").
+STAR_VALUE = (KERNEL_DATA64.selector << 48) | (KERNEL_CODE64.selector << 32)
+MXCSR_DEFAULT = 0x1F80   # all SIMD exceptions masked, round to nearest
+FCW_DEFAULT = 0x037F     # x87: all exceptions masked, 64-bit precision
+CPUID_FEATURES = 1       # leaf 1: ECX/EDX feature flags
+CPUID_ECX_XSAVE = 1 << 26
+CPUID_EXTENDED_FEATURES = 7
+CPUID_EBX_FSGSBASE = 1 << 0
+CPUID_XSAVE_STATE = 0xD  # leaf 0xD sub-leaf 0: EAX = XCR0 bits supported
+PAT_DEFAULT = 0x0007_0406_0007_0406
+
+
+@dataclass
+class Stop:
+    """Why :meth:`Machine.run` returned (other than a handler raising)."""
+    kind: str                      # "crash", "timeout" or "failure"
+    message: str
+    crash: CrashReport | None = None
+
+
+class Machine:
+    """A VM, its memory and one vCPU, set up to run a 64-bit user program."""
+
+    def __init__(self, memory_size: int = DEFAULT_MEMORY_SIZE, *, kvm: Kvm | None = None,
+                 dirty_logging: bool = False) -> None:
+        self.kvm = kvm or Kvm()
+        self.vm = self.kvm.create_vm()
+        self.memory = GuestMemory(memory_size)
+        self.slot_flags = k.KVM_MEM_LOG_DIRTY_PAGES if dirty_logging else 0
+        self.vm.set_user_memory_region(MEMORY_SLOT, self.memory, self.slot_flags)
+        self.mm = AddressSpace(self.memory)
+        self._install_kernel_area()
+        self.vcpu = self.vm.create_vcpu(0)
+        self._setup_cpu()
+        self.vcpu.enable_sync_regs(k.KVM_SYNC_X86_REGS | k.KVM_SYNC_X86_SREGS)
+        self.symbolize: Symbolizer | None = None
+        self.exits = 0
+        self.host_returns_from_syscall: bool | None = None
+        self._timed_out = False
+
+    def close(self) -> None:
+        """Free the vCPU, the VM and the guest memory."""
+        self.vm.close()
+        self.memory.close()
+        self.kvm.close()
+
+    def __enter__(self) -> "Machine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the kernel area ------------------------------------------------------
+    def _install_kernel_area(self) -> None:
+        """Write GDT, IDT, TSS and stubs, and map them (supervisor-only,
+        except the syscall stub, which CPL 3 must be able to execute on PVM)."""
+        tss = Tss(rsp0=IST_STACK_TOP, ist=[IST_STACK_TOP] + [0] * 6,
+                  user_ports=frozenset({SYSCALL_PORT}))
+        self.tss_size = tss.size
+        self.memory.write(GDT_ADDRESS, build_long_mode_gdt(TSS_ADDRESS, tss.size))
+        gates = {vector: Gate(offset=EXCEPTION_STUBS_ADDRESS + vector * EXCEPTION_STUB_SIZE,
+                              selector=KERNEL_CODE64.selector, ist=IST_INDEX)
+                 for vector in range(x86.NUM_EXCEPTION_VECTORS)}
+        self.memory.write(IDT_ADDRESS, build_idt(gates))
+        self.memory.write(TSS_ADDRESS, tss.encode())
+        self.memory.write(SYSCALL_STUB_ADDRESS, assemble(syscall_entry()))
+        self.memory.write(EXCEPTION_STUBS_ADDRESS, exception_stubs())
+        data = pte_flags(read=True, write=True, execute=False, user=False)
+        tables = self.mm.page_tables
+        tables.map(GDT_ADDRESS, GDT_ADDRESS, PAGE_SIZE, data)
+        tables.map(IDT_ADDRESS, IDT_ADDRESS, PAGE_SIZE, data)
+        tables.map(TSS_ADDRESS, TSS_ADDRESS, PAGE_SIZE, data)
+        tables.map(SYSCALL_STUB_ADDRESS, SYSCALL_STUB_ADDRESS, PAGE_SIZE,
+                   pte_flags(read=True, write=False, execute=True, user=True))
+        tables.map(EXCEPTION_STUBS_ADDRESS, EXCEPTION_STUBS_ADDRESS, PAGE_SIZE,
+                   pte_flags(read=True, write=False, execute=True, user=False))
+        tables.map(IST_STACK_BOTTOM, IST_STACK_BOTTOM, IST_STACK_TOP - IST_STACK_BOTTOM, data)
+
+    # -- the CPU -------------------------------------------------------------
+    def _setup_cpu(self) -> None:
+        cpuid = self.kvm.get_supported_cpuid()
+        self.vcpu.set_cpuid2(cpuid)
+        leaves = {(e.function, e.index): e for e in cpuid.entries[:cpuid.nent]}
+        has_xsave = bool(leaves[(CPUID_FEATURES, 0)].ecx & CPUID_ECX_XSAVE)
+        extended = leaves.get((CPUID_EXTENDED_FEATURES, 0))
+        has_fsgsbase = bool(extended and extended.ebx & CPUID_EBX_FSGSBASE)
+
+        sregs = self.vcpu.get_sregs()
+        sregs.cr0 = x86.CR0_PE | x86.CR0_MP | x86.CR0_ET | x86.CR0_NE | x86.CR0_WP | x86.CR0_PG
+        sregs.cr4 = x86.CR4_PAE | x86.CR4_OSFXSR | x86.CR4_OSXMMEXCPT
+        if has_xsave:
+            sregs.cr4 |= x86.CR4_OSXSAVE
+        if has_fsgsbase:
+            sregs.cr4 |= x86.CR4_FSGSBASE
+        sregs.cr3 = self.mm.page_tables.root
+        sregs.efer = x86.EFER_SCE | x86.EFER_LME | x86.EFER_LMA | x86.EFER_NXE
+        sregs.gdt.base, sregs.gdt.limit = GDT_ADDRESS, GDT_LIMIT
+        sregs.idt.base, sregs.idt.limit = IDT_ADDRESS, IDT_LIMIT
+        sregs.cs = USER_CODE64.kvm_segment()
+        for name in ("ds", "es", "ss", "fs", "gs"):
+            setattr(sregs, name, USER_DATA64.kvm_segment())
+        sregs.tr = tss_kvm_segment(TSS_ADDRESS, self.tss_size)
+        self.vcpu.set_sregs(sregs)
+
+        self.vcpu.set_msrs({
+            x86.MSR_STAR: STAR_VALUE,
+            x86.MSR_LSTAR: SYSCALL_STUB_ADDRESS,
+            x86.MSR_CSTAR: SYSCALL_STUB_ADDRESS,
+            x86.MSR_SYSCALL_MASK: SYSCALL_MASK,
+            x86.MSR_FS_BASE: 0,
+            x86.MSR_GS_BASE: 0,
+            x86.MSR_KERNEL_GS_BASE: 0,
+            x86.MSR_IA32_CR_PAT: PAT_DEFAULT,
+        })
+        if has_xsave:
+            state = leaves.get((CPUID_XSAVE_STATE, 0))
+            supported = state.eax if state else x86.XCR0_X87 | x86.XCR0_SSE
+            self.vcpu.set_xcr0(supported & (x86.XCR0_X87 | x86.XCR0_SSE | x86.XCR0_AVX
+                                            | x86.XCR0_OPMASK | x86.XCR0_ZMM_HI256
+                                            | x86.XCR0_HI16_ZMM))
+        fpu = k.kvm_fpu(fcw=FCW_DEFAULT, mxcsr=MXCSR_DEFAULT)
+        self.vcpu.set_fpu(fpu)
+
+    def set_entry(self, rip: int, rsp: int, **registers: int) -> None:
+        """Point the vCPU at the program's first instruction and stack."""
+        regs = k.kvm_regs(rip=rip, rsp=rsp, rflags=x86.RFLAGS_FIXED)
+        for name, value in registers.items():
+            setattr(regs, name, value)
+        self.vcpu.set_regs(regs)
+
+    def set_fs_base(self, value: int) -> None:
+        """Set FS.base (the thread pointer, for ``arch_prctl(ARCH_SET_FS)``)."""
+        self.vcpu.set_msrs({x86.MSR_FS_BASE: value})
+
+    def set_gs_base(self, value: int) -> None:
+        """Set GS.base (``arch_prctl(ARCH_SET_GS)``)."""
+        self.vcpu.set_msrs({x86.MSR_GS_BASE: value})
+
+    def flush_translations(self) -> None:
+        """Make the vCPU forget every cached translation.
+
+        After the host removes or weakens a mapping, KVM's copy of it (the
+        shadow page tables on PVM, the guest TLB on hardware) may still
+        allow the old access.  Removing the memory slot and adding it back
+        makes KVM drop everything it derived from guest memory.  Measured
+        here: ~0.1 ms, paid only on munmap/mprotect/mremap that take
+        access away.
+        """
+        self.vm.delete_user_memory_region(MEMORY_SLOT)
+        self.vm.set_user_memory_region(MEMORY_SLOT, self.memory, self.slot_flags)
+        self.mm.stale_translations = False
+
+    # -- running ---------------------------------------------------------------
+    def run(self, on_syscall: Callable[[k.kvm_regs], None], timeout: float | None = None) -> Stop:
+        """Run the guest until it crashes, times out or KVM fails.
+
+        For each system call, ``on_syscall(regs)`` is called with the live
+        synced registers: the number in ``regs.rax``, arguments in RDI,
+        RSI, RDX, R10, R8, R9.  It stores the result in ``regs.rax``; the
+        guest then resumes after its ``syscall``.  To end the run (exit),
+        the handler raises; the exception propagates out of here.
+        """
+        if timeout is not None:
+            self._arm_timer(timeout)
+        try:
+            return self._run_loop(on_syscall)
+        finally:
+            if timeout is not None:
+                self._disarm_timer()
+
+    def _run_loop(self, on_syscall: Callable[[k.kvm_regs], None]) -> Stop:
+        vcpu = self.vcpu
+        run_once = vcpu.run_once
+        state = vcpu.run_state
+        regs = state.s.regs.regs
+        sregs = state.s.regs.sregs
+        io = state.io
+        mm = self.mm
+        sync_regs_dirty = k.KVM_SYNC_X86_REGS
+        exit_io = k.KVM_EXIT_IO
+        while True:
+            if mm.stale_translations:
+                self.flush_translations()
+            reason = run_once()
+            self.exits += 1
+            if reason == exit_io and io.port == SYSCALL_PORT and regs.rip == SYSCALL_EXIT_RIP:
+                on_syscall(regs)
+                if sregs.cs.dpl == 3:  # PVM: syscall stayed in CPL 3; return for the stub
+                    regs.rip = regs.rcx
+                    regs.rflags = (regs.r11 & USER_RFLAGS_MASK) | x86.RFLAGS_FIXED
+                state.kvm_dirty_regs = sync_regs_dirty
+                continue
+            stop = self._unusual_exit(reason)
+            if stop is not None:
+                return stop
+
+    def _unusual_exit(self, reason: int) -> Stop | None:
+        """Everything but a system call: a crash, a timeout, or a failure."""
+        state = self.vcpu.run_state
+        if reason < 0 or reason == k.KVM_EXIT_INTR:
+            state.immediate_exit = 0
+            if self._timed_out:
+                return Stop("timeout", "the time limit was reached")
+            return None  # some other signal: its Python handler has run; resume
+        if reason == k.KVM_EXIT_IO:
+            port = state.io.port
+            if EXCEPTION_PORT_BASE <= port < EXCEPTION_PORT_BASE + x86.NUM_EXCEPTION_VECTORS:
+                return self._crash(port - EXCEPTION_PORT_BASE)
+            regs = state.s.regs.regs
+            frame = ExceptionFrame(x86.VECTOR_GP, 0, regs.rip, state.s.regs.sregs.cs.selector,
+                                   regs.rflags, regs.rsp, 0)
+            report = describe_exception(frame, self.symbolize)
+            report.what = f"general protection fault (port I/O on port {port:#x})"
+            return Stop("crash", report.one_line(), report)
+        if reason == k.KVM_EXIT_SHUTDOWN:
+            return self._failure("triple fault: an exception happened while the CPU was "
+                                 "delivering another one, so the guest could not even report it")
+        if reason == k.KVM_EXIT_FAIL_ENTRY:
+            code = state.fail_entry.hardware_entry_failure_reason
+            return self._failure(f"KVM could not enter the guest (hardware reason {code:#x}): "
+                                 "the vCPU's register state is invalid")
+        if reason == k.KVM_EXIT_INTERNAL_ERROR:
+            return self._failure(f"KVM internal error {state.internal.suberror}: KVM could not "
+                                 "emulate or deliver what the guest did (on PVM hosts, e.g., "
+                                 "a hypercall instruction)")
+        if reason == k.KVM_EXIT_HLT:
+            return self._failure("the guest halted")
+        return self._failure(f"unexpected VM exit {k.exit_reason_name(reason)}")
+
+    def _failure(self, message: str) -> Stop:
+        regs = self.vcpu.run_state.s.regs.regs
+        symbol = self.symbolize(regs.rip) if self.symbolize else None
+        where = f" at rip={regs.rip:#x}" + (f" <{symbol}>" if symbol else "")
+        return Stop("failure", f"SIGKILL: {message}{where}")
+
+    def _crash(self, vector: int) -> Stop:
+        """Read the frame the CPU pushed on the IST stack (below our stub's
+        pushed-or-CPU error code) and describe the crash."""
+        top = IST_STACK_TOP
+        error_code, rip, cs, rflags, rsp, ss = (
+            self.memory.read_u64(top - 48 + 8 * i) for i in range(6))
+        cr2 = self.vcpu.run_state.s.regs.sregs.cr2
+        frame = ExceptionFrame(vector, error_code, rip, cs, rflags, rsp, ss, cr2)
+        report = describe_exception(frame, self.symbolize)
+        return Stop("crash", report.one_line(), report)
+
+    # -- the time limit ----------------------------------------------------------
+    def _arm_timer(self, seconds: float) -> None:
+        """SIGALRM after *seconds*, then every 10 ms until disarmed.
+
+        A signal makes KVM_RUN return with EINTR.  The handler also sets
+        ``kvm_run.immediate_exit``, so a signal that lands just before
+        KVM_RUN starts still stops it; the repeating interval covers the
+        last gap (a signal between our check and the ioctl)."""
+        self._timed_out = False
+        state = self.vcpu.run_state
+
+        def on_alarm(signum: int, frame: object) -> None:
+            self._timed_out = True
+            state.immediate_exit = 1
+
+        self._previous_alarm = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001), 0.01)
+
+    def _disarm_timer(self) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, self._previous_alarm)
+        self.vcpu.run_state.immediate_exit = 0
+
+
+def monotonic_us() -> float:
+    """Microseconds on the monotonic clock (for the benchmarks)."""
+    return time.perf_counter() * 1e6
