@@ -1,0 +1,133 @@
+"""Build the C test programs in ``tests/programs`` with every toolchain we can find.
+
+The programs here are run natively and under minikvm, and their stdout,
+stderr and exit status compared.  Each is built in several *variants*,
+because the C libraries start a process differently (glibc's static start-up
+relocates itself when built as static-PIE, musl reads the auxiliary vector
+its own way), and minikvm has to run all of them:
+
+===================  ==========================  =============================
+variant              command                     what comes out
+===================  ==========================  =============================
+``glibc-static``     ``cc -static -O2``          ET_EXEC at 0x400000
+``glibc-static-pie`` ``cc -static-pie -O2``      ET_DYN, no interpreter
+``musl-static``      ``musl-gcc -static -O2``    ET_EXEC, musl libc
+``glibc-dynamic``    ``cc -O2``                  ET_DYN *with* PT_INTERP: minikvm
+                                                 must refuse it (not in
+                                                 :func:`available_variants`)
+===================  ==========================  =============================
+
+Use :func:`program` from a test: it builds once per session into a cache
+directory and skips the test (with the reason) when a compiler or a static C
+library is missing.  :func:`build` is the uncached step underneath.
+
+This is a helper module, not a conftest: import it as
+``from tests.programs.build import program, available_variants``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+SOURCE_DIR = Path(__file__).resolve().parent
+
+#: The programs compared natively and under minikvm (``stackdump.c`` is not
+#: one of them: it prints the kernel's stack layout for tests/test_stack.py).
+PROGRAMS = ("hello", "args", "files", "malloc", "clock", "random", "segv", "abort",
+            "exitcode", "stdin", "spin", "getpid_loop")
+
+#: variant -> compiler command (the source and ``-o OUT`` are appended).
+COMMANDS: dict[str, list[str]] = {
+    "glibc-static": ["cc", "-static", "-O2", "-Wall"],
+    "glibc-static-pie": ["cc", "-static-pie", "-O2", "-Wall"],
+    "musl-static": ["musl-gcc", "-static", "-O2", "-Wall"],
+    "glibc-dynamic": ["cc", "-O2", "-Wall"],
+}
+#: The variants minikvm runs (every static one).
+STATIC_VARIANTS = ("glibc-static", "glibc-static-pie", "musl-static")
+#: Where :func:`program` keeps its builds between sessions (override with
+#: ``MINIKVM_TEST_BUILD_DIR``); a build is redone when its source or this
+#: file is newer than the binary.
+DEFAULT_BUILD_DIR = Path(os.environ.get(
+    "MINIKVM_TEST_BUILD_DIR",
+    Path(tempfile.gettempdir()) / f"minikvm-test-programs-{os.getuid()}"))
+COMPILE_TIMEOUT_SECONDS = 120
+
+_PROBE_SOURCE = "int main(void) { return 0; }\n"
+
+
+@functools.cache
+def unavailable_reason(variant: str) -> str:
+    """Why *variant* cannot be built here, or ``""`` when it can.
+
+    Having the compiler is not enough (``cc -static`` also needs ``libc.a``,
+    ``-static-pie`` needs glibc's ``rcrt1.o``), so this compiles a one-line
+    program once and reports the compiler's own complaint if that fails.
+    """
+    if variant not in COMMANDS:
+        raise ValueError(f"unknown variant {variant!r}: expected one of {', '.join(COMMANDS)}")
+    compiler = COMMANDS[variant][0]
+    if shutil.which(compiler) is None:
+        package = "musl-tools" if compiler == "musl-gcc" else "gcc and libc6-dev"
+        return f"{variant}: {compiler} not found (apt-get install {package})"
+    with tempfile.TemporaryDirectory(prefix="minikvm-probe-") as scratch:
+        source = Path(scratch, "probe.c")
+        source.write_text(_PROBE_SOURCE)
+        result = _compile(variant, source, Path(scratch, "probe"))
+        if result.returncode != 0:
+            first_line = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            return f"{variant}: {' '.join(COMMANDS[variant])} cannot link a program: {first_line}"
+    return ""
+
+
+def available_variants() -> list[str]:
+    """The static variants that can be built on this machine."""
+    return [variant for variant in STATIC_VARIANTS if not unavailable_reason(variant)]
+
+
+def build(source: Path, out_dir: Path, variant: str) -> Path:
+    """Compile *source* as *variant* into *out_dir*; return the executable's path.
+
+    The output is named ``<stem>-<variant>``.  It is rebuilt only when it is
+    older than *source* or this file.  The compiler writes to a temporary
+    name that is then renamed, so concurrent test processes never see a
+    half-written binary.  Skips the calling test when *variant* cannot be
+    built here; fails it (with the compiler's output) when *source* does not
+    compile.
+    """
+    reason = unavailable_reason(variant)
+    if reason:
+        pytest.skip(reason)
+    source = Path(source)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    output = out_dir / f"{source.stem}-{variant}"
+    newest_input = max(source.stat().st_mtime, Path(__file__).stat().st_mtime)
+    if output.exists() and output.stat().st_mtime >= newest_input:
+        return output
+    partial = output.with_name(f"{output.name}.{os.getpid()}.partial")
+    result = _compile(variant, source, partial)
+    if result.returncode != 0:
+        partial.unlink(missing_ok=True)
+        pytest.fail(f"{' '.join(result.args)} failed:\n{result.stderr}", pytrace=False)
+    os.replace(partial, output)
+    return output
+
+
+@functools.cache
+def program(name: str, variant: str = "glibc-static") -> Path:
+    """The executable of ``tests/programs/<name>.c`` as *variant*, built once per session."""
+    return build(SOURCE_DIR / f"{name}.c", DEFAULT_BUILD_DIR, variant)
+
+
+def _compile(variant: str, source: Path, output: Path) -> subprocess.CompletedProcess[str]:
+    command = [*COMMANDS[variant], str(source), "-o", str(output)]
+    return subprocess.run(command, capture_output=True, text=True,
+                          timeout=COMPILE_TIMEOUT_SECONDS, check=False)
