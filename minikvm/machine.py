@@ -100,6 +100,7 @@ class Machine:
     def close(self) -> None:
         """Free the vCPU, the VM and the guest memory."""
         self.vm.close()
+        self.mm.page_tables.words.release()
         self.memory.close()
         self.kvm.close()
 

@@ -68,7 +68,13 @@ class GuestMemory:
             return
         del self._pin
         self.buffer.release()
-        self._map.close()
+        try:
+            self._map.close()
+        except BufferError:
+            # A view derived from ours (a page-table word view, a buffer a
+            # syscall still holds) pins the mapping; it is unmapped when the
+            # last of them is garbage-collected.
+            pass
         self._map = None
         if self.owns_fd:
             os.close(self.fd)

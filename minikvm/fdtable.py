@@ -1,0 +1,229 @@
+"""Layer 7 — the guest's file descriptors, and what each one is.
+
+The guest's fd numbers are its own: fd 1 of the guest is an entry in this
+table, which says what the number refers to.
+
+* :class:`HostFile` — a host file descriptor the policy opened for us
+  (or a ``dup`` of our own stdin/stdout/stderr).  Reads and writes go
+  straight from guest memory to the host fd with ``os.readv``/``os.writev``
+  on ``memoryview`` slices of guest RAM: no copy in Python.
+* :class:`DeviceFile` — ``/dev/null``, ``/dev/zero``, ``/dev/urandom``,
+  implemented here, so a guest with no grants still has them.
+* :class:`PipeEnd` — both ends of a ``pipe2`` inside the guest, a buffer in
+  the host (one process, one thread: a read of an empty pipe whose writer is
+  open would block forever, so it reports EAGAIN — documented as partial).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as stat_module
+from dataclasses import dataclass, field
+
+from minikvm.errors import SyscallError
+
+O_ACCMODE = 0o3
+O_RDONLY = 0
+O_WRONLY = 1
+O_RDWR = 2
+O_APPEND = 0o2000
+O_NONBLOCK = 0o4000
+O_CLOEXEC = 0o2000000
+FD_CLOEXEC = 1
+DEFAULT_MAX_FDS = 1024   # RLIMIT_NOFILE's usual soft limit
+PIPE_CAPACITY = 65536    # Linux's default pipe buffer
+
+
+class OpenFile:
+    """Something a guest fd refers to (Linux's ``struct file``)."""
+    kind = "file"
+    host_fd: int | None = None
+    path = ""
+    status_flags = 0
+
+    def readv(self, views: list[memoryview]) -> int:
+        raise SyscallError(errno.EBADF, "not open for reading")
+
+    def writev(self, chunks: list[memoryview]) -> int:
+        raise SyscallError(errno.EBADF, "not open for writing")
+
+    def close(self) -> None:
+        """Release what the file holds (called when the last fd goes)."""
+
+    def readable(self) -> bool:
+        return (self.status_flags & O_ACCMODE) != O_WRONLY
+
+    def writable(self) -> bool:
+        return (self.status_flags & O_ACCMODE) != O_RDONLY
+
+
+class HostFile(OpenFile):
+    """A host fd: a granted file, a directory, or our stdio."""
+    kind = "host"
+
+    def __init__(self, host_fd: int, path: str, status_flags: int) -> None:
+        self.host_fd = host_fd
+        self.path = path
+        self.status_flags = status_flags
+        self.directory_offset = 0  # getdents64 position (entries already returned)
+        self.directory_entries: list | None = None
+
+    def readv(self, views: list[memoryview]) -> int:
+        if not self.readable():
+            raise SyscallError(errno.EBADF, "not open for reading")
+        return os.readv(self.host_fd, views)  # type: ignore[arg-type]
+
+    def writev(self, chunks: list[memoryview]) -> int:
+        if not self.writable():
+            raise SyscallError(errno.EBADF, "not open for writing")
+        return os.writev(self.host_fd, chunks)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        if self.host_fd is not None:
+            os.close(self.host_fd)
+            self.host_fd = None
+
+    def is_directory(self) -> bool:
+        return stat_module.S_ISDIR(os.fstat(self.host_fd).st_mode)  # type: ignore[arg-type]
+
+
+class DeviceFile(OpenFile):
+    """``/dev/null``, ``/dev/zero``, ``/dev/urandom`` and ``/dev/random``."""
+    kind = "device"
+    #: st_rdev of the real devices (major 1, minors from devices.txt)
+    RDEV = {"null": os.makedev(1, 3), "zero": os.makedev(1, 5),
+            "random": os.makedev(1, 8), "urandom": os.makedev(1, 9)}
+
+    def __init__(self, name: str, path: str, status_flags: int) -> None:
+        self.name = name
+        self.path = path
+        self.status_flags = status_flags
+
+    def readv(self, views: list[memoryview]) -> int:
+        if self.name == "null":
+            return 0
+        total = 0
+        for view in views:
+            view[:] = bytes(len(view)) if self.name == "zero" else os.urandom(len(view))
+            total += len(view)
+        return total
+
+    def writev(self, chunks: list[memoryview]) -> int:
+        return sum(len(chunk) for chunk in chunks)
+
+
+@dataclass
+class Pipe:
+    """The buffer shared by the two ends of a pipe."""
+    data: bytearray = field(default_factory=bytearray)
+    readers: int = 1
+    writers: int = 1
+
+
+class PipeEnd(OpenFile):
+    """One end of an in-guest pipe."""
+    kind = "pipe"
+
+    def __init__(self, pipe: Pipe, writing: bool, status_flags: int) -> None:
+        self.pipe = pipe
+        self.writing = writing
+        self.status_flags = (O_WRONLY if writing else O_RDONLY) | status_flags
+        self.path = "pipe:[minikvm]"
+
+    def readv(self, views: list[memoryview]) -> int:
+        if self.writing:
+            raise SyscallError(errno.EBADF, "write end of a pipe")
+        if not self.pipe.data:
+            if self.pipe.writers == 0:
+                return 0
+            raise SyscallError(errno.EAGAIN, "pipe empty (a single-threaded guest would wait forever)")
+        total = 0
+        for view in views:
+            piece = self.pipe.data[:len(view)]
+            view[:len(piece)] = piece
+            del self.pipe.data[:len(piece)]
+            total += len(piece)
+            if not self.pipe.data:
+                break
+        return total
+
+    def writev(self, chunks: list[memoryview]) -> int:
+        if not self.writing:
+            raise SyscallError(errno.EBADF, "read end of a pipe")
+        if self.pipe.readers == 0:
+            raise SyscallError(errno.EPIPE, "no reader")
+        room = PIPE_CAPACITY - len(self.pipe.data)
+        if room <= 0:
+            raise SyscallError(errno.EAGAIN, "pipe full")
+        total = 0
+        for chunk in chunks:
+            piece = bytes(chunk[:room - total])
+            self.pipe.data += piece
+            total += len(piece)
+        return total
+
+    def close(self) -> None:
+        if self.writing:
+            self.pipe.writers -= 1
+        else:
+            self.pipe.readers -= 1
+
+
+@dataclass
+class FdEntry:
+    """A slot of the table: the file and the per-fd flags (FD_CLOEXEC)."""
+    file: OpenFile
+    cloexec: bool = False
+
+
+class FdTable:
+    """fd number → :class:`FdEntry`; the lowest free number is used first."""
+
+    def __init__(self, max_fds: int = DEFAULT_MAX_FDS) -> None:
+        self.entries: dict[int, FdEntry] = {}
+        self.max_fds = max_fds
+        self.references: dict[int, int] = {}  # id(file) -> open fds
+
+    def get(self, fd: int) -> OpenFile:
+        """The file behind *fd*, or EBADF."""
+        entry = self.entries.get(fd)
+        if entry is None:
+            raise SyscallError(errno.EBADF, f"fd {fd} is not open")
+        return entry.file
+
+    def install(self, file: OpenFile, lowest: int = 0, cloexec: bool = False) -> int:
+        """Give *file* the lowest free fd ≥ *lowest* (EMFILE at the limit)."""
+        fd = lowest
+        while fd in self.entries:
+            fd += 1
+        if fd >= self.max_fds:
+            raise SyscallError(errno.EMFILE, f"at most {self.max_fds} open files")
+        self.install_at(fd, file, cloexec)
+        return fd
+
+    def install_at(self, fd: int, file: OpenFile, cloexec: bool = False) -> None:
+        """Put *file* at exactly *fd*, closing what was there (dup2)."""
+        if not 0 <= fd < self.max_fds:
+            raise SyscallError(errno.EBADF, f"fd {fd} is beyond the limit of {self.max_fds}")
+        if fd in self.entries:
+            self.close(fd)
+        self.entries[fd] = FdEntry(file, cloexec)
+        self.references[id(file)] = self.references.get(id(file), 0) + 1
+
+    def close(self, fd: int) -> None:
+        """Close *fd*; the file is released when no fd refers to it any more."""
+        entry = self.entries.pop(fd, None)
+        if entry is None:
+            raise SyscallError(errno.EBADF, f"fd {fd} is not open")
+        count = self.references[id(entry.file)] - 1
+        if count:
+            self.references[id(entry.file)] = count
+        else:
+            del self.references[id(entry.file)]
+            entry.file.close()
+
+    def close_all(self) -> None:
+        """Close every fd (at exit)."""
+        for fd in list(self.entries):
+            self.close(fd)

@@ -1,0 +1,105 @@
+"""Layer 8 — the dispatcher: from a system-call exit to a handler and back.
+
+For every ``syscall`` the guest executes, :class:`Dispatcher` is called
+with the synced registers (``kvm_run.s.regs.regs``, no ioctl).  It looks
+the number up in a flat list, passes as many argument registers as the
+handler takes, and puts the result — or ``-errno`` — in RAX.  This is the
+one place where an error becomes ``-errno``.
+
+Linux's register convention (``arch/x86/entry/entry_64.S``): number in RAX,
+arguments in RDI, RSI, RDX, R10, R8, R9; the result in RAX.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from minikvm.errors import SyscallError
+from minikvm.syscalls.base import MASK64, Syscall
+from minikvm.syscalls.table import TABLE_BY_NUMBER
+from minikvm.syscalls.trace import Tracer
+
+if TYPE_CHECKING:
+    from minikvm.ioctl import kvm_regs
+    from minikvm.process import Process
+
+TABLE_SIZE = 512  # syscall numbers on x86-64 stay below this
+
+
+class Dispatcher:
+    """Calls the handler for each system call of one process."""
+
+    def __init__(self, process: "Process", tracer: Tracer | None = None,
+                 count: bool = False) -> None:
+        self.process = process
+        self.tracer = tracer
+        self.counts: dict[str, list[float]] | None = {} if count else None
+        self.entries: list[Syscall | None] = [None] * TABLE_SIZE
+        for number, entry in TABLE_BY_NUMBER.items():
+            self.entries[number] = entry
+
+    def __call__(self, regs: "kvm_regs") -> None:
+        number = regs.rax
+        entry = self.entries[number] if number < TABLE_SIZE else None
+        if entry is None:
+            self._unknown(regs, number)
+            return
+        args = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9)[:len(entry.args)]
+        if self.tracer is not None or self.counts is not None:
+            regs.rax = self._call_observed(entry, args) & MASK64
+            return
+        try:
+            result = entry.handler(self.process, *args)  # type: ignore[misc]
+        except SyscallError as error:
+            result = -error.errno
+        except OSError as error:
+            result = -(error.errno or errno.EIO)
+        except Exception as error:  # a bug in a handler; exits are BaseException
+            result = self._handler_bug(entry, error)
+        regs.rax = result & MASK64
+
+    def _call_observed(self, entry: Syscall, args: tuple[int, ...]) -> int:
+        """The same call, traced and/or timed (``--trace``, ``--summary``)."""
+        before = self.tracer.before(self.process, entry, args) if self.tracer else None
+        start = time.perf_counter()
+        reason = ""
+        try:
+            result = entry.handler(self.process, *args)  # type: ignore[misc]
+        except SyscallError as error:
+            result, reason = -error.errno, error.reason
+        except OSError as error:
+            result = -(error.errno or errno.EIO)
+        except Exception as error:  # a bug in a handler; exits are BaseException
+            result = self._handler_bug(entry, error)
+        except BaseException:
+            if self.tracer:
+                self.tracer.unfinished(entry, before)
+            raise
+        if self.counts is not None:
+            stats = self.counts.setdefault(entry.name, [0, 0.0, 0])
+            stats[0] += 1
+            stats[1] += time.perf_counter() - start
+            stats[2] += result < 0
+        if self.tracer:
+            self.tracer.after(self.process, entry, args, before, result, reason)
+        return result
+
+    def _unknown(self, regs: "kvm_regs", number: int) -> None:
+        if self.tracer:
+            self.tracer.unknown(number)
+        if self.counts is not None:
+            stats = self.counts.setdefault(f"syscall_{number}", [0, 0.0, 0])
+            stats[0] += 1
+            stats[2] += 1
+        self.process.unknown_syscalls[number] = self.process.unknown_syscalls.get(number, 0) + 1
+        regs.rax = -errno.ENOSYS & MASK64
+
+    def _handler_bug(self, entry: Syscall, error: Exception) -> int:
+        """A handler raised where it should have raised an errno: a bug in
+        minikvm, not the guest's fault.  Say so once, give the guest EINVAL."""
+        print(f"minikvm: internal error in {entry.name}: {type(error).__name__}: {error} "
+              "(please report this); returning EINVAL to the guest", file=sys.stderr)
+        return -errno.EINVAL

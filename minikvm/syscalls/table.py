@@ -1,0 +1,41 @@
+"""Layer 8 — the one system-call table.
+
+Each family module lists its system calls (number, name, handler, argument
+kinds, status).  This module gathers them: the dispatcher indexes it by
+number, and the docs' support matrix is generated from it.
+"""
+
+from __future__ import annotations
+
+from minikvm.syscalls import files, info, memory, process, signals, time
+from minikvm.syscalls.base import Syscall
+
+FAMILIES = {
+    "files": files.SYSCALLS,
+    "memory": memory.SYSCALLS,
+    "process": process.SYSCALLS,
+    "time": time.SYSCALLS,
+    "signals": signals.SYSCALLS,
+    "info": info.SYSCALLS,
+}
+
+
+def _by_number() -> dict[int, Syscall]:
+    table: dict[int, Syscall] = {}
+    for family, entries in FAMILIES.items():
+        for entry in entries:
+            if entry.number in table:
+                raise RuntimeError(f"syscall {entry.number} ({entry.name}) is listed twice")
+            table[entry.number] = entry
+    return table
+
+
+TABLE_BY_NUMBER = _by_number()
+
+
+def family_of(name: str) -> str:
+    """Which family module a system call lives in."""
+    for family, entries in FAMILIES.items():
+        if any(entry.name == name for entry in entries):
+            return family
+    raise KeyError(name)
