@@ -8,6 +8,9 @@
 ``time``       clocks and sleeping
 ``signals``    dispositions and masks (recorded)
 ``info``       uname, getrandom, sysinfo, scheduler
+``poll``       poll, ppoll, select
+``sync``       futex
+``net``        sockets, as far as the policy allows
 ``table``      all of them, by number
 ``trace``      ``--trace`` output in strace's format
 ``dispatch``   from a syscall exit to a handler and back

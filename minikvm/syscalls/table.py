@@ -7,7 +7,7 @@ number, and the docs' support matrix is generated from it.
 
 from __future__ import annotations
 
-from minikvm.syscalls import files, info, memory, process, signals, time
+from minikvm.syscalls import files, info, memory, net, poll, process, signals, sync, time
 from minikvm.syscalls.base import Syscall
 
 FAMILIES = {
@@ -17,6 +17,9 @@ FAMILIES = {
     "time": time.SYSCALLS,
     "signals": signals.SYSCALLS,
     "info": info.SYSCALLS,
+    "poll": poll.SYSCALLS,
+    "sync": sync.SYSCALLS,
+    "net": net.SYSCALLS,
 }
 
 
