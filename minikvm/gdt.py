@@ -22,10 +22,12 @@ Slot order (selector = index * 8 | RPL)::
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 
 from minikvm import ioctl as k
 from minikvm.segments import (KERNEL_CODE64, KERNEL_DATA64, TYPE_TSS_AVAILABLE, TYPE_TSS_BUSY,
-                              USER_CODE64, USER_DATA64, Segment, build_gdt)
+                              USER_CODE64, USER_DATA64, Segment, build_gdt,
+                              decode_descriptor)
 
 TSS_SELECTOR = 5 << 3
 GDT_ENTRIES = 7
@@ -42,6 +44,20 @@ def tss_descriptor(base: int, size: int) -> bytes:
     """The 16-byte TSS descriptor: the 8-byte form plus base 63:32."""
     low = tss_segment(base & 0xFFFF_FFFF, size).descriptor()
     return low + struct.pack("<II", base >> 32, 0)
+
+
+def decode_tss_descriptor(data: bytes) -> Segment:
+    """Read a 16-byte TSS descriptor back into a :class:`Segment` with the
+    full 64-bit base (the tests round-trip :func:`tss_descriptor` through it).
+    The reserved upper dword must be zero, as the SDM requires."""
+    if len(data) < 16:
+        raise ValueError(f"a TSS descriptor is 16 bytes, got {len(data)}")
+    base_high, reserved = struct.unpack_from("<II", data, 8)
+    if reserved:
+        raise ValueError(f"TSS descriptor bytes 12..15 are {reserved:#x}; they are "
+                         "reserved and must be zero")
+    low = decode_descriptor(data[:8], TSS_SELECTOR)
+    return replace(low, base=low.base | base_high << 32)
 
 
 def tss_kvm_segment(base: int, size: int) -> k.kvm_segment:

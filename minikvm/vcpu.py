@@ -14,6 +14,7 @@ vCPU on one thread.
 from __future__ import annotations
 
 import ctypes
+import functools
 import mmap
 import os
 from typing import TYPE_CHECKING, Iterable
@@ -42,13 +43,23 @@ class Vcpu:
         #: The shared ``kvm_run`` page, as a live ctypes view.
         self.run_state = k.kvm_run.from_buffer(self._map)
         self.sync_regs_enabled = 0
+        #: KVM_RUN as a ready-made call: ``enter()`` is the raw ioctl's
+        #: result (0, or -1 with errno set; see :meth:`run_failed`).  The
+        #: fd and request are bound once because the run loop makes this
+        #: call on every exit (docs/explanation/performance.md).
+        self.enter = functools.partial(_libc_ioctl, fd, k.KVM_RUN, None)
 
     def close(self) -> None:
         """Unmap ``kvm_run`` and close the vCPU fd."""
         if self.fd < 0:
             return
         del self.run_state
-        self._map.close()
+        try:
+            self._map.close()
+        except BufferError:
+            # A caller still holds a ctypes view into kvm_run (synced_regs…);
+            # the page is unmapped when the last view is garbage-collected.
+            pass
         os.close(self.fd)
         self.fd = -1
 
@@ -73,12 +84,18 @@ class Vcpu:
         """KVM_RUN without decoding: returns ``kvm_run.exit_reason``, or -1
         when a signal interrupted the run.  The syscall hot path uses this
         and reads the ``kvm_run`` fields it needs directly."""
-        if _libc_ioctl(self.fd, k.KVM_RUN, None) < 0:
-            err = ctypes.get_errno()
-            if err in (EINTR, EAGAIN):
-                return -1
-            raise KvmError("KVM_RUN", err, "the vCPU state is probably invalid")
+        if self.enter() < 0:
+            return self.run_failed()
         return self.run_state.exit_reason
+
+    def run_failed(self) -> int:
+        """After :meth:`enter` returned -1: -1 when a signal interrupted
+        KVM_RUN (``EINTR``, or ``EAGAIN`` with ``immediate_exit``); any
+        other errno raises :class:`~minikvm.errors.KvmError`."""
+        err = ctypes.get_errno()
+        if err in (EINTR, EAGAIN):
+            return -1
+        raise KvmError("KVM_RUN", err, "the vCPU state is probably invalid")
 
     def set_io_data(self, data: bytes) -> None:
         """Answer an ``in`` exit: the bytes the guest's ``in`` will read."""
