@@ -1,0 +1,36 @@
+# minikvm: set up, run, test and document — all inside .venv, because
+# Debian's python3 refuses `pip install` outside a virtual environment (PEP 668).
+#
+#   make demo   run the main job
+#   make test   run the test suite
+#   make docs   build the docs strictly (nitpicky, warnings are errors)
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Touched after a successful install: reinstall when pyproject.toml changes.
+INSTALLED := $(VENV)/.installed
+
+.PHONY: venv demo test docs clean
+
+venv: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { \
+	  echo "$(PYTHON) cannot create virtual environments: install python3-venv" \
+	       "(sudo apt-get install python3-venv) and run make again" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[test,docs]'
+	touch $@
+
+demo: venv
+	$(BIN)/python tutorials/06_long_mode.py
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+docs: venv
+	$(BIN)/python -m sphinx -n -W --keep-going -q -b html docs docs/_build/html
+
+clean:
+	rm -rf $(VENV) docs/_build docs/reference/api *.egg-info build
