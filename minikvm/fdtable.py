@@ -17,6 +17,7 @@ table, which says what the number refers to.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import stat as stat_module
 from dataclasses import dataclass, field
@@ -33,6 +34,19 @@ O_CLOEXEC = 0o2000000
 FD_CLOEXEC = 1
 DEFAULT_MAX_FDS = 1024   # RLIMIT_NOFILE's usual soft limit
 PIPE_CAPACITY = 65536    # Linux's default pipe buffer
+
+# poll(2) event bits (asm-generic/poll.h)
+POLLIN = 0x001
+POLLPRI = 0x002
+POLLOUT = 0x004
+POLLERR = 0x008
+POLLHUP = 0x010
+POLLNVAL = 0x020
+POLLRDNORM = 0x040
+POLLWRNORM = 0x100
+#: What a file without its own poll method reports (fs/select.c DEFAULT_POLLMASK):
+#: always readable and writable.
+DEFAULT_POLLMASK = POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM
 
 
 class OpenFile:
@@ -57,6 +71,17 @@ class OpenFile:
     def writable(self) -> bool:
         return (self.status_flags & O_ACCMODE) != O_RDONLY
 
+    def poll(self, events: int) -> int | None:
+        """The poll(2) events that are ready now, or None when only the host
+        can tell (the file is a host fd: ask the host's poll)."""
+        if self.host_fd is not None:
+            return None
+        return DEFAULT_POLLMASK
+
+    def link_target(self) -> str:
+        """What ``readlink("/proc/self/fd/N")`` shows for this file."""
+        return self.path
+
 
 class HostFile(OpenFile):
     """A host fd: a granted file, a directory, or our stdio."""
@@ -66,7 +91,10 @@ class HostFile(OpenFile):
         self.host_fd = host_fd
         self.path = path
         self.status_flags = status_flags
-        self.directory_offset = 0  # getdents64 position (entries already returned)
+        #: getdents64's position: how many entries of the listing were returned
+        self.directory_offset = 0
+        #: the directory's listing, taken at the first getdents64 (and again
+        #: after a rewind), so offsets stay stable across calls
         self.directory_entries: list | None = None
 
     def readv(self, views: list[memoryview]) -> int:
@@ -86,6 +114,17 @@ class HostFile(OpenFile):
 
     def is_directory(self) -> bool:
         return stat_module.S_ISDIR(os.fstat(self.host_fd).st_mode)  # type: ignore[arg-type]
+
+    def link_target(self) -> str:
+        """The guest path it was opened by; for our stdio, what the host's
+        ``/proc/self/fd`` says (``/dev/pts/3``, ``pipe:[1234]``): the user
+        chose those files, so naming them reveals nothing new."""
+        if self.path.startswith("/") or self.host_fd is None:
+            return self.path
+        try:
+            return os.readlink(f"/proc/self/fd/{self.host_fd}")
+        except OSError:
+            return self.path
 
 
 class DeviceFile(OpenFile):
@@ -112,6 +151,13 @@ class DeviceFile(OpenFile):
     def writev(self, chunks: list[memoryview]) -> int:
         return sum(len(chunk) for chunk in chunks)
 
+    def poll(self, events: int) -> int:
+        """Always ready, as the real devices are."""
+        return DEFAULT_POLLMASK
+
+
+_pipe_numbers = itertools.count(1)
+
 
 @dataclass
 class Pipe:
@@ -119,6 +165,9 @@ class Pipe:
     data: bytearray = field(default_factory=bytearray)
     readers: int = 1
     writers: int = 1
+    #: shown as ``pipe:[number]`` by readlink of /proc/self/fd/N (Linux shows
+    #: the pipe's inode number; this is its order of creation)
+    number: int = field(default_factory=lambda: next(_pipe_numbers))
 
 
 class PipeEnd(OpenFile):
@@ -137,7 +186,8 @@ class PipeEnd(OpenFile):
         if not self.pipe.data:
             if self.pipe.writers == 0:
                 return 0
-            raise SyscallError(errno.EAGAIN, "pipe empty (a single-threaded guest would wait forever)")
+            raise SyscallError(errno.EAGAIN,
+                               "pipe empty (a single-threaded guest would wait forever)")
         total = 0
         for view in views:
             piece = self.pipe.data[:len(view)]
@@ -168,6 +218,19 @@ class PipeEnd(OpenFile):
             self.pipe.writers -= 1
         else:
             self.pipe.readers -= 1
+
+    def poll(self, events: int) -> int:
+        """Linux's pipe_poll(): the read end is readable with data, hung up
+        with no writer left; the write end is writable with room, in error
+        with no reader left."""
+        if self.writing:
+            ready = POLLOUT | POLLWRNORM if len(self.pipe.data) < PIPE_CAPACITY else 0
+            return ready | (POLLERR if self.pipe.readers == 0 else 0)
+        ready = POLLIN | POLLRDNORM if self.pipe.data else 0
+        return ready | (POLLHUP if self.pipe.writers == 0 else 0)
+
+    def link_target(self) -> str:
+        return f"pipe:[{self.pipe.number}]"
 
 
 @dataclass
@@ -222,6 +285,15 @@ class FdTable:
         else:
             del self.references[id(entry.file)]
             entry.file.close()
+
+    def close_range(self, first: int, last: int, cloexec: bool = False) -> None:
+        """close_range(2): close every open fd in ``[first, last]``, or only
+        mark them close-on-exec when *cloexec*."""
+        for fd in [fd for fd in self.entries if first <= fd <= last]:
+            if cloexec:
+                self.entries[fd].cloexec = True
+            else:
+                self.close(fd)
 
     def close_all(self) -> None:
         """Close every fd (at exit)."""

@@ -24,6 +24,7 @@ do that before the guest runs again.
 from __future__ import annotations
 
 import bisect
+import copy
 import errno
 import struct
 from dataclasses import dataclass, replace
@@ -66,6 +67,7 @@ class PagePool:
         self.end = end
         self.free_runs: list[tuple[int, int]] = [(start, end - start)] if end > start else []
         self.used = 0
+        self.peak = 0  # the most ever in use (getrusage's ru_maxrss)
 
     def allocate(self, size: int, align: int = PAGE_SIZE) -> int:
         """A run of *size* bytes whose address is a multiple of *align*."""
@@ -74,7 +76,9 @@ class PagePool:
             if aligned + size <= address + length:
                 self._take(i, aligned, size)
                 return aligned
-        raise SyscallError(errno.ENOMEM, f"guest memory exhausted ({self.used >> 20} MiB in use)")
+        raise SyscallError(errno.ENOMEM, f"guest memory exhausted: {size:#x} bytes wanted, "
+                                         f"{self.used >> 20} of {(self.end - self.start) >> 20} "
+                                         f"MiB in use (a larger --memory gives the guest more)")
 
     def allocate_at(self, address: int, size: int) -> bool:
         """Take exactly ``[address, address + size)`` if it is free (used to
@@ -96,6 +100,7 @@ class PagePool:
             if piece[1]:
                 self.free_runs.insert(i, piece)
         self.used += size
+        self.peak = max(self.peak, self.used)
 
     def free(self, address: int, size: int) -> None:
         """Return a run; it merges with free neighbours."""
@@ -138,7 +143,10 @@ class AddressSpace:
 
     def __init__(self, memory: GuestMemory) -> None:
         self.memory = memory
-        self.table_pool = PagePool(PAGE_TABLE_POOL_START, PAGE_TABLE_POOL_END)
+        # (clamped to the memory there is: a machine smaller than the pool's
+        # end must run out of tables, never place one outside guest memory)
+        self.table_pool = PagePool(PAGE_TABLE_POOL_START,
+                                   min(PAGE_TABLE_POOL_END, memory.base + memory.size))
         self.user_pool = PagePool(USER_POOL_START, memory.base + memory.size)
         self.page_tables = PageTables(memory, self._allocate_table, self._free_table)
         self.vmas: list[Vma] = []
@@ -148,6 +156,44 @@ class AddressSpace:
         #: True when a translation the vCPU may have cached was removed or
         #: weakened; the machine flushes before the next KVM_RUN.
         self.stale_translations = False
+        #: Counts changes to the mappings, hence to the page tables (which
+        #: the host writes as plain memory): a snapshot's reset compares it
+        #: to know whether the page tables need restoring too.
+        self.mapping_changes = 0
+
+    # -- copies (snapshots) -----------------------------------------------------
+    def clone(self, memory: GuestMemory) -> "AddressSpace":
+        """This address space over *memory*, a copy of this one's memory
+        (a snapshot, or a copy-on-write fork of one): the same VMAs, break
+        and page pools, and the page tables already in *memory* at the same
+        root.  Nothing is written to *memory*."""
+        twin = copy.copy(self)
+        twin.memory = memory
+        twin.page_tables = copy.copy(self.page_tables)
+        twin.page_tables.memory = memory
+        twin.page_tables.words = memory.buffer.cast("Q")
+        twin.page_tables._allocate_table = twin._allocate_table
+        twin.page_tables._free_table = twin._free_table
+        twin.assign(self)
+        return twin
+
+    def assign(self, source: "AddressSpace") -> None:
+        """Make this record equal to *source*'s (a snapshot's), whose memory
+        holds the same page tables.  Every attribute but the memory and the
+        page-table object is copied, so a field added later is not missed."""
+        for name, value in vars(source).items():
+            if name in ("memory", "page_tables"):
+                continue
+            if name in ("vmas", "_starts"):
+                value = list(value)  # of frozen Vmas and ints: a shallow copy is a copy
+            elif isinstance(value, PagePool):
+                pool = copy.copy(value)
+                pool.free_runs = list(value.free_runs)
+                value = pool
+            elif not isinstance(value, (int, str, bool, type(None))):
+                value = copy.deepcopy(value)
+            setattr(self, name, value)
+        self.page_tables.root = source.page_tables.root
 
     # -- page-table pages ----------------------------------------------------
     def _allocate_table(self) -> int:
@@ -168,6 +214,10 @@ class AddressSpace:
         i = bisect.bisect_left(self._starts, vma.start)
         self.vmas.insert(i, vma)
         self._starts.insert(i, vma.start)
+
+    def find_all(self, start: int, end: int) -> list[Vma]:
+        """Every VMA overlapping ``[start, end)``, in address order."""
+        return self._overlapping(start, end)
 
     def _overlapping(self, start: int, end: int) -> list[Vma]:
         i = max(bisect.bisect_right(self._starts, start) - 1, 0)
@@ -206,16 +256,26 @@ class AddressSpace:
     # -- mapping -----------------------------------------------------------------
     def map(self, start: int, size: int, prot: int, name: str = "") -> Vma:
         """Create a VMA at ``[start, start + size)`` (which must be free),
-        backed by fresh zeroed pages unless *prot* is PROT_NONE."""
+        backed by fresh zeroed pages unless *prot* is PROT_NONE.  Returns the
+        VMA now covering *start* (it may have merged with a neighbour).
+
+        When guest memory or page-table pages run out this raises ENOMEM
+        and changes nothing: a program that allocates until malloc fails
+        sees NULL, never a broken address space."""
         self._check_user_range(start, size)
         phys = None
         if prot != PROT_NONE:
             phys = self._allocate_backing(start, size)
-        vma = Vma(start, start + size, prot, phys, name)
-        self._insert(vma)
-        if phys is not None:
-            self.page_tables.map(start, phys, size, _leaf_flags(prot))
-        return vma
+            try:
+                self._install(start, phys, size, prot)
+            except SyscallError:
+                self.user_pool.free(phys, size)
+                raise
+        self._insert(Vma(start, start + size, prot, phys, name))
+        self.mapping_changes += 1
+        self._coalesce(start)
+        self._coalesce(start + size)
+        return self.find(start)  # type: ignore[return-value]
 
     def _allocate_backing(self, start: int, size: int) -> int:
         """Physical pages for a new mapping: 2 MiB aligned when the mapping
@@ -229,88 +289,216 @@ class AddressSpace:
         align = HUGE_PAGE_SIZE if size >= HUGE_PAGE_SIZE and start % HUGE_PAGE_SIZE == 0 else PAGE_SIZE
         return self.user_pool.allocate(size, align)
 
+    def _install(self, start: int, phys: int, size: int, prot: int) -> None:
+        """Write the page-table entries of ``[start, start + size)`` (none
+        for PROT_NONE).  If page-table pages run out half-way, the entries
+        written so far are taken back before ENOMEM goes up."""
+        if prot == PROT_NONE:
+            return
+        try:
+            self.page_tables.map(start, phys, size, _leaf_flags(prot))
+        except SyscallError:
+            self.page_tables.unmap(start, size)
+            raise
+
+    def _coalesce(self, address: int) -> None:
+        """Merge the VMAs ending and starting at *address* when they are
+        alike — same protection and name, pages physically contiguous (or
+        both without pages) — as Linux merges neighbouring mappings.  So a
+        heap grown by many ``brk`` calls, or a mapping grown in place by
+        ``mremap``, is one VMA again, and a later ``mremap`` of all of it
+        finds one mapping.  The page tables do not change."""
+        before = self.find(address - 1) if address > 0 else None
+        after = self.find(address)
+        if before is None or after is None or before is after:
+            return
+        if before.prot != after.prot or before.name != after.name:
+            return
+        if (before.phys is None) != (after.phys is None):
+            return
+        if before.phys is not None and before.physical(address) != after.phys:
+            return
+        self._remove(before)
+        self._remove(after)
+        self._insert(replace(before, end=after.end))
+
     def unmap(self, start: int, size: int) -> None:
         """Remove every mapping in the range (munmap); holes are fine."""
-        end = start + size
+        for piece in self._cut(start, start + size):
+            if piece.phys is not None:
+                self._release(piece.phys, piece.size)
+
+    def _cut(self, start: int, end: int) -> list[Vma]:
+        """Take ``[start, end)`` out of the VMA list and the page tables.
+        Returns the pieces removed, their pages still allocated (``unmap``
+        frees them; ``remap`` moves them)."""
+        pieces = []
         for vma in self._overlapping(start, end):
             self._remove(vma)
+            self.mapping_changes += 1
             cut_start, cut_end = max(vma.start, start), min(vma.end, end)
             if vma.start < cut_start:
                 self._insert(replace(vma, end=cut_start))
             if cut_end < vma.end:
                 self._insert(replace(vma, start=cut_end, phys=None if vma.phys is None
                                      else vma.physical(cut_end)))
-            if vma.phys is not None:
+            piece = replace(vma, start=cut_start, end=cut_end,
+                            phys=None if vma.phys is None else vma.physical(cut_start))
+            if piece.phys is not None:
                 self.page_tables.unmap(cut_start, cut_end - cut_start)
-                self.memory.discard(vma.physical(cut_start), cut_end - cut_start)
-                self.user_pool.free(vma.physical(cut_start), cut_end - cut_start)
                 self.stale_translations = True
+            pieces.append(piece)
+        return pieces
 
-    def protect(self, start: int, size: int, prot: int) -> None:
-        """Change the protection of ``[start, start + size)`` (mprotect).
-        Every page in the range must be mapped (ENOMEM otherwise, as Linux)."""
+    def _release(self, phys: int, size: int) -> None:
+        """Give pages back to the pool.  They are zeroed (their host memory
+        returned) on the way: free pages always read as zero, which is what
+        lets a new mapping skip clearing."""
+        self.memory.discard(phys, size)
+        self.user_pool.free(phys, size)
+
+    def check_mapped(self, start: int, size: int) -> None:
+        """ENOMEM unless every page of ``[start, start + size)`` is mapped
+        (with any protection) — Linux's answer for mprotect, madvise, msync,
+        mincore and mlock over a hole."""
         end = start + size
         covered = start
         for vma in self._overlapping(start, end):
             if vma.start > covered:
-                raise SyscallError(errno.ENOMEM, "range has unmapped pages")
+                break
             covered = vma.end
         if covered < end:
-            raise SyscallError(errno.ENOMEM, "range has unmapped pages")
+            raise SyscallError(errno.ENOMEM, f"no mapping at {covered:#x} "
+                                             f"(inside {start:#x}+{size:#x})")
+
+    def discard(self, start: int, size: int) -> None:
+        """Make ``[start, start + size)`` read as zeros again and give its
+        host memory back (``madvise(MADV_DONTNEED)`` on private memory)."""
+        self.check_mapped(start, size)
+        end = start + size
         for vma in self._overlapping(start, end):
+            if vma.phys is not None:
+                low, high = max(vma.start, start), min(vma.end, end)
+                self.memory.discard(vma.physical(low), high - low)
+
+    def protect(self, start: int, size: int, prot: int) -> None:
+        """Change the protection of ``[start, start + size)`` (mprotect).
+        Every page in the range must be mapped (ENOMEM otherwise, as Linux).
+        A PROT_NONE reservation gets its pages when it is first opened."""
+        end = start + size
+        self.check_mapped(start, size)
+        affected = self._overlapping(start, end)
+        for vma in affected:
             self._protect_vma(vma, max(vma.start, start), min(vma.end, end), prot)
+        for boundary in sorted({start, end, *(vma.end for vma in affected if vma.end < end)}):
+            self._coalesce(boundary)
 
     def _protect_vma(self, vma: Vma, start: int, end: int, prot: int) -> None:
+        # Pages and page-table entries first: if memory runs out, the VMA
+        # list still says what the page tables do.
+        phys = None if vma.phys is None else vma.physical(start)
+        if phys is None and prot != PROT_NONE:
+            phys = self._allocate_backing(start, end - start)
+            try:
+                self._install(start, phys, end - start, prot)
+            except SyscallError:
+                self.user_pool.free(phys, end - start)
+                raise
+        elif phys is not None and prot == PROT_NONE:
+            self.page_tables.unmap(start, end - start)
+        elif phys is not None:
+            self.page_tables.map(start, phys, end - start, _leaf_flags(prot))
         self._remove(vma)
+        self.mapping_changes += 1
         if vma.start < start:
             self._insert(replace(vma, end=start))
         if end < vma.end:
             self._insert(replace(vma, start=end,
                                  phys=None if vma.phys is None else vma.physical(end)))
-        phys = None if vma.phys is None else vma.physical(start)
-        if phys is None and prot != PROT_NONE:
-            phys = self.user_pool.allocate(end - start)
         self._insert(Vma(start, end, prot, phys, vma.name))
-        if phys is None:
-            return
-        if prot == PROT_NONE:
-            self.page_tables.unmap(start, end - start)
-        else:
-            self.page_tables.map(start, phys, end - start, _leaf_flags(prot))
-        if vma.prot & ~prot:  # a permission was taken away: cached translations lie
-            self.stale_translations = True
+        if vma.phys is not None and vma.prot & ~prot:
+            self.stale_translations = True  # a permission was taken away: cached translations lie
 
     def remap(self, old: int, old_size: int, new_size: int, may_move: bool,
               new_address: int | None = None) -> int:
-        """Grow or shrink a mapping (mremap); returns its (new) address."""
+        """Grow, shrink or move a mapping (mremap); returns its address.
+
+        ``[old, old + old_size)`` must lie in one VMA (EFAULT otherwise).
+        The pages travel with the mapping — a move rewrites page tables, it
+        copies nothing — unless a grown mapping's new pages cannot follow
+        the old ones physically; then the contents are copied into a new
+        run.  ENOMEM, with nothing changed, when memory runs out or the
+        mapping must move and *may_move* is False.
+        """
         vma = self.find(old)
         if vma is None or old + old_size > vma.end:
-            raise SyscallError(errno.EFAULT, "old range is not one mapping")
+            raise SyscallError(errno.EFAULT, f"{old:#x}+{old_size:#x} is not inside one mapping")
         if new_address is None and new_size <= old_size:
             if new_size < old_size:
                 self.unmap(old + new_size, old_size - new_size)
             return old
-        if new_address is None and self.is_free(old + old_size, old + new_size) and (
-                vma.phys is None or self.user_pool.allocate_at(vma.physical(old + old_size),
-                                                                new_size - old_size)):
-            grown = Vma(old + old_size, old + new_size, vma.prot,
-                        None if vma.phys is None else vma.physical(old + old_size), vma.name)
-            self._insert(grown)
-            if grown.phys is not None:
-                self.page_tables.map(grown.start, grown.phys, grown.size, _leaf_flags(vma.prot))
+        if new_address is None and self._grow_in_place(vma, old, old_size, new_size):
             return old
         if not may_move:
-            raise SyscallError(errno.ENOMEM, "cannot grow in place")
+            raise SyscallError(errno.ENOMEM, f"cannot grow {old:#x} in place and may not move it")
+        return self._move(vma, old, old_size, new_size, new_address)
+
+    def _grow_in_place(self, vma: Vma, old: int, old_size: int, new_size: int) -> bool:
+        """Extend the mapping over the free range after it, with pages right
+        after its own; False when either is taken."""
+        end, new_end = old + old_size, old + new_size
+        if end != vma.end or new_end > USER_SPACE_END or not self.is_free(end, new_end):
+            return False
+        grow = new_size - old_size
+        phys = None
+        if vma.phys is not None:
+            phys = vma.physical(end)
+            if not self.user_pool.allocate_at(phys, grow):
+                return False
+            try:
+                self._install(end, phys, grow, vma.prot)
+            except SyscallError:
+                self.user_pool.free(phys, grow)
+                raise
+        self._insert(Vma(end, new_end, vma.prot, phys, vma.name))
+        self.mapping_changes += 1
+        self._coalesce(end)
+        return True
+
+    def _move(self, vma: Vma, old: int, old_size: int, new_size: int,
+              new_address: int | None) -> int:
         if new_address is None:
             new_address = self.find_free(new_size, HUGE_PAGE_SIZE if new_size >= HUGE_PAGE_SIZE
                                          else PAGE_SIZE)
-        else:
-            self.unmap(new_address, new_size)
-        moved = self.map(new_address, new_size, vma.prot, vma.name)
-        if vma.phys is not None and moved.phys is not None:
-            keep = min(old_size, new_size)
-            self.memory.view(moved.phys, keep)[:] = self.memory.view(vma.physical(old), keep)
-        self.unmap(old, old_size)
+        elif new_address < old + old_size and old < new_address + new_size:
+            raise SyscallError(errno.EINVAL, "the new range overlaps the old one")
+        self._check_bounds(new_address, new_size)
+        # Decide where the pages come from before changing anything.
+        phys = None if vma.phys is None else vma.physical(old)
+        copy_from = None
+        if phys is not None and new_size > old_size and not self.user_pool.allocate_at(
+                phys + old_size, new_size - old_size):
+            copy_from = phys
+            phys = self.user_pool.allocate(new_size, HUGE_PAGE_SIZE if new_size >= HUGE_PAGE_SIZE
+                                           and new_address % HUGE_PAGE_SIZE == 0 else PAGE_SIZE)
+            self.memory.view(phys, old_size)[:] = self.memory.view(copy_from, old_size)
+            self.memory.note_written(phys, old_size)
+        self.unmap(new_address, new_size)  # MREMAP_FIXED replaces what was there
+        self._cut(old, old + old_size)
+        if copy_from is not None:
+            self._release(copy_from, old_size)
+        elif phys is not None and new_size < old_size:
+            self._release(phys + new_size, old_size - new_size)
+        if phys is not None:
+            try:
+                self._install(new_address, phys, new_size, vma.prot)
+            except SyscallError:
+                self._release(phys, new_size)
+                raise
+        self._insert(Vma(new_address, new_address + new_size, vma.prot, phys, vma.name))
+        self.mapping_changes += 1
+        self._coalesce(new_address)
+        self._coalesce(new_address + new_size)
         return new_address
 
     def set_brk(self, new_end: int) -> int:
@@ -331,13 +519,19 @@ class AddressSpace:
         self.brk_end = new_end
         return self.brk_end
 
-    def _check_user_range(self, start: int, size: int) -> None:
+    def _check_bounds(self, start: int, size: int) -> None:
+        """A page-aligned, non-empty range a program may map."""
         if start % PAGE_SIZE or size <= 0 or size % PAGE_SIZE:
-            raise SyscallError(errno.EINVAL, "unaligned or empty range")
+            raise SyscallError(errno.EINVAL, f"unaligned or empty range {start:#x}+{size:#x}")
         if start < MMAP_MIN_ADDR or start + size > USER_SPACE_END:
-            raise SyscallError(errno.ENOMEM, "outside the user address range")
+            raise SyscallError(errno.ENOMEM, f"{start:#x}+{size:#x} is outside the user "
+                                             f"address range [{MMAP_MIN_ADDR:#x}, "
+                                             f"{USER_SPACE_END:#x})")
+
+    def _check_user_range(self, start: int, size: int) -> None:
+        self._check_bounds(start, size)
         if not self.is_free(start, start + size):
-            raise SyscallError(errno.EEXIST, "range already mapped")
+            raise SyscallError(errno.EEXIST, f"{start:#x}+{size:#x} is already mapped")
 
     # -- guest pointers: copy-in / copy-out ---------------------------------------
     def views(self, address: int, size: int, write: bool = False) -> list[memoryview]:
@@ -358,6 +552,8 @@ class AddressSpace:
                 raise SyscallError(errno.EFAULT, f"read-only address {address:#x}")
             stop = min(end, vma.end)
             chunks.append(self.memory.view(vma.physical(address), stop - address))
+            if write and self.memory.host_writes is not None:
+                self.memory.note_written(vma.physical(address), stop - address)
             address = stop
         return chunks
 

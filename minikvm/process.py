@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from minikvm.ioctl import kvm_regs
 
 CPUID_FEATURES = 1
+TASK_COMM_LEN = 16  # the kernel's process name: 15 bytes and a NUL
 
 
 class ProcessExit(BaseException):
@@ -83,13 +84,29 @@ class Process:
         self.umask = 0o022
         self.pid = 1000
         self.fds = FdTable(getattr(policy, "max_fds", 1024) or 1024)
-        self.signal_actions: dict[int, bytes] = {}
+        #: signal -> (handler, flags, restorer, mask), as rt_sigaction set it
+        self.signal_actions: dict[int, tuple[int, int, int, int]] = {}
         self.signal_mask = 0
+        self.signal_pending = 0        # signals sent while blocked (bit n-1 for signal n)
+        self.alternate_stack = (0, 0)  # sigaltstack: (ss_sp, ss_size); (0, 0) when disabled
+        self.alarm_deadline: float | None = None  # time.monotonic() when SIGALRM is due
+        self.alarm_interval = 0.0      # setitimer's it_interval, seconds
+        # Identity a shell would give the program: its own process group (so it
+        # is the terminal's foreground job) inside the shell's session.
+        self.pgid = self.pid
+        self.sid = self.pid - 1
+        # prctl(PR_GET_NAME): the file name, cut like Linux's comm
+        self.name = os.fsencode(os.path.basename(exe_path))[:TASK_COMM_LEN - 1]
+        self.personality = 0           # PER_LINUX
+        self.nice = 0
         self.clear_child_tid = 0
         self.robust_list = (0, 0)
         self.fs_base = 0
         self.unknown_syscalls: dict[int, int] = {}
         self.random: Callable[[int], bytes] = os.urandom
+        #: Where ``minikvm_wait_request``/``minikvm_respond`` go: None under a
+        #: plain run; a snapshot's fork (:mod:`minikvm.snapshot`) sets it.
+        self.requests: Any = None
         machine.symbolize = image.symbols.symbolize
 
     # -- creation ------------------------------------------------------------

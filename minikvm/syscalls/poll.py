@@ -1,7 +1,234 @@
-"""Layer 8 — waiting on file descriptors: poll, ppoll, select."""
+"""Layer 8 — waiting on file descriptors: poll, ppoll, select, pselect6.
+
+A guest has few kinds of fd, and each knows whether it is ready
+(:meth:`OpenFile.poll <minikvm.fdtable.OpenFile.poll>`): devices always are;
+an in-guest pipe is readable when it holds data or has no writer left; a
+host fd (a granted file, a socket, our stdio) only the host can tell, so
+those are handed to the host's ``poll(2)``.
+
+Waiting never blocks the host for long.  Nothing inside the guest can
+change while it waits (one thread), so only host fds, the clock and the
+alarm matter: the wait is cut into slices of :data:`WAIT_SLICE_SECONDS`,
+and between slices a due ``alarm`` is delivered
+(:func:`minikvm.syscalls.signals.deliver_due_alarm`) and
+``kvm_run.immediate_exit`` is checked — set when the run's time limit is
+reached — in which case the call returns EINTR and the machine stops.  A
+wait that nothing could ever end (an infinite timeout on in-guest pipes
+only) hangs like it would on Linux, until ``--timeout``.
+
+``select`` is ``poll`` underneath, as in Linux's ``fs/select.c``: a bit in
+the read set asks for POLLIN, in the write set for POLLOUT, in the
+exception set for POLLPRI.  The signal masks of ``ppoll`` and
+``pselect6`` are checked and otherwise ignored: no handler ever runs.
+"""
 
 from __future__ import annotations
 
-from minikvm.syscalls.base import Syscall
+import errno
+import select
+import struct
+import time
 
-SYSCALLS: list[Syscall] = []
+from minikvm.errors import SyscallError
+from minikvm.fdtable import (POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, POLLPRI, POLLRDNORM,
+                             POLLWRNORM)
+from minikvm.syscalls.base import PARTIAL, Syscall, signed32
+from minikvm.syscalls.signals import deliver_due_alarm
+
+#: ``struct pollfd``: int fd; short events; short revents
+POLLFD = struct.Struct("<ihh")
+#: what ``revents`` may hold whatever ``events`` asked (fs/select.c)
+ALWAYS_REPORTED = POLLERR | POLLHUP | POLLNVAL
+#: the longest the host blocks before looking at the alarm and the time limit
+WAIT_SLICE_SECONDS = 0.05
+NSEC_PER_SEC = 1_000_000_000
+USEC_PER_SEC = 1_000_000
+SIGSET_SIZE = 8
+#: ``select``'s sets, as poll events (fs/select.c POLLIN_SET, POLLOUT_SET, POLLEX_SET)
+POLLIN_SET = POLLIN | POLLRDNORM | POLLHUP | POLLERR
+POLLOUT_SET = POLLOUT | POLLWRNORM | POLLERR
+POLLEX_SET = POLLPRI
+BITS_PER_LONG = 64
+
+
+def ready_events(proc, requests: list[tuple[int, int]], timeout: float | None) -> list[int]:
+    """``revents`` for each ``(fd, events)``, waiting up to *timeout* seconds
+    (None: no limit) until at least one is non-zero.
+
+    A negative fd is ignored (``revents`` 0), an fd that is not open gets
+    POLLNVAL, as in Linux.  EINTR when the run is being stopped.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        results, host = _poll_once(proc, requests)
+        if any(results) or timeout == 0:
+            return results
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            return results
+        slice_seconds = WAIT_SLICE_SECONDS if deadline is None else \
+            min(WAIT_SLICE_SECONDS, deadline - now)
+        if host:
+            host.poll(slice_seconds * 1000)   # returns early when one is ready
+        else:
+            time.sleep(slice_seconds)
+        deliver_due_alarm(proc)               # usually ends the run
+        if proc.machine.vcpu.run_state.immediate_exit:
+            raise SyscallError(errno.EINTR, "interrupted: the run is being stopped")
+
+
+def _poll_once(proc, requests: list[tuple[int, int]]) -> tuple[list[int], select.poll | None]:
+    """One look at every fd without waiting; also the host poller for the
+    host fds among them (None when there are none)."""
+    results = [0] * len(requests)
+    host_events: dict[int, int] = {}          # host fd -> every event asked of it
+    host_slots: dict[int, list[int]] = {}
+    for slot, (fd, events) in enumerate(requests):
+        if fd < 0:
+            continue
+        entry = proc.fds.entries.get(fd)
+        if entry is None:
+            results[slot] = POLLNVAL
+            continue
+        ready = entry.file.poll(events)
+        if ready is None:
+            host_fd = entry.file.host_fd
+            host_events[host_fd] = host_events.get(host_fd, 0) | events & ~ALWAYS_REPORTED
+            host_slots.setdefault(host_fd, []).append(slot)
+            continue
+        results[slot] = ready & (events | ALWAYS_REPORTED)
+    if not host_slots:
+        return results, None
+    host = select.poll()
+    for host_fd, events in host_events.items():
+        host.register(host_fd, events)
+    for host_fd, ready in host.poll(0):
+        for slot in host_slots.get(host_fd, ()):
+            results[slot] = ready & (requests[slot][1] | ALWAYS_REPORTED)
+    return results, host
+
+
+# -- poll and ppoll --------------------------------------------------------------------
+def _poll(proc, address: int, count: int, timeout: float | None) -> int:
+    count &= 0xFFFF_FFFF
+    if count > proc.fds.max_fds:
+        raise SyscallError(errno.EINVAL, f"{count} fds is more than RLIMIT_NOFILE")
+    raw = proc.mm.read(address, POLLFD.size * count)
+    requests = [(fd, events & 0xFFFF) for fd, events, _ in POLLFD.iter_unpack(raw)]
+    results = ready_events(proc, requests, timeout)
+    packed = b"".join(POLLFD.pack(fd, signed16(events), signed16(revents))
+                      for (fd, events), revents in zip(requests, results))
+    proc.mm.write(address, packed)
+    return sum(1 for revents in results if revents)
+
+
+def signed16(value: int) -> int:
+    """A ``short`` for struct.pack."""
+    value &= 0xFFFF
+    return value - 0x10000 if value & 0x8000 else value
+
+
+def sys_poll(proc, address: int, count: int, timeout_ms: int) -> int:
+    timeout_ms = signed32(timeout_ms)
+    return _poll(proc, address, count, None if timeout_ms < 0 else timeout_ms / 1000)
+
+
+def _read_timespec(proc, address: int) -> float | None:
+    """A ``struct timespec *`` timeout: None for NULL (no limit)."""
+    if not address:
+        return None
+    seconds, nanoseconds = proc.mm.read_struct(address, "<qq")
+    if seconds < 0 or not 0 <= nanoseconds < NSEC_PER_SEC:
+        raise SyscallError(errno.EINVAL, f"bad timespec {{{seconds}, {nanoseconds}}}")
+    return seconds + nanoseconds / NSEC_PER_SEC
+
+
+def _write_remaining(proc, address: int, started: float, timeout: float, fmt: str,
+                     per_second: int) -> None:
+    """Linux writes the time left back into a ppoll/select/pselect6 timeout."""
+    left = max(0.0, timeout - (time.monotonic() - started))
+    whole = int(left)
+    proc.mm.write_struct(address, fmt, whole, int((left - whole) * per_second))
+
+
+def sys_ppoll(proc, address: int, count: int, timeout_address: int, sigmask: int,
+              sigset_size: int) -> int:
+    if sigmask and sigset_size != SIGSET_SIZE:
+        raise SyscallError(errno.EINVAL, f"sigset size {sigset_size}")
+    timeout = _read_timespec(proc, timeout_address)
+    started = time.monotonic()
+    result = _poll(proc, address, count, timeout)
+    if timeout is not None:
+        _write_remaining(proc, timeout_address, started, timeout, "<qq", NSEC_PER_SEC)
+    return result
+
+
+# -- select and pselect6 -----------------------------------------------------------------
+def _select(proc, count: int, sets: tuple[int, int, int], timeout: float | None) -> int:
+    """``select`` through :func:`ready_events`; the guest's sets are
+    overwritten with the ready fds, and the number of bits set is returned."""
+    count = signed32(count)
+    if count < 0:
+        raise SyscallError(errno.EINVAL, f"nfds {count}")
+    count = min(count, proc.fds.max_fds)
+    size = (count + BITS_PER_LONG - 1) // BITS_PER_LONG * 8
+    wanted = [int.from_bytes(proc.mm.read(address, size), "little") if address else 0
+              for address in sets]
+    requests = []
+    for fd in range(count):
+        events = sum(flag for bits, flag in zip(wanted, (POLLIN_SET, POLLOUT_SET, POLLEX_SET))
+                     if bits >> fd & 1)
+        if events:
+            if fd not in proc.fds.entries:
+                raise SyscallError(errno.EBADF, f"fd {fd} is not open")
+            requests.append((fd, events))
+    results = ready_events(proc, requests, timeout)
+    found = [0, 0, 0]
+    for (fd, _), revents in zip(requests, results):
+        for which, flags in enumerate((POLLIN_SET, POLLOUT_SET, POLLEX_SET)):
+            if revents & flags and wanted[which] >> fd & 1:
+                found[which] |= 1 << fd
+    for address, bits in zip(sets, found):
+        if address:
+            proc.mm.write(address, bits.to_bytes(size, "little"))
+    return sum(bin(bits).count("1") for bits in found)
+
+
+def sys_select(proc, count: int, readfds: int, writefds: int, exceptfds: int,
+               timeout_address: int) -> int:
+    timeout = None
+    if timeout_address:
+        seconds, microseconds = proc.mm.read_struct(timeout_address, "<qq")
+        if seconds < 0 or microseconds < 0:
+            raise SyscallError(errno.EINVAL, f"bad timeval {{{seconds}, {microseconds}}}")
+        timeout = seconds + microseconds / USEC_PER_SEC
+    started = time.monotonic()
+    result = _select(proc, count, (readfds, writefds, exceptfds), timeout)
+    if timeout is not None:
+        _write_remaining(proc, timeout_address, started, timeout, "<qq", USEC_PER_SEC)
+    return result
+
+
+def sys_pselect6(proc, count: int, readfds: int, writefds: int, exceptfds: int,
+                 timeout_address: int, sigmask_address: int) -> int:
+    """The sixth argument points at ``{const sigset_t *ss; size_t ss_len}``."""
+    if sigmask_address:
+        mask, size = proc.mm.read_struct(sigmask_address, "<QQ")
+        if mask and size != SIGSET_SIZE:
+            raise SyscallError(errno.EINVAL, f"sigset size {size}")
+    timeout = _read_timespec(proc, timeout_address)
+    started = time.monotonic()
+    result = _select(proc, count, (readfds, writefds, exceptfds), timeout)
+    if timeout is not None:
+        _write_remaining(proc, timeout_address, started, timeout, "<qq", NSEC_PER_SEC)
+    return result
+
+
+SYSCALLS = [
+    Syscall(7, "poll", sys_poll, ("ptr", "uint", "int")),
+    Syscall(271, "ppoll", sys_ppoll, ("ptr", "uint", "ptr", "ptr", "uint"), PARTIAL,
+            "the signal mask is ignored: no handler ever runs"),
+    Syscall(23, "select", sys_select, ("int", "ptr", "ptr", "ptr", "ptr")),
+    Syscall(270, "pselect6", sys_pselect6, ("int", "ptr", "ptr", "ptr", "ptr", "ptr"), PARTIAL,
+            "the signal mask is ignored: no handler ever runs"),
+]

@@ -1,19 +1,26 @@
 """Layer 8 — process system calls: exit, identity, thread setup, limits.
 
-A minikvm guest is one process with one thread.  The calls a C library
-makes while starting a thread-capable runtime (set_tid_address,
-set_robust_list, rseq) are recorded or politely declined.
+A minikvm guest is one process with one thread, started the way a shell
+starts a job: pid 1000, its parent 999, in a process group of its own
+(so it is the terminal's foreground job) inside the parent's session.  It
+cannot change who it is: the ``set*id`` calls succeed only when they change
+nothing, as they would for an unprivileged user.  It has no children, so
+``wait4`` says ``ECHILD``.
+
+The calls a C library makes while starting a thread-capable runtime
+(set_tid_address, set_robust_list, rseq) are recorded or politely declined.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import signal
+import struct
 
 from minikvm.errors import SyscallError
-from minikvm.process import ProcessExit, ProcessKilled
-from minikvm.syscalls.base import PARTIAL, REFUSED, SUPPORTED, Syscall, signed32
+from minikvm.process import TASK_COMM_LEN, ProcessExit
+from minikvm.syscalls.base import MASK64, PARTIAL, REFUSED, Syscall, signed32
+from minikvm.syscalls.signals import deliver
 
 ARCH_SET_GS = 0x1001
 ARCH_SET_FS = 0x1002
@@ -21,10 +28,31 @@ ARCH_GET_FS = 0x1003
 ARCH_GET_GS = 0x1004
 CANONICAL_LIMIT = 1 << 47
 
+RLIMIT_FSIZE = 1
+RLIMIT_DATA = 2
 RLIMIT_STACK = 3
 RLIMIT_NOFILE = 7
 RLIMIT_AS = 9
-RLIM_INFINITY = (1 << 64) - 1
+RLIM_NLIMITS = 16
+RLIM_INFINITY = MASK64
+STACK_LIMIT = 8 << 20            # RLIMIT_STACK's usual soft limit
+
+# prctl(2) options (linux/prctl.h)
+PR_SET_PDEATHSIG = 1
+PR_GET_PDEATHSIG = 2
+PR_GET_DUMPABLE = 3
+PR_SET_DUMPABLE = 4
+PR_SET_NAME = 15
+PR_GET_NAME = 16
+PR_SET_NO_NEW_PRIVS = 38
+PR_GET_NO_NEW_PRIVS = 39
+
+PERSONALITY_QUERY = 0xFFFF_FFFF  # personality(0xffffffff) only reads it
+NGROUPS_MAX = 65536
+PRIO_PROCESS, PRIO_PGRP, PRIO_USER = 0, 1, 2
+NICE_MIN, NICE_MAX = -20, 19
+#: The parent the guest reports: a shell-like process just below it.
+PARENT_PID_OFFSET = 1
 
 
 def sys_exit_group(proc, status: int) -> int:
@@ -36,12 +64,13 @@ def sys_exit(proc, status: int) -> int:
     raise ProcessExit(status & 0xFF)
 
 
+# -- who the process is ----------------------------------------------------------
 def sys_getpid(proc) -> int:
     return proc.pid
 
 
 def sys_getppid(proc) -> int:
-    return proc.pid - 1
+    return proc.pid - PARENT_PID_OFFSET
 
 
 def sys_getuid(proc) -> int:
@@ -52,11 +81,137 @@ def sys_getgid(proc) -> int:
     return os.getgid()
 
 
+def sys_getresuid(proc, real: int, effective: int, saved: int) -> int:
+    for address in (real, effective, saved):
+        proc.mm.write_struct(address, "<I", os.getuid())
+    return 0
+
+
+def sys_getresgid(proc, real: int, effective: int, saved: int) -> int:
+    for address in (real, effective, saved):
+        proc.mm.write_struct(address, "<I", os.getgid())
+    return 0
+
+
+def sys_getgroups(proc, size: int, address: int) -> int:
+    """The host user's supplementary groups (what ``id`` would print)."""
+    groups = os.getgroups()
+    size = signed32(size)
+    if size < 0:
+        raise SyscallError(errno.EINVAL, f"size {size}")
+    if size == 0:
+        return len(groups)
+    if size < len(groups):
+        raise SyscallError(errno.EINVAL, f"{len(groups)} groups do not fit in {size}")
+    proc.mm.write(address, struct.pack(f"<{len(groups)}I", *groups))
+    return len(groups)
+
+
+def _unchanged(wanted: list[int], current: int, what: str) -> int:
+    """The set*id rule for an unprivileged process that may only "change"
+    an id to itself; -1 means "leave it"."""
+    for value in wanted:
+        value = signed32(value)
+        if value not in (-1, current):
+            raise SyscallError(errno.EPERM, f"the sandbox cannot change its {what} to {value}")
+    return 0
+
+
+def sys_setuid(proc, uid: int) -> int:
+    return _unchanged([uid], os.getuid(), "user id")
+
+
+def sys_setgid(proc, gid: int) -> int:
+    return _unchanged([gid], os.getgid(), "group id")
+
+
+def sys_setreuid(proc, real: int, effective: int) -> int:
+    return _unchanged([real, effective], os.getuid(), "user id")
+
+
+def sys_setregid(proc, real: int, effective: int) -> int:
+    return _unchanged([real, effective], os.getgid(), "group id")
+
+
+def sys_setresuid(proc, real: int, effective: int, saved: int) -> int:
+    return _unchanged([real, effective, saved], os.getuid(), "user id")
+
+
+def sys_setresgid(proc, real: int, effective: int, saved: int) -> int:
+    return _unchanged([real, effective, saved], os.getgid(), "group id")
+
+
+def sys_setfsuid(proc, uid: int) -> int:
+    """Returns the previous fs uid, whether or not it changed (it never does)."""
+    return os.getuid()
+
+
+def sys_setfsgid(proc, gid: int) -> int:
+    return os.getgid()
+
+
+def sys_setgroups(proc, size: int, address: int) -> int:
+    raise SyscallError(errno.EPERM, "the sandbox cannot change its groups")
+
+
+# -- process groups and sessions ------------------------------------------------------
+def _only_self(proc, pid: int) -> None:
+    pid = signed32(pid)
+    if pid not in (0, proc.pid):
+        raise SyscallError(errno.ESRCH, f"no process {pid} in this sandbox")
+
+
+def sys_getpgrp(proc) -> int:
+    return proc.pgid
+
+
+def sys_getpgid(proc, pid: int) -> int:
+    _only_self(proc, pid)
+    return proc.pgid
+
+
+def sys_setpgid(proc, pid: int, pgid: int) -> int:
+    """Only into a group of its own: the only group it could join."""
+    _only_self(proc, pid)
+    pgid = signed32(pgid)
+    if pgid < 0:
+        raise SyscallError(errno.EINVAL, f"process group {pgid}")
+    if pgid not in (0, proc.pid):
+        raise SyscallError(errno.EPERM, f"no process group {pgid} in this session")
+    if proc.sid == proc.pid:
+        raise SyscallError(errno.EPERM, "a session leader cannot change its process group")
+    proc.pgid = proc.pid
+    return 0
+
+
+def sys_getsid(proc, pid: int) -> int:
+    _only_self(proc, pid)
+    return proc.sid
+
+
+def sys_setsid(proc) -> int:
+    """A new session, unless the process already leads a group (as Linux)."""
+    if proc.pgid == proc.pid:
+        raise SyscallError(errno.EPERM, "a process group leader cannot start a session")
+    proc.sid = proc.pgid = proc.pid
+    return proc.sid
+
+
+# -- children: there are none --------------------------------------------------------------
+def sys_wait4(proc, pid: int, status: int, options: int, usage: int) -> int:
+    raise SyscallError(errno.ECHILD, "the sandboxed process has no children")
+
+
+def sys_waitid(proc, kind: int, pid: int, info: int, options: int, usage: int) -> int:
+    raise SyscallError(errno.ECHILD, "the sandboxed process has no children")
+
+
+# -- thread setup -------------------------------------------------------------------
 def sys_arch_prctl(proc, code: int, address: int) -> int:
     """Set or get FS/GS base: the C library's thread pointer lives in FS."""
     if code == ARCH_SET_FS or code == ARCH_SET_GS:
         if address >= CANONICAL_LIMIT:
-            raise SyscallError(errno.EPERM, "non-canonical base")
+            raise SyscallError(errno.EPERM, f"non-canonical base {address:#x}")
         if code == ARCH_SET_FS:
             proc.machine.set_fs_base(address)
             proc.fs_base = address
@@ -80,26 +235,85 @@ def sys_set_robust_list(proc, head: int, length: int) -> int:
     return 0
 
 
+def sys_get_robust_list(proc, pid: int, head: int, length: int) -> int:
+    _only_self(proc, pid)
+    proc.mm.write_u64(head, proc.robust_list[0])
+    proc.mm.write_u64(length, proc.robust_list[1])
+    return 0
+
+
 def sys_rseq(proc, *args: int) -> int:
     raise SyscallError(errno.ENOSYS, "restartable sequences are not supported")
 
 
+def sys_prctl(proc, option: int, arg2: int, arg3: int, arg4: int, arg5: int) -> int:
+    """The few options programs use on themselves; everything else EINVAL."""
+    option = signed32(option)
+    if option == PR_SET_NAME:
+        # Linux copies at most 15 bytes and never looks further.
+        try:
+            proc.name = proc.mm.read_cstring(arg2, limit=TASK_COMM_LEN)
+        except SyscallError as error:
+            if error.errno != errno.ENAMETOOLONG:
+                raise
+            proc.name = proc.mm.read(arg2, TASK_COMM_LEN - 1)
+        proc.name = proc.name[:TASK_COMM_LEN - 1]
+        return 0
+    if option == PR_GET_NAME:
+        proc.mm.write(arg2, proc.name.ljust(TASK_COMM_LEN, b"\0"))
+        return 0
+    if option == PR_GET_DUMPABLE:
+        return 1
+    if option == PR_SET_DUMPABLE:
+        if arg2 not in (0, 1):
+            raise SyscallError(errno.EINVAL, f"dumpable {arg2}")
+        return 0
+    if option == PR_SET_NO_NEW_PRIVS:
+        if arg2 != 1 or arg3 or arg4 or arg5:
+            raise SyscallError(errno.EINVAL, "PR_SET_NO_NEW_PRIVS takes 1, 0, 0, 0")
+        return 0  # the sandbox never grants privileges anyway
+    if option == PR_GET_NO_NEW_PRIVS:
+        return 1
+    if option == PR_SET_PDEATHSIG:
+        if arg2 > 64:
+            raise SyscallError(errno.EINVAL, f"signal {arg2}")
+        return 0  # the parent outlives the run
+    if option == PR_GET_PDEATHSIG:
+        proc.mm.write_struct(arg2, "<i", 0)
+        return 0
+    raise SyscallError(errno.EINVAL, f"prctl option {option} is not supported by minikvm")
+
+
+def sys_personality(proc, persona: int) -> int:
+    """Record the persona and return the previous one; nothing acts on it."""
+    previous = proc.personality
+    if persona & 0xFFFF_FFFF != PERSONALITY_QUERY:
+        proc.personality = persona & 0xFFFF_FFFF
+    return previous
+
+
+# -- limits and priority --------------------------------------------------------------
 def sys_prlimit64(proc, pid: int, resource: int, new: int, old: int) -> int:
     """Report the limits the sandbox enforces; refuse to change them."""
-    if signed32(pid) not in (0, proc.pid):
-        raise SyscallError(errno.ESRCH, "only the process itself")
+    _only_self(proc, pid)
+    resource = signed32(resource)
+    if not 0 <= resource < RLIM_NLIMITS:
+        raise SyscallError(errno.EINVAL, f"resource {resource}")
     if old:
-        if resource == RLIMIT_NOFILE:
-            values = (proc.fds.max_fds, proc.fds.max_fds)
-        elif resource == RLIMIT_STACK:
-            values = (8 << 20, RLIM_INFINITY)
-        elif resource == RLIMIT_AS:
-            values = (proc.mm.user_pool.end, proc.mm.user_pool.end)
-        else:
-            values = (RLIM_INFINITY, RLIM_INFINITY)
+        memory = proc.mm.user_pool.end - proc.mm.user_pool.start
+        file_size = getattr(proc.policy, "max_file_size", None) or RLIM_INFINITY
+        values = {
+            RLIMIT_NOFILE: (proc.fds.max_fds, proc.fds.max_fds),
+            RLIMIT_STACK: (STACK_LIMIT, RLIM_INFINITY),
+            RLIMIT_AS: (memory, memory),
+            RLIMIT_DATA: (memory, memory),
+            RLIMIT_FSIZE: (file_size, file_size),
+        }.get(resource, (RLIM_INFINITY, RLIM_INFINITY))
         proc.mm.write_struct(old, "<QQ", *values)
     if new:
-        proc.mm.read(new, 16)  # EFAULT check; the new limit is ignored
+        soft, hard = proc.mm.read_struct(new, "<QQ")
+        if soft > hard:
+            raise SyscallError(errno.EINVAL, "soft limit above hard limit")
     return 0
 
 
@@ -107,88 +321,144 @@ def sys_getrlimit(proc, resource: int, address: int) -> int:
     return sys_prlimit64(proc, 0, resource, 0, address)
 
 
+def sys_setrlimit(proc, resource: int, address: int) -> int:
+    return sys_prlimit64(proc, 0, resource, address, 0)
+
+
+def _check_priority_target(proc, which: int, who: int) -> None:
+    which, who = signed32(which), signed32(who)
+    if which not in (PRIO_PROCESS, PRIO_PGRP, PRIO_USER):
+        raise SyscallError(errno.EINVAL, f"which {which}")
+    mine = {PRIO_PROCESS: proc.pid, PRIO_PGRP: proc.pgid, PRIO_USER: os.getuid()}[which]
+    if who not in (0, mine):
+        raise SyscallError(errno.ESRCH, f"nothing to match {who} in this sandbox")
+
+
+def sys_getpriority(proc, which: int, who: int) -> int:
+    """Like the kernel's system call: 20 - nice, so the result is positive."""
+    _check_priority_target(proc, which, who)
+    return 20 - proc.nice
+
+
+def sys_setpriority(proc, which: int, who: int, nice: int) -> int:
+    """Recorded (the guest has one vCPU to itself); raising priority needs
+    privilege, as on Linux."""
+    _check_priority_target(proc, which, who)
+    nice = min(max(signed32(nice), NICE_MIN), NICE_MAX)
+    if nice < proc.nice:
+        raise SyscallError(errno.EACCES, "lowering the nice value needs privilege")
+    proc.nice = nice
+    return 0
+
+
+# -- signals sent to itself ------------------------------------------------------------
 def sys_kill(proc, pid: int, sig: int) -> int:
-    """Signals to itself: the default action of a fatal signal ends the run.
+    """Signals to itself (or its group): the signal's action is taken.
     Other pids do not exist for the guest."""
     pid, sig = signed32(pid), signed32(sig)
-    if pid not in (0, proc.pid, -1 * proc.pid):
-        raise SyscallError(errno.EPERM, "only the process itself may be signalled")
-    return _deliver(proc, sig)
+    if pid not in (0, -1, proc.pid, -proc.pgid):
+        raise SyscallError(errno.ESRCH, f"no process {pid} in this sandbox")
+    return deliver(proc, sig, "sent by the program itself (kill)")
 
 
 def sys_tgkill(proc, tgid: int, tid: int, sig: int) -> int:
     if signed32(tgid) != proc.pid or signed32(tid) != proc.pid:
-        raise SyscallError(errno.ESRCH, "no such thread")
-    return _deliver(proc, signed32(sig))
+        raise SyscallError(errno.ESRCH, "no such thread in this sandbox")
+    return deliver(proc, signed32(sig), "sent by the program itself (tgkill)")
 
 
 def sys_tkill(proc, tid: int, sig: int) -> int:
-    return sys_tgkill(proc, proc.pid, tid, sig)
+    if signed32(tid) != proc.pid:
+        raise SyscallError(errno.ESRCH, "no such thread in this sandbox")
+    return deliver(proc, signed32(sig), "sent by the program itself (tkill)")
 
 
-IGNORED_BY_DEFAULT = {signal.SIGCHLD, signal.SIGURG, signal.SIGWINCH, signal.SIGCONT}
-SIG_IGN = 1
+def refused(name: str):
+    """A handler that refuses *name* with EPERM and records the denial in
+    the policy's log, so ``--audit`` lists attempts to escape the sandbox."""
+    def handler(proc, *args: int) -> int:
+        raise proc.policy.refuse(name)
+    handler.__name__ = f"sys_{name}"
+    return handler
 
 
-def _deliver(proc, sig: int) -> int:
-    """Apply a signal's action: minikvm runs no guest handlers, so a signal
-    the program did not ignore ends it (abort() blocks nothing here)."""
-    if sig == 0:
-        return 0
-    try:
-        signum = signal.Signals(sig)
-    except ValueError:
-        raise SyscallError(errno.EINVAL, f"signal {sig}") from None
-    if signum in IGNORED_BY_DEFAULT or (proc.signal_actions.get(sig) == SIG_IGN
-                                         and signum not in (signal.SIGKILL, signal.SIGSTOP)):
-        return 0
-    regs = proc.machine.vcpu.run_state.s.regs.regs
-    symbol = proc.image.symbols.symbolize(regs.rip)
-    where = f"rip={regs.rip:#x}" + (f" <{symbol}>" if symbol else "")
-    raise ProcessKilled(signum, f"killed by {signum.name} (sent by the program itself) at {where}")
-
-
-def sys_refused(proc, *args: int) -> int:
-    raise SyscallError(errno.EPERM, "refused by the sandbox")
-
+ONE_PROCESS = "one process per sandbox"
+ONE_THREAD = "one process, one thread per sandbox"
+FIXED_IDENTITY = "succeeds only when it changes nothing (EPERM otherwise)"
 
 SYSCALLS = [
     Syscall(60, "exit", sys_exit, ("int",)),
     Syscall(231, "exit_group", sys_exit_group, ("int",)),
     Syscall(39, "getpid", sys_getpid),
     Syscall(186, "gettid", sys_getpid),
-    Syscall(110, "getppid", sys_getppid),
+    Syscall(110, "getppid", sys_getppid, (), PARTIAL, "a fixed parent: pid - 1"),
     Syscall(102, "getuid", sys_getuid),
     Syscall(107, "geteuid", sys_getuid),
     Syscall(104, "getgid", sys_getgid),
     Syscall(108, "getegid", sys_getgid),
-    Syscall(158, "arch_prctl", sys_arch_prctl, ("hex", "ptr")),
+    Syscall(118, "getresuid", sys_getresuid, ("ptr", "ptr", "ptr")),
+    Syscall(120, "getresgid", sys_getresgid, ("ptr", "ptr", "ptr")),
+    Syscall(115, "getgroups", sys_getgroups, ("int", "ptr")),
+    Syscall(105, "setuid", sys_setuid, ("int",), PARTIAL, FIXED_IDENTITY),
+    Syscall(106, "setgid", sys_setgid, ("int",), PARTIAL, FIXED_IDENTITY),
+    Syscall(113, "setreuid", sys_setreuid, ("int", "int"), PARTIAL, FIXED_IDENTITY),
+    Syscall(114, "setregid", sys_setregid, ("int", "int"), PARTIAL, FIXED_IDENTITY),
+    Syscall(117, "setresuid", sys_setresuid, ("int", "int", "int"), PARTIAL, FIXED_IDENTITY),
+    Syscall(119, "setresgid", sys_setresgid, ("int", "int", "int"), PARTIAL, FIXED_IDENTITY),
+    Syscall(122, "setfsuid", sys_setfsuid, ("int",), PARTIAL, "never changes; returns the uid"),
+    Syscall(123, "setfsgid", sys_setfsgid, ("int",), PARTIAL, "never changes; returns the gid"),
+    Syscall(116, "setgroups", sys_setgroups, ("int", "ptr"), REFUSED,
+            "the sandbox's groups are fixed", errno.EPERM),
+    Syscall(111, "getpgrp", sys_getpgrp),
+    Syscall(121, "getpgid", sys_getpgid, ("int",)),
+    Syscall(109, "setpgid", sys_setpgid, ("int", "int"), PARTIAL,
+            "only into its own group (it already is)"),
+    Syscall(124, "getsid", sys_getsid, ("int",)),
+    Syscall(112, "setsid", sys_setsid, (), PARTIAL,
+            "EPERM: the process leads its group, as under a shell"),
+    Syscall(61, "wait4", sys_wait4, ("int", "ptr", "hex", "ptr"), PARTIAL,
+            "no children: always ECHILD"),
+    Syscall(247, "waitid", sys_waitid, ("int", "int", "ptr", "hex", "ptr"), PARTIAL,
+            "no children: always ECHILD"),
+    Syscall(158, "arch_prctl", sys_arch_prctl, ("hex", "ptr"), PARTIAL,
+            "ARCH_SET_FS/GS and ARCH_GET_FS/GS"),
     Syscall(218, "set_tid_address", sys_set_tid_address, ("ptr",)),
     Syscall(273, "set_robust_list", sys_set_robust_list, ("ptr", "uint")),
+    Syscall(274, "get_robust_list", sys_get_robust_list, ("int", "ptr", "ptr")),
     Syscall(334, "rseq", sys_rseq, ("ptr", "uint", "int", "hex"), REFUSED,
             "the C library falls back to not using it", errno.ENOSYS),
+    Syscall(157, "prctl", sys_prctl, ("int", "hex", "hex", "hex", "hex"), PARTIAL,
+            "PR_SET/GET_NAME, PR_SET/GET_DUMPABLE, PR_SET/GET_NO_NEW_PRIVS, "
+            "PR_SET/GET_PDEATHSIG; others EINVAL"),
+    Syscall(135, "personality", sys_personality, ("hex",), PARTIAL,
+            "recorded and returned; no flag changes behaviour"),
     Syscall(302, "prlimit64", sys_prlimit64, ("int", "int", "ptr", "ptr"), PARTIAL,
-            "reports the enforced limits; new limits are ignored"),
+            "reports the enforced limits; new limits are checked, then ignored"),
     Syscall(97, "getrlimit", sys_getrlimit, ("int", "ptr")),
+    Syscall(160, "setrlimit", sys_setrlimit, ("int", "ptr"), PARTIAL,
+            "checked, then ignored: the sandbox's limits stay"),
+    Syscall(140, "getpriority", sys_getpriority, ("int", "int")),
+    Syscall(141, "setpriority", sys_setpriority, ("int", "int", "int"), PARTIAL,
+            "recorded; the guest has its vCPU to itself"),
     Syscall(62, "kill", sys_kill, ("int", "int"), PARTIAL,
-            "only the process itself; a signal not ignored ends it"),
-    Syscall(200, "tkill", sys_tkill, ("int", "int")),
+            "only the process itself; the signal's action is taken, handlers never run"),
+    Syscall(200, "tkill", sys_tkill, ("int", "int"), PARTIAL,
+            "only the process itself; the signal's action is taken, handlers never run"),
     Syscall(234, "tgkill", sys_tgkill, ("int", "int", "int"), PARTIAL,
-            "only the process itself; a signal not ignored ends it"),
-    Syscall(59, "execve", sys_refused, ("path", "ptr", "ptr"), REFUSED,
+            "only the process itself; the signal's action is taken, handlers never run"),
+    Syscall(59, "execve", refused("execve"), ("path", "ptr", "ptr"), REFUSED,
             "a sandboxed program cannot start other programs", errno.EPERM),
-    Syscall(322, "execveat", sys_refused, ("dirfd", "path", "ptr", "ptr", "hex"), REFUSED,
+    Syscall(322, "execveat", refused("execveat"), ("dirfd", "path", "ptr", "ptr", "hex"), REFUSED,
             "a sandboxed program cannot start other programs", errno.EPERM),
-    Syscall(57, "fork", sys_refused, (), REFUSED, "one process per sandbox", errno.EPERM),
-    Syscall(58, "vfork", sys_refused, (), REFUSED, "one process per sandbox", errno.EPERM),
-    Syscall(56, "clone", sys_refused, ("hex", "ptr", "ptr", "ptr", "hex"), REFUSED,
-            "one process, one thread per sandbox", errno.EPERM),
-    Syscall(435, "clone3", sys_refused, ("ptr", "uint"), REFUSED,
-            "one process, one thread per sandbox", errno.EPERM),
-    Syscall(101, "ptrace", sys_refused, ("int", "int", "ptr", "ptr"), REFUSED,
+    Syscall(57, "fork", refused("fork"), (), REFUSED, ONE_PROCESS, errno.EPERM),
+    Syscall(58, "vfork", refused("vfork"), (), REFUSED, ONE_PROCESS, errno.EPERM),
+    Syscall(56, "clone", refused("clone"), ("hex", "ptr", "ptr", "ptr", "hex"), REFUSED,
+            ONE_THREAD, errno.EPERM),
+    Syscall(435, "clone3", refused("clone3"), ("ptr", "uint"), REFUSED, ONE_THREAD, errno.EPERM),
+    Syscall(101, "ptrace", refused("ptrace"), ("int", "int", "ptr", "ptr"), REFUSED,
             "no debugging of other processes", errno.EPERM),
-    Syscall(165, "mount", sys_refused, ("path", "path", "path", "hex", "ptr"), REFUSED,
+    Syscall(165, "mount", refused("mount"), ("path", "path", "path", "hex", "ptr"), REFUSED,
             "file systems are the host's", errno.EPERM),
-    Syscall(166, "umount2", sys_refused, ("path", "hex"), REFUSED,
+    Syscall(166, "umount2", refused("umount2"), ("path", "hex"), REFUSED,
             "file systems are the host's", errno.EPERM),
 ]

@@ -1,17 +1,33 @@
-"""Layer 8 — time system calls: clocks and sleeping.
+"""Layer 8 — time system calls: clocks, sleeping, the alarm, CPU time.
 
 minikvm maps no vDSO, so the C library asks the kernel for the time with a
-real system call; these answer from the host's clocks.
+real system call; these answer from the host's clocks.  The program may
+read the clocks but not set them.
+
+Sleeping goes through :func:`minikvm.syscalls.signals.sleep`, which ends
+early when the run's time limit is reached and delivers the alarm
+(``alarm``, ``setitimer(ITIMER_REAL)``) when it falls due.  The alarm
+cannot interrupt a program that is computing rather than waiting — there
+is no timer interrupt into the guest — so it fires at the next sleep, or
+at the next ``alarm``/``getitimer``/``setitimer`` call after its deadline.
+
+CPU times (``times``, ``getrusage``, the CPU-time clocks) are the minikvm
+host process's: the guest's own time and the host's work on its behalf.
 """
 
 from __future__ import annotations
 
 import errno
+import os
+import resource
 import time
 
 from minikvm.errors import SyscallError
-from minikvm.syscalls.base import PARTIAL, SUPPORTED, Syscall, signed32
+from minikvm.stack import CLOCK_TICKS
+from minikvm.syscalls.base import PARTIAL, REFUSED, Syscall, signed32
+from minikvm.syscalls.signals import deliver_due_alarm, sleep
 
+#: Linux clock ids (linux/time.h) -> the host clock that answers for them.
 CLOCKS = {
     0: time.CLOCK_REALTIME,
     1: time.CLOCK_MONOTONIC,
@@ -21,38 +37,61 @@ CLOCKS = {
     5: getattr(time, "CLOCK_REALTIME_COARSE", time.CLOCK_REALTIME),
     6: getattr(time, "CLOCK_MONOTONIC_COARSE", time.CLOCK_MONOTONIC),
     7: getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC),
+    8: time.CLOCK_REALTIME,                                        # CLOCK_REALTIME_ALARM
+    9: getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC),     # CLOCK_BOOTTIME_ALARM
+    11: getattr(time, "CLOCK_TAI", time.CLOCK_REALTIME),          # CLOCK_TAI
 }
 TIMER_ABSTIME = 1
 NSEC_PER_SEC = 1_000_000_000
-CLOCK_REALTIME = 0
+USEC_PER_SEC = 1_000_000
+TIMESPEC_FORMAT = "<qq"          # struct timespec: tv_sec, tv_nsec
+TIMEVAL_FORMAT = "<qq"           # struct timeval: tv_sec, tv_usec
+ITIMERVAL_FORMAT = "<qqqq"       # struct itimerval: it_interval, it_value (timevals)
+TMS_FORMAT = "<qqqq"             # struct tms: utime, stime, cutime, cstime (clock ticks)
+#: struct rusage: ru_utime, ru_stime (timevals), then 14 longs from ru_maxrss on.
+RUSAGE_FORMAT = "<qqqq14q"
+ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF = 0, 1, 2
+RUSAGE_SELF, RUSAGE_CHILDREN, RUSAGE_THREAD = 0, -1, 1
+KIB = 1024
 
 
 def _clock(clock_id: int) -> int:
     clock = CLOCKS.get(signed32(clock_id))
     if clock is None:
-        raise SyscallError(errno.EINVAL, f"clock {signed32(clock_id)}")
+        raise SyscallError(errno.EINVAL, f"clock {signed32(clock_id)} is not one minikvm knows")
     return clock
 
 
 def sys_clock_gettime(proc, clock_id: int, address: int) -> int:
     ns = time.clock_gettime_ns(_clock(clock_id))
-    proc.mm.write_struct(address, "<qq", ns // NSEC_PER_SEC, ns % NSEC_PER_SEC)
+    proc.mm.write_struct(address, TIMESPEC_FORMAT, ns // NSEC_PER_SEC, ns % NSEC_PER_SEC)
     return 0
 
 
 def sys_clock_getres(proc, clock_id: int, address: int) -> int:
-    resolution = time.clock_getres(_clock(clock_id))
+    resolution_ns = round(time.clock_getres(_clock(clock_id)) * NSEC_PER_SEC)
     if address:
-        proc.mm.write_struct(address, "<qq", int(resolution), round(resolution * 1e9) % NSEC_PER_SEC)
+        proc.mm.write_struct(address, TIMESPEC_FORMAT, resolution_ns // NSEC_PER_SEC,
+                             resolution_ns % NSEC_PER_SEC)
     return 0
+
+
+def sys_clock_settime(proc, clock_id: int, address: int) -> int:
+    _clock(clock_id)
+    raise SyscallError(errno.EPERM, "the sandbox cannot set the host's clock")
+
+
+def sys_settimeofday(proc, address: int, zone: int) -> int:
+    raise SyscallError(errno.EPERM, "the sandbox cannot set the host's clock")
 
 
 def sys_gettimeofday(proc, address: int, zone: int) -> int:
     ns = time.time_ns()
     if address:
-        proc.mm.write_struct(address, "<qq", ns // NSEC_PER_SEC, ns % NSEC_PER_SEC // 1000)
+        proc.mm.write_struct(address, TIMEVAL_FORMAT, ns // NSEC_PER_SEC,
+                             ns % NSEC_PER_SEC // 1000)
     if zone:
-        proc.mm.write_struct(zone, "<ii", 0, 0)
+        proc.mm.write_struct(zone, "<ii", 0, 0)  # struct timezone: UTC, no DST
     return 0
 
 
@@ -63,33 +102,155 @@ def sys_time(proc, address: int) -> int:
     return now
 
 
+# -- sleeping ---------------------------------------------------------------------
 def _read_timespec(proc, address: int) -> int:
-    seconds, nanoseconds = proc.mm.read_struct(address, "<qq")
+    seconds, nanoseconds = proc.mm.read_struct(address, TIMESPEC_FORMAT)
     if seconds < 0 or not 0 <= nanoseconds < NSEC_PER_SEC:
-        raise SyscallError(errno.EINVAL, "bad timespec")
+        raise SyscallError(errno.EINVAL, f"bad timespec {{{seconds}, {nanoseconds}}}")
     return seconds * NSEC_PER_SEC + nanoseconds
 
 
 def sys_nanosleep(proc, request: int, remaining: int) -> int:
-    time.sleep(_read_timespec(proc, request) / NSEC_PER_SEC)
+    sleep(proc, _read_timespec(proc, request) / NSEC_PER_SEC)
     return 0
 
 
 def sys_clock_nanosleep(proc, clock_id: int, flags: int, request: int, remaining: int) -> int:
     clock = _clock(clock_id)
+    if clock == time.CLOCK_THREAD_CPUTIME_ID:
+        raise SyscallError(errno.EINVAL, "cannot sleep on the thread's own CPU clock")
     duration = _read_timespec(proc, request)
     if signed32(flags) & TIMER_ABSTIME:
         duration -= time.clock_gettime_ns(clock)
-    if duration > 0:
-        time.sleep(duration / NSEC_PER_SEC)
+    if duration <= 0:
+        return 0
+    if clock == time.CLOCK_PROCESS_CPUTIME_ID:
+        # The only thread is the one sleeping: its CPU clock stands still,
+        # so, as on Linux, only a signal (or the time limit) ends the sleep.
+        sleep(proc, None)
+    else:
+        sleep(proc, duration / NSEC_PER_SEC)
     return 0
 
 
+# -- the alarm: alarm, setitimer, getitimer ---------------------------------------------
+def _remaining(proc) -> float:
+    """Seconds until the alarm, 0 when none is set."""
+    if proc.alarm_deadline is None:
+        return 0.0
+    return max(proc.alarm_deadline - time.monotonic(), 0.0)
+
+
+def _set_alarm(proc, value: float, interval: float) -> None:
+    proc.alarm_deadline = time.monotonic() + value if value > 0 else None
+    proc.alarm_interval = interval if value > 0 else 0.0
+
+
+def sys_alarm(proc, seconds: int) -> int:
+    """Returns the seconds left of the previous alarm (rounded like Linux:
+    to the nearest second, and at least 1 if one was pending)."""
+    deliver_due_alarm(proc)
+    left = _remaining(proc)
+    previous = max(round(left), 1) if proc.alarm_deadline is not None else 0
+    _set_alarm(proc, float(seconds & 0xFFFF_FFFF), 0.0)
+    return previous
+
+
+def _check_itimer(which: int) -> None:
+    which = signed32(which)
+    if which in (ITIMER_VIRTUAL, ITIMER_PROF):
+        raise SyscallError(errno.EINVAL, "only ITIMER_REAL is supported (the guest's CPU "
+                                         "time is not metered)")
+    if which != ITIMER_REAL:
+        raise SyscallError(errno.EINVAL, f"timer {which}")
+
+
+def _write_itimerval(proc, address: int, interval: float, value: float) -> None:
+    fields = []
+    for seconds in (interval, value):
+        micro = round(seconds * USEC_PER_SEC)
+        fields += [micro // USEC_PER_SEC, micro % USEC_PER_SEC]
+    proc.mm.write_struct(address, ITIMERVAL_FORMAT, *fields)
+
+
+def sys_getitimer(proc, which: int, address: int) -> int:
+    _check_itimer(which)
+    deliver_due_alarm(proc)
+    _write_itimerval(proc, address, proc.alarm_interval, _remaining(proc))
+    return 0
+
+
+def sys_setitimer(proc, which: int, new: int, old: int) -> int:
+    _check_itimer(which)
+    deliver_due_alarm(proc)
+    request = proc.mm.read_struct(new, ITIMERVAL_FORMAT) if new else (0, 0, 0, 0)
+    for usec in request[1::2]:
+        if not 0 <= usec < USEC_PER_SEC:
+            raise SyscallError(errno.EINVAL, f"tv_usec {usec}")
+    if any(seconds < 0 for seconds in request[0::2]):
+        raise SyscallError(errno.EINVAL, "negative time")
+    if old:
+        _write_itimerval(proc, old, proc.alarm_interval, _remaining(proc))
+    interval = request[0] + request[1] / USEC_PER_SEC
+    value = request[2] + request[3] / USEC_PER_SEC
+    _set_alarm(proc, value, interval)
+    return 0
+
+
+# -- CPU time ----------------------------------------------------------------------------
+def sys_times(proc, address: int) -> int:
+    """CPU time in clock ticks; the result is ticks since an arbitrary
+    point (the host's monotonic clock)."""
+    host = os.times()
+    if address:
+        proc.mm.write_struct(address, TMS_FORMAT, int(host.user * CLOCK_TICKS),
+                             int(host.system * CLOCK_TICKS), 0, 0)
+    return int(time.monotonic() * CLOCK_TICKS)
+
+
+def _timeval(seconds: float) -> list[int]:
+    micro = int(seconds * USEC_PER_SEC)
+    return [micro // USEC_PER_SEC, micro % USEC_PER_SEC]
+
+
+def sys_getrusage(proc, who: int, address: int) -> int:
+    """The host process's CPU times and faults; the peak resident size is
+    the guest's own (its peak of allocated guest memory)."""
+    who = signed32(who)
+    if who not in (RUSAGE_SELF, RUSAGE_CHILDREN, RUSAGE_THREAD):
+        raise SyscallError(errno.EINVAL, f"who {who}")
+    fields = [0] * 18
+    if who != RUSAGE_CHILDREN:
+        host = resource.getrusage(resource.RUSAGE_SELF)
+        fields[0:4] = _timeval(host.ru_utime) + _timeval(host.ru_stime)
+        fields[4] = proc.mm.user_pool.peak // KIB                       # ru_maxrss
+        fields[8], fields[9] = host.ru_minflt, host.ru_majflt
+        fields[16], fields[17] = host.ru_nvcsw, host.ru_nivcsw
+    proc.mm.write_struct(address, RUSAGE_FORMAT, *fields)
+    return 0
+
+
+HOST_CPU_TIME = "CPU time of the minikvm host process (guest plus its emulation)"
+
 SYSCALLS = [
-    Syscall(228, "clock_gettime", sys_clock_gettime, ("int", "ptr")),
+    Syscall(228, "clock_gettime", sys_clock_gettime, ("int", "ptr"), PARTIAL,
+            "CPU-time clocks report the minikvm host process"),
     Syscall(229, "clock_getres", sys_clock_getres, ("int", "ptr")),
+    Syscall(227, "clock_settime", sys_clock_settime, ("int", "ptr"), REFUSED,
+            "the host's clock is not the sandbox's to set", errno.EPERM),
+    Syscall(164, "settimeofday", sys_settimeofday, ("ptr", "ptr"), REFUSED,
+            "the host's clock is not the sandbox's to set", errno.EPERM),
     Syscall(96, "gettimeofday", sys_gettimeofday, ("ptr", "ptr")),
     Syscall(201, "time", sys_time, ("ptr",)),
     Syscall(35, "nanosleep", sys_nanosleep, ("ptr", "ptr")),
     Syscall(230, "clock_nanosleep", sys_clock_nanosleep, ("int", "hex", "ptr", "ptr")),
+    Syscall(37, "alarm", sys_alarm, ("uint",), PARTIAL,
+            "SIGALRM is delivered while the program sleeps or waits, not while it computes"),
+    Syscall(36, "getitimer", sys_getitimer, ("int", "ptr"), PARTIAL,
+            "ITIMER_REAL only; ITIMER_VIRTUAL and ITIMER_PROF give EINVAL"),
+    Syscall(38, "setitimer", sys_setitimer, ("int", "ptr", "ptr"), PARTIAL,
+            "ITIMER_REAL only, delivered like alarm's; ITIMER_VIRTUAL and ITIMER_PROF give EINVAL"),
+    Syscall(100, "times", sys_times, ("ptr",), PARTIAL, HOST_CPU_TIME),
+    Syscall(98, "getrusage", sys_getrusage, ("int", "ptr"), PARTIAL,
+            HOST_CPU_TIME + "; ru_maxrss is the guest's peak memory; no children"),
 ]
