@@ -48,7 +48,7 @@ pure function of the path string.
 
 The errno contract
 ------------------
-=========  ================================================================
+========== ================================================================
 ``EACCES`` the path is outside every grant, resolves outside its grant,
            needs write access in a read-only grant, or the endpoint is not
            allowed ("outside allowed paths")
@@ -56,7 +56,7 @@ The errno contract
            (:data:`REFUSED_SYSCALLS`: execve, fork, ptrace, mount …)
 others     the host kernel's own answer, raised as the ``OSError`` it raised
            (``ENOENT``, ``EISDIR``, ``ELOOP``, ``ENOTDIR`` …)
-=========  ================================================================
+========== ================================================================
 
 Every denial is recorded in :attr:`Policy.denials` so ``--audit`` can print
 :meth:`Policy.summary` at exit; :meth:`Policy.describe` prints the policy
@@ -254,17 +254,22 @@ class PolicyDenied(SyscallError):
 
     ``errno`` is :data:`DENIED_ERRNO` (outside the policy), :data:`REFUSED_ERRNO`
     (refused outright) or a limit's errno (``EMFILE``, ``EFBIG``); ``reason``
-    is the short text ``--trace`` prints; ``path`` is what was asked for.
+    is the short text ``--trace`` prints, starting with ``denied:`` for the
+    first two, so a denial stands out from the host kernel's own errors
+    (``= -1 EACCES (denied: outside allowed paths)``); ``path`` is what was
+    asked for.
     """
 
     def __init__(self, err: int, reason: str, path: str = "") -> None:
-        super().__init__(err, reason)
+        denied = err in (DENIED_ERRNO, REFUSED_ERRNO)
+        super().__init__(err, f"denied: {reason}" if denied else reason)
         self.path = path
+        self.detail = reason
 
     def __str__(self) -> str:
         name = errno.errorcode.get(self.errno, str(self.errno))
         where = f"{self.path}: " if self.path else ""
-        return f"{name}: {where}{self.reason}"
+        return f"{name}: {where}{self.detail}"
 
 
 @dataclass(frozen=True)
@@ -636,6 +641,34 @@ class Policy:
         if wanted not in self.endpoints:
             raise self._deny(syscall, shown, "endpoint not allowed (allow it with "
                              f"connect=[{shown!r}])")
+
+    def check_socket(self, family: int, *, syscall: str = "socket") -> None:
+        """Allow creating a socket of *family*, or raise :class:`PolicyDenied`.
+
+        A socket is only a means to reach an endpoint, so without any
+        ``connect`` grant there is no reason to make one: ``EACCES``.  Families
+        other than unix, IPv4 and IPv6 (netlink, packet, vsock ...) reach the
+        host kernel or other machines in ways no endpoint describes:
+        ``EAFNOSUPPORT``, as for a kernel built without them.
+        """
+        if family not in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6):
+            raise self._deny(syscall, f"family {family}", f"socket family {family} is "
+                             "not supported (only unix, IPv4 and IPv6)", errno.EAFNOSUPPORT)
+        if not self.endpoints:
+            raise self._deny(syscall, f"family {family}", "no network grant (allow an "
+                             "endpoint with connect=[...], --allow-connect on the "
+                             "command line)")
+
+    def deny_listen(self, syscall: str, detail: str = "") -> PolicyDenied:
+        """Record and return the ``EACCES`` for ``bind``, ``listen`` or ``accept``.
+
+        A grant names endpoints the guest may *reach*; there is no grant for
+        being reached, so accepting connections is outside every policy
+        (``EACCES``, like a connect to an endpoint not granted).  Use it as
+        ``raise policy.deny_listen("bind", address)``.
+        """
+        return self._deny(syscall, detail, "accepting connections is not allowed "
+                          "(the policy grants outgoing connections only)")
 
     # --- limits and refusals -------------------------------------------------------
 

@@ -1,0 +1,612 @@
+"""The hostile-guest suite: real C programs try to get out, and every one is contained.
+
+Each program in ``tests/hostile/`` is built in the test run, with glibc and
+with musl (static), and run with ``python -m minikvm run`` exactly as a user
+would run it — so the policy, Landlock and seccomp (:mod:`minikvm.confine`)
+are all in place.  "Contained" means, for every attempt:
+
+* the guest gets the errno the sandbox promises (``EACCES`` outside the
+  grants, ``EPERM`` for refused operations, ``EFAULT``, ``EMFILE``,
+  ``ENOMEM``), or it is stopped with a clean one-line report
+  (``SIGSEGV: protection fault writing 0x1000 at rip=...``);
+* minikvm never prints a Python traceback or an internal error;
+* no host file outside the grants changes: contents, mtimes and directory
+  listings are compared before and after, and nothing new appears;
+* nothing is lost: what the guest wrote to a granted file is on disk even
+  when it is stopped by ``--timeout`` or crashes right after writing.
+
+The last section checks the second wall alone: with the policy bypassed,
+Landlock and seccomp still refuse.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from minikvm import landlock, seccomp
+from tests.programs.build import DEFAULT_BUILD_DIR, build
+
+pytestmark = pytest.mark.kvm
+
+ROOT = Path(__file__).resolve().parent.parent
+HOSTILE = Path(__file__).resolve().parent / "hostile"
+VARIANTS = ("glibc-static", "musl-static")
+RUN_TIMEOUT_SECONDS = 60             # a subprocess limit, never an assertion
+#: A crash report: the signal Linux would send, what happened, where.
+CRASH_LINE = re.compile(r"^SIG[A-Z]+: .+ at rip=0x[0-9a-f]+( <[^>]+>)?$")
+
+
+# --- running hostile programs ------------------------------------------------
+
+
+@dataclass
+class Run:
+    status: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    def results(self) -> dict[str, int]:
+        """The ``NAME: ERRNO`` lines the programs print, as a dict."""
+        found = {}
+        for line in self.stdout.splitlines():
+            name, sep, value = line.partition(": ")
+            if sep and value.lstrip("-").isdigit():
+                found[name] = int(value)
+        return found
+
+
+def hostile(name: str, variant: str) -> Path:
+    """``tests/hostile/NAME.c`` built as *variant* (once; skipped if no compiler)."""
+    return build(HOSTILE / f"{name}.c", DEFAULT_BUILD_DIR / "hostile", variant)
+
+
+def minikvm(*args: object, cwd: Path) -> Run:
+    """``python -m minikvm run ARGS`` in *cwd*, as a user would type it."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "minikvm", "run", *map(str, args)],
+                            cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=RUN_TIMEOUT_SECONDS)
+    return Run(result.returncode, result.stdout, result.stderr, time.monotonic() - start)
+
+
+def assert_clean(run: Run) -> None:
+    """No traceback, no handler bug: whatever the guest did, minikvm kept its composure."""
+    assert "Traceback" not in run.stderr, run.stderr
+    assert "internal error" not in run.stderr, run.stderr
+
+
+def assert_crash_report(run: Run, signals: set[str]) -> str:
+    """The run ended with exactly one crash-report line, for one of *signals*."""
+    assert_clean(run)
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one report line, got:\n{run.stderr}"
+    assert CRASH_LINE.match(lines[0]), lines[0]
+    name = lines[0].split(":")[0]
+    assert name in signals, lines[0]
+    assert run.status == 128 + signal.Signals[name], (run.status, lines[0])
+    return lines[0]
+
+
+def snapshot(directory: Path) -> dict[str, tuple]:
+    """Every entry under *directory*: kind, mode, size, mtime and content digest."""
+    state = {}
+    for path in [directory, *sorted(directory.rglob("*"))]:
+        info = path.lstat()
+        if path.is_symlink():
+            content = os.readlink(path)
+        elif path.is_file():
+            content = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            content = sorted(os.listdir(path))
+        state[str(path.relative_to(directory))] = (
+            info.st_mode, info.st_size, info.st_mtime_ns, info.st_nlink, content)
+    return state
+
+
+@pytest.fixture
+def sandbox_tree(tmp_path: Path) -> Iterator[dict[str, Path]]:
+    """A grant directory with planted escapes, and an outside that must not change.
+
+    ::
+
+        tmp/grant/inside             readable, writable
+        tmp/grant/abs-link   -> tmp/outside/secret
+        tmp/grant/rel-link   -> ../outside/secret
+        tmp/grant/dir-link   -> tmp/outside
+        tmp/grant/sub/
+        tmp/outside/secret
+
+    After the test, ``outside`` and the top level of ``tmp`` are compared
+    with how they were before.
+    """
+    grant, outside = tmp_path / "grant", tmp_path / "outside"
+    grant.mkdir()
+    outside.mkdir()
+    (grant / "sub").mkdir()
+    (grant / "inside").write_text("inside\n")
+    (outside / "secret").write_text("secret\n")
+    (grant / "abs-link").symlink_to(outside / "secret")
+    (grant / "rel-link").symlink_to("../outside/secret")
+    (grant / "dir-link").symlink_to(outside)
+    before_outside = snapshot(outside)
+    before_top = sorted(os.listdir(tmp_path))
+    yield {"root": tmp_path, "grant": grant, "outside": outside}
+    assert snapshot(outside) == before_outside, "a file outside the grant changed"
+    assert sorted(os.listdir(tmp_path)) == before_top, "something appeared next to the grant"
+    assert not Path("/tmp/minikvm-escaped").exists(), "the guest ran /bin/sh"
+
+
+def expect(results: dict[str, int], expected: dict[str, int | set[int]],
+           not_yet: set[str] = frozenset()) -> list[str]:
+    """Compare a program's results with what the sandbox must answer.
+
+    Returns the attempts that got ENOSYS because minikvm does not implement
+    that system call yet (they are contained — nothing happened — but the
+    errno contract is not tested for them); every other mismatch fails.
+    """
+    pending = []
+    for name, wanted in expected.items():
+        assert name in results, f"{name}: no result line (did the guest die early?)"
+        allowed = wanted if isinstance(wanted, set) else {wanted}
+        got = results[name]
+        if got not in allowed and got == errno.ENOSYS and name in not_yet:
+            pending.append(name)
+            continue
+        shown = {errno.errorcode.get(e, e) if e else "success" for e in allowed}
+        assert got in allowed, (f"{name}: got {errno.errorcode.get(got, got) if got else 'success'}"
+                                f", expected {' or '.join(sorted(map(str, shown)))}")
+    return pending
+
+
+# --- the file system -----------------------------------------------------------
+
+EACCES, EPERM, ENOENT = errno.EACCES, errno.EPERM, errno.ENOENT
+
+FILE_ESCAPES: dict[str, int | set[int]] = {
+    "inside-read": 0, "inside-create": 0, "chdir-grant": 0, "grant-dirfd": 0,
+    "etc-shadow": EACCES, "etc-passwd": EACCES,
+    "outside-read": EACCES, "outside-write": EACCES, "outside-create": EACCES,
+    "dotdot-read": EACCES, "dotdot-write": EACCES, "dotdot-create": EACCES,
+    "dotdot-deep": EACCES, "dotdot-inside-out": EACCES,
+    "abs-symlink-read": EACCES, "abs-symlink-write": EACCES,
+    "rel-symlink-read": EACCES, "rel-symlink-write": EACCES,
+    "dir-symlink-read": EACCES, "dir-symlink-create": EACCES,
+    # making a symlink inside the grant is allowed; following it out is not
+    "symlink-make": 0, "symlink-follow": EACCES,
+    "proc-root": EACCES, "proc-root-outside": EACCES, "proc-cwd": EACCES,
+    "openat-dotdot": EACCES,
+    "link-out": EACCES, "link-in": EACCES, "rename-out": EACCES, "rename-in": EACCES,
+    "unlink-outside": EACCES, "mkdir-outside": EACCES, "truncate-outside": EACCES,
+    "chmod-outside": EACCES, "chdir-outside": EACCES,
+}
+#: Calls the guest reaches through system calls minikvm may not implement
+#: yet; ENOSYS for them is contained but reported as an expected failure.
+NOT_YET = {"symlink-make", "link-out", "link-in", "rename-out", "rename-in",
+           "unlink-outside", "mkdir-outside", "truncate-outside", "chmod-outside"}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_file_escapes_are_denied(variant, sandbox_tree):
+    program = hostile("escape_files", variant)
+    grant, outside = sandbox_tree["grant"], sandbox_tree["outside"]
+    run = minikvm("--allow-write", grant, program, grant, outside, cwd=sandbox_tree["root"])
+    assert_clean(run)
+    assert run.status == 0, run.stderr
+    results = run.results()
+    expected = dict(FILE_ESCAPES)
+    if results.get("symlink-make") == errno.ENOSYS:     # no link was made to follow
+        expected["symlink-follow"] = {EACCES, ENOENT}
+    pending = expect(results, expected, NOT_YET)
+    # the grant did work for what it allows, and nothing it refused was made
+    assert (grant / "inside").read_text() == "inside\n"
+    assert (grant / "created").read_text() == "X"
+    assert not (grant / "stolen").exists() and not (grant / "moved-in").exists()
+    if pending:
+        pytest.xfail(f"contained, but not implemented yet (ENOSYS): {', '.join(pending)}")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_read_only_grant_cannot_be_written(variant, sandbox_tree):
+    program = hostile("escape_files", variant)
+    grant, outside = sandbox_tree["grant"], sandbox_tree["outside"]
+    before = snapshot(grant)
+    run = minikvm("--allow-read", grant, program, grant, outside, cwd=sandbox_tree["root"])
+    assert_clean(run)
+    results = run.results()
+    assert results["inside-read"] == 0
+    assert results["inside-create"] == EACCES
+    assert results["symlink-make"] in (EACCES, errno.ENOSYS)
+    assert snapshot(grant) == before
+
+
+# --- the network ----------------------------------------------------------------
+
+
+class Listener:
+    """A TCP server on 127.0.0.1 answering "pong:" + what it got; counts connections."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.connections = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with connection:
+                connection.settimeout(10)
+                try:
+                    connection.sendall(b"pong:" + connection.recv(100))
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture
+def listeners() -> Iterator[tuple[Listener, Listener]]:
+    first, second = Listener(), Listener()
+    yield first, second
+    first.close()
+    second.close()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_tcp_without_a_grant_gets_no_socket(variant, listeners, tmp_path):
+    target, _ = listeners
+    run = minikvm(hostile("escape_net", variant), "tcp", "127.0.0.1", target.port, cwd=tmp_path)
+    assert_clean(run)
+    assert run.results() == {"socket": EACCES}
+    assert target.connections == 0
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_tcp_to_the_granted_port_works_and_to_another_is_denied(variant, listeners, tmp_path):
+    target, other = listeners
+    program = hostile("escape_net", variant)
+    grant = f"127.0.0.1:{target.port}"
+    run = minikvm("--allow-connect", grant, program, "tcp", "127.0.0.1", target.port,
+                  cwd=tmp_path)
+    assert_clean(run)
+    assert run.results() == {"socket": 0, "connect": 0, "send": 0, "recv": 0}
+    assert "reply: pong:ping" in run.stdout
+    run = minikvm("--allow-connect", grant, "--trace", program, "tcp", "127.0.0.1", other.port,
+                  cwd=tmp_path)
+    assert_clean(run)
+    assert run.results() == {"socket": 0, "connect": EACCES}
+    assert re.search(r"^connect\(3, .*\) = -1 EACCES \(denied: endpoint not allowed",
+                     run.stderr, re.MULTILINE), run.stderr
+    # another address with the granted port is another endpoint
+    run = minikvm("--allow-connect", grant, program, "tcp", "127.0.0.2", target.port,
+                  cwd=tmp_path)
+    assert run.results() == {"socket": 0, "connect": EACCES}
+    assert other.connections == 0 and target.connections == 1
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_udp_sendto_only_to_the_granted_endpoint(variant, tmp_path):
+    program = hostile("escape_net", variant)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as allowed, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as denied:
+        allowed.bind(("127.0.0.1", 0))
+        denied.bind(("127.0.0.1", 0))
+        allowed.settimeout(10)
+        denied.setblocking(False)
+        grant = f"127.0.0.1:{allowed.getsockname()[1]}"
+        run = minikvm(program, "udp", "127.0.0.1", denied.getsockname()[1], cwd=tmp_path)
+        assert run.results() == {"socket": EACCES}
+        run = minikvm("--allow-connect", grant, program, "udp", "127.0.0.1",
+                      denied.getsockname()[1], cwd=tmp_path)
+        assert_clean(run)
+        assert run.results() == {"socket": 0, "sendto": EACCES}
+        run = minikvm("--allow-connect", grant, program, "udp", "127.0.0.1",
+                      allowed.getsockname()[1], cwd=tmp_path)
+        assert run.results() == {"socket": 0, "sendto": 0}
+        assert allowed.recv(100) == b"ping"
+        with pytest.raises(BlockingIOError):
+            denied.recv(100)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_unix_socket_to_a_host_socket(variant, tmp_path, listeners):
+    program = hostile("escape_net", variant)
+    path = tmp_path / "host.sock"
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(path))
+        server.listen(1)
+        server.settimeout(10)
+        run = minikvm(program, "unix", path, cwd=tmp_path)
+        assert run.results() == {"socket": EACCES}
+        # a TCP grant lets the guest make sockets, not reach this one
+        run = minikvm("--allow-connect", f"127.0.0.1:{listeners[0].port}", program, "unix",
+                      path, cwd=tmp_path)
+        assert_clean(run)
+        assert run.results() == {"socket": 0, "connect": EACCES}
+        served: list[bytes] = []
+
+        def serve() -> None:
+            connection, _ = server.accept()
+            with connection:
+                served.append(connection.recv(100))
+                connection.sendall(b"pong:unix")
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        run = minikvm("--allow-connect", f"unix:{path}", program, "unix", path, cwd=tmp_path)
+        thread.join(10)
+        assert_clean(run)
+        assert run.results() == {"socket": 0, "connect": 0, "send": 0, "recv": 0}
+        assert served == [b"ping"] and "reply: pong:unix" in run.stdout
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_listening_and_raw_sockets_are_refused(variant, listeners, tmp_path):
+    program = hostile("escape_net", variant)
+    grant = f"127.0.0.1:{listeners[0].port}"
+    run = minikvm("--allow-connect", grant, program, "listen", listeners[1].port + 1,
+                  cwd=tmp_path)
+    assert_clean(run)
+    assert run.results() == {"socket": 0, "bind": EACCES, "listen-unbound": EACCES}
+    run = minikvm("--allow-connect", grant, program, "raw", cwd=tmp_path)
+    assert_clean(run)
+    assert run.results() == {"socket-raw": EPERM, "socket-packet": errno.EAFNOSUPPORT,
+                             "socket-netlink": errno.EAFNOSUPPORT}
+
+
+# --- other processes ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_no_other_process_can_be_started_or_touched(variant, tmp_path):
+    run = minikvm(hostile("escape_process", variant), cwd=tmp_path)
+    assert_clean(run)
+    assert "child is running" not in run.stdout
+    expect(run.results(), {
+        "execve": EPERM, "execve-self": EPERM, "fork": EPERM, "vfork-raw": EPERM,
+        "clone-process": EPERM, "ptrace-attach": EPERM,
+        "kill-init": {EPERM, errno.ESRCH}, "process-vm-readv": {EPERM, errno.ENOSYS},
+        "mount": EPERM, "chroot": {EPERM, errno.ENOSYS}, "syscall-unknown": errno.ENOSYS,
+    })
+    assert "still here" in run.stdout
+    # kill(-1, SIGKILL), last: if minikvm counts the guest itself among "every
+    # process" the guest dies, with a report; nothing outside is signalled
+    assert run.status == 0 or (run.status == 128 + signal.SIGKILL
+                               and run.stderr.startswith("SIGKILL: ")), run.stderr
+    assert not Path("/tmp/minikvm-escaped").exists()
+
+
+# --- exhaustion and bad pointers -----------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_memory_bomb_gets_enomem_and_exits_cleanly(variant, tmp_path):
+    run = minikvm("--memory", "64M", hostile("exhaust", variant), "memory", cwd=tmp_path)
+    assert_clean(run)
+    assert run.status == 0, run.stderr
+    assert "failed with errno 12" in run.stdout          # ENOMEM
+    blocks = run.results()["blocks"]
+    assert 0 < blocks < 64, f"{blocks} MiB allocated in a 64 MiB guest"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fd_exhaustion_gets_emfile(variant, tmp_path):
+    run = minikvm("--max-fds", 16, hostile("exhaust", variant), "fds", cwd=tmp_path)
+    assert_clean(run)
+    assert run.status == 0
+    assert "opened 13, then errno 24" in run.stdout      # fds 3..15, then EMFILE
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bad_pointers_get_efault(variant, tmp_path):
+    run = minikvm(hostile("bad_pointers", variant), cwd=tmp_path)
+    assert_clean(run)
+    results = run.results()
+    assert results, run.stdout
+    wrong = {name: errno.errorcode.get(value, value) for name, value in results.items()
+             if value != errno.EFAULT}
+    assert not wrong, f"expected EFAULT from every call, got {wrong}"
+    assert "still here" in run.stdout
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_tight_loop_is_stopped_by_the_timeout(variant, tmp_path):
+    """The guest part alone is measured in test_sandbox_cli.py; here, the whole run."""
+    run = minikvm("--timeout", 1, hostile("exhaust", variant), "loop", cwd=tmp_path)
+    assert run.status == 124
+    assert run.stdout == "looping\n"
+    assert run.stderr == "minikvm: timed out: the time limit was reached\n"
+    print(f"--timeout 1 on a tight loop ({variant}): {run.seconds:.2f} s from start to "
+          "exit, start-up included")
+    assert run.seconds < 1 + 10, "generous: Python start-up and VM creation are included"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("ending", ["write-loop", "write-crash"])
+def test_nothing_written_is_lost_when_the_guest_is_stopped(variant, ending, tmp_path):
+    run = minikvm("--here", "--timeout", 5, hostile("exhaust", variant), ending, "out.txt",
+                  cwd=tmp_path)
+    assert "wrote 100000 bytes" in run.stdout
+    if ending == "write-loop":
+        assert run.status == 124
+    else:
+        assert_crash_report(run, {"SIGSEGV"})
+    data = (tmp_path / "out.txt").read_bytes()
+    assert data == bytes(ord("a") + i % 26 for i in range(100000))
+
+
+# --- the CPU and the guest kernel area -------------------------------------------------
+
+SEGV = {"SIGSEGV"}
+#: case -> the signals it may end with.  ``int $0x80`` and ``int $14`` are #GP
+#: on hardware (the IDT gate refuses CPL 3) and #UD under PVM.
+CPU_ATTACKS: dict[str, set[str]] = {
+    "page-tables": SEGV, "gdt": SEGV, "idt": SEGV, "tss": SEGV, "syscall-stub": SEGV,
+    "ist-stack": SEGV, "read-gdt": SEGV,
+    "wrmsr-lstar": SEGV, "wrmsr-efer": SEGV, "rdmsr-lstar": SEGV, "rdmsr-random": SEGV,
+    "wrmsr-random": SEGV,
+    "out-random": SEGV, "in-random": SEGV, "out-dx-random": SEGV,
+    "out-exception-port": SEGV, "out-syscall-port": SEGV,
+    "hlt": SEGV, "cli": SEGV, "int3": {"SIGTRAP"}, "int80": {"SIGSEGV", "SIGILL"},
+    "int-pagefault": {"SIGSEGV", "SIGILL"}, "ud2": {"SIGILL"},
+    "mov-cr3": SEGV, "lidt": SEGV, "sysret": SEGV, "iretq-ring0": SEGV,
+    "non-canonical": SEGV, "kernel-half": SEGV, "exception-stub": SEGV,
+    # on hardware, sysretq to a non-canonical RCX faults in ring 0 (the
+    # CVE-2012-0217 pattern): the IST stack takes it, or KVM refuses entry
+    "syscall-stub-bad-return": {"SIGSEGV", "SIGKILL"},
+    "stack-overflow": SEGV,
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("case", sorted(CPU_ATTACKS))
+def test_cpu_attacks_end_in_a_crash_report(case, variant, tmp_path):
+    run = minikvm(hostile("cpu", variant), case, cwd=tmp_path)
+    line = assert_crash_report(run, CPU_ATTACKS[case])
+    assert f"case {case}" in run.stdout
+    assert "survived" not in run.stdout, f"{case} did not fault: {line}"
+
+
+# --- the second wall alone -------------------------------------------------------------
+
+
+def run_python(code: str, cwd: Path) -> list[str]:
+    """*code* in a fresh interpreter (confinement is irreversible); its stdout lines."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+needs_landlock = pytest.mark.skipif(not landlock.available(),
+                                    reason=f"no Landlock: {landlock.unavailable_reason()}")
+
+
+@needs_landlock
+def test_landlock_alone_stops_an_open_the_policy_would_allow(tmp_path):
+    """Simulate a policy bug: after confine(), forge a grant for B into the
+    policy, so the policy itself lets the open through — Landlock refuses."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f").write_text(name)
+    out = run_python(f"""
+        import dataclasses, os
+        from minikvm.confine import confine
+        from minikvm.policy import Grant, Policy, O_RDONLY
+        policy = Policy(write=[{str(tmp_path / 'a')!r}])
+        print(confine(policy).landlock is not None)
+        fd = policy.open({str(tmp_path / 'a' / 'f')!r}, O_RDONLY, 0, "/")
+        print("a:", os.read(fd, 10).decode())
+        # the bug: B smuggled into the grants (O_PATH opens are not checked)
+        forged = Grant({str(tmp_path / 'b')!r}, True,
+                       os.open({str(tmp_path / 'b')!r}, os.O_PATH | os.O_DIRECTORY))
+        policy.grants = (forged, *policy.grants)
+        for attempt in (lambda: policy.open({str(tmp_path / 'b' / 'f')!r}, O_RDONLY, 0, "/"),
+                        lambda: os.open({str(tmp_path / 'b' / 'f')!r}, os.O_RDONLY),
+                        lambda: os.open("/etc/passwd", os.O_RDONLY),
+                        lambda: os.open({str(tmp_path / 'b' / 'new')!r},
+                                        os.O_WRONLY | os.O_CREAT)):
+            try:
+                attempt()
+                print("opened")
+            except PermissionError as error:
+                print("PermissionError", error.errno)
+    """, tmp_path)
+    assert out == ["True", "a: a"] + ["PermissionError 13"] * 4
+    assert not (tmp_path / "b" / "new").exists()
+
+
+@needs_landlock
+def test_landlock_alone_stops_tcp_to_a_port_not_granted(tmp_path, listeners):
+    if landlock.abi_version() < 4:
+        pytest.skip("Landlock filters TCP ports from ABI 4 (Linux 6.7)")
+    granted, other = listeners
+    out = run_python(f"""
+        import socket
+        from minikvm.confine import confine
+        from minikvm.policy import Policy
+        confine(Policy(connect=["127.0.0.1:{granted.port}"]))
+        for port in ({granted.port}, {other.port}):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=10).close()
+                print("connected")
+            except PermissionError as error:
+                print("PermissionError", error.errno)
+    """, tmp_path)
+    assert out == ["connected", "PermissionError 13"]
+
+
+@pytest.mark.skipif(not seccomp.available(), reason="no seccomp filters on this kernel")
+def test_seccomp_alone_stops_exec_and_fork(tmp_path):
+    out = run_python("""
+        import os
+        from minikvm.confine import confine
+        from minikvm.policy import Policy
+        confine(Policy(), use_landlock=False)
+        for name, attempt in (("fork", os.fork),
+                              ("execv", lambda: os.execv("/bin/sh", ["sh", "-c", "true"]))):
+            try:
+                attempt()
+                print(name, "worked")
+            except PermissionError as error:
+                print(name, "PermissionError", error.errno)
+    """, tmp_path)
+    assert out == ["fork PermissionError 1", "execv PermissionError 1"]
+
+
+def test_confine_warns_and_goes_on_where_the_kernel_lacks_a_wall(monkeypatch):
+    """Nothing irreversible happens here: both walls are faked as missing."""
+    from minikvm import confine as confine_module
+    from minikvm.policy import Policy
+
+    def no_landlock(*args: object, **kwargs: object) -> None:
+        raise landlock.LandlockUnavailable("cannot restrict with Landlock: kernel 4.19 has "
+                                           "no Landlock")
+
+    monkeypatch.setattr(confine_module.landlock, "restrict_self", no_landlock)
+    monkeypatch.setattr(confine_module.seccomp, "available", lambda: False)
+    with Policy() as policy:
+        confinement = confine_module.confine(policy)
+    assert confinement.landlock is None and confinement.seccomp is None
+    assert not confinement.complete
+    assert len(confinement.warnings) == 2
+    assert "kernel 4.19 has no Landlock" in confinement.warnings[0]
+    assert "the policy still confines the guest" in confinement.warnings[0]
+    assert "seccomp filters are unavailable" in confinement.warnings[1]
+
+
+def test_confine_fails_loudly_when_a_wall_the_kernel_has_cannot_go_up(monkeypatch):
+    from minikvm import confine as confine_module
+    from minikvm.policy import Policy
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise landlock.LandlockError("restrict_self must run while the process has one "
+                                     "thread, but it has 2")
+
+    monkeypatch.setattr(confine_module.landlock, "restrict_self", broken)
+    with Policy() as policy, pytest.raises(confine_module.ConfineError, match="one thread"):
+        confine_module.confine(policy, use_seccomp=False)
