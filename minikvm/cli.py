@@ -21,6 +21,7 @@ EXIT_USAGE = 2
 EXIT_TIMEOUT = 124
 EXIT_NOT_RUNNABLE = 126
 EXIT_NOT_FOUND = 127
+EXIT_INTERRUPTED = 128 + 2   # SIGINT, as a shell reports a Ctrl-C
 
 SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
@@ -76,7 +77,80 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("program", help="the static executable to run")
     run.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
     commands.add_parser("doctor", help="check that this machine can run minikvm")
+    add_snapshot_commands(commands)
     return parser
+
+
+def add_sandbox_options(parser: argparse.ArgumentParser) -> None:
+    """The policy, memory and environment options of ``serve`` and
+    ``snapshot save`` (the same meaning as for ``run``)."""
+    parser.add_argument("--here", action="store_true",
+                        help="allow reading and writing the current directory and below")
+    parser.add_argument("--allow-read", action="append", default=[], metavar="DIR",
+                        help="allow reading DIR and below (repeatable)")
+    parser.add_argument("--allow-write", action="append", default=[], metavar="DIR",
+                        help="allow reading and writing DIR and below (repeatable)")
+    parser.add_argument("--allow-connect", action="append", default=[], metavar="HOST:PORT",
+                        help="allow connecting to this endpoint (repeatable; unix:PATH too)")
+    parser.add_argument("--memory", type=parse_size, default=None, metavar="SIZE",
+                        help="guest memory (default 1G)")
+    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help="time limit for the program's start-up (to its first request)")
+    parser.add_argument("--max-fds", type=int, default=1024, metavar="N",
+                        help="most open files at once (EMFILE beyond)")
+    parser.add_argument("--max-file-size", type=parse_size, default=None, metavar="SIZE",
+                        help="largest file the program may write (EFBIG beyond)")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="set an environment variable (repeatable)")
+    parser.add_argument("--unsetenv", action="append", default=[], metavar="NAME",
+                        help="remove an environment variable (repeatable)")
+    parser.add_argument("--clearenv", action="store_true",
+                        help="start from an empty environment")
+
+
+def add_snapshot_commands(commands: argparse._SubParsersAction) -> None:
+    """``minikvm serve`` and ``minikvm snapshot save|run|info`` (implemented
+    in :mod:`minikvm.serve`)."""
+    serve = commands.add_parser(
+        "serve", help="serve HTTP; every request runs in a fresh copy of the program",
+        description="Start PROGRAM, snapshot it at its first minikvm_wait_request, and "
+                    "answer each HTTP request with a reset copy of that snapshot.")
+    add_sandbox_options(serve)
+    serve.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
+                       help="where to listen (default 127.0.0.1:8080; port 0 picks a free "
+                            "port, printed at start)")
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="worker processes, each with its own VM (default 1)")
+    serve.add_argument("--request-timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="answer 504 when a request runs longer (default 30)")
+    serve.add_argument("--reset", choices=("cow", "copy"), default="cow",
+                       help="how memory is reset between requests: drop the copy-on-write "
+                            "copies, or copy the dirty pages back (default cow)")
+    serve.add_argument("--from-snapshot", metavar="FILE", default=None,
+                       help="serve a file from 'minikvm snapshot save' instead of PROGRAM")
+    serve.add_argument("program", nargs="?", help="the static executable to serve")
+    serve.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
+
+    snapshot = commands.add_parser("snapshot", help="save a program at its first request to "
+                                   "a file, and resume it from there")
+    actions = snapshot.add_subparsers(dest="snapshot_command", required=True)
+    save = actions.add_parser(
+        "save", help="run PROGRAM to its first minikvm_wait_request and save it to FILE")
+    add_sandbox_options(save)
+    save.add_argument("-o", "--output", required=True, metavar="FILE",
+                      help="the snapshot file to write")
+    save.add_argument("--at-first-request", action="store_true", default=True,
+                      help="snapshot at the first minikvm_wait_request (the default, and "
+                           "for now the only ready point)")
+    save.add_argument("program", help="the static executable")
+    save.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
+    run = actions.add_parser(
+        "run", help="resume a snapshot: stdin is its one request, the response goes to stdout")
+    run.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                     help="stop the program after this much wall-clock time (exit 124)")
+    run.add_argument("file", help="a file from 'minikvm snapshot save'")
+    info = actions.add_parser("info", help="check a snapshot file and describe it")
+    info.add_argument("file", help="a file from 'minikvm snapshot save'")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -93,6 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.command == "doctor":
         from minikvm.doctor import main as doctor_main
         return doctor_main()
+    if options.command in ("serve", "snapshot"):
+        from minikvm.serve import snapshot_commands
+        return snapshot_commands(options)
     return run_command(options)
 
 
@@ -107,6 +184,7 @@ def guest_environment(options: argparse.Namespace) -> dict[str, str]:
 
 
 def run_command(options: argparse.Namespace) -> int:
+    from minikvm.confine import ConfineError, confine
     from minikvm.errors import ElfError, MinikvmError
     from minikvm.layout import DEFAULT_MEMORY_SIZE
     from minikvm.policy import Policy, PolicyError
@@ -134,7 +212,12 @@ def run_command(options: argparse.Namespace) -> int:
     if options.trace == "-":
         trace_stream = sys.stderr
     elif options.trace:
-        trace_stream = open(options.trace, "w")
+        try:
+            trace_stream = open(options.trace, "w")
+        except OSError as error:
+            print(f"minikvm: cannot write the trace to {options.trace}: {error.strerror}",
+                  file=sys.stderr)
+            return EXIT_USAGE
     try:
         process = Process.spawn(path, [path, *options.args], guest_environment(options), policy,
                                 memory_size=options.memory or DEFAULT_MEMORY_SIZE)
@@ -146,8 +229,24 @@ def run_command(options: argparse.Namespace) -> int:
         return EXIT_NOT_RUNNABLE
     dispatcher = Dispatcher(process, Tracer(trace_stream) if trace_stream else None,
                             count=options.summary)
+    # The second wall: from here on the kernel holds minikvm itself to the
+    # policy (Landlock) and to the calls a VM monitor needs (seccomp).
+    try:
+        confinement = confine(policy)
+    except ConfineError as error:
+        print(f"minikvm: {error}", file=sys.stderr)
+        process.close()
+        return EXIT_NOT_RUNNABLE
+    for warning in confinement.warnings:
+        print(f"minikvm: warning: {warning}", file=sys.stderr)
+    if options.verbose:
+        print(f"minikvm: {confinement}".replace("\n", "\nminikvm: "), file=sys.stderr)
     try:
         result = process.run(dispatcher, timeout=options.timeout)
+    except KeyboardInterrupt:
+        sys.stdout.flush()
+        print("minikvm: interrupted (Ctrl-C)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         if trace_stream is not None and trace_stream is not sys.stderr:
             trace_stream.close()

@@ -19,6 +19,17 @@ On hosts with hardware virtualization, ``syscall`` enters CPL 0 and the
 (RIP = RCX, RFLAGS = R11) before re-entering; ``machine.py`` tells the two
 apart by the CPL at the exit.
 
+The call-return stub, in the same user-executable page at offset
+:data:`CALL_RETURN_OFFSET` (``0x4010``).  When the host calls a function of
+the guest (:meth:`minikvm.snapshot.Fork.call`) it pushes this address as the
+return address; the function's ``ret`` lands here and the stub hands RAX to
+the host through a minikvm-specific system call::
+
+    mov  %rax,%rdi      ; the function's result becomes the first argument
+    mov  $0x1f6,%eax    ; MINIKVM_SYS_CALL_RETURN (502, unused by Linux)
+    syscall             ; the host sees an ordinary system call
+    ud2                 ; never reached: the host does not resume it
+
 One exception stub per vector (the IDT points vector *v* at stub *v*)::
 
     push $0x0           ; (only for vectors without a CPU error code) so the
@@ -53,6 +64,26 @@ def syscall_entry() -> list[Instruction]:
 #: host sees when a system call exits (anything else on the syscall port is
 #: not the stub).
 SYSCALL_EXIT_OFFSET = 2
+
+
+#: Where the call-return stub starts, from the syscall stub's address (same page).
+CALL_RETURN_OFFSET = 0x10
+#: The minikvm-specific system call the call-return stub makes.  Linux
+#: x86-64 numbers stop well below 500 (``__NR_syscalls`` is ~460), so
+#: 500-503 are free for minikvm's own calls (see :mod:`minikvm.syscalls.requests`).
+MINIKVM_SYS_CALL_RETURN = 502
+MOV_IMM32_EAX = 0xB8  # MOV r32, imm32 with the register in the opcode (Intel SDM Vol. 2B "MOV")
+
+
+def call_return() -> list[Instruction]:
+    """The code a host-called guest function returns to."""
+    return [
+        (bytes([0x48, 0x89, 0xC7]), "mov    %rax,%rdi"),
+        (bytes([MOV_IMM32_EAX]) + MINIKVM_SYS_CALL_RETURN.to_bytes(4, "little"),
+         f"mov    ${MINIKVM_SYS_CALL_RETURN:#x},%eax"),
+        (bytes([0x0F, 0x05]), "syscall"),
+        (bytes([0x0F, 0x0B]), "ud2"),
+    ]
 
 
 def exception_stub(vector: int) -> list[Instruction]:

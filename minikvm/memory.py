@@ -60,6 +60,12 @@ class GuestMemory:
         # The host address KVM needs: a ctypes view pins the buffer while we live.
         self._pin = ctypes.c_ubyte.from_buffer(self._map)
         self.host_address = ctypes.addressof(self._pin)
+        #: When a set (a snapshot's fork turns it on), the numbers of the
+        #: pages the *host* writes: KVM's dirty log sees only the guest's own
+        #: stores, and a reset must undo both.  Every write through this
+        #: class is noted; code that writes through :meth:`view` itself calls
+        #: :meth:`note_written`.
+        self.host_writes: set[int] | None = None
 
     # -- lifetime ---------------------------------------------------------
     def close(self) -> None:
@@ -99,6 +105,12 @@ class GuestMemory:
         offset = gpa - self.base
         return self.buffer[offset:offset + length]
 
+    def note_written(self, gpa: int, length: int) -> None:
+        """Record that the host wrote ``[gpa, gpa + length)`` (when tracking)."""
+        if self.host_writes is not None and length > 0:
+            first = (gpa - self.base) // PAGE_SIZE
+            self.host_writes.update(range(first, (gpa - self.base + length - 1) // PAGE_SIZE + 1))
+
     def read(self, gpa: int, length: int) -> bytes:
         """Copy *length* bytes out of guest memory."""
         return bytes(self.view(gpa, length))
@@ -106,6 +118,8 @@ class GuestMemory:
     def write(self, gpa: int, data: bytes) -> None:
         """Copy *data* into guest memory at *gpa*."""
         self.view(gpa, len(data))[:] = data
+        if self.host_writes is not None:
+            self.note_written(gpa, len(data))
 
     def read_u64(self, gpa: int) -> int:
         """One little-endian 64-bit value (a page-table entry, a stack slot)."""
@@ -114,6 +128,8 @@ class GuestMemory:
     def write_u64(self, gpa: int, value: int) -> None:
         """Store one little-endian 64-bit value."""
         struct.pack_into("<Q", self.view(gpa, 8), 0, value)
+        if self.host_writes is not None:
+            self.note_written(gpa, 8)
 
     def discard(self, gpa: int, length: int) -> None:
         """Give pages back: afterwards they read as zeros, like fresh RAM.
@@ -124,6 +140,7 @@ class GuestMemory:
         file, so it just writes zeros.
         """
         self.view(gpa, length)  # bounds check
+        self.note_written(gpa, length)
         if self.shared and self.owns_fd:
             offset = gpa - self.base
             if _libc.fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
@@ -134,4 +151,5 @@ class GuestMemory:
     def zero(self, gpa: int, length: int) -> None:
         """Fill ``[gpa, gpa + length)`` with zeros (what fresh RAM reads as)."""
         self.view(gpa, length)  # bounds check
+        self.note_written(gpa, length)
         ctypes.memset(self.host_address + gpa - self.base, 0, length)

@@ -8,6 +8,7 @@ number, and the docs' support matrix is generated from it.
 from __future__ import annotations
 
 from minikvm.syscalls import files, info, memory, net, poll, process, signals, sync, time
+from minikvm.syscalls import requests
 from minikvm.syscalls.base import Syscall
 
 FAMILIES = {
@@ -20,6 +21,7 @@ FAMILIES = {
     "poll": poll.SYSCALLS,
     "sync": sync.SYSCALLS,
     "net": net.SYSCALLS,
+    "requests": requests.SYSCALLS,  # minikvm's own: 500-502
 }
 
 

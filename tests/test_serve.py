@@ -1,0 +1,157 @@
+"""``minikvm serve``: a real server in a subprocess, real HTTP from http.client.
+
+The server listens on 127.0.0.1 port 0 (it prints the port it got), the
+test sends a bounded number of requests, then stops it with SIGTERM and
+checks that it exits cleanly.  Nothing is ever sent off this machine.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from minikvm.serve import STATUS_OK, outcome_of, parse_listen, parse_response
+from minikvm.snapshot import Reply
+from tests.guests import guest
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 60.0
+REQUEST_TIMEOUT = 30.0
+
+
+# -- pure parts ----------------------------------------------------------------------
+
+def test_a_bare_response_is_the_body_of_a_200() -> None:
+    outcome = parse_response(b"hello")
+    assert (outcome.status, outcome.body) == (STATUS_OK, b"hello")
+
+
+def test_a_raw_response_keeps_status_and_headers_but_not_framing() -> None:
+    outcome = parse_response(b"HTTP/1.1 404 Not Found\r\nX-A: 1\r\nContent-Length: 99\r\n"
+                             b"Connection: keep-alive\r\n\r\nnope")
+    assert outcome.status == 404 and outcome.headers == [("X-A", "1")] and outcome.body == b"nope"
+
+
+def test_a_malformed_raw_response_is_a_502() -> None:
+    assert parse_response(b"HTTP/1.1 abc\r\n\r\n").status == 502
+    assert parse_response(b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n").status == 502
+
+
+def test_replies_map_to_statuses() -> None:
+    assert outcome_of(Reply("timeout", message="slow")).status == 504
+    assert outcome_of(Reply("crash", message="SIGSEGV: ...")).status == 502
+    assert outcome_of(Reply("ok", b"")).status == 502
+
+
+def test_listen_addresses() -> None:
+    assert parse_listen("127.0.0.1:0") == ("127.0.0.1", 0)
+    assert parse_listen("[::1]:8080") == ("::1", 8080)
+
+
+# -- a real server ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def server():
+    """``minikvm serve`` on an ephemeral port, two workers, a short request timeout."""
+    command = [sys.executable, "-m", "minikvm", "serve", "--listen", "127.0.0.1:0",
+               "--workers", "2", "--request-timeout", "1", "--", str(guest("handler"))]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    port = None
+    log: list[str] = []
+    deadline = time.monotonic() + START_TIMEOUT
+    while port is None and time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            break
+        log.append(line)
+        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
+        if match:
+            port = int(match.group(1))
+    if port is None:
+        process.kill()
+        pytest.fail("minikvm serve did not start:\n" + "".join(log))
+    yield port, process, log
+    if process.poll() is None:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def get(port: int, path: str, body: bytes | None = None) -> tuple[int, dict, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT)
+    try:
+        connection.request("POST" if body is not None else "GET", path, body=body)
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.kvm
+def test_requests_are_answered_by_a_pristine_copy(server) -> None:
+    port, _, _ = server
+    for _ in range(20):
+        status, headers, body = get(port, "/hello")
+        assert status == 200 and body.startswith(b"counter=1 ")
+        assert headers["Content-Type"] == "application/octet-stream"
+
+
+@pytest.mark.kvm
+def test_the_request_reaches_the_program_with_its_body(server) -> None:
+    port, _, _ = server
+    status, _, body = get(port, "/echo", body=b"0123456789")
+    # heap = 8 ("pristine") + the serialised request; it holds the body
+    length = int(re.search(rb"heap=(\d+)", body).group(1)) - 8
+    assert status == 200 and length > len(b"POST /echo HTTP/1.1\r\n\r\n0123456789")
+
+
+@pytest.mark.kvm
+def test_a_raw_http_response_passes_through(server) -> None:
+    port, _, _ = server
+    status, headers, body = get(port, "/http")
+    assert (status, body, headers["X-Guest"]) == (201, b"created\n", "yes")
+
+
+@pytest.mark.kvm
+def test_a_crash_is_a_502_and_the_server_keeps_serving(server) -> None:
+    port, _, log = server
+    for _ in range(3):
+        status, _, body = get(port, "/crash")
+        assert status == 502 and b"SIGSEGV: page fault writing 0x10" in body
+        assert get(port, "/hello")[0] == 200
+
+
+@pytest.mark.kvm
+def test_a_timeout_is_a_504_and_the_server_keeps_serving(server) -> None:
+    port, _, _ = server
+    status, _, body = get(port, "/spin")
+    assert status == 504
+    assert get(port, "/hello")[0] == 200
+
+
+@pytest.mark.kvm
+def test_no_response_and_exit_are_502s(server) -> None:
+    port, _, _ = server
+    assert get(port, "/silent")[0] == 502
+    assert get(port, "/exit")[0] == 502
+    assert get(port, "/hello")[0] == 200
+
+
+@pytest.mark.kvm
+def test_sigterm_stops_the_server_gracefully(server) -> None:
+    port, process, log = server
+    assert get(port, "/hello")[0] == 200
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    rest = process.stderr.read()
+    assert "SIGSEGV" in "".join(log) + rest       # the crash lines were logged
+    assert "Traceback" not in rest
