@@ -55,6 +55,7 @@ from elftools.common.exceptions import ELFParseError
 from elftools.common.utils import struct_parse
 from elftools.construct import ConstructError
 from elftools.elf.elffile import ELFFile
+from elftools.elf.enums import ENUM_ST_INFO_BIND, ENUM_ST_INFO_TYPE
 from elftools.elf.sections import SymbolTableSection
 
 from minikvm.errors import ElfError
@@ -75,6 +76,10 @@ ELF64_EHDR_SIZE = 64
 ELF64_PHDR_SIZE = 56
 ELF64_SHDR_SIZE = 64
 ELF64_SYM_SIZE = 24
+#: Elf64_Sym: st_name (u32), st_info, st_other (u8), st_shndx (u16), st_value, st_size (u64).
+ELF64_SYM_FORMAT = "<IBBHQQ"
+SHN_UNDEF = 0          # st_shndx: the symbol is not defined here
+SHN_ABS = 0xFFF1       # st_shndx: an absolute value, not an address in a section
 
 # --- p_flags (gABI "Segment Permissions") ----------------------------------
 PF_X = 0x1
@@ -92,6 +97,9 @@ MAX_SEGMENT_SIZE = 4 << 30
 _IFUNC_TYPES = ("STT_LOOS", "STT_GNU_IFUNC", 10)
 _SYMBOL_KINDS = {"STT_FUNC": "function", "STT_OBJECT": "object",
                  **{ifunc: "ifunc" for ifunc in _IFUNC_TYPES}}
+#: st_info's type (low 4 bits) and binding (high 4 bits), named as pyelftools names them.
+_STT_NAMES = {value: name for name, value in ENUM_ST_INFO_TYPE.items() if isinstance(value, int)}
+_STB_NAMES = {value: name for name, value in ENUM_ST_INFO_BIND.items() if isinstance(value, int)}
 
 #: Everything pyelftools (and the construct library under it) raises on a
 #: malformed file — it asserts, indexes and divides by header fields without
@@ -604,17 +612,29 @@ def _read_symbols(elf: ELFFile, data: bytes, name: str) -> SymbolTable:
         if found is None:
             return SymbolTable(description="no .symtab: the program is stripped")
         section, code_sections = found
+        strings = elf.get_section(section["sh_link"])["sh_offset"]
+        start = section["sh_offset"]
+        end = start + section["sh_size"] // ELF64_SYM_SIZE * ELF64_SYM_SIZE
         symbols = []
-        for entry in section.iter_symbols():
-            kind = _SYMBOL_KINDS.get(entry["st_info"]["type"])
-            shndx = entry["st_shndx"]
-            if entry["st_info"]["type"] == "STT_NOTYPE" and shndx in code_sections:
+        # Elf64_Sym unpacked with struct, not pyelftools: a static glibc
+        # program has ~2000 symbols, and construct's per-entry parse made
+        # this the slowest step of `minikvm run` (docs/explanation/performance.md).
+        for name_offset, info, _other, shndx, value, size in struct.iter_unpack(
+                ELF64_SYM_FORMAT, data[start:end]):
+            kind_name = _STT_NAMES.get(info & 0xF, info & 0xF)
+            kind = _SYMBOL_KINDS.get(kind_name)
+            if kind_name == "STT_NOTYPE" and shndx in code_sections:
                 kind = "function"   # a label in hand-written assembly: musl's _start
-            if kind is None or shndx in ("SHN_UNDEF", "SHN_ABS") or not entry.name:
+            if kind is None or shndx in (SHN_UNDEF, SHN_ABS):
                 continue
-            symbols.append(Symbol(
-                name=entry.name, address=entry["st_value"], size=entry["st_size"], kind=kind,
-                binding=entry["st_info"]["bind"].removeprefix("STB_").lower()))
+            first = strings + name_offset
+            last = data.find(b"\0", first)
+            symbol_name = data[first:last if last >= 0 else len(data)].decode("utf-8", "replace")
+            if not symbol_name:
+                continue
+            binding = _STB_NAMES.get(info >> 4, f"STB_{info >> 4}")
+            symbols.append(Symbol(name=symbol_name, address=value, size=size, kind=kind,
+                                  binding=binding.removeprefix("STB_").lower()))
         return SymbolTable(symbols, f".symtab of {name}")
     except _PARSE_ERRORS as error:
         return SymbolTable(description=f"no symbols: .symtab is malformed "

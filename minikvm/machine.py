@@ -32,8 +32,8 @@ from minikvm import ioctl as k
 from minikvm import x86
 from minikvm.crash import CrashReport, ExceptionFrame, Symbolizer, describe_exception
 from minikvm.gdt import GDT_LIMIT, TSS_SELECTOR, build_long_mode_gdt, tss_kvm_segment
-from minikvm.guestcode import (EXCEPTION_STUB_SIZE, SYSCALL_EXIT_OFFSET, assemble,
-                               exception_stubs, syscall_entry)
+from minikvm.guestcode import (CALL_RETURN_OFFSET, EXCEPTION_STUB_SIZE, SYSCALL_EXIT_OFFSET,
+                               assemble, call_return, exception_stubs, syscall_entry)
 from minikvm.idt import IDT_LIMIT, Gate, build_idt
 from minikvm.kvm import Kvm
 from minikvm.layout import (DEFAULT_MEMORY_SIZE, EXCEPTION_PORT_BASE, EXCEPTION_STUBS_ADDRESS,
@@ -46,9 +46,12 @@ from minikvm.segments import KERNEL_CODE64, KERNEL_DATA64, USER_CODE64, USER_DAT
 from minikvm.tss import Tss
 
 MEMORY_SLOT = 0
+USER_CPL = 3     # CS.DPL of user code: where a PVM guest still is at the stub's exit
 IST_INDEX = 1  # every exception gate uses IST1
 #: Where the syscall stub's ``out`` leaves RIP: the sign of a genuine syscall.
 SYSCALL_EXIT_RIP = SYSCALL_STUB_ADDRESS + SYSCALL_EXIT_OFFSET
+#: Where a function the host calls returns to (see :func:`minikvm.guestcode.call_return`).
+CALL_RETURN_ADDRESS = SYSCALL_STUB_ADDRESS + CALL_RETURN_OFFSET
 #: RFLAGS bits a program may set (like SYSRET's mask, minus IOPL, which a
 #: hostile guest could otherwise smuggle in through R11).
 USER_RFLAGS_MASK = (x86.RFLAGS_CF | x86.RFLAGS_PF | 1 << 4 | x86.RFLAGS_ZF | x86.RFLAGS_SF
@@ -81,19 +84,36 @@ class Machine:
     """A VM, its memory and one vCPU, set up to run a 64-bit user program."""
 
     def __init__(self, memory_size: int = DEFAULT_MEMORY_SIZE, *, kvm: Kvm | None = None,
-                 dirty_logging: bool = False) -> None:
+                 dirty_logging: bool = False, memory: GuestMemory | None = None,
+                 mm: AddressSpace | None = None, cpuid: object | None = None) -> None:
+        """A fresh machine; or, given *memory* and *mm* (a snapshot's copy,
+        see :mod:`minikvm.snapshot`), a machine over memory that already
+        holds the kernel area and page tables: only CPUID is set, and the
+        caller loads the registers.  *cpuid* saves asking KVM again."""
         self.kvm = kvm or Kvm()
         self.vm = self.kvm.create_vm()
-        self.memory = GuestMemory(memory_size)
+        self.memory = memory or GuestMemory(memory_size)
         self.slot_flags = k.KVM_MEM_LOG_DIRTY_PAGES if dirty_logging else 0
+        #: Dirty bitmaps read early because the slot had to be re-added
+        #: (:meth:`flush_translations`); :meth:`take_dirty_log` merges them.
+        self._dirty_carried: list[bytes] = []
         self.vm.set_user_memory_region(MEMORY_SLOT, self.memory, self.slot_flags)
-        self.mm = AddressSpace(self.memory)
-        self._install_kernel_area()
-        self.vcpu = self.vm.create_vcpu(0)
-        self._setup_cpu()
+        if mm is None:
+            self.mm = AddressSpace(self.memory)
+            self._install_kernel_area()
+            self.vcpu = self.vm.create_vcpu(0)
+            self._setup_cpu()
+        else:
+            self.mm = mm
+            self.vcpu = self.vm.create_vcpu(0)
+            self.vcpu.set_cpuid2(cpuid if cpuid is not None else self.kvm.get_supported_cpuid())
         self.vcpu.enable_sync_regs(k.KVM_SYNC_X86_REGS | k.KVM_SYNC_X86_SREGS)
         self.symbolize: Symbolizer | None = None
         self.exits = 0
+        #: Whether the host must return the guest from a system call (PVM:
+        #: ``syscall`` stays at CPL 3, see the module docstring) or the stub's
+        #: ``sysretq`` does (hardware).  None until the first system call,
+        #: whose CPL decides it for the life of the machine.
         self.host_returns_from_syscall: bool | None = None
         self._timed_out = False
 
@@ -124,6 +144,7 @@ class Machine:
         self.memory.write(IDT_ADDRESS, build_idt(gates))
         self.memory.write(TSS_ADDRESS, tss.encode())
         self.memory.write(SYSCALL_STUB_ADDRESS, assemble(syscall_entry()))
+        self.memory.write(CALL_RETURN_ADDRESS, assemble(call_return()))
         self.memory.write(EXCEPTION_STUBS_ADDRESS, exception_stubs())
         data = pte_flags(read=True, write=True, execute=False, user=False)
         tables = self.mm.page_tables
@@ -206,9 +227,42 @@ class Machine:
         here: ~0.1 ms, paid only on munmap/mprotect/mremap that take
         access away.
         """
+        if self.slot_flags & k.KVM_MEM_LOG_DIRTY_PAGES:
+            # Deleting the slot drops its dirty bitmap: keep what it knew.
+            bitmap = self.vm.get_dirty_log(MEMORY_SLOT)
+            if bitmap.strip(b"\0"):
+                self._dirty_carried.append(bitmap)
         self.vm.delete_user_memory_region(MEMORY_SLOT)
         self.vm.set_user_memory_region(MEMORY_SLOT, self.memory, self.slot_flags)
         self.mm.stale_translations = False
+
+    def take_dirty_log(self) -> bytes:
+        """The pages the *guest* wrote since the last call: a bitmap, bit
+        ``n`` for guest-physical page ``n`` (KVM_GET_DIRTY_LOG; needs
+        ``dirty_logging=True``).  Reading it clears it.  Writes the host
+        makes are not in it: KVM only sees the guest's own stores."""
+        bitmap = self.vm.get_dirty_log(MEMORY_SLOT)
+        if self._dirty_carried:
+            merged = int.from_bytes(bitmap, "little")
+            for carried in self._dirty_carried:
+                merged |= int.from_bytes(carried, "little")
+            bitmap = merged.to_bytes(len(bitmap), "little")
+            self._dirty_carried.clear()
+        return bitmap
+
+    def return_from_syscall(self) -> None:
+        """Finish a system call outside :meth:`run`, exactly as the run loop
+        does after ``on_syscall``: on PVM the host returns the guest to RCX
+        with RFLAGS from R11; on hardware the stub's ``sysretq`` will.  Used
+        when the host answers a pending call later (a snapshot resumed at a
+        ``minikvm_wait_request``, a function the host calls).  RAX must
+        already hold the result."""
+        state = self.vcpu.run_state
+        regs = state.s.regs.regs
+        if state.s.regs.sregs.cs.dpl == 3:
+            regs.rip = regs.rcx
+            regs.rflags = (regs.r11 & USER_RFLAGS_MASK) | x86.RFLAGS_FIXED
+        state.kvm_dirty_regs = k.KVM_SYNC_X86_REGS
 
     # -- running ---------------------------------------------------------------
     def run(self, on_syscall: Callable[[k.kvm_regs], None], timeout: float | None = None) -> Stop:
@@ -229,25 +283,35 @@ class Machine:
                 self._disarm_timer()
 
     def _run_loop(self, on_syscall: Callable[[k.kvm_regs], None]) -> Stop:
+        # One pass per guest system call: everything the pass needs is bound
+        # to a local first, and nothing is allocated in it (measured in
+        # docs/explanation/performance.md).
         vcpu = self.vcpu
-        run_once = vcpu.run_once
+        enter = vcpu.enter                  # KVM_RUN, fd and request bound
         state = vcpu.run_state
         regs = state.s.regs.regs
-        sregs = state.s.regs.sregs
         io = state.io
         mm = self.mm
         sync_regs_dirty = k.KVM_SYNC_X86_REGS
         exit_io = k.KVM_EXIT_IO
+        rflags_fixed = x86.RFLAGS_FIXED
+        host_returns = self.host_returns_from_syscall
         while True:
             if mm.stale_translations:
                 self.flush_translations()
-            reason = run_once()
+            reason = state.exit_reason if enter() >= 0 else vcpu.run_failed()
             self.exits += 1
             if reason == exit_io and io.port == SYSCALL_PORT and regs.rip == SYSCALL_EXIT_RIP:
+                if host_returns is None:
+                    # The CPL at the first system call tells which kind of
+                    # host this is (see the module docstring); it cannot
+                    # change while the machine lives, so ask only once.
+                    host_returns = state.s.regs.sregs.cs.dpl == USER_CPL
+                    self.host_returns_from_syscall = host_returns
                 on_syscall(regs)
-                if sregs.cs.dpl == 3:  # PVM: syscall stayed in CPL 3; return for the stub
+                if host_returns:  # PVM: syscall stayed in CPL 3; return for the stub
                     regs.rip = regs.rcx
-                    regs.rflags = (regs.r11 & USER_RFLAGS_MASK) | x86.RFLAGS_FIXED
+                    regs.rflags = (regs.r11 & USER_RFLAGS_MASK) | rflags_fixed
                 state.kvm_dirty_regs = sync_regs_dirty
                 continue
             stop = self._unusual_exit(reason)

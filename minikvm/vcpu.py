@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Iterable
 
 from minikvm import ioctl as k
 from minikvm.errors import KvmError
-from minikvm.exits import VmExit, InterruptedExit, decode_exit
 from minikvm.kvm import _libc_ioctl, ioctl
 
 if TYPE_CHECKING:
+    from minikvm.exits import VmExit
     from minikvm.vm import Vm
 
 EINTR = 4
@@ -76,6 +76,10 @@ class Vcpu:
         A signal that interrupts KVM_RUN (``EINTR``) is not an error: it
         returns :class:`~minikvm.exits.InterruptedExit`.
         """
+        # Imported here, not at the top: minikvm's own run loop never builds
+        # exit objects, and creating the exit classes is a measurable part
+        # of `minikvm run`'s start-up (docs/explanation/performance.md).
+        from minikvm.exits import InterruptedExit, decode_exit
         if self.run_once() < 0:
             return InterruptedExit(k.KVM_EXIT_INTR)
         return decode_exit(self.run_state)

@@ -6,6 +6,12 @@ the number up in a flat list, passes as many argument registers as the
 handler takes, and puts the result — or ``-errno`` — in RAX.  This is the
 one place where an error becomes ``-errno``.
 
+This runs once per guest system call, so it does as little as it can
+(measured in ``docs/explanation/performance.md``): each table slot holds a
+*caller* made once, when the entry is added, that reads exactly the
+argument registers its handler takes — no tuple of six registers built and
+sliced per call.  Tracing and counting take a separate, slower path.
+
 Linux's register convention (``arch/x86/entry/entry_64.S``): number in RAX,
 arguments in RDI, RSI, RDX, R10, R8, R9; the result in RAX.
 """
@@ -15,7 +21,7 @@ from __future__ import annotations
 import errno
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from minikvm.errors import SyscallError
 from minikvm.syscalls.base import MASK64, Syscall
@@ -28,6 +34,31 @@ if TYPE_CHECKING:
 
 TABLE_SIZE = 512  # syscall numbers on x86-64 stay below this
 
+#: A caller: ``caller(process, regs) -> result`` (see :func:`make_caller`).
+Caller = Callable[["Process", "kvm_regs"], int]
+
+
+def make_caller(handler: Callable[..., int], arity: int) -> Caller:
+    """A function that calls *handler* with the process and the first
+    *arity* argument registers, read straight from ``kvm_regs``.
+
+    One small function per arity instead of ``handler(process, *args)``
+    over a tuple: reading a ctypes field costs about as much as a Python
+    call, so reading only the registers a handler takes matters."""
+    if arity == 0:
+        return lambda process, r: handler(process)
+    if arity == 1:
+        return lambda process, r: handler(process, r.rdi)
+    if arity == 2:
+        return lambda process, r: handler(process, r.rdi, r.rsi)
+    if arity == 3:
+        return lambda process, r: handler(process, r.rdi, r.rsi, r.rdx)
+    if arity == 4:
+        return lambda process, r: handler(process, r.rdi, r.rsi, r.rdx, r.r10)
+    if arity == 5:
+        return lambda process, r: handler(process, r.rdi, r.rsi, r.rdx, r.r10, r.r8)
+    return lambda process, r: handler(process, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9)
+
 
 class Dispatcher:
     """Calls the handler for each system call of one process."""
@@ -38,27 +69,53 @@ class Dispatcher:
         self.tracer = tracer
         self.counts: dict[str, list[float]] | None = {} if count else None
         self.entries: list[Syscall | None] = [None] * TABLE_SIZE
+        #: ``callers[n]`` calls ``entries[n].handler`` (kept in step by :meth:`add`).
+        self.callers: list[Caller | None] = [None] * TABLE_SIZE
         for number, entry in TABLE_BY_NUMBER.items():
-            self.entries[number] = entry
+            self._install(entry)
+
+    def add(self, entry: Syscall, *, replace: bool = False) -> None:
+        """Handle one more system call in this dispatcher only (the table
+        itself is unchanged), e.g. to try a handler before it joins a family::
+
+            dispatcher.add(Syscall(285, "fallocate", sys_fallocate,
+                                   ("fd", "int", "long", "long")))
+
+        ``ValueError`` if the number is outside the table, or already handled
+        and *replace* is not set.
+        """
+        if not 0 <= entry.number < TABLE_SIZE:
+            raise ValueError(f"syscall number {entry.number} ({entry.name}) is outside "
+                             f"0..{TABLE_SIZE - 1}")
+        current = self.entries[entry.number]
+        if current is not None and not replace:
+            raise ValueError(f"syscall {entry.number} is already handled by {current.name}; "
+                             "pass replace=True to replace it")
+        self._install(entry)
+
+    def _install(self, entry: Syscall) -> None:
+        self.entries[entry.number] = entry
+        self.callers[entry.number] = make_caller(entry.handler, len(entry.args))
 
     def __call__(self, regs: "kvm_regs") -> None:
         number = regs.rax
-        entry = self.entries[number] if number < TABLE_SIZE else None
-        if entry is None:
+        caller = self.callers[number] if number < TABLE_SIZE else None
+        if caller is None:
             self._unknown(regs, number)
             return
-        args = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9)[:len(entry.args)]
         if self.tracer is not None or self.counts is not None:
+            entry = self.entries[number]
+            args = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9)[:len(entry.args)]
             regs.rax = self._call_observed(entry, args) & MASK64
             return
         try:
-            result = entry.handler(self.process, *args)  # type: ignore[misc]
+            result = caller(self.process, regs)
         except SyscallError as error:
             result = -error.errno
         except OSError as error:
             result = -(error.errno or errno.EIO)
         except Exception as error:  # a bug in a handler; exits are BaseException
-            result = self._handler_bug(entry, error)
+            result = self._handler_bug(self.entries[number], error)
         regs.rax = result & MASK64
 
     def _call_observed(self, entry: Syscall, args: tuple[int, ...]) -> int:

@@ -1,0 +1,488 @@
+"""Benchmarks: minikvm beside the physical floor and beside its peers.
+
+::
+
+    python benchmarks/run.py            # the full run (a few minutes), as a table
+    python benchmarks/run.py --quick    # the same figures, smaller, in under a minute
+    python benchmarks/run.py --json     # machine-readable (one JSON object)
+    python benchmarks/run.py --smoke    # tiny sizes, 2 repetitions: checks the harness only
+
+Every figure is measured in the same run as its baseline, in rounds (the
+baseline, then minikvm, then each peer, and again), so a machine whose
+load comes and goes moves both.  Each is repeated (7 rounds, 5 with
+``--quick``; after a warm-up where it matters) and reported as the median
+and the minimum; the ratios use the medians.  Nothing here is a pass/fail
+threshold: the tests run ``--smoke`` once to check that the keys are
+there, never the numbers.
+
+The C programs are compiled here, with ``cc -static -O2``, into a
+temporary directory, from the sources beside this file:
+
+====================  =====================================================
+``exit_floor.c``      the floor: minikvm's own syscall exit path on
+                      /dev/kvm, driven from C with nothing else
+``getpid_bench.c``    one system call, timed by the guest's own clock
+``compute.c``         fill, hash and sort a buffer (CPU and memory)
+``hello.c``           the smallest program: what starting costs
+``snapshot_guest.c``  a request handler dirtying N pages per request, for
+                      ``snapshot_bench.py`` (fork and reset)
+====================  =====================================================
+
+plus ``/bin/busybox`` for the I/O workloads (``cat`` and ``dd bs=64k`` of a
+big file).
+
+Peers, when installed: Debian's qemu-user (``qemu-x86_64``; install it with
+``apt-get install qemu-user``) and gVisor (``runsc``).  Neither is
+installed automatically; a missing one is reported with the reason.
+
+See ``docs/explanation/performance.md`` for what the figures mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+BENCHMARKS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCHMARKS_DIR.parent
+BUSYBOX = "/bin/busybox"
+C_PROGRAMS = ("exit_floor", "getpid_bench", "compute", "hello", "snapshot_guest")
+COMPILE_COMMAND = ("cc", "-static", "-O2", "-Wall", f"-I{REPO_ROOT / 'include'}")
+MIB = 1 << 20
+#: A guest that loops forever must not hang the benchmark: every process
+#: gets this long (seconds) before it is killed and the run fails loudly.
+PROCESS_TIMEOUT_SECONDS = 600
+
+#: The moonshot goals (docs/explanation/performance.md): ratio key -> (goal, "≤"/"≥").
+GOALS = {"syscall_ratio": (1.3, "≤"), "compute_ratio": (0.97, "≥"), "hello_ratio": (2.0, "≤")}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each workload does: one set per mode."""
+    repetitions: int
+    exit_iterations: int        # exits per repetition of exit_floor
+    syscall_iterations: int     # getpid calls per repetition (in minikvm)
+    native_syscall_iterations: int
+    compute_mib: int            # compute.c's buffer
+    io_mib: int                 # the file busybox cats
+    reset_pages: int            # pages a request dirties before a timed reset
+
+
+FULL = Sizes(repetitions=7, exit_iterations=50_000, syscall_iterations=20_000,
+             native_syscall_iterations=1_000_000, compute_mib=32, io_mib=64, reset_pages=1024)
+QUICK = Sizes(repetitions=5, exit_iterations=10_000, syscall_iterations=4_000,
+              native_syscall_iterations=200_000, compute_mib=8, io_mib=16, reset_pages=256)
+SMOKE = Sizes(repetitions=2, exit_iterations=1_000, syscall_iterations=500,
+              native_syscall_iterations=10_000, compute_mib=1, io_mib=1, reset_pages=64)
+
+
+@dataclass
+class Samples:
+    """Repeated measurements of one figure, in the figure's unit."""
+    values: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    @property
+    def min(self) -> float:
+        return min(self.values)
+
+
+@dataclass
+class Results:
+    """Everything one run found: figures by JSON key, and why some are missing."""
+    figures: dict[str, Samples] = field(default_factory=dict)
+    ratios: dict[str, float] = field(default_factory=dict)
+    derived: dict[str, float] = field(default_factory=dict)   # computed from medians
+    skipped: dict[str, str] = field(default_factory=dict)
+    facts: dict[str, object] = field(default_factory=dict)
+
+    def add(self, key: str, samples: Samples) -> None:
+        self.figures[key] = samples
+
+    def ratio(self, key: str, numerator: str, denominator: str) -> None:
+        if numerator in self.figures and denominator in self.figures:
+            self.ratios[key] = self.figures[numerator].median / self.figures[denominator].median
+
+    def as_json(self) -> dict[str, object]:
+        """Flat keys: each figure is its median; ``KEY_min`` its minimum."""
+        out: dict[str, object] = {}
+        for key, samples in self.figures.items():
+            out[key] = round(samples.median, 6)
+            out[f"{key}_min"] = round(samples.min, 6)
+        out.update({key: round(value, 4) for key, value in self.derived.items()})
+        out.update({key: round(value, 4) for key, value in self.ratios.items()})
+        out["skipped"] = self.skipped
+        out["machine"] = self.facts
+        return out
+
+
+# -- building and running ------------------------------------------------------
+def build_programs(directory: Path) -> dict[str, Path]:
+    """Compile each C program statically into *directory*."""
+    if shutil.which(COMPILE_COMMAND[0]) is None:
+        sys.exit("benchmarks: cc not found (apt-get install gcc libc6-dev)")
+    built = {}
+    for name in C_PROGRAMS:
+        output = directory / name
+        command = [*COMPILE_COMMAND, "-o", str(output), str(BENCHMARKS_DIR / f"{name}.c")]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            sys.exit(f"benchmarks: compiling {name}.c failed:\n{result.stderr}"
+                     "(cc -static needs the static C library: apt-get install libc6-dev)")
+        built[name] = output
+    return built
+
+
+def run_process(argv: list[str], env: dict[str, str] | None = None,
+                stdout: int | None = subprocess.PIPE) -> tuple[float, str]:
+    """Run *argv* to completion; return (wall seconds, stdout).  A failure
+    stops the whole run: a number from a program that failed means nothing."""
+    start = time.perf_counter()
+    result = subprocess.run(argv, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env,
+                            timeout=PROCESS_TIMEOUT_SECONDS)
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        sys.exit(f"benchmarks: {' '.join(argv)} failed with status {result.returncode}:\n"
+                 f"{result.stderr.strip()}")
+    return elapsed, result.stdout or ""
+
+
+def numbers(output: str) -> list[float]:
+    """The per-repetition lines a benchmark program prints (other lines skipped)."""
+    values = []
+    for line in output.splitlines():
+        try:
+            values.append(float(line))
+        except ValueError:
+            pass
+    return values
+
+
+def checksum(output: str) -> str:
+    """compute.c's last line, ``checksum N``."""
+    return next((line for line in output.splitlines() if line.startswith("checksum")), "")
+
+
+@dataclass
+class Runner:
+    """One way of running a static program: natively, in minikvm, in a peer."""
+    name: str
+    prefix: Callable[[Path], list[str]]   # the argv before the program, given a data dir
+    env: dict[str, str] | None = None
+
+    def argv(self, program: str | Path, *args: object, data: Path) -> list[str]:
+        return [*self.prefix(data), str(program), *map(str, args)]
+
+
+def minikvm_environment(scratch: Path) -> dict[str, str]:
+    """The environment for ``python -m minikvm``: this checkout on the path,
+    and byte-code caching *on* (into the scratch directory), as an installed
+    package has it.  Some sandboxes set PYTHONDONTWRITEBYTECODE, which
+    would make every start recompile minikvm from source."""
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(scratch / "pycache")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def make_runners(scratch: Path, results: Results) -> dict[str, Runner]:
+    """Native and minikvm always; the peers when installed."""
+    runners = {
+        "native": Runner("native", lambda data: []),
+        "minikvm": Runner("minikvm", lambda data: [sys.executable, "-m", "minikvm", "run",
+                                                   "--allow-read", str(data)],
+                          minikvm_environment(scratch)),
+    }
+    qemu = shutil.which("qemu-x86_64")
+    if qemu:
+        runners["qemu_user"] = Runner("qemu_user", lambda data: [qemu])
+    else:
+        results.skipped["qemu_user"] = ("qemu-x86_64 is not installed "
+                                        "(Debian: apt-get install qemu-user)")
+    runsc = shutil.which("runsc")
+    if runsc:
+        runners["gvisor"] = Runner("gvisor", lambda data: [runsc, "--rootless", "--network=none",
+                                                           "do"])
+    else:
+        results.skipped["gvisor"] = ("runsc (gVisor) is not installed; see "
+                                     "https://gvisor.dev/docs/user_guide/install/")
+    return runners
+
+
+def key(runner: str, figure: str) -> str:
+    """JSON key of *figure* for *runner*: ``syscall_us`` for minikvm's own,
+    ``qemu_user_syscall_us`` for a peer's.  (The native baselines and the
+    task's ``compute_minikvm_s`` style keys are spelled out by the callers.)"""
+    return figure if runner == "minikvm" else f"{runner}_{figure}"
+
+
+# -- the workloads ---------------------------------------------------------------
+def bench_syscall(programs: dict[str, Path], sizes: Sizes, runners: dict[str, Runner],
+                  data: Path, results: Results) -> None:
+    """The C floor and getpid, per call, in rounds.
+
+    Each round runs the floor (exit_floor's CPL 3 syscall loop and its bare
+    CPL 0 ``out``), then getpid_bench under each runner, timed by the
+    guest's own clock: a figure and its baseline are measured seconds
+    apart, so a load that comes and goes moves both."""
+    samples: dict[str, list[float]] = {}
+    for _ in range(sizes.repetitions):
+        for mode, figure in (("syscall", "exit_floor_us"), ("out", "out_floor_us")):
+            _, output = run_process([str(programs["exit_floor"]), mode,
+                                     str(sizes.exit_iterations), "1"])
+            samples.setdefault(figure, []).extend(numbers(output))
+        for name, runner in runners.items():
+            iterations = (sizes.syscall_iterations if name == "minikvm"
+                          else sizes.native_syscall_iterations)
+            _, output = run_process(runner.argv(programs["getpid_bench"], iterations, 1,
+                                                data=data), runner.env)
+            figure = "syscall_native_us" if name == "native" else key(name, "syscall_us")
+            samples.setdefault(figure, []).extend(numbers(output))
+    for figure, values in samples.items():
+        results.add(figure, Samples(values))
+    results.ratio("syscall_ratio", "syscall_us", "exit_floor_us")
+
+
+def bench_compute(programs: dict[str, Path], sizes: Sizes, runners: dict[str, Runner],
+                  data: Path, results: Results) -> None:
+    """compute.c, timed inside the program, the runners taking turns; every
+    runner must compute the same checksum."""
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    sums = {}
+    for _ in range(sizes.repetitions):
+        for name, runner in runners.items():
+            _, output = run_process(runner.argv(programs["compute"], sizes.compute_mib, 1,
+                                                data=data), runner.env)
+            sums[name] = checksum(output)
+            samples[name].extend(numbers(output))
+    if len(set(sums.values())) != 1:
+        sys.exit(f"benchmarks: compute.c computed different results: {sums}")
+    for name, values in samples.items():
+        figure = f"compute_{name}_s" if name in ("native", "minikvm") else key(name, "compute_s")
+        results.add(figure, Samples(values))
+    results.ratio("compute_ratio", "compute_native_s", "compute_minikvm_s")
+
+
+#: The I/O workloads: JSON prefix -> busybox arguments (FILE is the big file).
+#: ``cat`` uses sendfile(2), which minikvm hands to the host kernel whole;
+#: ``dd bs=64k`` reads and writes through guest memory, 64 KiB a call.
+IO_BLOCK = 65536
+IO_WORKLOADS = {"io": ("cat", "FILE"), "io_rw": ("dd", "if=FILE", f"bs={IO_BLOCK}")}
+
+
+def bench_io(sizes: Sizes, runners: dict[str, Runner], data: Path, results: Results) -> None:
+    """busybox reading a big file, output to /dev/null, end to end (start-up
+    included), the runners taking turns."""
+    if not os.access(BUSYBOX, os.X_OK):
+        results.skipped["io"] = f"{BUSYBOX} not found (apt-get install busybox-static)"
+        return
+    path = data / "big"
+    with open(path, "wb") as file:
+        for _ in range(sizes.io_mib):
+            file.write(os.urandom(MIB))
+    for prefix, arguments in IO_WORKLOADS.items():
+        argv = [argument.replace("FILE", str(path)) for argument in arguments]
+        samples: dict[str, list[float]] = {name: [] for name in runners}
+        for _ in range(sizes.repetitions):
+            for name, runner in runners.items():
+                seconds, _ = run_process(runner.argv(BUSYBOX, *argv, data=data), runner.env,
+                                         stdout=subprocess.DEVNULL)
+                samples[name].append(seconds)
+        for name, values in samples.items():
+            figure = (f"{prefix}_{name}_s" if name in ("native", "minikvm")
+                      else key(name, f"{prefix}_s"))
+            results.add(figure, Samples(values))
+        results.ratio(f"{prefix}_ratio", f"{prefix}_native_s", f"{prefix}_minikvm_s")
+
+
+def bench_hello(programs: dict[str, Path], sizes: Sizes, runners: dict[str, Runner],
+                data: Path, scratch: Path, results: Results) -> None:
+    """End to end: ``python -m minikvm run ./hello`` as a process, beside
+    ``python3 -c pass`` (the floor for anything written in Python)."""
+    hello = programs["hello"]
+    # One untimed start writes minikvm's byte-code cache (see minikvm_environment).
+    run_process(runners["minikvm"].argv(hello, data=data), runners["minikvm"].env)
+    samples: dict[str, list[float]] = {"python_startup_ms": []}
+    samples.update({name: [] for name in runners})
+    for _ in range(sizes.repetitions):
+        seconds, _ = run_process([sys.executable, "-c", "pass"], runners["minikvm"].env)
+        samples["python_startup_ms"].append(seconds * 1000)
+        for name, runner in runners.items():
+            seconds, _ = run_process(runner.argv(hello, data=data), runner.env)
+            samples[name].append(seconds * 1000)
+    for name, values in samples.items():
+        figure = {"python_startup_ms": "python_startup_ms", "native": "hello_native_ms",
+                  "minikvm": "hello_ms"}.get(name) or key(name, "hello_ms")
+        results.add(figure, Samples(values))
+    results.ratio("hello_ratio", "hello_ms", "python_startup_ms")
+
+
+def bench_snapshot(programs: dict[str, Path], sizes: Sizes, scratch: Path,
+                   results: Results) -> None:
+    """Fork and reset through minikvm/snapshot.py (in ``snapshot_bench.py``,
+    a process of its own), when that module exists.
+
+    ``reset_us_0`` is a reset after a request that wrote nothing itself;
+    ``reset_us_per_page`` the extra cost of each page a request dirtied,
+    from a second reset after *reset_pages* pages.  Both for the default
+    mechanism ("cow"); the ``reset_copy_*`` figures for "copy"."""
+    if not (REPO_ROOT / "minikvm" / "snapshot.py").exists():
+        results.skipped["snapshot"] = ("minikvm/snapshot.py does not exist yet: no reset_us_0, "
+                                       "reset_us_per_page or fork_us")
+        return
+    _, output = run_process([sys.executable, str(BENCHMARKS_DIR / "snapshot_bench.py"),
+                             str(programs["snapshot_guest"]), str(sizes.repetitions),
+                             str(sizes.reset_pages)], minikvm_environment(scratch))
+    found = json.loads(output)
+    results.add("fork_us", Samples(found["fork_us"]))
+    for mechanism, prefix in (("cow", "reset"), ("copy", "reset_copy")):
+        zero = Samples(found[f"{mechanism}_reset_us_0"])
+        many = Samples(found[f"{mechanism}_reset_us_N"])
+        pages = found[f"{mechanism}_restored_pages_N"] - found[f"{mechanism}_restored_pages_0"]
+        results.add(f"{prefix}_us_0", zero)
+        results.add(f"{prefix}_us_{sizes.reset_pages}_pages", many)
+        results.derived[f"{prefix}_us_per_page"] = (many.median - zero.median) / max(pages, 1)
+
+
+def machine_facts() -> dict[str, object]:
+    """What the numbers were measured on."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo
+                          if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "kernel": platform.release(),
+            "kvm": "pvm" if os.path.exists("/sys/module/kvm_pvm") else "hardware",
+            "python": platform.python_version(),
+            # Other work on the machine slows every figure; the ratios less so.
+            "load_average_at_start": round(os.getloadavg()[0], 2)}
+
+
+# -- reporting -----------------------------------------------------------------
+def format_table(results: Results, mode: str) -> str:
+    """The human-readable report: each figure beside its baseline."""
+    figures, ratios = results.figures, results.ratios
+
+    def show(key: str, unit: str) -> str:
+        if key not in figures:
+            return "—"
+        samples = figures[key]
+        return f"{samples.median:,.3f} {unit} (min {samples.min:,.3f})"
+
+    def ratio(name: str, meaning: str) -> str:
+        if name not in ratios:
+            return f"{name:15} —"
+        goal = GOALS.get(name)
+        target = f"goal {goal[1]} {goal[0]}" if goal else ""
+        return f"{name:15} {ratios[name]:8.3f}   {target:10}  {meaning}"
+
+    facts = results.facts
+    lines = [f"minikvm benchmarks ({mode}; {facts['cpu']}, {facts['cores']} cores, "
+             f"KVM: {facts['kvm']}, Python {facts['python']}, load average "
+             f"{facts['load_average_at_start']} -> {facts['load_average_at_end']}); "
+             f"median (min) of each",
+             "",
+             f"{'figure':24} {'minikvm':32} {'baseline':32}"]
+    rows = [
+        ("syscall (getpid)", show("syscall_us", "µs"),
+         "exit floor " + show("exit_floor_us", "µs")),
+        ("", "", "bare CPL 0 out " + show("out_floor_us", "µs")),
+        ("", "", "native " + show("syscall_native_us", "µs")),
+        ("compute", show("compute_minikvm_s", "s"), "native " + show("compute_native_s", "s")),
+        ("io (busybox cat)", show("io_minikvm_s", "s"), "native " + show("io_native_s", "s")),
+        ("io (busybox dd bs=64k)", show("io_rw_minikvm_s", "s"),
+         "native " + show("io_rw_native_s", "s")),
+        ("hello, end to end", show("hello_ms", "ms"),
+         "python3 -c pass " + show("python_startup_ms", "ms")),
+        ("", "", "native " + show("hello_native_ms", "ms")),
+    ]
+    for figure, label in (("fork_us", "snapshot fork"), ("reset_us_0", "reset, nothing dirty"),
+                          ("reset_copy_us_0", "reset (copy), nothing")):
+        if figure in figures:
+            rows.append((label, show(figure, "µs"), ""))
+    for figure, label in (("reset_us_per_page", "reset, per dirty page"),
+                          ("reset_copy_us_per_page", "reset (copy), per page")):
+        if figure in results.derived:
+            rows.append((label, f"{results.derived[figure]:.3f} µs", "(slope of the medians)"))
+    lines += [f"{a:24} {b:32} {c}" for a, b, c in rows]
+    lines += ["", "ratios:",
+              ratio("syscall_ratio", "minikvm syscall / C exit floor: lower is better, 1 = no "
+                    "Python cost"),
+              ratio("compute_ratio", "native time / minikvm time: higher is better, 1 = native"),
+              ratio("io_ratio", "native time / minikvm time (start-up included): higher "
+                    "is better"),
+              ratio("io_rw_ratio", "the same, for dd's 64 KiB reads and writes"),
+              ratio("hello_ratio", "minikvm hello / python3 -c pass: lower is better")]
+    peers = [name for name in ("qemu_user", "gvisor") if f"{name}_syscall_us" in figures]
+    for name in peers:
+        lines += ["", f"{name} (same workloads):",
+                  f"  syscall {show(f'{name}_syscall_us', 'µs')}   "
+                  f"compute {show(f'{name}_compute_s', 's')}",
+                  f"  io {show(f'{name}_io_s', 's')}   io_rw {show(f'{name}_io_rw_s', 's')}",
+                  f"  hello {show(f'{name}_hello_ms', 'ms')}"]
+    if results.skipped:
+        lines += ["", "not measured:"] + [f"  {name}: {why}" for name, why in
+                                          results.skipped.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--quick", action="store_true", help="smaller workloads (under a minute)")
+    modes.add_argument("--smoke", action="store_true",
+                       help="tiny workloads, 2 repetitions: checks the harness, not the machine")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--repetitions", type=int, default=None, metavar="N",
+                        help="rounds of each figure (default 7, --quick 5)")
+    options = parser.parse_args(argv)
+    sizes, mode = (SMOKE, "smoke") if options.smoke else (QUICK, "quick") if options.quick \
+        else (FULL, "full")
+    if options.repetitions:
+        sizes = Sizes(**{**sizes.__dict__, "repetitions": options.repetitions})
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        sys.exit("benchmarks: /dev/kvm cannot be opened read-write (no KVM, or not in the "
+                 "kvm group)")
+
+    results = Results(facts=machine_facts())
+    with tempfile.TemporaryDirectory(prefix="minikvm-bench-") as directory:
+        scratch = Path(directory)
+        data = scratch / "data"
+        data.mkdir()
+        programs = build_programs(scratch)
+        runners = make_runners(scratch, results)
+        bench_syscall(programs, sizes, runners, data, results)
+        bench_compute(programs, sizes, runners, data, results)
+        bench_io(sizes, runners, data, results)
+        bench_hello(programs, sizes, runners, data, scratch, results)
+        bench_snapshot(programs, sizes, scratch, results)
+    results.facts["load_average_at_end"] = round(os.getloadavg()[0], 2)
+    results.facts["mode"] = mode
+    results.facts["repetitions"] = sizes.repetitions
+    if options.json:
+        print(json.dumps(results.as_json(), indent=2, ensure_ascii=False))
+    else:
+        print(format_table(results, mode))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The benchmark harness runs and reports every figure (benchmarks/run.py).
+
+This checks the *harness*, never the machine: ``--smoke`` runs every
+workload once or twice at toy sizes, and the test looks only at the JSON
+keys and that each number is a positive one.  Timings are never asserted
+(docs/explanation/performance.md has the real figures).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.programs.build import unavailable_reason
+
+pytestmark = pytest.mark.kvm
+
+RUN_PY = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+#: --smoke takes ~15 s on a quiet 2-core PVM machine; a loaded CI box may be
+#: several times slower, and a wedged guest must not hang the suite.
+SMOKE_TIMEOUT_SECONDS = 600
+
+ALWAYS = ("exit_floor_us", "out_floor_us", "syscall_us", "syscall_native_us", "syscall_ratio",
+          "compute_native_s", "compute_minikvm_s", "compute_ratio",
+          "io_native_s", "io_minikvm_s", "io_ratio", "io_rw_native_s", "io_rw_minikvm_s",
+          "io_rw_ratio",
+          "hello_ms", "hello_native_ms", "python_startup_ms", "hello_ratio")
+SNAPSHOT = ("fork_us", "reset_us_0", "reset_copy_us_0")
+QEMU = ("qemu_user_syscall_us", "qemu_user_compute_s", "qemu_user_io_s", "qemu_user_io_rw_s",
+        "qemu_user_hello_ms")
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    reason = unavailable_reason("glibc-static")
+    if reason:
+        pytest.skip(reason)
+    result = subprocess.run([sys.executable, str(RUN_PY), "--smoke", "--json"],
+                            capture_output=True, text=True, timeout=SMOKE_TIMEOUT_SECONDS)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_every_figure_is_reported_and_positive(report: dict) -> None:
+    for key in ALWAYS:
+        assert key in report, f"{key} missing from the report"
+        assert report[key] > 0, f"{key} = {report[key]}"
+        if not key.endswith("_ratio"):
+            assert 0 < report[f"{key}_min"] <= report[key], key
+
+
+def test_snapshot_figures_or_a_reason(report: dict) -> None:
+    if "snapshot" in report["skipped"]:
+        assert "snapshot.py" in report["skipped"]["snapshot"]
+        return
+    for key in SNAPSHOT:
+        assert report[key] > 0, f"{key} = {report.get(key)}"
+    assert "reset_us_per_page" in report
+
+
+def test_peers_are_measured_or_skipped_with_a_reason(report: dict) -> None:
+    if shutil.which("qemu-x86_64"):
+        for key in QEMU:
+            assert report[key] > 0, f"{key} = {report.get(key)}"
+    else:
+        assert "apt-get install qemu-user" in report["skipped"]["qemu_user"]
+    if not shutil.which("runsc"):
+        assert "runsc" in report["skipped"]["gvisor"]
+
+
+def test_the_machine_is_described(report: dict) -> None:
+    assert report["machine"]["mode"] == "smoke"
+    assert report["machine"]["cores"] >= 1
