@@ -1,7 +1,7 @@
 # minikvm: set up, run, test and document — all inside .venv, because
 # Debian's python3 refuses `pip install` outside a virtual environment (PEP 668).
 #
-#   make demo   run the main job
+#   make demo   build a static hello and run it in the sandbox (the main job)
 #   make test   run the test suite
 #   make docs   build the docs strictly (nitpicky, warnings are errors)
 
@@ -23,8 +23,12 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,docs]'
 	touch $@
 
+# The main job: a static C program, built here, run in the sandbox with
+# read-write access to build/ and nothing else.
 demo: venv
-	$(BIN)/python tutorials/06_long_mode.py
+	mkdir -p build
+	cc -static -O2 -o build/hello tests/programs/hello.c
+	cd build && ../$(BIN)/minikvm run --here -- ./hello
 
 test: venv
 	$(BIN)/python -m pytest -q
