@@ -45,27 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "programs in a KVM sandbox.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a static program in a sandbox")
-    run.add_argument("--here", action="store_true",
-                     help="allow reading and writing the current directory and below")
-    run.add_argument("--allow-read", action="append", default=[], metavar="DIR",
-                     help="allow reading DIR and below (repeatable)")
-    run.add_argument("--allow-write", action="append", default=[], metavar="DIR",
-                     help="allow reading and writing DIR and below (repeatable)")
-    run.add_argument("--allow-connect", action="append", default=[], metavar="HOST:PORT",
-                     help="allow connecting to this endpoint (repeatable; unix:PATH too)")
-    run.add_argument("--memory", type=parse_size, default=None, metavar="SIZE",
-                     help="guest memory (default 1G)")
-    run.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                     help="stop the program after this much wall-clock time (exit 124)")
-    run.add_argument("--max-fds", type=int, default=1024, metavar="N",
-                     help="most open files at once (EMFILE beyond)")
-    run.add_argument("--max-file-size", type=parse_size, default=None, metavar="SIZE",
-                     help="largest file the program may write (EFBIG beyond)")
-    run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                     help="set an environment variable (repeatable)")
-    run.add_argument("--unsetenv", action="append", default=[], metavar="NAME",
-                     help="remove an environment variable (repeatable)")
-    run.add_argument("--clearenv", action="store_true", help="start from an empty environment")
+    add_sandbox_options(run, timeout_help="stop the program after this much wall-clock "
+                                          "time (exit 124)")
     run.add_argument("--trace", action="store_const", const="-", default=None,
                      help="print each system call, strace-style, to stderr "
                           "(--trace=FILE writes them to FILE)")
@@ -81,9 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_sandbox_options(parser: argparse.ArgumentParser) -> None:
-    """The policy, memory and environment options of ``serve`` and
-    ``snapshot save`` (the same meaning as for ``run``)."""
+def add_sandbox_options(parser: argparse.ArgumentParser, timeout_help: str =
+                        "time limit for the program's start-up (to its first request)") -> None:
+    """The policy, limit and environment options shared by ``run``, ``serve``
+    and ``snapshot save``; only what ``--timeout`` limits differs."""
     parser.add_argument("--here", action="store_true",
                         help="allow reading and writing the current directory and below")
     parser.add_argument("--allow-read", action="append", default=[], metavar="DIR",
@@ -95,7 +77,7 @@ def add_sandbox_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory", type=parse_size, default=None, metavar="SIZE",
                         help="guest memory (default 1G)")
     parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                        help="time limit for the program's start-up (to its first request)")
+                        help=timeout_help)
     parser.add_argument("--max-fds", type=int, default=1024, metavar="N",
                         help="most open files at once (EMFILE beyond)")
     parser.add_argument("--max-file-size", type=parse_size, default=None, metavar="SIZE",
