@@ -137,11 +137,7 @@ def add_snapshot_commands(commands: argparse._SubParsersAction) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # ``--trace=FILE`` is spelled like strace's -o; a bare ``--trace`` must not
-    # swallow the program name, so the FILE form is rewritten here.
-    argv = [f"--trace-file={a[len('--trace='):]}" if a.startswith("--trace=") else a
-            for a in argv]
+    argv = spell_trace_file(list(sys.argv[1:] if argv is None else argv))
     try:
         options = parser.parse_args(argv)
     except SystemExit as exit:
@@ -153,6 +149,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         from minikvm.serve import snapshot_commands
         return snapshot_commands(options)
     return run_command(options)
+
+
+def spell_trace_file(argv: list[str]) -> list[str]:
+    """Rewrite ``run --trace=FILE`` as ``--trace-file=FILE``.
+
+    A bare ``--trace`` must not swallow the program name, so it takes no
+    value; the FILE form is rewritten here, among minikvm's own options only
+    — never in the program's arguments, which start at the first word that
+    is neither an option nor an option's value (or after ``--``)."""
+    if argv[:1] != ["run"]:
+        return argv
+    takes_value = {"--allow-read", "--allow-write", "--allow-connect", "--memory", "--timeout",
+                   "--max-fds", "--max-file-size", "--env", "--unsetenv", "--trace-file"}
+    rewritten = ["run"]
+    expecting_value = False
+    for position, word in enumerate(argv[1:], start=1):
+        if expecting_value:
+            expecting_value = False
+        elif word == "--" or not word.startswith("-"):
+            return rewritten + argv[position:]
+        elif word.startswith("--trace="):
+            word = "--trace-file=" + word[len("--trace="):]
+        else:
+            expecting_value = word in takes_value
+        rewritten.append(word)
+    return rewritten
 
 
 def guest_environment(options: argparse.Namespace) -> dict[str, str]:
