@@ -49,6 +49,10 @@ COMMANDS: dict[str, list[str]] = {
     "glibc-static-pie": ["cc", "-static-pie", "-O2", "-Wall"],
     "musl-static": ["musl-gcc", "-static", "-O2", "-Wall"],
     "glibc-dynamic": ["cc", "-O2", "-Wall"],
+    # The small libcs: only the simplest programs are built with them
+    # (tests/test_other_libcs.py), to show their start-up code runs too.
+    "dietlibc-static": ["diet", "gcc", "-static", "-O2", "-Wall"],
+    "klibc-static": ["klcc", "-static", "-O2", "-Wall"],
 }
 #: The variants minikvm runs (every static one).
 STATIC_VARIANTS = ("glibc-static", "glibc-static-pie", "musl-static")
@@ -75,7 +79,8 @@ def unavailable_reason(variant: str) -> str:
         raise ValueError(f"unknown variant {variant!r}: expected one of {', '.join(COMMANDS)}")
     compiler = COMMANDS[variant][0]
     if shutil.which(compiler) is None:
-        package = "musl-tools" if compiler == "musl-gcc" else "gcc and libc6-dev"
+        package = {"musl-gcc": "musl-tools", "diet": "dietlibc-dev",
+                   "klcc": "libklibc-dev"}.get(compiler, "gcc and libc6-dev")
         return f"{variant}: {compiler} not found (apt-get install {package})"
     with tempfile.TemporaryDirectory(prefix="minikvm-probe-") as scratch:
         source = Path(scratch, "probe.c")
