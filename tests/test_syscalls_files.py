@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from minikvm.syscalls import files, poll, sync
+from minikvm.syscalls import directories, files, poll, sync
 from minikvm.syscalls.base import Syscall
 from minikvm.syscalls.dispatch import Dispatcher
 from tests.programs.build import STATIC_VARIANTS, program, unavailable_reason
@@ -171,22 +171,22 @@ def test_long_waits_stop_at_the_time_limit(how: str, tmp_path: Path) -> None:
 
 # -- the pure parts ---------------------------------------------------------------------------
 def test_dirent64_records() -> None:
-    record = files.pack_dirent64(b"hello.txt", 1234, files.DT_REG, 7)
+    record = directories.pack_dirent64(b"hello.txt", 1234, files.DT_REG, 7)
     assert len(record) % 8 == 0
-    inode, offset, length, d_type = files.DIRENT64_HEADER.unpack_from(record)
+    inode, offset, length, d_type = directories.DIRENT64_HEADER.unpack_from(record)
     assert (inode, offset, length, d_type) == (1234, 7, len(record), files.DT_REG)
-    name = record[files.DIRENT64_HEADER.size:]
+    name = record[directories.DIRENT64_HEADER.size:]
     assert name.rstrip(b"\0") == b"hello.txt" and name.endswith(b"\0")
     # 19 header bytes + "." + NUL = 21: padded to 24
-    assert len(files.pack_dirent64(b".", 1, files.DT_DIR, 1)) == 24
+    assert len(directories.pack_dirent64(b".", 1, files.DT_DIR, 1)) == 24
 
 
 def test_old_dirent_records_end_with_the_type() -> None:
-    record = files.pack_dirent(b"ab", 9, files.DT_LNK, 3)
+    record = directories.pack_dirent(b"ab", 9, files.DT_LNK, 3)
     assert len(record) % 8 == 0
     assert record[-1] == files.DT_LNK
-    assert files.DIRENT_HEADER.unpack_from(record) == (9, 3, len(record))
-    assert record[files.DIRENT_HEADER.size:files.DIRENT_HEADER.size + 3] == b"ab\0"
+    assert directories.DIRENT_HEADER.unpack_from(record) == (9, 3, len(record))
+    assert record[directories.DIRENT_HEADER.size:directories.DIRENT_HEADER.size + 3] == b"ab\0"
 
 
 def test_struct_sizes_are_the_kernels() -> None:

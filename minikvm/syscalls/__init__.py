@@ -1,18 +1,21 @@
 """Layer 8 — system calls, one module per family.
 
-=============  ==============================================================
-``base``       the table entry (:class:`~minikvm.syscalls.base.Syscall`) and argument helpers
-``files``      open, read, write, stat, fds, pipes, the working directory
-``memory``     brk, mmap, munmap, mprotect, mremap, madvise
-``process``    exit, ids, thread setup, limits, signals sent to itself, refusals
-``time``       clocks and sleeping
-``signals``    dispositions and masks (recorded)
-``info``       uname, getrandom, sysinfo, scheduler
-``poll``       poll, ppoll, select
-``sync``       futex
-``net``        sockets, as far as the policy allows
-``table``      all of them, by number
-``trace``      ``--trace`` output in strace's format
-``dispatch``   from a syscall exit to a handler and back
-=============  ==============================================================
+=================  ==============================================================
+``base``           the table entry (:class:`~minikvm.syscalls.base.Syscall`) and argument helpers
+``files``          open, read, write, stat, fds, pipes, the working directory
+``directories``    listings, mkdir, unlink, rename, link, symlink
+``attributes``     truncate, sync, times, mode, owner
+``memory``         brk, mmap, munmap, mprotect, mremap, madvise
+``process``        exit, ids, thread setup, limits, signals sent to itself, refusals
+``time``           clocks and sleeping
+``signals``        dispositions and masks (recorded)
+``info``           uname, getrandom, sysinfo, scheduler
+``poll``           poll, ppoll, select
+``sync``           futex
+``net``            sockets, as far as the policy allows
+``requests``       minikvm's request API (``include/minikvm.h``)
+``table``          all of them, by number
+``trace``          ``--trace`` output in strace's format
+``dispatch``       from a syscall exit to a handler and back
+=================  ==============================================================
 """

@@ -6,6 +6,11 @@ the memory manager (``proc.mm``), which bounds-checks it.  Reads and
 writes move data between host fds and guest memory with ``os.readv`` /
 ``os.writev`` on zero-copy views of guest RAM.
 
+Directories (listing, mkdir, unlink, rename, link, symlink) are in
+:mod:`minikvm.syscalls.directories`, attributes (truncate, sync, times,
+mode, owner) in :mod:`minikvm.syscalls.attributes`; both use the path
+helpers defined here.
+
 Three ways a path reaches the host, chosen by what the call does with the
 *final* component of the path:
 
@@ -88,11 +93,6 @@ STAT_FORMAT = "<QQQIIIiQqqqqqqqqq24x"
 MODE_BITS = 0o7777
 
 # -- directory listings (linux/dirent.h, fs/readdir.c) --------------------------------
-#: ``struct linux_dirent64``: d_ino, d_off, d_reclen, d_type, then the name and a NUL
-DIRENT64_HEADER = struct.Struct("<QqHB")
-#: ``struct linux_dirent`` (getdents): d_ino, d_off, d_reclen, the name, a NUL, d_type last
-DIRENT_HEADER = struct.Struct("<QQH")
-DIRENT_ALIGN = 8
 DT_UNKNOWN, DT_DIR, DT_REG, DT_LNK = 0, 4, 8, 10
 
 # -- statx (linux/stat.h) --------------------------------------------------------------
@@ -104,12 +104,7 @@ STATX_BASIC_STATS = 0x7FF       # type, mode, nlink, uid, gid, times, ino, size,
 STATX__RESERVED = 0x8000_0000   # asking for it is EINVAL
 
 # -- changing files ---------------------------------------------------------------------
-UTIME_NOW = (1 << 30) - 1
-UTIME_OMIT = (1 << 30) - 2
 NSEC_PER_SEC = 1_000_000_000
-RENAME_NOREPLACE = 1
-RENAME_EXCHANGE = 2
-RENAME_WHITEOUT = 4
 CLOSE_RANGE_UNSHARE = 2
 CLOSE_RANGE_CLOEXEC = 4
 LOCK_SH, LOCK_EX, LOCK_NB, LOCK_UN = 1, 2, 4, 8
@@ -131,13 +126,11 @@ VIRTUAL_BLOCK_SIZE = 4096
 
 # -- host calls Python's os module does not offer (x86-64 numbers) ------------------------
 SYS_fstatfs = 138
-SYS_utimensat = 280
-SYS_renameat2 = 316
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
-def _host_call(number: int, *args: object) -> int:
+def host_call(number: int, *args: object) -> int:
     """``syscall(number, args...)`` on the host; an ``OSError`` on failure."""
     result = _libc.syscall(ctypes.c_long(number), *args)
     if result < 0:
@@ -252,7 +245,7 @@ def sys_read(proc, fd: int, buffer: int, count: int) -> int:
 def sys_write(proc, fd: int, buffer: int, count: int) -> int:
     file = proc.fds.get(signed32(fd))
     views = proc.mm.views(buffer, min(count, MAX_IO))
-    _check_file_size(proc, file, count)
+    check_file_size(proc, file, count)
     return _write(proc, file, views)
 
 
@@ -271,7 +264,7 @@ def sys_readv(proc, fd: int, iov: int, count: int) -> int:
 def sys_writev(proc, fd: int, iov: int, count: int) -> int:
     file = proc.fds.get(signed32(fd))
     views = _iovec_views(proc, iov, count, write=False)
-    _check_file_size(proc, file, sum(len(v) for v in views))
+    check_file_size(proc, file, sum(len(v) for v in views))
     return _write(proc, file, views)
 
 
@@ -286,7 +279,7 @@ def _write(proc, file, views: list[memoryview]) -> int:
         raise
 
 
-def _check_file_size(proc, file, count: int, position: int | None = None,
+def check_file_size(proc, file, count: int, position: int | None = None,
                      syscall: str = "write") -> None:
     """EFBIG (from the policy) if writing *count* bytes at *position* (the
     file's own position when None) would grow a granted file past the limit."""
@@ -322,7 +315,7 @@ def sys_pwrite64(proc, fd: int, buffer: int, count: int, offset: int) -> int:
     if not file.writable():
         raise SyscallError(errno.EBADF, "not open for writing")
     count = min(count, MAX_IO)
-    _check_file_size(proc, file, count, signed64(offset), syscall="pwrite64")
+    check_file_size(proc, file, count, signed64(offset), syscall="pwrite64")
     return os.pwritev(host_fd, proc.mm.views(buffer, count), signed64(offset))
 
 
@@ -435,100 +428,6 @@ def sys_statx(proc, dirfd: int, path_address: int, flags: int, mask: int, addres
     return 0
 
 
-# -- directory listings ------------------------------------------------------------------
-def _d_type(entry: os.DirEntry) -> int:
-    """The ``d_type`` of a host directory entry (DT_x is S_IFx >> 12)."""
-    try:
-        if entry.is_symlink():
-            return DT_LNK
-        if entry.is_dir(follow_symlinks=False):
-            return DT_DIR
-        if entry.is_file(follow_symlinks=False):
-            return DT_REG
-        return stat_module.S_IFMT(entry.stat(follow_symlinks=False).st_mode) >> 12
-    except OSError:
-        return DT_UNKNOWN
-
-
-def _parent_inode(proc, file: HostFile, own: os.stat_result) -> int:
-    """``..``'s inode: the parent's when the policy lets the guest see it, the
-    directory's own otherwise (as for ``/``, whose ``..`` is itself)."""
-    parent = posixpath.dirname(file.path)
-    grants = getattr(proc.policy, "grants", ())
-    if parent == file.path or not any(grant.contains(parent) for grant in grants):
-        return own.st_ino
-    try:
-        return proc.policy.stat(parent, proc.cwd, True, syscall="getdents64").st_ino
-    except (SyscallError, OSError):
-        return own.st_ino
-
-
-def directory_listing(proc, file: OpenFile) -> list[tuple[bytes, int, int]]:
-    """``(name, inode, d_type)`` of every entry of an open directory,
-    ``.`` and ``..`` first, as Linux's file systems list them."""
-    if not isinstance(file, HostFile) or file.host_fd is None:
-        raise SyscallError(errno.ENOTDIR, f"a {file.kind} is not a directory")
-    own = os.fstat(file.host_fd)
-    if not stat_module.S_ISDIR(own.st_mode):
-        raise SyscallError(errno.ENOTDIR, "not a directory")
-    entries = [(b".", own.st_ino, DT_DIR), (b"..", _parent_inode(proc, file, own), DT_DIR)]
-    with os.scandir(file.host_fd) as listing:
-        for entry in listing:
-            entries.append((os.fsencode(entry.name), entry.inode(), _d_type(entry)))
-    return entries
-
-
-def pack_dirent64(name: bytes, inode: int, d_type: int, next_offset: int) -> bytes:
-    """One ``struct linux_dirent64``, padded to 8 bytes."""
-    size = -(-(DIRENT64_HEADER.size + len(name) + 1) // DIRENT_ALIGN) * DIRENT_ALIGN
-    record = DIRENT64_HEADER.pack(inode, next_offset, size, d_type) + name
-    return record.ljust(size, b"\0")
-
-
-def pack_dirent(name: bytes, inode: int, d_type: int, next_offset: int) -> bytes:
-    """One old ``struct linux_dirent`` (getdents): d_type is its last byte."""
-    size = -(-(DIRENT_HEADER.size + len(name) + 2) // DIRENT_ALIGN) * DIRENT_ALIGN
-    record = (DIRENT_HEADER.pack(inode, next_offset, size) + name).ljust(size - 1, b"\0")
-    return record + bytes([d_type])
-
-
-def _getdents(proc, fd: int, address: int, count: int, pack) -> int:
-    """Fill the guest's buffer with whole records from the directory's position.
-
-    The listing is read once and kept (:attr:`HostFile.directory_entries`);
-    each record's ``d_off`` is the index of the next one, so ``telldir`` /
-    ``seekdir`` (lseek) land where they should across calls.
-    """
-    file = proc.fds.get(signed32(fd))
-    if not isinstance(file, HostFile):
-        raise SyscallError(errno.ENOTDIR, f"a {file.kind} is not a directory")
-    if file.directory_entries is None:
-        file.directory_entries = directory_listing(proc, file)
-    entries = file.directory_entries
-    count &= UINT_MASK
-    index = file.directory_offset
-    buffer = bytearray()
-    while index < len(entries):
-        record = pack(*entries[index], index + 1)
-        if len(buffer) + len(record) > count:
-            break
-        buffer += record
-        index += 1
-    if not buffer and index < len(entries):
-        raise SyscallError(errno.EINVAL, f"a {count}-byte buffer cannot hold one entry")
-    proc.mm.write(address, bytes(buffer))
-    file.directory_offset = index
-    return len(buffer)
-
-
-def sys_getdents64(proc, fd: int, address: int, count: int) -> int:
-    return _getdents(proc, fd, address, count, pack_dirent64)
-
-
-def sys_getdents(proc, fd: int, address: int, count: int) -> int:
-    return _getdents(proc, fd, address, count, pack_dirent)
-
-
 def _seek_directory(file: HostFile, offset: int, whence: int) -> int:
     """lseek on a directory moves in its listing; back to 0 reads it again
     (``rewinddir`` sees files created since)."""
@@ -546,375 +445,12 @@ def _seek_directory(file: HostFile, offset: int, whence: int) -> int:
     return position
 
 
-# -- directory entries: create, remove, rename, link -------------------------------------
-def _mkdirat(proc, dirfd: int, path_address: int, mode: int, syscall: str) -> int:
-    raw = read_path(proc, path_address)
-    if final_name(raw) in (b".", b"..", b"/"):
-        raise SyscallError(errno.EEXIST, "the directory exists")
-    path = guest_path(proc, dirfd, raw)
-    if proc.policy.is_virtual_device(path, proc.cwd):
-        raise SyscallError(errno.EEXIST, "a device exists there")
-    with proc.policy.resolve_parent(path, proc.cwd, write=True, syscall=syscall) as parent:
-        os.mkdir(parent.name, mode & ~proc.umask & MODE_BITS, dir_fd=parent.dirfd)
-    return 0
-
-
-def sys_mkdirat(proc, dirfd: int, path_address: int, mode: int) -> int:
-    return _mkdirat(proc, dirfd, path_address, mode, "mkdirat")
-
-
-def sys_mkdir(proc, path_address: int, mode: int) -> int:
-    return _mkdirat(proc, AT_FDCWD, path_address, mode, "mkdir")
-
-
-def _unlinkat(proc, dirfd: int, path_address: int, flags: int, syscall: str) -> int:
-    flags = signed32(flags)
-    if flags & ~AT_REMOVEDIR:
-        raise SyscallError(errno.EINVAL, f"unlinkat flags {flags:#x}")
-    raw = read_path(proc, path_address)
-    name = final_name(raw)
-    if flags & AT_REMOVEDIR:
-        dots = {b".": (errno.EINVAL, "cannot remove '.'"),
-                b"..": (errno.ENOTEMPTY, "'..' is not empty"),
-                b"/": (errno.EBUSY, "cannot remove the root")}
-    else:
-        dots = {dot: (errno.EISDIR, "a directory") for dot in (b".", b"..", b"/")}
-    if name in dots:
-        raise SyscallError(*dots[name])
-    path = guest_path(proc, dirfd, raw)
-    with proc.policy.resolve_parent(path, proc.cwd, write=True, syscall=syscall) as parent:
-        if flags & AT_REMOVEDIR:
-            os.rmdir(parent.name, dir_fd=parent.dirfd)
-            return 0
-        if raw.endswith(b"/"):     # "file/": the entry must be a directory
-            entry = os.stat(parent.name, dir_fd=parent.dirfd, follow_symlinks=False)
-            is_directory = stat_module.S_ISDIR(entry.st_mode)
-            raise SyscallError(errno.EISDIR if is_directory else errno.ENOTDIR,
-                               "trailing slash")
-        os.unlink(parent.name, dir_fd=parent.dirfd)
-    return 0
-
-
-def sys_unlinkat(proc, dirfd: int, path_address: int, flags: int) -> int:
-    return _unlinkat(proc, dirfd, path_address, flags, "unlinkat")
-
-
-def sys_unlink(proc, path_address: int) -> int:
-    return _unlinkat(proc, AT_FDCWD, path_address, 0, "unlink")
-
-
-def sys_rmdir(proc, path_address: int) -> int:
-    return _unlinkat(proc, AT_FDCWD, path_address, AT_REMOVEDIR, "rmdir")
-
-
-def _renameat2(proc, old_dirfd: int, old_address: int, new_dirfd: int, new_address: int,
-               flags: int, syscall: str) -> int:
-    """Both ends need a write grant; the host renames one name in one
-    directory fd to one name in another."""
-    flags &= UINT_MASK
-    if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or \
-            flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
-        raise SyscallError(errno.EINVAL, f"rename flags {flags:#x} (RENAME_WHITEOUT is "
-                           "not supported)")
-    old_raw, new_raw = read_path(proc, old_address), read_path(proc, new_address)
-    if final_name(old_raw) in (b".", b"..", b"/") or final_name(new_raw) in (b".", b"..", b"/"):
-        raise SyscallError(errno.EBUSY, "cannot rename '.', '..' or '/'")
-    old = guest_path(proc, old_dirfd, old_raw)
-    new = guest_path(proc, new_dirfd, new_raw)
-    policy = proc.policy
-    with policy.resolve_parent(old, proc.cwd, write=True, syscall=syscall) as source, \
-            policy.resolve_parent(new, proc.cwd, write=True, syscall=syscall) as target:
-        if old_raw.endswith(b"/") or new_raw.endswith(b"/"):
-            entry = os.stat(source.name, dir_fd=source.dirfd, follow_symlinks=False)
-            if not stat_module.S_ISDIR(entry.st_mode):
-                raise SyscallError(errno.ENOTDIR, "trailing slash on a non-directory")
-        if flags:
-            _host_call(SYS_renameat2, ctypes.c_int(source.dirfd),
-                       ctypes.c_char_p(os.fsencode(source.name)), ctypes.c_int(target.dirfd),
-                       ctypes.c_char_p(os.fsencode(target.name)), ctypes.c_uint(flags))
-        else:
-            os.rename(source.name, target.name, src_dir_fd=source.dirfd,
-                      dst_dir_fd=target.dirfd)
-    return 0
-
-
-def sys_renameat2(proc, old_dirfd: int, old: int, new_dirfd: int, new: int, flags: int) -> int:
-    return _renameat2(proc, old_dirfd, old, new_dirfd, new, flags, "renameat2")
-
-
-def sys_renameat(proc, old_dirfd: int, old: int, new_dirfd: int, new: int) -> int:
-    return _renameat2(proc, old_dirfd, old, new_dirfd, new, 0, "renameat")
-
-
-def sys_rename(proc, old: int, new: int) -> int:
-    return _renameat2(proc, AT_FDCWD, old, AT_FDCWD, new, 0, "rename")
-
-
-def _linkat(proc, old_dirfd: int, old_address: int, new_dirfd: int, new_address: int,
-            flags: int, syscall: str) -> int:
-    """A hard link is the file itself, so both ends need a write grant (a
-    read-only file linked into a write grant would become writable)."""
-    flags = signed32(flags)
-    if flags & ~(AT_SYMLINK_FOLLOW | AT_EMPTY_PATH):
-        raise SyscallError(errno.EINVAL, f"linkat flags {flags:#x}")
-    if flags & AT_EMPTY_PATH:
-        raise SyscallError(errno.ENOENT, "AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH")
-    old_raw, new_raw = read_path(proc, old_address), read_path(proc, new_address)
-    if final_name(new_raw) in (b".", b"..", b"/"):
-        raise SyscallError(errno.EEXIST, "the name exists")
-    if final_name(old_raw) in (b".", b"..", b"/"):
-        raise SyscallError(errno.EPERM, "directories cannot be hard-linked")
-    old = guest_path(proc, old_dirfd, old_raw)
-    new = guest_path(proc, new_dirfd, new_raw)
-    policy = proc.policy
-    with policy.resolve_parent(old, proc.cwd, write=True, syscall=syscall) as source, \
-            policy.resolve_parent(new, proc.cwd, write=True, syscall=syscall) as target:
-        if not flags & AT_SYMLINK_FOLLOW:
-            os.link(source.name, target.name, src_dir_fd=source.dirfd,
-                    dst_dir_fd=target.dirfd, follow_symlinks=False)
-            return 0
-        # Follow a final symlink beneath the grant (never with the host's own
-        # lookup, which could leave it), then link the file that fd holds.
-        held = policy.open(old, O_PATH, 0, proc.cwd, syscall=syscall)
-        try:
-            os.link(f"/proc/self/fd/{held}", target.name, dst_dir_fd=target.dirfd,
-                    follow_symlinks=True)
-        finally:
-            os.close(held)
-    return 0
-
-
-def sys_linkat(proc, old_dirfd: int, old: int, new_dirfd: int, new: int, flags: int) -> int:
-    return _linkat(proc, old_dirfd, old, new_dirfd, new, flags, "linkat")
-
-
-def sys_link(proc, old: int, new: int) -> int:
-    return _linkat(proc, AT_FDCWD, old, AT_FDCWD, new, 0, "link")
-
-
-def _symlinkat(proc, target_address: int, dirfd: int, path_address: int, syscall: str) -> int:
-    """The link's text may name anything: following it is what the policy
-    guards, and every guest lookup stays beneath its grant."""
-    target = read_path(proc, target_address)
-    raw = read_path(proc, path_address)
-    if final_name(raw) in (b".", b"..", b"/"):
-        raise SyscallError(errno.EEXIST, "the name exists")
-    path = guest_path(proc, dirfd, raw)
-    with proc.policy.resolve_parent(path, proc.cwd, write=True, syscall=syscall) as parent:
-        os.symlink(os.fsdecode(target), parent.name, dir_fd=parent.dirfd)
-    return 0
-
-
-def sys_symlinkat(proc, target: int, dirfd: int, path: int) -> int:
-    return _symlinkat(proc, target, dirfd, path, "symlinkat")
-
-
-def sys_symlink(proc, target: int, path: int) -> int:
-    return _symlinkat(proc, target, AT_FDCWD, path, "symlink")
-
-
-# -- changing files: size, sync, times, mode, owner ----------------------------------------
-def sys_ftruncate(proc, fd: int, length: int) -> int:
-    file = proc.fds.get(signed32(fd))
-    length = signed64(length)
-    if length < 0:
-        raise SyscallError(errno.EINVAL, f"negative length {length}")
-    if file.host_fd is None or not file.writable():
-        raise SyscallError(errno.EINVAL, "not a regular file open for writing")
-    if not stat_module.S_ISREG(os.fstat(file.host_fd).st_mode):
-        raise SyscallError(errno.EINVAL, "not a regular file")
-    _check_file_size(proc, file, 0, length, syscall="ftruncate")
-    os.ftruncate(file.host_fd, length)
-    return 0
-
-
-def sys_truncate(proc, path_address: int, length: int) -> int:
-    """Opened for writing beneath its grant (so a write grant and write
-    permission are needed, as Linux wants), then cut."""
-    length = signed64(length)
-    path = guest_path(proc, AT_FDCWD, read_path(proc, path_address))
-    if length < 0:
-        raise SyscallError(errno.EINVAL, f"negative length {length}")
-    if proc.policy.is_virtual_device(path, proc.cwd):
-        raise SyscallError(errno.EINVAL, "not a regular file")
-    host_fd = proc.policy.open(path, O_WRONLY | O_NONBLOCK, 0, proc.cwd, syscall="truncate")
-    try:
-        if not stat_module.S_ISREG(os.fstat(host_fd).st_mode):
-            raise SyscallError(errno.EINVAL, "not a regular file")
-        limit = getattr(proc.policy, "max_file_size", None)
-        if limit is not None and length > limit:
-            proc.policy.check_file_size(length, path=path, syscall="truncate")
-        os.ftruncate(host_fd, length)
-    finally:
-        os.close(host_fd)
-    return 0
-
-
-def _sync(proc, fd: int, data_only: bool) -> int:
-    file = proc.fds.get(signed32(fd))
-    if file.host_fd is None:
-        raise SyscallError(errno.EINVAL, f"a {file.kind} cannot be synced")
-    (os.fdatasync if data_only else os.fsync)(file.host_fd)
-    return 0
-
-
-def sys_fsync(proc, fd: int) -> int:
-    return _sync(proc, fd, data_only=False)
-
-
-def sys_fdatasync(proc, fd: int) -> int:
-    return _sync(proc, fd, data_only=True)
-
-
-def sys_sync(proc) -> int:
-    """Write every dirty buffer of the host to disk (what sync(2) asks)."""
-    os.sync()
-    return 0
-
-
-def sys_syncfs(proc, fd: int) -> int:
-    """syncfs(2) flushes one file system; the host's ``sync`` does that and more."""
-    proc.fds.get(signed32(fd))
-    os.sync()
-    return 0
-
-
-def _read_utimens(proc, address: int) -> tuple[int, int, int, int] | None:
-    """The two timespecs of utimensat (None: both now), checked like Linux."""
-    if not address:
-        return None
-    times = proc.mm.read_struct(address, "<qqqq")
-    for nanoseconds in (times[1], times[3]):
-        if nanoseconds not in (UTIME_NOW, UTIME_OMIT) and not 0 <= nanoseconds < NSEC_PER_SEC:
-            raise SyscallError(errno.EINVAL, f"tv_nsec {nanoseconds}")
-    return times
-
-
-def _host_utimens(host_fd: int, times: tuple[int, int, int, int] | None) -> None:
-    """``utimensat(host_fd, "", times, AT_EMPTY_PATH)``: the file an fd
-    holds, even an ``O_PATH`` one, with UTIME_NOW/UTIME_OMIT as given."""
-    array = (ctypes.c_int64 * 4)(*times) if times is not None else None
-    _host_call(SYS_utimensat, ctypes.c_int(host_fd), ctypes.c_char_p(b""), array,
-               ctypes.c_int(AT_EMPTY_PATH))
-
-
-def sys_utimensat(proc, dirfd: int, path_address: int, times_address: int, flags: int) -> int:
-    """Set access and modification times.  A NULL path (how C libraries
-    implement ``futimens``) or ``""`` with AT_EMPTY_PATH means *dirfd* itself."""
-    flags = signed32(flags)
-    if flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):
-        raise SyscallError(errno.EINVAL, f"utimensat flags {flags:#x}")
-    times = _read_utimens(proc, times_address)
-    dirfd = signed32(dirfd)
-    raw = proc.mm.read_cstring(path_address, PATH_MAX) if path_address else None
-    if raw is None and dirfd == AT_FDCWD:
-        raise SyscallError(errno.EFAULT, "NULL path")
-    if raw is None and flags:
-        raise SyscallError(errno.EINVAL, "flags with a NULL path")
-    if raw is None or not raw and flags & AT_EMPTY_PATH and dirfd != AT_FDCWD:
-        file = proc.fds.get(dirfd)
-        check_file_change(proc, file, "utimensat")
-        _host_utimens(file.host_fd, times)  # type: ignore[arg-type]
-        return 0
-    path = proc.cwd if not raw and flags & AT_EMPTY_PATH else \
-        guest_path(proc, dirfd, raw or read_path(proc, path_address))
-    if proc.policy.is_virtual_device(path, proc.cwd):
-        raise SyscallError(errno.EPERM, "devices belong to root")
-    host_fd = open_to_change(proc, path, not flags & AT_SYMLINK_NOFOLLOW, "utimensat")
-    try:
-        _host_utimens(host_fd, times)
-    finally:
-        os.close(host_fd)
-    return 0
-
-
-def sys_fchmod(proc, fd: int, mode: int) -> int:
-    file = proc.fds.get(signed32(fd))
-    check_file_change(proc, file, "fchmod")
-    os.fchmod(file.host_fd, mode & MODE_BITS)  # type: ignore[arg-type]
-    return 0
-
-
-def _chmod(proc, dirfd: int, path_address: int, mode: int, flags: int, syscall: str) -> int:
-    flags = signed32(flags)
-    if flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):
-        raise SyscallError(errno.EINVAL, f"fchmodat flags {flags:#x}")
-    raw = proc.mm.read_cstring(path_address, PATH_MAX)
-    if not raw and flags & AT_EMPTY_PATH and signed32(dirfd) != AT_FDCWD:
-        return sys_fchmod(proc, dirfd, mode)
-    path = proc.cwd if not raw and flags & AT_EMPTY_PATH else \
-        guest_path(proc, dirfd, read_path(proc, path_address))
-    if proc.policy.is_virtual_device(path, proc.cwd):
-        raise SyscallError(errno.EPERM, "devices belong to root")
-    follow = not flags & AT_SYMLINK_NOFOLLOW
-    host_fd = open_to_change(proc, path, follow, syscall)
-    try:
-        if not follow and stat_module.S_ISLNK(os.fstat(host_fd).st_mode):
-            raise SyscallError(errno.EOPNOTSUPP, "a symlink has no mode of its own")
-        # fchmod does not take an O_PATH fd; the fd's /proc link names exactly
-        # the file it holds (glibc's fchmodat(AT_SYMLINK_NOFOLLOW) does this too).
-        os.chmod(f"/proc/self/fd/{host_fd}", mode & MODE_BITS)
-    finally:
-        os.close(host_fd)
-    return 0
-
-
-def sys_fchmodat2(proc, dirfd: int, path_address: int, mode: int, flags: int) -> int:
-    return _chmod(proc, dirfd, path_address, mode, flags, "fchmodat2")
-
-
-def sys_fchmodat(proc, dirfd: int, path_address: int, mode: int) -> int:
-    return _chmod(proc, dirfd, path_address, mode, 0, "fchmodat")
-
-
-def sys_chmod(proc, path_address: int, mode: int) -> int:
-    return _chmod(proc, AT_FDCWD, path_address, mode, 0, "chmod")
-
-
-def _same_owner(st: os.stat_result, uid: int, gid: int) -> int:
-    """chown that would change nothing succeeds; any real change is EPERM."""
-    uid, gid = signed32(uid), signed32(gid)
-    if uid in (-1, st.st_uid) and gid in (-1, st.st_gid):
-        return 0
-    raise SyscallError(errno.EPERM, "the sandbox never changes a file's owner")
-
-
-def sys_fchown(proc, fd: int, uid: int, gid: int) -> int:
-    file = proc.fds.get(signed32(fd))
-    st = stat_of_file(file)
-    if isinstance(file, HostFile) and file.path.startswith("/"):
-        check_writable_entry(proc, file.path, "fchown")
-    return _same_owner(st, uid, gid)
-
-
-def sys_fchownat(proc, dirfd: int, path_address: int, uid: int, gid: int, flags: int) -> int:
-    flags = signed32(flags)
-    if flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):
-        raise SyscallError(errno.EINVAL, f"fchownat flags {flags:#x}")
-    raw = proc.mm.read_cstring(path_address, PATH_MAX)
-    if not raw and flags & AT_EMPTY_PATH and signed32(dirfd) != AT_FDCWD:
-        return sys_fchown(proc, dirfd, uid, gid)
-    st = stat_of_path(proc, dirfd, path_address, flags, syscall="fchownat")
-    path = proc.cwd if not raw else guest_path(proc, dirfd, raw)
-    if not proc.policy.is_virtual_device(path, proc.cwd):
-        check_writable_entry(proc, path, "fchownat")
-    return _same_owner(st, uid, gid)
-
-
-def sys_chown(proc, path_address: int, uid: int, gid: int) -> int:
-    return sys_fchownat(proc, AT_FDCWD, path_address, uid, gid, 0)
-
-
-def sys_lchown(proc, path_address: int, uid: int, gid: int) -> int:
-    return sys_fchownat(proc, AT_FDCWD, path_address, uid, gid, AT_SYMLINK_NOFOLLOW)
-
-
 # -- file systems --------------------------------------------------------------------------
 def _statfs_of_file(file: OpenFile) -> bytes:
     """``struct statfs`` of the file system an open file lives on."""
     if file.host_fd is not None:
         buffer = ctypes.create_string_buffer(STATFS_SIZE)
-        _host_call(SYS_fstatfs, ctypes.c_int(file.host_fd), buffer)
+        host_call(SYS_fstatfs, ctypes.c_int(file.host_fd), buffer)
         return buffer.raw
     magic = PIPEFS_MAGIC if isinstance(file, PipeEnd) else TMPFS_MAGIC
     return struct.pack(STATFS_FORMAT, magic, VIRTUAL_BLOCK_SIZE, 0, 0, 0, 0, 0, 0, 0, NAME_MAX,
@@ -988,7 +524,7 @@ def sys_sendfile(proc, out_fd: int, in_fd: int, offset_address: int, count: int)
         raise SyscallError(errno.EINVAL, "out_fd is open with O_APPEND")
     offset = _read_offset(proc, offset_address)
     count = min(count, MAX_IO)
-    _check_file_size(proc, target, count, syscall="sendfile")
+    check_file_size(proc, target, count, syscall="sendfile")
     if source.host_fd is not None and target.host_fd is not None:
         sent = os.sendfile(target.host_fd, source.host_fd, offset, count)
     else:
@@ -1013,7 +549,7 @@ def sys_copy_file_range(proc, in_fd: int, in_offset: int, out_fd: int, out_offse
     source_offset = _read_offset(proc, in_offset)
     target_offset = _read_offset(proc, out_offset)
     count = min(count, MAX_IO)
-    _check_file_size(proc, target, count, target_offset, syscall="copy_file_range")
+    check_file_size(proc, target, count, target_offset, syscall="copy_file_range")
     copied = os.copy_file_range(source.host_fd, target.host_fd, count,
                                 source_offset, target_offset)
     if source_offset is not None:
@@ -1264,47 +800,6 @@ SYSCALLS = [
     Syscall(439, "faccessat2", sys_faccessat2, ("dirfd", "path", "int", "hex")),
     Syscall(332, "statx", sys_statx, ("dirfd", "path", "hex", "hex", "ptr"), PARTIAL,
             "the basic fields (STATX_BASIC_STATS); no birth time or mount id"),
-    # directories and their entries
-    Syscall(217, "getdents64", sys_getdents64, ("fd", "ptr", "uint"), SUPPORTED,
-            "the listing is read at the first call and after a rewind"),
-    Syscall(78, "getdents", sys_getdents, ("fd", "ptr", "uint")),
-    Syscall(83, "mkdir", sys_mkdir, ("path", "mode")),
-    Syscall(258, "mkdirat", sys_mkdirat, ("dirfd", "path", "mode")),
-    Syscall(87, "unlink", sys_unlink, ("path",)),
-    Syscall(84, "rmdir", sys_rmdir, ("path",)),
-    Syscall(263, "unlinkat", sys_unlinkat, ("dirfd", "path", "hex")),
-    Syscall(82, "rename", sys_rename, ("path", "path")),
-    Syscall(264, "renameat", sys_renameat, ("dirfd", "path", "dirfd", "path")),
-    Syscall(316, "renameat2", sys_renameat2, ("dirfd", "path", "dirfd", "path", "hex"), PARTIAL,
-            "RENAME_NOREPLACE and RENAME_EXCHANGE; RENAME_WHITEOUT is EINVAL"),
-    Syscall(86, "link", sys_link, ("path", "path")),
-    Syscall(265, "linkat", sys_linkat, ("dirfd", "path", "dirfd", "path", "hex"), PARTIAL,
-            "AT_SYMLINK_FOLLOW; AT_EMPTY_PATH is ENOENT (needs CAP_DAC_READ_SEARCH)"),
-    Syscall(88, "symlink", sys_symlink, ("path", "path")),
-    Syscall(266, "symlinkat", sys_symlinkat, ("path", "dirfd", "path")),
-    # changing files
-    Syscall(77, "ftruncate", sys_ftruncate, ("fd", "long")),
-    Syscall(76, "truncate", sys_truncate, ("path", "long")),
-    Syscall(74, "fsync", sys_fsync, ("fd",)),
-    Syscall(75, "fdatasync", sys_fdatasync, ("fd",)),
-    Syscall(162, "sync", sys_sync, ()),
-    Syscall(306, "syncfs", sys_syncfs, ("fd",), SUPPORTED, "syncs every host file system"),
-    Syscall(280, "utimensat", sys_utimensat, ("dirfd", "path", "ptr", "hex"), SUPPORTED,
-            "needs a write grant; a grant directory itself is refused"),
-    Syscall(91, "fchmod", sys_fchmod, ("fd", "mode"), PARTIAL,
-            "granted files only: stdio and devices are EPERM"),
-    Syscall(90, "chmod", sys_chmod, ("path", "mode")),
-    Syscall(268, "fchmodat", sys_fchmodat, ("dirfd", "path", "mode")),
-    Syscall(452, "fchmodat2", sys_fchmodat2, ("dirfd", "path", "mode", "hex")),
-    Syscall(93, "fchown", sys_fchown, ("fd", "int", "int"), PARTIAL,
-            "never changes the owner: the current owner or -1 succeeds, else EPERM"),
-    Syscall(92, "chown", sys_chown, ("path", "int", "int"), PARTIAL,
-            "never changes the owner: the current owner or -1 succeeds, else EPERM"),
-    Syscall(94, "lchown", sys_lchown, ("path", "int", "int"), PARTIAL,
-            "never changes the owner: the current owner or -1 succeeds, else EPERM"),
-    Syscall(260, "fchownat", sys_fchownat, ("dirfd", "path", "int", "int", "hex"), PARTIAL,
-            "never changes the owner: the current owner or -1 succeeds, else EPERM"),
-    # file systems, copies, descriptors
     Syscall(137, "statfs", sys_statfs, ("path", "ptr")),
     Syscall(138, "fstatfs", sys_fstatfs, ("fd", "ptr")),
     Syscall(40, "sendfile", sys_sendfile, ("fd", "fd", "ptr", "uint")),

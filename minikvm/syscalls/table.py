@@ -7,12 +7,15 @@ number, and the docs' support matrix is generated from it.
 
 from __future__ import annotations
 
-from minikvm.syscalls import files, info, memory, net, poll, process, signals, sync, time
+from minikvm.syscalls import (attributes, directories, files, info, memory, net, poll, process,
+                              signals, sync, time)
 from minikvm.syscalls import requests
 from minikvm.syscalls.base import Syscall
 
 FAMILIES = {
     "files": files.SYSCALLS,
+    "directories": directories.SYSCALLS,
+    "attributes": attributes.SYSCALLS,
     "memory": memory.SYSCALLS,
     "process": process.SYSCALLS,
     "time": time.SYSCALLS,

@@ -1,0 +1,250 @@
+"""Layer 8 — file attributes: size, data on disk, times, mode and owner
+(truncate, fsync, utimensat, chmod, chown).
+
+A call that changes a file reached by path first checks that the file's
+directory entry lies in a write grant (``check_writable_entry``), then acts
+on an fd the policy opened beneath that grant — never on a host path string.
+Ownership never changes: ``chown`` to the owner a file already has (or -1)
+succeeds and does nothing, anything else is EPERM, as for an unprivileged
+user.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat as stat_module
+
+from minikvm.errors import SyscallError
+from minikvm.fdtable import HostFile, O_NONBLOCK, O_WRONLY
+from minikvm.syscalls.base import PARTIAL, SUPPORTED, Syscall, signed32, signed64
+from minikvm.syscalls.files import (AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW, MODE_BITS,
+                                    NSEC_PER_SEC, PATH_MAX, check_file_change, check_file_size,
+                                    check_writable_entry, guest_path, host_call, open_to_change,
+                                    read_path, stat_of_file, stat_of_path)
+
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+SYS_utimensat = 280
+
+
+# -- changing files: size, sync, times, mode, owner ----------------------------------------
+def sys_ftruncate(proc, fd: int, length: int) -> int:
+    file = proc.fds.get(signed32(fd))
+    length = signed64(length)
+    if length < 0:
+        raise SyscallError(errno.EINVAL, f"negative length {length}")
+    if file.host_fd is None or not file.writable():
+        raise SyscallError(errno.EINVAL, "not a regular file open for writing")
+    if not stat_module.S_ISREG(os.fstat(file.host_fd).st_mode):
+        raise SyscallError(errno.EINVAL, "not a regular file")
+    check_file_size(proc, file, 0, length, syscall="ftruncate")
+    os.ftruncate(file.host_fd, length)
+    return 0
+
+
+def sys_truncate(proc, path_address: int, length: int) -> int:
+    """Opened for writing beneath its grant (so a write grant and write
+    permission are needed, as Linux wants), then cut."""
+    length = signed64(length)
+    path = guest_path(proc, AT_FDCWD, read_path(proc, path_address))
+    if length < 0:
+        raise SyscallError(errno.EINVAL, f"negative length {length}")
+    if proc.policy.is_virtual_device(path, proc.cwd):
+        raise SyscallError(errno.EINVAL, "not a regular file")
+    host_fd = proc.policy.open(path, O_WRONLY | O_NONBLOCK, 0, proc.cwd, syscall="truncate")
+    try:
+        if not stat_module.S_ISREG(os.fstat(host_fd).st_mode):
+            raise SyscallError(errno.EINVAL, "not a regular file")
+        limit = getattr(proc.policy, "max_file_size", None)
+        if limit is not None and length > limit:
+            proc.policy.check_file_size(length, path=path, syscall="truncate")
+        os.ftruncate(host_fd, length)
+    finally:
+        os.close(host_fd)
+    return 0
+
+
+def _sync(proc, fd: int, data_only: bool) -> int:
+    file = proc.fds.get(signed32(fd))
+    if file.host_fd is None:
+        raise SyscallError(errno.EINVAL, f"a {file.kind} cannot be synced")
+    (os.fdatasync if data_only else os.fsync)(file.host_fd)
+    return 0
+
+
+def sys_fsync(proc, fd: int) -> int:
+    return _sync(proc, fd, data_only=False)
+
+
+def sys_fdatasync(proc, fd: int) -> int:
+    return _sync(proc, fd, data_only=True)
+
+
+def sys_sync(proc) -> int:
+    """Write every dirty buffer of the host to disk (what sync(2) asks)."""
+    os.sync()
+    return 0
+
+
+def sys_syncfs(proc, fd: int) -> int:
+    """syncfs(2) flushes one file system; the host's ``sync`` does that and more."""
+    proc.fds.get(signed32(fd))
+    os.sync()
+    return 0
+
+
+def _read_utimens(proc, address: int) -> tuple[int, int, int, int] | None:
+    """The two timespecs of utimensat (None: both now), checked like Linux."""
+    if not address:
+        return None
+    times = proc.mm.read_struct(address, "<qqqq")
+    for nanoseconds in (times[1], times[3]):
+        if nanoseconds not in (UTIME_NOW, UTIME_OMIT) and not 0 <= nanoseconds < NSEC_PER_SEC:
+            raise SyscallError(errno.EINVAL, f"tv_nsec {nanoseconds}")
+    return times
+
+
+def _host_utimens(host_fd: int, times: tuple[int, int, int, int] | None) -> None:
+    """``utimensat(host_fd, "", times, AT_EMPTY_PATH)``: the file an fd
+    holds, even an ``O_PATH`` one, with UTIME_NOW/UTIME_OMIT as given."""
+    array = (ctypes.c_int64 * 4)(*times) if times is not None else None
+    host_call(SYS_utimensat, ctypes.c_int(host_fd), ctypes.c_char_p(b""), array,
+               ctypes.c_int(AT_EMPTY_PATH))
+
+
+def sys_utimensat(proc, dirfd: int, path_address: int, times_address: int, flags: int) -> int:
+    """Set access and modification times.  A NULL path (how C libraries
+    implement ``futimens``) or ``""`` with AT_EMPTY_PATH means *dirfd* itself."""
+    flags = signed32(flags)
+    if flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):
+        raise SyscallError(errno.EINVAL, f"utimensat flags {flags:#x}")
+    times = _read_utimens(proc, times_address)
+    dirfd = signed32(dirfd)
+    raw = proc.mm.read_cstring(path_address, PATH_MAX) if path_address else None
+    if raw is None and dirfd == AT_FDCWD:
+        raise SyscallError(errno.EFAULT, "NULL path")
+    if raw is None and flags:
+        raise SyscallError(errno.EINVAL, "flags with a NULL path")
+    if raw is None or not raw and flags & AT_EMPTY_PATH and dirfd != AT_FDCWD:
+        file = proc.fds.get(dirfd)
+        check_file_change(proc, file, "utimensat")
+        _host_utimens(file.host_fd, times)  # type: ignore[arg-type]
+        return 0
+    path = proc.cwd if not raw and flags & AT_EMPTY_PATH else \
+        guest_path(proc, dirfd, raw or read_path(proc, path_address))
+    if proc.policy.is_virtual_device(path, proc.cwd):
+        raise SyscallError(errno.EPERM, "devices belong to root")
+    host_fd = open_to_change(proc, path, not flags & AT_SYMLINK_NOFOLLOW, "utimensat")
+    try:
+        _host_utimens(host_fd, times)
+    finally:
+        os.close(host_fd)
+    return 0
+
+
+def sys_fchmod(proc, fd: int, mode: int) -> int:
+    file = proc.fds.get(signed32(fd))
+    check_file_change(proc, file, "fchmod")
+    os.fchmod(file.host_fd, mode & MODE_BITS)  # type: ignore[arg-type]
+    return 0
+
+
+def _chmod(proc, dirfd: int, path_address: int, mode: int, flags: int, syscall: str) -> int:
+    flags = signed32(flags)
+    if flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):
+        raise SyscallError(errno.EINVAL, f"fchmodat flags {flags:#x}")
+    raw = proc.mm.read_cstring(path_address, PATH_MAX)
+    if not raw and flags & AT_EMPTY_PATH and signed32(dirfd) != AT_FDCWD:
+        return sys_fchmod(proc, dirfd, mode)
+    path = proc.cwd if not raw and flags & AT_EMPTY_PATH else \
+        guest_path(proc, dirfd, read_path(proc, path_address))
+    if proc.policy.is_virtual_device(path, proc.cwd):
+        raise SyscallError(errno.EPERM, "devices belong to root")
+    follow = not flags & AT_SYMLINK_NOFOLLOW
+    host_fd = open_to_change(proc, path, follow, syscall)
+    try:
+        if not follow and stat_module.S_ISLNK(os.fstat(host_fd).st_mode):
+            raise SyscallError(errno.EOPNOTSUPP, "a symlink has no mode of its own")
+        # fchmod does not take an O_PATH fd; the fd's /proc link names exactly
+        # the file it holds (glibc's fchmodat(AT_SYMLINK_NOFOLLOW) does this too).
+        os.chmod(f"/proc/self/fd/{host_fd}", mode & MODE_BITS)
+    finally:
+        os.close(host_fd)
+    return 0
+
+
+def sys_fchmodat2(proc, dirfd: int, path_address: int, mode: int, flags: int) -> int:
+    return _chmod(proc, dirfd, path_address, mode, flags, "fchmodat2")
+
+
+def sys_fchmodat(proc, dirfd: int, path_address: int, mode: int) -> int:
+    return _chmod(proc, dirfd, path_address, mode, 0, "fchmodat")
+
+
+def sys_chmod(proc, path_address: int, mode: int) -> int:
+    return _chmod(proc, AT_FDCWD, path_address, mode, 0, "chmod")
+
+
+def _same_owner(st: os.stat_result, uid: int, gid: int) -> int:
+    """chown that would change nothing succeeds; any real change is EPERM."""
+    uid, gid = signed32(uid), signed32(gid)
+    if uid in (-1, st.st_uid) and gid in (-1, st.st_gid):
+        return 0
+    raise SyscallError(errno.EPERM, "the sandbox never changes a file's owner")
+
+
+def sys_fchown(proc, fd: int, uid: int, gid: int) -> int:
+    file = proc.fds.get(signed32(fd))
+    st = stat_of_file(file)
+    if isinstance(file, HostFile) and file.path.startswith("/"):
+        check_writable_entry(proc, file.path, "fchown")
+    return _same_owner(st, uid, gid)
+
+
+def sys_fchownat(proc, dirfd: int, path_address: int, uid: int, gid: int, flags: int) -> int:
+    flags = signed32(flags)
+    if flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):
+        raise SyscallError(errno.EINVAL, f"fchownat flags {flags:#x}")
+    raw = proc.mm.read_cstring(path_address, PATH_MAX)
+    if not raw and flags & AT_EMPTY_PATH and signed32(dirfd) != AT_FDCWD:
+        return sys_fchown(proc, dirfd, uid, gid)
+    st = stat_of_path(proc, dirfd, path_address, flags, syscall="fchownat")
+    path = proc.cwd if not raw else guest_path(proc, dirfd, raw)
+    if not proc.policy.is_virtual_device(path, proc.cwd):
+        check_writable_entry(proc, path, "fchownat")
+    return _same_owner(st, uid, gid)
+
+
+def sys_chown(proc, path_address: int, uid: int, gid: int) -> int:
+    return sys_fchownat(proc, AT_FDCWD, path_address, uid, gid, 0)
+
+
+def sys_lchown(proc, path_address: int, uid: int, gid: int) -> int:
+    return sys_fchownat(proc, AT_FDCWD, path_address, uid, gid, AT_SYMLINK_NOFOLLOW)
+
+
+SYSCALLS = [
+    Syscall(77, "ftruncate", sys_ftruncate, ("fd", "long")),
+    Syscall(76, "truncate", sys_truncate, ("path", "long")),
+    Syscall(74, "fsync", sys_fsync, ("fd",)),
+    Syscall(75, "fdatasync", sys_fdatasync, ("fd",)),
+    Syscall(162, "sync", sys_sync, ()),
+    Syscall(306, "syncfs", sys_syncfs, ("fd",), SUPPORTED, "syncs every host file system"),
+    Syscall(280, "utimensat", sys_utimensat, ("dirfd", "path", "ptr", "hex"), SUPPORTED,
+            "needs a write grant; a grant directory itself is refused"),
+    Syscall(91, "fchmod", sys_fchmod, ("fd", "mode"), PARTIAL,
+            "granted files only: stdio and devices are EPERM"),
+    Syscall(90, "chmod", sys_chmod, ("path", "mode")),
+    Syscall(268, "fchmodat", sys_fchmodat, ("dirfd", "path", "mode")),
+    Syscall(452, "fchmodat2", sys_fchmodat2, ("dirfd", "path", "mode", "hex")),
+    Syscall(93, "fchown", sys_fchown, ("fd", "int", "int"), PARTIAL,
+            "never changes the owner: the current owner or -1 succeeds, else EPERM"),
+    Syscall(92, "chown", sys_chown, ("path", "int", "int"), PARTIAL,
+            "never changes the owner: the current owner or -1 succeeds, else EPERM"),
+    Syscall(94, "lchown", sys_lchown, ("path", "int", "int"), PARTIAL,
+            "never changes the owner: the current owner or -1 succeeds, else EPERM"),
+    Syscall(260, "fchownat", sys_fchownat, ("dirfd", "path", "int", "int", "hex"), PARTIAL,
+            "never changes the owner: the current owner or -1 succeeds, else EPERM"),
+]

@@ -1,0 +1,319 @@
+"""Layer 8 — directories: listing them (getdents64) and changing their
+entries (mkdir, unlink, rmdir, rename, link, symlink).
+
+Listings are read from the host directory and packed as Linux packs them
+(``struct linux_dirent64``, fs/readdir.c), ``.`` and ``..`` included, with
+offsets that stay valid across calls.  Every call that acts on an entry goes
+through ``policy.resolve_parent``: the directory holding the entry is opened
+beneath its grant and the host call names one entry in it, so a symlink or
+``..`` can never carry the operation outside the grant; rename and link need
+*both* ends beneath a write grant.  Shared path helpers live in
+:mod:`minikvm.syscalls.files`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import posixpath
+import stat as stat_module
+import struct
+
+from minikvm.errors import SyscallError
+from minikvm.fdtable import HostFile, OpenFile
+from minikvm.syscalls.base import PARTIAL, SUPPORTED, Syscall, signed32
+from minikvm.syscalls.files import (AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_FOLLOW,
+                                    DT_DIR, DT_LNK, DT_REG, DT_UNKNOWN, MODE_BITS, O_PATH,
+                                    UINT_MASK, final_name, guest_path, host_call, read_path)
+
+#: ``struct linux_dirent64``: d_ino, d_off, d_reclen, d_type, then the name and a NUL
+DIRENT64_HEADER = struct.Struct("<QqHB")
+#: ``struct linux_dirent`` (getdents): d_ino, d_off, d_reclen, the name, a NUL, d_type last
+DIRENT_HEADER = struct.Struct("<QQH")
+DIRENT_ALIGN = 8
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+SYS_renameat2 = 316
+
+
+# -- directory listings ------------------------------------------------------------------
+def _d_type(entry: os.DirEntry) -> int:
+    """The ``d_type`` of a host directory entry (DT_x is S_IFx >> 12)."""
+    try:
+        if entry.is_symlink():
+            return DT_LNK
+        if entry.is_dir(follow_symlinks=False):
+            return DT_DIR
+        if entry.is_file(follow_symlinks=False):
+            return DT_REG
+        return stat_module.S_IFMT(entry.stat(follow_symlinks=False).st_mode) >> 12
+    except OSError:
+        return DT_UNKNOWN
+
+
+def _parent_inode(proc, file: HostFile, own: os.stat_result) -> int:
+    """``..``'s inode: the parent's when the policy lets the guest see it, the
+    directory's own otherwise (as for ``/``, whose ``..`` is itself)."""
+    parent = posixpath.dirname(file.path)
+    grants = getattr(proc.policy, "grants", ())
+    if parent == file.path or not any(grant.contains(parent) for grant in grants):
+        return own.st_ino
+    try:
+        return proc.policy.stat(parent, proc.cwd, True, syscall="getdents64").st_ino
+    except (SyscallError, OSError):
+        return own.st_ino
+
+
+def directory_listing(proc, file: OpenFile) -> list[tuple[bytes, int, int]]:
+    """``(name, inode, d_type)`` of every entry of an open directory,
+    ``.`` and ``..`` first, as Linux's file systems list them."""
+    if not isinstance(file, HostFile) or file.host_fd is None:
+        raise SyscallError(errno.ENOTDIR, f"a {file.kind} is not a directory")
+    own = os.fstat(file.host_fd)
+    if not stat_module.S_ISDIR(own.st_mode):
+        raise SyscallError(errno.ENOTDIR, "not a directory")
+    entries = [(b".", own.st_ino, DT_DIR), (b"..", _parent_inode(proc, file, own), DT_DIR)]
+    with os.scandir(file.host_fd) as listing:
+        for entry in listing:
+            entries.append((os.fsencode(entry.name), entry.inode(), _d_type(entry)))
+    return entries
+
+
+def pack_dirent64(name: bytes, inode: int, d_type: int, next_offset: int) -> bytes:
+    """One ``struct linux_dirent64``, padded to 8 bytes."""
+    size = -(-(DIRENT64_HEADER.size + len(name) + 1) // DIRENT_ALIGN) * DIRENT_ALIGN
+    record = DIRENT64_HEADER.pack(inode, next_offset, size, d_type) + name
+    return record.ljust(size, b"\0")
+
+
+def pack_dirent(name: bytes, inode: int, d_type: int, next_offset: int) -> bytes:
+    """One old ``struct linux_dirent`` (getdents): d_type is its last byte."""
+    size = -(-(DIRENT_HEADER.size + len(name) + 2) // DIRENT_ALIGN) * DIRENT_ALIGN
+    record = (DIRENT_HEADER.pack(inode, next_offset, size) + name).ljust(size - 1, b"\0")
+    return record + bytes([d_type])
+
+
+def _getdents(proc, fd: int, address: int, count: int, pack) -> int:
+    """Fill the guest's buffer with whole records from the directory's position.
+
+    The listing is read once and kept (:attr:`HostFile.directory_entries`);
+    each record's ``d_off`` is the index of the next one, so ``telldir`` /
+    ``seekdir`` (lseek) land where they should across calls.
+    """
+    file = proc.fds.get(signed32(fd))
+    if not isinstance(file, HostFile):
+        raise SyscallError(errno.ENOTDIR, f"a {file.kind} is not a directory")
+    if file.directory_entries is None:
+        file.directory_entries = directory_listing(proc, file)
+    entries = file.directory_entries
+    count &= UINT_MASK
+    index = file.directory_offset
+    buffer = bytearray()
+    while index < len(entries):
+        record = pack(*entries[index], index + 1)
+        if len(buffer) + len(record) > count:
+            break
+        buffer += record
+        index += 1
+    if not buffer and index < len(entries):
+        raise SyscallError(errno.EINVAL, f"a {count}-byte buffer cannot hold one entry")
+    proc.mm.write(address, bytes(buffer))
+    file.directory_offset = index
+    return len(buffer)
+
+
+def sys_getdents64(proc, fd: int, address: int, count: int) -> int:
+    return _getdents(proc, fd, address, count, pack_dirent64)
+
+
+def sys_getdents(proc, fd: int, address: int, count: int) -> int:
+    return _getdents(proc, fd, address, count, pack_dirent)
+
+
+# -- directory entries: create, remove, rename, link -------------------------------------
+def _mkdirat(proc, dirfd: int, path_address: int, mode: int, syscall: str) -> int:
+    raw = read_path(proc, path_address)
+    if final_name(raw) in (b".", b"..", b"/"):
+        raise SyscallError(errno.EEXIST, "the directory exists")
+    path = guest_path(proc, dirfd, raw)
+    if proc.policy.is_virtual_device(path, proc.cwd):
+        raise SyscallError(errno.EEXIST, "a device exists there")
+    with proc.policy.resolve_parent(path, proc.cwd, write=True, syscall=syscall) as parent:
+        os.mkdir(parent.name, mode & ~proc.umask & MODE_BITS, dir_fd=parent.dirfd)
+    return 0
+
+
+def sys_mkdirat(proc, dirfd: int, path_address: int, mode: int) -> int:
+    return _mkdirat(proc, dirfd, path_address, mode, "mkdirat")
+
+
+def sys_mkdir(proc, path_address: int, mode: int) -> int:
+    return _mkdirat(proc, AT_FDCWD, path_address, mode, "mkdir")
+
+
+def _unlinkat(proc, dirfd: int, path_address: int, flags: int, syscall: str) -> int:
+    flags = signed32(flags)
+    if flags & ~AT_REMOVEDIR:
+        raise SyscallError(errno.EINVAL, f"unlinkat flags {flags:#x}")
+    raw = read_path(proc, path_address)
+    name = final_name(raw)
+    if flags & AT_REMOVEDIR:
+        dots = {b".": (errno.EINVAL, "cannot remove '.'"),
+                b"..": (errno.ENOTEMPTY, "'..' is not empty"),
+                b"/": (errno.EBUSY, "cannot remove the root")}
+    else:
+        dots = {dot: (errno.EISDIR, "a directory") for dot in (b".", b"..", b"/")}
+    if name in dots:
+        raise SyscallError(*dots[name])
+    path = guest_path(proc, dirfd, raw)
+    with proc.policy.resolve_parent(path, proc.cwd, write=True, syscall=syscall) as parent:
+        if flags & AT_REMOVEDIR:
+            os.rmdir(parent.name, dir_fd=parent.dirfd)
+            return 0
+        if raw.endswith(b"/"):     # "file/": the entry must be a directory
+            entry = os.stat(parent.name, dir_fd=parent.dirfd, follow_symlinks=False)
+            is_directory = stat_module.S_ISDIR(entry.st_mode)
+            raise SyscallError(errno.EISDIR if is_directory else errno.ENOTDIR,
+                               "trailing slash")
+        os.unlink(parent.name, dir_fd=parent.dirfd)
+    return 0
+
+
+def sys_unlinkat(proc, dirfd: int, path_address: int, flags: int) -> int:
+    return _unlinkat(proc, dirfd, path_address, flags, "unlinkat")
+
+
+def sys_unlink(proc, path_address: int) -> int:
+    return _unlinkat(proc, AT_FDCWD, path_address, 0, "unlink")
+
+
+def sys_rmdir(proc, path_address: int) -> int:
+    return _unlinkat(proc, AT_FDCWD, path_address, AT_REMOVEDIR, "rmdir")
+
+
+def _renameat2(proc, old_dirfd: int, old_address: int, new_dirfd: int, new_address: int,
+               flags: int, syscall: str) -> int:
+    """Both ends need a write grant; the host renames one name in one
+    directory fd to one name in another."""
+    flags &= UINT_MASK
+    if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or \
+            flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
+        raise SyscallError(errno.EINVAL, f"rename flags {flags:#x} (RENAME_WHITEOUT is "
+                           "not supported)")
+    old_raw, new_raw = read_path(proc, old_address), read_path(proc, new_address)
+    if final_name(old_raw) in (b".", b"..", b"/") or final_name(new_raw) in (b".", b"..", b"/"):
+        raise SyscallError(errno.EBUSY, "cannot rename '.', '..' or '/'")
+    old = guest_path(proc, old_dirfd, old_raw)
+    new = guest_path(proc, new_dirfd, new_raw)
+    policy = proc.policy
+    with policy.resolve_parent(old, proc.cwd, write=True, syscall=syscall) as source, \
+            policy.resolve_parent(new, proc.cwd, write=True, syscall=syscall) as target:
+        if old_raw.endswith(b"/") or new_raw.endswith(b"/"):
+            entry = os.stat(source.name, dir_fd=source.dirfd, follow_symlinks=False)
+            if not stat_module.S_ISDIR(entry.st_mode):
+                raise SyscallError(errno.ENOTDIR, "trailing slash on a non-directory")
+        if flags:
+            host_call(SYS_renameat2, ctypes.c_int(source.dirfd),
+                       ctypes.c_char_p(os.fsencode(source.name)), ctypes.c_int(target.dirfd),
+                       ctypes.c_char_p(os.fsencode(target.name)), ctypes.c_uint(flags))
+        else:
+            os.rename(source.name, target.name, src_dir_fd=source.dirfd,
+                      dst_dir_fd=target.dirfd)
+    return 0
+
+
+def sys_renameat2(proc, old_dirfd: int, old: int, new_dirfd: int, new: int, flags: int) -> int:
+    return _renameat2(proc, old_dirfd, old, new_dirfd, new, flags, "renameat2")
+
+
+def sys_renameat(proc, old_dirfd: int, old: int, new_dirfd: int, new: int) -> int:
+    return _renameat2(proc, old_dirfd, old, new_dirfd, new, 0, "renameat")
+
+
+def sys_rename(proc, old: int, new: int) -> int:
+    return _renameat2(proc, AT_FDCWD, old, AT_FDCWD, new, 0, "rename")
+
+
+def _linkat(proc, old_dirfd: int, old_address: int, new_dirfd: int, new_address: int,
+            flags: int, syscall: str) -> int:
+    """A hard link is the file itself, so both ends need a write grant (a
+    read-only file linked into a write grant would become writable)."""
+    flags = signed32(flags)
+    if flags & ~(AT_SYMLINK_FOLLOW | AT_EMPTY_PATH):
+        raise SyscallError(errno.EINVAL, f"linkat flags {flags:#x}")
+    if flags & AT_EMPTY_PATH:
+        raise SyscallError(errno.ENOENT, "AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH")
+    old_raw, new_raw = read_path(proc, old_address), read_path(proc, new_address)
+    if final_name(new_raw) in (b".", b"..", b"/"):
+        raise SyscallError(errno.EEXIST, "the name exists")
+    if final_name(old_raw) in (b".", b"..", b"/"):
+        raise SyscallError(errno.EPERM, "directories cannot be hard-linked")
+    old = guest_path(proc, old_dirfd, old_raw)
+    new = guest_path(proc, new_dirfd, new_raw)
+    policy = proc.policy
+    with policy.resolve_parent(old, proc.cwd, write=True, syscall=syscall) as source, \
+            policy.resolve_parent(new, proc.cwd, write=True, syscall=syscall) as target:
+        if not flags & AT_SYMLINK_FOLLOW:
+            os.link(source.name, target.name, src_dir_fd=source.dirfd,
+                    dst_dir_fd=target.dirfd, follow_symlinks=False)
+            return 0
+        # Follow a final symlink beneath the grant (never with the host's own
+        # lookup, which could leave it), then link the file that fd holds.
+        held = policy.open(old, O_PATH, 0, proc.cwd, syscall=syscall)
+        try:
+            os.link(f"/proc/self/fd/{held}", target.name, dst_dir_fd=target.dirfd,
+                    follow_symlinks=True)
+        finally:
+            os.close(held)
+    return 0
+
+
+def sys_linkat(proc, old_dirfd: int, old: int, new_dirfd: int, new: int, flags: int) -> int:
+    return _linkat(proc, old_dirfd, old, new_dirfd, new, flags, "linkat")
+
+
+def sys_link(proc, old: int, new: int) -> int:
+    return _linkat(proc, AT_FDCWD, old, AT_FDCWD, new, 0, "link")
+
+
+def _symlinkat(proc, target_address: int, dirfd: int, path_address: int, syscall: str) -> int:
+    """The link's text may name anything: following it is what the policy
+    guards, and every guest lookup stays beneath its grant."""
+    target = read_path(proc, target_address)
+    raw = read_path(proc, path_address)
+    if final_name(raw) in (b".", b"..", b"/"):
+        raise SyscallError(errno.EEXIST, "the name exists")
+    path = guest_path(proc, dirfd, raw)
+    with proc.policy.resolve_parent(path, proc.cwd, write=True, syscall=syscall) as parent:
+        os.symlink(os.fsdecode(target), parent.name, dir_fd=parent.dirfd)
+    return 0
+
+
+def sys_symlinkat(proc, target: int, dirfd: int, path: int) -> int:
+    return _symlinkat(proc, target, dirfd, path, "symlinkat")
+
+
+def sys_symlink(proc, target: int, path: int) -> int:
+    return _symlinkat(proc, target, AT_FDCWD, path, "symlink")
+
+
+SYSCALLS = [
+    Syscall(217, "getdents64", sys_getdents64, ("fd", "ptr", "uint"), SUPPORTED,
+            "the listing is read at the first call and after a rewind"),
+    Syscall(78, "getdents", sys_getdents, ("fd", "ptr", "uint")),
+    Syscall(83, "mkdir", sys_mkdir, ("path", "mode")),
+    Syscall(258, "mkdirat", sys_mkdirat, ("dirfd", "path", "mode")),
+    Syscall(87, "unlink", sys_unlink, ("path",)),
+    Syscall(84, "rmdir", sys_rmdir, ("path",)),
+    Syscall(263, "unlinkat", sys_unlinkat, ("dirfd", "path", "hex")),
+    Syscall(82, "rename", sys_rename, ("path", "path")),
+    Syscall(264, "renameat", sys_renameat, ("dirfd", "path", "dirfd", "path")),
+    Syscall(316, "renameat2", sys_renameat2, ("dirfd", "path", "dirfd", "path", "hex"), PARTIAL,
+            "RENAME_NOREPLACE and RENAME_EXCHANGE; RENAME_WHITEOUT is EINVAL"),
+    Syscall(86, "link", sys_link, ("path", "path")),
+    Syscall(265, "linkat", sys_linkat, ("dirfd", "path", "dirfd", "path", "hex"), PARTIAL,
+            "AT_SYMLINK_FOLLOW; AT_EMPTY_PATH is ENOENT (needs CAP_DAC_READ_SEARCH)"),
+    Syscall(88, "symlink", sys_symlink, ("path", "path")),
+    Syscall(266, "symlinkat", sys_symlinkat, ("path", "dirfd", "path")),
+]
