@@ -65,3 +65,7 @@ class SyscallError(MinikvmError):
         self.errno = err
         self.reason = reason
         super().__init__(f"{errno.errorcode.get(err, err)}{': ' + reason if reason else ''}")
+
+
+class SnapshotError(MinikvmError):
+    """A snapshot cannot be taken, forked, saved or loaded (the message says why)."""

@@ -454,7 +454,7 @@ def _exit_status(reply: Reply) -> int:
 def snapshot_commands(options: argparse.Namespace) -> int:
     """``minikvm serve`` and ``minikvm snapshot save|run|info``."""
     from minikvm.errors import MinikvmError
-    from minikvm.snapshot import load, read_header, save
+    from minikvm.snapshot_file import load, read_header, save
     try:
         if options.command == "serve":
             return _serve_command(options)
@@ -504,7 +504,7 @@ def describe_header(name: str, header: dict[str, Any]) -> str:
 
 
 def _serve_command(options: argparse.Namespace) -> int:
-    from minikvm.snapshot import load
+    from minikvm.snapshot_file import load
     listen = parse_listen(options.listen)
     if options.workers < 1:
         raise ValueError(f"--workers {options.workers}: need at least one worker")

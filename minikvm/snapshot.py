@@ -44,7 +44,8 @@ PVM's shadow MMU would otherwise keep entries for mappings that no longer exist.
 
 :meth:`Fork.request` hands one request to a fork and returns its response;
 :meth:`Fork.call` calls a function of the program by its symbol, with the
-System V calling convention.  :func:`save` and :func:`load` write a
+System V calling convention.  :func:`~minikvm.snapshot_file.save` and
+:func:`~minikvm.snapshot_file.load` (in :mod:`minikvm.snapshot_file`) write a
 snapshot to a file and read it back.
 
 What a snapshot cannot make fresh: every fork starts with the same memory,
@@ -56,41 +57,33 @@ give fresh bytes in every fork and after every reset; seed after the wait.
 
 from __future__ import annotations
 
-import base64
 import copy
 import ctypes
-import errno
 import fcntl
-import hashlib
-import json
 import os
 import stat as stat_module
-import struct
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from minikvm import ioctl as k
 from minikvm import x86
-from minikvm.elf import ElfImage, load_elf
-from minikvm.errors import KvmError, MinikvmError, SyscallError
-from minikvm.fdtable import DeviceFile, FdEntry, FdTable, HostFile, OpenFile, Pipe, PipeEnd
+from minikvm.cpu_state import CpuState
+from minikvm.elf import ElfImage
+from minikvm.errors import SnapshotError, SyscallError
+from minikvm.fdtable import FdEntry, FdTable, OpenFile
+from minikvm.frozen import (SEEK_DATA, SEEK_HOLE, allocated_end, allocated_runs, bitmap_runs,
+                            data_extents, freeze_memory, merge_runs, page_runs, seal_frozen)
 from minikvm.layout import PAGE_SIZE
 from minikvm.machine import (CALL_RETURN_ADDRESS, SYSCALL_EXIT_RIP, USER_RFLAGS_MASK, Machine,
                              Stop)
 from minikvm.memory import GuestMemory
-from minikvm.mm import AddressSpace, PagePool, Vma
+from minikvm.mm import AddressSpace
 from minikvm.process import Process, ProcessExit, ProcessKilled
 from minikvm.segments import USER_CODE64, USER_DATA64
 from minikvm.syscalls.base import MASK64, signed64
 from minikvm.syscalls.dispatch import Dispatcher
 from minikvm.syscalls.trace import Tracer
 
-#: The MSRs a snapshot keeps.  A program at CPL 3 can change FS/GS base
-#: (``arch_prctl``, ``wrfsbase``); the others are the machine's set-up, kept
-#: so that a snapshot file describes the whole CPU.  The TSC is not kept:
-#: the guest's clock keeps running forward across a reset, as a real one does.
-SAVED_MSRS = (x86.MSR_STAR, x86.MSR_LSTAR, x86.MSR_CSTAR, x86.MSR_SYSCALL_MASK,
-              x86.MSR_FS_BASE, x86.MSR_GS_BASE, x86.MSR_KERNEL_GS_BASE, x86.MSR_IA32_CR_PAT)
 MECHANISMS = ("cow", "copy")
 #: Bytes below RSP that a function may use without moving RSP (System V
 #: ABI §3.2.2); a host call puts its arguments below it.
@@ -98,21 +91,9 @@ RED_ZONE = 128
 STACK_ALIGNMENT = 16
 MAX_REGISTER_ARGUMENTS = 6
 MADV_DONTNEED = 4
-MFD_ALLOW_SEALING = 2
-F_ADD_SEALS = 1033
-F_SEAL_SHRINK = 0x0002
-F_SEAL_GROW = 0x0004
-F_SEAL_FUTURE_WRITE = 0x0010
-SEEK_DATA = 3
-SEEK_HOLE = 4
-COPY_CHUNK = 1 << 30
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-
-
-class SnapshotError(MinikvmError):
-    """A snapshot cannot be taken, forked, saved or loaded (the message says why)."""
 
 
 class GuestCallError(SnapshotError):
@@ -212,239 +193,6 @@ def run_until_stop(process: Process, dispatcher: Dispatcher,
     if stop.kind == "timeout":
         return "timeout", f"timed out: {stop.message}"
     return stop.kind, stop.message
-
-
-# ---------------------------------------------------------------------------
-# The vCPU
-# ---------------------------------------------------------------------------
-
-@dataclass
-class CpuState:
-    """Everything KVM keeps about the vCPU that the guest can observe,
-    as the kernel's structs (raw bytes, so a file can carry them)."""
-    regs: bytes                    # kvm_regs
-    sregs: bytes                   # kvm_sregs
-    fpu: bytes                     # kvm_xsave when ``xsave``, else kvm_fpu
-    xsave: bool
-    xcrs: bytes | None             # kvm_xcrs, when KVM_CAP_XCRS
-    msrs: dict[int, int]
-    events: bytes                  # kvm_vcpu_events
-
-    @classmethod
-    def capture(cls, machine: Machine) -> "CpuState":
-        """Read the vCPU's state (at an exit: the registers the run loop
-        sees in ``kvm_run``, including any the host changed since)."""
-        vcpu = machine.vcpu
-        if machine.exits:
-            regs = bytes(vcpu.run_state.s.regs.regs)
-        else:
-            regs = bytes(vcpu.get_regs())
-        try:
-            fpu, xsave = bytes(vcpu.get_xsave()), True
-        except KvmError:
-            fpu, xsave = bytes(vcpu.get_fpu()), False
-        try:
-            xcrs: bytes | None = bytes(vcpu.get_xcrs())
-        except KvmError:
-            xcrs = None
-        return cls(regs, bytes(vcpu.get_sregs()), fpu, xsave, xcrs,
-                   vcpu.get_msrs(SAVED_MSRS), bytes(vcpu.get_vcpu_events()))
-
-    @property
-    def at_syscall(self) -> bool:
-        """True when taken at a system call's exit (RIP after the stub's ``out``)."""
-        return k.kvm_regs.from_buffer_copy(self.regs).rip == SYSCALL_EXIT_RIP
-
-    def restore(self, machine: Machine) -> None:
-        """Load all of it into *machine*'s vCPU (a fork's first start, or a
-        reset after a crash, a timeout or an exit)."""
-        vcpu = machine.vcpu
-        sregs = k.kvm_sregs.from_buffer_copy(self.sregs)
-        vcpu.set_sregs(sregs)
-        if self.xcrs is not None:
-            xcrs = k.kvm_xcrs.from_buffer_copy(self.xcrs)
-            if xcrs.nr_xcrs:
-                _set_xcrs(vcpu, xcrs)
-        self.restore_fpu(machine)
-        vcpu.set_msrs(self.msrs)
-        vcpu.set_vcpu_events(k.kvm_vcpu_events.from_buffer_copy(self.events))
-        vcpu.set_regs(k.kvm_regs.from_buffer_copy(self.regs))
-        # Mirror them in kvm_run, which the run loop and return_from_syscall
-        # read (KVM loads only the classes marked dirty: the registers).
-        state = vcpu.run_state
-        ctypes.memmove(ctypes.addressof(state.s.regs.sregs), self.sregs, len(self.sregs))
-        self.restore_regs(machine)
-
-    def restore_regs(self, machine: Machine) -> None:
-        """Put the general registers back through ``kvm_run`` (no ioctl:
-        KVM loads them on the next KVM_RUN)."""
-        state = machine.vcpu.run_state
-        ctypes.memmove(ctypes.addressof(state.s.regs.regs), self.regs, len(self.regs))
-        state.kvm_dirty_regs |= k.KVM_SYNC_X86_REGS
-
-    def restore_fpu(self, machine: Machine) -> None:
-        if self.xsave:
-            machine.vcpu.set_xsave(k.kvm_xsave.from_buffer_copy(self.fpu))
-        else:
-            machine.vcpu.set_fpu(k.kvm_fpu.from_buffer_copy(self.fpu))
-
-
-def _set_xcrs(vcpu: Any, xcrs: k.kvm_xcrs) -> None:
-    from minikvm.kvm import ioctl
-    ioctl(vcpu.fd, k.KVM_SET_XCRS, xcrs)
-
-
-# ---------------------------------------------------------------------------
-# Memory
-# ---------------------------------------------------------------------------
-
-def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
-    """The ``(offset, length)`` runs of *fd* that hold data (tmpfs reports
-    pages never written as holes): ``lseek(SEEK_DATA)`` / ``SEEK_HOLE``."""
-    extents = []
-    offset = 0
-    while offset < size:
-        try:
-            start = os.lseek(fd, offset, SEEK_DATA)
-        except OSError as error:
-            if error.errno == errno.ENXIO:  # no data after offset
-                break
-            raise
-        end = min(os.lseek(fd, start, SEEK_HOLE), size)
-        extents.append((start, end - start))
-        offset = end
-    return extents
-
-
-def _new_memfd(size: int, name: str) -> int:
-    fd = os.memfd_create(name, os.MFD_CLOEXEC | MFD_ALLOW_SEALING)
-    os.ftruncate(fd, size)
-    return fd
-
-
-def _copy_range(source: int, target: int, offset: int, length: int,
-                target_offset: int | None = None) -> None:
-    """Copy ``length`` bytes between files in the kernel, not through Python:
-    ``copy_file_range``, or ``sendfile`` where the kernel refuses to copy
-    across file systems (memfd to a disk file, ``EXDEV``)."""
-    target_offset = offset if target_offset is None else target_offset
-    done = 0
-    while done < length:
-        try:
-            moved = os.copy_file_range(source, target, min(length - done, COPY_CHUNK),
-                                       offset + done, target_offset + done)
-        except OSError as error:
-            if error.errno not in (errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
-                raise
-            os.lseek(target, target_offset + done, os.SEEK_SET)
-            moved = os.sendfile(target, source, offset + done, min(length - done, COPY_CHUNK))
-        if moved == 0:
-            raise SnapshotError(f"copying stopped at {offset + done:#x}: the source is "
-                                f"shorter than expected")
-        done += moved
-
-
-def _allocated(pool: PagePool) -> list[tuple[int, int]]:
-    """The runs of *pool* in use: the complement of its free runs."""
-    runs = []
-    cursor = pool.start
-    for address, size in pool.free_runs:
-        if address > cursor:
-            runs.append((cursor, address - cursor))
-        cursor = address + size
-    if cursor < pool.end:
-        runs.append((cursor, pool.end - cursor))
-    return runs
-
-
-def _allocated_end(pool: PagePool) -> int:
-    """The end of the highest allocated page of *pool* (its start if none is)."""
-    if pool.free_runs and pool.free_runs[-1][0] + pool.free_runs[-1][1] == pool.end:
-        return pool.free_runs[-1][0]
-    return pool.end
-
-
-def freeze_memory(memory: GuestMemory, mm: AddressSpace) -> int:
-    """A new memfd with the same contents as *memory* (a frozen copy).
-
-    The owner's memfd is copied extent by extent with ``copy_file_range``
-    (holes stay holes).  A fork's memory is a private mapping whose file is
-    another snapshot: its pages are written from the mapping — the ranges
-    that can hold data, that is the file's data and every allocated page."""
-    fd = _new_memfd(memory.size, "minikvm-snapshot")
-    try:
-        if memory.shared:
-            for offset, length in data_extents(memory.fd, memory.size):
-                _copy_range(memory.fd, fd, offset, length)
-        else:
-            ranges = [(offset + memory.base, length)
-                      for offset, length in data_extents(memory.fd, memory.size)]
-            ranges += _allocated(mm.table_pool) + _allocated(mm.user_pool)
-            for start, length in _merge_runs(ranges):
-                os.pwrite(fd, memory.view(start, length), start - memory.base)
-        fcntl.fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _seal_frozen(fd: int) -> None:
-    """No writable shared mapping of the frozen copy may be made any more
-    (the snapshot's own read view was made before): forks map it private."""
-    fcntl.fcntl(fd, F_ADD_SEALS, F_SEAL_FUTURE_WRITE)
-
-
-def _merge_runs(runs: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sort ``(start, length)`` runs and merge overlapping or touching ones."""
-    merged: list[list[int]] = []
-    for start, length in sorted(runs):
-        if merged and start <= merged[-1][0] + merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], start + length - merged[-1][0])
-        else:
-            merged.append([start, length])
-    return [(start, length) for start, length in merged]
-
-
-#: The dirty bitmap is searched in chunks of this many bytes: an all-zero
-#: chunk is skipped by one comparison (a memcmp in C).
-BITMAP_CHUNK = 512
-_ZERO_CHUNK = bytes(BITMAP_CHUNK)
-
-
-def bitmap_runs(bitmap: bytes) -> list[tuple[int, int]]:
-    """Runs of set bits ``(first_page, count)`` in a dirty bitmap (bit *n*
-    of the little-endian bitmap is page *n*).  All-zero chunks are skipped
-    by a comparison done in C; a non-zero chunk is taken apart as one
-    integer, a run of ones at a time.  So the cost follows the dirty pages
-    (and, slightly, the memory size: 64 comparisons for 1 GiB)."""
-    runs = []
-    for offset in range(0, len(bitmap), BITMAP_CHUNK):
-        chunk = bitmap[offset:offset + BITMAP_CHUNK]
-        if chunk == _ZERO_CHUNK[:len(chunk)]:
-            continue
-        bits = int.from_bytes(chunk, "little")
-        position = offset * 8
-        while bits:
-            skip = (bits & -bits).bit_length() - 1        # zeros before the next one
-            bits >>= skip
-            position += skip
-            ones = (~bits & (bits + 1)).bit_length() - 1  # length of this run of ones
-            runs.append((position, ones))
-            bits >>= ones
-            position += ones
-    return runs
-
-
-def page_runs(pages: Iterable[int]) -> list[tuple[int, int]]:
-    """``(first_page, count)`` runs of consecutive page numbers."""
-    runs: list[list[int]] = []
-    for page in sorted(pages):
-        if runs and runs[-1][0] + runs[-1][1] == page:
-            runs[-1][1] += 1
-        elif not runs or page >= runs[-1][0] + runs[-1][1]:
-            runs.append([page, 1])
-    return [(first, count) for first, count in runs]
 
 
 # ---------------------------------------------------------------------------
@@ -591,7 +339,7 @@ class Snapshot:
         fd = freeze_memory(machine.memory, process.mm)
         memory = GuestMemory(machine.memory.size, machine.memory.base, fd=fd, shared=True)
         memory.owns_fd = True
-        _seal_frozen(fd)
+        seal_frozen(fd)
         try:
             cpuid = machine.vcpu.get_cpuid2()
             fds = copy_fd_entries(process.fds.entries)
@@ -776,7 +524,7 @@ class Fork:
         stats = ResetStats(full=full or self.wait is None)
         # Only pages below the highest one allocated (now or at the snapshot)
         # can be dirty: above it every page is free, and freeing zeroes.
-        limit = max(_allocated_end(mm.user_pool), _allocated_end(snapshot.mm.user_pool))
+        limit = max(allocated_end(mm.user_pool), allocated_end(snapshot.mm.user_pool))
         runs = bitmap_runs(machine.take_dirty_log()[:-(-limit // (PAGE_SIZE * 8))])
         stats.guest_pages = sum(count for _, count in runs)
         if memory.host_writes:
@@ -787,10 +535,10 @@ class Fork:
         tables_changed = mm.mapping_changes != snapshot.mm.mapping_changes
         if tables_changed:
             tables = [(address // PAGE_SIZE, size // PAGE_SIZE) for address, size in
-                      _allocated(mm.table_pool) + _allocated(snapshot.mm.table_pool)]
-            stats.table_pages = sum(count for _, count in _merge_runs(tables))
+                      allocated_runs(mm.table_pool) + allocated_runs(snapshot.mm.table_pool)]
+            stats.table_pages = sum(count for _, count in merge_runs(tables))
             runs += tables
-        merged = _merge_runs(runs)
+        merged = merge_runs(runs)
         stats.runs = len(merged)
         if self.mechanism == "cow":
             base = memory.host_address
@@ -1059,414 +807,3 @@ class Fork:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-# ---------------------------------------------------------------------------
-# Snapshot files
-# ---------------------------------------------------------------------------
-#
-# A snapshot file, version 1 (all integers little-endian)::
-#
-#     offset  size  what
-#     0       8     magic "MKVMSNAP"
-#     8       4     format version (1)
-#     12      4     flags (0)
-#     16      8     H: length of the header
-#     24      H     header: JSON, UTF-8 (what the sections are, the
-#                   host-side state, the policy)
-#     24+H    P     payload: the sections, back to back (their offsets
-#                   and lengths, relative to the payload, are in the
-#                   header; P is header["payload_length"])
-#     24+H+P  32    SHA-256 of every byte before it
-#
-# The memory section holds the data extents of the frozen memfd, in the
-# order of header["memory"]["extents"]; holes are not stored.  Loading
-# checks the size, the magic, the version and the checksum before it
-# creates anything, so a truncated or corrupted file is refused whole.
-
-MAGIC = b"MKVMSNAP"
-FORMAT_VERSION = 1
-PREAMBLE = struct.Struct("<8sIIQ")
-DIGEST_SIZE = hashlib.sha256().digest_size
-READ_CHUNK = 1 << 20
-MAX_HEADER = 64 << 20
-#: The policy fields a file records, so ``snapshot run`` sandboxes the
-#: program exactly as it was when the snapshot was taken.
-STDIO_PREFIX = "<stdio "
-
-
-def _encode(value: Any, where: str) -> Any:
-    """Plain data as JSON, tagging what JSON lacks (bytes, tuples, int keys)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (bytes, bytearray)):
-        return {"$bytes": base64.b64encode(bytes(value)).decode()}
-    if isinstance(value, tuple):
-        return {"$tuple": [_encode(v, where) for v in value]}
-    if isinstance(value, list):
-        return [_encode(v, where) for v in value]
-    if isinstance(value, (set, frozenset)):
-        return {"$set": [_encode(v, where) for v in sorted(value, key=repr)],
-                "frozen": isinstance(value, frozenset)}
-    if isinstance(value, dict):
-        return {"$dict": [[_encode(k, where), _encode(v, where)] for k, v in value.items()]}
-    raise SnapshotError(f"{where} holds a {type(value).__name__}: a snapshot file can only "
-                        f"store plain data")
-
-
-def _decode(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    if not isinstance(value, dict):
-        return value
-    if "$bytes" in value:
-        return base64.b64decode(value["$bytes"])
-    if "$tuple" in value:
-        return tuple(_decode(v) for v in value["$tuple"])
-    if "$set" in value:
-        items = [_decode(v) for v in value["$set"]]
-        return frozenset(items) if value.get("frozen") else set(items)
-    if "$dict" in value:
-        return {_decode(k): _decode(v) for k, v in value["$dict"]}
-    raise SnapshotError(f"unknown tagged value in the header: {sorted(value)}")
-
-
-def _pool_state(pool: PagePool) -> dict[str, Any]:
-    return {"start": pool.start, "end": pool.end, "used": pool.used,
-            "free_runs": [list(run) for run in pool.free_runs]}
-
-
-def _load_pool(state: dict[str, Any]) -> PagePool:
-    pool = PagePool(state["start"], state["end"])
-    pool.free_runs = [tuple(run) for run in state["free_runs"]]
-    pool.used = state["used"]
-    return pool
-
-
-def _mm_state(mm: AddressSpace) -> dict[str, Any]:
-    other = {}
-    for name, value in vars(mm).items():
-        if name in ("memory", "page_tables", "vmas", "_starts") or isinstance(value, PagePool):
-            continue
-        other[name] = _encode(value, f"the address space's {name!r}")
-    return {"vmas": [[v.start, v.end, v.prot, v.phys, v.name] for v in mm.vmas],
-            "pools": {name: _pool_state(value) for name, value in vars(mm).items()
-                      if isinstance(value, PagePool)},
-            "root": mm.page_tables.root, "other": other}
-
-
-def _load_mm(memory: GuestMemory, state: dict[str, Any]) -> AddressSpace:
-    """An AddressSpace with the file's record.  Made *before* the memory
-    is filled: the constructor zeroes a page-table page, the file's pages
-    then overwrite it."""
-    mm = AddressSpace(memory)
-    mm.vmas = [Vma(start, end, prot, phys, name) for start, end, prot, phys, name in state["vmas"]]
-    mm._starts = [vma.start for vma in mm.vmas]
-    for name, pool in state["pools"].items():
-        setattr(mm, name, _load_pool(pool))
-    for name, value in state["other"].items():
-        setattr(mm, name, _decode(value))
-    mm.page_tables.root = state["root"]
-    return mm
-
-
-def _fd_records(snapshot: Snapshot) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The fd table as JSON: stdio by index, files by path and position,
-    devices by name, pipes with their contents.  Anything else cannot
-    outlive this process, and is refused."""
-    records, pipes = [], []
-    pipe_index: dict[int, int] = {}
-    for fd, entry in sorted(snapshot.fds.items()):
-        file = entry.file
-        record: dict[str, Any] = {"fd": fd, "cloexec": entry.cloexec,
-                                  "status_flags": file.status_flags, "path": file.path}
-        if isinstance(file, HostFile) and file.path.startswith(STDIO_PREFIX):
-            record["kind"] = "stdio"
-            record["index"] = int(file.path[len(STDIO_PREFIX):].rstrip(">"))
-        elif isinstance(file, HostFile):
-            mode = os.fstat(file.host_fd).st_mode
-            if not (stat_module.S_ISREG(mode) or stat_module.S_ISDIR(mode)):
-                raise SnapshotError(f"fd {fd} ({file.path}) is not a file or a directory: a "
-                                    f"snapshot file cannot carry it (close it before the "
-                                    f"ready point)")
-            record["kind"] = "file"
-            record["directory"] = stat_module.S_ISDIR(mode)
-            record["offset"] = os.lseek(file.host_fd, 0, os.SEEK_CUR)
-            record["attributes"] = _encode({name: value for name, value in vars(file).items()
-                                            if name not in ("host_fd", "path", "status_flags")},
-                                           f"fd {fd}")
-        elif isinstance(file, DeviceFile):
-            record["kind"] = "device"
-            record["name"] = file.name
-        elif isinstance(file, PipeEnd):
-            if id(file.pipe) not in pipe_index:
-                pipe_index[id(file.pipe)] = len(pipes)
-                pipes.append({"data": _encode(bytes(file.pipe.data), "a pipe"),
-                              "readers": file.pipe.readers, "writers": file.pipe.writers})
-            record["kind"] = "pipe"
-            record["pipe"] = pipe_index[id(file.pipe)]
-            record["writing"] = file.writing
-        else:
-            raise SnapshotError(f"fd {fd} is a {file.kind}: a snapshot file cannot carry it "
-                                f"(close it before the ready point)")
-        records.append(record)
-    return records, pipes
-
-
-def _reopen_fds(records: list[dict[str, Any]], pipes: list[dict[str, Any]], policy: Any,
-                stdio: Sequence[int]) -> dict[int, FdEntry]:
-    """The fd table of a loaded snapshot: stdio attached to *stdio*, files
-    reopened through the policy (so a file outside it is refused), pipes
-    and devices rebuilt."""
-    entries: dict[int, FdEntry] = {}
-    shared_pipes = [Pipe(bytearray(_decode(p["data"])), p["readers"], p["writers"])
-                    for p in pipes]
-    ends: dict[tuple[int, bool], PipeEnd] = {}
-    try:
-        for record in records:
-            fd, kind = record["fd"], record["kind"]
-            flags = record["status_flags"]
-            if kind == "stdio":
-                file: OpenFile = HostFile(os.dup(stdio[record["index"]]), record["path"], flags)
-            elif kind == "file":
-                if policy is None:
-                    raise SnapshotError(f"fd {fd} ({record['path']}) needs a policy to reopen it")
-                open_flags = flags & (os.O_ACCMODE | os.O_APPEND | os.O_NONBLOCK)
-                if record["directory"]:
-                    open_flags |= os.O_DIRECTORY
-                try:
-                    host_fd = policy.open(record["path"], open_flags, 0, "/", syscall="snapshot")
-                except (OSError, MinikvmError) as error:
-                    raise SnapshotError(f"fd {fd}: cannot reopen {record['path']}: {error}") \
-                        from None
-                file = HostFile(host_fd, record["path"], flags)
-                for name, value in _decode(record["attributes"]).items():
-                    setattr(file, name, value)
-                if not record["directory"]:
-                    os.lseek(host_fd, record["offset"], os.SEEK_SET)
-            elif kind == "device":
-                file = DeviceFile(record["name"], record["path"], flags)
-            elif kind == "pipe":
-                key = (record["pipe"], record["writing"])
-                if key not in ends:
-                    end = PipeEnd(shared_pipes[record["pipe"]], record["writing"], 0)
-                    end.status_flags = flags
-                    ends[key] = end
-                file = ends[key]
-            else:
-                raise SnapshotError(f"fd {fd}: unknown kind {kind!r} in the file")
-            entries[fd] = FdEntry(file, record["cloexec"])
-    except BaseException:
-        close_fd_entries(entries)
-        raise
-    return entries
-
-
-def _policy_record(policy: Any) -> dict[str, Any] | None:
-    grants = getattr(policy, "grants", None)
-    if policy is None or grants is None:
-        return None
-    return {"read": [g.path for g in grants if not g.writable],
-            "write": [g.path for g in grants if g.writable],
-            "connect": [str(e) for e in getattr(policy, "endpoints", ())],
-            "max_fds": getattr(policy, "max_fds", 1024),
-            "max_file_size": getattr(policy, "max_file_size", None)}
-
-
-def _cpuid_bytes(cpuid: ctypes.Structure) -> bytes:
-    entry_size = ctypes.sizeof(k.kvm_cpuid_entry2)
-    header = ctypes.sizeof(cpuid) - entry_size * len(cpuid.entries)
-    return bytes(cpuid)[:header + cpuid.nent * entry_size]
-
-
-def _cpuid_from(data: bytes) -> ctypes.Structure:
-    entry_size = ctypes.sizeof(k.kvm_cpuid_entry2)
-    nent = struct.unpack_from("<I", data)[0]
-    cpuid = k.kvm_cpuid2_with(nent)
-    if len(data) != ctypes.sizeof(cpuid):
-        raise SnapshotError(f"the cpuid section is {len(data)} bytes, expected "
-                            f"{ctypes.sizeof(cpuid)} for {nent} entries of {entry_size}")
-    ctypes.memmove(ctypes.addressof(cpuid), data, len(data))
-    return cpuid
-
-
-def save(snapshot: Snapshot, path: str | os.PathLike[str]) -> int:
-    """Write *snapshot* to *path* (atomically: a temporary file renamed into
-    place).  Returns the file's size.  Raises SnapshotError when the
-    snapshot holds something a file cannot carry (a socket, a pipe to
-    another process)."""
-    if snapshot.memory is None:
-        raise SnapshotError("this snapshot is closed")
-    state = snapshot.process_state
-    exe_path = state.get("exe_path", snapshot.image.name)
-    try:
-        with open(exe_path, "rb") as program:
-            elf = program.read()
-    except OSError as error:
-        raise SnapshotError(f"cannot read the program {exe_path} to store it in the snapshot: "
-                            f"{error.strerror}") from None
-    fd_records, pipes = _fd_records(snapshot)
-    extents = data_extents(snapshot.memory.fd, snapshot.memory.size)
-    blobs = [("elf", elf), ("regs", snapshot.cpu.regs), ("sregs", snapshot.cpu.sregs),
-             ("fpu", snapshot.cpu.fpu), ("xcrs", snapshot.cpu.xcrs or b""),
-             ("events", snapshot.cpu.events), ("cpuid", _cpuid_bytes(snapshot.cpuid))]
-    sections: dict[str, list[int]] = {}
-    offset = sum(length for _, length in extents)
-    sections["memory"] = [0, offset]
-    for name, blob in blobs:
-        sections[name] = [offset, len(blob)]
-        offset += len(blob)
-    header = {
-        "format": "minikvm snapshot", "version": FORMAT_VERSION, "payload_length": offset,
-        "sections": sections,
-        "memory": {"size": snapshot.memory.size, "base": snapshot.memory.base,
-                   "extents": [list(e) for e in extents]},
-        "cpu": {"xsave": snapshot.cpu.xsave, "has_xcrs": snapshot.cpu.xcrs is not None,
-                "msrs": {str(index): value for index, value in snapshot.cpu.msrs.items()}},
-        "mm": _mm_state(snapshot.mm),
-        "process": _encode({name: value for name, value in state.items()}, "the process"),
-        "fds": fd_records, "pipes": pipes, "max_fds": snapshot.max_fds,
-        "policy": _policy_record(snapshot.policy),
-        "image": {"name": snapshot.image.name, "bias": snapshot.image.load_bias},
-        "wait": list(snapshot.wait) if snapshot.wait else None,
-    }
-    header_bytes = json.dumps(header, separators=(",", ":")).encode()
-    target = os.fspath(path)
-    partial = f"{target}.{os.getpid()}.partial"
-    try:
-        with open(partial, "wb") as out:
-            out.write(PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(header_bytes)))
-            out.write(header_bytes)
-            out.flush()
-            position = out.tell()
-            for start, length in extents:
-                _copy_range(snapshot.memory.fd, out.fileno(), start, length, position)
-                position += length
-            out.seek(position)
-            for _, blob in blobs:
-                out.write(blob)
-        with open(partial, "r+b") as out:
-            digest = hashlib.sha256()
-            while chunk := out.read(READ_CHUNK):
-                digest.update(chunk)
-            out.write(digest.digest())
-            size = out.tell()
-        os.replace(partial, target)
-    except BaseException:
-        if os.path.exists(partial):
-            os.unlink(partial)
-        raise
-    return size
-
-
-def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Check the file whole (size, magic, version, checksum) and return its
-    header.  Raises SnapshotError saying what is wrong."""
-    name = os.fspath(path)
-    try:
-        with open(name, "rb") as file:
-            return _check_file(file, name)
-    except OSError as error:
-        raise SnapshotError(f"{name}: {error.strerror}") from None
-
-
-def _check_file(file: Any, name: str) -> dict[str, Any]:
-    size = os.fstat(file.fileno()).st_size
-    if size < PREAMBLE.size + DIGEST_SIZE:
-        raise SnapshotError(f"{name}: {size} bytes is too short to be a snapshot file")
-    magic, version, _, header_length = PREAMBLE.unpack(file.read(PREAMBLE.size))
-    if magic != MAGIC:
-        raise SnapshotError(f"{name}: not a minikvm snapshot (it starts with {magic!r}, not "
-                            f"{MAGIC!r})")
-    if version != FORMAT_VERSION:
-        raise SnapshotError(f"{name}: snapshot format version {version}; this minikvm reads "
-                            f"version {FORMAT_VERSION}")
-    if header_length > min(MAX_HEADER, size - PREAMBLE.size - DIGEST_SIZE):
-        raise SnapshotError(f"{name}: truncated or corrupted (a header of {header_length} "
-                            f"bytes does not fit in {size} bytes)")
-    header_bytes = file.read(header_length)
-    digest = hashlib.sha256()
-    file.seek(0)
-    remaining = size - DIGEST_SIZE
-    while remaining:
-        chunk = file.read(min(READ_CHUNK, remaining))
-        digest.update(chunk)
-        remaining -= len(chunk)
-    stored = file.read(DIGEST_SIZE)
-    try:
-        header = json.loads(header_bytes)
-        expected = PREAMBLE.size + header_length + header["payload_length"] + DIGEST_SIZE
-    except (ValueError, KeyError, TypeError):
-        header, expected = None, None
-    if expected is not None and size < expected:
-        raise SnapshotError(f"{name}: truncated: {size} bytes, the header says {expected}")
-    if digest.digest() != stored:
-        raise SnapshotError(f"{name}: checksum mismatch: the file is corrupted or truncated "
-                            f"(SHA-256 of its contents differs from the one stored at its end)")
-    if header is None or expected != size:
-        raise SnapshotError(f"{name}: the header is inconsistent with the file's size")
-    payload_length = header["payload_length"]
-    for section, (offset, length) in header["sections"].items():
-        if offset < 0 or length < 0 or offset + length > payload_length:
-            raise SnapshotError(f"{name}: section {section} lies outside the payload")
-    return header
-
-
-def load(path: str | os.PathLike[str], *, policy: Any = "saved",
-         stdio: Sequence[int] = (0, 1, 2)) -> Snapshot:
-    """Read a snapshot file back.  The file is checked whole first; nothing
-    is created for a file that does not pass.  *policy* is the sandbox
-    policy to run it under: by default the one recorded in the file (a
-    :class:`~minikvm.policy.Policy` rebuilt from its grants).  Open files
-    are reopened through that policy; the program's stdin, stdout and stderr
-    become *stdio*."""
-    name = os.fspath(path)
-    header = read_header(name)
-    if policy == "saved":
-        policy = _rebuild_policy(header.get("policy"))
-    with open(name, "rb") as file:
-        payload_start = PREAMBLE.size + PREAMBLE.unpack(file.read(PREAMBLE.size))[3]
-
-        def section(section_name: str) -> bytes:
-            offset, length = header["sections"][section_name]
-            return os.pread(file.fileno(), length, payload_start + offset) if length else b""
-
-        try:
-            image = load_elf(section("elf"), bias=header["image"]["bias"],
-                             name=header["image"]["name"])
-        except MinikvmError as error:
-            raise SnapshotError(f"{name}: the stored program cannot be loaded: {error}") from None
-        cpu_header = header["cpu"]
-        cpu = CpuState(section("regs"), section("sregs"), section("fpu"), cpu_header["xsave"],
-                       section("xcrs") if cpu_header["has_xcrs"] else None,
-                       {int(index): value for index, value in cpu_header["msrs"].items()},
-                       section("events"))
-        cpuid = _cpuid_from(section("cpuid"))
-        layout = header["memory"]
-        fd = _new_memfd(layout["size"], "minikvm-snapshot")
-        memory = GuestMemory(layout["size"], layout["base"], fd=fd, shared=True)
-        memory.owns_fd = True
-        try:
-            mm = _load_mm(memory, header["mm"])
-            position = payload_start + header["sections"]["memory"][0]
-            for start, length in layout["extents"]:
-                _copy_range(file.fileno(), fd, position, length, start)
-                position += length
-            _seal_frozen(fd)
-            process_state = _decode(header["process"])
-            fds = _reopen_fds(header["fds"], header["pipes"], policy, stdio)
-        except BaseException:
-            memory.close()
-            raise
-    wait = tuple(header["wait"]) if header["wait"] else None
-    return Snapshot(memory=memory, mm=mm, cpu=cpu, cpuid=cpuid, process_state=process_state,
-                    fds=fds, max_fds=header["max_fds"], image=image, policy=policy,
-                    wait=wait)  # type: ignore[arg-type]
-
-
-def _rebuild_policy(record: dict[str, Any] | None) -> Any:
-    if record is None:
-        return None
-    from minikvm.policy import Policy
-    return Policy(read=record["read"], write=record["write"], connect=record["connect"],
-                  max_fds=record["max_fds"], max_file_size=record["max_file_size"])

@@ -33,7 +33,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
     7: ("elf", "stack", "process", "fdtable"),       # loading a Linux program, its files
     8: ("syscalls",),                                # the system calls (a package)
     9: ("policy", "landlock", "seccomp", "confine"),  # what the program may do
-    10: ("snapshot",),                               # fork, reset
+    10: ("cpu_state", "frozen", "snapshot", "snapshot_file"),                               # fork, reset
     11: ("cli", "doctor", "__main__", "serve"),      # the command line
 }
 LAYER_OF = {module: layer for layer, modules in LAYERS.items() for module in modules}

@@ -12,8 +12,9 @@ import os
 import pytest
 
 from minikvm.process import Process
-from minikvm.snapshot import (MECHANISMS, Fork, Snapshot, SnapshotError, bitmap_runs, load,
-                              page_runs, read_header, save, snapshot_at_ready_point)
+from minikvm.frozen import bitmap_runs, page_runs
+from minikvm.snapshot import MECHANISMS, Fork, Snapshot, SnapshotError, snapshot_at_ready_point
+from minikvm.snapshot_file import load, read_header, save
 from tests.guests import guest
 
 pytestmark = pytest.mark.kvm
