@@ -24,7 +24,8 @@ import tempfile
 from pathlib import Path
 
 from minikvm.process import Process
-from minikvm.snapshot import load, save, snapshot_at_ready_point
+from minikvm.snapshot import snapshot_at_ready_point
+from minikvm.snapshot_file import load, save
 
 ROOT = Path(__file__).resolve().parent.parent
 
