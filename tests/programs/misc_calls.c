@@ -70,8 +70,10 @@ static void identity(void)
                RESULT(getgroups(count - 1, groups)));
     }
     printf("same: setuid to itself: %s\n", RESULT(setuid(getuid())));
-    printf("same: getpgid(0) is getpgrp: %d, getsid(0) positive: %d\n",
-           getpgid(0) == getpgrp(), getsid(0) > 0);
+    /* getsid(0) is 0, not an error, when the session leader lives outside
+     * this pid namespace (as in many CI containers): only ask that it works. */
+    printf("same: getpgid(0) is getpgrp: %d, getsid(0) succeeds: %d\n",
+           getpgid(0) == getpgrp(), getsid(0) >= 0);
     errno = 0;
     printf("same: wait4 with no children: %s\n", RESULT(wait4(-1, NULL, WNOHANG, NULL)));
     siginfo_t info;
