@@ -216,13 +216,32 @@ def make_runners(scratch: Path, results: Results) -> dict[str, Runner]:
         results.skipped["qemu_user"] = ("qemu-x86_64 is not installed "
                                         "(Debian: apt-get install qemu-user)")
     runsc = shutil.which("runsc")
-    if runsc:
-        runners["gvisor"] = Runner("gvisor", lambda data: [runsc, "--rootless", "--network=none",
-                                                           "do"])
+    gvisor = [runsc, "--rootless", "--network=none", "do"] if runsc else []
+    problem = peer_problem(gvisor) if runsc else ""
+    if runsc and not problem:
+        runners["gvisor"] = Runner("gvisor", lambda data: gvisor)
+    elif runsc:
+        results.skipped["gvisor"] = f"runsc is installed but cannot start a sandbox here: {problem}"
     else:
         results.skipped["gvisor"] = ("runsc (gVisor) is not installed; see "
                                      "https://gvisor.dev/docs/user_guide/install/")
     return runners
+
+
+def peer_problem(prefix: list[str]) -> str:
+    """Why the peer started by *prefix* cannot run ``true`` here ("" when it
+    can).  A peer may be installed yet unusable — gVisor cannot create its
+    sandbox inside some containers — and that is a reason to skip it, not
+    to stop the whole run."""
+    try:
+        result = subprocess.run([*prefix, "true"], capture_output=True, text=True,
+                                timeout=PROCESS_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        return f"{' '.join(prefix)} true did not finish in {PROCESS_TIMEOUT_SECONDS} s"
+    if result.returncode == 0:
+        return ""
+    lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
+    return lines[-1]
 
 
 def key(runner: str, figure: str) -> str:
