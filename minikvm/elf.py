@@ -1,12 +1,21 @@
 """Layer 7 — reading a program file: what to load where, as pure code.
 
 This module owns the question "what does this ELF file ask for?" and nothing
-else.  :func:`load_elf` reads a file (or bytes) with pyelftools and returns an
+else.  :func:`load_elf` reads a file (or bytes) and returns an
 :class:`ElfImage`: the loadable segments with their bytes and permissions,
 the entry point, where the program headers will be in memory (for
 ``AT_PHDR``), and the symbol table used to name addresses in crash reports
 (``rip=0x401136 (main+22)``).  It touches neither KVM nor guest memory; the
 loader that copies the segments into the guest is the caller.
+
+Two readers, for two kinds of question.  What to load — the ELF header and
+the program headers, a few fixed-size records — is read with
+:mod:`struct`, as the kernel reads it.  The sections (``.symtab`` and its
+string table) are read with pyelftools, and only when a symbol is first
+asked for (:class:`SymbolTable` is read on first use; the image keeps
+the file's bytes until then): most runs never need one, and importing
+pyelftools took a third of ``minikvm run``'s start-up
+(docs/explanation/performance.md).
 
 What minikvm runs is what Linux's ``load_elf_binary()`` (fs/binfmt_elf.c)
 runs *without an interpreter*:
@@ -32,9 +41,11 @@ down to the largest power-of-two ``p_align`` so that aligned segments stay
 aligned.
 
 Everything read from the file is checked before it is used, and every
-problem — including pyelftools' own exceptions on garbage — becomes one
-:class:`~minikvm.errors.ElfError` that says what is wrong, the value, and
-what to do.  No other exception escapes, whatever the bytes.
+problem becomes one :class:`~minikvm.errors.ElfError` that says what is
+wrong, the value, and what to do.  No other exception escapes, whatever
+the bytes; a damaged section table — which the kernel never reads — only
+leaves the program without symbols, and pyelftools' own exceptions on
+garbage say why in :attr:`SymbolTable.description`.
 
 Reference: System V ABI gABI ch. 5 "Program Loading"; the AMD64 psABI §5.
 """
@@ -46,20 +57,16 @@ import io
 import os
 import stat
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
-
-from elftools.common.exceptions import ELFError as PyElfToolsError
-from elftools.common.exceptions import ELFParseError
-from elftools.common.utils import struct_parse
-from elftools.construct import ConstructError
-from elftools.elf.elffile import ELFFile
-from elftools.elf.enums import ENUM_ST_INFO_BIND, ENUM_ST_INFO_TYPE
-from elftools.elf.sections import SymbolTableSection
+from typing import TYPE_CHECKING, NamedTuple
 
 from minikvm.errors import ElfError
 from minikvm.layout import MMAP_MIN_ADDR, PAGE_SIZE, PIE_LOAD_BIAS, USER_SPACE_END
+
+if TYPE_CHECKING:
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
 
 # --- e_ident (gABI "ELF Identification") ------------------------------------
 ELF_MAGIC = b"\x7fELF"
@@ -76,10 +83,30 @@ ELF64_EHDR_SIZE = 64
 ELF64_PHDR_SIZE = 56
 ELF64_SHDR_SIZE = 64
 ELF64_SYM_SIZE = 24
+#: Elf64_Ehdr: e_ident[16], e_type, e_machine (u16), e_version (u32), e_entry,
+#: e_phoff, e_shoff (u64), e_flags (u32), e_ehsize, e_phentsize, e_phnum,
+#: e_shentsize, e_shnum, e_shstrndx (u16).
+ELF64_EHDR_FORMAT = "<16sHHIQQQIHHHHHH"
+#: Elf64_Phdr: p_type, p_flags (u32), p_offset, p_vaddr, p_paddr, p_filesz,
+#: p_memsz, p_align (u64).
+ELF64_PHDR_FORMAT = "<IIQQQQQQ"
 #: Elf64_Sym: st_name (u32), st_info, st_other (u8), st_shndx (u16), st_value, st_size (u64).
 ELF64_SYM_FORMAT = "<IBBHQQ"
 SHN_UNDEF = 0          # st_shndx: the symbol is not defined here
 SHN_ABS = 0xFFF1       # st_shndx: an absolute value, not an address in a section
+
+# --- e_type, e_machine (gABI "ELF Header") --------------------------------
+#: e_type values, by the names the gABI (and pyelftools) give them.
+E_TYPE_NAMES = {0: "ET_NONE", 1: "ET_REL", 2: "ET_EXEC", 3: "ET_DYN", 4: "ET_CORE"}
+EM_X86_64 = 62
+
+# --- p_type (gABI "Segment Types"; PT_GNU_STACK from <elf.h>) ---------------
+PT_LOAD = 1
+PT_INTERP = 3
+PT_PHDR = 6
+PT_TLS = 7
+PT_GNU_STACK = 0x6474E551
+_PT_NAMES = {PT_LOAD: "PT_LOAD", PT_INTERP: "PT_INTERP"}   # for messages
 
 # --- p_flags (gABI "Segment Permissions") ----------------------------------
 PF_X = 0x1
@@ -97,16 +124,23 @@ MAX_SEGMENT_SIZE = 4 << 30
 _IFUNC_TYPES = ("STT_LOOS", "STT_GNU_IFUNC", 10)
 _SYMBOL_KINDS = {"STT_FUNC": "function", "STT_OBJECT": "object",
                  **{ifunc: "ifunc" for ifunc in _IFUNC_TYPES}}
-#: st_info's type (low 4 bits) and binding (high 4 bits), named as pyelftools names them.
-_STT_NAMES = {value: name for name, value in ENUM_ST_INFO_TYPE.items() if isinstance(value, int)}
-_STB_NAMES = {value: name for name, value in ENUM_ST_INFO_BIND.items() if isinstance(value, int)}
 
-#: Everything pyelftools (and the construct library under it) raises on a
-#: malformed file — it asserts, indexes and divides by header fields without
-#: checking them.  Only the code that parses the file runs under this net.
-_PARSE_ERRORS = (PyElfToolsError, ELFParseError, ConstructError, struct.error, ValueError,
-                 IndexError, KeyError, TypeError, OverflowError, ZeroDivisionError,
-                 UnicodeDecodeError, EOFError, AssertionError)
+#: What reading the headers with :mod:`struct` can raise on a malformed
+#: file that the checks did not already catch.
+_PARSE_ERRORS = (struct.error, ValueError, IndexError, KeyError, TypeError, OverflowError,
+                 UnicodeDecodeError)
+
+
+def _section_parse_errors() -> tuple[type[BaseException], ...]:
+    """Everything pyelftools (and the construct library under it) raises on
+    a malformed file — it asserts, indexes and divides by header fields
+    without checking them.  Only the code that reads sections runs under
+    this net."""
+    from elftools.common.exceptions import ELFError as PyElfToolsError
+    from elftools.common.exceptions import ELFParseError
+    from elftools.construct import ConstructError
+    return (PyElfToolsError, ELFParseError, ConstructError, ZeroDivisionError, EOFError,
+            AssertionError, *_PARSE_ERRORS)
 
 _ET_DESCRIPTIONS = {
     "ET_NONE": "an ELF file of no type (ET_NONE)",
@@ -189,11 +223,33 @@ class SymbolTable:
     When several symbols share an address (glibc's ``malloc`` is also
     ``__libc_malloc``), the name shown is the one with the fewest leading
     underscores, then global before weak before local.
+
+    A table made with :meth:`deferred` is read from the file on first use:
+    :func:`load_elf` makes one, so a run that never names an address never
+    parses a section (or imports pyelftools).
     """
 
     def __init__(self, symbols: Iterable[Symbol] = (), description: str = "") -> None:
+        self._read: Callable[[], SymbolTable] | None = None
+        self._index(symbols, description)
+
+    @classmethod
+    def deferred(cls, read: Callable[[], SymbolTable]) -> SymbolTable:
+        """A table whose contents are ``read()``'s, called once, on first use."""
+        table = cls()
+        table._read = read
+        return table
+
+    def _ready(self) -> None:
+        """Read a deferred table now (every public method calls this first)."""
+        if self._read is not None:
+            read, self._read = self._read, None
+            table = read()
+            self._index(table._symbols, table._description)
+
+    def _index(self, symbols: Iterable[Symbol], description: str) -> None:
         self._symbols = tuple(sorted(symbols, key=lambda s: (s.address, _preference(s))))
-        self.description = description
+        self._description = description
         best_by_name: dict[str, Symbol] = {}
         for symbol in self._symbols:
             known = best_by_name.get(symbol.name)
@@ -210,10 +266,18 @@ class SymbolTable:
         self._starts = starts
         self._chosen = chosen
 
+    @property
+    def description(self) -> str:
+        """Where the table came from, or why it is empty."""
+        self._ready()
+        return self._description
+
     def __len__(self) -> int:
+        self._ready()
         return len(self._symbols)
 
     def __iter__(self) -> Iterator[Symbol]:
+        self._ready()
         return iter(self._symbols)
 
     def __repr__(self) -> str:
@@ -222,10 +286,10 @@ class SymbolTable:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SymbolTable):
             return NotImplemented
-        return (self._symbols, self.description) == (other._symbols, other.description)
+        return (tuple(self), self.description) == (tuple(other), other.description)
 
     def __hash__(self) -> int:
-        return hash((self._symbols, self.description))
+        return hash((tuple(self), self.description))
 
     def lookup(self, address: int) -> tuple[Symbol, int] | None:
         """The symbol that covers *address*, and the offset into it.
@@ -234,6 +298,7 @@ class SymbolTable:
         without (hand-written assembly, such as musl's ``_start``) covers
         addresses up to the next symbol.
         """
+        self._ready()
         index = bisect.bisect_right(self._starts, address) - 1
         if index < 0:
             return None
@@ -254,15 +319,22 @@ class SymbolTable:
 
     def address_of(self, name: str) -> int:
         """The address of the symbol called *name* (``KeyError`` if there is none)."""
+        self._ready()
         symbol = self._by_name.get(name)
         if symbol is None:
             raise KeyError(f"no symbol {name!r} in the symbol table ({self.description})")
         return symbol.address
 
     def shifted(self, delta: int) -> SymbolTable:
-        """The same table with every address moved by *delta* (a change of load bias)."""
+        """The same table with every address moved by *delta* (a change of load
+        bias); deferred if this one is not read yet."""
+        if self._read is not None:
+            def read_shifted() -> SymbolTable:
+                self._ready()
+                return self.shifted(delta)
+            return SymbolTable.deferred(read_shifted)
         return SymbolTable((replace(s, address=s.address + delta) for s in self._symbols),
-                           self.description)
+                           self._description)
 
 
 def _preference(symbol: Symbol) -> tuple[int, int, int, str]:
@@ -377,7 +449,7 @@ def load_elf(source: str | os.PathLike[str] | bytes | bytearray | memoryview, *,
         name = name or "<bytes>"
     else:
         name = name or os.fspath(source)
-        data = _read_file(source, name)
+        data = read_program(source, name)
     image = _parse(data, name)
     if image.interpreter is not None and not allow_interpreter:
         raise ElfError(f"{name}: dynamically linked (needs {image.interpreter}): not "
@@ -404,8 +476,14 @@ def default_bias(image: ElfImage) -> int:
     return PIE_LOAD_BIAS & ~(alignment - 1)
 
 
-def _read_file(path: str | os.PathLike[str], name: str) -> bytes:
-    """The file's bytes; like execve(2), only a regular file will do."""
+def read_program(path: str | os.PathLike[str], name: str | None = None) -> bytes:
+    """The file's bytes; like execve(2), only a regular file will do.
+
+    Reading is separate from parsing so that a caller can read the file
+    before it confines itself and parse it after (``minikvm run``: a
+    malformed or malicious ELF is parsed inside the walls).  Raises
+    :class:`~minikvm.errors.ElfError` when the file cannot be read."""
+    name = name or os.fspath(path)
     try:
         with open(path, "rb") as file:
             if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
@@ -418,8 +496,8 @@ def _read_file(path: str | os.PathLike[str], name: str) -> bytes:
 # --- parsing -------------------------------------------------------------------
 
 def _parse(data: bytes, name: str) -> ElfImage:
-    """Check the identification bytes ourselves (for clear messages), then let
-    pyelftools read the rest; any exception it raises means a malformed file."""
+    """Check the identification bytes (for clear messages), then read the
+    headers; any exception that escapes the checks means a malformed file."""
     _check_identification(data, name)
     try:
         return _parse_elf64(data, name)
@@ -462,20 +540,60 @@ def _check_identification(data: bytes, name: str) -> None:
                        f"{ELF64_EHDR_SIZE}-byte ELF64 header")
 
 
+class Elf64Ehdr(NamedTuple):
+    """The ELF header (``Elf64_Ehdr`` in <elf.h>), as :data:`ELF64_EHDR_FORMAT` reads it."""
+    e_ident: bytes
+    e_type: int
+    e_machine: int
+    e_version: int
+    e_entry: int
+    e_phoff: int
+    e_shoff: int
+    e_flags: int
+    e_ehsize: int
+    e_phentsize: int
+    e_phnum: int
+    e_shentsize: int
+    e_shnum: int
+    e_shstrndx: int
+
+
+class Elf64Phdr(NamedTuple):
+    """One program header (``Elf64_Phdr`` in <elf.h>)."""
+    p_type: int
+    p_flags: int
+    p_offset: int
+    p_vaddr: int
+    p_paddr: int
+    p_filesz: int
+    p_memsz: int
+    p_align: int
+
+
+def _machine_name(machine: int) -> str:
+    """``EM_AARCH64`` for 183: pyelftools' name for an ``e_machine`` value
+    (imported here: only a refused file needs it)."""
+    try:
+        from elftools.elf.enums import ENUM_E_MACHINE
+    except ImportError:
+        return f"machine {machine}"
+    names = {value: name for name, value in ENUM_E_MACHINE.items() if isinstance(value, int)}
+    return names.get(machine, f"machine {machine}")
+
+
 def _parse_elf64(data: bytes, name: str) -> ElfImage:
     """The checks of Linux's load_elf_binary() and elf_read_phdrs(), and then some."""
-    elf = ELFFile(io.BytesIO(data))
-    header = elf.header
-    if header["e_machine"] != "EM_X86_64":
-        raise ElfError(f"{name}: built for {header['e_machine']}, not x86-64 (EM_X86_64): "
-                       f"rebuild it for x86-64")
-    elf_type = header["e_type"]
+    header = Elf64Ehdr._make(struct.unpack_from(ELF64_EHDR_FORMAT, data))
+    if header.e_machine != EM_X86_64:
+        raise ElfError(f"{name}: built for {_machine_name(header.e_machine)}, not x86-64 "
+                       f"(EM_X86_64): rebuild it for x86-64")
+    elf_type = E_TYPE_NAMES.get(header.e_type, header.e_type)
     if elf_type not in ("ET_EXEC", "ET_DYN"):
         what = _ET_DESCRIPTIONS.get(elf_type, f"an ELF file of type {elf_type}")
         raise ElfError(f"{name}: {what}; minikvm runs executables (ET_EXEC, or ET_DYN "
                        f"built with -static-pie)")
 
-    phent, phnum, phoff = header["e_phentsize"], header["e_phnum"], header["e_phoff"]
+    phent, phnum, phoff = header.e_phentsize, header.e_phnum, header.e_phoff
     if phent != ELF64_PHDR_SIZE:
         raise ElfError(f"{name}: program header entries are {phent} bytes (e_phentsize), "
                        f"expected {ELF64_PHDR_SIZE}: the file is corrupt")
@@ -496,21 +614,21 @@ def _parse_elf64(data: bytes, name: str) -> ElfImage:
     tls: TlsTemplate | None = None
     stack_executable = False
     for index in range(phnum):
-        ph = struct_parse(elf.structs.Elf_Phdr, elf.stream, stream_pos=phoff + index * phent)
-        kind = ph["p_type"]
-        if kind == "PT_LOAD":
+        ph = Elf64Phdr._make(struct.unpack_from(ELF64_PHDR_FORMAT, data, phoff + index * phent))
+        kind = ph.p_type
+        if kind == PT_LOAD:
             segment = _load_segment(ph, index, data, name)
             if segment.memsz:       # elf_map() maps nothing for an empty segment
                 segments.append(segment)
-        elif kind == "PT_INTERP":
+        elif kind == PT_INTERP:
             interpreter = _file_range(data, ph, index, name).split(b"\0")[0].decode(
                 "utf-8", "replace")
-        elif kind == "PT_PHDR":
-            phdr_address = ph["p_vaddr"]
-        elif kind == "PT_TLS":
-            tls = TlsTemplate(ph["p_vaddr"], ph["p_filesz"], ph["p_memsz"], ph["p_align"])
-        elif kind == "PT_GNU_STACK":
-            stack_executable = bool(ph["p_flags"] & PF_X)
+        elif kind == PT_PHDR:
+            phdr_address = ph.p_vaddr
+        elif kind == PT_TLS:
+            tls = TlsTemplate(ph.p_vaddr, ph.p_filesz, ph.p_memsz, ph.p_align)
+        elif kind == PT_GNU_STACK:
+            stack_executable = bool(ph.p_flags & PF_X)
 
     if not segments:
         raise ElfError(f"{name}: no loadable segment (no PT_LOAD with a non-zero size): "
@@ -524,7 +642,7 @@ def _parse_elf64(data: bytes, name: str) -> ElfImage:
     if phdr_address is None:
         phdr_address = _phdr_address_from_segments(segments, phoff, phnum * phent)
 
-    entry = header["e_entry"]
+    entry = header.e_entry
     if not any(s.executable and s.contains(entry) for s in segments):
         ranges = ", ".join(f"[{s.vaddr:#x}, {s.end:#x})" for s in segments if s.executable)
         raise ElfError(f"{name}: entry point {entry:#x} (e_entry) is not inside any "
@@ -534,12 +652,13 @@ def _parse_elf64(data: bytes, name: str) -> ElfImage:
     return ElfImage(name=name, elf_type=elf_type, load_bias=0, entry=entry,
                     segments=tuple(segments), phdr_address=phdr_address, phent=phent,
                     phnum=phnum, stack_executable=stack_executable, tls=tls,
-                    interpreter=interpreter, symbols=_read_symbols(elf, data, name))
+                    interpreter=interpreter,
+                    symbols=SymbolTable.deferred(lambda: _read_symbols(data, name)))
 
 
-def _load_segment(ph: Mapping[str, Any], index: int, data: bytes, name: str) -> LoadSegment:
+def _load_segment(ph: Elf64Phdr, index: int, data: bytes, name: str) -> LoadSegment:
     """One PT_LOAD, checked as load_elf_binary() checks it (plus a size limit)."""
-    vaddr, memsz, filesz = ph["p_vaddr"], ph["p_memsz"], ph["p_filesz"]
+    vaddr, memsz, filesz = ph.p_vaddr, ph.p_memsz, ph.p_filesz
     where = f"PT_LOAD segment {index} at {vaddr:#x}"
     if filesz > memsz:
         raise ElfError(f"{name}: {where}: p_filesz {filesz:#x} is larger than p_memsz "
@@ -548,18 +667,19 @@ def _load_segment(ph: Mapping[str, Any], index: int, data: bytes, name: str) -> 
     if memsz > MAX_SEGMENT_SIZE:
         raise ElfError(f"{name}: {where}: absurd size p_memsz {memsz:#x} (more than "
                        f"{MAX_SEGMENT_SIZE >> 30} GiB): the file is corrupt")
-    flags = ph["p_flags"]
-    return LoadSegment(vaddr=vaddr, memsz=memsz, filesz=filesz, offset=ph["p_offset"],
+    flags = ph.p_flags
+    return LoadSegment(vaddr=vaddr, memsz=memsz, filesz=filesz, offset=ph.p_offset,
                        data=_file_range(data, ph, index, name), readable=bool(flags & PF_R),
                        writable=bool(flags & PF_W), executable=bool(flags & PF_X),
-                       align=ph["p_align"])
+                       align=ph.p_align)
 
 
-def _file_range(data: bytes, ph: Mapping[str, Any], index: int, name: str) -> bytes:
+def _file_range(data: bytes, ph: Elf64Phdr, index: int, name: str) -> bytes:
     """The segment's bytes in the file, ``[p_offset, p_offset + p_filesz)``."""
-    offset, filesz = ph["p_offset"], ph["p_filesz"]
+    offset, filesz = ph.p_offset, ph.p_filesz
     if offset + filesz > len(data):
-        raise ElfError(f"{name}: truncated: segment {index} ({ph['p_type']}) needs file "
+        kind = _PT_NAMES.get(ph.p_type, f"type {ph.p_type:#x}")
+        raise ElfError(f"{name}: truncated: segment {index} ({kind}) needs file "
                        f"bytes [{offset:#x}, {offset + filesz:#x}) but the file has only "
                        f"{len(data):#x} bytes")
     return data[offset:offset + filesz]
@@ -600,14 +720,27 @@ def _check_placement(image: ElfImage) -> None:
                            f"load bias {image.load_bias:#x} is too high")
 
 
-def _read_symbols(elf: ELFFile, data: bytes, name: str) -> SymbolTable:
-    """Functions and objects from ``.symtab``.
+def _read_symbols(data: bytes, name: str) -> SymbolTable:
+    """Functions and objects from ``.symtab`` (the section headers read with
+    pyelftools, imported here: see the module docstring).
 
     The kernel never reads sections, so a damaged section table must not stop
     a program that would run: it gives an empty table whose ``description``
     says why.
     """
     try:
+        parse_errors = _section_parse_errors()
+        from elftools.elf.elffile import ELFFile
+        from elftools.elf.enums import ENUM_ST_INFO_BIND, ENUM_ST_INFO_TYPE
+    except ImportError as error:   # read late, e.g. inside Landlock's walls
+        return SymbolTable(description=f"no symbols: pyelftools could not be imported "
+                                       f"({error})")
+    # st_info's type (low 4 bits) and binding (high 4 bits), named as pyelftools names them.
+    type_names = {value: key for key, value in ENUM_ST_INFO_TYPE.items() if isinstance(value, int)}
+    binding_names = {value: key for key, value in ENUM_ST_INFO_BIND.items()
+                     if isinstance(value, int)}
+    try:
+        elf = ELFFile(io.BytesIO(data))
         found = _find_symtab(elf, data)
         if found is None:
             return SymbolTable(description="no .symtab: the program is stripped")
@@ -621,7 +754,7 @@ def _read_symbols(elf: ELFFile, data: bytes, name: str) -> SymbolTable:
         # this the slowest step of `minikvm run` (docs/explanation/performance.md).
         for name_offset, info, _other, shndx, value, size in struct.iter_unpack(
                 ELF64_SYM_FORMAT, data[start:end]):
-            kind_name = _STT_NAMES.get(info & 0xF, info & 0xF)
+            kind_name = type_names.get(info & 0xF, info & 0xF)
             kind = _SYMBOL_KINDS.get(kind_name)
             if kind_name == "STT_NOTYPE" and shndx in code_sections:
                 kind = "function"   # a label in hand-written assembly: musl's _start
@@ -632,11 +765,11 @@ def _read_symbols(elf: ELFFile, data: bytes, name: str) -> SymbolTable:
             symbol_name = data[first:last if last >= 0 else len(data)].decode("utf-8", "replace")
             if not symbol_name:
                 continue
-            binding = _STB_NAMES.get(info >> 4, f"STB_{info >> 4}")
+            binding = binding_names.get(info >> 4, f"STB_{info >> 4}")
             symbols.append(Symbol(name=symbol_name, address=value, size=size, kind=kind,
                                   binding=binding.removeprefix("STB_").lower()))
         return SymbolTable(symbols, f".symtab of {name}")
-    except _PARSE_ERRORS as error:
+    except parse_errors as error:
         return SymbolTable(description=f"no symbols: .symtab is malformed "
                                        f"({type(error).__name__}: {error})")
 
@@ -654,6 +787,8 @@ def _find_symtab(elf: ELFFile, data: bytes) -> tuple[SymbolTableSection, set[int
     if shentsize != ELF64_SHDR_SIZE or shoff + shnum * shentsize > len(data):
         raise ValueError(f"section header table [{shoff:#x}, +{shnum}*{shentsize}) "
                          f"is not inside the file")
+    from elftools.common.utils import struct_parse
+    from elftools.elf.sections import SymbolTableSection
     headers = [struct_parse(elf.structs.Elf_Shdr, elf.stream,
                             stream_pos=shoff + index * shentsize) for index in range(shnum)]
     code_sections = {index for index, sh in enumerate(headers)

@@ -42,6 +42,14 @@ PROT_READ = 1
 PROT_WRITE = 2
 PROT_EXEC = 4
 PROT_MASK = PROT_READ | PROT_WRITE | PROT_EXEC
+#: A fresh writable anonymous mapping up to this size gets its host pages
+#: allocated at ``mmap`` (:meth:`AddressSpace.populate`).  Measured on PVM:
+#: a first touch costs ~13 µs a page when the guest faults the host page
+#: in, ~2 µs when it is already there, and populating costs ~4 µs a page —
+#: a gain once a third of the pages are used, which a buffer a program
+#: asked for usually is.  Above the limit, a mostly unused reservation
+#: would cost too much at mmap (and hold host memory early).
+POPULATE_LIMIT = 64 << 20
 
 
 def page_align_up(value: int) -> int:
@@ -276,6 +284,15 @@ class AddressSpace:
         self._coalesce(start)
         self._coalesce(start + size)
         return self.find(start)  # type: ignore[return-value]
+
+    def populate(self, start: int, size: int) -> None:
+        """Allocate the host pages behind the fresh mapping ``[start, start +
+        size)`` now, in one call, instead of one fault per page at the
+        guest's first touch (see :data:`POPULATE_LIMIT`).  The contents do
+        not change: fresh pages read as zero either way."""
+        vma = self.find(start)
+        if vma is not None and vma.phys is not None and start + size <= vma.end:
+            self.memory.populate(vma.physical(start), size)
 
     def _allocate_backing(self, start: int, size: int) -> int:
         """Physical pages for a new mapping: 2 MiB aligned when the mapping
@@ -602,11 +619,17 @@ class AddressSpace:
         self.write(address, struct.pack(fmt, *values))
 
     def read_iovec(self, address: int, count: int) -> list[tuple[int, int]]:
-        """A ``struct iovec[count]`` array: (base, length) pairs."""
+        """A ``struct iovec[count]`` array: (base, length) pairs.  EINVAL
+        for a length that is negative as a ``ssize_t``, as Linux's
+        ``iovec_from_user`` answers, before any buffer is looked at."""
         if count < 0 or count > IOV_MAX:
             raise SyscallError(errno.EINVAL, f"iovec count {count}")
         raw = self.read(address, 16 * count)
-        return [struct.unpack_from("<QQ", raw, 16 * i) for i in range(count)]
+        pairs = [struct.unpack_from("<QQ", raw, 16 * i) for i in range(count)]
+        for base, length in pairs:
+            if length >> 63:
+                raise SyscallError(errno.EINVAL, f"iovec length {length:#x} is negative")
+        return pairs
 
 
 IOV_MAX = 1024  # <limits.h>: the most iovecs one readv/writev may pass

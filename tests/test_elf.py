@@ -42,6 +42,9 @@ def check_invariants(image: ElfImage) -> None:
     segment = image.segment_containing(image.entry)
     assert segment is not None and segment.executable
     assert image.interpreter is None
+    # The symbols are read on first use; whatever the sections hold, that
+    # never raises: a damaged table is an empty one that says why.
+    assert image.symbols.description
 
 
 # --- the tiny ELF ----------------------------------------------------------------

@@ -21,6 +21,7 @@ and in a guest and compare, and run ``malloc_limit.c`` under ``--memory 64M``.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import subprocess
@@ -425,6 +426,31 @@ def test_discard_zeroes_and_needs_every_page_mapped(mm: AddressSpace) -> None:
     assert mm.read(BASE, 3 * PAGE_SIZE) == b"x" * PAGE_SIZE + bytes(PAGE_SIZE) + b"x" * PAGE_SIZE
     assert errno_of(mm.discard, BASE, 4 * PAGE_SIZE) == errno.ENOMEM
     mm.check_mapped(BASE, 3 * PAGE_SIZE)
+
+
+def resident_pages(memory: GuestMemory, gpa: int, length: int) -> int:
+    """How many pages of ``[gpa, gpa + length)`` the host holds now (mincore(2))."""
+    vector = (ctypes.c_ubyte * (length // PAGE_SIZE))()
+    libc = ctypes.CDLL(None, use_errno=True)
+    result = libc.mincore(ctypes.c_void_p(memory.host_address + gpa), ctypes.c_size_t(length),
+                          vector)
+    assert result == 0, os.strerror(ctypes.get_errno())
+    return sum(byte & 1 for byte in vector)
+
+
+@pytest.mark.skipif(tuple(map(int, os.uname().release.split(".")[:2])) < (5, 14),
+                    reason="MADV_POPULATE_WRITE needs Linux 5.14")
+def test_populate_allocates_the_host_pages_up_front_and_they_read_zero(mm) -> None:
+    vma = mm.map(BASE, 2 * MIB, RW)
+    phys = vma.physical(BASE)
+    assert resident_pages(mm.memory, phys, 2 * MIB) == 0    # mapping allocates no host page
+    mm.populate(BASE + PAGE_SIZE, MIB)
+    assert resident_pages(mm.memory, phys, 2 * MIB) == MIB // PAGE_SIZE
+    assert resident_pages(mm.memory, phys + PAGE_SIZE, MIB) == MIB // PAGE_SIZE
+    assert mm.read(BASE, 2 * MIB) == bytes(2 * MIB)
+    assert_consistent(mm)
+    mm.unmap(BASE, 2 * MIB)                                  # and munmap gives them back
+    assert resident_pages(mm.memory, phys, 2 * MIB) == 0
 
 
 # --- running out -------------------------------------------------------------------------

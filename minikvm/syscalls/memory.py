@@ -10,7 +10,11 @@ pool of pages rather than an overcommitted page cache:
 
 * A file mapping is a private *copy* of the file, made at ``mmap``: later
   writes to the file are not seen, and writes to the mapping never reach
-  the file (so ``MAP_SHARED`` is refused for writable file mappings).
+  the file.  So ``MAP_SHARED`` is refused for writable file mappings, and
+  for read-only ones of a file open for writing: a program that maps the
+  file it writes with ``pwrite`` expects to read its writes back through
+  the mapping (SQLite with ``PRAGMA mmap_size`` does, and read stale pages
+  from a copy); refused, it falls back to ``pread``.
 * Pages are allocated when mapped, not when touched.  A program that maps
   more than the guest's memory (``--memory``) gets ``ENOMEM`` from ``mmap``
   — and malloc returns NULL — instead of being killed later by an OOM
@@ -27,7 +31,8 @@ import stat as stat_module
 from minikvm.errors import SyscallError
 from minikvm.fdtable import DeviceFile
 from minikvm.layout import HUGE_PAGE_SIZE, MMAP_MIN_ADDR, PAGE_SIZE, USER_SPACE_END
-from minikvm.mm import PROT_MASK, PROT_NONE, PROT_READ, PROT_WRITE, page_align_up
+from minikvm.mm import (POPULATE_LIMIT, PROT_MASK, PROT_NONE, PROT_READ, PROT_WRITE,
+                        page_align_up)
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32, signed64
 
 MAP_SHARED = 0x01
@@ -125,6 +130,8 @@ def sys_mmap(proc, address: int, length: int, prot: int, flags: int, fd: int, of
 
     if source is None:
         proc.mm.map(start, size, prot)
+        if prot & PROT_WRITE and size <= POPULATE_LIMIT:
+            proc.mm.populate(start, size)   # a buffer: its pages will be written
         return start
     # A file's contents go into pages that must exist even for PROT_NONE,
     # so map readable, fill, then apply the protection asked for.
@@ -148,6 +155,9 @@ def _mappable_file(proc, fd: int, kind: int, prot: int):
     if kind != MAP_PRIVATE and prot & PROT_WRITE:
         raise SyscallError(errno.EACCES, "shared writable file mappings are not supported "
                                          "(the mapping would be a copy)")
+    if kind != MAP_PRIVATE and source.writable():
+        raise SyscallError(errno.EACCES, "a shared mapping of a file open for writing is "
+                                         "not supported (the copy would miss later writes)")
     return source
 
 
@@ -293,7 +303,8 @@ def sys_munlockall(proc) -> int:
 
 
 def sys_membarrier(proc, command: int, flags: int, cpu: int) -> int:
-    """With one thread every memory barrier is already in place, so every
+    """With one vCPU every memory barrier is already in place — threads
+    take turns on it, and each switch passes through the host — so every
     command but the query is a no-op; the query lists them."""
     command = signed32(command)
     if signed32(flags):
@@ -310,7 +321,8 @@ ALWAYS_RESIDENT = "guest pages are always resident: checks the range, then succe
 SYSCALLS = [
     Syscall(12, "brk", sys_brk, ("ptr",)),
     Syscall(9, "mmap", sys_mmap, ("ptr", "uint", "prot", "mapflags", "fd", "hex"), PARTIAL,
-            "file mappings are private copies; MAP_SHARED of a file is refused for writing; "
+            "file mappings are private copies; MAP_SHARED of a file is refused for writing "
+            "and of a file open for writing; "
             "pages are allocated at mmap (ENOMEM at the memory limit)"),
     Syscall(11, "munmap", sys_munmap, ("ptr", "uint")),
     Syscall(10, "mprotect", sys_mprotect, ("ptr", "uint", "prot")),
@@ -327,5 +339,5 @@ SYSCALLS = [
     Syscall(151, "mlockall", sys_mlockall, ("hex",), PARTIAL, ALWAYS_RESIDENT),
     Syscall(152, "munlockall", sys_munlockall, (), PARTIAL, ALWAYS_RESIDENT),
     Syscall(324, "membarrier", sys_membarrier, ("int", "hex", "int"), PARTIAL,
-            "one thread: every command is already satisfied"),
+            "one vCPU: every command is already satisfied"),
 ]
