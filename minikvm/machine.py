@@ -23,9 +23,11 @@ it.  The CPL seen at the exit tells which case we are in.
 
 from __future__ import annotations
 
+import ctypes
 import signal
 import time
 from dataclasses import dataclass
+from types import MethodType
 from typing import Callable
 
 from minikvm import ioctl as k
@@ -70,6 +72,38 @@ CPUID_EXTENDED_FEATURES = 7
 CPUID_EBX_FSGSBASE = 1 << 0
 CPUID_XSAVE_STATE = 0xD  # leaf 0xD sub-leaf 0: EAX = XCR0 bits supported
 PAT_DEFAULT = 0x0007_0406_0007_0406
+#: The time limit's signal repeats every this many seconds once due.
+TIME_LIMIT_TICK = 0.01
+#: How many ticks a system call may go on after the time limit before it
+#: is interrupted: plenty for a call that does not wait to finish normally.
+TIME_LIMIT_GRACE_TICKS = 20
+
+
+class RegistersLoaded(BaseException):
+    """Raised by a system-call handler that loaded the program's *whole*
+    register state into ``kvm_run`` itself (``rt_sigreturn``, which must
+    restore RCX and R11 too): the run loop must not finish the call (no
+    result in RAX, no return to RCX); it marks the registers dirty and
+    resumes the vCPU as it is.  A BaseException, so the dispatcher's
+    ``except Exception`` for handler bugs lets it through."""
+
+
+class TimeLimitReached(BaseException):
+    """Raised by the time limit's signal handler when a system-call
+    handler is still running :data:`TIME_LIMIT_GRACE_TICKS` ticks after the
+    limit: it is waiting in the host (a read from a pipe nobody writes, a
+    ``connect`` to a silent address).  Python retries such a call after a
+    signal handler returns (PEP 475), so raising is the only way to cut it
+    short.  :meth:`Machine.run` turns it into a timeout stop."""
+
+
+class ThreadSwitched(BaseException):
+    """Raised by a system-call handler that put *another* guest thread's
+    registers in ``kvm_run`` (see :mod:`minikvm.threads`): the call it
+    handles finishes later, for the thread that now waits.  The run loop
+    must therefore not finish it (no result in RAX, no return to RCX); it
+    marks the registers dirty and runs the new thread.  A BaseException, so
+    the dispatcher's ``except Exception`` for handler bugs lets it through."""
 
 
 @dataclass
@@ -110,12 +144,18 @@ class Machine:
         self.vcpu.enable_sync_regs(k.KVM_SYNC_X86_REGS | k.KVM_SYNC_X86_SREGS)
         self.symbolize: Symbolizer | None = None
         self.exits = 0
-        #: Whether the host must return the guest from a system call (PVM:
-        #: ``syscall`` stays at CPL 3, see the module docstring) or the stub's
-        #: ``sysretq`` does (hardware).  None until the first system call,
-        #: whose CPL decides it for the life of the machine.
-        self.host_returns_from_syscall: bool | None = None
         self._timed_out = False
+        #: Called at an exception exit from user mode with the CPU's frame;
+        #: True when it resumed the program in a signal handler instead of
+        #: the crash being reported (:func:`minikvm.syscalls.signals.deliver_fault`).
+        self.on_fault: Callable[[ExceptionFrame], bool] | None = None
+        #: Time slices (:meth:`start_time_slices`): their length, None when
+        #: the guest has one thread; the function that switches threads.
+        self.time_slice: float | None = None
+        self.on_preempt: Callable[[], None] | None = None
+        self._slice_over = False
+        self._slices_armed = False
+        self._previous_profiler: object = None
 
     def close(self) -> None:
         """Free the vCPU, the VM and the guest memory."""
@@ -264,6 +304,23 @@ class Machine:
             regs.rflags = (regs.r11 & USER_RFLAGS_MASK) | x86.RFLAGS_FIXED
         state.kvm_dirty_regs = k.KVM_SYNC_X86_REGS
 
+    def enter_user_mode(self) -> None:
+        """Put CS and SS back to the user selectors if the vCPU is at CPL 0
+        — in an exception stub, or (hardware) in the syscall stub before its
+        ``sysretq`` — so that the host can resume the program at a RIP of
+        its choosing (a signal handler, ``rt_sigreturn``).  One
+        KVM_GET_SREGS/KVM_SET_SREGS pair, only when needed."""
+        state = self.vcpu.run_state
+        if state.s.regs.sregs.cs.dpl == USER_CPL:
+            return
+        sregs = self.vcpu.get_sregs()
+        sregs.cs = USER_CODE64.kvm_segment()
+        sregs.ss = USER_DATA64.kvm_segment()
+        self.vcpu.set_sregs(sregs)
+        # Mirror them in kvm_run, which return_from_syscall and the run loop read.
+        ctypes.memmove(ctypes.addressof(state.s.regs.sregs), ctypes.addressof(sregs),
+                       ctypes.sizeof(sregs))
+
     # -- running ---------------------------------------------------------------
     def run(self, on_syscall: Callable[[k.kvm_regs], None], timeout: float | None = None) -> Stop:
         """Run the guest until it crashes, times out or KVM fails.
@@ -276,11 +333,22 @@ class Machine:
         """
         if timeout is not None:
             self._arm_timer(timeout)
+        if self.time_slice is not None:
+            self._arm_time_slices()
         try:
-            return self._run_loop(on_syscall)
+            while True:
+                try:
+                    return self._run_loop(on_syscall)
+                except (ThreadSwitched, RegistersLoaded):
+                    # Another thread's registers are in kvm_run: run it.  Caught
+                    # here, outside the loop, so a system call pays nothing for it.
+                    self.vcpu.run_state.kvm_dirty_regs |= k.KVM_SYNC_X86_REGS
+        except TimeLimitReached:
+            return Stop("timeout", "the time limit was reached")
         finally:
             if timeout is not None:
                 self._disarm_timer()
+            self._disarm_time_slices()
 
     def _run_loop(self, on_syscall: Callable[[k.kvm_regs], None]) -> Stop:
         # One pass per guest system call: everything the pass needs is bound
@@ -295,21 +363,32 @@ class Machine:
         sync_regs_dirty = k.KVM_SYNC_X86_REGS
         exit_io = k.KVM_EXIT_IO
         rflags_fixed = x86.RFLAGS_FIXED
-        host_returns = self.host_returns_from_syscall
+        cs = state.s.regs.sregs.cs          # a view on kvm_run: always current
+        # An object with a Python ``__call__`` (a Dispatcher) is called
+        # through its type's call slot, which looks ``__call__`` up and builds
+        # an argument tuple every time; its bound method is called directly
+        # (~3 µs less per system call on PVM).  Functions stay as they are.
+        handle = getattr(on_syscall, "__call__", None)
+        if not isinstance(handle, MethodType):
+            handle = on_syscall
         while True:
             if mm.stale_translations:
                 self.flush_translations()
             reason = state.exit_reason if enter() >= 0 else vcpu.run_failed()
             self.exits += 1
             if reason == exit_io and io.port == SYSCALL_PORT and regs.rip == SYSCALL_EXIT_RIP:
-                if host_returns is None:
-                    # The CPL at the first system call tells which kind of
-                    # host this is (see the module docstring); it cannot
-                    # change while the machine lives, so ask only once.
-                    host_returns = state.s.regs.sregs.cs.dpl == USER_CPL
-                    self.host_returns_from_syscall = host_returns
-                on_syscall(regs)
-                if host_returns:  # PVM: syscall stayed in CPL 3; return for the stub
+                # The CPL at *this* exit says who returns the guest (see the
+                # module docstring): CPL 3 on PVM — or a program that jumped
+                # into the stub itself, which the stub's sysretq would fault
+                # on — so the host returns it; CPL 0 (hardware), the stub
+                # does.  Asked at every exit, before the handler (which may
+                # move the guest to user mode itself): a verdict cached from
+                # the first exit would let a program that first jumps into
+                # the stub at CPL 3 make the host "return" later CPL 0
+                # system calls to its own RCX — in ring 0.
+                host_returns = cs.dpl == USER_CPL
+                handle(regs)
+                if host_returns:  # syscall stayed in CPL 3; return for the stub
                     regs.rip = regs.rcx
                     regs.rflags = (regs.r11 & USER_RFLAGS_MASK) | rflags_fixed
                 state.kvm_dirty_regs = sync_regs_dirty
@@ -325,6 +404,9 @@ class Machine:
             state.immediate_exit = 0
             if self._timed_out:
                 return Stop("timeout", "the time limit was reached")
+            if self._slice_over and self.on_preempt is not None:
+                self._slice_over = False
+                self.on_preempt()   # may load another thread's registers
             return None  # some other signal: its Python handler has run; resume
         if reason == k.KVM_EXIT_IO:
             port = state.io.port
@@ -365,6 +447,8 @@ class Machine:
             self.memory.read_u64(top - 48 + 8 * i) for i in range(6))
         cr2 = self.vcpu.run_state.s.regs.sregs.cr2
         frame = ExceptionFrame(vector, error_code, rip, cs, rflags, rsp, ss, cr2)
+        if self.on_fault is not None and frame.from_user_mode and self.on_fault(frame):
+            return None  # the program's signal handler runs instead
         report = describe_exception(frame, self.symbolize)
         return Stop("crash", report.one_line(), report)
 
@@ -375,21 +459,78 @@ class Machine:
         A signal makes KVM_RUN return with EINTR.  The handler also sets
         ``kvm_run.immediate_exit``, so a signal that lands just before
         KVM_RUN starts still stops it; the repeating interval covers the
-        last gap (a signal between our check and the ioctl)."""
+        last gap (a signal between our check and the ioctl).
+
+        A system call the host is still handling when the limit comes ends
+        on its own and the vCPU then stops — unless it waits in the host
+        for something that never happens (a guest can ``read`` a stdin
+        nobody writes to).  So if the run has not stopped after
+        :data:`TIME_LIMIT_GRACE_TICKS` more ticks, the handler raises
+        :class:`TimeLimitReached` out of the waiting call."""
         self._timed_out = False
+        self._may_interrupt = True
         state = self.vcpu.run_state
+        overdue = 0
 
         def on_alarm(signum: int, frame: object) -> None:
+            nonlocal overdue
             self._timed_out = True
             state.immediate_exit = 1
+            overdue += 1
+            if overdue == TIME_LIMIT_GRACE_TICKS and self._may_interrupt:
+                raise TimeLimitReached()
 
         self._previous_alarm = signal.signal(signal.SIGALRM, on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001), 0.01)
+        signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001), TIME_LIMIT_TICK)
 
     def _disarm_timer(self) -> None:
+        self._may_interrupt = False   # first: never raise out of the clean-up
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, self._previous_alarm)
         self.vcpu.run_state.immediate_exit = 0
+
+    # -- time slices ---------------------------------------------------------------
+    def start_time_slices(self, seconds: float, on_preempt: Callable[[], None]) -> None:
+        """Interrupt the guest after every *seconds* of CPU time and call
+        *on_preempt* at that exit (:mod:`minikvm.threads` switches threads
+        there, so a thread spinning on a lock lets the holder run).
+
+        The clock is ``ITIMER_PROF``, the CPU time of this process: a guest
+        that computes uses it, a host that sleeps because every thread waits
+        does not, so only a running thread is ever interrupted.  SIGPROF
+        makes KVM_RUN return with EINTR; unlike the time limit it does not
+        set ``immediate_exit``, so a slice that ends while the host is busy
+        only delays the switch to the next slice — and never makes a host
+        sleep (:func:`minikvm.syscalls.signals.sleep`) end early."""
+        self.time_slice = seconds
+        self.on_preempt = on_preempt
+        self._arm_time_slices()
+
+    def stop_time_slices(self) -> None:
+        """Back to one thread: no more interruptions."""
+        self._disarm_time_slices()
+        self.time_slice = None
+        self.on_preempt = None
+
+    def _arm_time_slices(self) -> None:
+        if self._slices_armed or self.time_slice is None:
+            return
+
+        def on_slice_end(signum: int, frame: object) -> None:
+            self._slice_over = True
+
+        self._previous_profiler = signal.signal(signal.SIGPROF, on_slice_end)
+        signal.setitimer(signal.ITIMER_PROF, self.time_slice, self.time_slice)
+        self._slices_armed = True
+
+    def _disarm_time_slices(self) -> None:
+        if not self._slices_armed:
+            return
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        if self._previous_profiler is not None:
+            signal.signal(signal.SIGPROF, self._previous_profiler)  # type: ignore[arg-type]
+        self._slices_armed = False
+        self._slice_over = False
 
 
 def monotonic_us() -> float:

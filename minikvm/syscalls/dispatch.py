@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable
 
 from minikvm.errors import SyscallError
 from minikvm.syscalls.base import MASK64, Syscall
+from minikvm.syscalls.signals import deliver_fault, deliver_on_return
 from minikvm.syscalls.table import TABLE_BY_NUMBER
 from minikvm.syscalls.trace import Tracer
 
@@ -73,6 +74,9 @@ class Dispatcher:
         self.callers: list[Caller | None] = [None] * TABLE_SIZE
         for number, entry in TABLE_BY_NUMBER.items():
             self._install(entry)
+        if process is not None:
+            # A CPU exception in the program goes to its signal handler, if any.
+            process.machine.on_fault = lambda frame: deliver_fault(process, frame)
 
     def add(self, entry: Syscall, *, replace: bool = False) -> None:
         """Handle one more system call in this dispatcher only (the table
@@ -107,6 +111,8 @@ class Dispatcher:
             entry = self.entries[number]
             args = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9)[:len(entry.args)]
             regs.rax = self._call_observed(entry, args) & MASK64
+            if self.process.signal_work:
+                deliver_on_return(self.process, regs)
             return
         try:
             result = caller(self.process, regs)
@@ -117,6 +123,8 @@ class Dispatcher:
         except Exception as error:  # a bug in a handler; exits are BaseException
             result = self._handler_bug(self.entries[number], error)
         regs.rax = result & MASK64
+        if self.process.signal_work:   # a signal's handler to run, or an alarm set
+            deliver_on_return(self.process, regs)
 
     def _call_observed(self, entry: Syscall, args: tuple[int, ...]) -> int:
         """The same call, traced and/or timed (``--trace``, ``--summary``)."""
