@@ -8,8 +8,10 @@ Sleeping goes through :func:`minikvm.syscalls.signals.sleep`, which ends
 early when the run's time limit is reached and delivers the alarm
 (``alarm``, ``setitimer(ITIMER_REAL)``) when it falls due.  The alarm
 cannot interrupt a program that is computing rather than waiting — there
-is no timer interrupt into the guest — so it fires at the next sleep, or
-at the next ``alarm``/``getitimer``/``setitimer`` call after its deadline.
+is no timer interrupt into the guest — so it fires at the next sleep or
+the next system call after its deadline (the dispatcher compares the
+deadline after every call while an alarm is set).  A sleep a signal's
+handler interrupts returns EINTR with the time left, as on Linux.
 
 CPU times (``times``, ``getrusage``, the CPU-time clocks) are the minikvm
 host process's: the guest's own time and the host's work on its behalf.
@@ -22,6 +24,7 @@ import os
 import resource
 import time
 
+from minikvm import threads
 from minikvm.errors import SyscallError
 from minikvm.stack import CLOCK_TICKS
 from minikvm.syscalls.base import PARTIAL, REFUSED, Syscall, signed32
@@ -110,9 +113,30 @@ def _read_timespec(proc, address: int) -> int:
     return seconds * NSEC_PER_SEC + nanoseconds
 
 
+def _sleep(proc, seconds: float) -> None:
+    """Sleep the calling thread; with other threads, they run meanwhile."""
+    if len(proc.threads) == 1:
+        sleep(proc, seconds)
+    else:
+        threads.sleep_until(proc, time.monotonic() + seconds, lambda s: sleep(proc, s))
+
+
 def sys_nanosleep(proc, request: int, remaining: int) -> int:
-    sleep(proc, _read_timespec(proc, request) / NSEC_PER_SEC)
+    _interruptible_sleep(proc, _read_timespec(proc, request), remaining)
     return 0
+
+
+def _interruptible_sleep(proc, duration: int, remaining: int) -> None:
+    """Sleep *duration* ns; when a signal's handler interrupts it (EINTR),
+    write the time left to *remaining* (if not 0), as Linux does."""
+    start = time.monotonic_ns()
+    try:
+        _sleep(proc, duration / NSEC_PER_SEC)
+    except SyscallError as error:
+        if error.errno == errno.EINTR and remaining:
+            left = max(duration - (time.monotonic_ns() - start), 0)
+            proc.mm.write_struct(remaining, TIMESPEC_FORMAT, *divmod(left, NSEC_PER_SEC))
+        raise
 
 
 def sys_clock_nanosleep(proc, clock_id: int, flags: int, request: int, remaining: int) -> int:
@@ -129,7 +153,7 @@ def sys_clock_nanosleep(proc, clock_id: int, flags: int, request: int, remaining
         # so, as on Linux, only a signal (or the time limit) ends the sleep.
         sleep(proc, None)
     else:
-        sleep(proc, duration / NSEC_PER_SEC)
+        _interruptible_sleep(proc, duration, 0 if signed32(flags) & TIMER_ABSTIME else remaining)
     return 0
 
 
@@ -144,6 +168,7 @@ def _remaining(proc) -> float:
 def _set_alarm(proc, value: float, interval: float) -> None:
     proc.alarm_deadline = time.monotonic() + value if value > 0 else None
     proc.alarm_interval = interval if value > 0 else 0.0
+    proc.signal_work = True   # system-call returns now compare against the deadline
 
 
 def sys_alarm(proc, seconds: int) -> int:
@@ -245,7 +270,8 @@ SYSCALLS = [
     Syscall(35, "nanosleep", sys_nanosleep, ("ptr", "ptr")),
     Syscall(230, "clock_nanosleep", sys_clock_nanosleep, ("int", "hex", "ptr", "ptr")),
     Syscall(37, "alarm", sys_alarm, ("uint",), PARTIAL,
-            "SIGALRM is delivered while the program sleeps or waits, not while it computes"),
+            "SIGALRM is delivered at system calls and while the program sleeps or waits, "
+            "not while it computes without system calls"),
     Syscall(36, "getitimer", sys_getitimer, ("int", "ptr"), PARTIAL,
             "ITIMER_REAL only; ITIMER_VIRTUAL and ITIMER_PROF give EINVAL"),
     Syscall(38, "setitimer", sys_setitimer, ("int", "ptr", "ptr"), PARTIAL,

@@ -10,8 +10,7 @@
  *   sigsuspend        SIGALRM blocked, 50 ms timer, sigsuspend -> killed by SIGALRM, 142
  *   ignored-alarm     SIGALRM ignored, 50 ms timer, sleep      -> exits 0
  *   sigreturn         rt_sigreturn with no signal frame        -> SIGSEGV, 139
- *   handler           a handler for SIGUSR1, then raise it     -> exits 0 on Linux; minikvm
- *                                                                 cannot run handlers: 138
+ *   handler           a handler for SIGUSR1, then raise it     -> the handler runs, exits 0
  *   stop              raise(SIGTSTP)                           -> stops on Linux; continues
  *                                                                 in minikvm (no job control)
  *   pause             pause() with nothing to wake it          -> only a time limit ends it
