@@ -7,7 +7,8 @@ entry.  :meth:`Process.run` then runs it until it exits, crashes or runs
 out of time, handing each system call to the dispatcher.
 
 The process also owns the host-side state the system calls change: the
-fd table, the working directory, the umask, signal dispositions, limits.
+fd table, the working directory, the umask, signal dispositions, limits,
+and the table of its threads (:mod:`minikvm.threads`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from minikvm.layout import DEFAULT_MEMORY_SIZE, PAGE_SIZE, STACK_SIZE, STACK_TOP
 from minikvm.machine import Machine
 from minikvm.mm import PROT_EXEC, PROT_READ, PROT_WRITE, page_align_down, page_align_up
 from minikvm.stack import build_initial_stack, standard_auxv
+from minikvm.threads import DEFAULT_MAX_THREADS, ThreadTable
 
 if TYPE_CHECKING:
     from minikvm.ioctl import kvm_regs
@@ -89,6 +91,14 @@ class Process:
         self.signal_mask = 0
         self.signal_pending = 0        # signals sent while blocked (bit n-1 for signal n)
         self.alternate_stack = (0, 0)  # sigaltstack: (ss_sp, ss_size); (0, 0) when disabled
+        self.signal_info: dict[int, bytes] = {}  # siginfo_t of each pending signal
+        #: True when a signal may be ready or an alarm is set: the dispatcher
+        #: then calls minikvm.syscalls.signals.deliver_on_return after the call.
+        self.signal_work = False
+        #: rt_sigsuspend's caller's mask, until the handler's frame saves it
+        self.signal_saved_mask: int | None = None
+        #: (xstate_size or None, xfeatures, mxcsr_mask) of signal frames' FPU area
+        self.signal_fpu_layout: tuple[int | None, int, int] | None = None
         self.alarm_deadline: float | None = None  # time.monotonic() when SIGALRM is due
         self.alarm_interval = 0.0      # setitimer's it_interval, seconds
         # Identity a shell would give the program: its own process group (so it
@@ -99,8 +109,9 @@ class Process:
         self.name = os.fsencode(os.path.basename(exe_path))[:TASK_COMM_LEN - 1]
         self.personality = 0           # PER_LINUX
         self.nice = 0
-        self.clear_child_tid = 0
-        self.robust_list = (0, 0)
+        #: The threads (:mod:`minikvm.threads`); the main thread's tid is the pid.
+        self.threads = ThreadTable(self.pid, getattr(policy, "max_threads", None)
+                                   or DEFAULT_MAX_THREADS)
         self.fs_base = 0
         self.unknown_syscalls: dict[int, int] = {}
         self.random: Callable[[int], bytes] = os.urandom
@@ -113,10 +124,14 @@ class Process:
     @classmethod
     def spawn(cls, path: str, argv: list[str] | list[bytes], env: dict[str, str] | list[bytes],
               policy: Any, *, memory_size: int = DEFAULT_MEMORY_SIZE, cwd: str | None = None,
-              stdio: tuple[int, int, int] = (0, 1, 2), machine: Machine | None = None) -> "Process":
+              stdio: tuple[int, int, int] = (0, 1, 2), machine: Machine | None = None,
+              program: bytes | None = None) -> "Process":
         """Load the static program at *path* into a new machine, ready to run.
-        Raises ElfError for a file that is not a program minikvm can run."""
-        image = load_elf(path)
+        *program* is the file's bytes when the caller read them already
+        (:func:`~minikvm.elf.read_program`, before confining itself); *path*
+        then only names the program.  Raises ElfError for a file that is not
+        a program minikvm can run."""
+        image = load_elf(path if program is None else program, name=os.fspath(path))
         if image.is_pie:
             image = image.with_bias(default_bias(image))
         machine = machine or Machine(memory_size)

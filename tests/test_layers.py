@@ -30,7 +30,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
     4: ("paging", "layout"),                         # page tables, the memory map
     5: ("gdt", "idt", "tss", "guestcode"),           # what the guest CPU needs
     6: ("mm", "uaccess", "machine", "crash"),        # a running guest machine
-    7: ("elf", "stack", "process", "fdtable"),       # loading a Linux program, its files
+    7: ("elf", "stack", "process", "fdtable", "sigframe", "threads"),  # a Linux program, its files, threads
     8: ("syscalls",),                                # the system calls (a package)
     9: ("policy", "landlock", "seccomp", "confine"),  # what the program may do
     10: ("cpu_state", "frozen", "snapshot", "snapshot_file"),                               # fork, reset

@@ -14,8 +14,11 @@ import os
 import struct
 import time
 
+from minikvm import threads
 from minikvm.errors import SyscallError
+from minikvm.fdtable import fill_views
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32
+from minikvm.syscalls.signals import sleep
 
 UTSNAME_FIELD = 65  # each field of struct utsname is char[65]
 GRND_NONBLOCK = 1
@@ -56,8 +59,9 @@ def sys_getrandom(proc, buffer: int, count: int, flags: int) -> int:
     if signed32(flags) & GRND_RANDOM and signed32(flags) & GRND_INSECURE:
         raise SyscallError(errno.EINVAL, "GRND_RANDOM and GRND_INSECURE together")
     count = min(count, MAX_RANDOM)
-    proc.mm.write(buffer, proc.random(count))
-    return count
+    # The buffer is checked before any byte is made: a bad pointer with a
+    # huge count is EFAULT at once, not 32 MiB of host randomness first.
+    return fill_views(proc.mm.views(buffer, count, write=True), proc.random)
 
 
 def sys_sysinfo(proc, address: int) -> int:
@@ -75,7 +79,7 @@ def sys_sysinfo(proc, address: int) -> int:
 # -- the one CPU -----------------------------------------------------------------
 def _only_self(proc, pid: int) -> None:
     pid = signed32(pid)
-    if pid not in (0, proc.pid):
+    if pid not in (0, proc.pid) and pid not in proc.threads.threads:   # or one thread
         raise SyscallError(errno.ESRCH, f"no process {pid} in this sandbox")
 
 
@@ -106,7 +110,8 @@ def sys_getcpu(proc, cpu: int, node: int, cache: int) -> int:
 
 
 def sys_sched_yield(proc) -> int:
-    return 0
+    """The next runnable thread runs first (see :mod:`minikvm.threads`)."""
+    return threads.yield_cpu(proc, lambda seconds: sleep(proc, seconds))
 
 
 def sys_sched_getscheduler(proc, pid: int) -> int:

@@ -6,15 +6,16 @@ an in-guest pipe is readable when it holds data or has no writer left; a
 host fd (a granted file, a socket, our stdio) only the host can tell, so
 those are handed to the host's ``poll(2)``.
 
-Waiting never blocks the host for long.  Nothing inside the guest can
-change while it waits (one thread), so only host fds, the clock and the
-alarm matter: the wait is cut into slices of :data:`WAIT_SLICE_SECONDS`,
+Waiting never blocks the host for long.  A program with one thread can
+change nothing inside the guest while it waits, so only host fds, the
+clock and the alarm matter: the wait is cut into slices of :data:`WAIT_SLICE_SECONDS`,
 and between slices a due ``alarm`` is delivered
 (:func:`minikvm.syscalls.signals.deliver_due_alarm`) and
 ``kvm_run.immediate_exit`` is checked — set when the run's time limit is
 reached — in which case the call returns EINTR and the machine stops.  A
 wait that nothing could ever end (an infinite timeout on in-guest pipes
-only) hangs like it would on Linux, until ``--timeout``.
+only) hangs like it would on Linux, until ``--timeout``.  A program with
+several threads lets the others run instead (:func:`ready_events`).
 
 ``select`` is ``poll`` underneath, as in Linux's ``fs/select.c``: a bit in
 the read set asks for POLLIN, in the write set for POLLOUT, in the
@@ -28,12 +29,14 @@ import errno
 import select
 import struct
 import time
+from typing import Callable
 
+from minikvm import threads
 from minikvm.errors import SyscallError
 from minikvm.fdtable import (POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, POLLPRI, POLLRDNORM,
                              POLLWRNORM)
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32
-from minikvm.syscalls.signals import deliver_due_alarm
+from minikvm.syscalls.signals import deliver_due_alarm, ready, sleep
 
 #: ``struct pollfd``: int fd; short events; short revents
 POLLFD = struct.Struct("<ihh")
@@ -51,21 +54,41 @@ POLLEX_SET = POLLPRI
 BITS_PER_LONG = 64
 
 
-def ready_events(proc, requests: list[tuple[int, int]], timeout: float | None) -> list[int]:
+def ready_events(proc, requests: list[tuple[int, int]], timeout: float | None,
+                 before_wait: Callable[[], None] | None = None,
+                 enough: Callable[[list[int]], bool] = any, what: str = "poll") -> list[int]:
     """``revents`` for each ``(fd, events)``, waiting up to *timeout* seconds
-    (None: no limit) until at least one is non-zero.
+    (None: no limit) until at least one is non-zero — or, with *enough*,
+    until ``enough(revents)`` is true (epoll's edge-triggered registrations
+    are not reported again while their readiness stays the same).  *what*
+    names the call in a deadlock report.
 
     A negative fd is ignored (``revents`` 0), an fd that is not open gets
     POLLNVAL, as in Linux.  EINTR when the run is being stopped.
+
+    With other threads, the calling thread does not hold the host: it
+    waits as :func:`minikvm.threads.retry_after_others` describes (its
+    call made again once another thread ran or a host fd is ready; 0 at
+    the deadline, which the call made again keeps).  *before_wait* then
+    first writes the call's "nothing ready" results to the guest.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
+    threaded = len(proc.threads) > 1
+    if threaded:
+        deadline = threads.kept_deadline(proc) or deadline
     while True:
         results, host = _poll_once(proc, requests)
-        if any(results) or timeout == 0:
+        if enough(results) or timeout == 0:
             return results
         now = time.monotonic()
         if deadline is not None and now >= deadline:
             return results
+        if threaded:
+            if before_wait is not None:
+                before_wait()
+            threads.retry_after_others(proc, what, lambda seconds: sleep(proc, seconds),
+                                       deadline=deadline, watch=_host_watch(proc, requests))
+            return results                    # the deadline passed: nothing was ready
         slice_seconds = WAIT_SLICE_SECONDS if deadline is None else \
             min(WAIT_SLICE_SECONDS, deadline - now)
         if host:
@@ -73,8 +96,21 @@ def ready_events(proc, requests: list[tuple[int, int]], timeout: float | None) -
         else:
             time.sleep(slice_seconds)
         deliver_due_alarm(proc)               # usually ends the run
+        if ready(proc):
+            raise SyscallError(errno.EINTR, "interrupted by a signal with a handler")
         if proc.machine.vcpu.run_state.immediate_exit:
             raise SyscallError(errno.EINTR, "interrupted: the run is being stopped")
+
+
+def _host_watch(proc, requests: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """The host fds among *requests*, with the events asked of each."""
+    watch: dict[int, int] = {}
+    for fd, events in requests:
+        entry = proc.fds.entries.get(fd) if fd >= 0 else None
+        if entry is not None and entry.file.poll(events) is None:
+            host_fd = entry.file.host_fd
+            watch[host_fd] = watch.get(host_fd, 0) | events & ~ALWAYS_REPORTED
+    return tuple(watch.items())
 
 
 def _poll_once(proc, requests: list[tuple[int, int]]) -> tuple[list[int], select.poll | None]:
@@ -115,10 +151,13 @@ def _poll(proc, address: int, count: int, timeout: float | None) -> int:
         raise SyscallError(errno.EINVAL, f"{count} fds is more than RLIMIT_NOFILE")
     raw = proc.mm.read(address, POLLFD.size * count)
     requests = [(fd, events & 0xFFFF) for fd, events, _ in POLLFD.iter_unpack(raw)]
-    results = ready_events(proc, requests, timeout)
-    packed = b"".join(POLLFD.pack(fd, signed16(events), signed16(revents))
-                      for (fd, events), revents in zip(requests, results))
-    proc.mm.write(address, packed)
+
+    def write(results: list[int]) -> None:
+        proc.mm.write(address, b"".join(POLLFD.pack(fd, signed16(events), signed16(revents))
+                                        for (fd, events), revents in zip(requests, results)))
+
+    results = ready_events(proc, requests, timeout, lambda: write([0] * len(requests)))
+    write(results)
     return sum(1 for revents in results if revents)
 
 
@@ -133,7 +172,7 @@ def sys_poll(proc, address: int, count: int, timeout_ms: int) -> int:
     return _poll(proc, address, count, None if timeout_ms < 0 else timeout_ms / 1000)
 
 
-def _read_timespec(proc, address: int) -> float | None:
+def read_timespec(proc, address: int) -> float | None:
     """A ``struct timespec *`` timeout: None for NULL (no limit)."""
     if not address:
         return None
@@ -155,7 +194,7 @@ def sys_ppoll(proc, address: int, count: int, timeout_address: int, sigmask: int
               sigset_size: int) -> int:
     if sigmask and sigset_size != SIGSET_SIZE:
         raise SyscallError(errno.EINVAL, f"sigset size {sigset_size}")
-    timeout = _read_timespec(proc, timeout_address)
+    timeout = read_timespec(proc, timeout_address)
     started = time.monotonic()
     result = _poll(proc, address, count, timeout)
     if timeout is not None:
@@ -182,7 +221,13 @@ def _select(proc, count: int, sets: tuple[int, int, int], timeout: float | None)
             if fd not in proc.fds.entries:
                 raise SyscallError(errno.EBADF, f"fd {fd} is not open")
             requests.append((fd, events))
-    results = ready_events(proc, requests, timeout)
+
+    def clear_sets() -> None:
+        for address in sets:
+            if address:
+                proc.mm.write(address, bytes(size))
+
+    results = ready_events(proc, requests, timeout, clear_sets)
     found = [0, 0, 0]
     for (fd, _), revents in zip(requests, results):
         for which, flags in enumerate((POLLIN_SET, POLLOUT_SET, POLLEX_SET)):
@@ -216,7 +261,7 @@ def sys_pselect6(proc, count: int, readfds: int, writefds: int, exceptfds: int,
         mask, size = proc.mm.read_struct(sigmask_address, "<QQ")
         if mask and size != SIGSET_SIZE:
             raise SyscallError(errno.EINVAL, f"sigset size {size}")
-    timeout = _read_timespec(proc, timeout_address)
+    timeout = read_timespec(proc, timeout_address)
     started = time.monotonic()
     result = _select(proc, count, (readfds, writefds, exceptfds), timeout)
     if timeout is not None:

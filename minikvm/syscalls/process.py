@@ -1,14 +1,19 @@
-"""Layer 8 — process system calls: exit, identity, thread setup, limits.
+"""Layer 8 — process system calls: exit, identity, threads, limits.
 
-A minikvm guest is one process with one thread, started the way a shell
-starts a job: pid 1000, its parent 999, in a process group of its own
-(so it is the terminal's foreground job) inside the parent's session.  It
+A minikvm guest is one process, started the way a shell starts a job:
+pid 1000, its parent 999, in a process group of its own (so it is the
+terminal's foreground job) inside the parent's session.  It
 cannot change who it is: the ``set*id`` calls succeed only when they change
 nothing, as they would for an unprivileged user.  It has no children, so
 ``wait4`` says ``ECHILD``.
 
-The calls a C library makes while starting a thread-capable runtime
-(set_tid_address, set_robust_list, rseq) are recorded or politely declined.
+It may start threads: ``clone``/``clone3`` with ``CLONE_THREAD`` and the
+sharing flags glibc and musl pass make a thread that
+:mod:`minikvm.threads` schedules on the one vCPU; ``exit`` ends one
+thread, ``exit_group`` all of them.  Any other ``clone`` — a new process,
+as ``fork``, ``vfork`` and ``posix_spawn`` ask for — is refused by the
+policy (EPERM).  The calls a C library makes while starting a thread
+(set_tid_address, set_robust_list) are kept per thread; rseq is declined.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ import errno
 import os
 import struct
 
+from minikvm import threads
 from minikvm.errors import SyscallError
+from minikvm.layout import PAGE_SIZE
 from minikvm.process import TASK_COMM_LEN, ProcessExit
 from minikvm.syscalls.base import MASK64, PARTIAL, REFUSED, Syscall, signed32
-from minikvm.syscalls.signals import deliver
+from minikvm.syscalls.signals import SI_TKILL, deliver, deliver_to_thread, sent_info, sleep
 
 ARCH_SET_GS = 0x1001
 ARCH_SET_FS = 0x1002
@@ -47,6 +54,37 @@ PR_GET_NAME = 16
 PR_SET_NO_NEW_PRIVS = 38
 PR_GET_NO_NEW_PRIVS = 39
 
+# clone(2) flags (linux/sched.h)
+CSIGNAL = 0x0000_00FF              # the exit signal, in clone's low byte
+CLONE_VM = 0x0000_0100
+CLONE_FS = 0x0000_0200
+CLONE_FILES = 0x0000_0400
+CLONE_SIGHAND = 0x0000_0800
+CLONE_PIDFD = 0x0000_1000
+CLONE_THREAD = 0x0001_0000
+CLONE_SYSVSEM = 0x0004_0000
+CLONE_SETTLS = 0x0008_0000
+CLONE_PARENT_SETTID = 0x0010_0000
+CLONE_CHILD_CLEARTID = 0x0020_0000
+CLONE_DETACHED = 0x0040_0000       # ignored by Linux since 2.6; musl still passes it
+CLONE_CHILD_SETTID = 0x0100_0000
+CLONE_INTO_CGROUP = 1 << 33        # clone3 only
+#: CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET (and NEWTIME, 0x80).
+CLONE_NEW_ANY = 0x0002_0000 | 0x7E00_0000 | 0x0000_0080
+#: What makes a thread rather than a process: one memory, one set of signal
+#: handlers, one fd table, one cwd — the only kind of thread minikvm has.
+THREAD_NEEDS = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD
+#: Everything a thread may also ask for (what glibc's and musl's pthread_create pass).
+THREAD_ALLOWS = (THREAD_NEEDS | CLONE_SYSVSEM | CLONE_SETTLS | CLONE_PARENT_SETTID
+                 | CLONE_CHILD_CLEARTID | CLONE_CHILD_SETTID | CLONE_DETACHED)
+#: ``struct clone_args``: flags, pidfd, child_tid, parent_tid, exit_signal,
+#: stack, stack_size, tls, set_tid, set_tid_size, cgroup — all u64.
+CLONE_ARGS_FORMAT = "<11Q"
+CLONE_ARGS_SIZE = 88               # CLONE_ARGS_SIZE_VER2
+CLONE_ARGS_SIZE_VER0 = 64
+#: ``struct robust_list_head``: list, futex_offset, list_op_pending.
+ROBUST_LIST_HEAD_SIZE = 24
+
 PERSONALITY_QUERY = 0xFFFF_FFFF  # personality(0xffffffff) only reads it
 NGROUPS_MAX = 65536
 PRIO_PROCESS, PRIO_PGRP, PRIO_USER = 0, 1, 2
@@ -56,12 +94,17 @@ PARENT_PID_OFFSET = 1
 
 
 def sys_exit_group(proc, status: int) -> int:
+    """Every thread ends: the process exits."""
     raise ProcessExit(status & 0xFF)
 
 
 def sys_exit(proc, status: int) -> int:
-    """The only thread exits, so the process does."""
-    raise ProcessExit(status & 0xFF)
+    """The calling thread ends; the last one to end ends the process."""
+    return threads.exit_thread(proc, status & 0xFF, _sleeper(proc))
+
+
+def _sleeper(proc) -> threads.Sleep:
+    return lambda seconds: sleep(proc, seconds)
 
 
 # -- who the process is ----------------------------------------------------------
@@ -225,21 +268,102 @@ def sys_arch_prctl(proc, code: int, address: int) -> int:
     raise SyscallError(errno.EINVAL, f"arch_prctl code {code:#x}")
 
 
+def sys_gettid(proc) -> int:
+    return proc.threads.current
+
+
 def sys_set_tid_address(proc, address: int) -> int:
-    proc.clear_child_tid = address
-    return proc.pid
+    """Where the calling thread's tid is cleared (and a waiter woken) when it exits."""
+    proc.threads.running.clear_child_tid = address
+    return proc.threads.current
 
 
 def sys_set_robust_list(proc, head: int, length: int) -> int:
-    proc.robust_list = (head, length)
+    """Recorded per thread.  Linux walks the list when a thread dies holding
+    robust mutexes; minikvm does not (see :mod:`minikvm.threads`)."""
+    if length != ROBUST_LIST_HEAD_SIZE:
+        raise SyscallError(errno.EINVAL, f"robust list head size {length}, "
+                                         f"expected {ROBUST_LIST_HEAD_SIZE}")
+    proc.threads.running.robust_list = (head, length)
     return 0
+
+
+def _thread(proc, tid: int) -> threads.Thread:
+    """Thread *tid* of the process (0: the caller); ESRCH for any other."""
+    tid = signed32(tid)
+    if tid == 0:
+        return proc.threads.running
+    thread = proc.threads.threads.get(tid)
+    if thread is None:
+        raise SyscallError(errno.ESRCH, f"no thread {tid} in this sandbox")
+    return thread
 
 
 def sys_get_robust_list(proc, pid: int, head: int, length: int) -> int:
-    _only_self(proc, pid)
-    proc.mm.write_u64(head, proc.robust_list[0])
-    proc.mm.write_u64(length, proc.robust_list[1])
+    robust_list = _thread(proc, pid).robust_list
+    proc.mm.write_u64(head, robust_list[0])
+    proc.mm.write_u64(length, robust_list[1])
     return 0
+
+
+# -- new threads -----------------------------------------------------------------------
+def _new_thread(proc, flags: int, stack: int, parent_tid: int, child_tid: int,
+                tls: int, name: str) -> int:
+    """What clone and clone3 share: check *flags*, start the thread, write
+    the tids.  A new *process* (fork, vfork, posix_spawn: no CLONE_THREAD)
+    is refused by the policy with EPERM."""
+    if not flags & CLONE_THREAD or flags & CLONE_NEW_ANY:    # a process, or namespaces
+        raise proc.policy.refuse(name)
+    if flags & THREAD_NEEDS != THREAD_NEEDS:
+        raise SyscallError(errno.EINVAL, f"flags {flags:#x}: a thread shares its memory, "
+                                         "signal handlers, files and directories "
+                                         "(CLONE_VM|CLONE_SIGHAND|CLONE_FILES|CLONE_FS)")
+    if flags & ~THREAD_ALLOWS:
+        raise SyscallError(errno.EINVAL, f"clone flags {flags & ~THREAD_ALLOWS:#x} are "
+                                         "not supported for a thread by minikvm")
+    if flags & CLONE_SETTLS and tls >= CANONICAL_LIMIT:
+        raise SyscallError(errno.EPERM, f"non-canonical thread pointer {tls:#x}")
+    thread = threads.create(proc, stack, tls if flags & CLONE_SETTLS else None,
+                            child_tid if flags & CLONE_CHILD_CLEARTID else 0)
+    # Linux ignores a tid it cannot write (the thread exists all the same).
+    for flag, address in ((CLONE_PARENT_SETTID, parent_tid), (CLONE_CHILD_SETTID, child_tid)):
+        if flags & flag:
+            try:
+                proc.mm.write_struct(address, "<I", thread.tid)
+            except SyscallError:
+                pass
+    return thread.tid
+
+
+def sys_clone(proc, flags: int, stack: int, parent_tid: int, child_tid: int, tls: int) -> int:
+    """A new thread that starts on *stack* (its RSP; 0 keeps the caller's)
+    where this call returns, with RAX = 0.  The low byte of *flags* (the
+    exit signal) means nothing for a thread; Linux reads only 32 bits."""
+    return _new_thread(proc, flags & 0xFFFF_FF00, stack, parent_tid, child_tid, tls, "clone")
+
+
+def sys_clone3(proc, address: int, size: int) -> int:
+    """clone with its arguments in a ``struct clone_args`` (linux/sched.h):
+    a known prefix of at least CLONE_ARGS_SIZE_VER0 bytes; anything after
+    the fields minikvm knows must be zero (E2BIG), as in Linux."""
+    if size < CLONE_ARGS_SIZE_VER0:
+        raise SyscallError(errno.EINVAL, f"clone_args size {size} < {CLONE_ARGS_SIZE_VER0}")
+    if size > PAGE_SIZE:
+        raise SyscallError(errno.E2BIG, f"clone_args size {size} > {PAGE_SIZE}")
+    raw = proc.mm.read(address, size).ljust(CLONE_ARGS_SIZE, b"\0")
+    if raw[CLONE_ARGS_SIZE:].strip(b"\0"):
+        raise SyscallError(errno.E2BIG, "clone_args has non-zero fields minikvm does not know")
+    (flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls,
+     set_tid, set_tid_size, cgroup) = struct.unpack_from(CLONE_ARGS_FORMAT, raw)
+    if exit_signal and flags & CLONE_THREAD or exit_signal & ~CSIGNAL:
+        raise SyscallError(errno.EINVAL, f"exit signal {exit_signal}")
+    if set_tid or set_tid_size or cgroup or flags & (CLONE_PIDFD | CLONE_INTO_CGROUP):
+        raise SyscallError(errno.EINVAL, "set_tid, pidfd and cgroup are not for threads")
+    if bool(stack) != bool(stack_size) or stack + stack_size > CANONICAL_LIMIT:
+        raise SyscallError(errno.EINVAL, f"stack {stack:#x} of {stack_size:#x} bytes")
+    if flags >> 32:
+        raise SyscallError(errno.EINVAL, f"unknown clone3 flags {flags:#x}")
+    return _new_thread(proc, flags, stack + stack_size, parent_tid, child_tid, tls, "clone3")
 
 
 def sys_rseq(proc, *args: int) -> int:
@@ -362,15 +486,21 @@ def sys_kill(proc, pid: int, sig: int) -> int:
 
 
 def sys_tgkill(proc, tgid: int, tid: int, sig: int) -> int:
-    if signed32(tgid) != proc.pid or signed32(tid) != proc.pid:
+    """To one thread of the process: a handler runs in that thread
+    (:func:`~minikvm.syscalls.signals.deliver_to_thread`)."""
+    if signed32(tgid) != proc.pid or signed32(tid) not in proc.threads.threads:
         raise SyscallError(errno.ESRCH, "no such thread in this sandbox")
-    return deliver(proc, signed32(sig), "sent by the program itself (tgkill)")
+    return deliver_to_thread(proc, signed32(tid), signed32(sig),
+                             "sent by the program itself (tgkill)",
+                             sent_info(proc, signed32(sig), SI_TKILL))
 
 
 def sys_tkill(proc, tid: int, sig: int) -> int:
-    if signed32(tid) != proc.pid:
+    if signed32(tid) not in proc.threads.threads:
         raise SyscallError(errno.ESRCH, "no such thread in this sandbox")
-    return deliver(proc, signed32(sig), "sent by the program itself (tkill)")
+    return deliver_to_thread(proc, signed32(tid), signed32(sig),
+                             "sent by the program itself (tkill)",
+                             sent_info(proc, signed32(sig), SI_TKILL))
 
 
 def refused(name: str):
@@ -383,14 +513,16 @@ def refused(name: str):
 
 
 ONE_PROCESS = "one process per sandbox"
-ONE_THREAD = "one process, one thread per sandbox"
+THREADS_ONLY = ("threads (CLONE_THREAD, sharing memory, files and signal handlers), "
+                "scheduled on one vCPU; a new process is refused (EPERM)")
 FIXED_IDENTITY = "succeeds only when it changes nothing (EPERM otherwise)"
 
 SYSCALLS = [
-    Syscall(60, "exit", sys_exit, ("int",)),
+    Syscall(60, "exit", sys_exit, ("int",), PARTIAL,
+            "ends the calling thread; the last thread's exit ends the process"),
     Syscall(231, "exit_group", sys_exit_group, ("int",)),
     Syscall(39, "getpid", sys_getpid),
-    Syscall(186, "gettid", sys_getpid),
+    Syscall(186, "gettid", sys_gettid),
     Syscall(110, "getppid", sys_getppid, (), PARTIAL, "a fixed parent: pid - 1"),
     Syscall(102, "getuid", sys_getuid),
     Syscall(107, "geteuid", sys_getuid),
@@ -423,7 +555,8 @@ SYSCALLS = [
     Syscall(158, "arch_prctl", sys_arch_prctl, ("hex", "ptr"), PARTIAL,
             "ARCH_SET_FS/GS and ARCH_GET_FS/GS"),
     Syscall(218, "set_tid_address", sys_set_tid_address, ("ptr",)),
-    Syscall(273, "set_robust_list", sys_set_robust_list, ("ptr", "uint")),
+    Syscall(273, "set_robust_list", sys_set_robust_list, ("ptr", "uint"), PARTIAL,
+            "recorded per thread; the list is not walked when a thread exits"),
     Syscall(274, "get_robust_list", sys_get_robust_list, ("int", "ptr", "ptr")),
     Syscall(334, "rseq", sys_rseq, ("ptr", "uint", "int", "hex"), REFUSED,
             "the C library falls back to not using it", errno.ENOSYS),
@@ -443,18 +576,17 @@ SYSCALLS = [
     Syscall(62, "kill", sys_kill, ("int", "int"), PARTIAL,
             "only the process itself; the signal's action is taken, handlers never run"),
     Syscall(200, "tkill", sys_tkill, ("int", "int"), PARTIAL,
-            "only the process itself; the signal's action is taken, handlers never run"),
+            "only the process's own threads; a handler runs in the thread named"),
     Syscall(234, "tgkill", sys_tgkill, ("int", "int", "int"), PARTIAL,
-            "only the process itself; the signal's action is taken, handlers never run"),
+            "only the process's own threads; a handler runs in the thread named"),
     Syscall(59, "execve", refused("execve"), ("path", "ptr", "ptr"), REFUSED,
             "a sandboxed program cannot start other programs", errno.EPERM),
     Syscall(322, "execveat", refused("execveat"), ("dirfd", "path", "ptr", "ptr", "hex"), REFUSED,
             "a sandboxed program cannot start other programs", errno.EPERM),
     Syscall(57, "fork", refused("fork"), (), REFUSED, ONE_PROCESS, errno.EPERM),
     Syscall(58, "vfork", refused("vfork"), (), REFUSED, ONE_PROCESS, errno.EPERM),
-    Syscall(56, "clone", refused("clone"), ("hex", "ptr", "ptr", "ptr", "hex"), REFUSED,
-            ONE_THREAD, errno.EPERM),
-    Syscall(435, "clone3", refused("clone3"), ("ptr", "uint"), REFUSED, ONE_THREAD, errno.EPERM),
+    Syscall(56, "clone", sys_clone, ("hex", "ptr", "ptr", "ptr", "hex"), PARTIAL, THREADS_ONLY),
+    Syscall(435, "clone3", sys_clone3, ("ptr", "uint"), PARTIAL, THREADS_ONLY),
     Syscall(101, "ptrace", refused("ptrace"), ("int", "int", "ptr", "ptr"), REFUSED,
             "no debugging of other processes", errno.EPERM),
     Syscall(165, "mount", refused("mount"), ("path", "path", "path", "hex", "ptr"), REFUSED,

@@ -1,29 +1,36 @@
-"""Layer 8 — synchronisation: futex, for a single-threaded guest.
+"""Layer 8 — synchronisation: futex, the one call every thread library waits with.
 
-A futex is a 32-bit word in the program's memory that threads wait on and
-wake each other through.  A minikvm guest has one thread, so nobody is
-ever waiting and nobody can ever wake a waiter; C libraries still call
-``futex`` on the single-threaded paths of locks, ``pthread_once``, stdio
-and exit.  What each operation does here, and why:
+A futex is a 32-bit word in the program's memory.  A thread that finds a
+lock taken asks the kernel to put it to sleep *if the word still holds the
+value it saw* (so a wake between its look and its sleep is not lost);
+whoever releases the lock wakes a number of sleepers.  Waiting threads are
+kept in :mod:`minikvm.threads`, keyed by the word's address — the guest has
+one address space, so ``FUTEX_PRIVATE_FLAG`` changes nothing.
 
-==================  ============================================================
-``FUTEX_WAIT``      ``*uaddr != val``: EAGAIN, as Linux (the lock changed
-``FUTEX_WAIT_``     under the caller; it looks again).  Equal: only another
-``BITSET``          thread or a signal handler could change it, and there is
-                    neither.  With a timeout, the wait is a sleep that ends in
-                    ETIMEDOUT (an alarm is still delivered, the time limit
-                    still stops it).  Without one it would hang forever — a
-                    deadlock, so the run ends at once with a report saying
-                    so (``SIGKILL: deadlock: …``, exit 137), rather than
-                    spinning or hanging until ``--timeout``.
-``FUTEX_WAKE``      0: there is nobody to wake.
-``FUTEX_REQUEUE``   0 (nobody to move); ``FUTEX_CMP_REQUEUE`` first checks
-                    ``*uaddr == val3`` (EAGAIN otherwise).
-``FUTEX_WAKE_OP``   the operation on ``*uaddr2`` is done (the library relies
-                    on it), then 0 woken.
-others              ENOSYS (PI futexes, ``FUTEX_WAIT_REQUEUE_PI`` …): the
-                    libraries' single-threaded paths do not use them.
-==================  ============================================================
+==========================  ======================================================
+``FUTEX_WAIT``              ``*uaddr != val``: EAGAIN (the lock changed under the
+``FUTEX_WAIT_BITSET``       caller; it looks again).  Equal: the thread waits and
+                            another runs.  It wakes with 0 when woken, ETIMEDOUT at
+                            its timeout — relative for FUTEX_WAIT, absolute for
+                            FUTEX_WAIT_BITSET, on CLOCK_MONOTONIC or, with
+                            ``FUTEX_CLOCK_REALTIME``, CLOCK_REALTIME.  When no
+                            thread could ever wake it (every thread waits, none
+                            with a timeout) the run ends at once with a report
+                            (``SIGKILL: deadlock: …``, exit 137) rather than
+                            hanging until ``--timeout``.
+``FUTEX_WAKE``              wakes up to ``val`` waiters of ``uaddr``, first come
+``FUTEX_WAKE_BITSET``       first served (only those whose wait bitset meets
+                            ``val3``); returns how many.
+``FUTEX_REQUEUE``           wakes ``val`` waiters and moves up to ``val2`` (the
+``FUTEX_CMP_REQUEUE``       timeout argument) of the others to wait on ``uaddr2``;
+                            CMP_REQUEUE first checks ``*uaddr == val3`` (EAGAIN).
+``FUTEX_WAKE_OP``           changes ``*uaddr2`` with the encoded operation, wakes
+                            ``val`` waiters of ``uaddr``, and ``val2`` of
+                            ``uaddr2`` if the old value passes the encoded test.
+others                      ENOSYS: priority-inheritance futexes
+                            (``FUTEX_LOCK_PI`` …); glibc and musl use them only
+                            for PTHREAD_PRIO_INHERIT mutexes.
+==========================  ======================================================
 
 The word is read and written through the memory manager (``proc.mm``):
 EFAULT for a bad pointer, EINVAL when it is not 4-byte aligned.
@@ -32,11 +39,10 @@ EFAULT for a bad pointer, EINVAL when it is not 4-byte aligned.
 from __future__ import annotations
 
 import errno
-import signal
 import time
 
+from minikvm import threads
 from minikvm.errors import SyscallError
-from minikvm.process import ProcessKilled
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32
 from minikvm.syscalls.signals import sleep
 
@@ -62,6 +68,14 @@ WAKE_OPS = {
     3: lambda old, arg: old & ~arg,      # FUTEX_OP_ANDN
     4: lambda old, arg: old ^ arg,       # FUTEX_OP_XOR
 }
+WAKE_OP_TESTS = {
+    0: lambda old, arg: old == arg,      # FUTEX_OP_CMP_EQ
+    1: lambda old, arg: old != arg,      # FUTEX_OP_CMP_NE
+    2: lambda old, arg: old < arg,       # FUTEX_OP_CMP_LT
+    3: lambda old, arg: old <= arg,      # FUTEX_OP_CMP_LE
+    4: lambda old, arg: old > arg,       # FUTEX_OP_CMP_GT
+    5: lambda old, arg: old >= arg,      # FUTEX_OP_CMP_GE
+}
 
 
 def _word_address(uaddr: int) -> int:
@@ -74,74 +88,93 @@ def _read_word(proc, uaddr: int) -> int:
     return proc.mm.read_struct(_word_address(uaddr), "<I")[0]
 
 
-def _timeout_seconds(proc, address: int, absolute: bool, realtime: bool) -> float | None:
-    """How long a wait may last: a relative timespec (FUTEX_WAIT) or an
-    absolute one on CLOCK_MONOTONIC / CLOCK_REALTIME (FUTEX_WAIT_BITSET)."""
+def _deadline(proc, address: int, absolute: bool, realtime: bool) -> float | None:
+    """When a wait gives up, on the host's ``time.monotonic()``: from a
+    relative timespec (FUTEX_WAIT) or an absolute one on CLOCK_MONOTONIC or
+    CLOCK_REALTIME (FUTEX_WAIT_BITSET).  None without a timeout."""
     if not address:
         return None
     seconds, nanoseconds = proc.mm.read_struct(address, "<qq")
     if seconds < 0 or not 0 <= nanoseconds < NSEC_PER_SEC:
         raise SyscallError(errno.EINVAL, f"bad timespec {{{seconds}, {nanoseconds}}}")
     value = seconds + nanoseconds / NSEC_PER_SEC
+    now = time.monotonic()
     if not absolute:
-        return value
-    now = time.time() if realtime else time.monotonic()
-    return max(0.0, value - now)
+        return now + value
+    return now + (value - time.time()) if realtime else value
 
 
-def _wait(proc, uaddr: int, value: int, timeout: float | None) -> int:
+def _wait(proc, uaddr: int, value: int, bitset: int, deadline: float | None) -> int:
     if _read_word(proc, uaddr) != value & 0xFFFF_FFFF:
         raise SyscallError(errno.EAGAIN, "the futex word changed")
-    if timeout is None:
-        raise ProcessKilled(signal.SIGKILL, f"deadlock: FUTEX_WAIT on {uaddr:#x} with no "
-                            "timeout, and no other thread to wake it (minikvm runs one thread)")
-    sleep(proc, timeout)       # delivers a due alarm; stops early at the time limit
-    if proc.machine.vcpu.run_state.immediate_exit:
-        raise SyscallError(errno.EINTR, "interrupted: the run is being stopped")
-    raise SyscallError(errno.ETIMEDOUT, "nobody woke the futex (one thread)")
+    return threads.wait_on_futex(proc, uaddr, bitset, deadline,
+                                 lambda seconds: sleep(proc, seconds))
 
 
-def _wake_op(proc, uaddr2: int, val3: int) -> int:
-    """Apply FUTEX_WAKE_OP's operation to ``*uaddr2``; nobody is woken."""
-    op, oparg = (val3 >> 28) & 0xF, (val3 >> 12) & 0xFFF
-    if oparg & 0x800:                    # a 12-bit signed argument
+def _count(value: int) -> int:
+    """A wake count: Linux wakes at least one, whatever the caller asks."""
+    return max(signed32(value), 1)
+
+
+def _wake_op(proc, uaddr: int, count: int, uaddr2: int, count2: int, val3: int) -> int:
+    """FUTEX_WAKE_OP: ``old = *uaddr2; *uaddr2 = old OP oparg``; wake *count*
+    waiters of *uaddr*, and *count2* of *uaddr2* if ``old CMP cmparg``."""
+    op, test = (val3 >> 28) & 0xF, (val3 >> 24) & 0xF
+    oparg, cmparg = (val3 >> 12) & 0xFFF, val3 & 0xFFF
+    if oparg & 0x800:                    # 12-bit signed arguments
         oparg -= 0x1000
+    if cmparg & 0x800:
+        cmparg -= 0x1000
     if op & FUTEX_OP_OPARG_SHIFT:
         op &= ~FUTEX_OP_OPARG_SHIFT
         if not 0 <= oparg <= 31:
             raise SyscallError(errno.EINVAL, f"FUTEX_WAKE_OP shift {oparg}")
         oparg = 1 << oparg
-    if op not in WAKE_OPS:
-        raise SyscallError(errno.ENOSYS, f"FUTEX_WAKE_OP operation {op}")
+    if op not in WAKE_OPS or test not in WAKE_OP_TESTS:
+        raise SyscallError(errno.ENOSYS, f"FUTEX_WAKE_OP operation {op}, test {test}")
+    _word_address(uaddr)
     address = _word_address(uaddr2)
     old = _read_word(proc, address)
     proc.mm.write_struct(address, "<I", WAKE_OPS[op](old, oparg) & 0xFFFF_FFFF)
-    return 0
+    woken = threads.wake(proc, uaddr, count)
+    if WAKE_OP_TESTS[test](signed32(old), cmparg):
+        woken += threads.wake(proc, address, count2)
+    return woken
 
 
 def sys_futex(proc, uaddr: int, op: int, val: int, timeout: int, uaddr2: int, val3: int) -> int:
     command = signed32(op) & FUTEX_CMD_MASK
     realtime = bool(signed32(op) & FUTEX_CLOCK_REALTIME)
     if command == FUTEX_WAIT:
-        return _wait(proc, uaddr, val, _timeout_seconds(proc, timeout, False, realtime))
+        return _wait(proc, uaddr, val, threads.MATCH_ANY,
+                     _deadline(proc, timeout, False, realtime))
     if command == FUTEX_WAIT_BITSET:
         if val3 & 0xFFFF_FFFF == 0:
             raise SyscallError(errno.EINVAL, "empty bitset")
-        return _wait(proc, uaddr, val, _timeout_seconds(proc, timeout, True, realtime))
-    if command in (FUTEX_WAKE, FUTEX_WAKE_BITSET, FUTEX_REQUEUE):
+        return _wait(proc, uaddr, val, val3 & 0xFFFF_FFFF,
+                     _deadline(proc, timeout, True, realtime))
+    if command in (FUTEX_WAKE, FUTEX_WAKE_BITSET):
+        bitset = threads.MATCH_ANY if command == FUTEX_WAKE else val3 & 0xFFFF_FFFF
+        if bitset == 0:
+            raise SyscallError(errno.EINVAL, "empty bitset")
+        return threads.wake(proc, _word_address(uaddr), _count(val), bitset)
+    if command in (FUTEX_REQUEUE, FUTEX_CMP_REQUEUE):
+        # The timeout argument carries the second count (val2) for these.
+        wakes, moves = signed32(val), signed32(timeout)
+        if wakes < 0 or moves < 0:
+            raise SyscallError(errno.EINVAL, f"negative counts {wakes}, {moves}")
         _word_address(uaddr)
-        return 0
-    if command == FUTEX_CMP_REQUEUE:
-        if _read_word(proc, uaddr) != val3 & 0xFFFF_FFFF:
+        _word_address(uaddr2)
+        if command == FUTEX_CMP_REQUEUE and _read_word(proc, uaddr) != val3 & 0xFFFF_FFFF:
             raise SyscallError(errno.EAGAIN, "the futex word changed")
-        return 0
+        return threads.requeue(proc, uaddr, wakes, uaddr2, moves)
     if command == FUTEX_WAKE_OP:
-        _word_address(uaddr)
-        return _wake_op(proc, uaddr2, val3)
+        return _wake_op(proc, uaddr, _count(val), uaddr2, _count(timeout), val3)
     raise SyscallError(errno.ENOSYS, f"futex operation {command} is not supported")
 
 
 SYSCALLS = [
     Syscall(202, "futex", sys_futex, ("ptr", "int", "int", "ptr", "ptr", "hex"), PARTIAL,
-            "one thread: waits time out or end the run as a deadlock; wakes wake nobody"),
+            "WAIT, WAKE, their BITSET forms, REQUEUE, CMP_REQUEUE, WAKE_OP across the "
+            "guest's threads; no priority-inheritance (PI) operations"),
 ]
