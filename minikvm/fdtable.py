@@ -10,8 +10,17 @@ table, which says what the number refers to.
 * :class:`DeviceFile` — ``/dev/null``, ``/dev/zero``, ``/dev/urandom``,
   implemented here, so a guest with no grants still has them.
 * :class:`PipeEnd` — both ends of a ``pipe2`` inside the guest, a buffer in
-  the host (one process, one thread: a read of an empty pipe whose writer is
-  open would block forever, so it reports EAGAIN — documented as partial).
+  the host.  A read of an empty pipe whose writer is open (or a write to a
+  full one) reports EAGAIN here; the system call then makes the calling
+  thread wait for the program's other threads, or, with none, returns the
+  EAGAIN, since a lone thread would block forever — documented as partial.
+* :class:`EventFd` — an ``eventfd2`` counter, for threads to wake each other.
+* :class:`EpollFile` — an ``epoll_create1`` instance: the fds it watches
+  (:class:`EpollInterest`); :mod:`minikvm.syscalls.epoll` waits on them.
+
+Each file also counts its *activity* (data written or read), which is how
+an edge-triggered epoll registration learns that new data arrived although
+the fd was readable already.
 """
 
 from __future__ import annotations
@@ -19,8 +28,10 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import select
 import stat as stat_module
 from dataclasses import dataclass, field
+from typing import Callable
 
 from minikvm.errors import SyscallError
 
@@ -47,6 +58,8 @@ POLLWRNORM = 0x100
 #: What a file without its own poll method reports (fs/select.c DEFAULT_POLLMASK):
 #: always readable and writable.
 DEFAULT_POLLMASK = POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM
+#: what a poll always reports, whatever was asked (fs/select.c)
+ALWAYS_REPORTED = POLLERR | POLLHUP | POLLNVAL
 
 
 class OpenFile:
@@ -55,6 +68,9 @@ class OpenFile:
     host_fd: int | None = None
     path = ""
     status_flags = 0
+    #: grows with each read or write: an edge-triggered epoll registration
+    #: reports a ready fd again when it changed (see :class:`EpollInterest`)
+    activity = 0
 
     def readv(self, views: list[memoryview]) -> int:
         raise SyscallError(errno.EBADF, "not open for reading")
@@ -100,11 +116,13 @@ class HostFile(OpenFile):
     def readv(self, views: list[memoryview]) -> int:
         if not self.readable():
             raise SyscallError(errno.EBADF, "not open for reading")
+        self.activity += 1
         return os.readv(self.host_fd, views)  # type: ignore[arg-type]
 
     def writev(self, chunks: list[memoryview]) -> int:
         if not self.writable():
             raise SyscallError(errno.EBADF, "not open for writing")
+        self.activity += 1
         return os.writev(self.host_fd, chunks)  # type: ignore[arg-type]
 
     def close(self) -> None:
@@ -142,11 +160,7 @@ class DeviceFile(OpenFile):
     def readv(self, views: list[memoryview]) -> int:
         if self.name == "null":
             return 0
-        total = 0
-        for view in views:
-            view[:] = bytes(len(view)) if self.name == "zero" else os.urandom(len(view))
-            total += len(view)
-        return total
+        return fill_views(views, bytes if self.name == "zero" else os.urandom)
 
     def writev(self, chunks: list[memoryview]) -> int:
         return sum(len(chunk) for chunk in chunks)
@@ -154,6 +168,23 @@ class DeviceFile(OpenFile):
     def poll(self, events: int) -> int:
         """Always ready, as the real devices are."""
         return DEFAULT_POLLMASK
+
+
+#: The most bytes :func:`fill_views` makes at once.
+FILL_CHUNK = 1 << 20
+
+
+def fill_views(views: list[memoryview], make: Callable[[int], bytes]) -> int:
+    """Fill guest buffers with ``make(n)`` bytes (zeros, randomness), a
+    chunk at a time: a guest reading 1 GiB of ``/dev/zero`` must not make
+    the host build a 1 GiB ``bytes`` first.  Returns the bytes filled."""
+    total = 0
+    for view in views:
+        for start in range(0, len(view), FILL_CHUNK):
+            piece = view[start:start + FILL_CHUNK]
+            piece[:] = make(len(piece))
+        total += len(view)
+    return total
 
 
 _pipe_numbers = itertools.count(1)
@@ -168,6 +199,8 @@ class Pipe:
     #: shown as ``pipe:[number]`` by readlink of /proc/self/fd/N (Linux shows
     #: the pipe's inode number; this is its order of creation)
     number: int = field(default_factory=lambda: next(_pipe_numbers))
+    #: reads and writes so far (both ends' :attr:`OpenFile.activity`)
+    activity: int = 0
 
 
 class PipeEnd(OpenFile):
@@ -196,6 +229,7 @@ class PipeEnd(OpenFile):
             total += len(piece)
             if not self.pipe.data:
                 break
+        self.pipe.activity += 1
         return total
 
     def writev(self, chunks: list[memoryview]) -> int:
@@ -211,6 +245,7 @@ class PipeEnd(OpenFile):
             piece = bytes(chunk[:room - total])
             self.pipe.data += piece
             total += len(piece)
+        self.pipe.activity += 1
         return total
 
     def close(self) -> None:
@@ -231,6 +266,135 @@ class PipeEnd(OpenFile):
 
     def link_target(self) -> str:
         return f"pipe:[{self.pipe.number}]"
+
+    @property
+    def activity(self) -> int:  # type: ignore[override]
+        return self.pipe.activity
+
+
+#: the largest value an eventfd counter may hold (fs/eventfd.c: ULLONG_MAX - 1)
+EVENTFD_MAX = (1 << 64) - 2
+EVENTFD_VALUE_SIZE = 8
+
+
+class EventFd(OpenFile):
+    """eventfd(2): a 64-bit counter.  A write adds to it; a read takes it
+    all and leaves 0 (or, as a *semaphore*, takes 1).  A read of 0, or a
+    write that would pass :data:`EVENTFD_MAX`, is EAGAIN here, and the
+    system call waits for other threads as it does for a pipe."""
+    kind = "eventfd"
+
+    def __init__(self, initial: int, semaphore: bool, status_flags: int) -> None:
+        self.counter = initial
+        self.semaphore = semaphore
+        self.status_flags = O_RDWR | status_flags
+        self.path = "anon_inode:[eventfd]"
+        self.activity = 0
+
+    def readv(self, views: list[memoryview]) -> int:
+        if sum(len(view) for view in views) < EVENTFD_VALUE_SIZE:
+            raise SyscallError(errno.EINVAL, "an eventfd read needs an 8-byte buffer")
+        if self.counter == 0:
+            raise SyscallError(errno.EAGAIN, "the eventfd counter is 0")
+        value = 1 if self.semaphore else self.counter
+        self.counter -= value
+        self.activity += 1
+        data = value.to_bytes(EVENTFD_VALUE_SIZE, "little")
+        for view in views:
+            piece, data = data[:len(view)], data[len(view):]
+            view[:len(piece)] = piece
+        return EVENTFD_VALUE_SIZE
+
+    def writev(self, chunks: list[memoryview]) -> int:
+        data = b"".join(bytes(chunk) for chunk in chunks)
+        if len(data) < EVENTFD_VALUE_SIZE:
+            raise SyscallError(errno.EINVAL, "an eventfd write needs 8 bytes")
+        value = int.from_bytes(data[:EVENTFD_VALUE_SIZE], "little")
+        if value > EVENTFD_MAX:
+            raise SyscallError(errno.EINVAL, "0xffffffffffffffff cannot be added to an eventfd")
+        if self.counter + value > EVENTFD_MAX:
+            raise SyscallError(errno.EAGAIN, "the eventfd counter would overflow")
+        self.counter += value
+        self.activity += 1
+        return EVENTFD_VALUE_SIZE
+
+    def poll(self, events: int) -> int:
+        """eventfd_poll(): readable above 0, writable while 1 more fits."""
+        readable = POLLIN | POLLRDNORM if self.counter > 0 else 0
+        return readable | (POLLOUT | POLLWRNORM if self.counter < EVENTFD_MAX else 0)
+
+
+# epoll event bits beyond poll's (uapi/linux/eventpoll.h)
+EPOLLRDHUP = 0x2000
+EPOLLEXCLUSIVE = 1 << 28
+EPOLLWAKEUP = 1 << 29
+EPOLLONESHOT = 1 << 30
+EPOLLET = 1 << 31
+
+
+@dataclass
+class EpollInterest:
+    """One fd an epoll watches (Linux's ``struct epitem``).
+
+    Edge-triggered (``EPOLLET``) registrations remember what was seen at
+    the last wait: they are reported again only when a readiness bit rose
+    since, or the file's :attr:`~OpenFile.activity` changed (new data
+    written into a readable pipe, a read from a host fd that may have
+    emptied it).  That approximates Linux, which reports each wake-up of
+    the file's wait queue; a spurious edge is harmless to the callers,
+    which read until EAGAIN anyway.
+    """
+    file: OpenFile
+    events: int            # as asked, EPOLLET and EPOLLONESHOT included
+    data: int              # the 64-bit cookie given back with each event
+    disabled: bool = False  # EPOLLONESHOT fired: silent until EPOLL_CTL_MOD
+    last_ready: int = 0
+    last_activity: int = -1
+
+
+class EpollFile(OpenFile):
+    """An epoll instance: fd number → :class:`EpollInterest`, in the order
+    they were added (a level-triggered fd that was reported moves to the
+    end, so a small ``maxevents`` still serves every fd in turn)."""
+    kind = "epoll"
+
+    def __init__(self) -> None:
+        self.interest: dict[int, EpollInterest] = {}
+        self.path = "anon_inode:[eventpoll]"
+        self.status_flags = O_RDWR
+
+    def readv(self, views: list[memoryview]) -> int:
+        raise SyscallError(errno.EINVAL, "an epoll fd cannot be read (use epoll_wait)")
+
+    def writev(self, chunks: list[memoryview]) -> int:
+        raise SyscallError(errno.EINVAL, "an epoll fd cannot be written (use epoll_ctl)")
+
+    def poll(self, events: int) -> int:
+        """Readable when one of the watched fds is ready now (an epoll
+        inside a poll or another epoll)."""
+        return POLLIN | POLLRDNORM if self._any_ready(set()) else 0
+
+    def _any_ready(self, seen: set[int]) -> bool:
+        """Whether a watched fd is ready; *seen* holds the epolls already
+        asked, so epolls nested many ways are each asked once."""
+        if id(self) in seen:
+            return False
+        seen.add(id(self))
+        for item in self.interest.values():
+            if item.disabled:
+                continue
+            if isinstance(item.file, EpollFile):
+                if item.file._any_ready(seen):
+                    return True
+                continue
+            ready = item.file.poll(item.events)
+            if ready is None and item.file.host_fd is not None:
+                host = select.poll()
+                host.register(item.file.host_fd, item.events & ~ALWAYS_REPORTED & 0xFFFF)
+                ready = sum(revents for _, revents in host.poll(0))
+            if (ready or 0) & (item.events | ALWAYS_REPORTED):
+                return True
+        return False
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 =================  ==============================================================
 ``base``           the table entry (:class:`~minikvm.syscalls.base.Syscall`) and argument helpers
-``files``          open, read, write, stat, fds, pipes, the working directory
+``files``          open, read, write, stat, fds, pipes, eventfd, the working directory
 ``directories``    listings, mkdir, unlink, rename, link, symlink
 ``attributes``     truncate, sync, times, mode, owner
 ``memory``         brk, mmap, munmap, mprotect, mremap, madvise
@@ -11,6 +11,7 @@
 ``signals``        dispositions and masks (recorded)
 ``info``           uname, getrandom, sysinfo, scheduler
 ``poll``           poll, ppoll, select
+``epoll``          epoll_create1, epoll_ctl, epoll_wait: level, edge, one-shot
 ``sync``           futex
 ``net``            sockets, as far as the policy allows
 ``requests``       minikvm's request API (``include/minikvm.h``)

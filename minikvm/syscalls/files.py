@@ -35,7 +35,8 @@ Files are created with the guest's umask applied here; the host's umask
 Ownership never changes: ``chown`` to the owner a file already has (or -1)
 succeeds and does nothing, anything else is EPERM, as for an unprivileged
 user.  ``flock`` and ``fadvise64`` are accepted and do nothing: one
-process has nobody to lock against.
+process has nobody to lock against; so are ``fcntl``'s record locks
+(``F_SETLK``, ``F_OFD_SETLK`` …), after checking their ``struct flock``.
 
 Left out on purpose: ``fallocate``, the example tutorial 13 adds with
 :meth:`Dispatcher.add <minikvm.syscalls.dispatch.Dispatcher.add>` (move the
@@ -49,12 +50,15 @@ import errno
 import os
 import posixpath
 import re
+import select
 import stat as stat_module
 import struct
 
+from minikvm import threads
 from minikvm.errors import SyscallError
 from minikvm.fdtable import (FD_CLOEXEC, O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_WRONLY,
-                             PIPE_CAPACITY, DeviceFile, HostFile, OpenFile, Pipe, PipeEnd)
+                             PIPE_CAPACITY, DeviceFile, EventFd, HostFile, OpenFile, Pipe,
+                             PipeEnd)
 from minikvm.syscalls import signals
 from minikvm.syscalls.base import PARTIAL, SUPPORTED, Syscall, signed32, signed64
 
@@ -77,6 +81,13 @@ F_SETFD = 2
 F_GETFL = 3
 F_SETFL = 4
 F_DUPFD_CLOEXEC = 1030
+F_GETPIPE_SZ = 1032
+# -- record locks (fcntl(2), asm-generic/fcntl.h) --------------------------------------
+F_GETLK, F_SETLK, F_SETLKW = 5, 6, 7
+F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW = 36, 37, 38
+F_RDLCK, F_WRLCK, F_UNLCK = 0, 1, 2
+#: ``struct flock`` on x86-64: l_type, l_whence (short); l_start, l_len (off_t); l_pid
+FLOCK_FORMAT = "<hh4xqqi4x"
 TCGETS = 0x5401
 TIOCGWINSZ = 0x5413
 TIOCGPGRP = 0x540F
@@ -239,7 +250,42 @@ def sys_close(proc, fd: int) -> int:
 # -- reading and writing ---------------------------------------------------------------
 def sys_read(proc, fd: int, buffer: int, count: int) -> int:
     file = proc.fds.get(signed32(fd))
-    return file.readv(proc.mm.views(buffer, min(count, MAX_IO), write=True))
+    return _read(proc, file, proc.mm.views(buffer, min(count, MAX_IO), write=True))
+
+
+def _read(proc, file, views: list[memoryview]) -> int:
+    if len(proc.threads) > 1 and isinstance(file, HostFile) and views:
+        _wait_for_host_fd(proc, file)
+    try:
+        return file.readv(views)
+    except SyscallError as error:
+        _wait_for_pipe(proc, file, error, "read from an empty pipe")
+        raise
+
+
+def _wait_for_host_fd(proc, file: HostFile) -> None:
+    """With other threads, a read that would block on a host fd (a
+    terminal, a pipe from the host) must not block the host: they would all
+    stop.  The calling thread waits instead, while the others run
+    (:func:`minikvm.threads.retry_after_others`, watching the fd)."""
+    if file.status_flags & O_NONBLOCK:
+        return
+    poller = select.poll()
+    poller.register(file.host_fd, select.POLLIN)
+    if not poller.poll(0):
+        threads.retry_after_others(proc, "read from a host fd",
+                                   lambda seconds: signals.sleep(proc, seconds),
+                                   watch=((file.host_fd, select.POLLIN),))
+
+
+def _wait_for_pipe(proc, file, error: SyscallError, what: str) -> None:
+    """A read of an empty pipe or a write to a full one would block: with
+    other threads that may write or read it, the calling thread waits for
+    them (:func:`minikvm.threads.retry_after_others`).  Alone, it gets the
+    EAGAIN (it would wait for ever)."""
+    if (error.errno == errno.EAGAIN and isinstance(file, (PipeEnd, EventFd))
+            and not file.status_flags & O_NONBLOCK and len(proc.threads) > 1):
+        threads.retry_after_others(proc, what, lambda seconds: signals.sleep(proc, seconds))
 
 
 def sys_write(proc, fd: int, buffer: int, count: int) -> int:
@@ -250,15 +296,21 @@ def sys_write(proc, fd: int, buffer: int, count: int) -> int:
 
 
 def _iovec_views(proc, address: int, count: int, write: bool) -> list[memoryview]:
+    """The guest buffers of an iovec array, cut so that together they hold
+    at most MAX_IO bytes, as Linux's ``__import_iovec`` shortens them: 1024
+    iovecs naming the same 1 GiB buffer are 2 GiB of work, not 1 TiB."""
     views: list[memoryview] = []
+    total = 0
     for base, length in proc.mm.read_iovec(address, signed32(count)):
+        length = min(length, MAX_IO - total)
         views.extend(proc.mm.views(base, length, write=write))
+        total += length
     return views
 
 
 def sys_readv(proc, fd: int, iov: int, count: int) -> int:
     file = proc.fds.get(signed32(fd))
-    return file.readv(_iovec_views(proc, iov, count, write=True))
+    return _read(proc, file, _iovec_views(proc, iov, count, write=True))
 
 
 def sys_writev(proc, fd: int, iov: int, count: int) -> int:
@@ -276,6 +328,8 @@ def _write(proc, file, views: list[memoryview]) -> int:
     except (BrokenPipeError, SyscallError) as error:
         if error.errno == errno.EPIPE:
             signals.broken_pipe(proc)
+        if isinstance(error, SyscallError):
+            _wait_for_pipe(proc, file, error, "write to a full pipe")
         raise
 
 
@@ -624,7 +678,44 @@ def sys_fcntl(proc, fd: int, command: int, argument: int) -> int:
         changeable = O_APPEND | O_NONBLOCK
         file.status_flags = (file.status_flags & ~changeable) | (argument & changeable)
         return 0
+    if command in (F_GETLK, F_SETLK, F_SETLKW, F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW):
+        return _record_lock(proc, file, command, argument)
+    if command == F_GETPIPE_SZ:
+        # bash asks, to choose between a pipe and a temporary file for a here-document
+        if not isinstance(file, PipeEnd):
+            raise SyscallError(errno.EBADF, f"fd {fd} is not a pipe")
+        return PIPE_CAPACITY
     raise SyscallError(errno.EINVAL, f"fcntl command {command}")
+
+
+def _record_lock(proc, file: OpenFile, command: int, address: int) -> int:
+    """POSIX and open-file-description record locks, as ``flock``: always
+    granted, since one process has nobody to lock against (and a lock the
+    host kept could block the host on another program's lock).  SQLite
+    takes them on every database it opens.
+
+    The ``struct flock`` is still checked as Linux checks it (fs/locks.c):
+    a known lock type, a read lock only on a file open for reading, a
+    write lock only on one open for writing, ``l_pid`` zero for the OFD
+    calls.  ``F_GETLK`` answers "no conflicting lock" (``F_UNLCK``).
+    """
+    lock_type, whence, start, length, pid = proc.mm.read_struct(address, FLOCK_FORMAT)
+    if lock_type not in (F_RDLCK, F_WRLCK, F_UNLCK):
+        raise SyscallError(errno.EINVAL, f"lock type {lock_type}")
+    if whence not in (SEEK_SET, SEEK_CUR, SEEK_END):
+        raise SyscallError(errno.EINVAL, f"l_whence {whence}")
+    if command in (F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW) and pid != 0:
+        raise SyscallError(errno.EINVAL, f"l_pid {pid} must be 0 for an OFD lock")
+    if command in (F_GETLK, F_OFD_GETLK):
+        if lock_type == F_UNLCK:
+            raise SyscallError(errno.EINVAL, "F_GETLK asks about a read or a write lock")
+        proc.mm.write_struct(address, FLOCK_FORMAT, F_UNLCK, whence, start, length, pid)
+        return 0
+    if lock_type == F_RDLCK and not file.readable():
+        raise SyscallError(errno.EBADF, "a read lock needs a file open for reading")
+    if lock_type == F_WRLCK and not file.writable():
+        raise SyscallError(errno.EBADF, "a write lock needs a file open for writing")
+    return 0
 
 
 def sys_ioctl(proc, fd: int, request: int, argument: int) -> int:
@@ -667,6 +758,24 @@ def sys_pipe2(proc, address: int, flags: int) -> int:
         proc.fds.close(write_fd)
         raise
     return 0
+
+
+#: eventfd2 flags (linux/eventfd.h)
+EFD_SEMAPHORE = 1
+EFD_CLOEXEC = O_CLOEXEC
+EFD_NONBLOCK = O_NONBLOCK
+
+
+def sys_eventfd2(proc, initial: int, flags: int) -> int:
+    flags = signed32(flags)
+    if flags & ~(EFD_SEMAPHORE | EFD_CLOEXEC | EFD_NONBLOCK):
+        raise SyscallError(errno.EINVAL, f"eventfd2 flags {flags:#x}")
+    file = EventFd(initial & 0xFFFF_FFFF, bool(flags & EFD_SEMAPHORE), flags & EFD_NONBLOCK)
+    return proc.fds.install(file, cloexec=bool(flags & EFD_CLOEXEC))
+
+
+def sys_eventfd(proc, initial: int) -> int:
+    return sys_eventfd2(proc, initial, 0)
 
 
 def sys_pipe(proc, address: int) -> int:
@@ -777,14 +886,20 @@ SYSCALLS = [
     Syscall(19, "readv", sys_readv, ("fd", "ptr", "int")),
     Syscall(20, "writev", sys_writev, ("fd", "ptr", "int")),
     Syscall(21, "access", sys_access, ("path", "int")),
-    Syscall(22, "pipe", sys_pipe, ("ptr",), PARTIAL, "in-guest pipes; an empty pipe gives EAGAIN"),
+    Syscall(22, "pipe", sys_pipe, ("ptr",), PARTIAL,
+            "in-guest pipes; an empty pipe gives EAGAIN unless another thread may fill it"),
     Syscall(293, "pipe2", sys_pipe2, ("ptr", "hex"), PARTIAL,
-            "in-guest pipes; an empty pipe gives EAGAIN"),
+            "in-guest pipes; an empty pipe gives EAGAIN unless another thread may fill it"),
+    Syscall(290, "eventfd2", sys_eventfd2, ("uint", "hex"), PARTIAL,
+            "a read of 0 gives EAGAIN unless another thread may write it"),
+    Syscall(284, "eventfd", sys_eventfd, ("uint",), PARTIAL,
+            "a read of 0 gives EAGAIN unless another thread may write it"),
     Syscall(32, "dup", sys_dup, ("fd",)),
     Syscall(33, "dup2", sys_dup2, ("fd", "fd")),
     Syscall(292, "dup3", sys_dup3, ("fd", "fd", "hex")),
     Syscall(72, "fcntl", sys_fcntl, ("fd", "int", "hex"), PARTIAL,
-            "F_DUPFD, F_DUPFD_CLOEXEC, F_GETFD/SETFD, F_GETFL/SETFL; no locks"),
+            "F_DUPFD, F_DUPFD_CLOEXEC, F_GETFD/SETFD, F_GETFL/SETFL, F_GETPIPE_SZ; record locks "
+            "(F_SETLK, F_OFD_SETLK …) always granted, F_GETLK finds none"),
     Syscall(79, "getcwd", sys_getcwd, ("ptr", "uint")),
     Syscall(80, "chdir", sys_chdir, ("path",)),
     Syscall(81, "fchdir", sys_fchdir, ("fd",)),

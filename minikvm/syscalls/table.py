@@ -7,8 +7,8 @@ number, and the docs' support matrix is generated from it.
 
 from __future__ import annotations
 
-from minikvm.syscalls import (attributes, directories, files, info, memory, net, poll, process,
-                              signals, sync, time)
+from minikvm.syscalls import (attributes, directories, epoll, files, info, memory, net, poll,
+                              process, signals, sync, time)
 from minikvm.syscalls import requests
 from minikvm.syscalls.base import Syscall
 
@@ -22,6 +22,7 @@ FAMILIES = {
     "signals": signals.SYSCALLS,
     "info": info.SYSCALLS,
     "poll": poll.SYSCALLS,
+    "epoll": epoll.SYSCALLS,
     "sync": sync.SYSCALLS,
     "net": net.SYSCALLS,
     "requests": requests.SYSCALLS,  # minikvm's own: 500-502
