@@ -40,6 +40,17 @@ def parse_size(text: str) -> int:
     return value
 
 
+def positive_int(text: str) -> int:
+    """An option's value that must be a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minikvm", description="Run static x86-64 Linux "
                                      "programs in a KVM sandbox.")
@@ -55,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print counts and host time per system call at exit")
     run.add_argument("--audit", action="store_true", help="print the denials at exit")
     run.add_argument("--verbose", action="store_true", help="register dump on a crash")
+    from minikvm.threads import DEFAULT_MAX_THREADS   # run loads it anyway
+    run.add_argument("--max-threads", type=positive_int, default=DEFAULT_MAX_THREADS,
+                     metavar="N",
+                     help=f"most threads the program may have at once (default "
+                          f"{DEFAULT_MAX_THREADS}; pthread_create fails with EAGAIN beyond)")
     run.add_argument("program", help="the static executable to run")
     run.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
     commands.add_parser("doctor", help="check that this machine can run minikvm")
@@ -161,7 +177,8 @@ def spell_trace_file(argv: list[str]) -> list[str]:
     if argv[:1] != ["run"]:
         return argv
     takes_value = {"--allow-read", "--allow-write", "--allow-connect", "--memory", "--timeout",
-                   "--max-fds", "--max-file-size", "--env", "--unsetenv", "--trace-file"}
+                   "--max-fds", "--max-file-size", "--env", "--unsetenv", "--trace-file",
+                   "--max-threads"}
     rewritten = ["run"]
     expecting_value = False
     for position, word in enumerate(argv[1:], start=1):
@@ -188,9 +205,10 @@ def guest_environment(options: argparse.Namespace) -> dict[str, str]:
 
 
 def run_command(options: argparse.Namespace) -> int:
-    from minikvm.confine import ConfineError, confine
-    from minikvm.errors import ElfError, MinikvmError
+    from minikvm.elf import read_program
+    from minikvm.errors import MinikvmError
     from minikvm.layout import DEFAULT_MEMORY_SIZE
+    from minikvm.machine import Machine
     from minikvm.policy import Policy, PolicyError
     from minikvm.process import Process
     from minikvm.syscalls.dispatch import Dispatcher
@@ -222,29 +240,31 @@ def run_command(options: argparse.Namespace) -> int:
             print(f"minikvm: cannot write the trace to {options.trace}: {error.strerror}",
                   file=sys.stderr)
             return EXIT_USAGE
+    # Read the program and create the VM while every file is reachable; the
+    # ELF is *parsed* only after confinement (a malicious file meets pyelftools
+    # inside the walls).
     try:
-        process = Process.spawn(path, [path, *options.args], guest_environment(options), policy,
-                                memory_size=options.memory or DEFAULT_MEMORY_SIZE)
-    except ElfError as error:
+        program = read_program(path)
+        machine = Machine(options.memory or DEFAULT_MEMORY_SIZE)
+    except MinikvmError as error:    # ElfError (unreadable), KvmUnavailable, ...
         print(f"minikvm: {error}", file=sys.stderr)
         return EXIT_NOT_RUNNABLE
-    except MinikvmError as error:
-        print(f"minikvm: {error}", file=sys.stderr)
-        return EXIT_NOT_RUNNABLE
-    dispatcher = Dispatcher(process, Tracer(trace_stream) if trace_stream else None,
-                            count=options.summary)
     # The second wall: from here on the kernel holds minikvm itself to the
     # policy (Landlock) and to the calls a VM monitor needs (seccomp).
-    try:
-        confinement = confine(policy)
-    except ConfineError as error:
-        print(f"minikvm: {error}", file=sys.stderr)
-        process.close()
+    confinement = confine_or_report(policy, options.verbose)
+    if confinement is None:
+        machine.close()
         return EXIT_NOT_RUNNABLE
-    for warning in confinement.warnings:
-        print(f"minikvm: warning: {warning}", file=sys.stderr)
-    if options.verbose:
-        print(f"minikvm: {confinement}".replace("\n", "\nminikvm: "), file=sys.stderr)
+    try:
+        process = Process.spawn(path, [path, *options.args], guest_environment(options), policy,
+                                machine=machine, program=program)
+    except MinikvmError as error:    # ElfError: not a program minikvm can run
+        print(f"minikvm: {error}", file=sys.stderr)
+        machine.close()
+        return EXIT_NOT_RUNNABLE
+    process.threads.max_threads = options.max_threads
+    dispatcher = Dispatcher(process, Tracer(trace_stream) if trace_stream else None,
+                            count=options.summary)
     try:
         result = process.run(dispatcher, timeout=options.timeout)
     except KeyboardInterrupt:
@@ -266,6 +286,24 @@ def run_command(options: argparse.Namespace) -> int:
         print(policy.summary(), file=sys.stderr)
     process.close()
     return result.exit_status
+
+
+def confine_or_report(policy: object, verbose: bool) -> object | None:
+    """:func:`minikvm.confine.confine` for ``run``: print its warnings (a
+    wall the kernel lacks: the run goes on) and, with *verbose*, what was
+    enforced; on a :class:`~minikvm.confine.ConfineError` print it and
+    return None (the run must stop: exit status 126)."""
+    from minikvm.confine import ConfineError, confine
+    try:
+        confinement = confine(policy)  # type: ignore[arg-type]
+    except ConfineError as error:
+        print(f"minikvm: {error}", file=sys.stderr)
+        return None
+    for warning in confinement.warnings:
+        print(f"minikvm: warning: {warning}", file=sys.stderr)
+    if verbose:
+        print(f"minikvm: {confinement}".replace("\n", "\nminikvm: "), file=sys.stderr)
+    return confinement
 
 
 def format_summary(counts: dict[str, list[float]]) -> str:

@@ -8,17 +8,46 @@ guest's first instruction, :func:`confine` asks the host kernel to hold the
 minikvm process to the same policy, so that even a minikvm taken over by
 its guest cannot reach more than the guest was granted::
 
-    Process.spawn()        ELF loaded, /dev/kvm, VM and vCPU fds open,
+    read the program       its bytes only: nothing parses them yet
+    Machine()              /dev/kvm, VM and vCPU fds open,
                            grant directories held open by the Policy
     confine(policy)        Landlock: only the grants (+ what Python reads to
-          |                keep running) and the allowed TCP ports
+          |                keep running, + /dev/kvm) and the allowed TCP ports
           |                seccomp: no exec, fork, ptrace, mount, bpf, ...
+    Process.spawn()        the ELF (a hostile file) parsed and loaded:
+          |                already inside the walls
     process.run()          the guest's first instruction
 
 The order matters.  Both walls are irreversible and inherited, and both
 check *new* operations only: fds opened before (``/dev/kvm``, the VM, the
 guest memory's memfd, the grant directories, a ``--trace`` file) keep
 working, which is exactly what the run needs and nothing more.
+
+Every command that runs a guest raises the walls the same way:
+
+``minikvm run``
+    as above.
+``minikvm serve``
+    the listening socket is bound, the machine created, then
+    ``confine(policy, allow_fork=True)``; the program is parsed, started and
+    snapshotted at its first request inside the walls.  The server forks its
+    workers, so its filter lets ``clone`` make processes (never ``execve``);
+    each worker, right after the fork, stacks the strict filter with
+    :func:`confine_worker` before it accepts a connection.
+``minikvm snapshot save``
+    the output file is created (``FILE.PID.partial``) and the program read,
+    then a child process confines itself, runs the program to its first
+    request and writes the snapshot into that open file; the parent, which
+    never runs guest code, renames it into place (or removes it).
+``minikvm snapshot run`` and ``serve --from-snapshot``
+    the file is opened and its header checked (size, magic, version,
+    checksum, and the policy it records), the walls go up under that
+    policy, and only then are the stored program parsed and the memory and
+    files restored.
+
+A new VM after confinement (a worker replacing a crashed fork) opens
+``/dev/kvm`` again, so Landlock grants that one device file (read, write,
+ioctl): no new power, as the process already holds a ``/dev/kvm`` fd.
 
 Each wall is skipped, with a warning, where the kernel lacks it (Landlock
 needs Linux 5.13, TCP ports 6.7; seccomp filters need 4.14): the policy
@@ -40,6 +69,7 @@ from typing import Iterable, Optional
 
 from minikvm import landlock, seccomp
 from minikvm.errors import MinikvmError
+from minikvm.kvm import KVM_DEVICE
 from minikvm.policy import Policy
 
 
@@ -92,16 +122,19 @@ def _abstract_unix_allowed(policy: Policy) -> bool:
 
 
 def confine(policy: Policy, *, use_landlock: bool = True,
-            use_seccomp: bool = True) -> Confinement:
+            use_seccomp: bool = True, allow_fork: bool = False) -> Confinement:
     """Hold this process to *policy* with Landlock and seccomp, irreversibly.
 
     Call it once, from the main thread, after everything the run needs is
     open and before the guest runs.  Landlock grants the policy's read and
     write directories, read access to :func:`landlock_read_paths`, TCP
     connect to the ports of the policy's IP endpoints and TCP bind to none;
-    seccomp installs :func:`minikvm.seccomp.build_filter`'s deny list.
-    *use_landlock* / *use_seccomp* turn a wall off (for tests and for
-    measuring what each costs).
+    seccomp installs :func:`minikvm.seccomp.build_filter`'s deny list
+    (*allow_fork*: its variant for a supervisor that forks workers, each of
+    which must then call :func:`confine_worker`).  Landlock also grants
+    ``/dev/kvm`` (see the module docstring).  *use_landlock* /
+    *use_seccomp* turn a wall off (for tests and for measuring what each
+    costs).
 
     Returns a :class:`Confinement`; its ``warnings`` say which wall the
     kernel could not provide.  Raises :class:`ConfineError` when a wall the
@@ -115,7 +148,7 @@ def confine(policy: Policy, *, use_landlock: bool = True,
             landlock_status = landlock.restrict_self(
                 policy.read_paths, policy.write_paths,
                 connect_ports=policy.connect_ports, bind_ports=(),
-                extra_read=landlock_read_paths(),
+                extra_read=landlock_read_paths(), devices=(KVM_DEVICE,),
                 scope_abstract_unix=not _abstract_unix_allowed(policy))
         except landlock.LandlockUnavailable as error:
             warnings.append(f"{error}; the policy still confines the guest, but the "
@@ -135,10 +168,28 @@ def confine(policy: Policy, *, use_landlock: bool = True,
                             "call execve, fork, ptrace ...")
         else:
             try:
-                seccomp_status = seccomp.install()
+                seccomp_status = seccomp.install(allow_fork=allow_fork)
             except seccomp.SeccompError as error:
                 raise ConfineError(f"cannot confine minikvm with seccomp: {error}") from None
     return Confinement(landlock_status, seccomp_status, tuple(warnings))
 
 
-__all__ = ["confine", "Confinement", "ConfineError", "landlock_read_paths"]
+def confine_worker(supervisor: Confinement) -> Confinement:
+    """In a process forked by a supervisor confined with ``allow_fork=True``:
+    stack the strict seccomp filter, so the worker cannot fork.
+
+    Landlock needs nothing more (a child inherits its parent's domain).
+    Where the supervisor had no seccomp filter (kernel without it, or
+    ``use_seccomp=False``), nothing is installed.  Raises
+    :class:`ConfineError` when the filter cannot be installed.
+    """
+    if supervisor.seccomp is None:
+        return supervisor
+    try:
+        status = seccomp.install()
+    except seccomp.SeccompError as error:
+        raise ConfineError(f"cannot confine the worker with seccomp: {error}") from None
+    return Confinement(supervisor.landlock, status, supervisor.warnings)
+
+
+__all__ = ["confine", "confine_worker", "Confinement", "ConfineError", "landlock_read_paths"]

@@ -44,6 +44,10 @@ What the host process still needs after restriction, and why it works:
   all: no directory gets ``EXECUTE`` (minikvm never runs a program; loading a
   shared library is a read and an mmap, which Landlock does not treat as
   execution).
+* A worker that starts a new VM after restriction (``minikvm serve``
+  replacing a crashed fork) opens ``/dev/kvm`` again: *devices* grants
+  exactly that file, read-write with its ioctls — no new power, since the
+  process already holds a ``/dev/kvm`` fd.
 * ``/proc`` is not granted.  Call :func:`restrict_self` from the main thread
   before starting any other: Landlock restricts the calling thread and its
   future children only (ABI 8 adds a flag to change that), so this module
@@ -168,13 +172,20 @@ READ_ACCESS = LANDLOCK_ACCESS_FS_READ_FILE | LANDLOCK_ACCESS_FS_READ_DIR
 
 #: What a write grant allows: read, plus change and create ordinary things.
 #: Never granted anywhere: EXECUTE (minikvm runs no programs), MAKE_CHAR and
-#: MAKE_BLOCK (device nodes), IOCTL_DEV (ioctls on devices opened later).
+#: MAKE_BLOCK (device nodes), IOCTL_DEV (ioctls on devices opened later;
+#: /dev/kvm alone gets it, through :data:`DEVICE_ACCESS`).
 WRITE_ACCESS = (READ_ACCESS | LANDLOCK_ACCESS_FS_WRITE_FILE
                 | LANDLOCK_ACCESS_FS_REMOVE_DIR | LANDLOCK_ACCESS_FS_REMOVE_FILE
                 | LANDLOCK_ACCESS_FS_MAKE_DIR | LANDLOCK_ACCESS_FS_MAKE_REG
                 | LANDLOCK_ACCESS_FS_MAKE_SOCK | LANDLOCK_ACCESS_FS_MAKE_FIFO
                 | LANDLOCK_ACCESS_FS_MAKE_SYM | LANDLOCK_ACCESS_FS_REFER
                 | LANDLOCK_ACCESS_FS_TRUNCATE)
+
+#: What a device grant allows: open the device for reading and writing and
+#: use its ioctls (``IOCTL_DEV``, ABI 5) — for ``/dev/kvm``, whose fd the
+#: process already holds, so re-opening it gives no new power.
+DEVICE_ACCESS = (LANDLOCK_ACCESS_FS_READ_FILE | LANDLOCK_ACCESS_FS_WRITE_FILE
+                 | LANDLOCK_ACCESS_FS_IOCTL_DEV)
 
 #: Shared-library locations ``ld.so`` may search when an extension loads.
 LIBRARY_PATHS = ("/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib",
@@ -289,13 +300,16 @@ def runtime_read_paths() -> list[str]:
 def restrict_self(read_paths: Iterable[PathArg], write_paths: Iterable[PathArg] = (),
                   connect_ports: Iterable[int] = (), bind_ports: Iterable[int] = (),
                   extra_read: Optional[Iterable[PathArg]] = None, *,
+                  devices: Iterable[PathArg] = (),
                   scope_signals: bool = True,
                   scope_abstract_unix: bool = True) -> LandlockStatus:
     """Restrict this process, irreversibly, to the given paths and TCP ports.
 
     *read_paths* get ``READ_FILE|READ_DIR``; *write_paths* get
     :data:`WRITE_ACCESS`; *extra_read* (default :func:`runtime_read_paths`)
-    gets read access too, silently skipping paths that do not exist.  Where
+    gets read access too, silently skipping paths that do not exist;
+    *devices* (device files, e.g. ``/dev/kvm``) get :data:`DEVICE_ACCESS`,
+    also skipped when missing.  Where
     the ABI is 4 or more, TCP ``connect`` is allowed only to *connect_ports*
     and ``bind`` only to *bind_ports* (both empty: no TCP at all).  Where it
     is 6 or more, signals to processes outside this sandbox are blocked
@@ -335,13 +349,15 @@ def restrict_self(read_paths: Iterable[PathArg], write_paths: Iterable[PathArg] 
     writes = [os.path.abspath(os.fspath(p)) for p in write_paths]
     extras = runtime_read_paths() if extra_read is None else [
         os.path.abspath(os.fspath(p)) for p in extra_read]
-    skipped = tuple(p for p in extras if not os.path.exists(p))
+    device_files = [os.path.abspath(os.fspath(p)) for p in devices]
+    skipped = tuple(p for p in (*extras, *device_files) if not os.path.exists(p))
 
     rules: list[tuple[str, int, int]] = []    # (path, fd, allowed access)
     try:
         for paths, access, required in ((reads, READ_ACCESS, True),
                                         (writes, WRITE_ACCESS, True),
-                                        (extras, READ_ACCESS, False)):
+                                        (extras, READ_ACCESS, False),
+                                        (device_files, DEVICE_ACCESS, False)):
             for path in paths:
                 if not required and path in skipped:
                     continue
@@ -451,7 +467,7 @@ def _add_port_rule(ruleset_fd: int, port: int, access: int) -> None:
 
 
 __all__: Sequence[str] = [
-    "abi_version", "available", "unavailable_reason", "restrict_self",
+    "abi_version", "available", "unavailable_reason", "restrict_self", "DEVICE_ACCESS",
     "runtime_read_paths", "LandlockStatus", "LandlockError", "LandlockUnavailable",
 ]
 

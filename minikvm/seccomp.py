@@ -35,6 +35,7 @@ outline (``python -m minikvm.seccomp`` prints every instruction with
           jeq  socket ? check_family : next
           jeq  ioctl ? check_ioctl : allow
     check_clone:  threads (CLONE_THREAD) yes, namespaces (CLONE_NEW*) no
+                  (with allow_fork: any clone without CLONE_NEW*)
     check_family: AF_UNIX, AF_INET, AF_INET6 only
     check_ioctl:  TIOCSTI and TIOCLINUX no (they type into the user's terminal)
     allow: ret ALLOW   deny: ret ERRNO(EPERM)   enosys: ret ERRNO(ENOSYS)
@@ -47,6 +48,13 @@ request (an ``unsigned int``) to 32 bits.  ``clone3`` takes its flags in a
 struct that BPF cannot read, so it gets ``ENOSYS``: glibc (2.34+) then
 retries with ``clone``, which the filter can inspect.  Python threads keep
 working; ``fork``, ``vfork``, ``posix_spawn`` and ``subprocess`` do not.
+
+``allow_fork=True`` builds the supervisor's variant: ``clone`` may make a
+process (glibc's ``fork()`` is a ``clone`` without ``CLONE_THREAD``), so
+``minikvm serve`` can start and restart its workers; ``execve`` and
+everything else stay refused.  Each worker then installs the strict filter
+on top — filters stack, and the strictest answer wins — so the processes
+that serve requests cannot fork either.
 
 The arch check comes first because the same number means different calls
 in different ABIs (``int 0x80`` from a 64-bit process uses the i386 table);
@@ -333,8 +341,10 @@ def _assemble(lines: Sequence[_Line]) -> list[Insn]:
 
 
 def build_filter(denied: Iterable[str] = tuple(DENIED_SYSCALLS),
-                 socket_families: Iterable[int] = ALLOWED_SOCKET_FAMILIES) -> list[Insn]:
-    """The filter program (see the module docstring for its shape)."""
+                 socket_families: Iterable[int] = ALLOWED_SOCKET_FAMILIES, *,
+                 allow_fork: bool = False) -> list[Insn]:
+    """The filter program (see the module docstring for its shape).
+    *allow_fork* lets ``clone`` make processes, not only threads."""
     denied = list(dict.fromkeys(denied))
     unknown = [name for name in denied if name not in SYSCALL_NUMBERS]
     if unknown:
@@ -364,7 +374,7 @@ def build_filter(denied: Iterable[str] = tuple(DENIED_SYSCALLS),
 
         _Label("check_clone"),                      # clone(flags, ...)
         load_field(seccomp_data_arg(0)),
-        _Jump(BPF_JSET, CLONE_NEW_ANY, "deny", "next"),
+        _Jump(BPF_JSET, CLONE_NEW_ANY, "deny", "allow" if allow_fork else "next"),
         _Jump(BPF_JSET, CLONE_THREAD, "allow", "deny"),
 
         _Label("check_ioctl"),                      # ioctl(fd, request, ...)
@@ -466,11 +476,13 @@ class SeccompStatus:
 
     program: tuple[Insn, ...]
     denied: tuple[str, ...]
+    allow_fork: bool = False
 
     def __str__(self) -> str:
+        clone = "" if self.allow_fork else "fork-like clone, "
         return (f"seccomp: {len(self.program)}-instruction filter installed "
-                f"({len(self.denied)} calls refused with EPERM, plus fork-like "
-                "clone, namespaces, terminal injection and foreign socket families)")
+                f"({len(self.denied)} calls refused with EPERM, plus {clone}"
+                "namespaces, terminal injection and foreign socket families)")
 
 
 def available() -> bool:
@@ -485,10 +497,13 @@ def available() -> bool:
 
 
 def install(denied: Iterable[str] = tuple(DENIED_SYSCALLS),
-            socket_families: Iterable[int] = ALLOWED_SOCKET_FAMILIES) -> SeccompStatus:
-    """Install the filter on every thread of this process, irreversibly."""
+            socket_families: Iterable[int] = ALLOWED_SOCKET_FAMILIES, *,
+            allow_fork: bool = False) -> SeccompStatus:
+    """Install the filter on every thread of this process, irreversibly.
+    A second call stacks a second filter (see *allow_fork* in
+    :func:`build_filter` and the module docstring)."""
     denied = tuple(dict.fromkeys(denied))
-    program = build_filter(denied, socket_families)
+    program = build_filter(denied, socket_families, allow_fork=allow_fork)
     if not available():
         raise SeccompError(f"kernel {os.uname().release} cannot install seccomp filters "
                            "with SECCOMP_RET_KILL_PROCESS (needs Linux 4.14 built with "
@@ -510,7 +525,7 @@ def install(denied: Iterable[str] = tuple(DENIED_SYSCALLS),
         raise SeccompError(f"seccomp TSYNC failed: thread {result} could not take the "
                            "filter (it has a conflicting filter); install before "
                            "starting threads")
-    return SeccompStatus(tuple(program), denied)
+    return SeccompStatus(tuple(program), denied, allow_fork)
 
 
 __all__ = [

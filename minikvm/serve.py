@@ -37,6 +37,14 @@ Each worker handles one connection at a time and answers with
 ``Connection: close`` (as prefork servers such as gunicorn's sync workers
 do), so an idle keep-alive client can never hold a worker; run more
 workers for more concurrency — each is a process with its own VM.
+
+The server confines itself as ``minikvm run`` does (:mod:`minikvm.confine`):
+the listening socket is bound and the VM created first, then Landlock and
+seccomp go up, and only then is the program parsed, started and
+snapshotted.  The server's seccomp filter still lets it fork its workers;
+each worker stacks the strict filter before its first ``accept``.
+``snapshot save`` writes from a confined child process, and ``snapshot
+run`` confines itself before it parses the stored program.
 """
 
 from __future__ import annotations
@@ -49,7 +57,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from minikvm.snapshot import Reply, Snapshot, SnapshotError, snapshot_at_ready_point
 
@@ -324,9 +332,11 @@ def open_listener(address: tuple[str, int]) -> socket.socket:
 
 
 def run_workers(listener: socket.socket, workers: int,
-                make_backend: Callable[[], Backend]) -> int:
+                make_backend: Callable[[], Backend],
+                in_worker: Callable[[], None] | None = None) -> int:
     """Fork *workers* processes running :func:`worker_loop` on *listener*;
-    supervise them until SIGINT/SIGTERM, then stop them and wait."""
+    supervise them until SIGINT/SIGTERM, then stop them and wait.
+    *in_worker* runs first in each worker (:func:`~minikvm.confine.confine_worker`)."""
     children: dict[int, int] = {}   # pid -> worker number
     stopping = {"now": False}
     restarts: list[float] = []
@@ -336,6 +346,8 @@ def run_workers(listener: socket.socket, workers: int,
         if pid == 0:
             status = 1
             try:
+                if in_worker is not None:
+                    in_worker()
                 status = worker_loop(listener, make_backend(), f"worker {number}")
             except Shutdown:
                 status = 0
@@ -392,17 +404,22 @@ def run_workers(listener: socket.socket, workers: int,
     return 0
 
 
-def serve(snapshot: Snapshot, listen: tuple[str, int], *, workers: int = 1,
+def serve(snapshot: Snapshot, listen: tuple[str, int] | socket.socket, *, workers: int = 1,
           mechanism: str = "cow", request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-          ready: Callable[[tuple[str, int]], None] | None = None) -> int:
-    """Serve HTTP on *listen* from forks of *snapshot* until SIGINT/SIGTERM."""
-    listener = open_listener(listen)
+          ready: Callable[[tuple[str, int]], None] | None = None,
+          in_worker: Callable[[], None] | None = None) -> int:
+    """Serve HTTP on *listen* (an address, or a listening socket opened
+    earlier — before confinement, which allows no ``bind``) from forks of
+    *snapshot* until SIGINT/SIGTERM; the socket is closed at the end.
+    *in_worker* as in :func:`run_workers`."""
+    listener = listen if isinstance(listen, socket.socket) else open_listener(listen)
     address = listener.getsockname()[:2]
     if ready is not None:
         ready(address)
     try:
         return run_workers(listener, workers,
-                           lambda: ForkBackend(snapshot, mechanism, request_timeout))
+                           lambda: ForkBackend(snapshot, mechanism, request_timeout),
+                           in_worker)
     finally:
         listener.close()
 
@@ -416,27 +433,67 @@ def _policy(options: argparse.Namespace) -> Any:
                   max_fds=options.max_fds, max_file_size=options.max_file_size)
 
 
-def _spawn(options: argparse.Namespace, policy: Any, stdio: tuple[int, int, int]) -> Any:
+def raise_walls(policy: Any, *, allow_fork: bool = False) -> Any:
+    """:func:`minikvm.confine.confine` under *policy* (None: an empty one,
+    only the runtime), printing the warnings of a wall the kernel lacks —
+    the command goes on, as ``minikvm run`` does.  A wall that fails to go
+    up raises :class:`~minikvm.confine.ConfineError`: the command stops."""
+    from minikvm.confine import confine
+    from minikvm.policy import Policy
+    confinement = confine(policy if policy is not None else Policy(), allow_fork=allow_fork)
+    for warning in confinement.warnings:
+        print(f"minikvm: warning: {warning}", file=sys.stderr, flush=True)
+    return confinement
+
+
+def _ready_snapshot(options: argparse.Namespace, stdio: tuple[int, int, int], *,
+                    program: bytes | None = None,
+                    allow_fork: bool = False) -> tuple[Snapshot, Any]:
+    """Start PROGRAM under the options' policy, confined (see the module
+    docstring), and snapshot it at its first request.  Returns the snapshot
+    and the :class:`~minikvm.confine.Confinement`; SnapshotError (or a
+    MinikvmError from loading) says why not.  *program*: the file's bytes,
+    when the caller read them already."""
     from minikvm.cli import guest_environment
+    from minikvm.elf import read_program
     from minikvm.layout import DEFAULT_MEMORY_SIZE
+    from minikvm.machine import Machine
     from minikvm.process import Process
     path = options.program
-    return Process.spawn(path, [path, *options.args], guest_environment(options), policy,
-                         memory_size=options.memory or DEFAULT_MEMORY_SIZE, stdio=stdio)
-
-
-def _ready_snapshot(options: argparse.Namespace, stdio: tuple[int, int, int]) -> Snapshot:
-    """Start PROGRAM under the options' policy and snapshot it at its first
-    request; SnapshotError (or a MinikvmError from loading) says why not."""
     policy = _policy(options)
-    process = _spawn(options, policy, stdio)
+    if program is None:
+        program = read_program(path)
+    machine = Machine(options.memory or DEFAULT_MEMORY_SIZE)
+    try:
+        confinement = raise_walls(policy, allow_fork=allow_fork)
+        process = Process.spawn(path, [path, *options.args], guest_environment(options),
+                                policy, machine=machine, program=program, stdio=stdio)
+    except BaseException:
+        machine.close()
+        raise
     try:
         snapshot, reply = snapshot_at_ready_point(process, timeout=options.timeout)
     finally:
         process.close()
     if snapshot is None:
         raise SnapshotError(f"{options.program}: {reply.message}")
-    return snapshot
+    return snapshot, confinement
+
+
+def _load_confined(name: str, stdio: Sequence[int], *,
+                   allow_fork: bool = False) -> tuple[Snapshot, Any]:
+    """Open and check a snapshot file, confine this process under the policy
+    it records, then load it (the stored program is parsed inside the walls)."""
+    from minikvm.snapshot_file import load, read_header, saved_policy
+    try:
+        file = open(name, "rb")
+    except OSError as error:
+        raise SnapshotError(f"{name}: {error.strerror}") from None
+    with file:
+        header = read_header(name, file)
+        policy = saved_policy(header)
+        confinement = raise_walls(policy, allow_fork=allow_fork)
+        return load(name, policy=policy, stdio=stdio, file=file, header=header), confinement
 
 
 def _exit_status(reply: Reply) -> int:
@@ -454,20 +511,17 @@ def _exit_status(reply: Reply) -> int:
 def snapshot_commands(options: argparse.Namespace) -> int:
     """``minikvm serve`` and ``minikvm snapshot save|run|info``."""
     from minikvm.errors import MinikvmError
-    from minikvm.snapshot_file import load, read_header, save
+    from minikvm.snapshot_file import read_header
     try:
         if options.command == "serve":
             return _serve_command(options)
         if options.snapshot_command == "save":
-            with _ready_snapshot(options, (0, 1, 2)) as snapshot:
-                size = save(snapshot, options.output)
-            print(f"minikvm: saved {options.program} at its first request to "
-                  f"{options.output} ({size} bytes)", file=sys.stderr)
-            return 0
+            return _save_command(options)
         if options.snapshot_command == "info":
             print(describe_header(options.file, read_header(options.file)))
             return 0
-        with load(options.file) as snapshot:
+        snapshot, _ = _load_confined(options.file, (0, 1, 2))
+        with snapshot:
             request = sys.stdin.buffer.read()
             with snapshot.fork() as fork:
                 reply = fork.request(request, timeout=options.timeout, reset=False)
@@ -483,6 +537,65 @@ def snapshot_commands(options: argparse.Namespace) -> int:
     except (MinikvmError, OSError, ValueError, argparse.ArgumentTypeError) as error:
         print(f"minikvm: {error}", file=sys.stderr)
         return 1
+
+
+def _save_command(options: argparse.Namespace) -> int:
+    """``minikvm snapshot save``: the program runs to its first request in a
+    confined child process, which writes the snapshot into a file this
+    process created (``FILE.PID.partial``); this process, which runs no
+    guest code, renames it into place when the child succeeded, or
+    removes it.  Landlock would not let the child create or rename files
+    outside the grants, and the output need not be in one."""
+    from minikvm.elf import read_program
+    from minikvm.errors import MinikvmError
+    from minikvm.snapshot_file import save_into
+    target = options.output
+    partial = f"{target}.{os.getpid()}.partial"
+    program = read_program(options.program)
+    fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            with os.fdopen(fd, "w+b") as out:
+                snapshot, _ = _ready_snapshot(options, (0, 1, 2), program=program)
+                with snapshot:
+                    save_into(snapshot, out, elf=program)
+            status = 0
+        except (MinikvmError, OSError, ValueError) as error:
+            print(f"minikvm: {error}", file=sys.stderr)
+        except KeyboardInterrupt:
+            print("minikvm: interrupted (Ctrl-C)", file=sys.stderr)
+        except BaseException:                 # a bug in minikvm: say where
+            import traceback
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+    os.close(fd)
+    status = _wait_for(pid)
+    if status != 0:
+        os.unlink(partial)
+        return status
+    os.replace(partial, target)
+    print(f"minikvm: saved {options.program} at its first request to {target} "
+          f"({os.stat(target).st_size} bytes)", file=sys.stderr)
+    return 0
+
+
+def _wait_for(pid: int) -> int:
+    """The exit status of child *pid*, as a shell reports it (128+N for
+    signal N).  A Ctrl-C reaches the child too, so keep waiting for it."""
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+        except KeyboardInterrupt:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        return 128 - code if code < 0 else code
 
 
 def describe_header(name: str, header: dict[str, Any]) -> str:
@@ -504,17 +617,28 @@ def describe_header(name: str, header: dict[str, Any]) -> str:
 
 
 def _serve_command(options: argparse.Namespace) -> int:
-    from minikvm.snapshot_file import load
+    from minikvm.confine import confine_worker
     listen = parse_listen(options.listen)
     if options.workers < 1:
         raise ValueError(f"--workers {options.workers}: need at least one worker")
-    stdio = _server_stdio()
-    if options.from_snapshot:
-        snapshot = load(options.from_snapshot, stdio=stdio)
-    elif options.program:
-        snapshot = _ready_snapshot(options, stdio)
-    else:
+    if not (options.from_snapshot or options.program):
         raise ValueError("serve needs a PROGRAM (or --from-snapshot FILE)")
+    stdio = _server_stdio()
+    # Bind before the walls go up: Landlock then allows no TCP bind at all.
+    listener = open_listener(listen)
+    try:
+        if options.from_snapshot:
+            snapshot, confinement = _load_confined(options.from_snapshot, stdio,
+                                                   allow_fork=True)
+        else:
+            snapshot, confinement = _ready_snapshot(options, stdio, allow_fork=True)
+    except BaseException:
+        listener.close()
+        raise
+
+    def no_fork() -> None:
+        """In each worker: the strict seccomp filter, stacked (no fork)."""
+        confine_worker(confinement)
 
     def ready(address: tuple[str, int]) -> None:
         print(f"minikvm serve: listening on http://{address[0]}:{address[1]}/ "
@@ -522,8 +646,9 @@ def _serve_command(options: argparse.Namespace) -> int:
               f"reset by {options.reset})", file=sys.stderr, flush=True)
 
     try:
-        return serve(snapshot, listen, workers=options.workers, mechanism=options.reset,
-                     request_timeout=options.request_timeout, ready=ready)
+        return serve(snapshot, listener, workers=options.workers, mechanism=options.reset,
+                     request_timeout=options.request_timeout, ready=ready,
+                     in_worker=no_fork)
     finally:
         snapshot.close()
 

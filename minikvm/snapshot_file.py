@@ -17,7 +17,7 @@ import json
 import os
 import stat as stat_module
 import struct
-from typing import Any, Sequence
+from typing import Any, BinaryIO, Sequence
 
 from minikvm import ioctl as k
 from minikvm.cpu_state import CpuState
@@ -259,21 +259,42 @@ def _cpuid_from(data: bytes) -> ctypes.Structure:
     return cpuid
 
 
-def save(snapshot: Snapshot, path: str | os.PathLike[str]) -> int:
+def save(snapshot: Snapshot, path: str | os.PathLike[str], *, elf: bytes | None = None) -> int:
     """Write *snapshot* to *path* (atomically: a temporary file renamed into
-    place).  Returns the file's size.  Raises SnapshotError when the
-    snapshot holds something a file cannot carry (a socket, a pipe to
-    another process)."""
+    place).  Returns the file's size.  *elf* is the program file's bytes
+    (by default read again from the program's path).  Raises SnapshotError
+    when the snapshot holds something a file cannot carry (a socket, a pipe
+    to another process)."""
+    target = os.fspath(path)
+    partial = f"{target}.{os.getpid()}.partial"
+    try:
+        with open(partial, "w+b") as out:
+            size = save_into(snapshot, out, elf=elf)
+        os.replace(partial, target)
+    except BaseException:
+        if os.path.exists(partial):
+            os.unlink(partial)
+        raise
+    return size
+
+
+def save_into(snapshot: Snapshot, out: BinaryIO, *, elf: bytes | None = None) -> int:
+    """Write *snapshot* into *out*, a file open for reading and writing
+    (``w+b``) and empty; return the file's size.  For a caller that opens
+    the file before confining itself (``minikvm snapshot save``), so it
+    does not need to create files afterwards; :func:`save` is the usual
+    way.  *elf* as in :func:`save`."""
     if snapshot.memory is None:
         raise SnapshotError("this snapshot is closed")
     state = snapshot.process_state
-    exe_path = state.get("exe_path", snapshot.image.name)
-    try:
-        with open(exe_path, "rb") as program:
-            elf = program.read()
-    except OSError as error:
-        raise SnapshotError(f"cannot read the program {exe_path} to store it in the snapshot: "
-                            f"{error.strerror}") from None
+    if elf is None:
+        exe_path = state.get("exe_path", snapshot.image.name)
+        try:
+            with open(exe_path, "rb") as program:
+                elf = program.read()
+        except OSError as error:
+            raise SnapshotError(f"cannot read the program {exe_path} to store it in the "
+                                f"snapshot: {error.strerror}") from None
     fd_records, pipes = _fd_records(snapshot)
     extents = data_extents(snapshot.memory.fd, snapshot.memory.size)
     blobs = [("elf", elf), ("regs", snapshot.cpu.regs), ("sregs", snapshot.cpu.sregs),
@@ -300,41 +321,37 @@ def save(snapshot: Snapshot, path: str | os.PathLike[str]) -> int:
         "wait": list(snapshot.wait) if snapshot.wait else None,
     }
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
-    target = os.fspath(path)
-    partial = f"{target}.{os.getpid()}.partial"
-    try:
-        with open(partial, "wb") as out:
-            out.write(PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(header_bytes)))
-            out.write(header_bytes)
-            out.flush()
-            position = out.tell()
-            for start, length in extents:
-                copy_range(snapshot.memory.fd, out.fileno(), start, length, position)
-                position += length
-            out.seek(position)
-            for _, blob in blobs:
-                out.write(blob)
-        with open(partial, "r+b") as out:
-            digest = hashlib.sha256()
-            while chunk := out.read(READ_CHUNK):
-                digest.update(chunk)
-            out.write(digest.digest())
-            size = out.tell()
-        os.replace(partial, target)
-    except BaseException:
-        if os.path.exists(partial):
-            os.unlink(partial)
-        raise
-    return size
+    out.write(PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(header_bytes)))
+    out.write(header_bytes)
+    out.flush()
+    position = out.tell()
+    for start, length in extents:
+        copy_range(snapshot.memory.fd, out.fileno(), start, length, position)
+        position += length
+    out.seek(position)
+    for _, blob in blobs:
+        out.write(blob)
+    out.flush()
+    out.seek(0)
+    digest = hashlib.sha256()
+    while chunk := out.read(READ_CHUNK):
+        digest.update(chunk)
+    out.write(digest.digest())
+    out.flush()
+    return out.tell()
 
 
-def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
+def read_header(path: str | os.PathLike[str], file: BinaryIO | None = None) -> dict[str, Any]:
     """Check the file whole (size, magic, version, checksum) and return its
-    header.  Raises SnapshotError saying what is wrong."""
+    header.  *file*: the file already open (binary), *path* then only names
+    it.  Raises SnapshotError saying what is wrong."""
     name = os.fspath(path)
     try:
-        with open(name, "rb") as file:
+        if file is not None:
+            file.seek(0)
             return _check_file(file, name)
+        with open(name, "rb") as opened:
+            return _check_file(opened, name)
     except OSError as error:
         raise SnapshotError(f"{name}: {error.strerror}") from None
 
@@ -382,58 +399,76 @@ def _check_file(file: Any, name: str) -> dict[str, Any]:
 
 
 def load(path: str | os.PathLike[str], *, policy: Any = "saved",
-         stdio: Sequence[int] = (0, 1, 2)) -> Snapshot:
+         stdio: Sequence[int] = (0, 1, 2), file: BinaryIO | None = None,
+         header: dict[str, Any] | None = None) -> Snapshot:
     """Read a snapshot file back.  The file is checked whole first; nothing
     is created for a file that does not pass.  *policy* is the sandbox
     policy to run it under: by default the one recorded in the file (a
     :class:`~minikvm.policy.Policy` rebuilt from its grants).  Open files
     are reopened through that policy; the program's stdin, stdout and stderr
-    become *stdio*."""
+    become *stdio*.
+
+    A caller that confines itself first (``minikvm snapshot run``) opens
+    the file, checks it with :func:`read_header` and builds the policy with
+    :func:`saved_policy` *before* confining, then passes *file* and *header*
+    here: the stored program is parsed, and the memory and files restored,
+    inside the walls."""
     name = os.fspath(path)
-    header = read_header(name)
+    if file is None:
+        try:
+            opened = open(name, "rb")
+        except OSError as error:
+            raise SnapshotError(f"{name}: {error.strerror}") from None
+        with opened:
+            return load(name, policy=policy, stdio=stdio, file=opened, header=header)
+    if header is None:
+        header = read_header(name, file)
     if policy == "saved":
-        policy = _rebuild_policy(header.get("policy"))
-    with open(name, "rb") as file:
-        payload_start = PREAMBLE.size + PREAMBLE.unpack(file.read(PREAMBLE.size))[3]
+        policy = saved_policy(header)
+    file.seek(0)
+    payload_start = PREAMBLE.size + PREAMBLE.unpack(file.read(PREAMBLE.size))[3]
 
-        def section(section_name: str) -> bytes:
-            offset, length = header["sections"][section_name]
-            return os.pread(file.fileno(), length, payload_start + offset) if length else b""
+    def section(section_name: str) -> bytes:
+        offset, length = header["sections"][section_name]
+        return os.pread(file.fileno(), length, payload_start + offset) if length else b""
 
-        try:
-            image = load_elf(section("elf"), bias=header["image"]["bias"],
-                             name=header["image"]["name"])
-        except MinikvmError as error:
-            raise SnapshotError(f"{name}: the stored program cannot be loaded: {error}") from None
-        cpu_header = header["cpu"]
-        cpu = CpuState(section("regs"), section("sregs"), section("fpu"), cpu_header["xsave"],
-                       section("xcrs") if cpu_header["has_xcrs"] else None,
-                       {int(index): value for index, value in cpu_header["msrs"].items()},
-                       section("events"))
-        cpuid = _cpuid_from(section("cpuid"))
-        layout = header["memory"]
-        fd = new_memfd(layout["size"], "minikvm-snapshot")
-        memory = GuestMemory(layout["size"], layout["base"], fd=fd, shared=True)
-        memory.owns_fd = True
-        try:
-            mm = _load_mm(memory, header["mm"])
-            position = payload_start + header["sections"]["memory"][0]
-            for start, length in layout["extents"]:
-                copy_range(file.fileno(), fd, position, length, start)
-                position += length
-            seal_frozen(fd)
-            process_state = _decode(header["process"])
-            fds = _reopen_fds(header["fds"], header["pipes"], policy, stdio)
-        except BaseException:
-            memory.close()
-            raise
+    try:
+        image = load_elf(section("elf"), bias=header["image"]["bias"],
+                         name=header["image"]["name"])
+    except MinikvmError as error:
+        raise SnapshotError(f"{name}: the stored program cannot be loaded: {error}") from None
+    cpu_header = header["cpu"]
+    cpu = CpuState(section("regs"), section("sregs"), section("fpu"), cpu_header["xsave"],
+                   section("xcrs") if cpu_header["has_xcrs"] else None,
+                   {int(index): value for index, value in cpu_header["msrs"].items()},
+                   section("events"))
+    cpuid = _cpuid_from(section("cpuid"))
+    layout = header["memory"]
+    fd = new_memfd(layout["size"], "minikvm-snapshot")
+    memory = GuestMemory(layout["size"], layout["base"], fd=fd, shared=True)
+    memory.owns_fd = True
+    try:
+        mm = _load_mm(memory, header["mm"])
+        position = payload_start + header["sections"]["memory"][0]
+        for start, length in layout["extents"]:
+            copy_range(file.fileno(), fd, position, length, start)
+            position += length
+        seal_frozen(fd)
+        process_state = _decode(header["process"])
+        fds = _reopen_fds(header["fds"], header["pipes"], policy, stdio)
+    except BaseException:
+        memory.close()
+        raise
     wait = tuple(header["wait"]) if header["wait"] else None
     return Snapshot(memory=memory, mm=mm, cpu=cpu, cpuid=cpuid, process_state=process_state,
                     fds=fds, max_fds=header["max_fds"], image=image, policy=policy,
                     wait=wait)  # type: ignore[arg-type]
 
 
-def _rebuild_policy(record: dict[str, Any] | None) -> Any:
+def saved_policy(header: dict[str, Any]) -> Any:
+    """The :class:`~minikvm.policy.Policy` a file's *header* records (its
+    grant directories opened now), or None when it records none."""
+    record = header.get("policy")
     if record is None:
         return None
     from minikvm.policy import Policy

@@ -206,3 +206,30 @@ def test_a_missing_grant_is_a_clear_error(tmp_path):
             print(error)
     """)
     assert "cannot grant" in out[0] and "missing" in out[0]
+
+
+@needs_landlock
+@pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK),
+                    reason="/dev/kvm is not usable here")
+@pytest.mark.parametrize("granted", [False, True])
+def test_a_device_grant_reopens_dev_kvm_and_nothing_else(dirs, granted):
+    out = run_restricted(f"""
+        import os
+        from minikvm import landlock
+        from minikvm.kvm import Kvm
+        landlock.restrict_self([], devices={["/dev/kvm"] if granted else []!r})
+        for path in ("/dev/kvm", "/dev/null", {dirs['a']!r} + "/f"):
+            try:
+                os.close(os.open(path, os.O_RDWR))
+                print("allowed", path)
+            except PermissionError as error:
+                print("EACCES", path)
+        if {granted!r}:
+            with Kvm() as kvm:       # KVM_GET_API_VERSION on the new fd (IOCTL_DEV)
+                print("api", kvm.api_version())
+    """)
+    if granted:
+        assert out == ["allowed /dev/kvm", "EACCES /dev/null", f"EACCES {dirs['a']}/f",
+                       "api 12"]
+    else:
+        assert out == ["EACCES /dev/kvm", "EACCES /dev/null", f"EACCES {dirs['a']}/f"]

@@ -187,3 +187,92 @@ def test_installed_filter_refuses_execve_and_fork_but_not_ordinary_calls():
     assert out[0].startswith(f"seccomp: {len(PROGRAM)}-instruction filter installed")
     assert out[1:] == ["execv 1", "fork 1", "netlink 1", "inet ok", "file ok",
                        "thread ok", "thread ran [1]", "Seccomp 2"]
+
+
+# --- what other parts of minikvm need from the filter ------------------------------------
+
+#: The vCPU state ioctls that signal frames, thread switches, snapshots and
+#: resets use (KVM_GET/SET_FPU, XSAVE, XCRS, MSRS, REGS, SREGS ...).
+VCPU_STATE_IOCTLS = ("KVM_RUN", "KVM_GET_REGS", "KVM_SET_REGS", "KVM_GET_SREGS",
+                     "KVM_SET_SREGS", "KVM_GET_FPU", "KVM_SET_FPU", "KVM_GET_XSAVE",
+                     "KVM_SET_XSAVE", "KVM_GET_XCRS", "KVM_SET_XCRS", "KVM_GET_MSRS",
+                     "KVM_SET_MSRS", "KVM_GET_VCPU_EVENTS", "KVM_SET_VCPU_EVENTS",
+                     "KVM_GET_DIRTY_LOG", "KVM_SET_USER_MEMORY_REGION")
+
+
+def kvm_ioctls() -> dict[str, int]:
+    """Every ioctl request number minikvm.ioctl defines (type byte KVMIO)."""
+    from minikvm import ioctl
+    return {name: value for name, value in vars(ioctl).items()
+            if name.startswith("KVM_") and isinstance(value, int)
+            and (value >> 8) & 0xFF == ioctl.KVMIO}
+
+
+def test_every_kvm_ioctl_is_allowed_by_both_variants():
+    requests = kvm_ioctls()
+    assert set(VCPU_STATE_IOCTLS) <= set(requests)
+    for program in (PROGRAM, S.build_filter(allow_fork=True)):
+        for name, request in requests.items():
+            assert run_bpf(program, NR["ioctl"], args=(5, request)) == S.SECCOMP_RET_ALLOW, name
+
+
+@pytest.mark.parametrize("nr", [13, 14, 38, 131, 222, 223, 226, 282, 289])
+def test_signal_and_timer_calls_are_allowed(nr):
+    # rt_sigaction, rt_sigprocmask, setitimer, sigaltstack, timer_create,
+    # timer_settime, timer_delete, signalfd, signalfd4: the time limit and
+    # signal delivery use them on the host
+    for program in (PROGRAM, S.build_filter(allow_fork=True)):
+        assert run_bpf(program, nr) == S.SECCOMP_RET_ALLOW
+
+
+def test_the_supervisor_variant_allows_fork_and_nothing_else_more():
+    supervisor = S.build_filter(allow_fork=True)
+    fork = 0x01200011    # glibc fork(): CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID | SIGCHLD
+    assert run_bpf(PROGRAM, NR["clone"], args=(fork,)) == EPERM
+    assert run_bpf(supervisor, NR["clone"], args=(fork,)) == S.SECCOMP_RET_ALLOW
+    assert run_bpf(supervisor, NR["clone"], args=(0x3D0F00,)) == S.SECCOMP_RET_ALLOW
+    assert run_bpf(supervisor, NR["clone"], args=(fork | S.CLONE_NEWPID,)) == EPERM
+    assert run_bpf(supervisor, NR["clone3"]) == ENOSYS
+    for name in S.DENIED_SYSCALLS:
+        assert run_bpf(supervisor, NR[name]) == EPERM, name
+    assert len(supervisor) == len(PROGRAM)
+
+
+@pytest.mark.skipif(not S.available(), reason="this kernel cannot install seccomp filters")
+def test_a_worker_stacks_the_strict_filter_on_the_supervisors():
+    code = textwrap.dedent("""
+        import os
+        from minikvm import seccomp
+        def fork_status():
+            try:
+                pid = os.fork()
+            except OSError as error:
+                return error.errno
+            if pid == 0:
+                os._exit(0)
+            os.waitpid(pid, 0)
+            return "ok"
+        def filters():
+            status = open("/proc/self/status").read()
+            return status.split("Seccomp_filters:")[1].split()[0]
+        print(seccomp.install(allow_fork=True))
+        print("supervisor fork", fork_status(), "filters", filters())
+        try:
+            os.execv("/bin/true", ["/bin/true"])
+        except OSError as error:
+            print("supervisor execv", error.errno)
+        pid = os.fork()
+        if pid == 0:
+            seccomp.install()
+            print("worker fork", fork_status(), "filters", filters(), flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+    """)
+    result = subprocess.run([sys.executable, "-c", code],
+                            env=dict(os.environ, PYTHONPATH=str(REPO)),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.splitlines()
+    assert out[0].startswith("seccomp: ") and "fork-like" not in out[0]
+    assert out[1:] == ["supervisor fork ok filters 1", "supervisor execv 1",
+                       "worker fork 1 filters 2"]

@@ -13,7 +13,8 @@ answers each attempt in two layers:
 2. **Confinement** (``minikvm.confine.confine``) asks the host kernel to
    hold the minikvm process itself to the same grants — Landlock for files
    and TCP ports, seccomp for system calls like ``execve`` and ``fork`` —
-   right before the guest's first instruction, as ``minikvm run`` does.
+   once the VM exists and before the program file is parsed, as
+   ``minikvm run`` does: only its bytes are read before.
    It is for the day the policy has a bug: the last part of this step
    *makes* such a bug, and the kernel still says no.
 
@@ -39,6 +40,8 @@ from pathlib import Path
 from typing import Callable
 
 from minikvm.confine import confine
+from minikvm.elf import read_program
+from minikvm.machine import Machine
 from minikvm.policy import O_RDONLY, Grant, Policy
 from minikvm.process import Process
 from minikvm.syscalls.dispatch import Dispatcher
@@ -119,9 +122,11 @@ def sandboxed_run(executable: Path, work: Path) -> int:
     read_end, write_end = os.pipe()
     # --- step: run ---
     policy = Policy(write=[work])                     # like --here, in work/
+    program = read_program(executable)                # the bytes only, not parsed
+    machine = Machine(GUEST_MEMORY)                   # /dev/kvm, the VM, the vCPU
+    confinement = confine(policy)                     # the second layer, then
     process = Process.spawn(str(executable), ["hostile"], {}, policy, cwd=str(work),
-                            memory_size=GUEST_MEMORY, stdio=(0, write_end, 2))
-    confinement = confine(policy)                     # the second layer, then go
+                            stdio=(0, write_end, 2), machine=machine, program=program)
     result = process.run(Dispatcher(process), timeout=10)
     process.close()
     # --- end: run ---
