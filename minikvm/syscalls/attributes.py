@@ -82,16 +82,32 @@ def sys_fdatasync(proc, fd: int) -> int:
     return _sync(proc, fd, data_only=True)
 
 
+def _sync_open_files(proc) -> None:
+    """Flush every host file the guest has open to disk.
+
+    That is what ``sync`` and ``syncfs`` mean for a sandboxed program: its
+    own data.  The host's ``sync()`` would flush every file system of the
+    machine, so a guest calling it in a loop would keep the host's disks
+    busy for other programs (~30 ms a call here) for nothing it can see."""
+    for host_fd in {getattr(entry.file, "host_fd", None) for entry in proc.fds.entries.values()}:
+        if host_fd is None:
+            continue
+        try:
+            os.fsync(host_fd)
+        except OSError:
+            pass  # a terminal, pipe or socket: nothing to flush (sync(2) never fails)
+
+
 def sys_sync(proc) -> int:
-    """Write every dirty buffer of the host to disk (what sync(2) asks)."""
-    os.sync()
+    """Write the guest's open files to disk (see :func:`_sync_open_files`)."""
+    _sync_open_files(proc)
     return 0
 
 
 def sys_syncfs(proc, fd: int) -> int:
-    """syncfs(2) flushes one file system; the host's ``sync`` does that and more."""
+    """syncfs(2) flushes *fd*'s file system; the guest's open files are its part of it."""
     proc.fds.get(signed32(fd))
-    os.sync()
+    _sync_open_files(proc)
     return 0
 
 
@@ -231,7 +247,7 @@ SYSCALLS = [
     Syscall(74, "fsync", sys_fsync, ("fd",)),
     Syscall(75, "fdatasync", sys_fdatasync, ("fd",)),
     Syscall(162, "sync", sys_sync, ()),
-    Syscall(306, "syncfs", sys_syncfs, ("fd",), SUPPORTED, "syncs every host file system"),
+    Syscall(306, "syncfs", sys_syncfs, ("fd",), SUPPORTED, "flushes the files the guest has open"),
     Syscall(280, "utimensat", sys_utimensat, ("dirfd", "path", "ptr", "hex"), SUPPORTED,
             "needs a write grant; a grant directory itself is refused"),
     Syscall(91, "fchmod", sys_fchmod, ("fd", "mode"), PARTIAL,

@@ -6,7 +6,8 @@
  * past the end of a mapping, in the kernel half, in the supervisor-only
  * kernel area at the bottom of the address space (GDT, IDT, TSS), or a
  * write into read-only code.  The host must answer EFAULT (14) and never
- * read or write host memory.  Raw syscall() is used so the C library
+ * read or write host memory (one case, marked, is EINVAL, as on Linux).
+ * Raw syscall() is used so the C library
  * cannot check anything first.
  */
 #define _GNU_SOURCE
@@ -15,6 +16,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define GDT_ADDRESS 0x1000UL
@@ -48,6 +50,10 @@ int main(void)
     report("open-path-in-idt", syscall(SYS_openat, AT_FDCWD, IDT_ADDRESS, O_RDONLY));
     report("stat-into-tss", syscall(SYS_fstat, fd, TSS_ADDRESS));
     report("writev-bad-iovec", syscall(SYS_writev, fd, GDT_ADDRESS, 2));
+    /* a length that is negative as ssize_t: EINVAL before the buffer is looked at */
+    struct iovec negative = {&fd, 1UL << 63};
+    report("writev-negative-length", syscall(SYS_writev, fd, &negative, 1));
+    report("getrandom-null-huge", syscall(SYS_getrandom, 0UL, 1UL << 30, 0));
     printf("still here\n");
     return 0;
 }

@@ -5,6 +5,11 @@
  *        exhaust loop              spin forever, no system call at all
  *        exhaust write-loop FILE   write FILE with write(2), then spin
  *        exhaust write-crash FILE  write FILE with write(2), then crash
+ *        exhaust wait-stdin        read(2) stdin, which nobody writes to
+ *        exhaust host-memory KIND  ask for large buffers the host must not
+ *                                  copy: KIND is "small" (the baseline),
+ *                                  "getrandom-bad" (32 MiB to a bad pointer)
+ *                                  or "read-urandom" (read 64 MiB of it)
  *
  * "memory" and "fds" print how far they got and the errno they met, then
  * exit 0: running out must be an ordinary error the program can handle.
@@ -14,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #define BLOCK (1 << 20)
@@ -83,6 +89,30 @@ int main(int argc, char **argv)
     if (strcmp(what, "write-crash") == 0 && argc == 3) {
         write_payload(argv[2]);
         *bad_pointer = 1;
+    }
+    if (strcmp(what, "wait-stdin") == 0) {
+        char c;
+        printf("waiting\n");
+        printf("read %ld\n", (long)read(0, &c, 1));
+        return 0;
+    }
+    if (strcmp(what, "host-memory") == 0 && argc == 3) {
+        /* the same memory touched in every kind, so only the host's own
+         * copies can differ */
+        size_t size = 256 << 20;
+        char *buffer = malloc(size);
+        memset(buffer, 1, size);
+        int fd = open("/dev/urandom", O_RDONLY);
+        long result = 0;
+        if (strcmp(argv[2], "small") == 0)
+            result = read(fd, buffer, 16) + syscall(SYS_getrandom, buffer, 16, 0);
+        else if (strcmp(argv[2], "getrandom-bad") == 0)
+            for (int i = 0; i < 4; i++)
+                result += syscall(SYS_getrandom, (char *)8, 1UL << 30, 0);
+        else if (strcmp(argv[2], "read-urandom") == 0)
+            result = read(open("/dev/urandom", O_RDONLY), buffer, 64 << 20);
+        printf("%s: %ld\n", argv[2], result);
+        return 0;
     }
     fprintf(stderr, "usage: see the comment at the top of exhaust.c\n");
     return 2;
