@@ -14,6 +14,8 @@ business) and four *virtual* devices the syscall layer implements in Python —
 ``/dev/null``, ``/dev/zero``, ``/dev/urandom`` and ``/dev/random`` (see
 :meth:`Policy.is_virtual_device`).  Everything else must be granted:
 ``read=[dirs]``, ``write=[dirs]`` (read and write) and ``connect=[endpoints]``.
+The directories on the way down to a grant answer ``stat`` only (see
+:meth:`Policy.stat`): nothing in them can be opened, listed or checked.
 
 Confinement by the kernel, not by string checks
 -----------------------------------------------
@@ -519,7 +521,22 @@ class Policy:
 
     def stat(self, path: PathArg, cwd: str, follow: bool = True, *,
              syscall: str = "stat") -> os.stat_result:
-        """``stat`` (or ``lstat`` when *follow* is false) of a path in a grant."""
+        """``stat`` (or ``lstat`` when *follow* is false) of a path in a grant.
+
+        The directories *above* a grant may be stat'ed too (``/`` and
+        ``/tmp`` for a grant ``/tmp/x``), though nothing in them may be
+        opened or listed: a program that makes a path canonical lstat()s
+        every component on the way down — SQLite does before it opens a
+        database, and fails on ``EACCES`` — and the grant's own path names
+        them already.  (Landlock, too, leaves stat alone.)  They are reached
+        by ``..`` from the grant's fd, so what is stat'ed is the directory
+        really above the grant, whatever the path string says.
+        """
+        absolute, _ = _absolute(path, cwd)
+        if not any(grant.contains(absolute) for grant in self.grants):
+            levels_up = self._levels_above_grant(absolute)
+            if levels_up is not None:
+                return self._stat_above_grant(*levels_up)
         fd = self._open_path(path, cwd, follow, syscall)
         try:
             return os.fstat(fd)
@@ -761,6 +778,24 @@ class Policy:
             if grant.contains(absolute):
                 return grant
         raise self._deny(syscall, shown or absolute, "outside allowed paths")
+
+    def _levels_above_grant(self, absolute: str) -> Optional[tuple[Grant, int]]:
+        """A grant that *absolute* is an ancestor of, and how many levels up."""
+        for grant in self.grants:
+            if grant.path.startswith(absolute.rstrip("/") + "/"):
+                depth = grant.path.count("/")
+                return grant, depth - (0 if absolute == "/" else absolute.count("/"))
+        return None
+
+    @staticmethod
+    def _stat_above_grant(grant: Grant, levels_up: int) -> os.stat_result:
+        """``stat`` of the directory *levels_up* ``..`` steps above *grant*."""
+        parent = "/".join([".."] * levels_up)
+        fd = os.open(parent, O_PATH | O_DIRECTORY | O_CLOEXEC, dir_fd=grant.dirfd)
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
 
     def _open_path(self, path: PathArg, cwd: str, follow: bool, syscall: str) -> int:
         """An ``O_PATH`` fd for *path* beneath its grant (any grant will do)."""

@@ -287,6 +287,20 @@ def test_stat_follows_only_inside_the_grant(policy, tree):
     assert os.path.stat.S_ISDIR(policy.stat(tree["grant"], "/").st_mode)
 
 
+def test_directories_above_a_grant_may_be_stated_only(policy, tree):
+    """SQLite lstat()s every directory on the way down to its database: the
+    ones above a grant answer stat, with the real directory's metadata, and
+    nothing else — their other entries, listing and access stay denied."""
+    root = tree["root"]
+    for above in (root, os.path.dirname(root), "/"):
+        assert os.path.samestat(policy.stat(above, "/", follow=False), os.stat(above))
+    assert os.path.samestat(policy.stat("..", tree["grant"]), os.stat(root))
+    assert_denied(lambda: policy.stat(tree["outside"], "/"))
+    assert_denied(lambda: policy.stat(root + "/gran", "/"))     # a prefix, not a parent
+    assert_denied(lambda: policy.open(root, O_RDONLY | os.O_DIRECTORY, 0, "/"))
+    assert_denied(lambda: policy.access(root, os.R_OK, "/"))
+
+
 def test_readlink(policy, tree):
     assert policy.readlink("abs-link", tree["grant"]) == tree["secret"]
     with pytest.raises(OSError) as info:

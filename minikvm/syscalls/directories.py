@@ -53,11 +53,12 @@ def _d_type(entry: os.DirEntry) -> int:
 
 
 def _parent_inode(proc, file: HostFile, own: os.stat_result) -> int:
-    """``..``'s inode: the parent's when the policy lets the guest see it, the
-    directory's own otherwise (as for ``/``, whose ``..`` is itself)."""
+    """``..``'s inode: the parent's, as ``stat("..")`` shows it — the policy
+    answers stat for the directories above a grant too, so a program that
+    walks up comparing inodes sees the same number both ways — or the
+    directory's own for ``/``, whose ``..`` is itself."""
     parent = posixpath.dirname(file.path)
-    grants = getattr(proc.policy, "grants", ())
-    if parent == file.path or not any(grant.contains(parent) for grant in grants):
+    if parent == file.path:
         return own.st_ino
     try:
         return proc.policy.stat(parent, proc.cwd, True, syscall="getdents64").st_ino

@@ -205,6 +205,17 @@ static void directories(void)
     seekdir(dir, mark);
     printf("seekdir back gives the same entry: %d\n", strcmp(first, readdir(dir)->d_name) == 0);
     closedir(dir);
+
+    /* ".." listed in the working directory (the top of the grant under
+     * minikvm) is the directory stat("..") describes */
+    struct stat up;
+    show("stat ..", stat("..", &up));
+    dir = opendir(".");
+    struct dirent *entry;
+    while ((entry = readdir(dir)))
+        if (strcmp(entry->d_name, "..") == 0)
+            printf("  listed .. is stat(\"..\"): %d\n", entry->d_ino == up.st_ino);
+    closedir(dir);
 }
 
 static void statx_and_stat(void)
@@ -434,6 +445,24 @@ static void file_systems_and_copies(void)
     show("flock LOCK_UN", flock(source, LOCK_UN));
     show("flock bad", flock(source, 77));
     show("flock bad fd", flock(99, LOCK_EX));
+    struct flock lock = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 10};
+    show("fcntl F_SETLK read lock", fcntl(source, F_SETLK, &lock));
+    lock.l_type = F_WRLCK;
+    show("fcntl F_SETLK write lock, read-only fd", fcntl(source, F_SETLK, &lock));
+    show("fcntl F_GETLK", fcntl(source, F_GETLK, &lock));
+    printf("  no conflicting lock %d\n", lock.l_type == F_UNLCK);
+    show("fcntl F_GETLK F_UNLCK", fcntl(source, F_GETLK, &lock));
+    lock.l_type = F_UNLCK;
+    show("fcntl F_SETLKW unlock", fcntl(source, F_SETLKW, &lock));
+    lock.l_type = 9;
+    show("fcntl F_SETLK bad type", fcntl(source, F_SETLK, &lock));
+    lock.l_type = F_RDLCK;
+    lock.l_pid = 0;
+    show("fcntl F_OFD_SETLK", fcntl(source, 37 /* F_OFD_SETLK */, &lock));
+    lock.l_pid = 1;
+    show("fcntl F_OFD_SETLK with l_pid", fcntl(source, 37 /* F_OFD_SETLK */, &lock));
+    show("fcntl F_GETPIPE_SZ", fcntl(pipe_fds[0], 1032 /* F_GETPIPE_SZ */));
+    show("fcntl F_GETPIPE_SZ of a file", fcntl(source, 1032 /* F_GETPIPE_SZ */));
 
     char link[256] = {0};
     char fd_path[64];
