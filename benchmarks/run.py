@@ -25,11 +25,19 @@ temporary directory, from the sources beside this file:
 ``compute.c``         fill, hash and sort a buffer (CPU and memory)
 ``hello.c``           the smallest program: what starting costs
 ``snapshot_guest.c``  a request handler dirtying N pages per request, for
-                      ``snapshot_bench.py`` (fork and reset)
+                      ``snapshot_bench.py`` (fork, reset, snapshot files)
+``echo_handler.c``    a small HTTP handler, for ``serve_bench.py``:
+                      ``minikvm serve`` beside the same binary run natively
+                      per request, CGI-style
 ====================  =====================================================
 
 plus ``/bin/busybox`` for the I/O workloads (``cat`` and ``dd bs=64k`` of a
-big file).
+big file).  Snapshots are timed by ``snapshot_bench.py`` (forks; resets
+after requests dirtying 0, 1, 16, 256 and 4096 pages, with both reset
+mechanisms; a snapshot file's save and load) and ``minikvm serve`` by
+``serve_bench.py`` (a load generator at 1 and 4 concurrent clients, against
+a native CGI server running the same handler in the same run), each in a
+process of its own.
 
 Peers, when installed: Debian's qemu-user (``qemu-x86_64``; install it with
 ``apt-get install qemu-user``) and gVisor (``runsc``).  Neither is
@@ -57,7 +65,8 @@ from typing import Callable
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCHMARKS_DIR.parent
 BUSYBOX = "/bin/busybox"
-C_PROGRAMS = ("exit_floor", "getpid_bench", "compute", "hello", "snapshot_guest")
+C_PROGRAMS = ("exit_floor", "getpid_bench", "compute", "hello", "snapshot_guest",
+              "echo_handler")
 COMPILE_COMMAND = ("cc", "-static", "-O2", "-Wall", f"-I{REPO_ROOT / 'include'}")
 MIB = 1 << 20
 #: A guest that loops forever must not hang the benchmark: every process
@@ -77,15 +86,22 @@ class Sizes:
     native_syscall_iterations: int
     compute_mib: int            # compute.c's buffer
     io_mib: int                 # the file busybox cats
-    reset_pages: int            # pages a request dirties before a timed reset
+    serve_requests: int         # requests per server and concurrency (serve_bench.py)
 
 
 FULL = Sizes(repetitions=7, exit_iterations=50_000, syscall_iterations=20_000,
-             native_syscall_iterations=1_000_000, compute_mib=32, io_mib=64, reset_pages=1024)
+             native_syscall_iterations=1_000_000, compute_mib=32, io_mib=64,
+             serve_requests=1400)
 QUICK = Sizes(repetitions=5, exit_iterations=10_000, syscall_iterations=4_000,
-              native_syscall_iterations=200_000, compute_mib=8, io_mib=16, reset_pages=256)
+              native_syscall_iterations=200_000, compute_mib=8, io_mib=16, serve_requests=500)
 SMOKE = Sizes(repetitions=2, exit_iterations=1_000, syscall_iterations=500,
-              native_syscall_iterations=10_000, compute_mib=1, io_mib=1, reset_pages=64)
+              native_syscall_iterations=10_000, compute_mib=1, io_mib=1, serve_requests=40)
+
+#: Pages a request dirties before a timed reset (snapshot_bench.py): every
+#: mode measures all of them, each with both reset mechanisms.
+RESET_PAGE_COUNTS = (0, 1, 16, 256, 4096)
+#: Concurrent clients of the serve benchmark: one, and more than the cores.
+SERVE_CLIENTS = (1, 4)
 
 
 @dataclass
@@ -354,29 +370,91 @@ def bench_hello(programs: dict[str, Path], sizes: Sizes, runners: dict[str, Runn
 
 def bench_snapshot(programs: dict[str, Path], sizes: Sizes, scratch: Path,
                    results: Results) -> None:
-    """Fork and reset through minikvm/snapshot.py (in ``snapshot_bench.py``,
-    a process of its own), when that module exists.
+    """Fork, reset and snapshot files through minikvm/snapshot.py (in
+    ``snapshot_bench.py``, a process of its own), when that module exists.
 
-    ``reset_us_0`` is a reset after a request that wrote nothing itself;
-    ``reset_us_per_page`` the extra cost of each page a request dirtied,
-    from a second reset after *reset_pages* pages.  Both for the default
-    mechanism ("cow"); the ``reset_copy_*`` figures for "copy"."""
+    For each mechanism and each of RESET_PAGE_COUNTS: ``reset_cow_us_P`` /
+    ``reset_copy_us_P``, a reset after a request that dirtied *P* pages;
+    ``request_cow_us_P`` / ``request_copy_us_P``, that request (which pays
+    what the previous reset deferred); ``reset_cow_pages_P`` … the pages
+    the reset restored.  ``reset_us_0`` and ``reset_copy_us_0`` are the
+    resets after nothing was dirtied; ``reset_us_per_page`` /
+    ``reset_copy_us_per_page`` the slope of the medians from 0 to the
+    largest count.  ``fork_us``; ``snapshot_save_ms`` and
+    ``snapshot_load_ms`` for a snapshot file (``snapshot_file_kib`` big)."""
     if not (REPO_ROOT / "minikvm" / "snapshot.py").exists():
         results.skipped["snapshot"] = ("minikvm/snapshot.py does not exist yet: no reset_us_0, "
                                        "reset_us_per_page or fork_us")
         return
+    counts = ",".join(map(str, RESET_PAGE_COUNTS))
     _, output = run_process([sys.executable, str(BENCHMARKS_DIR / "snapshot_bench.py"),
-                             str(programs["snapshot_guest"]), str(sizes.repetitions),
-                             str(sizes.reset_pages)], minikvm_environment(scratch))
+                             str(programs["snapshot_guest"]), str(sizes.repetitions), counts],
+                            minikvm_environment(scratch))
     found = json.loads(output)
     results.add("fork_us", Samples(found["fork_us"]))
+    largest = max(RESET_PAGE_COUNTS)
     for mechanism, prefix in (("cow", "reset"), ("copy", "reset_copy")):
-        zero = Samples(found[f"{mechanism}_reset_us_0"])
-        many = Samples(found[f"{mechanism}_reset_us_N"])
-        pages = found[f"{mechanism}_restored_pages_N"] - found[f"{mechanism}_restored_pages_0"]
+        for pages in RESET_PAGE_COUNTS:
+            results.add(f"reset_{mechanism}_us_{pages}",
+                        Samples(found[f"{mechanism}_reset_us_{pages}"]))
+            results.add(f"request_{mechanism}_us_{pages}",
+                        Samples(found[f"{mechanism}_request_us_{pages}"]))
+            results.derived[f"reset_{mechanism}_pages_{pages}"] = \
+                found[f"{mechanism}_restored_pages_{pages}"]
+        zero = results.figures[f"reset_{mechanism}_us_0"]
+        many = results.figures[f"reset_{mechanism}_us_{largest}"]
+        pages = (found[f"{mechanism}_restored_pages_{largest}"]
+                 - found[f"{mechanism}_restored_pages_0"])
         results.add(f"{prefix}_us_0", zero)
-        results.add(f"{prefix}_us_{sizes.reset_pages}_pages", many)
         results.derived[f"{prefix}_us_per_page"] = (many.median - zero.median) / max(pages, 1)
+    results.add("snapshot_save_ms", Samples(found["save_ms"]))
+    results.add("snapshot_load_ms", Samples(found["load_ms"]))
+    results.derived["snapshot_file_kib"] = found["file_bytes"] / 1024
+
+
+def bench_serve(programs: dict[str, Path], sizes: Sizes, scratch: Path,
+                results: Results) -> None:
+    """``minikvm serve --workers 1`` under a load generator, beside the same
+    handler run natively per request behind the same HTTP front end (CGI
+    style), in ``serve_bench.py``; both servers up at once, taking turns.
+
+    For each concurrency C in SERVE_CLIENTS (C = 1 has no ``_cC`` in its
+    keys): ``serve_p50_ms``, ``serve_p99_ms``, ``serve_rps`` and the same
+    for ``cgi_``; ``serve_rps_ratio`` = serve / cgi requests per second
+    (higher is better).  A server that cannot start is a skip, with its
+    reason, not a failed run."""
+    if not (REPO_ROOT / "minikvm" / "serve.py").exists():
+        results.skipped["serve"] = "minikvm/serve.py does not exist yet"
+        return
+    argv = [sys.executable, str(BENCHMARKS_DIR / "serve_bench.py"),
+            str(programs["echo_handler"]), str(sizes.serve_requests), str(sizes.repetitions),
+            ",".join(map(str, SERVE_CLIENTS))]
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True,
+                                env=minikvm_environment(scratch),
+                                timeout=PROCESS_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        results.skipped["serve"] = f"serve_bench.py did not finish in {PROCESS_TIMEOUT_SECONDS} s"
+        return
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
+        results.skipped["serve"] = f"serve_bench.py failed: {lines[-1]}"
+        return
+    found = json.loads(result.stdout)
+    if "error" in found:
+        results.skipped["serve"] = found["error"]
+        return
+    for clients in SERVE_CLIENTS:
+        level = "" if clients == 1 else f"_c{clients}"
+        for backend in ("serve", "cgi"):
+            figures = found[f"{backend}_c{clients}"]
+            for figure in ("p50_ms", "p99_ms", "rps"):
+                results.derived[f"{backend}{level}_{figure}"] = figures[figure]
+        results.ratios[f"serve{level}_rps_ratio"] = (results.derived[f"serve{level}_rps"]
+                                                     / results.derived[f"cgi{level}_rps"])
+        results.ratios[f"serve{level}_p50_ratio"] = (results.derived[f"serve{level}_p50_ms"]
+                                                     / results.derived[f"cgi{level}_p50_ms"])
+    results.facts["serve_requests"] = found[f"serve_c{SERVE_CLIENTS[0]}"]["requests"]
 
 
 def machine_facts() -> dict[str, object]:
@@ -408,10 +486,10 @@ def format_table(results: Results, mode: str) -> str:
 
     def ratio(name: str, meaning: str) -> str:
         if name not in ratios:
-            return f"{name:15} —"
+            return f"{name:18} —"
         goal = GOALS.get(name)
         target = f"goal {goal[1]} {goal[0]}" if goal else ""
-        return f"{name:15} {ratios[name]:8.3f}   {target:10}  {meaning}"
+        return f"{name:18} {ratios[name]:8.3f}   {target:10}  {meaning}"
 
     facts = results.facts
     lines = [f"minikvm benchmarks ({mode}; {facts['cpu']}, {facts['cores']} cores, "
@@ -419,7 +497,7 @@ def format_table(results: Results, mode: str) -> str:
              f"{facts['load_average_at_start']} -> {facts['load_average_at_end']}); "
              f"median (min) of each",
              "",
-             f"{'figure':24} {'minikvm':32} {'baseline':32}"]
+             f"{'figure':26} {'minikvm':34} {'baseline':32}"]
     rows = [
         ("syscall (getpid)", show("syscall_us", "µs"),
          "exit floor " + show("exit_floor_us", "µs")),
@@ -433,15 +511,35 @@ def format_table(results: Results, mode: str) -> str:
          "python3 -c pass " + show("python_startup_ms", "ms")),
         ("", "", "native " + show("hello_native_ms", "ms")),
     ]
-    for figure, label in (("fork_us", "snapshot fork"), ("reset_us_0", "reset, nothing dirty"),
-                          ("reset_copy_us_0", "reset (copy), nothing")):
-        if figure in figures:
-            rows.append((label, show(figure, "µs"), ""))
-    for figure, label in (("reset_us_per_page", "reset, per dirty page"),
-                          ("reset_copy_us_per_page", "reset (copy), per page")):
-        if figure in results.derived:
-            rows.append((label, f"{results.derived[figure]:.3f} µs", "(slope of the medians)"))
-    lines += [f"{a:24} {b:32} {c}" for a, b, c in rows]
+    derived = results.derived
+    if "fork_us" in figures:
+        rows.append(("snapshot fork", show("fork_us", "µs"), ""))
+        rows.append(("reset, P pages dirty", "mechanism cow", "mechanism copy"))
+        for pages in RESET_PAGE_COUNTS:
+            restored = f"{derived[f'reset_cow_pages_{pages}']:.0f} restored"
+            rows.append((f"  P = {pages} ({restored})", show(f"reset_cow_us_{pages}", "µs"),
+                         show(f"reset_copy_us_{pages}", "µs")))
+        rows.append(("the request before it", "", ""))
+        for pages in RESET_PAGE_COUNTS:
+            rows.append((f"  P = {pages}", show(f"request_cow_us_{pages}", "µs"),
+                         show(f"request_copy_us_{pages}", "µs")))
+        rows.append(("reset, per dirty page", f"{derived['reset_us_per_page']:.3f} µs",
+                     f"{derived['reset_copy_us_per_page']:.3f} µs (slope of the medians)"))
+        rows.append(("snapshot file save", show("snapshot_save_ms", "ms"),
+                     f"({derived['snapshot_file_kib']:,.0f} KiB)"))
+        rows.append(("snapshot file load", show("snapshot_load_ms", "ms"), ""))
+    if "serve_rps" in derived:
+        rows.append(("serve (HTTP)", "minikvm serve --workers 1", "native CGI (fork+exec)"))
+        for clients in SERVE_CLIENTS:
+            level = "" if clients == 1 else f"_c{clients}"
+
+            def latency(backend: str) -> str:
+                return (f"p50 {derived[f'{backend}{level}_p50_ms']:.2f} ms, p99 "
+                        f"{derived[f'{backend}{level}_p99_ms']:.2f} ms, "
+                        f"{derived[f'{backend}{level}_rps']:.0f}/s")
+            rows.append((f"  {clients} client{'s' if clients > 1 else ''}", latency("serve"),
+                         latency("cgi")))
+    lines += [f"{a:26} {b:34} {c}" for a, b, c in rows]
     lines += ["", "ratios:",
               ratio("syscall_ratio", "minikvm syscall / C exit floor: lower is better, 1 = no "
                     "Python cost"),
@@ -450,6 +548,11 @@ def format_table(results: Results, mode: str) -> str:
                     "is better"),
               ratio("io_rw_ratio", "the same, for dd's 64 KiB reads and writes"),
               ratio("hello_ratio", "minikvm hello / python3 -c pass: lower is better")]
+    for clients in SERVE_CLIENTS:
+        level = "" if clients == 1 else f"_c{clients}"
+        lines.append(ratio(f"serve{level}_rps_ratio",
+                           f"serve / CGI requests per second, {clients} client"
+                           f"{'s' if clients > 1 else ''}: higher is better"))
     peers = [name for name in ("qemu_user", "gvisor") if f"{name}_syscall_us" in figures]
     for name in peers:
         lines += ["", f"{name} (same workloads):",
@@ -493,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         bench_io(sizes, runners, data, results)
         bench_hello(programs, sizes, runners, data, scratch, results)
         bench_snapshot(programs, sizes, scratch, results)
+        bench_serve(programs, sizes, scratch, results)
     results.facts["load_average_at_end"] = round(os.getloadavg()[0], 2)
     results.facts["mode"] = mode
     results.facts["repetitions"] = sizes.repetitions

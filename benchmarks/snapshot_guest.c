@@ -16,7 +16,8 @@
 #define PAGE_SIZE 4096
 #define BUFFER_PAGES 4096          /* 16 MiB */
 
-static unsigned char buffer[BUFFER_PAGES * PAGE_SIZE];
+/* Page-aligned, so a request dirtying N pages writes exactly N pages of it. */
+static unsigned char buffer[BUFFER_PAGES * PAGE_SIZE] __attribute__((aligned(PAGE_SIZE)));
 static char request[64];
 
 int main(void)

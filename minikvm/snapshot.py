@@ -57,6 +57,7 @@ give fresh bytes in every fork and after every reset; seed after the wait.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import ctypes
 import fcntl
@@ -71,8 +72,8 @@ from minikvm.cpu_state import CpuState
 from minikvm.elf import ElfImage
 from minikvm.errors import SnapshotError, SyscallError
 from minikvm.fdtable import FdEntry, FdTable, OpenFile
-from minikvm.frozen import (SEEK_DATA, SEEK_HOLE, allocated_end, allocated_runs, bitmap_runs,
-                            data_extents, freeze_memory, merge_runs, page_runs, seal_frozen)
+from minikvm.frozen import (allocated_end, allocated_runs, bitmap_runs, data_extents,
+                            freeze_memory, merge_runs, page_runs, seal_frozen)
 from minikvm.layout import PAGE_SIZE
 from minikvm.machine import (CALL_RETURN_ADDRESS, SYSCALL_EXIT_RIP, USER_RFLAGS_MASK, Machine,
                              Stop)
@@ -202,10 +203,13 @@ def run_until_stop(process: Process, dispatcher: Dispatcher,
 #: Process attributes that are not copied: the machine and its memory
 #: manager (a fork has its own), the read-only program image and policy
 #: (shared), the fd table (copied with duplicated host fds, below), the
-#: entropy source (fresh per fork) and the request channel (per fork).
+#: entropy source (fresh per fork), the request channel (per fork) and the
+#: thread table (a snapshot has one thread, and a fork's new Process starts
+#: with that one, see :meth:`Snapshot.take`).
 #: Every other attribute is plain data and is copied, so a field someone
 #: adds to Process is part of snapshots without a change here.
-NOT_COPIED = frozenset({"machine", "mm", "image", "policy", "fds", "random", "requests"})
+NOT_COPIED = frozenset({"machine", "mm", "image", "policy", "fds", "random", "requests",
+                        "threads"})
 _IMMUTABLE = (int, float, str, bytes, bool, type(None), frozenset)
 _MISSING = object()
 #: File kinds whose whole state is their attributes and their host fd's
@@ -328,12 +332,25 @@ class Snapshot:
         self.wait = wait
         #: The read view of the frozen pages, for the ``"copy"`` reset.
         self.pristine = memory.buffer
+        #: The frozen memory's data extents as ``(start, end)`` offsets, for
+        #: the ``"copy"`` reset, found once: ``lseek(SEEK_HOLE)`` on tmpfs
+        #: walks the extent page by page, so asking at every reset would cost
+        #: time proportional to the memory, not to the pages dirtied.  A page
+        #: outside them is zeros in the snapshot (a fork's fault may later
+        #: allocate a hole's page in the memfd, but that page is zeros too).
+        self.extents = [(start, start + length)
+                        for start, length in data_extents(memory.fd, memory.size)]
 
     @classmethod
     def take(cls, process: Process, wait: tuple[int, int] | None = None) -> "Snapshot":
         """Freeze *process*, which must not be running (between two runs,
         e.g. after :func:`run_until_stop` returned ``"wait"``).  It can go
-        on running afterwards: the snapshot is a copy."""
+        on running afterwards: the snapshot is a copy.  Only a program with
+        one thread can be frozen: the vCPU holds one thread's registers, and
+        a fork starts with that thread alone."""
+        if len(process.threads) > 1:
+            raise SnapshotError(f"the program has {len(process.threads)} threads: a snapshot "
+                                "can only be taken while it has one (before it starts threads)")
         machine = process.machine
         cpu = CpuState.capture(machine)
         fd = freeze_memory(machine.memory, process.mm)
@@ -570,18 +587,19 @@ class Fork:
         snapshot.  Holes of the snapshot's memfd are zeroed instead of
         copied: reading a hole through a shared mapping would make the
         kernel give the frozen copy a page of zeros it does not need."""
-        target, source, fd = self.machine.memory.buffer, self.snapshot.pristine, \
-            self.snapshot.memory.fd
+        target, source = self.machine.memory.buffer, self.snapshot.pristine
+        extents = self.snapshot.extents
+        # The last extent starting at or before *start* (or the first one).
+        index = max(0, bisect.bisect_right(extents, (start, end)) - 1)
         while start < end:
-            try:
-                data = os.lseek(fd, start, SEEK_DATA)
-            except OSError:   # ENXIO: only holes from here to the end of the file
-                data = end
+            while index < len(extents) and extents[index][1] <= start:
+                index += 1
+            data = extents[index][0] if index < len(extents) else end
             if data > start:
                 ctypes.memset(self.machine.memory.host_address + start, 0, min(data, end) - start)
                 start = min(data, end)
                 continue
-            stop = min(os.lseek(fd, start, SEEK_HOLE), end)
+            stop = min(extents[index][1], end)
             target[start:stop] = source[start:stop]
             start = stop
 

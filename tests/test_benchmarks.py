@@ -21,7 +21,7 @@ from tests.programs.build import unavailable_reason
 pytestmark = pytest.mark.kvm
 
 RUN_PY = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
-#: --smoke takes ~15 s on a quiet 2-core PVM machine; a loaded CI box may be
+#: --smoke takes ~10 s on a quiet 2-core PVM machine; a loaded CI box may be
 #: several times slower, and a wedged guest must not hang the suite.
 SMOKE_TIMEOUT_SECONDS = 600
 
@@ -30,7 +30,13 @@ ALWAYS = ("exit_floor_us", "out_floor_us", "syscall_us", "syscall_native_us", "s
           "io_native_s", "io_minikvm_s", "io_ratio", "io_rw_native_s", "io_rw_minikvm_s",
           "io_rw_ratio",
           "hello_ms", "hello_native_ms", "python_startup_ms", "hello_ratio")
-SNAPSHOT = ("fork_us", "reset_us_0", "reset_copy_us_0")
+PAGE_COUNTS = (0, 1, 16, 256, 4096)
+SNAPSHOT = ("fork_us", "reset_us_0", "reset_copy_us_0", "snapshot_save_ms", "snapshot_load_ms",
+            *(f"{figure}_{mechanism}_us_{pages}" for figure in ("reset", "request")
+              for mechanism in ("cow", "copy") for pages in PAGE_COUNTS))
+SERVE = tuple(f"{backend}{level}_{figure}" for backend in ("serve", "cgi")
+              for level in ("", "_c4") for figure in ("p50_ms", "p99_ms", "rps")) + \
+    ("serve_rps_ratio", "serve_c4_rps_ratio")
 QEMU = ("qemu_user_syscall_us", "qemu_user_compute_s", "qemu_user_io_s", "qemu_user_io_rw_s",
         "qemu_user_hello_ms")
 
@@ -60,7 +66,24 @@ def test_snapshot_figures_or_a_reason(report: dict) -> None:
         return
     for key in SNAPSHOT:
         assert report[key] > 0, f"{key} = {report.get(key)}"
-    assert "reset_us_per_page" in report
+        assert 0 < report[f"{key}_min"] <= report[key], key
+    assert "reset_us_per_page" in report and "reset_copy_us_per_page" in report
+    for mechanism in ("cow", "copy"):
+        # Each reset restored at least the pages its request dirtied.
+        for pages in PAGE_COUNTS:
+            assert report[f"reset_{mechanism}_pages_{pages}"] >= pages, (mechanism, pages)
+    assert report["snapshot_file_kib"] > 0
+
+
+def test_serve_and_its_cgi_baseline_or_a_reason(report: dict) -> None:
+    if "serve" in report["skipped"]:
+        assert report["skipped"]["serve"], "skipped without a reason"
+        return
+    for key in SERVE:
+        assert report[key] > 0, f"{key} = {report.get(key)}"
+    for level in ("", "_c4"):
+        for backend in ("serve", "cgi"):
+            assert report[f"{backend}{level}_p50_ms"] <= report[f"{backend}{level}_p99_ms"]
 
 
 def test_peers_are_measured_or_skipped_with_a_reason(report: dict) -> None:
