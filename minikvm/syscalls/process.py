@@ -574,7 +574,8 @@ SYSCALLS = [
     Syscall(141, "setpriority", sys_setpriority, ("int", "int", "int"), PARTIAL,
             "recorded; the guest has its vCPU to itself"),
     Syscall(62, "kill", sys_kill, ("int", "int"), PARTIAL,
-            "only the process itself; the signal's action is taken, handlers never run"),
+            "only the process itself (pid, 0, -1 or -pgid); its action is taken: "
+            "a handler runs, as on Linux"),
     Syscall(200, "tkill", sys_tkill, ("int", "int"), PARTIAL,
             "only the process's own threads; a handler runs in the thread named"),
     Syscall(234, "tgkill", sys_tgkill, ("int", "int", "int"), PARTIAL,
