@@ -24,14 +24,14 @@ import hashlib
 import os
 import stat
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from tests.guest_runs import run_minikvm
+
 BUSYBOX = Path("/bin/busybox")
-REPO = Path(__file__).resolve().parent.parent
 #: Wall-clock limits: minikvm's own (exit 124), then the test's backstop.
 GUEST_TIMEOUT_SECONDS = 60
 SUBPROCESS_TIMEOUT_SECONDS = 90
@@ -208,12 +208,9 @@ def run_native(args: tuple[str, ...], stdin: bytes, cwd: Path) -> Outcome:
 
 def run_guest(args: tuple[str, ...], stdin: bytes, cwd: Path,
               options: tuple[str, ...]) -> Outcome:
-    command = [sys.executable, "-m", "minikvm", "run", "--here",
-               "--timeout", str(GUEST_TIMEOUT_SECONDS), *options, "--", str(BUSYBOX), *args]
-    env = _environment()
-    env["PYTHONPATH"] = str(REPO)
-    done = subprocess.run(command, input=stdin, cwd=cwd, capture_output=True,
-                          timeout=SUBPROCESS_TIMEOUT_SECONDS, env=env)
+    done = run_minikvm(["--here", "--timeout", GUEST_TIMEOUT_SECONDS, *options, "--", BUSYBOX,
+                        *args], input=stdin, cwd=cwd, env=_environment(),
+                       timeout=SUBPROCESS_TIMEOUT_SECONDS)
     return Outcome(done.stdout, done.stderr, done.returncode)
 
 

@@ -18,16 +18,13 @@ timed.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.programs.build import STATIC_VARIANTS, program, unavailable_reason
+from tests.guest_runs import run_minikvm, run_native, shell_status
+from tests.programs.build import STATIC_VARIANTS, program
 
-ROOT = Path(__file__).resolve().parent.parent
 GUEST_TIMEOUT_SECONDS = 60
 SUBPROCESS_TIMEOUT_SECONDS = 90
 ENV = {"LANG": "C"}
@@ -38,35 +35,20 @@ PARTS = ("create", "errors", "level", "edge", "oneshot", "turns", "timeouts", "e
 pytestmark = pytest.mark.kvm
 
 
-def built(variant: str) -> Path:
-    reason = unavailable_reason(variant)
-    if reason:
-        pytest.skip(reason)
-    return program("epoll", variant)
-
-
-def status(returncode: int) -> int:
-    """A return code as a shell shows it: -N (signal N) is 128+N."""
-    return 128 - returncode if returncode < 0 else returncode
-
-
 @pytest.mark.parametrize("variant", STATIC_VARIANTS)
 def test_epoll_same_as_native(variant: str, tmp_path: Path) -> None:
-    executable = built(variant)
+    executable = program("epoll", variant)
     native_dir, guest_dir = tmp_path / "native", tmp_path / "guest"
     native_dir.mkdir()
     guest_dir.mkdir()
-    host = subprocess.run([str(executable)], cwd=native_dir, env=ENV, capture_output=True,
-                          timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    host = run_native([executable], cwd=native_dir, env=ENV, timeout=SUBPROCESS_TIMEOUT_SECONDS)
     assert host.returncode == 0, host.stdout.decode() + host.stderr.decode()
     printed_parts = [line[:-1] for line in host.stdout.decode().splitlines()
                      if not line.startswith(" ")]
     assert printed_parts == list(PARTS)
-    guest = subprocess.run(
-        [sys.executable, "-m", "minikvm", "run", "--here", "--clearenv", "--env=LANG=C",
-         f"--timeout={GUEST_TIMEOUT_SECONDS}", "--", str(executable)],
-        cwd=guest_dir, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
-        timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    guest = run_minikvm(["--here", "--clearenv", "--env=LANG=C",
+                         f"--timeout={GUEST_TIMEOUT_SECONDS}", "--", executable],
+                        cwd=guest_dir, timeout=SUBPROCESS_TIMEOUT_SECONDS)
     assert guest.stdout.decode() == host.stdout.decode()
     assert guest.stderr.decode() == host.stderr.decode()
-    assert status(guest.returncode) == status(host.returncode)
+    assert shell_status(guest.returncode) == shell_status(host.returncode)

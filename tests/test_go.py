@@ -26,17 +26,15 @@ timed.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.guest_runs import run_minikvm, run_native, shell_status
 from tests.programs.build import go_program
 
-ROOT = Path(__file__).resolve().parent.parent
 GUEST_TIMEOUT_SECONDS = 60
 SUBPROCESS_TIMEOUT_SECONDS = 90
 ENV = {"LANG": "C"}
@@ -46,11 +44,6 @@ GO_PANIC_STATUS = 2
 pytestmark = pytest.mark.kvm
 
 
-def status(returncode: int) -> int:
-    """A return code as a shell shows it: -N (signal N) is 128+N."""
-    return 128 - returncode if returncode < 0 else returncode
-
-
 def run_both(name: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess[bytes],
                                                  subprocess.CompletedProcess[bytes]]:
     """The program natively and under minikvm, each in its own empty directory."""
@@ -58,13 +51,10 @@ def run_both(name: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess[byt
     native_dir, guest_dir = tmp_path / "native", tmp_path / "guest"
     native_dir.mkdir()
     guest_dir.mkdir()
-    host = subprocess.run([str(executable)], cwd=native_dir, env=ENV, capture_output=True,
-                          timeout=SUBPROCESS_TIMEOUT_SECONDS)
-    guest = subprocess.run(
-        [sys.executable, "-m", "minikvm", "run", "--here", "--clearenv", "--env=LANG=C",
-         f"--timeout={GUEST_TIMEOUT_SECONDS}", "--", str(executable)],
-        cwd=guest_dir, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
-        timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    host = run_native([executable], cwd=native_dir, env=ENV, timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    guest = run_minikvm(["--here", "--clearenv", "--env=LANG=C",
+                         f"--timeout={GUEST_TIMEOUT_SECONDS}", "--", executable],
+                        cwd=guest_dir, timeout=SUBPROCESS_TIMEOUT_SECONDS)
     return host, guest
 
 
@@ -72,7 +62,7 @@ def assert_same(host: subprocess.CompletedProcess[bytes],
                 guest: subprocess.CompletedProcess[bytes]) -> None:
     assert guest.stdout.decode() == host.stdout.decode()
     assert guest.stderr.decode() == host.stderr.decode()
-    assert status(guest.returncode) == status(host.returncode)
+    assert shell_status(guest.returncode) == shell_status(host.returncode)
 
 
 @pytest.mark.parametrize("name", ["hello", "goroutines", "files"])
@@ -94,7 +84,7 @@ def test_go_goroutines_finish_every_part(tmp_path: Path) -> None:
 
 def test_go_panic_same_as_native(tmp_path: Path) -> None:
     host, guest = run_both("crash", tmp_path)
-    assert status(host.returncode) == GO_PANIC_STATUS
+    assert shell_status(host.returncode) == GO_PANIC_STATUS
     assert re.match(r"panic: assignment to entry in nil map\n\ngoroutine 1 \[running\]:\n",
                     guest.stderr.decode())
     assert_same(host, guest)

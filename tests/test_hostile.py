@@ -39,6 +39,7 @@ from typing import Iterator
 import pytest
 
 from minikvm import landlock, seccomp
+from tests.guest_runs import minikvm_command, minikvm_environment, run_minikvm
 from tests.programs.build import DEFAULT_BUILD_DIR, build
 
 pytestmark = pytest.mark.kvm
@@ -78,11 +79,8 @@ def hostile(name: str, variant: str) -> Path:
 
 def minikvm(*args: object, cwd: Path) -> Run:
     """``python -m minikvm run ARGS`` in *cwd*, as a user would type it."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
     start = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "minikvm", "run", *map(str, args)],
-                            cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=RUN_TIMEOUT_SECONDS)
+    result = run_minikvm(list(args), cwd=cwd, text=True, timeout=RUN_TIMEOUT_SECONDS)
     return Run(result.returncode, result.stdout, result.stderr, time.monotonic() - start)
 
 
@@ -468,11 +466,10 @@ def test_a_read_nobody_answers_is_stopped_by_the_timeout(variant, tmp_path):
     the subprocess limit below ended it.)"""
     reader, writer = os.pipe()
     try:
-        result = subprocess.run([sys.executable, "-m", "minikvm", "run", "--timeout", "1",
-                                 hostile("exhaust", variant), "wait-stdin"],
-                                cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                                stdin=reader, capture_output=True, text=True,
-                                timeout=RUN_TIMEOUT_SECONDS)
+        result = subprocess.run(minikvm_command(["--timeout", "1", hostile("exhaust", variant),
+                                                 "wait-stdin"]),
+                                cwd=tmp_path, env=minikvm_environment(), stdin=reader,
+                                capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS)
     finally:
         os.close(reader)
         os.close(writer)

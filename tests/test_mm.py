@@ -25,7 +25,6 @@ import ctypes
 import errno
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -40,6 +39,7 @@ from minikvm.mm import (PROT_EXEC, PROT_NONE, PROT_READ, PROT_WRITE, AddressSpac
                         Vma)
 from minikvm.syscalls import memory as memory_calls
 from minikvm.x86 import PTE_HUGE, PTE_NX, PTE_PRESENT, PTE_USER, PTE_WRITE
+from tests.guest_runs import run_minikvm, run_native
 from tests.programs.build import available_variants, build, DEFAULT_BUILD_DIR, SOURCE_DIR
 
 MIB = 1 << 20
@@ -47,7 +47,6 @@ MEMORY_SIZE = 64 * MIB            # user pool: 8 MiB .. 64 MiB
 RW = PROT_READ | PROT_WRITE
 RX = PROT_READ | PROT_EXEC
 BASE = 0x4000_0000                # a 1 GiB-aligned place to map things
-REPO = Path(__file__).resolve().parent.parent
 GUEST_TIMEOUT_SECONDS = 60
 SUBPROCESS_TIMEOUT_SECONDS = 120
 
@@ -612,18 +611,15 @@ def compiled(name: str, variant: str) -> Path:
 
 
 def minikvm_run(*arguments: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "minikvm", "run", "--timeout",
-                           str(GUEST_TIMEOUT_SECONDS), *arguments], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    return run_minikvm(["--timeout", GUEST_TIMEOUT_SECONDS, *arguments], cwd=cwd, text=True,
+                       timeout=SUBPROCESS_TIMEOUT_SECONDS)
 
 
 @pytest.mark.kvm
 @pytest.mark.parametrize("variant", available_variants())
 def test_mmap_edge_cases_match_native(variant: str, tmp_path: Path) -> None:
     program = compiled("mmap_edges", variant)
-    native = subprocess.run([str(program)], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    native = run_native([program], cwd=tmp_path, text=True, timeout=SUBPROCESS_TIMEOUT_SECONDS)
     assert native.returncode == 0, native.stdout + native.stderr
     guest = minikvm_run("--here", str(program), cwd=tmp_path)
     assert guest.stderr == ""

@@ -9,11 +9,8 @@ runs under ``minikvm run`` against a TCP echo server and a UDP server on
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,6 +21,7 @@ from minikvm.errors import SyscallError
 from minikvm.syscalls.net import (AF_INET, AF_INET6, AF_UNIX, SOCKADDR_IN6_SIZE,
                                   SOCKADDR_IN_SIZE, decode_sockaddr, describe_address,
                                   encode_sockaddr)
+from tests.guest_runs import run_minikvm
 from tests.programs.build import DEFAULT_BUILD_DIR, build
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,12 +181,9 @@ def test_a_client_uses_its_granted_endpoints(variant, tmp_path):
     try:
         tcp, udp = servers.tcp.getsockname()[1], servers.udp.getsockname()[1]
         spoof = servers.spoof.getsockname()[1]
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        run = subprocess.run([sys.executable, "-m", "minikvm", "run", "--audit",
-                              "--allow-connect", f"127.0.0.1:{tcp}",
-                              "--allow-connect", f"127.0.0.1:{udp}", str(client), str(tcp),
-                              str(udp)], cwd=tmp_path, env=env, capture_output=True,
-                             text=True, timeout=60)
+        run = run_minikvm(["--audit", "--allow-connect", f"127.0.0.1:{tcp}",
+                           "--allow-connect", f"127.0.0.1:{udp}", client, tcp, udp],
+                          cwd=tmp_path, text=True, timeout=60)
     finally:
         servers.close()
     assert run.returncode == 0, run.stderr

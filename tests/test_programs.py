@@ -28,8 +28,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,9 +35,10 @@ import pytest
 
 from minikvm.elf import load_elf
 from minikvm.layout import STACK_SIZE, STACK_TOP
-from tests.programs.build import PROGRAMS, STATIC_VARIANTS, program, unavailable_reason
+from tests import guest_runs
+from tests.guest_runs import shell_status
+from tests.programs.build import PROGRAMS, STATIC_VARIANTS, program
 
-ROOT = Path(__file__).resolve().parent.parent
 #: minikvm's own limit for a guest (exit 124), then the test's backstop.
 GUEST_TIMEOUT_SECONDS = 60
 SUBPROCESS_TIMEOUT_SECONDS = 90
@@ -88,38 +87,25 @@ class Outcome:
     status: int                            # as a shell reports it
 
 
-def shell_status(returncode: int) -> int:
-    """A subprocess return code as a shell shows it: -N (signal N) is 128+N."""
-    return 128 - returncode if returncode < 0 else returncode
-
-
 def run_native(executable: Path, case: Case, workdir: Path) -> Outcome:
-    result = subprocess.run([str(executable), *case.args], cwd=workdir, env=case.env,
-                            input=case.stdin, capture_output=True,
-                            timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    result = guest_runs.run_native([executable, *case.args], cwd=workdir, env=case.env,
+                                   input=case.stdin, timeout=SUBPROCESS_TIMEOUT_SECONDS)
     return Outcome(result.stdout, result.stderr, shell_status(result.returncode))
 
 
-def minikvm_command(executable: Path, args: tuple[str, ...], env: dict[str, str],
-                    *options: str) -> list[str]:
+def minikvm_arguments(executable: Path, args: tuple[str, ...], env: dict[str, str],
+                      *options: str) -> list[str]:
+    """What follows ``minikvm run`` to run *executable* with exactly *env*."""
     environment = [f"--env={name}={value}" for name, value in env.items()]
-    return [sys.executable, "-m", "minikvm", "run", "--here", "--clearenv", *environment,
-            f"--timeout={GUEST_TIMEOUT_SECONDS}", *options, "--", str(executable), *args]
+    return ["--here", "--clearenv", *environment, f"--timeout={GUEST_TIMEOUT_SECONDS}",
+            *options, "--", str(executable), *args]
 
 
 def run_minikvm(executable: Path, case: Case, workdir: Path, *options: str) -> Outcome:
-    result = subprocess.run(minikvm_command(executable, case.args, case.env, *options),
-                            cwd=workdir, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                            input=case.stdin, capture_output=True,
-                            timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    result = guest_runs.run_minikvm(minikvm_arguments(executable, case.args, case.env, *options),
+                                    cwd=workdir, input=case.stdin,
+                                    timeout=SUBPROCESS_TIMEOUT_SECONDS)
     return Outcome(result.stdout, result.stderr, result.returncode)
-
-
-def built(name: str, variant: str) -> Path:
-    reason = unavailable_reason(variant)
-    if reason:
-        pytest.skip(reason)
-    return program(name, variant)
 
 
 def all_cases() -> list[pytest.param]:
@@ -140,7 +126,7 @@ def test_every_program_has_cases() -> None:
 
 @pytest.mark.parametrize(("name", "variant", "case"), all_cases())
 def test_same_as_native(name: str, variant: str, case: Case, tmp_path: Path) -> None:
-    executable = built(name, variant)
+    executable = program(name, variant)
     (tmp_path / "native").mkdir()
     (tmp_path / "guest").mkdir()
     native = run_native(executable, case, tmp_path / "native")
@@ -164,11 +150,9 @@ def test_same_as_native(name: str, variant: str, case: Case, tmp_path: Path) -> 
 
 @pytest.mark.parametrize("variant", STATIC_VARIANTS)
 def test_spin_is_stopped_by_the_timeout(variant: str, tmp_path: Path) -> None:
-    executable = built("spin", variant)
-    command = [sys.executable, "-m", "minikvm", "run", "--here", "--timeout=1", "--",
-               str(executable)]
-    result = subprocess.run(command, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                            capture_output=True, timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    executable = program("spin", variant)
+    result = guest_runs.run_minikvm(["--here", "--timeout=1", "--", executable], cwd=tmp_path,
+                                    timeout=SUBPROCESS_TIMEOUT_SECONDS)
     assert result.stdout == b"spinning\n"
     assert result.returncode == 124, result.stderr
     assert b"timed out" in result.stderr
@@ -196,10 +180,9 @@ def region_masker(executable: Path):
 
 
 def traced_hello(variant: str, tmp_path: Path) -> tuple[list[str], Path]:
-    executable = built("hello", variant)
-    result = subprocess.run(minikvm_command(executable, (), {}, "--trace"), cwd=tmp_path,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
-                            text=True, timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    executable = program("hello", variant)
+    result = guest_runs.run_minikvm(minikvm_arguments(executable, (), {}, "--trace"),
+                                    cwd=tmp_path, text=True, timeout=SUBPROCESS_TIMEOUT_SECONDS)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "hello, world\n"
     mask = region_masker(executable)

@@ -29,16 +29,15 @@ from __future__ import annotations
 import shutil
 import stat
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
+from tests.guest_runs import run_minikvm
 from tests.programs.build import SOURCE_DIR, program
 
-REPO = Path(__file__).resolve().parent.parent
 #: The scripts the cases run and the files they read, copied into each run's
 #: directory.  ``signer.gpg`` is a keyring with one Ed25519 key, which made
 #: ``signed.txt.asc``, a signature of ``signed.txt`` (``gpg --detach-sign``).
@@ -255,12 +254,9 @@ def run_native(command: list[str], stdin: bytes, cwd: Path, env: dict[str, str])
 
 def run_guest(command: list[str], stdin: bytes, cwd: Path, env: dict[str, str],
               options: tuple[str, ...] = ()) -> Outcome:
-    minikvm = [sys.executable, "-m", "minikvm", "run", "--here",
-               "--timeout", str(GUEST_TIMEOUT_SECONDS), *options, "--"]
-    host_env = environment(env, cwd)
-    host_env["PYTHONPATH"] = str(REPO)
-    done = subprocess.run(minikvm + command, input=stdin, cwd=cwd, capture_output=True,
-                          timeout=SUBPROCESS_TIMEOUT_SECONDS, env=host_env)
+    done = run_minikvm(["--here", "--timeout", GUEST_TIMEOUT_SECONDS, *options, "--", *command],
+                       input=stdin, cwd=cwd, env=environment(env, cwd),
+                       timeout=SUBPROCESS_TIMEOUT_SECONDS)
     return Outcome(done.stdout, done.stderr, done.returncode)
 
 

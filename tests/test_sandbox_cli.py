@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from minikvm import landlock, seccomp
+from tests.guest_runs import minikvm_command, minikvm_environment, run_minikvm
 from tests.programs.build import DEFAULT_BUILD_DIR, build, program
 
 pytestmark = pytest.mark.kvm
@@ -33,11 +34,8 @@ BUSYBOX = shutil.which("busybox")
 RUN_TIMEOUT_SECONDS = 60
 
 
-def minikvm(*args: object, cwd: Path, **options) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "minikvm", "run", *map(str, args)], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS,
-                          **options)
+def minikvm(*args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return run_minikvm(list(args), cwd=cwd, text=True, timeout=RUN_TIMEOUT_SECONDS)
 
 
 def escape_files() -> Path:
@@ -180,10 +178,9 @@ def test_timeout_interrupts_a_guest_blocked_on_a_socket(tmp_path):
 
 
 def test_ctrl_c_stops_the_guest_without_a_traceback(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    child = subprocess.Popen([sys.executable, "-m", "minikvm", "run",
-                              program("spin", "glibc-static")], cwd=tmp_path, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(minikvm_command([program("spin", "glibc-static")]), cwd=tmp_path,
+                             env=minikvm_environment(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline() == "spinning\n"
         child.send_signal(signal.SIGINT)

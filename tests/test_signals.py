@@ -22,18 +22,15 @@
 from __future__ import annotations
 
 import ctypes
-import os
 import struct
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from minikvm import sigframe
+from tests.guest_runs import run_minikvm, run_native
 from tests.programs.build import DEFAULT_BUILD_DIR, SOURCE_DIR, available_variants, build
 
-REPO = Path(__file__).resolve().parent.parent
 GUEST_TIMEOUT_SECONDS = 60
 SUBPROCESS_TIMEOUT_SECONDS = 120
 SIGSEGV_STATUS = 128 + 11
@@ -146,15 +143,12 @@ def compiled(variant: str) -> str:
 
 
 def minikvm_run(*arguments: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "minikvm", "run", "--timeout",
-                           str(GUEST_TIMEOUT_SECONDS), *arguments], env=env,
-                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    return run_minikvm(["--timeout", GUEST_TIMEOUT_SECONDS, *arguments], text=True,
+                       timeout=SUBPROCESS_TIMEOUT_SECONDS)
 
 
 def native_run(*arguments: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(arguments), capture_output=True, text=True,
-                          timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    return run_native(list(arguments), text=True, timeout=SUBPROCESS_TIMEOUT_SECONDS)
 
 
 @pytest.mark.kvm

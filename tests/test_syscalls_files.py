@@ -19,7 +19,6 @@ import inspect
 import os
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,34 +26,25 @@ import pytest
 from minikvm.syscalls import directories, files, poll, sync
 from minikvm.syscalls.base import Syscall
 from minikvm.syscalls.dispatch import Dispatcher
-from tests.programs.build import STATIC_VARIANTS, program, unavailable_reason
+from tests.guest_runs import run_minikvm, run_native
+from tests.programs.build import STATIC_VARIANTS, program
 
-ROOT = Path(__file__).resolve().parent.parent
 SUBPROCESS_TIMEOUT_SECONDS = 90
 
 
-def built(name: str, variant: str) -> Path:
-    reason = unavailable_reason(variant)
-    if reason:
-        pytest.skip(reason)
-    return program(name, variant)
-
-
 def minikvm(args: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "minikvm", "run", *args], cwd=cwd,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
-                          timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    return run_minikvm(args, cwd=cwd, timeout=SUBPROCESS_TIMEOUT_SECONDS)
 
 
 # -- fsops: natively and under minikvm ----------------------------------------------------
 @pytest.mark.kvm
 @pytest.mark.parametrize("variant", STATIC_VARIANTS)
 def test_fsops_same_as_native(variant: str, tmp_path: Path) -> None:
-    executable = built("fsops", variant)
+    executable = program("fsops", variant)
     (tmp_path / "native").mkdir()
     (tmp_path / "guest").mkdir()
-    native = subprocess.run([str(executable)], cwd=tmp_path / "native", capture_output=True,
-                            env={"LANG": "C"}, timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    native = run_native([executable], cwd=tmp_path / "native", env={"LANG": "C"},
+                        timeout=SUBPROCESS_TIMEOUT_SECONDS)
     assert native.returncode == 0, native.stdout.decode() + native.stderr.decode()
     guest = minikvm(["--here", "--timeout=60", "--", str(executable)], tmp_path / "guest")
     assert guest.stderr == b""
@@ -133,7 +123,7 @@ def snapshot(directory: Path) -> dict[str, tuple[int, int, bytes]]:
 @pytest.mark.kvm
 @pytest.mark.parametrize("variant", STATIC_VARIANTS)
 def test_policy_refusals(variant: str, tmp_path: Path) -> None:
-    executable = built("fspolicy", variant)
+    executable = program("fspolicy", variant)
     read_only, outside, work = tmp_path / "ro", tmp_path / "outside", tmp_path / "work"
     for directory in (read_only / "sub", outside, work):
         directory.mkdir(parents=True)
@@ -152,7 +142,7 @@ def test_policy_refusals(variant: str, tmp_path: Path) -> None:
 # -- calls that block ---------------------------------------------------------------------------
 @pytest.mark.kvm
 def test_a_futex_deadlock_ends_the_run(tmp_path: Path) -> None:
-    executable = built("fsops", "musl-static")
+    executable = program("fsops", "musl-static")
     result = minikvm(["--timeout=60", "--", str(executable), "futex-deadlock"], tmp_path)
     assert result.stdout == b"blocking: futex-deadlock\n"
     assert result.returncode == 137
@@ -162,7 +152,7 @@ def test_a_futex_deadlock_ends_the_run(tmp_path: Path) -> None:
 @pytest.mark.kvm
 @pytest.mark.parametrize("how", ["futex-long", "poll-forever"])
 def test_long_waits_stop_at_the_time_limit(how: str, tmp_path: Path) -> None:
-    executable = built("fsops", "musl-static")
+    executable = program("fsops", "musl-static")
     result = minikvm(["--timeout=1", "--", str(executable), how], tmp_path)
     assert result.stdout == f"blocking: {how}\n".encode()
     assert result.returncode == 124, result.stderr

@@ -18,19 +18,17 @@ hang the suite.
 from __future__ import annotations
 
 import errno
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from minikvm.syscalls.base import PARTIAL, REFUSED, SUPPORTED
 from minikvm.syscalls.table import FAMILIES, TABLE_BY_NUMBER
+from tests.guest_runs import run_minikvm, run_native, shell_status
 from tests.programs.build import DEFAULT_BUILD_DIR, SOURCE_DIR, available_variants, build
 
-REPO = Path(__file__).resolve().parent.parent
 GUEST_TIMEOUT_SECONDS = 60
 SUBPROCESS_TIMEOUT_SECONDS = 120
 #: For the programs that only a time limit can end.
@@ -44,20 +42,12 @@ def compiled(name: str, variant: str) -> Path:
 
 def minikvm_run(*arguments: str, limit: float = GUEST_TIMEOUT_SECONDS,
                 cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "minikvm", "run", "--timeout", str(limit),
-                           *arguments], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    return run_minikvm(["--timeout", limit, *arguments], cwd=cwd, text=True,
+                       timeout=SUBPROCESS_TIMEOUT_SECONDS)
 
 
 def native_run(*arguments: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(arguments), capture_output=True, text=True,
-                          timeout=SUBPROCESS_TIMEOUT_SECONDS)
-
-
-def shell_status(returncode: int) -> int:
-    """A subprocess return code as a shell reports it (128+N for signal N)."""
-    return 128 - returncode if returncode < 0 else returncode
+    return run_native(list(arguments), text=True, timeout=SUBPROCESS_TIMEOUT_SECONDS)
 
 
 # --- abort() -------------------------------------------------------------------------------

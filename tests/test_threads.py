@@ -17,19 +17,17 @@ a Python traceback.  Nothing is timed.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from minikvm.threads import DEFAULT_MAX_THREADS
-from tests.programs.build import STATIC_VARIANTS, program, unavailable_reason
+from tests.guest_runs import run_minikvm, run_native, shell_status, start_minikvm
+from tests.programs.build import STATIC_VARIANTS, program
 
-ROOT = Path(__file__).resolve().parent.parent
 GUEST_TIMEOUT_SECONDS = 120
 SUBPROCESS_TIMEOUT_SECONDS = 180
 ENV = {"LANG": "C"}
@@ -40,35 +38,24 @@ pytestmark = pytest.mark.kvm
 
 
 def built(variant: str) -> Path:
-    reason = unavailable_reason(variant)
-    if reason:
-        pytest.skip(reason)
     return program("threads", variant)
 
 
 def native(executable: Path, *parts: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([str(executable), *parts], env=ENV, capture_output=True,
-                          timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    return run_native([executable, *parts], env=ENV, timeout=SUBPROCESS_TIMEOUT_SECONDS)
 
 
 def minikvm(executable: Path, *parts: str, timeout: float = GUEST_TIMEOUT_SECONDS,
             options: tuple[str, ...] = ()) -> subprocess.CompletedProcess[bytes]:
-    command = [sys.executable, "-m", "minikvm", "run", "--clearenv", "--env=LANG=C",
-               f"--timeout={timeout}", *options, "--", str(executable), *parts]
-    return subprocess.run(command, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                          capture_output=True, timeout=SUBPROCESS_TIMEOUT_SECONDS)
-
-
-def status(returncode: int) -> int:
-    """A return code as a shell shows it: -N (signal N) is 128+N."""
-    return 128 - returncode if returncode < 0 else returncode
+    return run_minikvm(["--clearenv", "--env=LANG=C", f"--timeout={timeout}", *options,
+                        "--", executable, *parts], timeout=SUBPROCESS_TIMEOUT_SECONDS)
 
 
 def assert_same(guest: subprocess.CompletedProcess[bytes],
                 host: subprocess.CompletedProcess[bytes]) -> None:
     assert guest.stdout.decode() == host.stdout.decode()
     assert guest.stderr.decode() == host.stderr.decode()
-    assert status(guest.returncode) == status(host.returncode)
+    assert shell_status(guest.returncode) == shell_status(host.returncode)
 
 
 # -- the same as natively -------------------------------------------------------------------------
@@ -97,7 +84,7 @@ def test_a_crash_in_a_thread_ends_the_process(variant: str) -> None:
     host = native(executable, "hostile-crash")
     guest = minikvm(executable, "hostile-crash")
     assert guest.stdout == host.stdout == b"crash: a thread pushes onto a garbage stack\n"
-    assert status(guest.returncode) == status(host.returncode) == 139
+    assert shell_status(guest.returncode) == shell_status(host.returncode) == 139
     assert re.fullmatch(r"SIGSEGV: page fault writing 0xfff8 at rip=0x[0-9a-f]+ "
                         r"<part_hostile_crash\+\d+>\n", guest.stderr.decode())
 
@@ -161,11 +148,7 @@ def test_a_thread_polls_a_host_fd_while_the_others_wait(variant: str) -> None:
     pthread_join: the host polls stdin for it.  The line is written a moment
     after the start, so that (usually) the poll is already waiting; the
     test does not depend on it."""
-    command = [sys.executable, "-m", "minikvm", "run", "--timeout=60", "--",
-               str(built(variant)), "stdin"]
-    with subprocess.Popen(command, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE) as guest:
+    with start_minikvm(["--timeout=60", "--", built(variant), "stdin"]) as guest:
         try:
             time.sleep(LINE_DELAY_SECONDS)
             stdout, stderr = guest.communicate(b"hello\n", timeout=SUBPROCESS_TIMEOUT_SECONDS)
@@ -181,11 +164,7 @@ def test_a_thread_reading_a_host_fd_does_not_stop_the_others(variant: str) -> No
     """One thread reads stdin; the main thread must still run and print
     before the test writes the line — if the read blocked the host, that
     line would never come and the test's timeout would end it."""
-    command = [sys.executable, "-m", "minikvm", "run", "--timeout=60", "--",
-               str(built(variant)), "stdin-read"]
-    with subprocess.Popen(command, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE) as guest:
+    with start_minikvm(["--timeout=60", "--", built(variant), "stdin-read"]) as guest:
         try:
             first = guest.stdout.readline()
             stdout, stderr = guest.communicate(b"hello\n", timeout=SUBPROCESS_TIMEOUT_SECONDS)
