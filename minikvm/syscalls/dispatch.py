@@ -61,6 +61,25 @@ def make_caller(handler: Callable[..., int], arity: int) -> Caller:
     return lambda process, r: handler(process, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9)
 
 
+def _default_table() -> tuple[list[Syscall | None], list[Caller | None]]:
+    """The entries and callers of :data:`~minikvm.syscalls.table.TABLE_BY_NUMBER`,
+    indexed by number."""
+    entries: list[Syscall | None] = [None] * TABLE_SIZE
+    callers: list[Caller | None] = [None] * TABLE_SIZE
+    for number, entry in TABLE_BY_NUMBER.items():
+        entries[number] = entry
+        callers[number] = make_caller(entry.handler, len(entry.args))
+    return entries, callers
+
+
+#: The whole table's entries and callers, made once: every dispatcher
+#: starts from copies of these lists (a snapshot's fork makes a dispatcher
+#: each time, and making ~200 callers cost ~0.1 ms of it).  A caller does
+#: not depend on the process (it is the caller's first argument), so
+#: sharing them is safe; :meth:`Dispatcher.add` changes one dispatcher's copy.
+DEFAULT_ENTRIES, DEFAULT_CALLERS = _default_table()
+
+
 class Dispatcher:
     """Calls the handler for each system call of one process."""
 
@@ -69,11 +88,9 @@ class Dispatcher:
         self.process = process
         self.tracer = tracer
         self.counts: dict[str, list[float]] | None = {} if count else None
-        self.entries: list[Syscall | None] = [None] * TABLE_SIZE
+        self.entries: list[Syscall | None] = list(DEFAULT_ENTRIES)
         #: ``callers[n]`` calls ``entries[n].handler`` (kept in step by :meth:`add`).
-        self.callers: list[Caller | None] = [None] * TABLE_SIZE
-        for number, entry in TABLE_BY_NUMBER.items():
-            self._install(entry)
+        self.callers: list[Caller | None] = list(DEFAULT_CALLERS)
         if process is not None:
             # A CPU exception in the program goes to its signal handler, if any.
             process.machine.on_fault = lambda frame: deliver_fault(process, frame)
