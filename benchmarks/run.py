@@ -380,7 +380,9 @@ def bench_snapshot(programs: dict[str, Path], sizes: Sizes, scratch: Path,
     the reset restored.  ``reset_us_0`` and ``reset_copy_us_0`` are the
     resets after nothing was dirtied; ``reset_us_per_page`` /
     ``reset_copy_us_per_page`` the slope of the medians from 0 to the
-    largest count.  ``fork_us``; ``snapshot_save_ms`` and
+    largest count.  ``fork_us``, and ``fork_prepared_us`` (a fork
+    :meth:`~minikvm.snapshot.Snapshot.prepare_forks` started beforehand);
+    ``snapshot_save_ms`` and
     ``snapshot_load_ms`` for a snapshot file (``snapshot_file_kib`` big)."""
     if not (REPO_ROOT / "minikvm" / "snapshot.py").exists():
         results.skipped["snapshot"] = ("minikvm/snapshot.py does not exist yet: no reset_us_0, "
@@ -392,6 +394,7 @@ def bench_snapshot(programs: dict[str, Path], sizes: Sizes, scratch: Path,
                             minikvm_environment(scratch))
     found = json.loads(output)
     results.add("fork_us", Samples(found["fork_us"]))
+    results.add("fork_prepared_us", Samples(found["fork_prepared_us"]))
     largest = max(RESET_PAGE_COUNTS)
     for mechanism, prefix in (("cow", "reset"), ("copy", "reset_copy")):
         for pages in RESET_PAGE_COUNTS:
@@ -513,7 +516,8 @@ def format_table(results: Results, mode: str) -> str:
     ]
     derived = results.derived
     if "fork_us" in figures:
-        rows.append(("snapshot fork", show("fork_us", "µs"), ""))
+        rows.append(("snapshot fork", show("fork_us", "µs"),
+                     "prepared " + show("fork_prepared_us", "µs")))
         rows.append(("reset, P pages dirty", "mechanism cow", "mechanism copy"))
         for pages in RESET_PAGE_COUNTS:
             restored = f"{derived[f'reset_cow_pages_{pages}']:.0f} restored"

@@ -10,13 +10,15 @@ snapshot file can store it as it is.
 from __future__ import annotations
 
 import ctypes
-
+import errno
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 from minikvm import ioctl as k
 from minikvm import x86
 from minikvm.errors import KvmError
+from minikvm.kvm import ioctl
 from minikvm.machine import SYSCALL_EXIT_RIP, Machine
 
 #: The MSRs a snapshot keeps.  A program at CPL 3 can change FS/GS base
@@ -25,6 +27,21 @@ from minikvm.machine import SYSCALL_EXIT_RIP, Machine
 #: the guest's clock keeps running forward across a reset, as a real one does.
 SAVED_MSRS = (x86.MSR_STAR, x86.MSR_LSTAR, x86.MSR_CSTAR, x86.MSR_SYSCALL_MASK,
               x86.MSR_FS_BASE, x86.MSR_GS_BASE, x86.MSR_KERNEL_GS_BASE, x86.MSR_IA32_CR_PAT)
+
+
+@dataclass
+class _Loadable:
+    """A :class:`CpuState` as the ctypes structs the ``KVM_SET_*`` ioctls
+    take.  Made once per state: every fork of a snapshot (and every full
+    reset) loads the same state, and building these — a 4 KiB XSAVE area,
+    the MSR list — each time was work redone per fork.  The ioctls only
+    read them, so one set serves every fork."""
+    sregs: k.kvm_sregs
+    xcrs: k.kvm_xcrs | None        # None: no XCRS to set
+    fpu: ctypes.Structure          # kvm_xsave or kvm_fpu
+    msrs: ctypes.Structure         # kvm_msrs with its entries
+    events: k.kvm_vcpu_events
+    regs: k.kvm_regs
 
 
 @dataclass
@@ -64,20 +81,38 @@ class CpuState:
         """True when taken at a system call's exit (RIP after the stub's ``out``)."""
         return k.kvm_regs.from_buffer_copy(self.regs).rip == SYSCALL_EXIT_RIP
 
+    @functools.cached_property
+    def _loadable(self) -> _Loadable:
+        """This state as ready-made ioctl structs (made on first use; the
+        fields must not change afterwards — a snapshot's never do)."""
+        xcrs = k.kvm_xcrs.from_buffer_copy(self.xcrs) if self.xcrs is not None else None
+        fpu_type = k.kvm_xsave if self.xsave else k.kvm_fpu
+        msrs = k.kvm_msrs_with(len(self.msrs))
+        for entry, (index, data) in zip(msrs.entries, self.msrs.items()):
+            entry.index = index
+            entry.data = data
+        return _Loadable(k.kvm_sregs.from_buffer_copy(self.sregs),
+                         xcrs if xcrs is not None and xcrs.nr_xcrs else None,
+                         fpu_type.from_buffer_copy(self.fpu), msrs,
+                         k.kvm_vcpu_events.from_buffer_copy(self.events),
+                         k.kvm_regs.from_buffer_copy(self.regs))
+
     def restore(self, machine: Machine) -> None:
         """Load all of it into *machine*'s vCPU (a fork's first start, or a
         reset after a crash, a timeout or an exit)."""
         vcpu = machine.vcpu
-        sregs = k.kvm_sregs.from_buffer_copy(self.sregs)
-        vcpu.set_sregs(sregs)
-        if self.xcrs is not None:
-            xcrs = k.kvm_xcrs.from_buffer_copy(self.xcrs)
-            if xcrs.nr_xcrs:
-                _set_xcrs(vcpu, xcrs)
+        ready = self._loadable
+        vcpu.set_sregs(ready.sregs)
+        if ready.xcrs is not None:
+            _set_xcrs(vcpu, ready.xcrs)
         self.restore_fpu(machine)
-        vcpu.set_msrs(self.msrs)
-        vcpu.set_vcpu_events(k.kvm_vcpu_events.from_buffer_copy(self.events))
-        vcpu.set_regs(k.kvm_regs.from_buffer_copy(self.regs))
+        done = ioctl(vcpu.fd, k.KVM_SET_MSRS, ready.msrs)
+        if done != len(self.msrs):
+            index = list(self.msrs)[done]
+            raise KvmError("KVM_SET_MSRS", errno.EINVAL,
+                           f"MSR {index:#x} = {self.msrs[index]:#x} was refused")
+        vcpu.set_vcpu_events(ready.events)
+        vcpu.set_regs(ready.regs)
         # Mirror them in kvm_run, which the run loop and return_from_syscall
         # read (KVM loads only the classes marked dirty: the registers).
         state = vcpu.run_state
@@ -93,11 +128,10 @@ class CpuState:
 
     def restore_fpu(self, machine: Machine) -> None:
         if self.xsave:
-            machine.vcpu.set_xsave(k.kvm_xsave.from_buffer_copy(self.fpu))
+            machine.vcpu.set_xsave(self._loadable.fpu)
         else:
-            machine.vcpu.set_fpu(k.kvm_fpu.from_buffer_copy(self.fpu))
+            machine.vcpu.set_fpu(self._loadable.fpu)
 
 
 def _set_xcrs(vcpu: Any, xcrs: k.kvm_xcrs) -> None:
-    from minikvm.kvm import ioctl
     ioctl(vcpu.fd, k.KVM_SET_XCRS, xcrs)

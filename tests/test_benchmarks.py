@@ -31,7 +31,8 @@ ALWAYS = ("exit_floor_us", "out_floor_us", "syscall_us", "syscall_native_us", "s
           "io_rw_ratio",
           "hello_ms", "hello_native_ms", "python_startup_ms", "hello_ratio")
 PAGE_COUNTS = (0, 1, 16, 256, 4096)
-SNAPSHOT = ("fork_us", "reset_us_0", "reset_copy_us_0", "snapshot_save_ms", "snapshot_load_ms",
+SNAPSHOT = ("fork_us", "fork_prepared_us", "reset_us_0", "reset_copy_us_0", "snapshot_save_ms",
+            "snapshot_load_ms",
             *(f"{figure}_{mechanism}_us_{pages}" for figure in ("reset", "request")
               for mechanism in ("cow", "copy") for pages in PAGE_COUNTS))
 SERVE = tuple(f"{backend}{level}_{figure}" for backend in ("serve", "cgi")

@@ -173,6 +173,36 @@ def test_a_snapshot_of_a_fork_is_a_snapshot(snapshot: Snapshot) -> None:
         assert grandchild.request(b"peek").response.endswith(b"poked=5")
 
 
+def test_prepared_forks_are_handed_out_as_new_ones(snapshot: Snapshot) -> None:
+    """prepare_forks starts forks ahead of time; fork() hands them out,
+    with the mechanism asked for, and they start from the snapshot."""
+    snapshot.prepare_forks(2)
+    prepared = {id(spare) for spare in snapshot.spare_forks}
+    assert len(prepared) == 2
+    with snapshot.fork("copy") as first, snapshot.fork() as second:
+        assert {id(first), id(second)} == prepared
+        assert snapshot.spare_forks == []
+        assert (first.mechanism, second.mechanism) == ("copy", "cow")
+        assert first.request(b"poke42", reset=False).response.endswith(b"poked=42")
+        assert second.request(b"peek").response == pristine(b"peek")
+        first.reset()
+        assert first.request(b"peek").response == pristine(b"peek")
+    with snapshot.fork() as third:                      # none left: a new one
+        assert id(third) not in prepared
+        assert third.request(b"peek").response == pristine(b"peek")
+
+
+def test_closing_a_snapshot_closes_its_spare_forks(snapshot: Snapshot) -> None:
+    with snapshot.fork() as fork:
+        child = Snapshot.take(fork.process, fork.wait)
+    with child:
+        child.prepare_forks(1)
+        spare = child.spare_forks[0]
+    assert spare.machine is None and child.spare_forks == []
+    with pytest.raises(SnapshotError, match="closed"):
+        child.prepare_forks(1)
+
+
 # -- files ------------------------------------------------------------------------------
 
 def test_the_file_round_trips(tmp_path, snapshot: Snapshot) -> None:
