@@ -61,9 +61,7 @@ give fresh bytes in every fork and after every reset; seed after the wait.
 from __future__ import annotations
 
 import bisect
-import copy
 import ctypes
-import fcntl
 import os
 import stat as stat_module
 from dataclasses import dataclass
@@ -74,7 +72,7 @@ from minikvm import x86
 from minikvm.cpu_state import CpuState
 from minikvm.elf import ElfImage
 from minikvm.errors import SnapshotError, SyscallError
-from minikvm.fdtable import FdEntry, FdTable, OpenFile
+from minikvm.fdtable import FdEntry
 from minikvm.frozen import (allocated_end, allocated_runs, bitmap_runs, data_extents,
                             freeze_memory, merge_runs, page_runs, seal_frozen)
 from minikvm.layout import PAGE_SIZE
@@ -83,6 +81,9 @@ from minikvm.machine import (CALL_RETURN_ADDRESS, SYSCALL_EXIT_RIP, USER_RFLAGS_
 from minikvm.memory import GuestMemory
 from minikvm.mm import AddressSpace
 from minikvm.process import Process, ProcessExit, ProcessKilled
+from minikvm.process_state import (PLAIN_FILE_KINDS, capture_process_state, close_fd_entries,
+                                   copy_fd_entries, install_fd_entries,
+                                   restore_process_state)
 from minikvm.segments import USER_CODE64, USER_DATA64
 from minikvm.syscalls.base import MASK64, signed64
 from minikvm.syscalls.dispatch import Dispatcher
@@ -197,127 +198,6 @@ def run_until_stop(process: Process, dispatcher: Dispatcher,
     if stop.kind == "timeout":
         return "timeout", f"timed out: {stop.message}"
     return stop.kind, stop.message
-
-
-# ---------------------------------------------------------------------------
-# Host-side process state
-# ---------------------------------------------------------------------------
-
-#: Process attributes that are not copied: the machine and its memory
-#: manager (a fork has its own), the read-only program image and policy
-#: (shared), the fd table (copied with duplicated host fds, below), the
-#: entropy source (fresh per fork), the request channel (per fork) and the
-#: thread table (a snapshot has one thread, and a fork's new Process starts
-#: with that one, see :meth:`Snapshot.take`).
-#: Every other attribute is plain data and is copied, so a field someone
-#: adds to Process is part of snapshots without a change here.
-NOT_COPIED = frozenset({"machine", "mm", "image", "policy", "fds", "random", "requests",
-                        "threads"})
-_IMMUTABLE = (int, float, str, bytes, bool, type(None), frozenset)
-_MISSING = object()
-#: File kinds whose whole state is their attributes and their host fd's
-#: position: a reset may keep them when those did not change.
-_PLAIN_FILE_KINDS = ("host", "device")
-
-
-def capture_process_state(process: Process) -> dict[str, Any]:
-    """Every plain-data attribute of *process*, deep-copied."""
-    state = {}
-    for name, value in vars(process).items():
-        if name in NOT_COPIED:
-            continue
-        try:
-            state[name] = value if isinstance(value, _IMMUTABLE) else copy.deepcopy(value)
-        except Exception as error:
-            raise SnapshotError(f"cannot snapshot process attribute {name!r} "
-                                f"({type(value).__name__}): {error}") from None
-    return state
-
-
-def restore_process_state(process: Process, state: dict[str, Any]) -> None:
-    """Put the snapshot's values back; one still equal to the snapshot's is
-    left alone (it is the process's own copy already), so a reset after a
-    request that changed nothing copies nothing."""
-    current = vars(process)
-    immutable = {name: value for name, value in state.items() if isinstance(value, _IMMUTABLE)}
-    current.update(immutable)
-    for name, value in state.items():
-        if name not in immutable and current.get(name, _MISSING) != value:
-            current[name] = copy.deepcopy(value)
-
-
-def duplicate_host_fd(host_fd: int) -> int:
-    """A host fd for a copy of an open file.
-
-    A regular file or a directory is *reopened* through ``/proc/self/fd``
-    (its own file offset, set to the original's), so a fork reading a file
-    does not move the snapshot's or another fork's position.  Anything else
-    (a pipe, a terminal, a socket) is ``dup``'d: it has no position to keep
-    apart.  If reopening is not possible (no /proc), ``dup`` is used."""
-    mode = os.fstat(host_fd).st_mode
-    if stat_module.S_ISREG(mode) or stat_module.S_ISDIR(mode):
-        flags = fcntl.fcntl(host_fd, fcntl.F_GETFL) & ~(os.O_CREAT | os.O_TRUNC | os.O_EXCL)
-        try:
-            fresh = os.open(f"/proc/self/fd/{host_fd}", flags | os.O_CLOEXEC)
-        except OSError:
-            return os.dup(host_fd)
-        if stat_module.S_ISREG(mode):
-            os.lseek(fresh, os.lseek(host_fd, 0, os.SEEK_CUR), os.SEEK_SET)
-        return fresh
-    return os.dup(host_fd)
-
-
-def copy_fd_entries(entries: dict[int, FdEntry]) -> dict[int, FdEntry]:
-    """Copies of the fd table's entries, with host fds of their own.  One
-    ``deepcopy`` memo for the whole table keeps what was shared shared
-    (the two ends of a pipe, dup'd fds)."""
-    memo: dict[int, Any] = {}
-    copies: dict[int, FdEntry] = {}
-    fresh_host_fds: dict[int, OpenFile] = {}
-    try:
-        for fd, entry in sorted(entries.items()):
-            file = entry.file
-            if id(file) not in memo and file.host_fd is not None:
-                original_fd = file.host_fd
-                clone = _copy_file(file, memo)
-                clone.host_fd = duplicate_host_fd(original_fd)
-                fresh_host_fds[id(clone)] = clone
-            else:
-                clone = _copy_file(file, memo)
-            copies[fd] = FdEntry(clone, entry.cloexec)
-    except SnapshotError:
-        raise
-    except Exception as error:
-        for clone in fresh_host_fds.values():
-            clone.close()
-        raise SnapshotError(f"cannot copy the fd table: {type(error).__name__}: {error}") from None
-    return copies
-
-
-def _copy_file(file: OpenFile, memo: dict[int, Any]) -> OpenFile:
-    """``copy.deepcopy(file, memo)``; when every attribute is immutable (a
-    host file: an fd number, a path, flags) a shallow copy is the same
-    thing, at a third of the cost — every fork copies the whole fd table."""
-    if id(file) not in memo and all(isinstance(value, _IMMUTABLE)
-                                    for value in vars(file).values()):
-        clone = copy.copy(file)
-        memo[id(file)] = clone
-        return clone
-    return copy.deepcopy(file, memo)
-
-
-def install_fd_entries(table: FdTable, entries: dict[int, FdEntry]) -> None:
-    """Put copied entries into *table* (which must be empty)."""
-    for fd, entry in entries.items():
-        table.install_at(fd, entry.file, entry.cloexec)
-
-
-def close_fd_entries(entries: dict[int, FdEntry]) -> None:
-    closed: set[int] = set()
-    for entry in entries.values():
-        if id(entry.file) not in closed:
-            closed.add(id(entry.file))
-            entry.file.close()
 
 
 # ---------------------------------------------------------------------------
@@ -570,7 +450,7 @@ class Fork:
             return False
         for fd, (entry, cloexec, attributes) in self._files.items():
             if (entries.get(fd) is not entry or entry.cloexec != cloexec
-                    or entry.file.kind not in _PLAIN_FILE_KINDS
+                    or entry.file.kind not in PLAIN_FILE_KINDS
                     or vars(entry.file) != attributes):
                 return False
         return True

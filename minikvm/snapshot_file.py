@@ -27,7 +27,8 @@ from minikvm.fdtable import DeviceFile, FdEntry, HostFile, OpenFile, Pipe, PipeE
 from minikvm.frozen import copy_range, data_extents, new_memfd, seal_frozen
 from minikvm.memory import GuestMemory
 from minikvm.mm import AddressSpace, PagePool, Vma
-from minikvm.snapshot import Snapshot, close_fd_entries
+from minikvm.process_state import close_fd_entries
+from minikvm.snapshot import Snapshot
 
 
 # ---------------------------------------------------------------------------
