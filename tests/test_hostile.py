@@ -668,7 +668,8 @@ def test_landlock_alone_stops_an_open_the_policy_would_allow(tmp_path):
     out = run_python(f"""
         import dataclasses, os
         from minikvm.confine import confine
-        from minikvm.policy import Grant, Policy, O_RDONLY
+        from minikvm.openat2 import O_RDONLY
+        from minikvm.policy import Grant, Policy
         policy = Policy(write=[{str(tmp_path / 'a')!r}])
         print(confine(policy).landlock is not None)
         fd = policy.open({str(tmp_path / 'a' / 'f')!r}, O_RDONLY, 0, "/")

@@ -32,8 +32,8 @@ LAYERS: dict[int, tuple[str, ...]] = {
     6: ("mm", "uaccess", "machine", "crash"),        # a running guest machine
     7: ("elf", "stack", "process", "fdtable", "sigframe", "threads"),  # a Linux program, its files, threads
     8: ("syscalls",),                                # the system calls (a package)
-    9: ("policy", "landlock", "seccomp", "confine"),  # what the program may do
-    10: ("cpu_state", "frozen", "snapshot", "snapshot_file"),                               # fork, reset
+    9: ("openat2", "policy", "landlock", "seccomp", "confine"),  # what the program may do
+    10: ("cpu_state", "frozen", "process_state", "snapshot", "snapshot_file"),                            # fork, reset
     11: ("cli", "doctor", "__main__", "serve"),      # the command line
 }
 LAYER_OF = {module: layer for layer, modules in LAYERS.items() for module in modules}

@@ -56,6 +56,7 @@ INTRODUCED_IN: dict[str, int] = {
     "minikvm.syscalls": 12,  # the system-call table, the Dispatcher, the Tracer
     "minikvm.policy": 12,    # the sandbox policy (no grant, or a directory)
     "minikvm.confine": 14,   # Landlock + seccomp around minikvm itself
+    "minikvm.openat2": 14,   # open flags for Policy.open
     "minikvm.snapshot": 15,  # snapshots, forks, resets, calls
     "minikvm.snapshot_file": 15,  # snapshot files
     "minikvm.frozen": 15,  # the frozen memory a snapshot keeps

@@ -42,7 +42,8 @@ from typing import Callable
 from minikvm.confine import confine
 from minikvm.elf import read_program
 from minikvm.machine import Machine
-from minikvm.policy import O_RDONLY, Grant, Policy
+from minikvm.openat2 import O_RDONLY
+from minikvm.policy import Grant, Policy
 from minikvm.process import Process
 from minikvm.syscalls.dispatch import Dispatcher
 
