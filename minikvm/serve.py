@@ -74,6 +74,12 @@ STATUS_TOO_LARGE = 413
 STATUS_OK = 200
 #: A worker that dies unexpectedly is restarted, at most this often a minute.
 MAX_RESTARTS_PER_MINUTE = 10
+#: How long an idle worker waits in ``accept`` before it looks at its
+#: "stopping" flag again.  Python runs a signal handler between bytecodes: a
+#: SIGTERM that lands after the last bytecode before ``accept`` and before
+#: the ``accept`` system call blocks runs its handler only when ``accept``
+#: returns — without a timeout, at the next connection, i.e. maybe never.
+ACCEPT_POLL_SECONDS = 0.5
 
 
 class Shutdown(BaseException):
@@ -284,12 +290,15 @@ def worker_loop(listener: socket.socket, backend: Backend, name: str) -> int:
 
     handler = type("Handler", (RequestHandler,), {"backend": backend, "log": staticmethod(log)})
     info = _ServerInfo(listener.getsockname()[:2])
+    listener.settimeout(ACCEPT_POLL_SECONDS)
     try:
         while not state["stopping"]:
             try:
                 connection, address = listener.accept()
             except Shutdown:
                 break
+            except TimeoutError:
+                continue    # idle: look at "stopping" (and run a pending handler) again
             except OSError as error:
                 log(f"accept failed: {error}")
                 continue
@@ -359,8 +368,8 @@ def run_workers(listener: socket.socket, workers: int,
         children[pid] = number
 
     def on_signal(signum: int, frame: object) -> None:
-        # Raise, so that os.wait() (which Python retries after a signal
-        # whose handler returns) gives up and the workers are told.
+        # Raise, so that the sleep between looks at the workers gives up
+        # and the workers are told.
         if not stopping["now"]:
             stopping["now"] = True
             raise Shutdown()
@@ -374,7 +383,10 @@ def run_workers(listener: socket.socket, workers: int,
             pass
         while children and not stopping["now"]:
             try:
-                pid, status = os.wait()
+                pid, status = os.waitpid(-1, os.WNOHANG)
+                if pid == 0:        # no worker ended: sleep, then look again (see
+                    time.sleep(ACCEPT_POLL_SECONDS)   # ACCEPT_POLL_SECONDS for why not wait())
+                    continue
             except (ChildProcessError, Shutdown):
                 break
             number = children.pop(pid, None)
