@@ -33,15 +33,13 @@ from typing import Callable
 
 from minikvm import threads
 from minikvm.errors import SyscallError
-from minikvm.fdtable import (POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, POLLPRI, POLLRDNORM,
-                             POLLWRNORM)
+from minikvm.fdtable import (ALWAYS_REPORTED, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT,
+                             POLLPRI, POLLRDNORM, POLLWRNORM)
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32
 from minikvm.syscalls.signals import deliver_due_alarm, ready, sleep
 
 #: ``struct pollfd``: int fd; short events; short revents
 POLLFD = struct.Struct("<ihh")
-#: what ``revents`` may hold whatever ``events`` asked (fs/select.c)
-ALWAYS_REPORTED = POLLERR | POLLHUP | POLLNVAL
 #: the longest the host blocks before looking at the alarm and the time limit
 WAIT_SLICE_SECONDS = 0.05
 NSEC_PER_SEC = 1_000_000_000
