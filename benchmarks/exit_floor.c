@@ -1,9 +1,9 @@
 /* exit_floor.c — the physical floor under minikvm's system call: the same
  * guest, the same exits, the same host-side return, with no Python at all.
  *
- * It sets the vCPU up the way minikvm/machine.py does (addresses from
- * minikvm/layout.py, GDT slots from minikvm/gdt.py, the stub from
- * minikvm/guestcode.py), then lets a CPL 3 program loop on `syscall`:
+ * It sets the vCPU up the way minikvm/machine/machine.py does (addresses from
+ * minikvm/cpu/layout.py, GDT slots from minikvm/cpu/gdt.py, the stub from
+ * minikvm/cpu/guestcode.py), then lets a CPL 3 program loop on `syscall`:
  *
  *     user code (CPL 3, 0x400000)        syscall stub (LSTAR = 0x4000)
  *     loop: syscall  ---------------->   out %al,$0xe0   -> KVM_RUN returns
@@ -35,7 +35,7 @@
 #include <time.h>
 #include <unistd.h>
 
-/* --- minikvm/layout.py ---------------------------------------------------- */
+/* --- minikvm/cpu/layout.py ---------------------------------------------------- */
 #define PAGE_SIZE 0x1000ULL
 #define GDT_ADDRESS 0x1000ULL
 #define IDT_ADDRESS 0x2000ULL
@@ -82,7 +82,7 @@
 #define RFLAGS_DF (1ULL << 10)
 #define RFLAGS_NT (1ULL << 14)
 #define RFLAGS_AC (1ULL << 18)
-/* minikvm/machine.py USER_RFLAGS_MASK: CF PF AF ZF SF TF DF OF AC ID. */
+/* minikvm/machine/machine.py USER_RFLAGS_MASK: CF PF AF ZF SF TF DF OF AC ID. */
 #define USER_RFLAGS_MASK 0x240DD5ULL
 #define SYSCALL_MASK (RFLAGS_TF | RFLAGS_DF | RFLAGS_IF | RFLAGS_AC | RFLAGS_NT)
 #define PTE_PRESENT (1ULL << 0)
@@ -91,7 +91,7 @@
 #define PTE_NX (1ULL << 63)
 #define TABLE_FLAGS (PTE_PRESENT | PTE_WRITE | PTE_USER)
 
-/* --- minikvm/segments.py and gdt.py: selectors = GDT slot * 8 | RPL -------- */
+/* --- minikvm/cpu/segments.py and gdt.py: selectors = GDT slot * 8 | RPL -------- */
 #define KERNEL_CODE_SELECTOR 0x08
 #define KERNEL_DATA_SELECTOR 0x10
 #define USER_DATA_SELECTOR 0x1B
@@ -103,7 +103,7 @@
 #define TYPE_TSS_AVAILABLE 0x9
 #define TYPE_TSS_BUSY 0xB
 
-/* --- minikvm/tss.py --------------------------------------------------------- */
+/* --- minikvm/cpu/tss.py --------------------------------------------------------- */
 #define TSS_HEADER_SIZE 0x68
 #define TSS_RSP0_OFFSET 0x04
 #define TSS_IST1_OFFSET 0x24
@@ -111,7 +111,7 @@
 #define IO_BITMAP_SIZE (0x100 / 8)
 #define TSS_SIZE (TSS_HEADER_SIZE + IO_BITMAP_SIZE + 1)
 
-/* --- minikvm/idt.py --------------------------------------------------------- */
+/* --- minikvm/cpu/idt.py --------------------------------------------------------- */
 #define GATE_SIZE 16
 #define GATE_TYPE_INTERRUPT 0xE
 #define IST_INDEX 1
@@ -200,7 +200,7 @@ static void write_idt_and_stubs(void)
                                              0xF4 /* hlt */, 0xEB, 0xFD, 0x90};
         memcpy(memory + offset, stub, sizeof stub);
     }
-    /* minikvm/guestcode.py syscall_entry(): out %al,$0xe0; sysretq */
+    /* minikvm/cpu/guestcode.py syscall_entry(): out %al,$0xe0; sysretq */
     uint8_t entry[] = {OUT_IMM8_AL, SYSCALL_PORT, 0x48, 0x0F, 0x07};
     memcpy(memory + SYSCALL_STUB_ADDRESS, entry, sizeof entry);
 }

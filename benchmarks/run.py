@@ -370,7 +370,7 @@ def bench_hello(programs: dict[str, Path], sizes: Sizes, runners: dict[str, Runn
 
 def bench_snapshot(programs: dict[str, Path], sizes: Sizes, scratch: Path,
                    results: Results) -> None:
-    """Fork, reset and snapshot files through minikvm/snapshot.py (in
+    """Fork, reset and snapshot files through minikvm/snapshot/snapshot.py (in
     ``snapshot_bench.py``, a process of its own), when that module exists.
 
     For each mechanism and each of RESET_PAGE_COUNTS: ``reset_cow_us_P`` /
@@ -381,11 +381,11 @@ def bench_snapshot(programs: dict[str, Path], sizes: Sizes, scratch: Path,
     resets after nothing was dirtied; ``reset_us_per_page`` /
     ``reset_copy_us_per_page`` the slope of the medians from 0 to the
     largest count.  ``fork_us``, and ``fork_prepared_us`` (a fork
-    :meth:`~minikvm.snapshot.Snapshot.prepare_forks` started beforehand);
+    :meth:`~minikvm.snapshot.snapshot.Snapshot.prepare_forks` started beforehand);
     ``snapshot_save_ms`` and
     ``snapshot_load_ms`` for a snapshot file (``snapshot_file_kib`` big)."""
     if not (REPO_ROOT / "minikvm" / "snapshot.py").exists():
-        results.skipped["snapshot"] = ("minikvm/snapshot.py does not exist yet: no reset_us_0, "
+        results.skipped["snapshot"] = ("minikvm/snapshot/snapshot.py does not exist yet: no reset_us_0, "
                                        "reset_us_per_page or fork_us")
         return
     counts = ",".join(map(str, RESET_PAGE_COUNTS))
@@ -427,7 +427,7 @@ def bench_serve(programs: dict[str, Path], sizes: Sizes, scratch: Path,
     (higher is better).  A server that cannot start is a skip, with its
     reason, not a failed run."""
     if not (REPO_ROOT / "minikvm" / "serve.py").exists():
-        results.skipped["serve"] = "minikvm/serve.py does not exist yet"
+        results.skipped["serve"] = "minikvm/cli/serve.py does not exist yet"
         return
     argv = [sys.executable, str(BENCHMARKS_DIR / "serve_bench.py"),
             str(programs["echo_handler"]), str(sizes.serve_requests), str(sizes.repetitions),

@@ -13,7 +13,7 @@ on ephemeral loopback ports and kept up for the whole run:
     the handler is snapshotted once at its first ``minikvm_wait_request``;
     each request runs in a fork reset to that snapshot;
 ``cgi``
-    the native baseline: the same HTTP front end (minikvm.serve's
+    the native baseline: the same HTTP front end (minikvm.cli.serve's
     ``worker_loop`` and request handler, one connection at a time, like one
     serve worker) in a process of its own, where each request starts the
     same handler binary as a fresh native process (``fork``+``exec``, CGI
@@ -46,7 +46,7 @@ import threading
 import time
 from pathlib import Path
 
-from minikvm.serve import STATUS_BAD_GATEWAY, Backend, Outcome, open_listener, parse_response, \
+from minikvm.cli.serve import STATUS_BAD_GATEWAY, Backend, Outcome, open_listener, parse_response, \
     worker_loop
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""Fork, reset and snapshot files through :mod:`minikvm.snapshot`, timed
+"""Fork, reset and snapshot files through :mod:`minikvm.snapshot.snapshot`, timed
 (run by run.py).
 
 ::
@@ -26,8 +26,8 @@ repetition (the first, warm-up repetition of each is dropped):
     the pages the reset restored: the *P* pages plus the few every request
     writes (its stack, the request buffer, the response);
 ``save_ms``, ``load_ms``
-    :func:`minikvm.snapshot_file.save` of the snapshot to a file in a
-    temporary directory and :func:`~minikvm.snapshot_file.load` of it back
+    :func:`minikvm.snapshot.file.save` of the snapshot to a file in a
+    temporary directory and :func:`~minikvm.snapshot.file.load` of it back
     (``file_bytes`` its size); the loaded snapshot is checked by answering
     one request from a fork of it, outside the timing.
 
@@ -46,9 +46,9 @@ import tempfile
 import time
 from typing import Callable, TypeVar
 
-from minikvm.process import Process
-from minikvm.snapshot import MECHANISMS, Fork, Snapshot, snapshot_at_ready_point
-from minikvm.snapshot_file import load, save
+from minikvm.process.process import Process
+from minikvm.snapshot.snapshot import MECHANISMS, Fork, Snapshot, snapshot_at_ready_point
+from minikvm.snapshot.file import load, save
 
 TIMEOUT_SECONDS = 30.0
 T = TypeVar("T")

@@ -2,6 +2,6 @@
 
 import sys
 
-from minikvm.cli import main
+from minikvm.cli.main import main
 
 sys.exit(main())

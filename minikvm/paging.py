@@ -1,4 +1,4 @@
-"""Layer 4 — x86-64 4-level page tables, as pure code over guest memory.
+"""Layer 2 — x86-64 4-level page tables, as pure code over guest memory.
 
 The MMU translates a 48-bit virtual address through four tables, each one
 4 KiB page of 512 eight-byte entries (Intel SDM Vol. 3A §4.5, AMD APM Vol. 2
@@ -33,7 +33,7 @@ from array import array
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from minikvm.memory import GuestMemory
+from minikvm.kvm.memory import GuestMemory
 from minikvm.x86 import (PTE_ADDRESS_MASK, PTE_HUGE, PTE_NX, PTE_PRESENT, PTE_USER,
                          PTE_WRITE)
 

@@ -6,9 +6,9 @@ import subprocess
 
 import pytest
 
-from minikvm.guestcode import MINIKVM_SYS_CALL_RETURN, assemble, call_return
-from minikvm.process import Process
-from minikvm.snapshot import GuestCallError, Snapshot, SnapshotError, snapshot_at_ready_point
+from minikvm.cpu.guestcode import MINIKVM_SYS_CALL_RETURN, assemble, call_return
+from minikvm.process.process import Process
+from minikvm.snapshot.snapshot import GuestCallError, Snapshot, SnapshotError, snapshot_at_ready_point
 from tests.guests import guest
 
 TIMEOUT = 10.0

@@ -1,7 +1,7 @@
 """Every command that runs a guest confines the minikvm process itself.
 
 ``minikvm run``, ``serve``, ``snapshot save`` and ``snapshot run`` raise
-the same two walls (:mod:`minikvm.confine`) before the guest's first
+the same two walls (:mod:`minikvm.sandbox.confine`) before the guest's first
 instruction *and* before the program file is parsed.  Each test runs the
 real command in a subprocess, with a real guest, and looks at the process
 two ways:
@@ -32,10 +32,12 @@ from pathlib import Path
 
 import pytest
 
-from minikvm import landlock, seccomp
-from minikvm.elf import load_elf
+from minikvm.sandbox import landlock
+
+from minikvm.sandbox import seccomp
+from minikvm.process.elf import load_elf
 from minikvm.errors import ElfError
-from minikvm.snapshot_file import load
+from minikvm.snapshot.file import load
 from tests.guests import guest
 from tests.programs.build import program
 
@@ -139,13 +141,13 @@ def malformed_programs(directory: Path) -> dict[str, Path]:
 
 
 RUN_WITH_PROBE = """
-    import minikvm.process
-    from minikvm.cli import main
-    parse = minikvm.process.load_elf
+    import minikvm.process.process
+    from minikvm.cli.main import main
+    parse = minikvm.process.process.load_elf
     def probed(*args, **kwargs):
         probe("parse")
         return parse(*args, **kwargs)
-    minikvm.process.load_elf = probed
+    minikvm.process.process.load_elf = probed
     sys.exit(main(["run", *sys.argv[1:]]))
 """
 
@@ -173,17 +175,17 @@ def test_run_parses_a_good_elf_inside_the_walls_too(tmp_path, outside):
 # --- serve: the supervisor, and each worker with a filter of its own ------------------------
 
 SERVE_WITH_PROBE = """
-    import minikvm.serve
-    from minikvm.cli import main
-    supervise, work = minikvm.serve.run_workers, minikvm.serve.worker_loop
+    import minikvm.cli.serve
+    from minikvm.cli.main import main
+    supervise, work = minikvm.cli.serve.run_workers, minikvm.cli.serve.worker_loop
     def probed_supervisor(*args, **kwargs):
         probe("supervisor")
         return supervise(*args, **kwargs)
     def probed_worker(*args, **kwargs):
         probe("worker")
         return work(*args, **kwargs)
-    minikvm.serve.run_workers = probed_supervisor
-    minikvm.serve.worker_loop = probed_worker
+    minikvm.cli.serve.run_workers = probed_supervisor
+    minikvm.cli.serve.worker_loop = probed_worker
     sys.exit(main(["serve", *sys.argv[1:]]))
 """
 
@@ -294,9 +296,9 @@ def test_serve_from_a_snapshot_file_is_confined_too(tmp_path, outside):
 # --- snapshot save and snapshot run ---------------------------------------------------------
 
 SNAPSHOT_WITH_PROBE = """
-    import minikvm.process, minikvm.snapshot_file
-    from minikvm.cli import main
-    for module in (minikvm.process, minikvm.snapshot_file):
+    import minikvm.process.process, minikvm.snapshot.file
+    from minikvm.cli.main import main
+    for module in (minikvm.process.process, minikvm.snapshot.file):
         def probed(*args, _parse=module.load_elf, **kwargs):
             probe("parse")
             return _parse(*args, **kwargs)
@@ -357,9 +359,9 @@ def test_a_kernel_without_the_walls_gets_warnings_and_the_command_goes_on(tmp_pa
                                       "save", "-o", saved, guest("handler")))
     assert status == 0, stderr
     without_walls = """
-        import minikvm.landlock, minikvm.seccomp
-        minikvm.landlock.abi_version = lambda: 0
-        minikvm.seccomp.available = lambda: False
+        import minikvm.sandbox.landlock, minikvm.sandbox.seccomp
+        minikvm.sandbox.landlock.abi_version = lambda: 0
+        minikvm.sandbox.seccomp.available = lambda: False
     """
     status, stdout, stderr = finish(python(textwrap.dedent(without_walls)
                                            + textwrap.dedent(SNAPSHOT_WITH_PROBE), outside,

@@ -1,13 +1,13 @@
 """The descriptor encoders of layer 5, by round trip: encode, decode, compare
 every field.
 
-* The GDT minikvm loads (:func:`~minikvm.gdt.build_long_mode_gdt`) decodes
+* The GDT minikvm loads (:func:`~minikvm.cpu.gdt.build_long_mode_gdt`) decodes
   back into the segments of ``segments.py`` and the TSS descriptor, in the
   slot order SYSCALL and SYSRET depend on.
 * The 16-byte TSS descriptor keeps all 64 bits of its base.
-* A :class:`~minikvm.tss.Tss` keeps its stacks and exactly the ports it
+* A :class:`~minikvm.cpu.tss.Tss` keeps its stacks and exactly the ports it
   allows, and its bytes are where the SDM puts them.
-* A :class:`~minikvm.idt.Gate` keeps every field; :func:`~minikvm.idt.build_idt`
+* A :class:`~minikvm.cpu.idt.Gate` keeps every field; :func:`~minikvm.cpu.idt.build_idt`
   fills exactly the vectors it is given.
 
 All pure: no ``/dev/kvm`` needed.
@@ -19,16 +19,16 @@ import struct
 
 import pytest
 
-from minikvm.gdt import (GDT_ENTRIES, GDT_LIMIT, TSS_SELECTOR, build_long_mode_gdt,
+from minikvm.cpu.gdt import (GDT_ENTRIES, GDT_LIMIT, TSS_SELECTOR, build_long_mode_gdt,
                          decode_tss_descriptor, tss_descriptor, tss_kvm_segment, tss_segment)
-from minikvm.idt import (GATE_SIZE, GATE_TYPE_INTERRUPT, GATE_TYPE_TRAP, IDT_ENTRIES, IDT_LIMIT,
+from minikvm.cpu.idt import (GATE_SIZE, GATE_TYPE_INTERRUPT, GATE_TYPE_TRAP, IDT_ENTRIES, IDT_LIMIT,
                          Gate, build_idt, decode_gate)
-from minikvm.layout import SYSCALL_PORT, TSS_ADDRESS
-from minikvm.machine import STAR_VALUE
-from minikvm.segments import (KERNEL_CODE64, KERNEL_DATA64, TYPE_TSS_AVAILABLE, TYPE_TSS_BUSY,
+from minikvm.cpu.layout import SYSCALL_PORT, TSS_ADDRESS
+from minikvm.machine.machine import STAR_VALUE
+from minikvm.cpu.segments import (KERNEL_CODE64, KERNEL_DATA64, TYPE_TSS_AVAILABLE, TYPE_TSS_BUSY,
                               USER_CODE64, USER_DATA64, Segment, decode_descriptor,
                               segment_from_kvm)
-from minikvm.tss import (IO_BITMAP_SIZE, IO_BITMAP_TERMINATOR, IOMAP_BASE_OFFSET, IST_OFFSET,
+from minikvm.cpu.tss import (IO_BITMAP_SIZE, IO_BITMAP_TERMINATOR, IOMAP_BASE_OFFSET, IST_OFFSET,
                          PORTS_COVERED, RSP0_OFFSET, TSS_HEADER_SIZE, Tss, decode_tss)
 
 DESCRIPTOR_SIZE = 8

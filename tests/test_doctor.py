@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from minikvm import doctor
-from minikvm.doctor import FAIL, Probe, classify, examine, format_report
+from minikvm.cli import doctor
+from minikvm.cli.doctor import FAIL, Probe, classify, examine, format_report
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_SECONDS = 120

@@ -1,4 +1,4 @@
-"""Tests of minikvm.elf: pure, no KVM.
+"""Tests of minikvm.process.elf: pure, no KVM.
 
 Two sources of ELF files: a tiny program assembled here byte by byte
 (:func:`tiny_elf`, so the checks run where there is no compiler), and the C
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from minikvm.elf import (ElfImage, LoadSegment, Symbol, SymbolTable, default_bias,
+from minikvm.process.elf import (ElfImage, LoadSegment, Symbol, SymbolTable, default_bias,
                          load_elf)
 from minikvm.errors import ElfError
-from minikvm.layout import MMAP_MIN_ADDR, PIE_LOAD_BIAS, USER_SPACE_END
+from minikvm.cpu.layout import MMAP_MIN_ADDR, PIE_LOAD_BIAS, USER_SPACE_END
 from tests.programs.build import PROGRAMS, available_variants, program
 from tests.programs.tiny_elf import (CODE_OFFSET, DATA, DATA_MEMSZ, DATA_OFFSET, EHDR,
                                      EHDR_FIELDS, EM_386, EM_AARCH64, ET_CORE, ET_DYN,

@@ -1,7 +1,7 @@
 """A hostile CPL 3 guest on a real vCPU: every fault becomes a report, nothing
 it does reaches the host.
 
-Each test boots a :class:`~minikvm.machine.Machine` with a few hand-assembled
+Each test boots a :class:`~minikvm.machine.machine.Machine` with a few hand-assembled
 instructions at ``CODE_ADDRESS`` (the encodings come from the small
 assembler below, each with the text objdump prints for it — and
 ``test_the_test_assembler_agrees_with_objdump`` checks that) and looks at
@@ -9,7 +9,7 @@ how the run stops:
 
 * #DE, #UD, #GP and #PF (read of an unmapped page, write to a read-only
   page, execution of an NX page, write to a supervisor page) each become the
-  :class:`~minikvm.crash.CrashReport` Linux would give: signal, words,
+  :class:`~minikvm.machine.crash.CrashReport` Linux would give: signal, words,
   address, RIP.
 * A guest with a garbage stack pointer still reports (exceptions switch
   to the IST stack).
@@ -39,17 +39,17 @@ import pytest
 from minikvm import ioctl as k
 from minikvm import x86
 from minikvm.errors import GuestMemoryError, SyscallError
-from minikvm.gdt import GDT_LIMIT, build_long_mode_gdt
-from minikvm.guestcode import Instruction, assemble, exception_stubs, syscall_entry
-from minikvm.idt import GATE_SIZE, IDT_ENTRIES, decode_gate
-from minikvm.layout import (EXCEPTION_STUBS_ADDRESS, GDT_ADDRESS, IDT_ADDRESS, IST_STACK_BOTTOM,
+from minikvm.cpu.gdt import GDT_LIMIT, build_long_mode_gdt
+from minikvm.cpu.guestcode import Instruction, assemble, exception_stubs, syscall_entry
+from minikvm.cpu.idt import GATE_SIZE, IDT_ENTRIES, decode_gate
+from minikvm.cpu.layout import (EXCEPTION_STUBS_ADDRESS, GDT_ADDRESS, IDT_ADDRESS, IST_STACK_BOTTOM,
                             IST_STACK_TOP, KERNEL_AREA_END, PAGE_SIZE, PAGE_TABLE_POOL_END,
                             PAGE_TABLE_POOL_START, STACK_TOP, SYSCALL_PORT, SYSCALL_STUB_ADDRESS,
                             TSS_ADDRESS, USER_SPACE_END)
-from minikvm.machine import IST_INDEX, SYSCALL_EXIT_RIP, Machine, Stop
-from minikvm.mm import PROT_EXEC, PROT_READ, PROT_WRITE
-from minikvm.segments import KERNEL_CODE64
-from minikvm.tss import decode_tss
+from minikvm.machine.machine import IST_INDEX, SYSCALL_EXIT_RIP, Machine, Stop
+from minikvm.machine.mm import PROT_EXEC, PROT_READ, PROT_WRITE
+from minikvm.cpu.segments import KERNEL_CODE64
+from minikvm.cpu.tss import decode_tss
 
 pytestmark = pytest.mark.kvm
 

@@ -1,4 +1,4 @@
-"""The guest "kernel" of ``minikvm/guestcode.py``: bytes that say what they are.
+"""The guest "kernel" of ``minikvm/cpu/guestcode.py``: bytes that say what they are.
 
 Each stub lists its instructions as (encoding, objdump text).  Here binutils'
 ``objdump`` disassembles the encodings on their own — the syscall entry, the
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from minikvm.guestcode import (CALL_RETURN_OFFSET, EXCEPTION_STUB_SIZE, OUT_IMM8_AL,
+from minikvm.cpu.guestcode import (CALL_RETURN_OFFSET, EXCEPTION_STUB_SIZE, OUT_IMM8_AL,
                                SYSCALL_EXIT_OFFSET, Instruction, assemble, call_return,
                                exception_stub, exception_stubs, syscall_entry)
-from minikvm.layout import EXCEPTION_PORT_BASE, SYSCALL_PORT
+from minikvm.cpu.layout import EXCEPTION_PORT_BASE, SYSCALL_PORT
 from minikvm.x86 import NUM_EXCEPTION_VECTORS, VECTORS_WITH_ERROR_CODE
 
 OBJDUMP = shutil.which("objdump")

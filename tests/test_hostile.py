@@ -2,7 +2,7 @@
 
 Each program in ``tests/hostile/`` is built in the test run, with glibc and
 with musl (static), and run with ``python -m minikvm run`` exactly as a user
-would run it — so the policy, Landlock and seccomp (:mod:`minikvm.confine`)
+would run it — so the policy, Landlock and seccomp (:mod:`minikvm.sandbox.confine`)
 are all in place.  "Contained" means, for every attempt:
 
 * the guest gets the errno the sandbox promises (``EACCES`` outside the
@@ -38,7 +38,9 @@ from typing import Iterator
 
 import pytest
 
-from minikvm import landlock, seccomp
+from minikvm.sandbox import landlock
+
+from minikvm.sandbox import seccomp
 from tests.guest_runs import minikvm_command, minikvm_environment, run_minikvm
 from tests.programs.build import DEFAULT_BUILD_DIR, build
 
@@ -667,9 +669,9 @@ def test_landlock_alone_stops_an_open_the_policy_would_allow(tmp_path):
         (tmp_path / name / "f").write_text(name)
     out = run_python(f"""
         import dataclasses, os
-        from minikvm.confine import confine
-        from minikvm.openat2 import O_RDONLY
-        from minikvm.policy import Grant, Policy
+        from minikvm.sandbox.confine import confine
+        from minikvm.sandbox.openat2 import O_RDONLY
+        from minikvm.sandbox.policy import Grant, Policy
         policy = Policy(write=[{str(tmp_path / 'a')!r}])
         print(confine(policy).landlock is not None)
         fd = policy.open({str(tmp_path / 'a' / 'f')!r}, O_RDONLY, 0, "/")
@@ -700,8 +702,8 @@ def test_landlock_alone_stops_tcp_to_a_port_not_granted(tmp_path, listeners):
     granted, other = listeners
     out = run_python(f"""
         import socket
-        from minikvm.confine import confine
-        from minikvm.policy import Policy
+        from minikvm.sandbox.confine import confine
+        from minikvm.sandbox.policy import Policy
         confine(Policy(connect=["127.0.0.1:{granted.port}"]))
         for port in ({granted.port}, {other.port}):
             try:
@@ -717,8 +719,8 @@ def test_landlock_alone_stops_tcp_to_a_port_not_granted(tmp_path, listeners):
 def test_seccomp_alone_stops_exec_and_fork(tmp_path):
     out = run_python("""
         import os
-        from minikvm.confine import confine
-        from minikvm.policy import Policy
+        from minikvm.sandbox.confine import confine
+        from minikvm.sandbox.policy import Policy
         confine(Policy(), use_landlock=False)
         for name, attempt in (("fork", os.fork),
                               ("execv", lambda: os.execv("/bin/sh", ["sh", "-c", "true"]))):
@@ -733,8 +735,8 @@ def test_seccomp_alone_stops_exec_and_fork(tmp_path):
 
 def test_confine_warns_and_goes_on_where_the_kernel_lacks_a_wall(monkeypatch):
     """Nothing irreversible happens here: both walls are faked as missing."""
-    from minikvm import confine as confine_module
-    from minikvm.policy import Policy
+    from minikvm.sandbox import confine as confine_module
+    from minikvm.sandbox.policy import Policy
 
     def no_landlock(*args: object, **kwargs: object) -> None:
         raise landlock.LandlockUnavailable("cannot restrict with Landlock: kernel 4.19 has "
@@ -753,8 +755,8 @@ def test_confine_warns_and_goes_on_where_the_kernel_lacks_a_wall(monkeypatch):
 
 
 def test_confine_fails_loudly_when_a_wall_the_kernel_has_cannot_go_up(monkeypatch):
-    from minikvm import confine as confine_module
-    from minikvm.policy import Policy
+    from minikvm.sandbox import confine as confine_module
+    from minikvm.sandbox.policy import Policy
 
     def broken(*args: object, **kwargs: object) -> None:
         raise landlock.LandlockError("restrict_self must run while the process has one "

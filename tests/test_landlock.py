@@ -16,8 +16,7 @@ import textwrap
 
 import pytest
 
-from minikvm import landlock as L
-
+from minikvm.sandbox import landlock as L
 REPO = pathlib.Path(__file__).resolve().parent.parent
 ABI = L.abi_version()
 
@@ -108,7 +107,7 @@ def test_runtime_paths_cover_the_stdlib_and_minikvm_but_not_the_cwd():
 @needs_landlock
 def test_read_grant_allows_a_and_denies_b(dirs):
     out = run_restricted(f"""
-        from minikvm import landlock
+        from minikvm.sandbox import landlock
         status = landlock.restrict_self([{dirs['a']!r}])
         print(status)
         print(open({dirs['a']!r} + "/f").read())
@@ -132,7 +131,7 @@ def test_read_grant_allows_a_and_denies_b(dirs):
 def test_write_grant_allows_creating_and_removing(dirs):
     out = run_restricted(f"""
         import os
-        from minikvm import landlock
+        from minikvm.sandbox import landlock
         landlock.restrict_self([], [{dirs['w']!r}])
         with open({dirs['w']!r} + "/new", "w") as f:
             f.write("made")
@@ -149,8 +148,8 @@ def test_write_grant_allows_creating_and_removing(dirs):
 def test_policy_still_works_beneath_landlock(dirs):
     out = run_restricted(f"""
         import os
-        from minikvm.policy import Policy, PolicyDenied
-        from minikvm import landlock
+        from minikvm.sandbox.policy import Policy, PolicyDenied
+        from minikvm.sandbox import landlock
         policy = Policy(read=[{dirs['a']!r}])
         landlock.restrict_self(policy.read_paths, policy.write_paths)
         fd = policy.open("f", os.O_RDONLY, 0, {dirs['a']!r})
@@ -169,7 +168,7 @@ def test_tcp_connect_only_to_allowed_ports():
     # peer* (ECONNREFUSED), a denied one never leaves the process (EACCES).
     out = run_restricted("""
         import socket
-        from minikvm import landlock
+        from minikvm.sandbox import landlock
         landlock.restrict_self([], connect_ports=[9])
         for port in (9, 1):
             s = socket.socket()
@@ -186,7 +185,7 @@ def test_tcp_connect_only_to_allowed_ports():
 def test_refuses_to_restrict_a_multithreaded_process():
     out = run_restricted("""
         import threading, time
-        from minikvm import landlock
+        from minikvm.sandbox import landlock
         threading.Thread(target=time.sleep, args=(2,), daemon=True).start()
         try:
             landlock.restrict_self([])
@@ -199,7 +198,7 @@ def test_refuses_to_restrict_a_multithreaded_process():
 @needs_landlock
 def test_a_missing_grant_is_a_clear_error(tmp_path):
     out = run_restricted(f"""
-        from minikvm import landlock
+        from minikvm.sandbox import landlock
         try:
             landlock.restrict_self([{str(tmp_path / 'missing')!r}])
         except landlock.LandlockError as error:
@@ -215,8 +214,8 @@ def test_a_missing_grant_is_a_clear_error(tmp_path):
 def test_a_device_grant_reopens_dev_kvm_and_nothing_else(dirs, granted):
     out = run_restricted(f"""
         import os
-        from minikvm import landlock
-        from minikvm.kvm import Kvm
+        from minikvm.sandbox import landlock
+        from minikvm.kvm.system import Kvm
         landlock.restrict_self([], devices={["/dev/kvm"] if granted else []!r})
         for path in ("/dev/kvm", "/dev/null", {dirs['a']!r} + "/f"):
             try:

@@ -45,7 +45,7 @@ DOCSTRING_LAYER = re.compile(r"^Layer (\d+)\b")
 
 
 def module_of(path: Path, root: Path = PACKAGE) -> str:
-    """The layer-list name of a source file: ``vm`` for minikvm/vm.py,
+    """The layer-list name of a source file: ``vm`` for minikvm/kvm/vm.py,
     ``syscalls`` for anything inside minikvm/syscalls/, ``__init__`` for
     the package's own ``__init__.py``."""
     parts = path.relative_to(root).parts
@@ -55,7 +55,7 @@ def module_of(path: Path, root: Path = PACKAGE) -> str:
 def imported_modules(path: Path, root: Path = PACKAGE) -> set[str]:
     """The minikvm modules (layer-list names) that *path* imports.
 
-    ``import minikvm.vm``, ``from minikvm.vm import Vm``, ``from minikvm
+    ``import minikvm.kvm.vm``, ``from minikvm.kvm.vm import Vm``, ``from minikvm
     import vm`` and, inside the package, ``from ..vm import Vm`` all count
     as importing ``vm``.  A name that is not a submodule (``from minikvm
     import something``) comes from the package's ``__init__``.
@@ -161,6 +161,6 @@ def test_the_checker_sees_every_form_of_import(tmp_path: Path) -> None:
         "from ..mm import GuestMemory\n"
         "from . import common\n"
         "def late():\n"
-        "    from minikvm.vm import Vm\n"
+        "    from minikvm.kvm.vm import Vm\n"
         "    from minikvm import __version__\n")
     assert imported_modules(source, root) == {"ioctl", "x86", "mm", "vm", "__init__"}

@@ -1,7 +1,7 @@
-"""The memory manager (``minikvm/mm.py``) as pure code, and mmap's corners in a guest.
+"""The memory manager (``minikvm/machine/mm.py``) as pure code, and mmap's corners in a guest.
 
-Most tests build an :class:`~minikvm.mm.AddressSpace` over a small
-:class:`~minikvm.memory.GuestMemory` (a memfd: no ``/dev/kvm`` needed) and,
+Most tests build an :class:`~minikvm.machine.mm.AddressSpace` over a small
+:class:`~minikvm.kvm.memory.GuestMemory` (a memfd: no ``/dev/kvm`` needed) and,
 after every operation, check the one invariant everything rests on: the
 page tables say exactly what the VMA list says.  Every page of every VMA
 with pages translates to the VMA's physical page with the VMA's
@@ -32,10 +32,10 @@ from types import SimpleNamespace
 import pytest
 
 from minikvm.errors import SyscallError
-from minikvm.layout import (HUGE_PAGE_SIZE, MMAP_MIN_ADDR, PAGE_SIZE, PAGE_TABLE_POOL_START,
+from minikvm.cpu.layout import (HUGE_PAGE_SIZE, MMAP_MIN_ADDR, PAGE_SIZE, PAGE_TABLE_POOL_START,
                             USER_POOL_START, USER_SPACE_END)
-from minikvm.memory import GuestMemory
-from minikvm.mm import (PROT_EXEC, PROT_NONE, PROT_READ, PROT_WRITE, AddressSpace, PagePool,
+from minikvm.kvm.memory import GuestMemory
+from minikvm.machine.mm import (PROT_EXEC, PROT_NONE, PROT_READ, PROT_WRITE, AddressSpace, PagePool,
                         Vma)
 from minikvm.syscalls import memory as memory_calls
 from minikvm.x86 import PTE_HUGE, PTE_NX, PTE_PRESENT, PTE_USER, PTE_WRITE

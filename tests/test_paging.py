@@ -1,7 +1,7 @@
 """Page tables as pure code over guest memory (``minikvm/paging.py``).
 
 Every test builds a :class:`~minikvm.paging.PageTables` over a small
-:class:`~minikvm.memory.GuestMemory` (a memfd: no ``/dev/kvm`` needed) with
+:class:`~minikvm.kvm.memory.GuestMemory` (a memfd: no ``/dev/kvm`` needed) with
 a table allocator that counts what it hands out and takes back, then
 checks the tables the way the MMU reads them: :meth:`walk` level by level,
 :meth:`translate` for the final address, and the raw entries.
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from minikvm.layout import PAGE_TABLE_POOL_START
-from minikvm.memory import GuestMemory
+from minikvm.cpu.layout import PAGE_TABLE_POOL_START
+from minikvm.kvm.memory import GuestMemory
 from minikvm.paging import (ENTRIES_PER_TABLE, HUGE_PAGE_SIZE, LEVEL_NAMES, PAGE_SIZE,
                             TABLE_FLAGS, PageTables, WalkStep, pte_flags, table_index)
 from minikvm.x86 import PTE_ADDRESS_MASK, PTE_HUGE, PTE_NX, PTE_PRESENT, PTE_USER, PTE_WRITE

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from minikvm import landlock, seccomp
+from minikvm.sandbox import landlock
+
+from minikvm.sandbox import seccomp
 from tests.guest_runs import minikvm_command, minikvm_environment, run_minikvm
 from tests.programs.build import DEFAULT_BUILD_DIR, build, program
 
@@ -141,8 +143,8 @@ def test_timeout_stops_the_guest_close_to_the_limit(tmp_path):
     the number is printed."""
     code = textwrap.dedent(f"""
         import time
-        from minikvm.policy import Policy
-        from minikvm.process import Process
+        from minikvm.sandbox.policy import Policy
+        from minikvm.process.process import Process
         from minikvm.syscalls.dispatch import Dispatcher
         process = Process.spawn({str(program("spin", "glibc-static"))!r}, ["spin"], {{}},
                                 Policy(), stdio=(0, 2, 2))

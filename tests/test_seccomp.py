@@ -19,8 +19,7 @@ import textwrap
 
 import pytest
 
-from minikvm import seccomp as S
-
+from minikvm.sandbox import seccomp as S
 REPO = pathlib.Path(__file__).resolve().parent.parent
 UNISTD = pathlib.Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h")
 KVM_RUN = 0xAE80
@@ -159,7 +158,7 @@ def test_struct_layouts():
 def test_installed_filter_refuses_execve_and_fork_but_not_ordinary_calls():
     code = textwrap.dedent("""
         import os, socket, threading
-        from minikvm import seccomp
+        from minikvm.sandbox import seccomp
         status = seccomp.install()
         print(status)
         def attempt(name, call):
@@ -242,7 +241,7 @@ def test_the_supervisor_variant_allows_fork_and_nothing_else_more():
 def test_a_worker_stacks_the_strict_filter_on_the_supervisors():
     code = textwrap.dedent("""
         import os
-        from minikvm import seccomp
+        from minikvm.sandbox import seccomp
         def fork_status():
             try:
                 pid = os.fork()

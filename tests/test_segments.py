@@ -1,7 +1,7 @@
 """Segments and CPU modes: encoders by round trip, modes by booting guests,
 and the errors a newcomer meets first.
 
-* Every :class:`~minikvm.segments.Segment` in ``segments.py`` survives
+* Every :class:`~minikvm.cpu.segments.Segment` in ``segments.py`` survives
   descriptor() → decode_descriptor() and kvm_segment() → segment_from_kvm()
   with every field intact.
 * The identity map of ``modes.py`` has the entries the MMU needs.
@@ -20,13 +20,14 @@ from pathlib import Path
 import pytest
 
 from minikvm import ioctl as k
-from minikvm import modes, segments
+from minikvm.cpu import modes
+from minikvm.cpu import segments
 from minikvm.errors import GuestMemoryError, KvmError, KvmUnavailable
-from minikvm.exits import HltExit, IoExit, ShutdownExit
-from minikvm.kvm import Kvm
-from minikvm.memory import GuestMemory
-from minikvm.segments import Segment, decode_descriptor, segment_from_kvm
-from minikvm.vcpu import Vcpu
+from minikvm.kvm.exits import HltExit, IoExit, ShutdownExit
+from minikvm.kvm.system import Kvm
+from minikvm.kvm.memory import GuestMemory
+from minikvm.cpu.segments import Segment, decode_descriptor, segment_from_kvm
+from minikvm.kvm.vcpu import Vcpu
 from minikvm.x86 import (CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, PTE_HUGE, PTE_PRESENT,
                          PTE_WRITE, RFLAGS_FIXED)
 
@@ -236,7 +237,7 @@ def test_unopenable_device_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> N
     def refuse(path: str, *args: object) -> int:
         raise PermissionError(errno.EACCES, "Permission denied", path)
     # A file mode would not stop root, so make open(2) itself refuse.
-    monkeypatch.setattr("minikvm.kvm.os.open", refuse)
+    monkeypatch.setattr("minikvm.kvm.system.os.open", refuse)
     with pytest.raises(KvmUnavailable, match=r"/dev/kvm exists but cannot be opened.*group"):
         Kvm()
 

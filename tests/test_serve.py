@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from minikvm.serve import STATUS_OK, outcome_of, parse_listen, parse_response
-from minikvm.snapshot import Reply
+from minikvm.cli.serve import STATUS_OK, outcome_of, parse_listen, parse_response
+from minikvm.snapshot.snapshot import Reply
 from tests.guests import guest
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,6 +1,6 @@
 """Signal handlers run, as on Linux: the frame, delivery, rt_sigreturn.
 
-* :mod:`minikvm.sigframe` is pure: its structs have the kernel's sizes and
+* :mod:`minikvm.process.sigframe` is pure: its structs have the kernel's sizes and
   offsets, frames survive a round trip through bytes, the stack
   arithmetic keeps the red zone and the ABI's alignment, and an FPU area
   the CPU would refuse is refused, as Linux does.
@@ -27,7 +27,7 @@ import subprocess
 
 import pytest
 
-from minikvm import sigframe
+from minikvm.process import sigframe
 from tests.guest_runs import run_minikvm, run_native
 from tests.programs.build import DEFAULT_BUILD_DIR, SOURCE_DIR, available_variants, build
 

@@ -1,4 +1,4 @@
-"""Snapshots, forks and resets (minikvm/snapshot.py) on real guests.
+"""Snapshots, forks and resets (minikvm/snapshot/snapshot.py) on real guests.
 
 The guest is tests/guests/handler.c: every request increments a global
 counter and appends to a heap buffer, so a fork that really starts from the
@@ -11,10 +11,10 @@ import os
 
 import pytest
 
-from minikvm.process import Process
-from minikvm.frozen import bitmap_runs, page_runs
-from minikvm.snapshot import MECHANISMS, Fork, Snapshot, SnapshotError, snapshot_at_ready_point
-from minikvm.snapshot_file import load, read_header, save
+from minikvm.process.process import Process
+from minikvm.snapshot.frozen import bitmap_runs, page_runs
+from minikvm.snapshot.snapshot import MECHANISMS, Fork, Snapshot, SnapshotError, snapshot_at_ready_point
+from minikvm.snapshot.file import load, read_header, save
 from tests.guests import guest
 
 pytestmark = pytest.mark.kvm
@@ -149,7 +149,7 @@ def test_entropy_is_fresh_in_every_fork_and_request(snapshot: Snapshot) -> None:
 def test_files_are_copies_with_their_own_position(tmp_path, snapshot: Snapshot) -> None:
     """An open file's position is part of the snapshot: reading in one fork
     does not move it for another, and a reset rewinds it."""
-    from minikvm.fdtable import HostFile
+    from minikvm.process.fdtable import HostFile
     data = tmp_path / "data.txt"
     data.write_bytes(b"0123456789")
     with snapshot.fork() as fork:

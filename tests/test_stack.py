@@ -1,4 +1,4 @@
-"""Tests of minikvm.stack: the initial process stack, pure, no KVM.
+"""Tests of minikvm.process.stack: the initial process stack, pure, no KVM.
 
 Round trips (build, decode, compare every field), the layout rules of
 create_elf_tables() one by one, the auxv constants pinned against the C
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from minikvm import stack
-from minikvm.elf import load_elf
-from minikvm.stack import (AT_BASE, AT_CLKTCK, AT_EGID, AT_ENTRY, AT_EUID, AT_EXECFN,
+from minikvm.process import stack
+from minikvm.process.elf import load_elf
+from minikvm.process.stack import (AT_BASE, AT_CLKTCK, AT_EGID, AT_ENTRY, AT_EUID, AT_EXECFN,
                            AT_FLAGS, AT_GID, AT_HWCAP, AT_HWCAP2, AT_IGNORE, AT_MINSIGSTKSZ,
                            AT_NULL, AT_PAGESZ, AT_PHDR, AT_PHENT, AT_PHNUM, AT_PLATFORM,
                            AT_RANDOM, AT_SECURE, AT_UID, AUXV_NAMES, MAX_ARG_STRLEN, PLATFORM,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from minikvm.threads import DEFAULT_MAX_THREADS
+from minikvm.process.threads import DEFAULT_MAX_THREADS
 from tests.guest_runs import run_minikvm, run_native, shell_status, start_minikvm
 from tests.programs.build import STATIC_VARIANTS, program
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from minikvm.doctor import loaded_modules
+from minikvm.cli.doctor import loaded_modules
 
 ROOT = Path(__file__).resolve().parent.parent
 TUTORIALS = sorted((ROOT / "tutorials").glob("[0-9][0-9]_*.py"))
@@ -31,36 +31,36 @@ TIMEOUT_SECONDS = 120
 #: minikvm module → the tutorial step that introduces it.  Step NN may
 #: import only modules whose step is NN or lower.
 INTRODUCED_IN: dict[str, int] = {
-    "minikvm.kvm": 0,        # open /dev/kvm, ask questions
+    "minikvm.kvm.system": 0,        # open /dev/kvm, ask questions
     "minikvm.errors": 0,     # KvmUnavailable: what to do when it is missing
     "minikvm.ioctl": 0,      # the KVM_CAP_* names
-    "minikvm.vm": 1,         # KVM_CREATE_VM, memory slots
-    "minikvm.memory": 1,     # GuestMemory: a memfd mapped here
-    "minikvm.vcpu": 2,       # KVM_CREATE_VCPU, registers, KVM_RUN
+    "minikvm.kvm.vm": 1,         # KVM_CREATE_VM, memory slots
+    "minikvm.kvm.memory": 1,     # GuestMemory: a memfd mapped here
+    "minikvm.kvm.vcpu": 2,       # KVM_CREATE_VCPU, registers, KVM_RUN
     "minikvm.x86": 2,        # architectural names (RFLAGS_FIXED, CR0_PE, PTE_*)
-    "minikvm.exits": 3,      # typed exits
-    "minikvm.modes": 3,      # setup_real_mode, then protected and long mode
-    "minikvm.segments": 4,   # GDT descriptors
+    "minikvm.kvm.exits": 3,      # typed exits
+    "minikvm.cpu.modes": 3,      # setup_real_mode, then protected and long mode
+    "minikvm.cpu.segments": 4,   # GDT descriptors
     "minikvm.paging": 7,     # sparse 4-level page tables
-    "minikvm.layout": 7,     # the guest's memory map
-    "minikvm.gdt": 8,        # the GDT with user segments and the TSS descriptor
-    "minikvm.idt": 8,        # exception gates
-    "minikvm.tss": 8,        # IST stack, I/O permission bitmap
-    "minikvm.guestcode": 8,  # the syscall and exception stubs
-    "minikvm.mm": 8,         # the memory manager: mappings and guest pointers
-    "minikvm.machine": 8,    # a user-mode machine and its run loop
-    "minikvm.crash": 8,      # crash reports
-    "minikvm.elf": 11,       # reading a program file: segments, entry, symbols
-    "minikvm.stack": 11,     # the initial stack: argv, envp, auxv
-    "minikvm.process": 12,   # Process.spawn and run: a C program
+    "minikvm.cpu.layout": 7,     # the guest's memory map
+    "minikvm.cpu.gdt": 8,        # the GDT with user segments and the TSS descriptor
+    "minikvm.cpu.idt": 8,        # exception gates
+    "minikvm.cpu.tss": 8,        # IST stack, I/O permission bitmap
+    "minikvm.cpu.guestcode": 8,  # the syscall and exception stubs
+    "minikvm.machine.mm": 8,         # the memory manager: mappings and guest pointers
+    "minikvm.machine.machine": 8,    # a user-mode machine and its run loop
+    "minikvm.machine.crash": 8,      # crash reports
+    "minikvm.process.elf": 11,       # reading a program file: segments, entry, symbols
+    "minikvm.process.stack": 11,     # the initial stack: argv, envp, auxv
+    "minikvm.process.process": 12,   # Process.spawn and run: a C program
     "minikvm.syscalls": 12,  # the system-call table, the Dispatcher, the Tracer
-    "minikvm.policy": 12,    # the sandbox policy (no grant, or a directory)
-    "minikvm.confine": 14,   # Landlock + seccomp around minikvm itself
-    "minikvm.openat2": 14,   # open flags for Policy.open
-    "minikvm.snapshot": 15,  # snapshots, forks, resets, calls
-    "minikvm.snapshot_file": 15,  # snapshot files
-    "minikvm.frozen": 15,  # the frozen memory a snapshot keeps
-    "minikvm.cpu_state": 15,  # the vCPU state a snapshot keeps
+    "minikvm.sandbox.policy": 12,    # the sandbox policy (no grant, or a directory)
+    "minikvm.sandbox.confine": 14,   # Landlock + seccomp around minikvm itself
+    "minikvm.sandbox.openat2": 14,   # open flags for Policy.open
+    "minikvm.snapshot.snapshot": 15,  # snapshots, forks, resets, calls
+    "minikvm.snapshot.file": 15,  # snapshot files
+    "minikvm.snapshot.frozen": 15,  # the frozen memory a snapshot keeps
+    "minikvm.snapshot.cpu_state": 15,  # the vCPU state a snapshot keeps
 }
 
 STEP_MARKER = re.compile(r"#\s*--- step: ([\w-]+) ---")

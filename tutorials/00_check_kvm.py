@@ -14,7 +14,7 @@ import sys
 
 from minikvm import ioctl as k
 from minikvm.errors import KvmUnavailable
-from minikvm.kvm import Kvm
+from minikvm.kvm.system import Kvm
 
 #: The capabilities minikvm needs, and why.  KVM_CHECK_EXTENSION answers 0
 #: for "no", anything else for "yes" (some answers are counts or masks).

@@ -19,8 +19,8 @@ import os
 import sys
 
 from minikvm.errors import KvmError
-from minikvm.kvm import Kvm
-from minikvm.memory import GuestMemory
+from minikvm.kvm.system import Kvm
+from minikvm.kvm.memory import GuestMemory
 
 MEMORY_SIZE = 0x10000        # 64 KiB of guest RAM
 GUEST_ADDRESS = 0x1000       # a guest-physical address inside it

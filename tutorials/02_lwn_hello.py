@@ -24,9 +24,9 @@ import ctypes
 import sys
 
 from minikvm import ioctl as k
-from minikvm.kvm import Kvm
-from minikvm.memory import GuestMemory
-from minikvm.vcpu import Vcpu
+from minikvm.kvm.system import Kvm
+from minikvm.kvm.memory import GuestMemory
+from minikvm.kvm.vcpu import Vcpu
 from minikvm.x86 import RFLAGS_FIXED
 
 GUEST_ADDRESS = 0x1000  # where the code goes, as in the article

@@ -2,7 +2,7 @@
 
 A guest runs until it does something only the host can do; then KVM_RUN
 returns and ``kvm_run.exit_reason`` says what.  minikvm turns each reason
-into a small object (:mod:`minikvm.exits`) whose docstring says what the
+into a small object (:mod:`minikvm.kvm.exits`) whose docstring says what the
 host must do before it calls KVM_RUN again.  This guest, again 16-bit
 real-mode code, provokes one exit of each common kind:
 
@@ -27,11 +27,11 @@ from __future__ import annotations
 import sys
 
 from minikvm import ioctl as k
-from minikvm.exits import HltExit, IoExit, MmioExit, ShutdownExit
-from minikvm.kvm import Kvm
-from minikvm.memory import GuestMemory
-from minikvm.modes import setup_real_mode
-from minikvm.vcpu import Vcpu
+from minikvm.kvm.exits import HltExit, IoExit, MmioExit, ShutdownExit
+from minikvm.kvm.system import Kvm
+from minikvm.kvm.memory import GuestMemory
+from minikvm.cpu.modes import setup_real_mode
+from minikvm.kvm.vcpu import Vcpu
 from minikvm.x86 import RFLAGS_FIXED
 
 GUEST_ADDRESS = 0x1000   # code, as in step 02

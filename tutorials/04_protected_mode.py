@@ -6,9 +6,9 @@ Protected mode (CR0.PE = 1) takes segments from a table, the GDT: each
 Operating systems make every segment *flat* — base 0, limit 4 GiB — so a
 32-bit offset simply is the address.
 
-``minikvm.modes.setup_protected_mode`` writes such a GDT into guest memory
+``minikvm.cpu.modes.setup_protected_mode`` writes such a GDT into guest memory
 and loads CS and the data segments from the same
-:class:`~minikvm.segments.Segment` descriptions, then sets CR0.PE.  The
+:class:`~minikvm.cpu.segments.Segment` descriptions, then sets CR0.PE.  The
 guest reads a number the host left at 1 MiB, beyond real mode's reach,
 and adds a 32-bit constant to it.
 
@@ -21,11 +21,11 @@ import struct
 import sys
 
 from minikvm import ioctl as k
-from minikvm.exits import HltExit
-from minikvm.kvm import Kvm
-from minikvm.memory import GuestMemory
-from minikvm.modes import setup_protected_mode
-from minikvm.segments import KERNEL_CODE32, KERNEL_DATA32, decode_descriptor
+from minikvm.kvm.exits import HltExit
+from minikvm.kvm.system import Kvm
+from minikvm.kvm.memory import GuestMemory
+from minikvm.cpu.modes import setup_protected_mode
+from minikvm.cpu.segments import KERNEL_CODE32, KERNEL_DATA32, decode_descriptor
 from minikvm.x86 import CR0_PE, RFLAGS_FIXED
 
 MEMORY_SIZE = 0x20_0000     # 2 MiB, from guest-physical 0

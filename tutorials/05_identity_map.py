@@ -15,7 +15,7 @@ of the address::
 
 A PD entry with the PS ("huge") bit maps a whole 2 MiB page, so three
 tables identity-map up to 1 GiB.  This step builds them with
-``minikvm.modes.identity_map_tables`` (pure bytes: no VM needed), walks
+``minikvm.cpu.modes.identity_map_tables`` (pure bytes: no VM needed), walks
 them by hand, and then asks KVM to translate the same addresses with
 KVM_TRANSLATE, which walks the tables the vCPU would use.
 
@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import sys
 
-from minikvm.kvm import Kvm
-from minikvm.memory import GuestMemory
-from minikvm.modes import PAGE_TABLE_SIZE, identity_map_tables, setup_long_mode
+from minikvm.kvm.system import Kvm
+from minikvm.kvm.memory import GuestMemory
+from minikvm.cpu.modes import PAGE_TABLE_SIZE, identity_map_tables, setup_long_mode
 from minikvm.x86 import PTE_ACCESSED, PTE_ADDRESS_MASK, PTE_HUGE, PTE_PRESENT, PTE_WRITE
 
 MEMORY_SIZE = 0x40_0000        # 4 MiB of guest RAM, from guest-physical 0

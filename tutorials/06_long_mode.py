@@ -1,6 +1,6 @@
 """Step 06 — 64-bit long mode: compute a value and check it.
 
-``minikvm.modes.setup_long_mode`` does everything the earlier steps did
+``minikvm.cpu.modes.setup_long_mode`` does everything the earlier steps did
 and the rest long mode asks for: the identity map of step 05 in CR3,
 CR4.PAE, EFER.LME and EFER.LMA, CR0.PG, and a code segment with L = 1.
 The guest is 64-bit code: it loads a number the host left at 2 MiB (the
@@ -17,10 +17,10 @@ import struct
 import sys
 
 from minikvm import ioctl as k
-from minikvm.exits import HltExit
-from minikvm.kvm import Kvm
-from minikvm.memory import GuestMemory
-from minikvm.modes import setup_long_mode
+from minikvm.kvm.exits import HltExit
+from minikvm.kvm.system import Kvm
+from minikvm.kvm.memory import GuestMemory
+from minikvm.cpu.modes import setup_long_mode
 from minikvm.x86 import EFER_LMA, RFLAGS_FIXED
 
 MEMORY_SIZE = 0x40_0000        # 4 MiB from guest-physical 0, all identity-mapped

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import sys
 
-from minikvm.kvm import Kvm
-from minikvm.layout import (HUGE_PAGE_SIZE, PAGE_SIZE, PAGE_TABLE_POOL_START, STACK_TOP,
+from minikvm.kvm.system import Kvm
+from minikvm.cpu.layout import (HUGE_PAGE_SIZE, PAGE_SIZE, PAGE_TABLE_POOL_START, STACK_TOP,
                             USER_POOL_START)
-from minikvm.memory import GuestMemory
-from minikvm.modes import setup_long_mode
+from minikvm.kvm.memory import GuestMemory
+from minikvm.cpu.modes import setup_long_mode
 from minikvm.paging import PageTables, pte_flags
 from minikvm.x86 import EFER_NXE
 

@@ -1,22 +1,22 @@
 """Step 08 — user mode, and what happens when a program faults.
 
 From here on the guest program runs at CPL 3, in user mode, like a Linux
-process.  ``minikvm.machine.Machine`` builds everything a CPU needs for
+process.  ``minikvm.machine.machine.Machine`` builds everything a CPU needs for
 that (see layout.py for where each piece lives):
 
 * a GDT with kernel and user code and data segments, and the TSS
-  descriptor (``minikvm.gdt``);
-* an IDT whose 32 exception gates point at tiny stubs (``minikvm.idt``,
-  ``minikvm.guestcode``), each switching to a known-good stack from the
-  TSS's *interrupt stack table* (``minikvm.tss``) and then ``out``-ing the
+  descriptor (``minikvm.cpu.gdt``);
+* an IDT whose 32 exception gates point at tiny stubs (``minikvm.cpu.idt``,
+  ``minikvm.cpu.guestcode``), each switching to a known-good stack from the
+  TSS's *interrupt stack table* (``minikvm.cpu.tss``) and then ``out``-ing the
   vector number to the host;
-* page tables, now owned by a memory manager (``minikvm.mm``), that map
+* page tables, now owned by a memory manager (``minikvm.machine.mm``), that map
   the kernel area for CPL 0 only.
 
 This step prints those tables from guest memory, then boots three tiny
 programs that fault — an invalid opcode (#UD), a privileged instruction
 (#GP), a write to the GDT (#PF) — and prints the crash report minikvm
-builds from the frame the CPU pushed (``minikvm.crash``).
+builds from the frame the CPU pushed (``minikvm.machine.crash``).
 
 Run it:  python tutorials/08_exceptions.py
 """
@@ -26,15 +26,15 @@ from __future__ import annotations
 import sys
 
 from minikvm import x86
-from minikvm.crash import CrashReport
-from minikvm.gdt import TSS_SELECTOR, decode_tss_descriptor
-from minikvm.guestcode import exception_stub
-from minikvm.idt import GATE_SIZE, decode_gate
-from minikvm.layout import GDT_ADDRESS, IDT_ADDRESS, PAGE_SIZE, STACK_TOP, TSS_ADDRESS
-from minikvm.machine import Machine
-from minikvm.mm import PROT_EXEC, PROT_READ, PROT_WRITE
-from minikvm.segments import decode_descriptor
-from minikvm.tss import decode_tss
+from minikvm.machine.crash import CrashReport
+from minikvm.cpu.gdt import TSS_SELECTOR, decode_tss_descriptor
+from minikvm.cpu.guestcode import exception_stub
+from minikvm.cpu.idt import GATE_SIZE, decode_gate
+from minikvm.cpu.layout import GDT_ADDRESS, IDT_ADDRESS, PAGE_SIZE, STACK_TOP, TSS_ADDRESS
+from minikvm.machine.machine import Machine
+from minikvm.machine.mm import PROT_EXEC, PROT_READ, PROT_WRITE
+from minikvm.cpu.segments import decode_descriptor
+from minikvm.cpu.tss import decode_tss
 
 MEMORY_SIZE = 16 << 20
 CODE_ADDRESS = 0x40_0000

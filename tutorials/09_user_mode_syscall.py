@@ -6,7 +6,7 @@ R8 and R9, the result back in RAX.  The CPU saves the return address in
 RCX and RFLAGS in R11, and jumps to the address in the LSTAR register.
 
 minikvm's guest has no kernel there — only a two-instruction stub
-(``minikvm.guestcode.syscall_entry``): ``out %al,$0xe0``, which exits to
+(``minikvm.cpu.guestcode.syscall_entry``): ``out %al,$0xe0``, which exits to
 the host, and ``sysretq``.  ``Machine.run`` sees the exit on port 0xE0 with
 RIP right after the ``out``, hands the synced registers to a Python
 handler, and resumes the guest after its ``syscall`` with the handler's
@@ -30,9 +30,9 @@ import struct
 import sys
 
 from minikvm import ioctl as k
-from minikvm.layout import PAGE_SIZE, STACK_TOP, SYSCALL_STUB_ADDRESS
-from minikvm.machine import Machine
-from minikvm.mm import PROT_EXEC, PROT_READ, PROT_WRITE
+from minikvm.cpu.layout import PAGE_SIZE, STACK_TOP, SYSCALL_STUB_ADDRESS
+from minikvm.machine.machine import Machine
+from minikvm.machine.mm import PROT_EXEC, PROT_READ, PROT_WRITE
 
 MEMORY_SIZE = 16 << 20
 CODE_ADDRESS = 0x40_0000

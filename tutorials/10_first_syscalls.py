@@ -26,9 +26,9 @@ from typing import Callable
 
 from minikvm import ioctl as k
 from minikvm.errors import SyscallError
-from minikvm.layout import PAGE_SIZE, STACK_TOP
-from minikvm.machine import Machine
-from minikvm.mm import PROT_EXEC, PROT_READ, PROT_WRITE
+from minikvm.cpu.layout import PAGE_SIZE, STACK_TOP
+from minikvm.machine.machine import Machine
+from minikvm.machine.mm import PROT_EXEC, PROT_READ, PROT_WRITE
 
 MEMORY_SIZE = 16 << 20
 CODE_ADDRESS = 0x40_0000

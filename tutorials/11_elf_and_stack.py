@@ -11,7 +11,7 @@ done two things for it (``load_elf_binary()`` in fs/binfmt_elf.c):
    learns the page size, where the program headers are, 16 random bytes
    for its stack canary, and more.
 
-``minikvm.elf`` does the reading and ``minikvm.stack`` the stack, both
+``minikvm.process.elf`` does the reading and ``minikvm.process.stack`` the stack, both
 as pure code: this script prints what they produce for a tiny program
 (the hand-assembled one the ELF tests use: ``exit(42)`` in three
 instructions, with a symbol table), then loads it into a machine by hand
@@ -26,11 +26,11 @@ import sys
 from pathlib import Path
 
 from minikvm import ioctl as k
-from minikvm.elf import load_elf
-from minikvm.layout import PAGE_SIZE, STACK_TOP
-from minikvm.machine import Machine
-from minikvm.mm import PROT_EXEC, PROT_READ, PROT_WRITE, page_align_down, page_align_up
-from minikvm.stack import AUXV_NAMES, PLATFORM, build_initial_stack, decode_initial_stack, \
+from minikvm.process.elf import load_elf
+from minikvm.cpu.layout import PAGE_SIZE, STACK_TOP
+from minikvm.machine.machine import Machine
+from minikvm.machine.mm import PROT_EXEC, PROT_READ, PROT_WRITE, page_align_down, page_align_up
+from minikvm.process.stack import AUXV_NAMES, PLATFORM, build_initial_stack, decode_initial_stack, \
     standard_auxv
 
 REPOSITORY = Path(__file__).resolve().parent.parent

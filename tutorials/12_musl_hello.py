@@ -1,6 +1,6 @@
 """Step 12 — a C program: musl's hello, world, run by a Process and a Dispatcher.
 
-Step 11 loaded a program by hand.  ``minikvm.process.Process.spawn`` does
+Step 11 loaded a program by hand.  ``minikvm.process.process.Process.spawn`` does
 all of it for a real C program — the segments (sharing pages where they
 touch), an 8 MiB stack with argv, envp and auxv, stdin/stdout/stderr in
 its fd table — and ``Process.run`` runs it, handing every system call to
@@ -28,9 +28,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from minikvm.layout import STACK_SIZE, STACK_TOP
-from minikvm.policy import Policy
-from minikvm.process import Process
+from minikvm.cpu.layout import STACK_SIZE, STACK_TOP
+from minikvm.sandbox.policy import Policy
+from minikvm.process.process import Process
 from minikvm.syscalls.dispatch import Dispatcher
 from minikvm.syscalls.trace import Tracer
 

@@ -39,9 +39,9 @@ import tempfile
 from pathlib import Path
 
 from minikvm.errors import SyscallError
-from minikvm.layout import STACK_SIZE, STACK_TOP
-from minikvm.policy import Policy
-from minikvm.process import Process
+from minikvm.cpu.layout import STACK_SIZE, STACK_TOP
+from minikvm.sandbox.policy import Policy
+from minikvm.process.process import Process
 from minikvm.syscalls.base import Syscall, signed32, signed64
 from minikvm.syscalls.dispatch import Dispatcher
 from minikvm.syscalls.trace import Tracer

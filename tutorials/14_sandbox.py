@@ -5,12 +5,12 @@ read ``/etc/shadow``, climb out with ``..``, follow a symlink planted in
 its directory, make a TCP socket, run ``/bin/sh`` and fork.  minikvm
 answers each attempt in two layers:
 
-1. The **policy** (``minikvm.policy.Policy``) decides what the guest may
+1. The **policy** (``minikvm.sandbox.policy.Policy``) decides what the guest may
    reach.  Every path is resolved by the kernel beneath a grant directory
    (``openat2`` with ``RESOLVE_BENEATH``), so ``..`` and symlinks cannot
    lead out: the guest gets ``EACCES``.  Refused operations (``execve``,
    ``fork``) get ``EPERM``.  Denials are logged for ``--audit``.
-2. **Confinement** (``minikvm.confine.confine``) asks the host kernel to
+2. **Confinement** (``minikvm.sandbox.confine.confine``) asks the host kernel to
    hold the minikvm process itself to the same grants — Landlock for files
    and TCP ports, seccomp for system calls like ``execve`` and ``fork`` —
    once the VM exists and before the program file is parsed, as
@@ -39,12 +39,12 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from minikvm.confine import confine
-from minikvm.elf import read_program
-from minikvm.machine import Machine
-from minikvm.openat2 import O_RDONLY
-from minikvm.policy import Grant, Policy
-from minikvm.process import Process
+from minikvm.sandbox.confine import confine
+from minikvm.process.elf import read_program
+from minikvm.machine.machine import Machine
+from minikvm.sandbox.openat2 import O_RDONLY
+from minikvm.sandbox.policy import Grant, Policy
+from minikvm.process.process import Process
 from minikvm.syscalls.dispatch import Dispatcher
 
 # --- step: hostile ---

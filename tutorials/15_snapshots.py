@@ -23,9 +23,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from minikvm.process import Process
-from minikvm.snapshot import snapshot_at_ready_point
-from minikvm.snapshot_file import load, save
+from minikvm.process.process import Process
+from minikvm.snapshot.snapshot import snapshot_at_ready_point
+from minikvm.snapshot.file import load, save
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""Layer 8 — system calls, one module per family.
+"""Layer 6 — system calls, one module per family.
 
 =================  ==============================================================
 ``base``           the table entry (:class:`~minikvm.syscalls.base.Syscall`) and argument helpers

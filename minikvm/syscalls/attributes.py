@@ -1,4 +1,4 @@
-"""Layer 8 — file attributes: size, data on disk, times, mode and owner
+"""Layer 6 — file attributes: size, data on disk, times, mode and owner
 (truncate, fsync, utimensat, chmod, chown).
 
 A call that changes a file reached by path first checks that the file's
@@ -17,7 +17,7 @@ import os
 import stat as stat_module
 
 from minikvm.errors import SyscallError
-from minikvm.fdtable import HostFile, O_NONBLOCK, O_WRONLY
+from minikvm.process.fdtable import HostFile, O_NONBLOCK, O_WRONLY
 from minikvm.syscalls.base import PARTIAL, SUPPORTED, Syscall, signed32, signed64
 from minikvm.syscalls.files import (AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW, MODE_BITS,
                                     NSEC_PER_SEC, PATH_MAX, check_file_change, check_file_size,

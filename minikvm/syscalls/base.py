@@ -1,8 +1,8 @@
-"""Layer 8 — what every system-call module shares: the table entry and
+"""Layer 6 — what every system-call module shares: the table entry and
 argument helpers.
 
 A handler is a plain function ``handler(proc, arg0, arg1, …)`` taking the
-:class:`~minikvm.process.Process` and the raw 64-bit register values it
+:class:`~minikvm.process.process.Process` and the raw 64-bit register values it
 needs (as many as its entry's ``args`` lists).  It returns a non-negative
 result, or raises :class:`~minikvm.errors.SyscallError` (or ``OSError``
 from the host) for an errno.  It never returns ``-errno`` itself: the

@@ -1,4 +1,4 @@
-"""Layer 8 — directories: listing them (getdents64) and changing their
+"""Layer 6 — directories: listing them (getdents64) and changing their
 entries (mkdir, unlink, rmdir, rename, link, symlink).
 
 Listings are read from the host directory and packed as Linux packs them
@@ -21,7 +21,7 @@ import stat as stat_module
 import struct
 
 from minikvm.errors import SyscallError
-from minikvm.fdtable import HostFile, OpenFile
+from minikvm.process.fdtable import HostFile, OpenFile
 from minikvm.syscalls.base import PARTIAL, SUPPORTED, Syscall, signed32
 from minikvm.syscalls.files import (AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_FOLLOW,
                                     DT_DIR, DT_LNK, DT_REG, DT_UNKNOWN, MODE_BITS, O_PATH,

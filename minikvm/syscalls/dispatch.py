@@ -1,4 +1,4 @@
-"""Layer 8 — the dispatcher: from a system-call exit to a handler and back.
+"""Layer 6 — the dispatcher: from a system-call exit to a handler and back.
 
 For every ``syscall`` the guest executes, :class:`Dispatcher` is called
 with the synced registers (``kvm_run.s.regs.regs``, no ioctl).  It looks
@@ -31,7 +31,7 @@ from minikvm.syscalls.trace import Tracer
 
 if TYPE_CHECKING:
     from minikvm.ioctl import kvm_regs
-    from minikvm.process import Process
+    from minikvm.process.process import Process
 
 TABLE_SIZE = 512  # syscall numbers on x86-64 stay below this
 

@@ -1,6 +1,6 @@
-"""Layer 8 — epoll: waiting on many fds with a set kept in the kernel.
+"""Layer 6 — epoll: waiting on many fds with a set kept in the kernel.
 
-An epoll fd (:class:`~minikvm.fdtable.EpollFile`) holds the fds the guest
+An epoll fd (:class:`~minikvm.process.fdtable.EpollFile`) holds the fds the guest
 registered with ``epoll_ctl``, each with the events it wants and a 64-bit
 cookie.  ``epoll_wait`` asks every registered fd whether it is ready —
 with the same look :mod:`minikvm.syscalls.poll` takes
@@ -16,7 +16,7 @@ callbacks, so it computes readiness at each wait instead:
 * level-triggered (the default): reported whenever ready;
 * ``EPOLLET``: reported when a readiness bit rose since the last wait, or
   the file saw reads or writes since (see
-  :class:`~minikvm.fdtable.EpollInterest`) — an approximation of Linux's
+  :class:`~minikvm.process.fdtable.EpollInterest`) — an approximation of Linux's
   "one event per wake-up" that never misses an edge a reader waits for;
 * ``EPOLLONESHOT``: after one report the fd is silent until
   ``EPOLL_CTL_MOD`` re-arms it.
@@ -36,7 +36,7 @@ import stat
 import struct
 
 from minikvm.errors import SyscallError
-from minikvm.fdtable import (ALWAYS_REPORTED, EPOLLET, EPOLLEXCLUSIVE, EPOLLONESHOT, EPOLLWAKEUP,
+from minikvm.process.fdtable import (ALWAYS_REPORTED, EPOLLET, EPOLLEXCLUSIVE, EPOLLONESHOT, EPOLLWAKEUP,
                              O_CLOEXEC, DeviceFile, EpollFile, EpollInterest, OpenFile)
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32
 from minikvm.syscalls.poll import SIGSET_SIZE, read_timespec, ready_events

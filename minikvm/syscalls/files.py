@@ -1,4 +1,4 @@
-"""Layer 8 — file system calls: open/read/write/close and their friends.
+"""Layer 6 — file system calls: open/read/write/close and their friends.
 
 Every path goes through the sandbox policy (``proc.policy``), the one seam
 that decides whether a path may be reached; every guest buffer goes through
@@ -54,9 +54,9 @@ import select
 import stat as stat_module
 import struct
 
-from minikvm import threads
+from minikvm.process import threads
 from minikvm.errors import SyscallError
-from minikvm.fdtable import (FD_CLOEXEC, O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_WRONLY,
+from minikvm.process.fdtable import (FD_CLOEXEC, O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_WRONLY,
                              PIPE_CAPACITY, DeviceFile, EventFd, HostFile, OpenFile, Pipe,
                              PipeEnd)
 from minikvm.syscalls import signals
@@ -267,7 +267,7 @@ def _wait_for_host_fd(proc, file: HostFile) -> None:
     """With other threads, a read that would block on a host fd (a
     terminal, a pipe from the host) must not block the host: they would all
     stop.  The calling thread waits instead, while the others run
-    (:func:`minikvm.threads.retry_after_others`, watching the fd)."""
+    (:func:`minikvm.process.threads.retry_after_others`, watching the fd)."""
     if file.status_flags & O_NONBLOCK:
         return
     poller = select.poll()
@@ -281,7 +281,7 @@ def _wait_for_host_fd(proc, file: HostFile) -> None:
 def _wait_for_pipe(proc, file, error: SyscallError, what: str) -> None:
     """A read of an empty pipe or a write to a full one would block: with
     other threads that may write or read it, the calling thread waits for
-    them (:func:`minikvm.threads.retry_after_others`).  Alone, it gets the
+    them (:func:`minikvm.process.threads.retry_after_others`).  Alone, it gets the
     EAGAIN (it would wait for ever)."""
     if (error.errno == errno.EAGAIN and isinstance(file, (PipeEnd, EventFd))
             and not file.status_flags & O_NONBLOCK and len(proc.threads) > 1):

@@ -1,4 +1,4 @@
-"""Layer 8 — system information: uname, sysinfo, getrandom, the scheduler.
+"""Layer 6 — system information: uname, sysinfo, getrandom, the scheduler.
 
 The guest is a one-CPU machine whose RAM is its memory limit: sysinfo,
 the affinity mask, getcpu and the scheduler calls all describe that
@@ -14,9 +14,9 @@ import os
 import struct
 import time
 
-from minikvm import threads
+from minikvm.process import threads
 from minikvm.errors import SyscallError
-from minikvm.fdtable import fill_views
+from minikvm.process.fdtable import fill_views
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32
 from minikvm.syscalls.signals import sleep
 
@@ -110,7 +110,7 @@ def sys_getcpu(proc, cpu: int, node: int, cache: int) -> int:
 
 
 def sys_sched_yield(proc) -> int:
-    """The next runnable thread runs first (see :mod:`minikvm.threads`)."""
+    """The next runnable thread runs first (see :mod:`minikvm.process.threads`)."""
     return threads.yield_cpu(proc, lambda seconds: sleep(proc, seconds))
 
 

@@ -1,8 +1,8 @@
-"""Layer 8 — memory system calls: brk, mmap, munmap, mprotect, mremap, madvise …
+"""Layer 6 — memory system calls: brk, mmap, munmap, mprotect, mremap, madvise …
 
 They check the arguments the way Linux does (alignment, ranges, flag
 combinations, with Linux's errno for each) and translate the request into
-the memory manager's operations (:class:`~minikvm.mm.AddressSpace`), which
+the memory manager's operations (:class:`~minikvm.machine.mm.AddressSpace`), which
 owns the VMAs and page tables.
 
 Two things differ from Linux, both because the guest's memory is a fixed
@@ -29,9 +29,9 @@ import os
 import stat as stat_module
 
 from minikvm.errors import SyscallError
-from minikvm.fdtable import DeviceFile
-from minikvm.layout import HUGE_PAGE_SIZE, MMAP_MIN_ADDR, PAGE_SIZE, USER_SPACE_END
-from minikvm.mm import (POPULATE_LIMIT, PROT_MASK, PROT_NONE, PROT_READ, PROT_WRITE,
+from minikvm.process.fdtable import DeviceFile
+from minikvm.cpu.layout import HUGE_PAGE_SIZE, MMAP_MIN_ADDR, PAGE_SIZE, USER_SPACE_END
+from minikvm.machine.mm import (POPULATE_LIMIT, PROT_MASK, PROT_NONE, PROT_READ, PROT_WRITE,
                         page_align_up)
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32, signed64
 

@@ -1,4 +1,4 @@
-"""Layer 8 — sockets: outgoing connections to the endpoints the policy allows.
+"""Layer 6 — sockets: outgoing connections to the endpoints the policy allows.
 
 A guest socket is a real host socket, made for the guest and kept in its
 fd table as a :class:`SocketFile`; ``read``, ``write``, ``close``, ``dup``
@@ -29,7 +29,7 @@ The host socket is always non-blocking.  When the guest's socket is
 blocking (no ``O_NONBLOCK``, no ``MSG_DONTWAIT``), the handler waits with
 ``poll(2)`` in slices of :data:`WAIT_SLICE_SECONDS` and, between slices,
 checks ``kvm_run.immediate_exit``, which the run loop's time limit sets
-(:mod:`minikvm.machine`).  So a guest blocked in ``recv`` is still stopped
+(:mod:`minikvm.machine.machine`).  So a guest blocked in ``recv`` is still stopped
 by ``--timeout`` within a slice: the call returns ``EINTR``, the vCPU
 re-enters, sees ``immediate_exit`` and stops.
 
@@ -50,7 +50,7 @@ import time
 from typing import Callable, Optional, Union
 
 from minikvm.errors import SyscallError
-from minikvm.fdtable import O_NONBLOCK, O_RDWR, OpenFile
+from minikvm.process.fdtable import O_NONBLOCK, O_RDWR, OpenFile
 from minikvm.syscalls.base import PARTIAL, REFUSED, Syscall, signed32
 from minikvm.syscalls.files import MAX_IO
 

@@ -1,7 +1,7 @@
-"""Layer 8 — waiting on file descriptors: poll, ppoll, select, pselect6.
+"""Layer 6 — waiting on file descriptors: poll, ppoll, select, pselect6.
 
 A guest has few kinds of fd, and each knows whether it is ready
-(:meth:`OpenFile.poll <minikvm.fdtable.OpenFile.poll>`): devices always are;
+(:meth:`OpenFile.poll <minikvm.process.fdtable.OpenFile.poll>`): devices always are;
 an in-guest pipe is readable when it holds data or has no writer left; a
 host fd (a granted file, a socket, our stdio) only the host can tell, so
 those are handed to the host's ``poll(2)``.
@@ -31,9 +31,9 @@ import struct
 import time
 from typing import Callable
 
-from minikvm import threads
+from minikvm.process import threads
 from minikvm.errors import SyscallError
-from minikvm.fdtable import (ALWAYS_REPORTED, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT,
+from minikvm.process.fdtable import (ALWAYS_REPORTED, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT,
                              POLLPRI, POLLRDNORM, POLLWRNORM)
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32
 from minikvm.syscalls.signals import deliver_due_alarm, ready, sleep
@@ -65,7 +65,7 @@ def ready_events(proc, requests: list[tuple[int, int]], timeout: float | None,
     POLLNVAL, as in Linux.  EINTR when the run is being stopped.
 
     With other threads, the calling thread does not hold the host: it
-    waits as :func:`minikvm.threads.retry_after_others` describes (its
+    waits as :func:`minikvm.process.threads.retry_after_others` describes (its
     call made again once another thread ran or a host fd is ready; 0 at
     the deadline, which the call made again keeps).  *before_wait* then
     first writes the call's "nothing ready" results to the guest.

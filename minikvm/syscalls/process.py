@@ -1,4 +1,4 @@
-"""Layer 8 — process system calls: exit, identity, threads, limits.
+"""Layer 6 — process system calls: exit, identity, threads, limits.
 
 A minikvm guest is one process, started the way a shell starts a job:
 pid 1000, its parent 999, in a process group of its own (so it is the
@@ -9,7 +9,7 @@ nothing, as they would for an unprivileged user.  It has no children, so
 
 It may start threads: ``clone``/``clone3`` with ``CLONE_THREAD`` and the
 sharing flags glibc and musl pass make a thread that
-:mod:`minikvm.threads` schedules on the one vCPU; ``exit`` ends one
+:mod:`minikvm.process.threads` schedules on the one vCPU; ``exit`` ends one
 thread, ``exit_group`` all of them.  Any other ``clone`` — a new process,
 as ``fork``, ``vfork`` and ``posix_spawn`` ask for — is refused by the
 policy (EPERM).  The calls a C library makes while starting a thread
@@ -22,10 +22,10 @@ import errno
 import os
 import struct
 
-from minikvm import threads
+from minikvm.process import threads
 from minikvm.errors import SyscallError
-from minikvm.layout import PAGE_SIZE
-from minikvm.process import TASK_COMM_LEN, ProcessExit
+from minikvm.cpu.layout import PAGE_SIZE
+from minikvm.process.process import TASK_COMM_LEN, ProcessExit
 from minikvm.syscalls.base import MASK64, PARTIAL, REFUSED, Syscall, signed32
 from minikvm.syscalls.signals import SI_TKILL, deliver, deliver_to_thread, sent_info, sleep
 
@@ -280,7 +280,7 @@ def sys_set_tid_address(proc, address: int) -> int:
 
 def sys_set_robust_list(proc, head: int, length: int) -> int:
     """Recorded per thread.  Linux walks the list when a thread dies holding
-    robust mutexes; minikvm does not (see :mod:`minikvm.threads`)."""
+    robust mutexes; minikvm does not (see :mod:`minikvm.process.threads`)."""
     if length != ROBUST_LIST_HEAD_SIZE:
         raise SyscallError(errno.EINVAL, f"robust list head size {length}, "
                                          f"expected {ROBUST_LIST_HEAD_SIZE}")

@@ -1,4 +1,4 @@
-"""Layer 8 — minikvm's own system calls: the request API and the call return.
+"""Layer 6 — minikvm's own system calls: the request API and the call return.
 
 A program written for ``minikvm serve`` (or for a snapshot's forks) asks
 the host for work with two calls that Linux does not have.  Their numbers
@@ -16,7 +16,7 @@ inline ``syscall`` instructions, with no library to link::
                                                     call stub makes it)
     503     (reserved)
 
-What they do depends on :attr:`Process.requests <minikvm.process.Process.requests>`,
+What they do depends on :attr:`Process.requests <minikvm.process.process.Process.requests>`,
 the *request channel* of the process:
 
 * ``None`` (a plain ``minikvm run``): there is nobody to ask.
@@ -25,13 +25,13 @@ the *request channel* of the process:
   and writing the response to stdout — which is also what they do on Linux,
   where the numbers give ``ENOSYS`` — so the same program runs natively,
   under ``minikvm run`` (one request from stdin) and under ``minikvm serve``.
-* a channel (:class:`minikvm.snapshot.RequestChannel`): the first
+* a channel (:class:`minikvm.snapshot.snapshot.RequestChannel`): the first
   ``minikvm_wait_request`` is the *ready point* where the host takes a
   snapshot; afterwards each call hands over one request, and the response
   is what the program passed to ``minikvm_respond`` before its next wait.
 
 A channel has three methods, which may raise a ``BaseException`` to leave
-:meth:`Machine.run <minikvm.machine.Machine.run>` (the way ``exit`` does)::
+:meth:`Machine.run <minikvm.machine.machine.Machine.run>` (the way ``exit`` does)::
 
     wait(proc, buffer, size) -> int      # the request's length
     respond(proc, data: bytes) -> None
@@ -47,7 +47,7 @@ from __future__ import annotations
 import errno
 
 from minikvm.errors import SyscallError
-from minikvm.guestcode import MINIKVM_SYS_CALL_RETURN
+from minikvm.cpu.guestcode import MINIKVM_SYS_CALL_RETURN
 from minikvm.syscalls.base import PARTIAL, Syscall
 
 MINIKVM_SYS_WAIT_REQUEST = 500

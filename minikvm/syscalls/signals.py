@@ -1,4 +1,4 @@
-"""Layer 8 — signals: dispositions, masks, pending sets, and running handlers.
+"""Layer 6 — signals: dispositions, masks, pending sets, and running handlers.
 
 Signals follow Linux, because C libraries and programs lean on them:
 
@@ -15,7 +15,7 @@ Signals follow Linux, because C libraries and programs lean on them:
 * **Running a handler** is what Linux's ``arch/x86/kernel/signal.c`` does:
   the registers, the mask and the FPU state of the interrupted code go
   into a ``struct rt_sigframe`` on its stack (or the ``sigaltstack``; the
-  byte layout is :mod:`minikvm.sigframe`), and the vCPU resumes at the
+  byte layout is :mod:`minikvm.process.sigframe`), and the vCPU resumes at the
   handler with RDI = the signal, RSI = ``&siginfo``, RDX = ``&ucontext``,
   and RSP pointing at ``sa_restorer``.  The handler's mask adds
   ``sa_mask`` and the signal itself (unless SA_NODEFER); SA_RESETHAND
@@ -49,7 +49,7 @@ On hardware hosts (VMX/SVM) the exit of a system call leaves the vCPU at
 CPL 0 in minikvm's stub, about to ``sysretq``; entering a handler there
 needs nothing more (``sysretq`` goes to RCX), and ``rt_sigreturn`` and
 fault delivery switch CS and SS back to user mode first
-(:meth:`minikvm.machine.Machine.enter_user_mode`).  This host kind is not
+(:meth:`minikvm.machine.machine.Machine.enter_user_mode`).  This host kind is not
 exercised by the tests here (they run on PVM).
 
 Signal *n* is bit ``n - 1`` of a 64-bit set (``sigset_t`` in the kernel's
@@ -67,14 +67,14 @@ import time
 from typing import Union
 
 from minikvm import ioctl as k
-from minikvm import sigframe
-from minikvm import threads
+from minikvm.process import sigframe
+from minikvm.process import threads
 from minikvm import x86
-from minikvm.crash import ExceptionFrame, describe_exception
+from minikvm.machine.crash import ExceptionFrame, describe_exception
 from minikvm.errors import KvmError, SyscallError
-from minikvm.machine import USER_RFLAGS_MASK, RegistersLoaded
-from minikvm.process import ProcessKilled
-from minikvm.segments import USER_CODE64, USER_DATA64
+from minikvm.machine.machine import USER_RFLAGS_MASK, RegistersLoaded
+from minikvm.process.process import ProcessKilled
+from minikvm.cpu.segments import USER_CODE64, USER_DATA64
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32
 
 SIGSET_SIZE = 8
@@ -220,7 +220,7 @@ def deliver_to_thread(proc, tid: int, sig: int, sender: str, info: bytes) -> int
     thread (Go's runtime preempts a goroutine by signalling the thread that
     runs it, and checks which thread the handler ran on), so a signal with
     a handler waits in the thread's record until it is on the vCPU
-    (``minikvm.threads._swap_signal_state``, then
+    (``minikvm.process.threads._swap_signal_state``, then
     :func:`deliver_switched_in`); any other action is the process's."""
     thread = proc.threads.threads[tid]
     handler = _action(proc, sig)[0] if 0 < sig <= NSIG else SIG_DFL
@@ -748,7 +748,7 @@ def sys_rt_sigreturn(proc) -> int:
     Unlike any other call, this one sets *every* register, RCX and R11
     included — so it cannot return the usual way (RIP = RCX, RFLAGS = R11).
     It loads the registers itself and raises
-    :class:`~minikvm.machine.RegistersLoaded`, which tells the run loop to
+    :class:`~minikvm.machine.machine.RegistersLoaded`, which tells the run loop to
     resume the vCPU as it is."""
     machine = proc.machine
     regs = machine.vcpu.run_state.s.regs.regs
@@ -791,7 +791,7 @@ def _bad_frame(proc, why: str) -> None:
 
 def _restore_fpu(proc, fpstate: int) -> None:
     """Load the frame's FPU state (``fpu__restore_sig``), checked by
-    :func:`minikvm.sigframe.xsave_from_frame`; no state (0) is a clean FPU."""
+    :func:`minikvm.process.sigframe.xsave_from_frame`; no state (0) is a clean FPU."""
     vcpu = proc.machine.vcpu
     if not fpstate:
         _FpuState(proc).reset_for_handler()

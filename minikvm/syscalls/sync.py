@@ -1,10 +1,10 @@
-"""Layer 8 — synchronisation: futex, the one call every thread library waits with.
+"""Layer 6 — synchronisation: futex, the one call every thread library waits with.
 
 A futex is a 32-bit word in the program's memory.  A thread that finds a
 lock taken asks the kernel to put it to sleep *if the word still holds the
 value it saw* (so a wake between its look and its sleep is not lost);
 whoever releases the lock wakes a number of sleepers.  Waiting threads are
-kept in :mod:`minikvm.threads`, keyed by the word's address — the guest has
+kept in :mod:`minikvm.process.threads`, keyed by the word's address — the guest has
 one address space, so ``FUTEX_PRIVATE_FLAG`` changes nothing.
 
 ==========================  ======================================================
@@ -41,7 +41,7 @@ from __future__ import annotations
 import errno
 import time
 
-from minikvm import threads
+from minikvm.process import threads
 from minikvm.errors import SyscallError
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32
 from minikvm.syscalls.signals import sleep

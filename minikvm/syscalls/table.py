@@ -1,4 +1,4 @@
-"""Layer 8 — the one system-call table.
+"""Layer 6 — the one system-call table.
 
 Each family module lists its system calls (number, name, handler, argument
 kinds, status).  This module gathers them: the dispatcher indexes it by

@@ -1,4 +1,4 @@
-"""Layer 8 — time system calls: clocks, sleeping, the alarm, CPU time.
+"""Layer 6 — time system calls: clocks, sleeping, the alarm, CPU time.
 
 minikvm maps no vDSO, so the C library asks the kernel for the time with a
 real system call; these answer from the host's clocks.  The program may
@@ -24,9 +24,9 @@ import os
 import resource
 import time
 
-from minikvm import threads
+from minikvm.process import threads
 from minikvm.errors import SyscallError
-from minikvm.stack import CLOCK_TICKS
+from minikvm.process.stack import CLOCK_TICKS
 from minikvm.syscalls.base import PARTIAL, REFUSED, Syscall, signed32
 from minikvm.syscalls.signals import deliver_due_alarm, sleep
 

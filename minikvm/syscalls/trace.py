@@ -1,4 +1,4 @@
-"""Layer 8 — ``--trace``: system calls printed the way strace prints them.
+"""Layer 6 — ``--trace``: system calls printed the way strace prints them.
 
 ::
 
@@ -21,7 +21,7 @@ from minikvm.errors import SyscallError
 from minikvm.syscalls.base import Syscall, signed32, signed64
 
 if TYPE_CHECKING:
-    from minikvm.process import Process
+    from minikvm.process.process import Process
 
 STRING_LIMIT = 32  # strace's default -s
 AT_FDCWD = -100

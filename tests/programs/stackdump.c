@@ -1,7 +1,7 @@
 /* stackdump.c — the shape of the initial stack the kernel built, as offsets.
  *
  * Not one of the programs compared natively and in the sandbox: the test of
- * minikvm/stack.py runs it natively and rebuilds the same stack with
+ * minikvm/process/stack.py runs it natively and rebuilds the same stack with
  * build_initial_stack(), to check that the layout matches the real kernel's.
  *
  * Absolute addresses vary from run to run (ASLR, and arch_align_stack()

@@ -1,0 +1,673 @@
+"""Layer 8 — ``minikvm serve``: an HTTP server where every request runs in
+a fresh copy of the program.
+
+::
+
+    minikvm serve --listen 127.0.0.1:8080 [--workers N] [--request-timeout S]
+                  [--reset cow|copy] [policy options] -- PROGRAM [ARG...]
+
+The program is started once, in the parent, and runs its start-up until
+its first ``minikvm_wait_request`` (``include/minikvm.h``); there it is
+snapshotted.  The parent then forks *N* worker processes that share the
+listening socket (the kernel hands each connection to one of them).  Each
+worker starts a :class:`~minikvm.snapshot.snapshot.Fork` of the snapshot — its own
+VM — and for every HTTP request:
+
+1. serialises it into the program's buffer — the request line, the headers
+   as ``Name: value`` lines in the order received, an empty line, then the
+   body (exactly ``Content-Length`` bytes; chunked bodies are refused with
+   411): the HTTP/1.1 request as it came on the wire, normalised;
+2. runs the fork until it waits for the next request, and answers with its
+   response: a response starting with ``HTTP/1.`` is a raw HTTP response
+   (status line, headers, empty line, body — the server sets
+   ``Content-Length`` and ``Connection`` itself); anything else is the
+   body of a ``200 OK`` (``application/octet-stream``);
+3. resets the fork *after* sending the answer, so the reset is not on the
+   client's path.
+
+A crash answers ``502 Bad Gateway`` and logs the crash line; a request
+that runs longer than ``--request-timeout`` answers ``504 Gateway
+Timeout``; either way the fork is replaced by a new one and the worker
+keeps serving.  SIGINT or SIGTERM stops the server gracefully: each worker
+finishes the request it is handling, then exits.
+
+Why the standard library's :mod:`http.server`: its request parser is well
+tested and small to read; minikvm needs nothing else from a web framework.
+Each worker handles one connection at a time and answers with
+``Connection: close`` (as prefork servers such as gunicorn's sync workers
+do), so an idle keep-alive client can never hold a worker; run more
+workers for more concurrency — each is a process with its own VM.
+
+The server confines itself as ``minikvm run`` does (:mod:`minikvm.sandbox.confine`):
+the listening socket is bound and the VM created first, then Landlock and
+seccomp go up, and only then is the program parsed, started and
+snapshotted.  The server's seccomp filter still lets it fork its workers;
+each worker stacks the strict filter before its first ``accept``.
+``snapshot save`` writes from a confined child process, and ``snapshot
+run`` confines itself before it parses the stored program.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from minikvm.snapshot.snapshot import Reply, Snapshot, SnapshotError, snapshot_at_ready_point
+
+DEFAULT_REQUEST_TIMEOUT = 30.0
+#: How long a client may take to send its request before the worker gives up.
+CLIENT_TIMEOUT = 10.0
+LISTEN_BACKLOG = 128
+#: Headers the server writes itself, whatever the program's raw response says.
+FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
+STATUS_BAD_GATEWAY = 502
+STATUS_GATEWAY_TIMEOUT = 504
+STATUS_LENGTH_REQUIRED = 411
+STATUS_TOO_LARGE = 413
+STATUS_OK = 200
+#: A worker that dies unexpectedly is restarted, at most this often a minute.
+MAX_RESTARTS_PER_MINUTE = 10
+#: How long an idle worker waits in ``accept`` before it looks at its
+#: "stopping" flag again.  Python runs a signal handler between bytecodes: a
+#: SIGTERM that lands after the last bytecode before ``accept`` and before
+#: the ``accept`` system call blocks runs its handler only when ``accept``
+#: returns — without a timeout, at the next connection, i.e. maybe never.
+ACCEPT_POLL_SECONDS = 0.5
+
+
+class Shutdown(BaseException):
+    """Raised in an idle worker by SIGTERM/SIGINT, to leave ``accept``."""
+
+
+@dataclass
+class Outcome:
+    """What the back end made of one request: an HTTP answer, plus a line
+    for the log when something went wrong."""
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    log: str = ""
+
+
+def parse_response(raw: bytes) -> Outcome:
+    """The program's response as an HTTP answer (see the module docstring)."""
+    if not raw.startswith(b"HTTP/1."):
+        return Outcome(STATUS_OK, [("Content-Type", "application/octet-stream")], raw)
+    head, separator, body = raw.partition(b"\r\n\r\n")
+    if not separator:
+        head, separator, body = raw.partition(b"\n\n")
+    lines = head.replace(b"\r\n", b"\n").split(b"\n")
+    parts = lines[0].split(b" ", 2)
+    if not separator or len(parts) < 2 or not parts[1].isdigit() or len(parts[1]) != 3:
+        return Outcome(STATUS_BAD_GATEWAY, [], b"minikvm: the program sent a malformed HTTP "
+                       b"response\n", "malformed HTTP response from the program")
+    headers = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not name.strip():
+            return Outcome(STATUS_BAD_GATEWAY, [], b"minikvm: the program sent a malformed "
+                           b"HTTP header\n", f"malformed header line {line[:80]!r}")
+        if name.strip().lower().decode("latin-1") not in FRAMING_HEADERS:
+            headers.append((name.strip().decode("latin-1"), value.strip().decode("latin-1")))
+    return Outcome(int(parts[1]), headers, body)
+
+
+def outcome_of(reply: Reply) -> Outcome:
+    """A fork's reply as an HTTP answer."""
+    if reply.status == "ok":
+        if not reply.response:
+            return Outcome(STATUS_BAD_GATEWAY, [], b"minikvm: the program gave no response\n",
+                           "no response (the program waited for the next request without "
+                           "calling minikvm_respond)")
+        return parse_response(reply.response)
+    if reply.status == "timeout":
+        return Outcome(STATUS_GATEWAY_TIMEOUT, [], b"minikvm: the program took too long\n",
+                       reply.message)
+    if reply.status == "exit" and reply.response:
+        outcome = parse_response(reply.response)
+        outcome.log = reply.message
+        return outcome
+    return Outcome(STATUS_BAD_GATEWAY, [], f"minikvm: {reply.message}\n".encode(),
+                   reply.message)
+
+
+class Backend:
+    """Turns one serialised request into an :class:`Outcome`."""
+
+    max_request = 0
+
+    def handle(self, request: bytes) -> Outcome:
+        raise NotImplementedError
+
+    def after_response(self) -> None:
+        """Work that can wait until the client has its answer."""
+
+    def close(self) -> None:
+        pass
+
+
+class ForkBackend(Backend):
+    """A fork of the snapshot, reset after each request, replaced after a
+    crash or a timeout."""
+
+    def __init__(self, snapshot: Snapshot, mechanism: str, timeout: float) -> None:
+        self.snapshot = snapshot
+        self.mechanism = mechanism
+        self.timeout = timeout
+        self.fork = snapshot.fork(mechanism)
+        self.max_request = snapshot.wait[1] if snapshot.wait else 0
+        self.pending: str | None = None    # "reset" or "replace"
+
+    def handle(self, request: bytes) -> Outcome:
+        reply = self.fork.request(request, timeout=self.timeout, reset=False)
+        self.pending = "reset" if reply.ok else "replace"
+        return outcome_of(reply)
+
+    def after_response(self) -> None:
+        if self.pending == "reset":
+            self.fork.reset()
+        elif self.pending == "replace":
+            self.fork.close()
+            self.fork = self.snapshot.fork(self.mechanism)
+        self.pending = None
+
+    def close(self) -> None:
+        self.fork.close()
+
+
+class RequestHandler(http.server.BaseHTTPRequestHandler):
+    """Reads one request, hands it to the worker's back end, answers."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "minikvm"
+    sys_version = ""
+    timeout = CLIENT_TIMEOUT
+    backend: Backend
+    log: Callable[[str], None]
+
+    def handle_one_request(self) -> None:
+        self.close_connection = True
+        try:
+            self.raw_requestline = self.rfile.readline(65537)
+        except (TimeoutError, ConnectionError):
+            return
+        if not self.raw_requestline or not self.parse_request():
+            return
+        request = self.serialise()
+        if request is not None:
+            self.dispatch(request)
+
+    def serialise(self) -> bytes | None:
+        """The request as the program receives it, or None (already answered)."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.answer(Outcome(STATUS_LENGTH_REQUIRED, [], b"minikvm: chunked request "
+                                b"bodies are not supported: send Content-Length\n"))
+            return None
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            self.send_error(400, "bad Content-Length")
+            return None
+        head = f"{self.command} {self.path} {self.request_version}\r\n"
+        head += "".join(f"{name}: {value}\r\n" for name, value in self.headers.items())
+        head_bytes = head.encode("latin-1") + b"\r\n"
+        limit = self.backend.max_request
+        if length < 0 or (limit and len(head_bytes) + length > limit):
+            self.answer(Outcome(STATUS_TOO_LARGE, [], f"minikvm: the request is larger than "
+                                f"the program's buffer ({limit} bytes)\n".encode()))
+            return None
+        try:
+            body = self.rfile.read(length) if length else b""
+        except (TimeoutError, ConnectionError):
+            return None
+        return head_bytes + body
+
+    def dispatch(self, request: bytes) -> None:
+        started = time.perf_counter()
+        outcome = self.backend.handle(request)
+        if outcome.log:
+            self.log(f"{self.command} {self.path}: {outcome.status}: {outcome.log}")
+        try:
+            self.answer(outcome)
+        finally:
+            self.backend.after_response()
+        self.elapsed = time.perf_counter() - started
+
+    def answer(self, outcome: Outcome) -> None:
+        try:
+            self.send_response(outcome.status)
+            for name, value in outcome.headers:
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(outcome.body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(outcome.body)
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            pass  # the client went away: nothing to answer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: only problems are logged (through :attr:`log`)."""
+
+    def log_error(self, format: str, *args: Any) -> None:
+        self.log(format % args)
+
+
+class _ServerInfo:
+    """What BaseHTTPRequestHandler reads from its server."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.server_address = address
+        self.server_name = address[0]
+        self.server_port = address[1]
+
+
+def worker_loop(listener: socket.socket, backend: Backend, name: str) -> int:
+    """Accept and answer connections until SIGTERM/SIGINT; returns 0."""
+    state = {"busy": False, "stopping": False}
+
+    def on_signal(signum: int, frame: object) -> None:
+        # Raise once, and only while idle: a request being handled is
+        # finished first (the loop checks "stopping" after it).
+        first = not state["stopping"]
+        state["stopping"] = True
+        if first and not state["busy"]:
+            raise Shutdown()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def log(message: str) -> None:
+        print(f"minikvm serve: {name}: {message}", file=sys.stderr, flush=True)
+
+    handler = type("Handler", (RequestHandler,), {"backend": backend, "log": staticmethod(log)})
+    info = _ServerInfo(listener.getsockname()[:2])
+    listener.settimeout(ACCEPT_POLL_SECONDS)
+    try:
+        while not state["stopping"]:
+            try:
+                connection, address = listener.accept()
+            except Shutdown:
+                break
+            except TimeoutError:
+                continue    # idle: look at "stopping" (and run a pending handler) again
+            except OSError as error:
+                log(f"accept failed: {error}")
+                continue
+            state["busy"] = True
+            try:
+                handler(connection, address, info)
+            except Shutdown:
+                pass
+            except Exception as error:  # a bug in the server, not the guest's doing
+                log(f"internal error: {type(error).__name__}: {error}")
+            finally:
+                try:
+                    connection.close()
+                except OSError:
+                    pass
+                state["busy"] = False
+    except Shutdown:
+        pass
+    finally:
+        backend.close()
+    return 0
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``127.0.0.1:8080`` → ("127.0.0.1", 8080); ``[::1]:80`` for IPv6."""
+    host, colon, port = text.rpartition(":")
+    if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"--listen {text!r}: expected HOST:PORT, e.g. "
+                                         f"127.0.0.1:8080")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def open_listener(address: tuple[str, int]) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(address)
+    listener.listen(LISTEN_BACKLOG)
+    return listener
+
+
+def run_workers(listener: socket.socket, workers: int,
+                make_backend: Callable[[], Backend],
+                in_worker: Callable[[], None] | None = None) -> int:
+    """Fork *workers* processes running :func:`worker_loop` on *listener*;
+    supervise them until SIGINT/SIGTERM, then stop them and wait.
+    *in_worker* runs first in each worker (:func:`~minikvm.sandbox.confine.confine_worker`)."""
+    children: dict[int, int] = {}   # pid -> worker number
+    stopping = {"now": False}
+    restarts: list[float] = []
+
+    def start(number: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            status = 1
+            try:
+                if in_worker is not None:
+                    in_worker()
+                status = worker_loop(listener, make_backend(), f"worker {number}")
+            except Shutdown:
+                status = 0
+            except BaseException as error:
+                print(f"minikvm serve: worker {number}: {type(error).__name__}: {error}",
+                      file=sys.stderr, flush=True)
+            finally:
+                os._exit(status)
+        children[pid] = number
+
+    def on_signal(signum: int, frame: object) -> None:
+        # Raise, so that the sleep between looks at the workers gives up
+        # and the workers are told.
+        if not stopping["now"]:
+            stopping["now"] = True
+            raise Shutdown()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            for number in range(1, workers + 1):
+                start(number)
+        except Shutdown:
+            pass
+        while children and not stopping["now"]:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+                if pid == 0:        # no worker ended: sleep, then look again (see
+                    time.sleep(ACCEPT_POLL_SECONDS)   # ACCEPT_POLL_SECONDS for why not wait())
+                    continue
+            except (ChildProcessError, Shutdown):
+                break
+            number = children.pop(pid, None)
+            if number is None or stopping["now"]:
+                continue
+            now = time.monotonic()
+            restarts[:] = [t for t in restarts if now - t < 60] + [now]
+            print(f"minikvm serve: worker {number} ended unexpectedly "
+                  f"(status {os.waitstatus_to_exitcode(status)}); "
+                  f"{'restarting it' if len(restarts) <= MAX_RESTARTS_PER_MINUTE else 'giving up'}",
+                  file=sys.stderr, flush=True)
+            if len(restarts) <= MAX_RESTARTS_PER_MINUTE:
+                start(number)
+    finally:
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for pid in list(children):
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def serve(snapshot: Snapshot, listen: tuple[str, int] | socket.socket, *, workers: int = 1,
+          mechanism: str = "cow", request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+          ready: Callable[[tuple[str, int]], None] | None = None,
+          in_worker: Callable[[], None] | None = None) -> int:
+    """Serve HTTP on *listen* (an address, or a listening socket opened
+    earlier — before confinement, which allows no ``bind``) from forks of
+    *snapshot* until SIGINT/SIGTERM; the socket is closed at the end.
+    *in_worker* as in :func:`run_workers`."""
+    listener = listen if isinstance(listen, socket.socket) else open_listener(listen)
+    address = listener.getsockname()[:2]
+    if ready is not None:
+        ready(address)
+    try:
+        return run_workers(listener, workers,
+                           lambda: ForkBackend(snapshot, mechanism, request_timeout),
+                           in_worker)
+    finally:
+        listener.close()
+
+
+def _policy(options: argparse.Namespace) -> Any:
+    from minikvm.sandbox.policy import Policy
+    read, write = list(options.allow_read), list(options.allow_write)
+    if options.here:
+        write.append(os.getcwd())
+    return Policy(read=read, write=write, connect=options.allow_connect,
+                  max_fds=options.max_fds, max_file_size=options.max_file_size)
+
+
+def raise_walls(policy: Any, *, allow_fork: bool = False) -> Any:
+    """:func:`minikvm.sandbox.confine.confine` under *policy* (None: an empty one,
+    only the runtime), printing the warnings of a wall the kernel lacks —
+    the command goes on, as ``minikvm run`` does.  A wall that fails to go
+    up raises :class:`~minikvm.sandbox.confine.ConfineError`: the command stops."""
+    from minikvm.sandbox.confine import confine
+    from minikvm.sandbox.policy import Policy
+    confinement = confine(policy if policy is not None else Policy(), allow_fork=allow_fork)
+    for warning in confinement.warnings:
+        print(f"minikvm: warning: {warning}", file=sys.stderr, flush=True)
+    return confinement
+
+
+def _ready_snapshot(options: argparse.Namespace, stdio: tuple[int, int, int], *,
+                    program: bytes | None = None,
+                    allow_fork: bool = False) -> tuple[Snapshot, Any]:
+    """Start PROGRAM under the options' policy, confined (see the module
+    docstring), and snapshot it at its first request.  Returns the snapshot
+    and the :class:`~minikvm.sandbox.confine.Confinement`; SnapshotError (or a
+    MinikvmError from loading) says why not.  *program*: the file's bytes,
+    when the caller read them already."""
+    from minikvm.cli.main import guest_environment
+    from minikvm.process.elf import read_program
+    from minikvm.cpu.layout import DEFAULT_MEMORY_SIZE
+    from minikvm.machine.machine import Machine
+    from minikvm.process.process import Process
+    path = options.program
+    policy = _policy(options)
+    if program is None:
+        program = read_program(path)
+    machine = Machine(options.memory or DEFAULT_MEMORY_SIZE)
+    try:
+        confinement = raise_walls(policy, allow_fork=allow_fork)
+        process = Process.spawn(path, [path, *options.args], guest_environment(options),
+                                policy, machine=machine, program=program, stdio=stdio)
+    except BaseException:
+        machine.close()
+        raise
+    try:
+        snapshot, reply = snapshot_at_ready_point(process, timeout=options.timeout)
+    finally:
+        process.close()
+    if snapshot is None:
+        raise SnapshotError(f"{options.program}: {reply.message}")
+    return snapshot, confinement
+
+
+def _load_confined(name: str, stdio: Sequence[int], *,
+                   allow_fork: bool = False) -> tuple[Snapshot, Any]:
+    """Open and check a snapshot file, confine this process under the policy
+    it records, then load it (the stored program is parsed inside the walls)."""
+    from minikvm.snapshot.file import load, read_header, saved_policy
+    try:
+        file = open(name, "rb")
+    except OSError as error:
+        raise SnapshotError(f"{name}: {error.strerror}") from None
+    with file:
+        header = read_header(name, file)
+        policy = saved_policy(header)
+        confinement = raise_walls(policy, allow_fork=allow_fork)
+        return load(name, policy=policy, stdio=stdio, file=file, header=header), confinement
+
+
+def _exit_status(reply: Reply) -> int:
+    """A reply as a shell would report it (see ``minikvm run``)."""
+    if reply.status == "exit" and reply.exit_status is not None:
+        return reply.exit_status
+    if reply.status == "timeout":
+        return 124
+    name = reply.message.split(":", 1)[0]
+    if name.startswith("SIG") and name in signal.Signals.__members__:
+        return 128 + int(signal.Signals[name])
+    return 128 + int(signal.SIGKILL)
+
+
+def snapshot_commands(options: argparse.Namespace) -> int:
+    """``minikvm serve`` and ``minikvm snapshot save|run|info``."""
+    from minikvm.errors import MinikvmError
+    from minikvm.snapshot.file import read_header
+    try:
+        if options.command == "serve":
+            return _serve_command(options)
+        if options.snapshot_command == "save":
+            return _save_command(options)
+        if options.snapshot_command == "info":
+            print(describe_header(options.file, read_header(options.file)))
+            return 0
+        snapshot, _ = _load_confined(options.file, (0, 1, 2))
+        with snapshot:
+            request = sys.stdin.buffer.read()
+            with snapshot.fork() as fork:
+                reply = fork.request(request, timeout=options.timeout, reset=False)
+                sys.stdout.buffer.write(reply.response)
+                sys.stdout.flush()
+                if reply.ok:
+                    reply = fork.end(timeout=options.timeout)
+                    sys.stdout.buffer.write(reply.response)
+                    sys.stdout.flush()
+                if reply.message:
+                    print(reply.message, file=sys.stderr)
+                return _exit_status(reply)
+    except (MinikvmError, OSError, ValueError, argparse.ArgumentTypeError) as error:
+        print(f"minikvm: {error}", file=sys.stderr)
+        return 1
+
+
+def _save_command(options: argparse.Namespace) -> int:
+    """``minikvm snapshot save``: the program runs to its first request in a
+    confined child process, which writes the snapshot into a file this
+    process created (``FILE.PID.partial``); this process, which runs no
+    guest code, renames it into place when the child succeeded, or
+    removes it.  Landlock would not let the child create or rename files
+    outside the grants, and the output need not be in one."""
+    from minikvm.process.elf import read_program
+    from minikvm.errors import MinikvmError
+    from minikvm.snapshot.file import save_into
+    target = options.output
+    partial = f"{target}.{os.getpid()}.partial"
+    program = read_program(options.program)
+    fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            with os.fdopen(fd, "w+b") as out:
+                snapshot, _ = _ready_snapshot(options, (0, 1, 2), program=program)
+                with snapshot:
+                    save_into(snapshot, out, elf=program)
+            status = 0
+        except (MinikvmError, OSError, ValueError) as error:
+            print(f"minikvm: {error}", file=sys.stderr)
+        except KeyboardInterrupt:
+            print("minikvm: interrupted (Ctrl-C)", file=sys.stderr)
+        except BaseException:                 # a bug in minikvm: say where
+            import traceback
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+    os.close(fd)
+    status = _wait_for(pid)
+    if status != 0:
+        os.unlink(partial)
+        return status
+    os.replace(partial, target)
+    print(f"minikvm: saved {options.program} at its first request to {target} "
+          f"({os.stat(target).st_size} bytes)", file=sys.stderr)
+    return 0
+
+
+def _wait_for(pid: int) -> int:
+    """The exit status of child *pid*, as a shell reports it (128+N for
+    signal N).  A Ctrl-C reaches the child too, so keep waiting for it."""
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+        except KeyboardInterrupt:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        return 128 - code if code < 0 else code
+
+
+def describe_header(name: str, header: dict[str, Any]) -> str:
+    """What ``minikvm snapshot info`` prints."""
+    memory = header["memory"]
+    stored = sum(length for _, length in memory["extents"])
+    wait = header["wait"]
+    policy = header["policy"] or {}
+    lines = [f"{name}: minikvm snapshot, format version {header['version']}, checksum ok",
+             f"program:  {header['image']['name']}",
+             f"memory:   {memory['size'] >> 20} MiB guest memory, {stored >> 10} KiB stored "
+             f"in {len(memory['extents'])} extents",
+             f"ready at: " + (f"minikvm_wait_request(buffer={wait[0]:#x}, size={wait[1]})"
+                              if wait else "not a request wait"),
+             f"files:    " + ", ".join(f"{r['fd']}={r['path']}" for r in header["fds"]),
+             f"policy:   read {policy.get('read', [])}, write {policy.get('write', [])}, "
+             f"connect {policy.get('connect', [])}"]
+    return "\n".join(lines)
+
+
+def _serve_command(options: argparse.Namespace) -> int:
+    from minikvm.sandbox.confine import confine_worker
+    listen = parse_listen(options.listen)
+    if options.workers < 1:
+        raise ValueError(f"--workers {options.workers}: need at least one worker")
+    if not (options.from_snapshot or options.program):
+        raise ValueError("serve needs a PROGRAM (or --from-snapshot FILE)")
+    stdio = _server_stdio()
+    # Bind before the walls go up: Landlock then allows no TCP bind at all.
+    listener = open_listener(listen)
+    try:
+        if options.from_snapshot:
+            snapshot, confinement = _load_confined(options.from_snapshot, stdio,
+                                                   allow_fork=True)
+        else:
+            snapshot, confinement = _ready_snapshot(options, stdio, allow_fork=True)
+    except BaseException:
+        listener.close()
+        raise
+
+    def no_fork() -> None:
+        """In each worker: the strict seccomp filter, stacked (no fork)."""
+        confine_worker(confinement)
+
+    def ready(address: tuple[str, int]) -> None:
+        print(f"minikvm serve: listening on http://{address[0]}:{address[1]}/ "
+              f"({options.workers} worker{'s' if options.workers != 1 else ''}, "
+              f"reset by {options.reset})", file=sys.stderr, flush=True)
+
+    try:
+        return serve(snapshot, listener, workers=options.workers, mechanism=options.reset,
+                     request_timeout=options.request_timeout, ready=ready,
+                     in_worker=no_fork)
+    finally:
+        snapshot.close()
+
+
+def _server_stdio() -> tuple[int, int, int]:
+    """The guest's stdio under a server: stdin empty, stdout and stderr to
+    the server's stderr (its log), so a debugging printf never mixes with
+    anything the server says on stdout."""
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    return (null, 2, 2)

@@ -1,0 +1,75 @@
+"""Layer 2 — the guest's memory map: every fixed address in one place.
+
+minikvm's guest has two kinds of memory.  The *kernel area* is a handful of
+pages the CPU itself needs (descriptor tables, the TSS, the entry stubs, an
+interrupt stack); it sits below 64 KiB, where Linux never lets a program
+map anything (``vm.mmap_min_addr``), and it is identity-mapped
+(virtual = physical) and supervisor-only, except the syscall stub.  All the
+rest of guest-physical memory is a pool of pages the memory manager
+(``mm.py``) hands out to the program, mapped wherever the program wants.
+
+Guest-physical memory::
+
+    0x0000_0000  +---------------------------+
+                 | null page (never mapped)  |  catches NULL dereferences
+    0x0000_1000  | GDT                       |  segment descriptors + TSS descriptor
+    0x0000_2000  | IDT                       |  256 interrupt gates
+    0x0000_3000  | TSS + I/O permission map  |  IST stack pointer; port 0xE0 allowed
+    0x0000_4000  | syscall entry stub        |  LSTAR points here (user-executable)
+    0x0000_5000  | exception stubs           |  one per vector, supervisor-only
+    0x0000_6000  | IST stack (2 pages)       |  every exception lands here
+    0x0000_8000  +---------------------------+
+                 | (unused)                  |
+    0x0001_0000  +---------------------------+
+                 | page-table pool           |  PML4, PDPTs, PDs, PTs
+    0x0080_0000  +---------------------------+
+                 | user page pool            |  program, heap, mmap, stack
+    memory size  +---------------------------+
+
+Guest-virtual memory of a program (x86-64 user half, 47 bits)::
+
+    0x0000_0000_0000  null guard + kernel area (supervisor, < 64 KiB)
+    0x0000_0001_0000  lowest address a program may map
+    0x0000_0040_0000  typical ET_EXEC program (``cc -static``), heap after it
+    0x5555_5555_4000  static-PIE programs are loaded here (like Linux)
+          ...         mmap area, allocated top-down from MMAP_TOP
+    0x7fff_0000_0000  MMAP_TOP
+    0x7fff_ff7f_f000  stack (8 MiB), growing down from STACK_TOP
+    0x7fff_ffff_f000  STACK_TOP
+"""
+
+from __future__ import annotations
+
+PAGE_SIZE = 0x1000
+HUGE_PAGE_SIZE = 0x20_0000  # a 2 MiB page: one PDE with PS set
+
+# --- kernel area (physical = virtual) ---------------------------------------
+GDT_ADDRESS = 0x1000
+IDT_ADDRESS = 0x2000
+TSS_ADDRESS = 0x3000
+SYSCALL_STUB_ADDRESS = 0x4000
+EXCEPTION_STUBS_ADDRESS = 0x5000
+IST_STACK_BOTTOM = 0x6000
+IST_STACK_TOP = 0x8000          # stacks grow down: the TSS holds this top
+KERNEL_AREA_END = 0x8000
+
+# --- the physical page pools ----------------------------------------------
+PAGE_TABLE_POOL_START = 0x1_0000
+PAGE_TABLE_POOL_END = 0x80_0000   # 2032 tables: enough for 4 GiB of 4 KiB pages
+USER_POOL_START = 0x80_0000       # 2 MiB aligned, so huge pages can come from it
+
+# --- the program's virtual address space ------------------------------------
+MMAP_MIN_ADDR = 0x1_0000            # Linux's default vm.mmap_min_addr
+USER_SPACE_END = 0x7FFF_FFFF_F000   # TASK_SIZE on x86-64 (47-bit user half)
+STACK_TOP = USER_SPACE_END
+STACK_SIZE = 8 * 1024 * 1024        # RLIMIT_STACK default
+MMAP_TOP = 0x7FFF_0000_0000         # mmap hands out addresses below this, top-down
+PIE_LOAD_BIAS = 0x5555_5555_4000    # where Linux puts an ET_DYN program (ELF_ET_DYN_BASE)
+
+# --- I/O ports the stubs use to reach the host -------------------------------
+SYSCALL_PORT = 0xE0               # the syscall stub's ``out``
+EXCEPTION_PORT_BASE = 0xC0        # exception stub for vector v does ``out 0xC0+v``
+
+#: Default guest memory size (the program's RAM limit): 1 GiB.  The memfd
+#: behind it costs nothing until the guest touches a page.
+DEFAULT_MEMORY_SIZE = 1 << 30

@@ -1,0 +1,170 @@
+"""Layer 1 — guest memory: one memfd, mapped into this process.
+
+KVM has no memory of its own.  The guest's "physical" RAM is ordinary host
+memory that we ``mmap`` and hand to KVM with KVM_SET_USER_MEMORY_REGION
+(see :meth:`minikvm.kvm.vm.Vm.set_user_memory_region`).  Whatever the guest
+writes appears in our mapping, and whatever we write the guest sees.
+
+The memory lives in a **memfd** (an anonymous file) rather than an anonymous
+mapping, so that later layers can map the *same* pages again: a snapshot
+keeps the fd, and a copy-on-write fork maps it ``MAP_PRIVATE``.
+
+Every access from the host goes through :meth:`GuestMemory.view`, which
+checks the guest-physical range against the region and raises
+:class:`~minikvm.errors.GuestMemoryError` naming both when it is outside.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import struct
+
+from minikvm.errors import GuestMemoryError
+
+PAGE_SIZE = 4096  # x86 base page (Intel SDM Vol. 3A §4.1)
+#: mmap(2) flag: do not reserve swap for the whole region (the guest touches
+#: little of it).  Python's mmap module only exports it from 3.13 on.
+MAP_NORESERVE = 0x4000
+FALLOC_FL_KEEP_SIZE = 0x01   # linux/falloc.h
+FALLOC_FL_PUNCH_HOLE = 0x02
+MADV_POPULATE_WRITE = 23     # asm-generic/mman-common.h, Linux 5.14
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class GuestMemory:
+    """A block of guest-physical memory ``[base, base + size)``.
+
+    *size* must be a multiple of the page size.  ``shared=True`` maps the
+    memfd ``MAP_SHARED`` (the owner's view); ``shared=False`` maps it
+    ``MAP_PRIVATE``, giving copy-on-write on top of another machine's pages.
+    """
+
+    def __init__(self, size: int, base: int = 0, *, fd: int | None = None,
+                 shared: bool = True, name: str = "minikvm-guest") -> None:
+        if size <= 0 or size % PAGE_SIZE:
+            raise ValueError(f"guest memory size {size:#x} must be a positive multiple "
+                             f"of the page size ({PAGE_SIZE:#x})")
+        self.base = base
+        self.size = size
+        self.shared = shared
+        self.owns_fd = fd is None
+        if fd is None:
+            fd = os.memfd_create(name, os.MFD_CLOEXEC)
+            os.ftruncate(fd, size)
+        self.fd = fd
+        flags = (mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE) | MAP_NORESERVE
+        self._map = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        self.buffer = memoryview(self._map)
+        # The host address KVM needs: a ctypes view pins the buffer while we live.
+        self._pin = ctypes.c_ubyte.from_buffer(self._map)
+        self.host_address = ctypes.addressof(self._pin)
+        #: When a set (a snapshot's fork turns it on), the numbers of the
+        #: pages the *host* writes: KVM's dirty log sees only the guest's own
+        #: stores, and a reset must undo both.  Every write through this
+        #: class is noted; code that writes through :meth:`view` itself calls
+        #: :meth:`note_written`.
+        self.host_writes: set[int] | None = None
+
+    # -- lifetime ---------------------------------------------------------
+    def close(self) -> None:
+        """Unmap the memory (and close the memfd if this object created it)."""
+        if self._map is None:
+            return
+        del self._pin
+        self.buffer.release()
+        try:
+            self._map.close()
+        except BufferError:
+            # A view derived from ours (a page-table word view, a buffer a
+            # syscall still holds) pins the mapping; it is unmapped when the
+            # last of them is garbage-collected.
+            pass
+        self._map = None
+        if self.owns_fd:
+            os.close(self.fd)
+
+    def __enter__(self) -> "GuestMemory":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- bounds-checked access -------------------------------------------
+    def contains(self, gpa: int, length: int = 1) -> bool:
+        """True when ``[gpa, gpa + length)`` lies inside this region."""
+        return self.base <= gpa and length >= 0 and gpa + length <= self.base + self.size
+
+    def view(self, gpa: int, length: int) -> memoryview:
+        """A zero-copy window on ``[gpa, gpa + length)``, or GuestMemoryError."""
+        if not self.contains(gpa, length):
+            raise GuestMemoryError(
+                f"guest-physical access of {length:#x} bytes at {gpa:#x} is outside guest "
+                f"memory [{self.base:#x}, {self.base + self.size:#x})")
+        offset = gpa - self.base
+        return self.buffer[offset:offset + length]
+
+    def note_written(self, gpa: int, length: int) -> None:
+        """Record that the host wrote ``[gpa, gpa + length)`` (when tracking)."""
+        if self.host_writes is not None and length > 0:
+            first = (gpa - self.base) // PAGE_SIZE
+            self.host_writes.update(range(first, (gpa - self.base + length - 1) // PAGE_SIZE + 1))
+
+    def read(self, gpa: int, length: int) -> bytes:
+        """Copy *length* bytes out of guest memory."""
+        return bytes(self.view(gpa, length))
+
+    def write(self, gpa: int, data: bytes) -> None:
+        """Copy *data* into guest memory at *gpa*."""
+        self.view(gpa, len(data))[:] = data
+        if self.host_writes is not None:
+            self.note_written(gpa, len(data))
+
+    def read_u64(self, gpa: int) -> int:
+        """One little-endian 64-bit value (a page-table entry, a stack slot)."""
+        return struct.unpack_from("<Q", self.view(gpa, 8))[0]
+
+    def write_u64(self, gpa: int, value: int) -> None:
+        """Store one little-endian 64-bit value."""
+        struct.pack_into("<Q", self.view(gpa, 8), 0, value)
+        if self.host_writes is not None:
+            self.note_written(gpa, 8)
+
+    def discard(self, gpa: int, length: int) -> None:
+        """Give pages back: afterwards they read as zeros, like fresh RAM.
+
+        In the owner's shared view this punches a hole in the memfd
+        (``fallocate(FALLOC_FL_PUNCH_HOLE)``), which also returns the host
+        memory.  A private (copy-on-write) view must not touch the shared
+        file, so it just writes zeros.
+        """
+        self.view(gpa, length)  # bounds check
+        self.note_written(gpa, length)
+        if self.shared and self.owns_fd:
+            offset = gpa - self.base
+            if _libc.fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                               ctypes.c_long(offset), ctypes.c_long(length)) == 0:
+                return
+        self.zero(gpa, length)
+
+    def populate(self, gpa: int, length: int) -> None:
+        """Have the host allocate the memfd pages of ``[gpa, gpa + length)``
+        now, in one call (``madvise(MADV_POPULATE_WRITE)``), instead of one
+        host page fault per page when the guest first touches them.
+
+        Only an optimisation: nothing happens in a private (copy-on-write)
+        view, whose pages belong to a snapshot, or where the kernel lacks
+        the call (before 5.14), or when the host is short of memory — the
+        guest then faults the pages in one by one, as without it."""
+        self.view(gpa, length)  # bounds check
+        if self.shared and self.owns_fd:
+            _libc.madvise(ctypes.c_void_p(self.host_address + gpa - self.base),
+                          ctypes.c_size_t(length), MADV_POPULATE_WRITE)
+
+    def zero(self, gpa: int, length: int) -> None:
+        """Fill ``[gpa, gpa + length)`` with zeros (what fresh RAM reads as)."""
+        self.view(gpa, length)  # bounds check
+        self.note_written(gpa, length)
+        ctypes.memset(self.host_address + gpa - self.base, 0, length)

@@ -1,0 +1,130 @@
+"""Layer 1 — the KVM system: the ``/dev/kvm`` file descriptor.
+
+KVM exposes three kinds of file descriptor, each with its own ioctls
+(Documentation/virt/kvm/api.rst, "General description")::
+
+    /dev/kvm  --KVM_CREATE_VM-->  VM fd  --KVM_CREATE_VCPU-->  vCPU fd
+    (system)                      (vm.py)                      (vcpu.py)
+
+This module owns the first: it checks the API version, answers capability
+questions and creates VMs.  :func:`ioctl` is the one place where minikvm
+calls the ``ioctl(2)`` system call; it turns a failure into a
+:class:`~minikvm.errors.KvmError` that names the ioctl and the errno.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from typing import Optional
+
+from minikvm import ioctl as k
+from minikvm.errors import KvmError, KvmUnavailable
+
+KVM_DEVICE = "/dev/kvm"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc_ioctl = _libc.ioctl
+_libc_ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+_libc_ioctl.restype = ctypes.c_int
+
+#: Hints for errors whose meaning is not obvious from the errno alone.
+_HINTS = {
+    (k.KVM_SET_USER_MEMORY_REGION, errno.EINVAL):
+        "memory slots must be page-aligned and must not overlap each other",
+    (k.KVM_SET_USER_MEMORY_REGION, errno.EEXIST):
+        "that guest-physical range already belongs to another slot",
+    (k.KVM_CREATE_VCPU, errno.EEXIST): "a vCPU with this id already exists",
+    (k.KVM_SET_CPUID2, errno.E2BIG): "more CPUID entries than KVM accepts",
+    (k.KVM_SET_MSRS, errno.EINVAL): "an MSR index or value was refused",
+}
+
+
+def ioctl(fd: int, request: int, arg: object = 0) -> int:
+    """Issue one ioctl; return its non-negative result or raise KvmError.
+
+    *arg* is an int (passed by value), or a ctypes object (passed by
+    reference, so the kernel can read and write it in place).
+    """
+    if isinstance(arg, (ctypes.Structure, ctypes.Union, ctypes.Array, ctypes._SimpleCData)):
+        pointer: Optional[int] = ctypes.addressof(arg)
+    else:
+        pointer = arg  # type: ignore[assignment]
+    result = _libc_ioctl(fd, request, pointer)
+    if result < 0:
+        err = ctypes.get_errno()
+        raise KvmError(k.ioctl_name(request), err, _HINTS.get((request, err), ""))
+    return result
+
+
+class Kvm:
+    """The KVM subsystem, reached through ``/dev/kvm``.
+
+    Use it as a context manager so the fd is closed deterministically::
+
+        with Kvm() as kvm:
+            print(kvm.api_version())
+    """
+
+    def __init__(self, path: str = KVM_DEVICE) -> None:
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise KvmUnavailable(
+                f"{path} does not exist: this machine has no KVM. Enable "
+                "virtualization in the firmware (or nested virtualization in the "
+                "cloud VM) and load the kvm_intel or kvm_amd module") from None
+        except PermissionError:
+            raise KvmUnavailable(
+                f"{path} exists but cannot be opened for reading and writing: add "
+                "yourself to its group (usually 'kvm': sudo adduser $USER kvm, then "
+                "log in again)") from None
+        version = self.api_version()
+        if version != k.KVM_API_VERSION:
+            self.close()
+            raise KvmUnavailable(
+                f"KVM_GET_API_VERSION returned {version}, expected {k.KVM_API_VERSION}: "
+                "this kernel's KVM is not one minikvm understands")
+
+    # -- lifetime ---------------------------------------------------------
+    def close(self) -> None:
+        """Close the ``/dev/kvm`` fd (VMs created from it stay valid)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> "Kvm":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- system ioctls ----------------------------------------------------
+    def api_version(self) -> int:
+        """KVM_GET_API_VERSION: always 12 on any kernel since 2.6.22."""
+        return ioctl(self.fd, k.KVM_GET_API_VERSION)
+
+    def check_extension(self, cap: int) -> int:
+        """KVM_CHECK_EXTENSION: 0 when *cap* (a ``KVM_CAP_*``) is missing,
+        otherwise a positive value whose meaning depends on the capability
+        (a count, a size or a bit mask)."""
+        return ioctl(self.fd, k.KVM_CHECK_EXTENSION, cap)
+
+    def vcpu_mmap_size(self) -> int:
+        """KVM_GET_VCPU_MMAP_SIZE: bytes to mmap from a vCPU fd to reach
+        ``kvm_run`` (and the pages after it that hold PIO data)."""
+        return ioctl(self.fd, k.KVM_GET_VCPU_MMAP_SIZE)
+
+    def get_supported_cpuid(self, max_entries: int = 256) -> ctypes.Structure:
+        """KVM_GET_SUPPORTED_CPUID (KVM_CAP_EXT_CPUID): the CPUID leaves this
+        host can show a guest.  Returns a ``kvm_cpuid2`` with ``nent`` set to
+        the number of valid entries.  E2BIG means *max_entries* was too few."""
+        cpuid = k.kvm_cpuid2_with(max_entries)
+        ioctl(self.fd, k.KVM_GET_SUPPORTED_CPUID, cpuid)
+        return cpuid
+
+    def create_vm(self) -> "Vm":
+        """KVM_CREATE_VM: a new, empty virtual machine (see :class:`~minikvm.kvm.vm.Vm`)."""
+        from minikvm.kvm.vm import Vm  # vm.py is the same layer; imported late to avoid a cycle
+        return Vm(ioctl(self.fd, k.KVM_CREATE_VM), self)

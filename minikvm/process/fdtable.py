@@ -1,0 +1,465 @@
+"""Layer 5 — the guest's file descriptors, and what each one is.
+
+The guest's fd numbers are its own: fd 1 of the guest is an entry in this
+table, which says what the number refers to.
+
+* :class:`HostFile` — a host file descriptor the policy opened for us
+  (or a ``dup`` of our own stdin/stdout/stderr).  Reads and writes go
+  straight from guest memory to the host fd with ``os.readv``/``os.writev``
+  on ``memoryview`` slices of guest RAM: no copy in Python.
+* :class:`DeviceFile` — ``/dev/null``, ``/dev/zero``, ``/dev/urandom``,
+  implemented here, so a guest with no grants still has them.
+* :class:`PipeEnd` — both ends of a ``pipe2`` inside the guest, a buffer in
+  the host.  A read of an empty pipe whose writer is open (or a write to a
+  full one) reports EAGAIN here; the system call then makes the calling
+  thread wait for the program's other threads, or, with none, returns the
+  EAGAIN, since a lone thread would block forever — documented as partial.
+* :class:`EventFd` — an ``eventfd2`` counter, for threads to wake each other.
+* :class:`EpollFile` — an ``epoll_create1`` instance: the fds it watches
+  (:class:`EpollInterest`); :mod:`minikvm.syscalls.epoll` waits on them.
+
+Each file also counts its *activity* (data written or read), which is how
+an edge-triggered epoll registration learns that new data arrived although
+the fd was readable already.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import select
+import stat as stat_module
+from dataclasses import dataclass, field
+from typing import Callable
+
+from minikvm.errors import SyscallError
+
+O_ACCMODE = 0o3
+O_RDONLY = 0
+O_WRONLY = 1
+O_RDWR = 2
+O_APPEND = 0o2000
+O_NONBLOCK = 0o4000
+O_CLOEXEC = 0o2000000
+FD_CLOEXEC = 1
+DEFAULT_MAX_FDS = 1024   # RLIMIT_NOFILE's usual soft limit
+PIPE_CAPACITY = 65536    # Linux's default pipe buffer
+
+# poll(2) event bits (asm-generic/poll.h)
+POLLIN = 0x001
+POLLPRI = 0x002
+POLLOUT = 0x004
+POLLERR = 0x008
+POLLHUP = 0x010
+POLLNVAL = 0x020
+POLLRDNORM = 0x040
+POLLWRNORM = 0x100
+#: What a file without its own poll method reports (fs/select.c DEFAULT_POLLMASK):
+#: always readable and writable.
+DEFAULT_POLLMASK = POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM
+#: what a poll always reports, whatever was asked (fs/select.c)
+ALWAYS_REPORTED = POLLERR | POLLHUP | POLLNVAL
+
+
+class OpenFile:
+    """Something a guest fd refers to (Linux's ``struct file``)."""
+    kind = "file"
+    host_fd: int | None = None
+    path = ""
+    status_flags = 0
+    #: grows with each read or write: an edge-triggered epoll registration
+    #: reports a ready fd again when it changed (see :class:`EpollInterest`)
+    activity = 0
+
+    def readv(self, views: list[memoryview]) -> int:
+        raise SyscallError(errno.EBADF, "not open for reading")
+
+    def writev(self, chunks: list[memoryview]) -> int:
+        raise SyscallError(errno.EBADF, "not open for writing")
+
+    def close(self) -> None:
+        """Release what the file holds (called when the last fd goes)."""
+
+    def readable(self) -> bool:
+        return (self.status_flags & O_ACCMODE) != O_WRONLY
+
+    def writable(self) -> bool:
+        return (self.status_flags & O_ACCMODE) != O_RDONLY
+
+    def poll(self, events: int) -> int | None:
+        """The poll(2) events that are ready now, or None when only the host
+        can tell (the file is a host fd: ask the host's poll)."""
+        if self.host_fd is not None:
+            return None
+        return DEFAULT_POLLMASK
+
+    def link_target(self) -> str:
+        """What ``readlink("/proc/self/fd/N")`` shows for this file."""
+        return self.path
+
+
+class HostFile(OpenFile):
+    """A host fd: a granted file, a directory, or our stdio."""
+    kind = "host"
+
+    def __init__(self, host_fd: int, path: str, status_flags: int) -> None:
+        self.host_fd = host_fd
+        self.path = path
+        self.status_flags = status_flags
+        #: getdents64's position: how many entries of the listing were returned
+        self.directory_offset = 0
+        #: the directory's listing, taken at the first getdents64 (and again
+        #: after a rewind), so offsets stay stable across calls
+        self.directory_entries: list | None = None
+
+    def readv(self, views: list[memoryview]) -> int:
+        if not self.readable():
+            raise SyscallError(errno.EBADF, "not open for reading")
+        self.activity += 1
+        return os.readv(self.host_fd, views)  # type: ignore[arg-type]
+
+    def writev(self, chunks: list[memoryview]) -> int:
+        if not self.writable():
+            raise SyscallError(errno.EBADF, "not open for writing")
+        self.activity += 1
+        return os.writev(self.host_fd, chunks)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        if self.host_fd is not None:
+            os.close(self.host_fd)
+            self.host_fd = None
+
+    def is_directory(self) -> bool:
+        return stat_module.S_ISDIR(os.fstat(self.host_fd).st_mode)  # type: ignore[arg-type]
+
+    def link_target(self) -> str:
+        """The guest path it was opened by; for our stdio, what the host's
+        ``/proc/self/fd`` says (``/dev/pts/3``, ``pipe:[1234]``): the user
+        chose those files, so naming them reveals nothing new."""
+        if self.path.startswith("/") or self.host_fd is None:
+            return self.path
+        try:
+            return os.readlink(f"/proc/self/fd/{self.host_fd}")
+        except OSError:
+            return self.path
+
+
+class DeviceFile(OpenFile):
+    """``/dev/null``, ``/dev/zero``, ``/dev/urandom`` and ``/dev/random``."""
+    kind = "device"
+    #: st_rdev of the real devices (major 1, minors from devices.txt)
+    RDEV = {"null": os.makedev(1, 3), "zero": os.makedev(1, 5),
+            "random": os.makedev(1, 8), "urandom": os.makedev(1, 9)}
+
+    def __init__(self, name: str, path: str, status_flags: int) -> None:
+        self.name = name
+        self.path = path
+        self.status_flags = status_flags
+
+    def readv(self, views: list[memoryview]) -> int:
+        if self.name == "null":
+            return 0
+        return fill_views(views, bytes if self.name == "zero" else os.urandom)
+
+    def writev(self, chunks: list[memoryview]) -> int:
+        return sum(len(chunk) for chunk in chunks)
+
+    def poll(self, events: int) -> int:
+        """Always ready, as the real devices are."""
+        return DEFAULT_POLLMASK
+
+
+#: The most bytes :func:`fill_views` makes at once.
+FILL_CHUNK = 1 << 20
+
+
+def fill_views(views: list[memoryview], make: Callable[[int], bytes]) -> int:
+    """Fill guest buffers with ``make(n)`` bytes (zeros, randomness), a
+    chunk at a time: a guest reading 1 GiB of ``/dev/zero`` must not make
+    the host build a 1 GiB ``bytes`` first.  Returns the bytes filled."""
+    total = 0
+    for view in views:
+        for start in range(0, len(view), FILL_CHUNK):
+            piece = view[start:start + FILL_CHUNK]
+            piece[:] = make(len(piece))
+        total += len(view)
+    return total
+
+
+_pipe_numbers = itertools.count(1)
+
+
+@dataclass
+class Pipe:
+    """The buffer shared by the two ends of a pipe."""
+    data: bytearray = field(default_factory=bytearray)
+    readers: int = 1
+    writers: int = 1
+    #: shown as ``pipe:[number]`` by readlink of /proc/self/fd/N (Linux shows
+    #: the pipe's inode number; this is its order of creation)
+    number: int = field(default_factory=lambda: next(_pipe_numbers))
+    #: reads and writes so far (both ends' :attr:`OpenFile.activity`)
+    activity: int = 0
+
+
+class PipeEnd(OpenFile):
+    """One end of an in-guest pipe."""
+    kind = "pipe"
+
+    def __init__(self, pipe: Pipe, writing: bool, status_flags: int) -> None:
+        self.pipe = pipe
+        self.writing = writing
+        self.status_flags = (O_WRONLY if writing else O_RDONLY) | status_flags
+        self.path = "pipe:[minikvm]"
+
+    def readv(self, views: list[memoryview]) -> int:
+        if self.writing:
+            raise SyscallError(errno.EBADF, "write end of a pipe")
+        if not self.pipe.data:
+            if self.pipe.writers == 0:
+                return 0
+            raise SyscallError(errno.EAGAIN,
+                               "pipe empty (a single-threaded guest would wait forever)")
+        total = 0
+        for view in views:
+            piece = self.pipe.data[:len(view)]
+            view[:len(piece)] = piece
+            del self.pipe.data[:len(piece)]
+            total += len(piece)
+            if not self.pipe.data:
+                break
+        self.pipe.activity += 1
+        return total
+
+    def writev(self, chunks: list[memoryview]) -> int:
+        if not self.writing:
+            raise SyscallError(errno.EBADF, "read end of a pipe")
+        if self.pipe.readers == 0:
+            raise SyscallError(errno.EPIPE, "no reader")
+        room = PIPE_CAPACITY - len(self.pipe.data)
+        if room <= 0:
+            raise SyscallError(errno.EAGAIN, "pipe full")
+        total = 0
+        for chunk in chunks:
+            piece = bytes(chunk[:room - total])
+            self.pipe.data += piece
+            total += len(piece)
+        self.pipe.activity += 1
+        return total
+
+    def close(self) -> None:
+        if self.writing:
+            self.pipe.writers -= 1
+        else:
+            self.pipe.readers -= 1
+
+    def poll(self, events: int) -> int:
+        """Linux's pipe_poll(): the read end is readable with data, hung up
+        with no writer left; the write end is writable with room, in error
+        with no reader left."""
+        if self.writing:
+            ready = POLLOUT | POLLWRNORM if len(self.pipe.data) < PIPE_CAPACITY else 0
+            return ready | (POLLERR if self.pipe.readers == 0 else 0)
+        ready = POLLIN | POLLRDNORM if self.pipe.data else 0
+        return ready | (POLLHUP if self.pipe.writers == 0 else 0)
+
+    def link_target(self) -> str:
+        return f"pipe:[{self.pipe.number}]"
+
+    @property
+    def activity(self) -> int:  # type: ignore[override]
+        return self.pipe.activity
+
+
+#: the largest value an eventfd counter may hold (fs/eventfd.c: ULLONG_MAX - 1)
+EVENTFD_MAX = (1 << 64) - 2
+EVENTFD_VALUE_SIZE = 8
+
+
+class EventFd(OpenFile):
+    """eventfd(2): a 64-bit counter.  A write adds to it; a read takes it
+    all and leaves 0 (or, as a *semaphore*, takes 1).  A read of 0, or a
+    write that would pass :data:`EVENTFD_MAX`, is EAGAIN here, and the
+    system call waits for other threads as it does for a pipe."""
+    kind = "eventfd"
+
+    def __init__(self, initial: int, semaphore: bool, status_flags: int) -> None:
+        self.counter = initial
+        self.semaphore = semaphore
+        self.status_flags = O_RDWR | status_flags
+        self.path = "anon_inode:[eventfd]"
+        self.activity = 0
+
+    def readv(self, views: list[memoryview]) -> int:
+        if sum(len(view) for view in views) < EVENTFD_VALUE_SIZE:
+            raise SyscallError(errno.EINVAL, "an eventfd read needs an 8-byte buffer")
+        if self.counter == 0:
+            raise SyscallError(errno.EAGAIN, "the eventfd counter is 0")
+        value = 1 if self.semaphore else self.counter
+        self.counter -= value
+        self.activity += 1
+        data = value.to_bytes(EVENTFD_VALUE_SIZE, "little")
+        for view in views:
+            piece, data = data[:len(view)], data[len(view):]
+            view[:len(piece)] = piece
+        return EVENTFD_VALUE_SIZE
+
+    def writev(self, chunks: list[memoryview]) -> int:
+        data = b"".join(bytes(chunk) for chunk in chunks)
+        if len(data) < EVENTFD_VALUE_SIZE:
+            raise SyscallError(errno.EINVAL, "an eventfd write needs 8 bytes")
+        value = int.from_bytes(data[:EVENTFD_VALUE_SIZE], "little")
+        if value > EVENTFD_MAX:
+            raise SyscallError(errno.EINVAL, "0xffffffffffffffff cannot be added to an eventfd")
+        if self.counter + value > EVENTFD_MAX:
+            raise SyscallError(errno.EAGAIN, "the eventfd counter would overflow")
+        self.counter += value
+        self.activity += 1
+        return EVENTFD_VALUE_SIZE
+
+    def poll(self, events: int) -> int:
+        """eventfd_poll(): readable above 0, writable while 1 more fits."""
+        readable = POLLIN | POLLRDNORM if self.counter > 0 else 0
+        return readable | (POLLOUT | POLLWRNORM if self.counter < EVENTFD_MAX else 0)
+
+
+# epoll event bits beyond poll's (uapi/linux/eventpoll.h)
+EPOLLRDHUP = 0x2000
+EPOLLEXCLUSIVE = 1 << 28
+EPOLLWAKEUP = 1 << 29
+EPOLLONESHOT = 1 << 30
+EPOLLET = 1 << 31
+
+
+@dataclass
+class EpollInterest:
+    """One fd an epoll watches (Linux's ``struct epitem``).
+
+    Edge-triggered (``EPOLLET``) registrations remember what was seen at
+    the last wait: they are reported again only when a readiness bit rose
+    since, or the file's :attr:`~OpenFile.activity` changed (new data
+    written into a readable pipe, a read from a host fd that may have
+    emptied it).  That approximates Linux, which reports each wake-up of
+    the file's wait queue; a spurious edge is harmless to the callers,
+    which read until EAGAIN anyway.
+    """
+    file: OpenFile
+    events: int            # as asked, EPOLLET and EPOLLONESHOT included
+    data: int              # the 64-bit cookie given back with each event
+    disabled: bool = False  # EPOLLONESHOT fired: silent until EPOLL_CTL_MOD
+    last_ready: int = 0
+    last_activity: int = -1
+
+
+class EpollFile(OpenFile):
+    """An epoll instance: fd number → :class:`EpollInterest`, in the order
+    they were added (a level-triggered fd that was reported moves to the
+    end, so a small ``maxevents`` still serves every fd in turn)."""
+    kind = "epoll"
+
+    def __init__(self) -> None:
+        self.interest: dict[int, EpollInterest] = {}
+        self.path = "anon_inode:[eventpoll]"
+        self.status_flags = O_RDWR
+
+    def readv(self, views: list[memoryview]) -> int:
+        raise SyscallError(errno.EINVAL, "an epoll fd cannot be read (use epoll_wait)")
+
+    def writev(self, chunks: list[memoryview]) -> int:
+        raise SyscallError(errno.EINVAL, "an epoll fd cannot be written (use epoll_ctl)")
+
+    def poll(self, events: int) -> int:
+        """Readable when one of the watched fds is ready now (an epoll
+        inside a poll or another epoll)."""
+        return POLLIN | POLLRDNORM if self._any_ready(set()) else 0
+
+    def _any_ready(self, seen: set[int]) -> bool:
+        """Whether a watched fd is ready; *seen* holds the epolls already
+        asked, so epolls nested many ways are each asked once."""
+        if id(self) in seen:
+            return False
+        seen.add(id(self))
+        for item in self.interest.values():
+            if item.disabled:
+                continue
+            if isinstance(item.file, EpollFile):
+                if item.file._any_ready(seen):
+                    return True
+                continue
+            ready = item.file.poll(item.events)
+            if ready is None and item.file.host_fd is not None:
+                host = select.poll()
+                host.register(item.file.host_fd, item.events & ~ALWAYS_REPORTED & 0xFFFF)
+                ready = sum(revents for _, revents in host.poll(0))
+            if (ready or 0) & (item.events | ALWAYS_REPORTED):
+                return True
+        return False
+
+
+@dataclass
+class FdEntry:
+    """A slot of the table: the file and the per-fd flags (FD_CLOEXEC)."""
+    file: OpenFile
+    cloexec: bool = False
+
+
+class FdTable:
+    """fd number → :class:`FdEntry`; the lowest free number is used first."""
+
+    def __init__(self, max_fds: int = DEFAULT_MAX_FDS) -> None:
+        self.entries: dict[int, FdEntry] = {}
+        self.max_fds = max_fds
+        self.references: dict[int, int] = {}  # id(file) -> open fds
+
+    def get(self, fd: int) -> OpenFile:
+        """The file behind *fd*, or EBADF."""
+        entry = self.entries.get(fd)
+        if entry is None:
+            raise SyscallError(errno.EBADF, f"fd {fd} is not open")
+        return entry.file
+
+    def install(self, file: OpenFile, lowest: int = 0, cloexec: bool = False) -> int:
+        """Give *file* the lowest free fd ≥ *lowest* (EMFILE at the limit)."""
+        fd = lowest
+        while fd in self.entries:
+            fd += 1
+        if fd >= self.max_fds:
+            raise SyscallError(errno.EMFILE, f"at most {self.max_fds} open files")
+        self.install_at(fd, file, cloexec)
+        return fd
+
+    def install_at(self, fd: int, file: OpenFile, cloexec: bool = False) -> None:
+        """Put *file* at exactly *fd*, closing what was there (dup2)."""
+        if not 0 <= fd < self.max_fds:
+            raise SyscallError(errno.EBADF, f"fd {fd} is beyond the limit of {self.max_fds}")
+        if fd in self.entries:
+            self.close(fd)
+        self.entries[fd] = FdEntry(file, cloexec)
+        self.references[id(file)] = self.references.get(id(file), 0) + 1
+
+    def close(self, fd: int) -> None:
+        """Close *fd*; the file is released when no fd refers to it any more."""
+        entry = self.entries.pop(fd, None)
+        if entry is None:
+            raise SyscallError(errno.EBADF, f"fd {fd} is not open")
+        count = self.references[id(entry.file)] - 1
+        if count:
+            self.references[id(entry.file)] = count
+        else:
+            del self.references[id(entry.file)]
+            entry.file.close()
+
+    def close_range(self, first: int, last: int, cloexec: bool = False) -> None:
+        """close_range(2): close every open fd in ``[first, last]``, or only
+        mark them close-on-exec when *cloexec*."""
+        for fd in [fd for fd in self.entries if first <= fd <= last]:
+            if cloexec:
+                self.entries[fd].cloexec = True
+            else:
+                self.close(fd)
+
+    def close_all(self) -> None:
+        """Close every fd (at exit)."""
+        for fd in list(self.entries):
+            self.close(fd)

@@ -1,0 +1,226 @@
+"""Layer 5 — a process: a loaded program, its memory, files and state.
+
+:meth:`Process.spawn` does what Linux's ``execve`` does for a static
+program: load the ELF segments into a fresh address space, map a stack,
+build the initial stack (argv, envp, auxv), and point the vCPU at the
+entry.  :meth:`Process.run` then runs it until it exits, crashes or runs
+out of time, handing each system call to the dispatcher.
+
+The process also owns the host-side state the system calls change: the
+fd table, the working directory, the umask, signal dispositions, limits,
+and the table of its threads (:mod:`minikvm.process.threads`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal as signal_module
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from minikvm.machine.crash import CrashReport
+from minikvm.process.elf import ElfImage, default_bias, load_elf
+from minikvm.process.fdtable import O_RDONLY, O_WRONLY, FdTable, HostFile
+from minikvm.cpu.layout import DEFAULT_MEMORY_SIZE, PAGE_SIZE, STACK_SIZE, STACK_TOP
+from minikvm.machine.machine import Machine
+from minikvm.machine.mm import PROT_EXEC, PROT_READ, PROT_WRITE, page_align_down, page_align_up
+from minikvm.process.stack import build_initial_stack, standard_auxv
+from minikvm.process.threads import DEFAULT_MAX_THREADS, ThreadTable
+
+if TYPE_CHECKING:
+    from minikvm.ioctl import kvm_regs
+
+CPUID_FEATURES = 1
+TASK_COMM_LEN = 16  # the kernel's process name: 15 bytes and a NUL
+
+
+class ProcessExit(BaseException):
+    """Raised by ``exit``/``exit_group`` to end the run.  A BaseException, so
+    the dispatcher's ``except Exception`` for handler bugs lets it through."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class ProcessKilled(BaseException):
+    """Raised when the process gets a signal whose action is to terminate it
+    (``abort()``, ``raise(SIGTERM)``, ``kill(getpid(), …)``)."""
+
+    def __init__(self, signal: signal_module.Signals, reason: str = "") -> None:
+        super().__init__(signal)
+        self.signal = signal
+        self.reason = reason
+
+
+@dataclass
+class RunResult:
+    """How a run ended."""
+    exit_status: int                      # as a shell reports it: 128+N for signal N
+    message: str = ""                     # the one-line report (crash, signal, timeout)
+    crash: CrashReport | None = None
+    timed_out: bool = False
+    signal: int | None = None
+
+
+@dataclass
+class Limits:
+    """Resource limits the guest sees and the host enforces."""
+    max_fds: int = 1024
+    max_file_size: int | None = None
+
+
+class Process:
+    """One guest program in one machine."""
+
+    def __init__(self, machine: Machine, image: ElfImage, policy: Any, argv: list[bytes],
+                 env: list[bytes], exe_path: str, cwd: str) -> None:
+        self.machine = machine
+        self.mm = machine.mm
+        self.image = image
+        self.policy = policy
+        self.argv = argv
+        self.env = env
+        self.exe_path = exe_path
+        self.cwd = cwd
+        self.umask = 0o022
+        self.pid = 1000
+        self.fds = FdTable(getattr(policy, "max_fds", 1024) or 1024)
+        #: signal -> (handler, flags, restorer, mask), as rt_sigaction set it
+        self.signal_actions: dict[int, tuple[int, int, int, int]] = {}
+        self.signal_mask = 0
+        self.signal_pending = 0        # signals sent while blocked (bit n-1 for signal n)
+        self.alternate_stack = (0, 0)  # sigaltstack: (ss_sp, ss_size); (0, 0) when disabled
+        self.signal_info: dict[int, bytes] = {}  # siginfo_t of each pending signal
+        #: True when a signal may be ready or an alarm is set: the dispatcher
+        #: then calls minikvm.syscalls.signals.deliver_on_return after the call.
+        self.signal_work = False
+        #: rt_sigsuspend's caller's mask, until the handler's frame saves it
+        self.signal_saved_mask: int | None = None
+        #: (xstate_size or None, xfeatures, mxcsr_mask) of signal frames' FPU area
+        self.signal_fpu_layout: tuple[int | None, int, int] | None = None
+        self.alarm_deadline: float | None = None  # time.monotonic() when SIGALRM is due
+        self.alarm_interval = 0.0      # setitimer's it_interval, seconds
+        # Identity a shell would give the program: its own process group (so it
+        # is the terminal's foreground job) inside the shell's session.
+        self.pgid = self.pid
+        self.sid = self.pid - 1
+        # prctl(PR_GET_NAME): the file name, cut like Linux's comm
+        self.name = os.fsencode(os.path.basename(exe_path))[:TASK_COMM_LEN - 1]
+        self.personality = 0           # PER_LINUX
+        self.nice = 0
+        #: The threads (:mod:`minikvm.process.threads`); the main thread's tid is the pid.
+        self.threads = ThreadTable(self.pid, getattr(policy, "max_threads", None)
+                                   or DEFAULT_MAX_THREADS)
+        self.fs_base = 0
+        self.unknown_syscalls: dict[int, int] = {}
+        self.random: Callable[[int], bytes] = os.urandom
+        #: Where ``minikvm_wait_request``/``minikvm_respond`` go: None under a
+        #: plain run; a snapshot's fork (:mod:`minikvm.snapshot.snapshot`) sets it.
+        self.requests: Any = None
+        machine.symbolize = image.symbols.symbolize
+
+    # -- creation ------------------------------------------------------------
+    @classmethod
+    def spawn(cls, path: str, argv: list[str] | list[bytes], env: dict[str, str] | list[bytes],
+              policy: Any, *, memory_size: int = DEFAULT_MEMORY_SIZE, cwd: str | None = None,
+              stdio: tuple[int, int, int] = (0, 1, 2), machine: Machine | None = None,
+              program: bytes | None = None) -> "Process":
+        """Load the static program at *path* into a new machine, ready to run.
+        *program* is the file's bytes when the caller read them already
+        (:func:`~minikvm.process.elf.read_program`, before confining itself); *path*
+        then only names the program.  Raises ElfError for a file that is not
+        a program minikvm can run."""
+        image = load_elf(path if program is None else program, name=os.fspath(path))
+        if image.is_pie:
+            image = image.with_bias(default_bias(image))
+        machine = machine or Machine(memory_size)
+        argv_bytes = [os.fsencode(a) for a in argv]
+        if isinstance(env, dict):
+            env_bytes = [os.fsencode(f"{k}={v}") for k, v in env.items()]
+        else:
+            env_bytes = list(env)
+        process = cls(machine, image, policy, argv_bytes, env_bytes,
+                      os.path.abspath(path), cwd or os.getcwd())
+        process._load_segments()
+        process._setup_stack(os.fsencode(path))
+        process._open_stdio(stdio)
+        return process
+
+    def _load_segments(self) -> None:
+        """Map each PT_LOAD segment with its permissions and copy its bytes;
+        the rest of its memory (.bss) is fresh zeroed pages."""
+        pages: dict[int, int] = {}  # page -> protection (segments may share a page)
+        for segment in self.image.segments:
+            prot = ((PROT_READ if segment.readable else 0) | (PROT_WRITE if segment.writable else 0)
+                    | (PROT_EXEC if segment.executable else 0))
+            for page in range(page_align_down(segment.vaddr), page_align_up(segment.end), PAGE_SIZE):
+                pages[page] = pages.get(page, 0) | prot
+        for start, end, prot in _runs(pages):
+            self.mm.map(start, end - start, prot, self.exe_path)
+        for segment in self.image.segments:
+            self.poke(segment.vaddr, segment.data)
+        self.mm.brk_start = self.mm.brk_end = page_align_up(self.image.end)
+
+    def _setup_stack(self, execfn: bytes) -> None:
+        self.mm.map(STACK_TOP - STACK_SIZE, STACK_SIZE, PROT_READ | PROT_WRITE, "[stack]")
+        cpuid = self.machine.kvm.get_supported_cpuid()
+        hwcap = next((e.edx for e in cpuid.entries[:cpuid.nent] if e.function == CPUID_FEATURES), 0)
+        auxv = standard_auxv(self.image, page_size=PAGE_SIZE, hwcap=hwcap,
+                             uid=os.getuid(), gid=os.getgid())
+        image, stack_pointer = build_initial_stack(STACK_TOP, self.argv, self.env, auxv, execfn,
+                                                   b"x86_64", os.urandom(16))
+        self.poke(stack_pointer, image)
+        self.machine.set_entry(self.image.entry, stack_pointer)
+
+    def _open_stdio(self, stdio: tuple[int, int, int]) -> None:
+        for guest_fd, host_fd in enumerate(stdio):
+            flags = O_RDONLY if guest_fd == 0 else O_WRONLY
+            self.fds.install_at(guest_fd, HostFile(os.dup(host_fd), f"<stdio {guest_fd}>", flags))
+
+    def poke(self, address: int, data: bytes) -> None:
+        """Write into guest memory whatever the page protection (the loader's
+        privilege: it fills read-only text)."""
+        offset = 0
+        while offset < len(data):
+            vma = self.mm.find(address + offset)
+            assert vma is not None and vma.phys is not None, "poke outside a mapping"
+            length = min(len(data) - offset, vma.end - (address + offset))
+            self.machine.memory.write(vma.physical(address + offset), data[offset:offset + length])
+            offset += length
+
+    # -- running ---------------------------------------------------------------
+    def run(self, on_syscall: Callable[["kvm_regs"], None], timeout: float | None = None) -> RunResult:
+        """Run until exit, crash, fatal signal or timeout."""
+        try:
+            stop = self.machine.run(on_syscall, timeout)
+        except ProcessExit as done:
+            return RunResult(done.status & 0xFF)
+        except ProcessKilled as killed:
+            status = 128 + int(killed.signal)
+            return RunResult(status, f"{killed.signal.name}: {killed.reason}", signal=int(killed.signal))
+        finally:
+            self.fds.close_all()
+        if stop.kind == "timeout":
+            return RunResult(124, f"minikvm: timed out: {stop.message}", timed_out=True)
+        if stop.crash is not None:
+            return RunResult(stop.crash.exit_status, stop.message, stop.crash,
+                             signal=int(stop.crash.signal))
+        return RunResult(128 + int(signal_module.SIGKILL), stop.message,
+                         signal=int(signal_module.SIGKILL))
+
+    def close(self) -> None:
+        """Free the machine."""
+        self.fds.close_all()
+        self.machine.close()
+
+
+def _runs(pages: dict[int, int]) -> list[tuple[int, int, int]]:
+    """Group consecutive pages of equal protection into (start, end, prot)."""
+    runs: list[tuple[int, int, int]] = []
+    for page in sorted(pages):
+        if runs and runs[-1][1] == page and runs[-1][2] == pages[page]:
+            runs[-1] = (runs[-1][0], page + PAGE_SIZE, pages[page])
+        else:
+            runs.append((page, page + PAGE_SIZE, pages[page]))
+    return runs

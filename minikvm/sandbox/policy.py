@@ -1,0 +1,800 @@
+"""Layer 4 — the sandbox policy: which paths and endpoints the guest may reach.
+
+Every guest system call that names a file or a socket address passes through
+one object, :class:`Policy`, at one seam.  The syscall layer never calls
+``os.open`` on a guest path itself: it asks the policy, which either returns a
+host file descriptor or raises :class:`PolicyDenied` (a
+:class:`~minikvm.errors.SyscallError`, so the dispatcher turns it into
+``-errno`` like any other failure).
+
+Deny by default
+---------------
+With no grant the guest has stdin, stdout and stderr (the syscall layer's
+business) and four *virtual* devices the syscall layer implements in Python —
+``/dev/null``, ``/dev/zero``, ``/dev/urandom`` and ``/dev/random`` (see
+:meth:`Policy.is_virtual_device`).  Everything else must be granted:
+``read=[dirs]``, ``write=[dirs]`` (read and write) and ``connect=[endpoints]``.
+The directories on the way down to a grant answer ``stat`` only (see
+:meth:`Policy.stat`): nothing in them can be opened, listed or checked.
+
+Confinement by the kernel, not by string checks
+-----------------------------------------------
+Checking that a path string "starts with /tmp/x" is not enough: a symlink
+inside the grant can point anywhere, ``..`` can climb out, ``/proc/self/root``
+and ``/proc/PID/fd/N`` are *magic links* that jump to arbitrary files, and a
+rename racing with the check can swap a directory for a symlink between check
+and use.  So the string work only *picks* a grant; the kernel enforces it::
+
+    guest: open("sub/../f", O_RDONLY) with guest cwd /tmp/x
+      join with cwd, normalise lexically  ->  /tmp/x/f
+      longest grant prefix                ->  grant /tmp/x, held open as dirfd 5
+      openat2(5, "f", how={flags: O_RDONLY|O_CLOEXEC|O_NOCTTY, mode: 0,
+                           resolve: RESOLVE_BENEATH|RESOLVE_NO_MAGICLINKS})
+        the kernel walks "f" one component at a time, following symlinks,
+        and fails with EXDEV on any step that would leave dirfd 5
+        (an absolute symlink, ".." above the grant) and with ELOOP on a
+        magic link.  EXDEV becomes EACCES for the guest.
+
+Each grant directory is opened once, ``O_PATH|O_DIRECTORY|O_CLOEXEC``, when the
+policy is built (see openat2(2) and the kernel's
+Documentation/filesystems/path-lookup.rst).  Because every walk starts from
+that fd and is checked step by step inside the kernel, a concurrent rename
+cannot smuggle the walk outside: the kernel retries or fails with ``EAGAIN``
+(retried here a few times, then refused).
+
+One deviation from Linux, on purpose: ``..`` is taken *lexically* (like Go's
+``path.Clean``).  If ``a`` is a symlink, ``a/..`` is the directory holding
+``a``, not the parent of ``a``'s target.  It can never widen access — the
+result is still resolved beneath the grant — and it keeps "which grant?" a
+pure function of the path string.
+
+The errno contract
+------------------
+========== ================================================================
+``EACCES`` the path is outside every grant, resolves outside its grant,
+           needs write access in a read-only grant, or the endpoint is not
+           allowed ("outside allowed paths")
+``EPERM``  the operation is refused outright, whatever its arguments
+           (:data:`REFUSED_SYSCALLS`: execve, fork, ptrace, mount …)
+others     the host kernel's own answer, raised as the ``OSError`` it raised
+           (``ENOENT``, ``EISDIR``, ``ELOOP``, ``ENOTDIR`` …)
+========== ================================================================
+
+Every denial is recorded in :attr:`Policy.denials` so ``--audit`` can print
+:meth:`Policy.summary` at exit; :meth:`Policy.describe` prints the policy
+itself.
+
+This module is the guest-facing half of the sandbox.  The host-facing half —
+restricting the minikvm process itself in case the guest ever takes it over —
+is :mod:`minikvm.sandbox.landlock` (file system and TCP) and :mod:`minikvm.sandbox.seccomp`
+(system calls).  It imports nothing above layer 0.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import posixpath
+import socket
+import stat as stat_module
+from dataclasses import dataclass
+from typing import Iterable, NamedTuple, Optional, Union
+
+from minikvm.errors import MinikvmError, SyscallError
+from minikvm.sandbox.openat2 import (AT_EACCESS, AT_EMPTY_PATH, MODE_BITS, OPENAT2_RETRIES, O_ACCMODE,
+                             O_CLOEXEC, O_CREAT, O_DIRECTORY, O_NOCTTY, O_NOFOLLOW, O_PATH,
+                             O_PATH_FLAGS, O_TMPFILE, VALID_OPEN_FLAGS, WRITE_OPEN_FLAGS,
+                             faccessat2, open_how, openat2)
+
+PathArg = Union[str, bytes, "os.PathLike[str]"]
+
+# --- the policy's vocabulary --------------------------------------------------
+
+#: The guest paths the syscall layer implements itself, and their names.
+VIRTUAL_DEVICES = {
+    "/dev/null": "null",        # reads give EOF, writes vanish
+    "/dev/zero": "zero",        # reads give zero bytes
+    "/dev/urandom": "urandom",  # reads give host getrandom() bytes
+    "/dev/random": "random",    # same as urandom (Linux >= 5.6 behaves so too)
+}
+
+#: The errno of a path or endpoint outside the policy.
+DENIED_ERRNO = errno.EACCES
+
+#: The errno of an operation refused whatever its arguments.
+REFUSED_ERRNO = errno.EPERM
+
+#: Operations the syscall layer refuses with :data:`REFUSED_ERRNO`, and why.
+#: This table is the one place the documentation cites; the syscall layer
+#: raises them with :meth:`Policy.refuse` so they appear in the audit log.
+#: (kill, tkill and tgkill are refused only when aimed at another process.)
+REFUSED_SYSCALLS = {
+    "execve":            "running another program would leave the emulated process",
+    "execveat":          "running another program would leave the emulated process",
+    "fork":              "minikvm runs exactly one guest process",
+    "vfork":             "minikvm runs exactly one guest process",
+    "clone":             "minikvm runs exactly one guest process",
+    "clone3":            "minikvm runs exactly one guest process",
+    "ptrace":            "there is no other process to trace",
+    "process_vm_readv":  "there is no other process to read",
+    "process_vm_writev": "there is no other process to write",
+    "kill":              "signals may go only to the guest itself",
+    "tkill":             "signals may go only to the guest itself",
+    "tgkill":            "signals may go only to the guest itself",
+    "mount":             "the guest cannot change the host's mounts",
+    "umount2":           "the guest cannot change the host's mounts",
+    "pivot_root":        "the guest cannot change the host's mounts",
+    "chroot":            "the guest's root is the host's root, filtered by this policy",
+}
+
+#: Open files a guest may hold at once, unless the policy says otherwise.
+DEFAULT_MAX_FDS = 1024
+
+#: How many denials are kept for the audit log; the rest are only counted,
+#: so a hostile guest looping on a denied call cannot exhaust host memory.
+MAX_RECORDED_DENIALS = 1000
+
+
+class PolicyError(MinikvmError):
+    """The policy itself is wrong (a missing grant directory, a bad endpoint)."""
+
+
+class PolicyDenied(SyscallError):
+    """The policy refused a guest request; the guest gets ``-errno``.
+
+    ``errno`` is :data:`DENIED_ERRNO` (outside the policy), :data:`REFUSED_ERRNO`
+    (refused outright) or a limit's errno (``EMFILE``, ``EFBIG``); ``reason``
+    is the short text ``--trace`` prints, starting with ``denied:`` for the
+    first two, so a denial stands out from the host kernel's own errors
+    (``= -1 EACCES (denied: outside allowed paths)``); ``path`` is what was
+    asked for.
+    """
+
+    def __init__(self, err: int, reason: str, path: str = "") -> None:
+        denied = err in (DENIED_ERRNO, REFUSED_ERRNO)
+        super().__init__(err, f"denied: {reason}" if denied else reason)
+        self.path = path
+        self.detail = reason
+
+    def __str__(self) -> str:
+        name = errno.errorcode.get(self.errno, str(self.errno))
+        where = f"{self.path}: " if self.path else ""
+        return f"{name}: {where}{self.detail}"
+
+
+@dataclass(frozen=True)
+class Denial:
+    """One refused request, as kept in :attr:`Policy.denials`."""
+
+    syscall: str
+    path: str
+    errno: int
+    reason: str
+
+    def __str__(self) -> str:
+        name = errno.errorcode.get(self.errno, str(self.errno))
+        return f"{self.syscall}({self.path}) = -{name} ({self.reason})"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A directory the guest may use, and the fd it is held open by."""
+
+    path: str        # absolute and lexically normal: the prefix guest paths match
+    writable: bool
+    dirfd: int       # O_PATH|O_DIRECTORY|O_CLOEXEC, opened once
+
+    def contains(self, path: str) -> bool:
+        """True if normalised absolute *path* is this directory or beneath it."""
+        if self.path == "/":
+            return True
+        return path == self.path or path.startswith(self.path + "/")
+
+    def relative(self, path: str) -> str:
+        """*path* (which :meth:`contains` accepted) relative to the grant."""
+        rest = path[len(self.path):].lstrip("/")
+        return rest or "."
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An address the guest may connect to: numeric IP and port, or a unix path.
+
+    ``host`` is an :mod:`ipaddress` object for IP endpoints (an IPv4-mapped
+    IPv6 address is stored as the IPv4 address, so ``[::ffff:127.0.0.1]:80``
+    and ``127.0.0.1:80`` are the same endpoint); ``path`` is set for unix
+    sockets, an abstract socket starting with ``"@"``.
+    """
+
+    family: int
+    host: Optional[Union[ipaddress.IPv4Address, ipaddress.IPv6Address]] = None
+    port: int = 0
+    path: str = ""
+
+    def __str__(self) -> str:
+        if self.family == socket.AF_UNIX:
+            return f"unix:{self.path}"
+        if self.family == socket.AF_INET6:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+class Parent(NamedTuple):
+    """What :meth:`Policy.resolve_parent` returns: a directory fd and one name.
+
+    Unpack it (``dirfd, name = ...``) and close ``dirfd`` yourself, or use it
+    as a context manager, which closes it::
+
+        with policy.resolve_parent("/tmp/x/new", cwd, write=True) as parent:
+            os.mkdir(parent.name, 0o755, dir_fd=parent.dirfd)
+    """
+
+    dirfd: int
+    name: str
+
+    def close(self) -> None:
+        os.close(self.dirfd)
+
+    def __enter__(self) -> "Parent":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+# --- the policy ------------------------------------------------------------------
+
+
+class Policy:
+    """The sandbox policy: grants, allowed endpoints, limits and the denial log.
+
+    ``read`` and ``write`` are host directories (a write grant may also be
+    read); the guest sees each at its host path.  ``connect`` holds endpoint
+    strings (see :meth:`parse_endpoint`) or :class:`Endpoint` objects.
+    ``max_fds`` caps the guest's open files; ``max_file_size`` (bytes, None
+    for no cap) the size a guest write may grow a file to — it does not cap
+    disk use (the guest can make many files); a size-limited file system for
+    the write grant does.
+
+    The grant directories are opened here and held until :meth:`close`;
+    use the policy as a context manager to close them.
+    """
+
+    def __init__(self, read: Iterable[PathArg] = (), write: Iterable[PathArg] = (),
+                 connect: Iterable[Union[str, Endpoint]] = (),
+                 max_fds: int = DEFAULT_MAX_FDS,
+                 max_file_size: Optional[int] = None) -> None:
+        if max_fds < 4:
+            raise PolicyError(f"max_fds={max_fds} is too small: the guest needs at "
+                              "least stdin, stdout, stderr and one more")
+        if max_file_size is not None and max_file_size < 0:
+            raise PolicyError(f"max_file_size={max_file_size} is negative: give a "
+                              "size in bytes, or None for no limit")
+        self.max_fds = max_fds
+        self.max_file_size = max_file_size
+        if isinstance(connect, (str, Endpoint)):
+            raise PolicyError(f"connect={connect!r}: give a list of endpoints, "
+                              f"e.g. connect=[{str(connect)!r}]")
+        self.endpoints = tuple(e if isinstance(e, Endpoint) else self.parse_endpoint(e)
+                               for e in connect)
+        self.denials: list[Denial] = []
+        self.denials_dropped = 0
+
+        writable = {_normalise_grant(p) for p in _path_list(write, "write")}
+        readable = {_normalise_grant(p) for p in _path_list(read, "read")} - writable
+        self.grants: tuple[Grant, ...] = ()
+        opened: list[Grant] = []
+        try:
+            for path in sorted(writable | readable):
+                opened.append(Grant(path, path in writable, _open_grant(path)))
+        except BaseException:
+            for grant in opened:
+                os.close(grant.dirfd)
+            raise
+        # Longest first, so the first grant that contains a path is the
+        # longest prefix: the most specific grant decides.
+        self.grants = tuple(sorted(opened, key=lambda g: len(g.path), reverse=True))
+        if self.grants:
+            try:
+                _check_openat2(self.grants[0])
+            except BaseException:
+                self.close()
+                raise
+
+    @classmethod
+    def here(cls, **limits: object) -> "Policy":
+        """Read-write access to the current directory and everything below it."""
+        return cls(write=[os.getcwd()], **limits)  # type: ignore[arg-type]
+
+    # --- lifetime --------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the grant directory fds; the policy denies everything after."""
+        for grant in self.grants:
+            os.close(grant.dirfd)
+        self.grants = ()
+
+    def __enter__(self) -> "Policy":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- paths -------------------------------------------------------------------
+
+    def open(self, path: PathArg, flags: int, mode: int, cwd: str, *,
+             syscall: str = "open") -> int:
+        """Open a guest path beneath its grant; return a host fd the caller owns.
+
+        *flags* are the guest's open(2) flags (``O_NOFOLLOW``, ``O_DIRECTORY``,
+        ``O_EXCL`` … are honoured by the kernel; unknown bits are dropped as
+        ``openat`` would).  ``O_CLOEXEC`` and ``O_NOCTTY`` are always added:
+        the host never hands its fds to a child, and a guest-opened terminal
+        must not become the host's controlling terminal; the syscall layer
+        keeps the guest's own ``O_CLOEXEC`` in its fd table.
+
+        Writing (``O_WRONLY``, ``O_RDWR``, ``O_CREAT``, ``O_TRUNC``,
+        ``O_APPEND``, ``O_TMPFILE``) needs a write grant.  ``O_PATH`` is
+        allowed in any grant: such an fd cannot read or write, only name the
+        file for ``fstat`` or as a directory for a later ``*at`` call — which
+        the syscall layer brings back here with that directory's guest path
+        as *cwd*.
+
+        The caller must ask :meth:`is_virtual_device` first: this method only
+        knows grants.  Opening a FIFO blocks the host as it would a process;
+        pass ``O_NONBLOCK`` if that matters.
+        """
+        absolute, trailing_slash = _absolute(path, cwd)
+        flags &= VALID_OPEN_FLAGS
+        if flags & O_PATH:
+            flags &= O_PATH_FLAGS
+            writes = False
+        else:
+            writes = bool(flags & O_ACCMODE) or bool(flags & WRITE_OPEN_FLAGS)
+            flags |= O_NOCTTY
+        flags |= O_CLOEXEC
+        mode = mode & MODE_BITS if flags & (O_CREAT | O_TMPFILE) else 0
+        grant = self._grant_for(absolute, syscall)
+        if writes and not grant.writable:
+            raise self._deny(syscall, absolute,
+                             f"opening for writing in read-only grant {grant.path}")
+        relative = grant.relative(absolute)
+        if trailing_slash and relative != ".":
+            relative += "/"     # "file/" is ENOTDIR, "dir/" with O_CREAT is EISDIR
+        return self._openat2(grant, relative, flags, mode, absolute, syscall)
+
+    def resolve_parent(self, path: PathArg, cwd: str, write: bool, *,
+                       syscall: str = "resolve_parent") -> Parent:
+        """Open the directory that holds *path*; return it with the final name.
+
+        For the calls that act on a directory *entry* rather than on a file:
+        mkdirat, unlinkat, renameat, linkat, symlinkat, mknodat, readlinkat,
+        fstatat/utimensat/fchownat/fchmodat *without following* a final
+        symlink.  The parent is opened ``O_PATH|O_DIRECTORY`` beneath its grant
+        with ``openat2``; *name* is a single component (never ``/``, ``.`` or
+        ``..``), so ``os.unlink(name, dir_fd=dirfd)`` and friends cannot walk
+        anywhere: the kernel looks *name* up in that one directory.
+
+        That is safe even when *name* is a symlink, because these calls act on
+        the link itself: unlink and rename remove or move the link, mkdir and
+        symlink fail with EEXIST, link (with flags 0) links the link.  It is
+        **not** safe for calls that *follow* a final symlink (``stat`` with
+        follow, ``utimensat`` without ``AT_SYMLINK_NOFOLLOW``, ``chmod``):
+        those would follow a link out of the grant.  For them, open the file
+        with :meth:`open` and ``O_PATH`` and use the ``f*`` call on that fd
+        (as :meth:`stat` and :meth:`access` do).  A guest's trailing slash is
+        dropped for the same reason: ``"link/"`` would make the kernel follow.
+
+        *write* asks for a write grant.  Both ends of a rename need it, and so
+        do both ends of a hard link: a link to a file *is* the file, so
+        linking a read-only file into a writable directory would make it
+        writable.  A grant directory itself cannot be the target (it would
+        leave its own grant), nor can anything whose parent is outside
+        every grant.
+        """
+        absolute, _ = _absolute(path, cwd)
+        if any(grant.path == absolute for grant in self.grants) or absolute == "/":
+            raise self._deny(syscall, absolute,
+                             "a grant directory itself cannot be created, removed, "
+                             "renamed or replaced")
+        parent, name = posixpath.split(absolute)
+        grant = self._grant_for(parent, syscall, shown=absolute)
+        if write and not grant.writable:
+            raise self._deny(syscall, absolute,
+                             f"changing an entry in read-only grant {grant.path}")
+        assert name not in ("", ".", "..") and "/" not in name, name
+        dirfd = self._openat2(grant, grant.relative(parent),
+                              O_PATH | O_DIRECTORY | O_CLOEXEC, 0, absolute, syscall)
+        return Parent(dirfd, name)
+
+    def stat(self, path: PathArg, cwd: str, follow: bool = True, *,
+             syscall: str = "stat") -> os.stat_result:
+        """``stat`` (or ``lstat`` when *follow* is false) of a path in a grant.
+
+        The directories *above* a grant may be stat'ed too (``/`` and
+        ``/tmp`` for a grant ``/tmp/x``), though nothing in them may be
+        opened or listed: a program that makes a path canonical lstat()s
+        every component on the way down — SQLite does before it opens a
+        database, and fails on ``EACCES`` — and the grant's own path names
+        them already.  (Landlock, too, leaves stat alone.)  They are reached
+        by ``..`` from the grant's fd, so what is stat'ed is the directory
+        really above the grant, whatever the path string says.
+        """
+        absolute, _ = _absolute(path, cwd)
+        if not any(grant.contains(absolute) for grant in self.grants):
+            levels_up = self._levels_above_grant(absolute)
+            if levels_up is not None:
+                return self._stat_above_grant(*levels_up)
+        fd = self._open_path(path, cwd, follow, syscall)
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
+
+    def readlink(self, path: PathArg, cwd: str, *, syscall: str = "readlink") -> str:
+        """The target of a symlink in a grant, as text (``os.fsencode`` it back).
+
+        Reading a link's text is harmless — following it is what the grant
+        guards — so the target may well name a place outside every grant.
+        """
+        fd = self._open_path(path, cwd, False, syscall)
+        try:
+            if not stat_module.S_ISLNK(os.fstat(fd).st_mode):
+                absolute, _ = _absolute(path, cwd)
+                raise OSError(errno.EINVAL, "not a symbolic link", absolute)
+            return os.readlink("", dir_fd=fd)   # readlinkat(fd, "") reads fd's link
+        finally:
+            os.close(fd)
+
+    def access(self, path: PathArg, mode: int, cwd: str, *, follow: bool = True,
+               effective_ids: bool = False, syscall: str = "access") -> None:
+        """Check ``access(path, mode)`` the way the guest would see it.
+
+        ``W_OK`` in a read-only grant is answered ``EACCES``, as for a file
+        the guest may not write; otherwise the host kernel answers for the
+        file beneath the grant (``faccessat2`` with ``AT_EMPTY_PATH`` on an
+        ``O_PATH`` fd).  Returns None when access is allowed.
+        """
+        if mode & ~(os.R_OK | os.W_OK | os.X_OK):
+            raise OSError(errno.EINVAL, f"access mode {mode:#o} has unknown bits")
+        absolute, _ = _absolute(path, cwd)
+        if mode & os.W_OK and not self._grant_for(absolute, syscall).writable:
+            raise self._deny(syscall, absolute, "write access in a read-only grant")
+        fd = self._open_path(path, cwd, follow, syscall)
+        try:
+            faccessat2(fd, b"", mode,
+                       AT_EMPTY_PATH | (AT_EACCESS if effective_ids else 0))
+        finally:
+            os.close(fd)
+
+    def is_virtual_device(self, path: PathArg, cwd: str = "/") -> Optional[str]:
+        """The name of the virtual device *path* denotes (``"null"`` …), or None."""
+        absolute, _ = _absolute(path, cwd)
+        return VIRTUAL_DEVICES.get(absolute)
+
+    # --- sockets -------------------------------------------------------------------
+
+    @staticmethod
+    def parse_endpoint(text: str) -> Endpoint:
+        """Parse ``"127.0.0.1:8080"``, ``"[::1]:80"``, ``"unix:/path"`` or ``"unix:@abstract"``.
+
+        Hosts must be numeric: a name would be resolved once, here, while the
+        guest may later reach a different address under the same name.
+        """
+        if text.startswith("unix:"):
+            path = text[len("unix:"):]
+            if path.startswith("@") and len(path) > 1:
+                return Endpoint(socket.AF_UNIX, path=path)
+            if not path.startswith("/"):
+                raise PolicyError(f"endpoint {text!r}: a unix socket path must be "
+                                  "absolute (unix:/run/app.sock) or abstract (unix:@name)")
+            return Endpoint(socket.AF_UNIX, path=posixpath.normpath(path))
+        if text.startswith("["):
+            host, sep, port = text[1:].partition("]:")
+        else:
+            host, sep, port = text.rpartition(":")
+        if not sep or not host:
+            raise PolicyError(f"endpoint {text!r} is not HOST:PORT, [IPV6]:PORT or "
+                              "unix:PATH (e.g. 127.0.0.1:8080, [::1]:80, unix:/run/app.sock)")
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            raise PolicyError(f"endpoint {text!r}: {host!r} is not a numeric IP "
+                              "address (host names are not accepted: resolve it "
+                              "yourself and give the address)") from None
+        if text.startswith("[") != (address.version == 6):
+            raise PolicyError(f"endpoint {text!r}: write IPv6 addresses in brackets "
+                              "([::1]:80) and IPv4 addresses without them")
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise PolicyError(f"endpoint {text!r}: port {port!r} is not a number "
+                              "from 1 to 65535")
+        return _ip_endpoint(address, int(port))
+
+    def check_connect(self, family: int, address: object, cwd: str = "/", *,
+                      syscall: str = "connect") -> None:
+        """Allow a connect to *address*, or raise :class:`PolicyDenied`.
+
+        *address* is what Python's socket module would take: ``(host, port)``
+        for ``AF_INET``, ``(host, port, flowinfo, scope_id)`` for ``AF_INET6``,
+        and a path (str or bytes; a leading NUL for an abstract socket) for
+        ``AF_UNIX``.  Matches are exact.  A relative unix path is taken
+        relative to the guest's *cwd*; the caller must then connect to the
+        absolute path, not to the relative one (the host's cwd is not the
+        guest's).  Other families are refused with ``EAFNOSUPPORT``.
+        """
+        shown = repr(address)
+        if family == socket.AF_UNIX:
+            raw = os.fsdecode(address)  # type: ignore[call-overload]
+            if not raw:
+                raise self._deny(syscall, shown, "an empty unix socket address",
+                                 errno.EINVAL)
+            if raw.startswith("\0"):
+                wanted = Endpoint(socket.AF_UNIX, path="@" + raw[1:])
+            else:
+                wanted = Endpoint(socket.AF_UNIX, path=_absolute(raw, cwd)[0])
+        elif family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                host, port = address[0], int(address[1])  # type: ignore[index]
+                wanted = _ip_endpoint(ipaddress.ip_address(str(host).split("%")[0]), port)
+            except (TypeError, ValueError, IndexError):
+                raise self._deny(syscall, shown, "not a numeric address and port",
+                                 errno.EINVAL) from None
+        else:
+            raise self._deny(syscall, shown, f"socket family {family} is not "
+                             "supported (only unix, IPv4 and IPv6)", errno.EAFNOSUPPORT)
+        shown = str(wanted)
+        if wanted not in self.endpoints:
+            raise self._deny(syscall, shown, "endpoint not allowed (allow it with "
+                             f"connect=[{shown!r}])")
+
+    def check_socket(self, family: int, *, syscall: str = "socket") -> None:
+        """Allow creating a socket of *family*, or raise :class:`PolicyDenied`.
+
+        A socket is only a means to reach an endpoint, so without any
+        ``connect`` grant there is no reason to make one: ``EACCES``.  Families
+        other than unix, IPv4 and IPv6 (netlink, packet, vsock ...) reach the
+        host kernel or other machines in ways no endpoint describes:
+        ``EAFNOSUPPORT``, as for a kernel built without them.
+        """
+        if family not in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6):
+            raise self._deny(syscall, f"family {family}", f"socket family {family} is "
+                             "not supported (only unix, IPv4 and IPv6)", errno.EAFNOSUPPORT)
+        if not self.endpoints:
+            raise self._deny(syscall, f"family {family}", "no network grant (allow an "
+                             "endpoint with connect=[...], --allow-connect on the "
+                             "command line)")
+
+    def deny_listen(self, syscall: str, detail: str = "") -> PolicyDenied:
+        """Record and return the ``EACCES`` for ``bind``, ``listen`` or ``accept``.
+
+        A grant names endpoints the guest may *reach*; there is no grant for
+        being reached, so accepting connections is outside every policy
+        (``EACCES``, like a connect to an endpoint not granted).  Use it as
+        ``raise policy.deny_listen("bind", address)``.
+        """
+        return self._deny(syscall, detail, "accepting connections is not allowed "
+                          "(the policy grants outgoing connections only)")
+
+    # --- limits and refusals -------------------------------------------------------
+
+    def check_fd_count(self, open_after: int, *, syscall: str = "open") -> None:
+        """Raise ``EMFILE`` if the guest would hold more than ``max_fds`` files."""
+        if open_after > self.max_fds:
+            raise self._deny(syscall, "", f"more than {self.max_fds} open files",
+                             errno.EMFILE)
+
+    def check_file_size(self, size: int, *, path: str = "",
+                        syscall: str = "write") -> None:
+        """Raise ``EFBIG`` if a write or truncate would make a file too large."""
+        if self.max_file_size is not None and size > self.max_file_size:
+            raise self._deny(syscall, path, f"file would grow to {size} bytes, "
+                             f"over the {self.max_file_size}-byte limit", errno.EFBIG)
+
+    def refuse(self, syscall: str, detail: str = "") -> PolicyDenied:
+        """Record and return the ``EPERM`` for a call in :data:`REFUSED_SYSCALLS`.
+
+        Use it as ``raise policy.refuse("execve", path)``.
+        """
+        reason = REFUSED_SYSCALLS.get(syscall, "refused by the sandbox")
+        return self._deny(syscall, detail, reason, REFUSED_ERRNO)
+
+    # --- what the policy is, and what it refused --------------------------------------
+
+    @property
+    def read_paths(self) -> tuple[str, ...]:
+        """The read-only grant directories (for :mod:`minikvm.sandbox.landlock`)."""
+        return tuple(sorted(g.path for g in self.grants if not g.writable))
+
+    @property
+    def write_paths(self) -> tuple[str, ...]:
+        """The read-write grant directories (for :mod:`minikvm.sandbox.landlock`)."""
+        return tuple(sorted(g.path for g in self.grants if g.writable))
+
+    @property
+    def connect_ports(self) -> tuple[int, ...]:
+        """The TCP ports of the IP endpoints (Landlock can filter ports only)."""
+        return tuple(sorted({e.port for e in self.endpoints if e.family != socket.AF_UNIX}))
+
+    def describe(self) -> str:
+        """The policy in a few lines, for ``--audit`` and ``minikvm doctor``."""
+        lines = ["sandbox policy (deny by default):"]
+        for grant in sorted(self.grants, key=lambda g: g.path):
+            kind = "read-write" if grant.writable else "read-only "
+            lines.append(f"  {kind}  {grant.path}")
+        if not self.grants:
+            lines.append("  no file system access")
+        devices = " ".join(sorted(VIRTUAL_DEVICES))
+        lines.append(f"  devices     {devices} (virtual)")
+        connect = ", ".join(str(e) for e in self.endpoints) or "none"
+        lines.append(f"  connect     {connect}")
+        size = "unlimited" if self.max_file_size is None else f"{self.max_file_size} bytes"
+        lines.append(f"  limits      {self.max_fds} open files; file size {size}")
+        lines.append(f"  refused     {', '.join(REFUSED_SYSCALLS)} (EPERM)")
+        lines.append("  paths resolved by openat2(RESOLVE_BENEATH|RESOLVE_NO_MAGICLINKS)")
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        """The denial log grouped and counted, for ``--audit`` at exit."""
+        if not self.denials:
+            return "sandbox: nothing was denied"
+        counts: dict[Denial, int] = {}
+        for denial in self.denials:
+            counts[denial] = counts.get(denial, 0) + 1
+        total = len(self.denials) + self.denials_dropped
+        lines = [f"sandbox: {total} request(s) denied:"]
+        for denial, count in sorted(counts.items(), key=lambda item: -item[1]):
+            lines.append(f"  {count:5d} x {denial}")
+        if self.denials_dropped:
+            lines.append(f"  ... and {self.denials_dropped} more not recorded "
+                         f"(the log keeps the first {MAX_RECORDED_DENIALS})")
+        return "\n".join(lines)
+
+    # --- internals ------------------------------------------------------------------
+
+    def _deny(self, syscall: str, path: str, reason: str,
+              err: int = DENIED_ERRNO) -> PolicyDenied:
+        """Record a denial and return the exception to raise."""
+        if len(self.denials) < MAX_RECORDED_DENIALS:
+            self.denials.append(Denial(syscall, path, err, reason))
+        else:
+            self.denials_dropped += 1
+        return PolicyDenied(err, reason, path)
+
+    def _grant_for(self, absolute: str, syscall: str, shown: str = "") -> Grant:
+        """The most specific grant containing *absolute*, or a denial."""
+        for grant in self.grants:
+            if grant.contains(absolute):
+                return grant
+        raise self._deny(syscall, shown or absolute, "outside allowed paths")
+
+    def _levels_above_grant(self, absolute: str) -> Optional[tuple[Grant, int]]:
+        """A grant that *absolute* is an ancestor of, and how many levels up."""
+        for grant in self.grants:
+            if grant.path.startswith(absolute.rstrip("/") + "/"):
+                depth = grant.path.count("/")
+                return grant, depth - (0 if absolute == "/" else absolute.count("/"))
+        return None
+
+    @staticmethod
+    def _stat_above_grant(grant: Grant, levels_up: int) -> os.stat_result:
+        """``stat`` of the directory *levels_up* ``..`` steps above *grant*."""
+        parent = "/".join([".."] * levels_up)
+        fd = os.open(parent, O_PATH | O_DIRECTORY | O_CLOEXEC, dir_fd=grant.dirfd)
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
+
+    def _open_path(self, path: PathArg, cwd: str, follow: bool, syscall: str) -> int:
+        """An ``O_PATH`` fd for *path* beneath its grant (any grant will do)."""
+        absolute, trailing_slash = _absolute(path, cwd)
+        grant = self._grant_for(absolute, syscall)
+        relative = grant.relative(absolute)
+        if trailing_slash and relative != ".":
+            relative += "/"
+        flags = O_PATH | O_CLOEXEC | (0 if follow else O_NOFOLLOW)
+        return self._openat2(grant, relative, flags, 0, absolute, syscall)
+
+    def _openat2(self, grant: Grant, relative: str, flags: int, mode: int,
+                 absolute: str, syscall: str) -> int:
+        """``openat2`` beneath *grant*, turning an escape into a denial."""
+        for _ in range(OPENAT2_RETRIES):
+            try:
+                return openat2(grant.dirfd, os.fsencode(relative), flags, mode)
+            except OSError as error:
+                if error.errno == errno.EXDEV:
+                    raise self._deny(syscall, absolute, "resolves outside grant "
+                                     f"{grant.path} (a symlink or '..' leads out)") from None
+                if error.errno != errno.EAGAIN:
+                    raise OSError(error.errno, error.strerror, absolute) from None
+        raise self._deny(syscall, absolute, "could not be resolved safely: the "
+                         "directory tree kept changing during the lookup")
+
+
+# --- helpers ---------------------------------------------------------------------
+
+
+def _absolute(path: PathArg, cwd: str) -> tuple[str, bool]:
+    """Join a guest path to the guest cwd and normalise it lexically.
+
+    Returns the absolute path and whether the guest wrote a trailing slash.
+    An empty path is ``ENOENT``, as for the kernel.
+    """
+    text = os.fsdecode(path)
+    if not text:
+        raise OSError(errno.ENOENT, "empty path", text)
+    if "\0" in text:
+        raise ValueError(f"path {text!r} contains a NUL byte: the syscall layer must "
+                         "cut guest strings at their terminating NUL")
+    if not cwd.startswith("/"):
+        raise ValueError(f"guest cwd {cwd!r} is not absolute: the syscall layer "
+                         "must keep the guest's cwd as an absolute path")
+    joined = text if text.startswith("/") else f"{cwd}/{text}"
+    absolute = posixpath.normpath(joined)
+    if absolute.startswith("//"):   # POSIX lets normpath keep a leading "//"
+        absolute = "/" + absolute.lstrip("/")
+    return absolute, joined.endswith("/") and absolute != "/"
+
+
+def _path_list(paths: Iterable[PathArg], name: str) -> list[PathArg]:
+    """*paths* as a list, refusing a lone path (which would iterate by letter)."""
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise PolicyError(f"{name}={os.fsdecode(os.fspath(paths))!r}: give a list of "
+                          f"directories, e.g. {name}=[{os.fsdecode(os.fspath(paths))!r}]")
+    return list(paths)
+
+
+def _normalise_grant(path: PathArg) -> str:
+    """A grant as the absolute, lexically normal path guest paths are matched to."""
+    text = os.fsdecode(os.fspath(path))
+    if not text:
+        raise PolicyError("an empty path was given as a grant: name a directory")
+    absolute = posixpath.normpath(os.path.join(os.getcwd(), text))
+    if absolute.startswith("//"):
+        absolute = "/" + absolute.lstrip("/")
+    return absolute
+
+
+def _open_grant(path: str) -> int:
+    """Open a grant directory ``O_PATH|O_DIRECTORY|O_CLOEXEC``, or say why not."""
+    try:
+        return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise PolicyError(f"grant {path}: no such directory (create it, or remove "
+                          "it from the policy)") from None
+    except NotADirectoryError:
+        raise PolicyError(f"grant {path}: not a directory (grants are directories: "
+                          "grant the directory that holds the file, or copy the "
+                          "file into a granted one)") from None
+    except OSError as error:
+        raise PolicyError(f"grant {path}: cannot open: {error.strerror}") from None
+
+
+def _check_openat2(grant: Grant) -> None:
+    """Fail early, and clearly, on a kernel without openat2 (Linux < 5.6)."""
+    try:
+        os.close(openat2(grant.dirfd, b".", O_PATH | O_CLOEXEC))
+    except OSError as error:
+        if error.errno == errno.ENOSYS:
+            raise PolicyError(
+                f"openat2 is not available (kernel {os.uname().release}): minikvm "
+                "needs Linux 5.6 or newer to confine guest paths safely, and will "
+                "not fall back to string checks") from None
+        raise PolicyError(f"grant {grant.path}: openat2 failed: {error.strerror}") from None
+
+
+def _ip_endpoint(address: Union[ipaddress.IPv4Address, ipaddress.IPv6Address],
+                 port: int) -> Endpoint:
+    """An IP endpoint, with IPv4-mapped IPv6 addresses folded into IPv4."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    return Endpoint(family, host=address, port=port)
+
+
+__all__ = [
+    "Policy", "PolicyDenied", "PolicyError", "Denial", "Grant", "Endpoint", "Parent",
+    "VIRTUAL_DEVICES", "REFUSED_SYSCALLS", "REFUSED_ERRNO", "DENIED_ERRNO",
+    "openat2", "faccessat2", "open_how",
+]
