@@ -72,24 +72,28 @@ def step_number(script: Path) -> int:
 
 
 def minikvm_imports(script: Path) -> set[str]:
-    """The ``minikvm.X`` modules a script imports (``from minikvm import
-    ioctl`` counts as ``minikvm.ioctl``)."""
+    """The minikvm modules a script imports, by their full dotted names
+    (``from minikvm.kvm import vm`` counts as ``minikvm.kvm.vm``; anything
+    inside ``minikvm.syscalls`` counts as the package, which step 12
+    introduces whole)."""
     tree = ast.parse(script.read_text(), filename=str(script))
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
-            if node.module == "minikvm":
-                names = [f"minikvm.{alias.name}" for alias in node.names]
-            else:
-                names = [node.module]
+            names = []
+            for alias in node.names:
+                submodule = f"{node.module}.{alias.name}"
+                is_module = (ROOT / Path(*submodule.split("."))).with_suffix(".py").exists()
+                names.append(submodule if is_module else node.module)
         else:
             continue
         for name in names:
             parts = name.split(".")
-            if parts[0] == "minikvm" and len(parts) > 1:
-                found.add(".".join(parts[:2]))
+            if parts[0] != "minikvm" or len(parts) == 1:
+                continue
+            found.add("minikvm.syscalls" if parts[1] == "syscalls" else name)
     return found
 
 

@@ -7,56 +7,23 @@ KVM exposes three kinds of file descriptor, each with its own ioctls
     (system)                      (vm.py)                      (vcpu.py)
 
 This module owns the first: it checks the API version, answers capability
-questions and creates VMs.  :func:`ioctl` is the one place where minikvm
-calls the ``ioctl(2)`` system call; it turns a failure into a
-:class:`~minikvm.errors.KvmError` that names the ioctl and the errno.
+questions and creates VMs.  Creation flows downward, as in rust-vmm's
+``kvm-ioctls``: this module imports :mod:`minikvm.kvm.vm`, which imports
+:mod:`minikvm.kvm.vcpu`; all three issue their ioctls through
+:func:`minikvm.kvm.fd.ioctl`, the layer's lowest module.
 """
 
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
-from typing import Optional
 
 from minikvm import ioctl as k
-from minikvm.errors import KvmError, KvmUnavailable
+from minikvm.errors import KvmUnavailable
+from minikvm.kvm.fd import ioctl
+from minikvm.kvm.vm import Vm
 
 KVM_DEVICE = "/dev/kvm"
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc_ioctl = _libc.ioctl
-_libc_ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
-_libc_ioctl.restype = ctypes.c_int
-
-#: Hints for errors whose meaning is not obvious from the errno alone.
-_HINTS = {
-    (k.KVM_SET_USER_MEMORY_REGION, errno.EINVAL):
-        "memory slots must be page-aligned and must not overlap each other",
-    (k.KVM_SET_USER_MEMORY_REGION, errno.EEXIST):
-        "that guest-physical range already belongs to another slot",
-    (k.KVM_CREATE_VCPU, errno.EEXIST): "a vCPU with this id already exists",
-    (k.KVM_SET_CPUID2, errno.E2BIG): "more CPUID entries than KVM accepts",
-    (k.KVM_SET_MSRS, errno.EINVAL): "an MSR index or value was refused",
-}
-
-
-def ioctl(fd: int, request: int, arg: object = 0) -> int:
-    """Issue one ioctl; return its non-negative result or raise KvmError.
-
-    *arg* is an int (passed by value), or a ctypes object (passed by
-    reference, so the kernel can read and write it in place).
-    """
-    if isinstance(arg, (ctypes.Structure, ctypes.Union, ctypes.Array, ctypes._SimpleCData)):
-        pointer: Optional[int] = ctypes.addressof(arg)
-    else:
-        pointer = arg  # type: ignore[assignment]
-    result = _libc_ioctl(fd, request, pointer)
-    if result < 0:
-        err = ctypes.get_errno()
-        raise KvmError(k.ioctl_name(request), err, _HINTS.get((request, err), ""))
-    return result
-
 
 class Kvm:
     """The KVM subsystem, reached through ``/dev/kvm``.
@@ -124,7 +91,6 @@ class Kvm:
         ioctl(self.fd, k.KVM_GET_SUPPORTED_CPUID, cpuid)
         return cpuid
 
-    def create_vm(self) -> "Vm":
+    def create_vm(self) -> Vm:
         """KVM_CREATE_VM: a new, empty virtual machine (see :class:`~minikvm.kvm.vm.Vm`)."""
-        from minikvm.kvm.vm import Vm  # vm.py is the same layer; imported late to avoid a cycle
         return Vm(ioctl(self.fd, k.KVM_CREATE_VM), self)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Iterable
 
 from minikvm import ioctl as k
 from minikvm.errors import KvmError
-from minikvm.kvm.system import _libc, ioctl
+from minikvm.kvm.fd import _libc, ioctl
 
 if TYPE_CHECKING:
     from minikvm.kvm.exits import VmExit
@@ -31,7 +31,7 @@ EINTR = 4
 EAGAIN = 11
 
 #: The C library's ``ioctl`` once more, as its own ctypes function object
-#: (``_libc["ioctl"]`` makes a new one; :mod:`minikvm.kvm.system`'s keeps its
+#: (``_libc["ioctl"]`` makes a new one; :mod:`minikvm.kvm.fd`'s keeps its
 #: ``argtypes``) for KVM_RUN alone.  It has no ``argtypes``: ctypes then
 #: passes a Python int as a C ``int`` and None as a NULL pointer, with no
 #: conversion objects — enough for KVM_RUN, whose fd and request (0xAE80)
@@ -45,11 +45,13 @@ _kvm_run_ioctl.restype = ctypes.c_int
 class Vcpu:
     """One virtual CPU of a :class:`~minikvm.kvm.vm.Vm`."""
 
-    def __init__(self, fd: int, vm: "Vm") -> None:
+    def __init__(self, fd: int, vm: "Vm", run_mmap_size: int) -> None:
+        """Wrap vCPU *fd* of *vm*; *run_mmap_size* is the system's
+        ``KVM_GET_VCPU_MMAP_SIZE``, which the VM asks once and hands down
+        (a vCPU never reaches up to the system object)."""
         self.fd = fd
         self.vm = vm
-        size = vm.kvm.vcpu_mmap_size()
-        self._map = mmap.mmap(fd, size, flags=mmap.MAP_SHARED,
+        self._map = mmap.mmap(fd, run_mmap_size, flags=mmap.MAP_SHARED,
                               prot=mmap.PROT_READ | mmap.PROT_WRITE)
         #: The shared ``kvm_run`` page, as a live ctypes view.
         self.run_state = k.kvm_run.from_buffer(self._map)

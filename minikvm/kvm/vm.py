@@ -12,12 +12,12 @@ import os
 from typing import TYPE_CHECKING
 
 from minikvm import ioctl as k
-from minikvm.kvm.system import ioctl
+from minikvm.kvm.fd import ioctl
 from minikvm.kvm.memory import GuestMemory
+from minikvm.kvm.vcpu import Vcpu
 
 if TYPE_CHECKING:
     from minikvm.kvm.system import Kvm
-    from minikvm.kvm.vcpu import Vcpu
 
 #: Where KVM_SET_TSS_ADDR puts the three pages Intel VMX needs to emulate
 #: real mode (just below 4 GiB, where no guest RAM of ours ever is).
@@ -33,7 +33,9 @@ class Vm:
         self.fd = fd
         self.kvm = kvm
         self.slots: dict[int, GuestMemory] = {}
-        self.vcpus: list["Vcpu"] = []
+        self.vcpus: list[Vcpu] = []
+        #: ``KVM_GET_VCPU_MMAP_SIZE``, asked of the system on the first vCPU.
+        self._run_mmap_size = 0
 
     def close(self) -> None:
         """Close every vCPU, then the VM fd.  Guest memory belongs to the caller."""
@@ -104,9 +106,10 @@ class Vm:
             request.args[i] = value
         ioctl(self.fd, k.KVM_ENABLE_CAP, request)
 
-    def create_vcpu(self, vcpu_id: int = 0) -> "Vcpu":
+    def create_vcpu(self, vcpu_id: int = 0) -> Vcpu:
         """KVM_CREATE_VCPU: a new virtual CPU; see :class:`~minikvm.kvm.vcpu.Vcpu`."""
-        from minikvm.kvm.vcpu import Vcpu  # same layer; vcpu.py needs Vm's type only
-        vcpu = Vcpu(ioctl(self.fd, k.KVM_CREATE_VCPU, vcpu_id), self)
+        if not self._run_mmap_size:
+            self._run_mmap_size = self.kvm.vcpu_mmap_size()
+        vcpu = Vcpu(ioctl(self.fd, k.KVM_CREATE_VCPU, vcpu_id), self, self._run_mmap_size)
         self.vcpus.append(vcpu)
         return vcpu

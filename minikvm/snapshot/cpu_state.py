@@ -18,7 +18,7 @@ from typing import Any
 from minikvm import ioctl as k
 from minikvm import x86
 from minikvm.errors import KvmError
-from minikvm.kvm.system import ioctl
+from minikvm.kvm.fd import ioctl
 from minikvm.machine.machine import SYSCALL_EXIT_RIP, Machine
 
 #: The MSRs a snapshot keeps.  A program at CPL 3 can change FS/GS base
