@@ -47,8 +47,8 @@ import time
 from typing import Callable, TypeVar
 
 from minikvm.process.process import Process
-from minikvm.snapshot.snapshot import MECHANISMS, Fork, Snapshot, snapshot_at_ready_point
 from minikvm.snapshot.file import load, save
+from minikvm.snapshot.snapshot import MECHANISMS, Fork, Snapshot, snapshot_at_ready_point
 
 TIMEOUT_SECONDS = 30.0
 T = TypeVar("T")

@@ -48,10 +48,6 @@ class ElfError(MinikvmError):
     """The program file is not an ELF minikvm can run."""
 
 
-class GuestFault(MinikvmError):
-    """The guest did something that ends its run (a crash report is attached)."""
-
-
 class SyscallError(MinikvmError):
     """A system call fails: the guest gets ``-errno`` in RAX.
 

@@ -34,17 +34,14 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from minikvm.kvm.memory import GuestMemory
-from minikvm.x86 import (PTE_ADDRESS_MASK, PTE_HUGE, PTE_NX, PTE_PRESENT, PTE_USER,
-                         PTE_WRITE)
+from minikvm.x86 import (PTE_ADDRESS_MASK, PTE_HUGE, PTE_NX, PTE_PRESENT, PTE_USER, PTE_WRITE,
+                         CANONICAL_LIMIT, HUGE_PAGE_SIZE, PAGE_SIZE)
 
-PAGE_SIZE = 1 << 12
-HUGE_PAGE_SIZE = 1 << 21
 ENTRIES_PER_TABLE = 512
 LEVEL_NAMES = ("PML4", "PDPT", "PD", "PT")
 LEVEL_SHIFTS = (39, 30, 21, 12)
 #: What an intermediate entry grants: everything.  The leaf restricts.
 TABLE_FLAGS = PTE_PRESENT | PTE_WRITE | PTE_USER
-CANONICAL_LIMIT = 1 << 47
 
 
 def table_index(vaddr: int, level: int) -> int:

@@ -63,6 +63,7 @@ MSR_TSC_AUX = 0xC000_0103
 RFLAGS_CF = 1 << 0
 RFLAGS_FIXED = 1 << 1   # bit 1 is reserved and always reads as 1
 RFLAGS_PF = 1 << 2
+RFLAGS_AF = 1 << 4      # auxiliary carry (BCD arithmetic)
 RFLAGS_ZF = 1 << 6
 RFLAGS_SF = 1 << 7
 RFLAGS_TF = 1 << 8      # trap flag: single step
@@ -74,6 +75,20 @@ RFLAGS_NT = 1 << 14
 RFLAGS_RF = 1 << 16
 RFLAGS_AC = 1 << 18     # alignment check (and SMAP override)
 RFLAGS_ID = 1 << 21
+
+# --- Pages and addresses (Intel SDM Vol. 3A §4.1, §4.5; Vol. 1 §3.3.7.1) -------
+PAGE_SIZE = 1 << 12          # the base page
+HUGE_PAGE_SIZE = 1 << 21     # a 2 MiB page: one PDE with PS set
+#: With 4-level paging, canonical user addresses are below 2**47 (bits 63:47
+#: all equal; the upper half belongs to the kernel).
+CANONICAL_LIMIT = 1 << 47
+
+# --- CPUID leaves and bits (Intel SDM Vol. 2A "CPUID") ------------------------
+CPUID_FEATURES = 1              # leaf 1: ECX/EDX feature flags
+CPUID_ECX_XSAVE = 1 << 26
+CPUID_EXTENDED_FEATURES = 7     # leaf 7 sub-leaf 0
+CPUID_EBX_FSGSBASE = 1 << 0
+CPUID_XSAVE_STATE = 0xD         # leaf 0xD sub-leaf 0: EAX = XCR0 bits supported
 
 # --- Page-table entries, 4-level paging (Intel SDM Vol. 3A §4.5, Table 4-15 to 4-20)
 PTE_PRESENT = 1 << 0    # P: the entry maps something

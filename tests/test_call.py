@@ -7,8 +7,9 @@ import subprocess
 import pytest
 
 from minikvm.cpu.guestcode import MINIKVM_SYS_CALL_RETURN, assemble, call_return
+from minikvm.errors import SnapshotError
 from minikvm.process.process import Process
-from minikvm.snapshot.snapshot import GuestCallError, Snapshot, SnapshotError, snapshot_at_ready_point
+from minikvm.snapshot.snapshot import GuestCallError, Snapshot, snapshot_at_ready_point
 from tests.guests import guest
 
 TIMEOUT = 10.0

@@ -34,9 +34,9 @@ import pytest
 
 from minikvm.sandbox import landlock
 
-from minikvm.sandbox import seccomp
-from minikvm.process.elf import load_elf
 from minikvm.errors import ElfError
+from minikvm.process.elf import load_elf
+from minikvm.sandbox import seccomp
 from minikvm.snapshot.file import load
 from tests.guests import guest
 from tests.programs.build import program

@@ -20,16 +20,16 @@ import struct
 import pytest
 
 from minikvm.cpu.gdt import (GDT_ENTRIES, GDT_LIMIT, TSS_SELECTOR, build_long_mode_gdt,
-                         decode_tss_descriptor, tss_descriptor, tss_kvm_segment, tss_segment)
+                             decode_tss_descriptor, tss_descriptor, tss_kvm_segment, tss_segment)
 from minikvm.cpu.idt import (GATE_SIZE, GATE_TYPE_INTERRUPT, GATE_TYPE_TRAP, IDT_ENTRIES, IDT_LIMIT,
-                         Gate, build_idt, decode_gate)
+                             Gate, build_idt, decode_gate)
 from minikvm.cpu.layout import SYSCALL_PORT, TSS_ADDRESS
-from minikvm.machine.machine import STAR_VALUE
 from minikvm.cpu.segments import (KERNEL_CODE64, KERNEL_DATA64, TYPE_TSS_AVAILABLE, TYPE_TSS_BUSY,
-                              USER_CODE64, USER_DATA64, Segment, decode_descriptor,
-                              segment_from_kvm)
+                                  USER_CODE64, USER_DATA64, Segment, decode_descriptor,
+                                  segment_from_kvm)
 from minikvm.cpu.tss import (IO_BITMAP_SIZE, IO_BITMAP_TERMINATOR, IOMAP_BASE_OFFSET, IST_OFFSET,
-                         PORTS_COVERED, RSP0_OFFSET, TSS_HEADER_SIZE, Tss, decode_tss)
+                             PORTS_COVERED, RSP0_OFFSET, TSS_HEADER_SIZE, Tss, decode_tss)
+from minikvm.machine.machine import STAR_VALUE
 
 DESCRIPTOR_SIZE = 8
 #: A base whose every byte differs, so a byte in the wrong place shows.

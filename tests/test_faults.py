@@ -36,20 +36,21 @@ from pathlib import Path
 
 import pytest
 
-from minikvm import ioctl as k
-from minikvm import x86
-from minikvm.errors import GuestMemoryError, SyscallError
+from minikvm import ioctl as k, x86
 from minikvm.cpu.gdt import GDT_LIMIT, build_long_mode_gdt
 from minikvm.cpu.guestcode import Instruction, assemble, exception_stubs, syscall_entry
 from minikvm.cpu.idt import GATE_SIZE, IDT_ENTRIES, decode_gate
 from minikvm.cpu.layout import (EXCEPTION_STUBS_ADDRESS, GDT_ADDRESS, IDT_ADDRESS, IST_STACK_BOTTOM,
-                            IST_STACK_TOP, KERNEL_AREA_END, PAGE_SIZE, PAGE_TABLE_POOL_END,
-                            PAGE_TABLE_POOL_START, STACK_TOP, SYSCALL_PORT, SYSCALL_STUB_ADDRESS,
-                            TSS_ADDRESS, USER_SPACE_END)
-from minikvm.machine.machine import IST_INDEX, SYSCALL_EXIT_RIP, Machine, Stop
-from minikvm.machine.mm import PROT_EXEC, PROT_READ, PROT_WRITE
+                                IST_STACK_TOP, KERNEL_AREA_END, PAGE_TABLE_POOL_END,
+                                PAGE_TABLE_POOL_START, STACK_TOP, SYSCALL_PORT,
+                                SYSCALL_STUB_ADDRESS, TSS_ADDRESS, USER_SPACE_END)
 from minikvm.cpu.segments import KERNEL_CODE64
 from minikvm.cpu.tss import decode_tss
+from minikvm.errors import GuestMemoryError, SyscallError
+from minikvm.machine.machine import IST_INDEX, SYSCALL_EXIT_RIP, Machine
+from minikvm.machine.mm import PROT_EXEC, PROT_READ, PROT_WRITE
+from minikvm.machine.stops import Stop
+from minikvm.x86 import PAGE_SIZE
 
 pytestmark = pytest.mark.kvm
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from minikvm.cpu.guestcode import (CALL_RETURN_OFFSET, EXCEPTION_STUB_SIZE, OUT_IMM8_AL,
-                               SYSCALL_EXIT_OFFSET, Instruction, assemble, call_return,
-                               exception_stub, exception_stubs, syscall_entry)
+                                   SYSCALL_EXIT_OFFSET, Instruction, assemble, call_return,
+                                   exception_stub, exception_stubs, syscall_entry)
 from minikvm.cpu.layout import EXCEPTION_PORT_BASE, SYSCALL_PORT
 from minikvm.x86 import NUM_EXCEPTION_VECTORS, VECTORS_WITH_ERROR_CODE
 

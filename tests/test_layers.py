@@ -28,7 +28,7 @@ TEST_FILE = "tests/test_layers.py"
 
 #: Layer number → (its name in the docs, the units in it).
 LAYERS: dict[int, tuple[str, tuple[str, ...]]] = {
-    0: ("the kernel's and the CPU's names", ("ioctl", "x86", "errors")),
+    0: ("the kernel's and the CPU's names", ("ioctl", "linux_abi", "x86", "errors")),
     1: ("KVM: system, VM, vCPU, memory, exits", ("kvm",)),
     2: ("the guest CPU: modes, descriptors, page tables, memory map", ("cpu", "paging")),
     3: ("a running machine: address space, run loop", ("machine",)),

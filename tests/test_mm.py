@@ -31,14 +31,14 @@ from types import SimpleNamespace
 
 import pytest
 
+from minikvm.cpu.layout import MMAP_MIN_ADDR, PAGE_TABLE_POOL_START, USER_POOL_START, USER_SPACE_END
 from minikvm.errors import SyscallError
-from minikvm.cpu.layout import (HUGE_PAGE_SIZE, MMAP_MIN_ADDR, PAGE_SIZE, PAGE_TABLE_POOL_START,
-                            USER_POOL_START, USER_SPACE_END)
 from minikvm.kvm.memory import GuestMemory
 from minikvm.machine.mm import (PROT_EXEC, PROT_NONE, PROT_READ, PROT_WRITE, AddressSpace, PagePool,
-                        Vma)
+                                Vma)
 from minikvm.syscalls import memory as memory_calls
-from minikvm.x86 import PTE_HUGE, PTE_NX, PTE_PRESENT, PTE_USER, PTE_WRITE
+from minikvm.x86 import (HUGE_PAGE_SIZE, PAGE_SIZE, PTE_HUGE, PTE_NX, PTE_PRESENT, PTE_USER,
+                         PTE_WRITE)
 from tests.guest_runs import run_minikvm, run_native
 from tests.programs.build import available_variants, build, DEFAULT_BUILD_DIR, SOURCE_DIR
 

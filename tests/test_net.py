@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 
 from minikvm.errors import SyscallError
-from minikvm.syscalls.net import (AF_INET, AF_INET6, AF_UNIX, SOCKADDR_IN6_SIZE,
-                                  SOCKADDR_IN_SIZE, decode_sockaddr, describe_address,
-                                  encode_sockaddr)
+from minikvm.syscalls.net import (AF_INET, AF_INET6, AF_UNIX, SOCKADDR_IN6_SIZE, SOCKADDR_IN_SIZE,
+                                  decode_sockaddr, describe_address, encode_sockaddr)
 from tests.guest_runs import run_minikvm
 from tests.programs.build import DEFAULT_BUILD_DIR, build
 

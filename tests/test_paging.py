@@ -21,9 +21,10 @@ import pytest
 
 from minikvm.cpu.layout import PAGE_TABLE_POOL_START
 from minikvm.kvm.memory import GuestMemory
-from minikvm.paging import (ENTRIES_PER_TABLE, HUGE_PAGE_SIZE, LEVEL_NAMES, PAGE_SIZE,
-                            TABLE_FLAGS, PageTables, WalkStep, pte_flags, table_index)
-from minikvm.x86 import PTE_ADDRESS_MASK, PTE_HUGE, PTE_NX, PTE_PRESENT, PTE_USER, PTE_WRITE
+from minikvm.paging import (ENTRIES_PER_TABLE, LEVEL_NAMES, TABLE_FLAGS, PageTables, WalkStep,
+                            pte_flags, table_index)
+from minikvm.x86 import (HUGE_PAGE_SIZE, PAGE_SIZE, PTE_ADDRESS_MASK, PTE_HUGE, PTE_NX, PTE_PRESENT,
+                         PTE_USER, PTE_WRITE)
 
 MEMORY_SIZE = 0x40_0000          # 4 MiB: room for plenty of tables
 POOL_END = MEMORY_SIZE

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import pytest
 
-from minikvm.process.elf import load_elf
 from minikvm.cpu.layout import STACK_SIZE, STACK_TOP
+from minikvm.process.elf import load_elf
 from tests import guest_runs
 from tests.guest_runs import shell_status
 from tests.programs.build import PROGRAMS, STATIC_VARIANTS, program

@@ -20,13 +20,12 @@ from pathlib import Path
 import pytest
 
 from minikvm import ioctl as k
-from minikvm.cpu import modes
-from minikvm.cpu import segments
+from minikvm.cpu import modes, segments
+from minikvm.cpu.segments import Segment, decode_descriptor, segment_from_kvm
 from minikvm.errors import GuestMemoryError, KvmError, KvmUnavailable
 from minikvm.kvm.exits import HltExit, IoExit, ShutdownExit
-from minikvm.kvm.system import Kvm
 from minikvm.kvm.memory import GuestMemory
-from minikvm.cpu.segments import Segment, decode_descriptor, segment_from_kvm
+from minikvm.kvm.system import Kvm
 from minikvm.kvm.vcpu import Vcpu
 from minikvm.x86 import (CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, PTE_HUGE, PTE_PRESENT,
                          PTE_WRITE, RFLAGS_FIXED)

@@ -11,10 +11,11 @@ import os
 
 import pytest
 
+from minikvm.errors import SnapshotError
 from minikvm.process.process import Process
-from minikvm.snapshot.frozen import bitmap_runs, page_runs
-from minikvm.snapshot.snapshot import MECHANISMS, Fork, Snapshot, SnapshotError, snapshot_at_ready_point
 from minikvm.snapshot.file import load, read_header, save
+from minikvm.snapshot.frozen import bitmap_runs, page_runs
+from minikvm.snapshot.snapshot import MECHANISMS, Fork, Snapshot, snapshot_at_ready_point
 from tests.guests import guest
 
 pytestmark = pytest.mark.kvm

@@ -20,10 +20,11 @@ import pytest
 from minikvm.process import stack
 from minikvm.process.elf import load_elf
 from minikvm.process.stack import (AT_BASE, AT_CLKTCK, AT_EGID, AT_ENTRY, AT_EUID, AT_EXECFN,
-                           AT_FLAGS, AT_GID, AT_HWCAP, AT_HWCAP2, AT_IGNORE, AT_MINSIGSTKSZ,
-                           AT_NULL, AT_PAGESZ, AT_PHDR, AT_PHENT, AT_PHNUM, AT_PLATFORM,
-                           AT_RANDOM, AT_SECURE, AT_UID, AUXV_NAMES, MAX_ARG_STRLEN, PLATFORM,
-                           build_initial_stack, decode_initial_stack, standard_auxv)
+                                   AT_FLAGS, AT_GID, AT_HWCAP, AT_HWCAP2, AT_IGNORE, AT_MINSIGSTKSZ,
+                                   AT_NULL, AT_PAGESZ, AT_PHDR, AT_PHENT, AT_PHNUM, AT_PLATFORM,
+                                   AT_RANDOM, AT_SECURE, AT_UID, AUXV_NAMES, MAX_ARG_STRLEN,
+                                   PLATFORM, build_initial_stack, decode_initial_stack,
+                                   standard_auxv)
 from tests.programs.build import program
 from tests.programs.tiny_elf import ET_DYN, tiny_elf
 

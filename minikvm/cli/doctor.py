@@ -39,17 +39,16 @@ from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
 from minikvm import ioctl as k
-from minikvm.sandbox import landlock
-from minikvm.sandbox import seccomp
+from minikvm.cpu.layout import STACK_TOP
+from minikvm.cpu.modes import setup_long_mode
 from minikvm.errors import KvmUnavailable, MinikvmError
 from minikvm.kvm.exits import HltExit
-from minikvm.kvm.system import KVM_DEVICE, Kvm
-from minikvm.cpu.layout import PAGE_SIZE, STACK_TOP
-from minikvm.machine.machine import Machine
 from minikvm.kvm.memory import GuestMemory
+from minikvm.kvm.system import KVM_DEVICE, Kvm
+from minikvm.machine.machine import Machine
 from minikvm.machine.mm import PROT_EXEC, PROT_READ, PROT_WRITE
-from minikvm.cpu.modes import setup_long_mode
-from minikvm.x86 import RFLAGS_FIXED
+from minikvm.sandbox import landlock, seccomp
+from minikvm.x86 import PAGE_SIZE, RFLAGS_FIXED, CPUID_ECX_XSAVE, CPUID_FEATURES
 
 CPUINFO = "/proc/cpuinfo"
 SYS_MODULE = "/sys/module"
@@ -169,8 +168,6 @@ CAPABILITIES = [
 REQUIRED_SYNC_CLASSES = k.KVM_SYNC_X86_REGS | k.KVM_SYNC_X86_SREGS
 SYNC_CLASS_NAMES = [("regs", k.KVM_SYNC_X86_REGS), ("sregs", k.KVM_SYNC_X86_SREGS),
                     ("events", k.KVM_SYNC_X86_EVENTS)]
-CPUID_FEATURES = 1
-CPUID_ECX_XSAVE = 1 << 26
 
 
 def check_capabilities(kvm: Kvm, findings: list[Finding]) -> None:

@@ -59,7 +59,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from minikvm.snapshot.snapshot import Reply, Snapshot, SnapshotError, snapshot_at_ready_point
+from minikvm.errors import SnapshotError
+from minikvm.snapshot.snapshot import Reply, Snapshot, snapshot_at_ready_point
 
 DEFAULT_REQUEST_TIMEOUT = 30.0
 #: How long a client may take to send its request before the worker gives up.

@@ -26,8 +26,7 @@ from dataclasses import replace
 
 from minikvm import ioctl as k
 from minikvm.cpu.segments import (KERNEL_CODE64, KERNEL_DATA64, TYPE_TSS_AVAILABLE, TYPE_TSS_BUSY,
-                              USER_CODE64, USER_DATA64, Segment, build_gdt,
-                              decode_descriptor)
+                                  USER_CODE64, USER_DATA64, Segment, build_gdt, decode_descriptor)
 
 TSS_SELECTOR = 5 << 3
 GDT_ENTRIES = 7

@@ -40,8 +40,8 @@ Guest-virtual memory of a program (x86-64 user half, 47 bits)::
 
 from __future__ import annotations
 
-PAGE_SIZE = 0x1000
-HUGE_PAGE_SIZE = 0x20_0000  # a 2 MiB page: one PDE with PS set
+# The memory map is measured in pages: its unit is re-exported beside it.
+from minikvm.x86 import HUGE_PAGE_SIZE, PAGE_SIZE  # noqa: F401
 
 # --- kernel area (physical = virtual) ---------------------------------------
 GDT_ADDRESS = 0x1000

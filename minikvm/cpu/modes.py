@@ -35,9 +35,9 @@ from __future__ import annotations
 import struct
 
 from minikvm import ioctl as k
-from minikvm.kvm.memory import GuestMemory
 from minikvm.cpu.segments import (KERNEL_CODE32, KERNEL_CODE64, KERNEL_DATA32, KERNEL_DATA64,
-                              Segment, build_gdt)
+                                  Segment, build_gdt)
+from minikvm.kvm.memory import GuestMemory
 from minikvm.kvm.vcpu import Vcpu
 from minikvm.x86 import (CR0_ET, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_PAE, EFER_LMA, EFER_LME,
                          PTE_HUGE, PTE_PRESENT, PTE_WRITE)

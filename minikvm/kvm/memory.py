@@ -22,8 +22,8 @@ import os
 import struct
 
 from minikvm.errors import GuestMemoryError
+from minikvm.x86 import PAGE_SIZE
 
-PAGE_SIZE = 4096  # x86 base page (Intel SDM Vol. 3A §4.1)
 #: mmap(2) flag: do not reserve swap for the whole region (the guest touches
 #: little of it).  Python's mmap module only exports it from 3.13 on.
 MAP_NORESERVE = 0x4000

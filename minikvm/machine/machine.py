@@ -25,27 +25,27 @@ from __future__ import annotations
 
 import ctypes
 import signal
-import time
-from dataclasses import dataclass
 from types import MethodType
 from typing import Callable
 
-from minikvm import ioctl as k
-from minikvm import x86
-from minikvm.machine.crash import CrashReport, ExceptionFrame, Symbolizer, describe_exception
-from minikvm.cpu.gdt import GDT_LIMIT, TSS_SELECTOR, build_long_mode_gdt, tss_kvm_segment
+from minikvm import ioctl as k, x86
+from minikvm.cpu.gdt import GDT_LIMIT, build_long_mode_gdt, tss_kvm_segment
 from minikvm.cpu.guestcode import (CALL_RETURN_OFFSET, EXCEPTION_STUB_SIZE, SYSCALL_EXIT_OFFSET,
-                               assemble, call_return, exception_stubs, syscall_entry)
+                                   assemble, call_return, exception_stubs, syscall_entry)
 from minikvm.cpu.idt import IDT_LIMIT, Gate, build_idt
-from minikvm.kvm.system import Kvm
 from minikvm.cpu.layout import (DEFAULT_MEMORY_SIZE, EXCEPTION_PORT_BASE, EXCEPTION_STUBS_ADDRESS,
-                            GDT_ADDRESS, IDT_ADDRESS, IST_STACK_BOTTOM, IST_STACK_TOP,
-                            PAGE_SIZE, SYSCALL_PORT, SYSCALL_STUB_ADDRESS, TSS_ADDRESS)
-from minikvm.kvm.memory import GuestMemory
-from minikvm.machine.mm import AddressSpace
-from minikvm.paging import pte_flags
+                                GDT_ADDRESS, IDT_ADDRESS, IST_STACK_BOTTOM, IST_STACK_TOP,
+                                SYSCALL_PORT, SYSCALL_STUB_ADDRESS, TSS_ADDRESS)
 from minikvm.cpu.segments import KERNEL_CODE64, KERNEL_DATA64, USER_CODE64, USER_DATA64
 from minikvm.cpu.tss import Tss
+from minikvm.kvm.memory import GuestMemory
+from minikvm.kvm.system import Kvm
+from minikvm.machine.crash import ExceptionFrame, Symbolizer, describe_exception
+from minikvm.machine.mm import AddressSpace
+from minikvm.machine.stops import RegistersLoaded, Stop, StopKind, ThreadSwitched, TimeLimitReached
+from minikvm.paging import pte_flags
+from minikvm.x86 import (PAGE_SIZE, CPUID_EBX_FSGSBASE, CPUID_ECX_XSAVE, CPUID_EXTENDED_FEATURES,
+                         CPUID_FEATURES, CPUID_XSAVE_STATE)
 
 MEMORY_SLOT = 0
 USER_CPL = 3     # CS.DPL of user code: where a PVM guest still is at the stub's exit
@@ -66,52 +66,12 @@ SYSCALL_MASK = x86.RFLAGS_TF | x86.RFLAGS_DF | x86.RFLAGS_IF | x86.RFLAGS_AC | x
 STAR_VALUE = (KERNEL_DATA64.selector << 48) | (KERNEL_CODE64.selector << 32)
 MXCSR_DEFAULT = 0x1F80   # all SIMD exceptions masked, round to nearest
 FCW_DEFAULT = 0x037F     # x87: all exceptions masked, 64-bit precision
-CPUID_FEATURES = 1       # leaf 1: ECX/EDX feature flags
-CPUID_ECX_XSAVE = 1 << 26
-CPUID_EXTENDED_FEATURES = 7
-CPUID_EBX_FSGSBASE = 1 << 0
-CPUID_XSAVE_STATE = 0xD  # leaf 0xD sub-leaf 0: EAX = XCR0 bits supported
 PAT_DEFAULT = 0x0007_0406_0007_0406
 #: The time limit's signal repeats every this many seconds once due.
 TIME_LIMIT_TICK = 0.01
 #: How many ticks a system call may go on after the time limit before it
 #: is interrupted: plenty for a call that does not wait to finish normally.
 TIME_LIMIT_GRACE_TICKS = 20
-
-
-class RegistersLoaded(BaseException):
-    """Raised by a system-call handler that loaded the program's *whole*
-    register state into ``kvm_run`` itself (``rt_sigreturn``, which must
-    restore RCX and R11 too): the run loop must not finish the call (no
-    result in RAX, no return to RCX); it marks the registers dirty and
-    resumes the vCPU as it is.  A BaseException, so the dispatcher's
-    ``except Exception`` for handler bugs lets it through."""
-
-
-class TimeLimitReached(BaseException):
-    """Raised by the time limit's signal handler when a system-call
-    handler is still running :data:`TIME_LIMIT_GRACE_TICKS` ticks after the
-    limit: it is waiting in the host (a read from a pipe nobody writes, a
-    ``connect`` to a silent address).  Python retries such a call after a
-    signal handler returns (PEP 475), so raising is the only way to cut it
-    short.  :meth:`Machine.run` turns it into a timeout stop."""
-
-
-class ThreadSwitched(BaseException):
-    """Raised by a system-call handler that put *another* guest thread's
-    registers in ``kvm_run`` (see :mod:`minikvm.process.threads`): the call it
-    handles finishes later, for the thread that now waits.  The run loop
-    must therefore not finish it (no result in RAX, no return to RCX); it
-    marks the registers dirty and runs the new thread.  A BaseException, so
-    the dispatcher's ``except Exception`` for handler bugs lets it through."""
-
-
-@dataclass
-class Stop:
-    """Why :meth:`Machine.run` returned (other than a handler raising)."""
-    kind: str                      # "crash", "timeout" or "failure"
-    message: str
-    crash: CrashReport | None = None
 
 
 class Machine:
@@ -344,7 +304,7 @@ class Machine:
                     # here, outside the loop, so a system call pays nothing for it.
                     self.vcpu.run_state.kvm_dirty_regs |= k.KVM_SYNC_X86_REGS
         except TimeLimitReached:
-            return Stop("timeout", "the time limit was reached")
+            return Stop(StopKind.TIMEOUT, "the time limit was reached")
         finally:
             if timeout is not None:
                 self._disarm_timer()
@@ -403,7 +363,7 @@ class Machine:
         if reason < 0 or reason == k.KVM_EXIT_INTR:
             state.immediate_exit = 0
             if self._timed_out:
-                return Stop("timeout", "the time limit was reached")
+                return Stop(StopKind.TIMEOUT, "the time limit was reached")
             if self._slice_over and self.on_preempt is not None:
                 self._slice_over = False
                 self.on_preempt()   # may load another thread's registers
@@ -417,7 +377,7 @@ class Machine:
                                    regs.rflags, regs.rsp, 0)
             report = describe_exception(frame, self.symbolize)
             report.what = f"general protection fault (port I/O on port {port:#x})"
-            return Stop("crash", report.one_line(), report)
+            return Stop(StopKind.CRASH, report.one_line(), report)
         if reason == k.KVM_EXIT_SHUTDOWN:
             return self._failure("triple fault: an exception happened while the CPU was "
                                  "delivering another one, so the guest could not even report it")
@@ -437,7 +397,7 @@ class Machine:
         regs = self.vcpu.run_state.s.regs.regs
         symbol = self.symbolize(regs.rip) if self.symbolize else None
         where = f" at rip={regs.rip:#x}" + (f" <{symbol}>" if symbol else "")
-        return Stop("failure", f"SIGKILL: {message}{where}")
+        return Stop(StopKind.FAILURE, f"SIGKILL: {message}{where}")
 
     def _crash(self, vector: int) -> Stop:
         """Read the frame the CPU pushed on the IST stack (below our stub's
@@ -450,7 +410,7 @@ class Machine:
         if self.on_fault is not None and frame.from_user_mode and self.on_fault(frame):
             return None  # the program's signal handler runs instead
         report = describe_exception(frame, self.symbolize)
-        return Stop("crash", report.one_line(), report)
+        return Stop(StopKind.CRASH, report.one_line(), report)
 
     # -- the time limit ----------------------------------------------------------
     def _arm_timer(self, seconds: float) -> None:
@@ -531,8 +491,3 @@ class Machine:
             signal.signal(signal.SIGPROF, self._previous_profiler)  # type: ignore[arg-type]
         self._slices_armed = False
         self._slice_over = False
-
-
-def monotonic_us() -> float:
-    """Microseconds on the monotonic clock (for the benchmarks)."""
-    return time.perf_counter() * 1e6

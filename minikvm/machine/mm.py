@@ -29,12 +29,12 @@ import errno
 import struct
 from dataclasses import dataclass, replace
 
+from minikvm.cpu.layout import (MMAP_MIN_ADDR, MMAP_TOP, PAGE_TABLE_POOL_END, PAGE_TABLE_POOL_START,
+                                USER_POOL_START, USER_SPACE_END)
 from minikvm.errors import SyscallError
-from minikvm.cpu.layout import (HUGE_PAGE_SIZE, MMAP_MIN_ADDR, MMAP_TOP, PAGE_SIZE,
-                            PAGE_TABLE_POOL_END, PAGE_TABLE_POOL_START, USER_POOL_START,
-                            USER_SPACE_END)
 from minikvm.kvm.memory import GuestMemory
 from minikvm.paging import PageTables, pte_flags
+from minikvm.x86 import HUGE_PAGE_SIZE, PAGE_SIZE
 
 # <sys/mman.h> protection bits, as the guest passes them.
 PROT_NONE = 0

@@ -61,8 +61,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, NamedTuple
 
+from minikvm.cpu.layout import MMAP_MIN_ADDR, PIE_LOAD_BIAS, USER_SPACE_END
 from minikvm.errors import ElfError
-from minikvm.cpu.layout import MMAP_MIN_ADDR, PAGE_SIZE, PIE_LOAD_BIAS, USER_SPACE_END
+from minikvm.x86 import PAGE_SIZE
 
 if TYPE_CHECKING:
     from elftools.elf.elffile import ELFFile

@@ -34,15 +34,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from minikvm.errors import SyscallError
+from minikvm.linux_abi import O_ACCMODE, O_RDONLY, O_RDWR, O_WRONLY
 
-O_ACCMODE = 0o3
-O_RDONLY = 0
-O_WRONLY = 1
-O_RDWR = 2
-O_APPEND = 0o2000
-O_NONBLOCK = 0o4000
-O_CLOEXEC = 0o2000000
-FD_CLOEXEC = 1
 DEFAULT_MAX_FDS = 1024   # RLIMIT_NOFILE's usual soft limit
 PIPE_CAPACITY = 65536    # Linux's default pipe buffer
 

@@ -15,42 +15,25 @@ from __future__ import annotations
 
 import os
 import signal as signal_module
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from minikvm.cpu.layout import DEFAULT_MEMORY_SIZE, STACK_SIZE, STACK_TOP
+from minikvm.linux_abi import O_RDONLY, O_WRONLY
 from minikvm.machine.crash import CrashReport
-from minikvm.process.elf import ElfImage, default_bias, load_elf
-from minikvm.process.fdtable import O_RDONLY, O_WRONLY, FdTable, HostFile
-from minikvm.cpu.layout import DEFAULT_MEMORY_SIZE, PAGE_SIZE, STACK_SIZE, STACK_TOP
 from minikvm.machine.machine import Machine
 from minikvm.machine.mm import PROT_EXEC, PROT_READ, PROT_WRITE, page_align_down, page_align_up
+from minikvm.machine.stops import ProcessExit, ProcessKilled
+from minikvm.process.elf import ElfImage, default_bias, load_elf
+from minikvm.process.fdtable import FdTable, HostFile
 from minikvm.process.stack import build_initial_stack, standard_auxv
 from minikvm.process.threads import DEFAULT_MAX_THREADS, ThreadTable
+from minikvm.x86 import PAGE_SIZE, CPUID_FEATURES
 
 if TYPE_CHECKING:
     from minikvm.ioctl import kvm_regs
 
-CPUID_FEATURES = 1
 TASK_COMM_LEN = 16  # the kernel's process name: 15 bytes and a NUL
-
-
-class ProcessExit(BaseException):
-    """Raised by ``exit``/``exit_group`` to end the run.  A BaseException, so
-    the dispatcher's ``except Exception`` for handler bugs lets it through."""
-
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
-
-
-class ProcessKilled(BaseException):
-    """Raised when the process gets a signal whose action is to terminate it
-    (``abort()``, ``raise(SIGTERM)``, ``kill(getpid(), …)``)."""
-
-    def __init__(self, signal: signal_module.Signals, reason: str = "") -> None:
-        super().__init__(signal)
-        self.signal = signal
-        self.reason = reason
 
 
 @dataclass
@@ -61,13 +44,6 @@ class RunResult:
     crash: CrashReport | None = None
     timed_out: bool = False
     signal: int | None = None
-
-
-@dataclass
-class Limits:
-    """Resource limits the guest sees and the host enforces."""
-    max_fds: int = 1024
-    max_file_size: int | None = None
 
 
 class Process:

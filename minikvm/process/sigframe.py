@@ -34,6 +34,8 @@ from __future__ import annotations
 import ctypes
 import struct
 
+from minikvm.linux_abi import STACK_ALIGNMENT
+
 u16 = ctypes.c_uint16
 u32 = ctypes.c_uint32
 u64 = ctypes.c_uint64
@@ -43,9 +45,6 @@ u64 = ctypes.c_uint64
 RED_ZONE = 128
 #: ``fpu__alloc_mathframe``: the FPU state is 64-byte aligned (XSAVE needs it).
 FPSTATE_ALIGNMENT = 64
-#: ``align_sigframe``: ``round_down(sp, 16) - 8``, so that the handler
-#: starts as if called: (RSP + 8) % 16 == 0.
-STACK_ALIGNMENT = 16
 #: The legacy FXSAVE area, the first 512 bytes of any XSAVE area too.
 FXSAVE_SIZE = 512
 #: Inside the FXSAVE area: MXCSR and the mask of its writable bits.

@@ -60,6 +60,8 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from minikvm.linux_abi import STACK_ALIGNMENT
+
 if TYPE_CHECKING:
     from minikvm.process.elf import ElfImage
 
@@ -104,7 +106,6 @@ AUXV_NAMES: dict[int, str] = {value: name for name, value in globals().items()
 STRING_ENTRIES = (AT_RANDOM, AT_EXECFN, AT_PLATFORM)
 
 POINTER_SIZE = 8          # x86-64: every stack slot is 8 bytes
-STACK_ALIGNMENT = 16      # the ABI's alignment of rsp at process entry (§3.4.1)
 RANDOM_BYTES_SIZE = 16    # the size of AT_RANDOM's block
 PLATFORM = b"x86_64"      # ELF_PLATFORM on x86-64: utsname()->machine
 CLOCK_TICKS = 100         # AT_CLKTCK: USER_HZ, what times(2) counts in

@@ -22,7 +22,7 @@ next one's in.  It happens only at these points:
     *after* the call (RIP = RCX, RFLAGS = R11, as the run loop returns a
     call) and records how it will finish: RAX = 0 when woken, ``-ETIMEDOUT``
     at its deadline.  The handler then raises
-    :class:`~minikvm.machine.machine.ThreadSwitched` so the run loop does not finish
+    :class:`~minikvm.machine.stops.ThreadSwitched` so the run loop does not finish
     the call for the thread that now runs.
 ``retry``
     a call that waits for something only another thread or the host can
@@ -84,11 +84,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from minikvm import ioctl as k
-from minikvm import x86
+from minikvm import ioctl as k, x86
+from minikvm.cpu.layout import SYSCALL_STUB_ADDRESS
 from minikvm.errors import KvmError, SyscallError
-from minikvm.cpu.layout import PAGE_SIZE, SYSCALL_STUB_ADDRESS
-from minikvm.machine.machine import USER_CPL, USER_RFLAGS_MASK, Machine, ThreadSwitched
+from minikvm.machine.machine import USER_CPL, USER_RFLAGS_MASK, Machine
+from minikvm.machine.stops import ProcessExit, ProcessKilled, ThreadSwitched
+from minikvm.x86 import PAGE_SIZE
 
 if TYPE_CHECKING:
     from minikvm.process.process import Process
@@ -355,7 +356,6 @@ def _poll_host(watchers: list[Thread], seconds: float) -> None:
 
 
 def _deadlock(table: ThreadTable) -> BaseException:
-    from minikvm.process.process import ProcessKilled   # same layer; a late import breaks the cycle
     if len(table) == 1:
         thread = next(iter(table.threads.values()))
         return ProcessKilled(signal.SIGKILL, f"deadlock: {thread.waiting_for} with no "
@@ -577,7 +577,6 @@ def exit_thread(proc: "Process", status: int, sleep: Sleep) -> int:
     """The current thread ends (``exit``): clear and wake its
     ``clear_child_tid``, then another thread runs.  The last thread's exit
     ends the process (ProcessExit)."""
-    from minikvm.process.process import ProcessExit   # same layer; a late import breaks the cycle
     table: ThreadTable = proc.threads
     me = table.running
     if me.tid == table.main_tid:

@@ -65,13 +65,13 @@ import site
 import socket
 import sysconfig
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Optional
 
 from minikvm.sandbox import landlock
 
-from minikvm.sandbox import seccomp
 from minikvm.errors import MinikvmError
 from minikvm.kvm.system import KVM_DEVICE
+from minikvm.sandbox import seccomp
 from minikvm.sandbox.policy import Policy
 
 

@@ -20,6 +20,12 @@ from __future__ import annotations
 import ctypes
 import os
 
+from minikvm.linux_abi import (FASYNC, O_ACCMODE, O_APPEND, O_CLOEXEC, O_CREAT, O_DIRECT,
+                               O_DIRECTORY, O_DSYNC, O_EXCL, O_LARGEFILE, O_NOATIME, O_NOCTTY,
+                               O_NOFOLLOW, O_NONBLOCK, O_PATH, O_SYNC, O_TMPFILE, O_TRUNC)
+# Re-exported: callers of Policy.open spell the access mode with them.
+from minikvm.linux_abi import O_RDONLY, O_RDWR, O_WRONLY  # noqa: F401
+
 #: x86-64 system call numbers (arch/x86/entry/syscalls/syscall_64.tbl).
 SYS_openat2 = 437
 SYS_faccessat2 = 439
@@ -35,10 +41,6 @@ RESOLVE_CACHED = 0x20         # only if the dcache can answer (else EAGAIN)
 #: What every guest path is resolved with.
 RESOLVE_GUEST = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS
 
-#: ``*at()`` flags, from ``<linux/fcntl.h>``.
-AT_SYMLINK_NOFOLLOW = 0x100
-AT_EACCESS = 0x200
-AT_EMPTY_PATH = 0x1000
 
 
 class open_how(ctypes.Structure):
@@ -57,27 +59,6 @@ _libc.syscall.restype = ctypes.c_long
 # open(2) flags as the x86-64 kernel spells them (include/uapi/asm-generic/
 # fcntl.h).  Written out rather than taken from ``os`` because the guest uses
 # the kernel's values, and glibc's ``O_LARGEFILE`` is 0 in 64-bit userspace.
-O_ACCMODE = 0o3
-O_RDONLY = 0o0
-O_WRONLY = 0o1
-O_RDWR = 0o2
-O_CREAT = 0o100
-O_EXCL = 0o200
-O_NOCTTY = 0o400
-O_TRUNC = 0o1000
-O_APPEND = 0o2000
-O_NONBLOCK = 0o4000
-O_DSYNC = 0o10000
-FASYNC = 0o20000
-O_DIRECT = 0o40000
-O_LARGEFILE = 0o100000
-O_DIRECTORY = 0o200000
-O_NOFOLLOW = 0o400000
-O_NOATIME = 0o1000000
-O_CLOEXEC = 0o2000000
-O_SYNC = 0o4000000 | O_DSYNC
-O_PATH = 0o10000000
-O_TMPFILE = 0o20000000 | O_DIRECTORY
 
 #: Every flag open(2) knows.  ``openat()`` silently ignores other bits but
 #: ``openat2()`` rejects them with EINVAL, so unknown guest bits are dropped
@@ -94,8 +75,6 @@ O_PATH_FLAGS = O_DIRECTORY | O_NOFOLLOW | O_PATH | O_CLOEXEC
 #: of 3, "ioctl only", counts as writing: the conservative reading.)
 WRITE_OPEN_FLAGS = O_CREAT | O_TRUNC | O_APPEND | O_TMPFILE
 
-#: Permission bits ``openat2`` accepts in ``how.mode`` (S_IALLUGO).
-MODE_BITS = 0o7777
 
 #: How often a lookup that lost a race with a rename (EAGAIN) is retried.
 OPENAT2_RETRIES = 8

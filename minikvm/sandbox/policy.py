@@ -82,10 +82,10 @@ from dataclasses import dataclass
 from typing import Iterable, NamedTuple, Optional, Union
 
 from minikvm.errors import MinikvmError, SyscallError
-from minikvm.sandbox.openat2 import (AT_EACCESS, AT_EMPTY_PATH, MODE_BITS, OPENAT2_RETRIES, O_ACCMODE,
-                             O_CLOEXEC, O_CREAT, O_DIRECTORY, O_NOCTTY, O_NOFOLLOW, O_PATH,
-                             O_PATH_FLAGS, O_TMPFILE, VALID_OPEN_FLAGS, WRITE_OPEN_FLAGS,
-                             faccessat2, open_how, openat2)
+from minikvm.linux_abi import (AT_EACCESS, AT_EMPTY_PATH, MODE_BITS, O_ACCMODE, O_CLOEXEC, O_CREAT,
+                               O_DIRECTORY, O_NOCTTY, O_NOFOLLOW, O_PATH, O_TMPFILE)
+from minikvm.sandbox.openat2 import (OPENAT2_RETRIES, O_PATH_FLAGS, VALID_OPEN_FLAGS,
+                                     WRITE_OPEN_FLAGS, faccessat2, open_how, openat2)
 
 PathArg = Union[str, bytes, "os.PathLike[str]"]
 

@@ -15,8 +15,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from minikvm import ioctl as k
-from minikvm import x86
+from minikvm import ioctl as k, x86
 from minikvm.errors import KvmError
 from minikvm.kvm.fd import ioctl
 from minikvm.machine.machine import SYSCALL_EXIT_RIP, Machine

@@ -20,13 +20,13 @@ import struct
 from typing import Any, BinaryIO, Sequence
 
 from minikvm import ioctl as k
-from minikvm.snapshot.cpu_state import CpuState
-from minikvm.process.elf import load_elf
 from minikvm.errors import MinikvmError, SnapshotError
-from minikvm.process.fdtable import DeviceFile, FdEntry, HostFile, OpenFile, Pipe, PipeEnd
-from minikvm.snapshot.frozen import copy_range, data_extents, new_memfd, seal_frozen
 from minikvm.kvm.memory import GuestMemory
 from minikvm.machine.mm import AddressSpace, PagePool, Vma
+from minikvm.process.elf import load_elf
+from minikvm.process.fdtable import DeviceFile, FdEntry, HostFile, OpenFile, Pipe, PipeEnd
+from minikvm.snapshot.cpu_state import CpuState
+from minikvm.snapshot.frozen import copy_range, data_extents, new_memfd, seal_frozen
 from minikvm.snapshot.process_state import close_fd_entries
 from minikvm.snapshot.snapshot import Snapshot
 

@@ -67,33 +67,32 @@ import stat as stat_module
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from minikvm import ioctl as k
-from minikvm import x86
-from minikvm.snapshot.cpu_state import CpuState
-from minikvm.process.elf import ElfImage
-from minikvm.errors import SnapshotError, SyscallError
-from minikvm.process.fdtable import FdEntry
-from minikvm.snapshot.frozen import (allocated_end, allocated_runs, bitmap_runs, data_extents,
-                            freeze_memory, merge_runs, page_runs, seal_frozen)
-from minikvm.cpu.layout import PAGE_SIZE
-from minikvm.machine.machine import (CALL_RETURN_ADDRESS, SYSCALL_EXIT_RIP, USER_RFLAGS_MASK, Machine,
-                             Stop)
-from minikvm.kvm.memory import GuestMemory
-from minikvm.machine.mm import AddressSpace
-from minikvm.process.process import Process, ProcessExit, ProcessKilled
-from minikvm.snapshot.process_state import (PLAIN_FILE_KINDS, capture_process_state, close_fd_entries,
-                                   copy_fd_entries, install_fd_entries,
-                                   restore_process_state)
+from minikvm import ioctl as k, x86
 from minikvm.cpu.segments import USER_CODE64, USER_DATA64
+from minikvm.errors import SnapshotError, SyscallError
+from minikvm.kvm.memory import GuestMemory
+from minikvm.linux_abi import STACK_ALIGNMENT
+from minikvm.machine.machine import CALL_RETURN_ADDRESS, SYSCALL_EXIT_RIP, USER_RFLAGS_MASK, Machine
+from minikvm.machine.mm import AddressSpace
+from minikvm.machine.stops import Stop, CallReturned, WaitingForRequest, ProcessExit, ProcessKilled
+from minikvm.process.elf import ElfImage
+from minikvm.process.fdtable import FdEntry
+from minikvm.process.process import Process
+from minikvm.snapshot.cpu_state import CpuState
+from minikvm.snapshot.frozen import (allocated_end, allocated_runs, bitmap_runs, data_extents,
+                                     freeze_memory, merge_runs, page_runs, seal_frozen)
+from minikvm.snapshot.process_state import (PLAIN_FILE_KINDS, capture_process_state,
+                                            close_fd_entries, copy_fd_entries, install_fd_entries,
+                                            restore_process_state)
 from minikvm.syscalls.base import MASK64, signed64
 from minikvm.syscalls.dispatch import Dispatcher
 from minikvm.syscalls.trace import Tracer
+from minikvm.x86 import PAGE_SIZE
 
 MECHANISMS = ("cow", "copy")
 #: Bytes below RSP that a function may use without moving RSP (System V
 #: ABI §3.2.2); a host call puts its arguments below it.
 RED_ZONE = 128
-STACK_ALIGNMENT = 16
 MAX_REGISTER_ARGUMENTS = 6
 MADV_DONTNEED = 4
 
@@ -113,26 +112,6 @@ class GuestCallError(SnapshotError):
 # ---------------------------------------------------------------------------
 # Leaving Machine.run at the points the host cares about
 # ---------------------------------------------------------------------------
-
-class WaitingForRequest(BaseException):
-    """The guest called ``minikvm_wait_request(buffer, size)``: it is ready
-    for the next request.  A BaseException, like ProcessExit, so it passes
-    the dispatcher's handler-bug net and leaves :meth:`Machine.run`; the
-    vCPU stays at the syscall's exit, to be answered later."""
-
-    def __init__(self, buffer: int, size: int) -> None:
-        super().__init__(buffer, size)
-        self.buffer = buffer
-        self.size = size
-
-
-class CallReturned(BaseException):
-    """A function the host called returned (through the call-return stub)."""
-
-    def __init__(self, value: int) -> None:
-        super().__init__(value)
-        self.value = value
-
 
 class RequestChannel:
     """The request channel of a snapshotted process (see

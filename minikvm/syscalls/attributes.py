@@ -17,10 +17,11 @@ import os
 import stat as stat_module
 
 from minikvm.errors import SyscallError
-from minikvm.process.fdtable import HostFile, O_NONBLOCK, O_WRONLY
+from minikvm.linux_abi import (O_NONBLOCK, O_WRONLY, AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW,
+                               MODE_BITS, NSEC_PER_SEC)
+from minikvm.process.fdtable import HostFile
 from minikvm.syscalls.base import PARTIAL, SUPPORTED, Syscall, signed32, signed64
-from minikvm.syscalls.files import (AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW, MODE_BITS,
-                                    NSEC_PER_SEC, PATH_MAX, check_file_change, check_file_size,
+from minikvm.syscalls.files import (PATH_MAX, check_file_change, check_file_size,
                                     check_writable_entry, guest_path, host_call, open_to_change,
                                     read_path, stat_of_file, stat_of_path)
 

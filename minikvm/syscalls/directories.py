@@ -21,11 +21,12 @@ import stat as stat_module
 import struct
 
 from minikvm.errors import SyscallError
+from minikvm.linux_abi import (AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_FOLLOW, MODE_BITS,
+                               O_PATH)
 from minikvm.process.fdtable import HostFile, OpenFile
 from minikvm.syscalls.base import PARTIAL, SUPPORTED, Syscall, signed32
-from minikvm.syscalls.files import (AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_FOLLOW,
-                                    DT_DIR, DT_LNK, DT_REG, DT_UNKNOWN, MODE_BITS, O_PATH,
-                                    UINT_MASK, final_name, guest_path, host_call, read_path)
+from minikvm.syscalls.files import (DT_DIR, DT_LNK, DT_REG, DT_UNKNOWN, UINT_MASK, final_name,
+                                    guest_path, host_call, read_path)
 
 #: ``struct linux_dirent64``: d_ino, d_off, d_reclen, d_type, then the name and a NUL
 DIRENT64_HEADER = struct.Struct("<QqHB")

@@ -36,10 +36,11 @@ import stat
 import struct
 
 from minikvm.errors import SyscallError
-from minikvm.process.fdtable import (ALWAYS_REPORTED, EPOLLET, EPOLLEXCLUSIVE, EPOLLONESHOT, EPOLLWAKEUP,
-                             O_CLOEXEC, DeviceFile, EpollFile, EpollInterest, OpenFile)
+from minikvm.linux_abi import O_CLOEXEC, SIGSET_SIZE
+from minikvm.process.fdtable import (ALWAYS_REPORTED, EPOLLET, EPOLLEXCLUSIVE, EPOLLONESHOT,
+                                     EPOLLWAKEUP, DeviceFile, EpollFile, EpollInterest, OpenFile)
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32
-from minikvm.syscalls.poll import SIGSET_SIZE, read_timespec, ready_events
+from minikvm.syscalls.poll import read_timespec, ready_events
 
 #: ``struct epoll_event`` on x86-64: __u32 events; __u64 data; packed
 EPOLL_EVENT = struct.Struct("<IQ")

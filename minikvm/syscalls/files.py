@@ -54,37 +54,20 @@ import select
 import stat as stat_module
 import struct
 
-from minikvm.process import threads
 from minikvm.errors import SyscallError
-from minikvm.process.fdtable import (FD_CLOEXEC, O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_WRONLY,
-                             PIPE_CAPACITY, DeviceFile, EventFd, HostFile, OpenFile, Pipe,
-                             PipeEnd)
+from minikvm.linux_abi import (AT_EMPTY_PATH, AT_FDCWD, AT_NO_AUTOMOUNT, AT_SYMLINK_NOFOLLOW,
+                               F_DUPFD, F_DUPFD_CLOEXEC, F_GETFD, F_GETFL, F_GETLK, F_GETPIPE_SZ,
+                               F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW, F_SETFD, F_SETFL, F_SETLK,
+                               F_SETLKW, NSEC_PER_SEC, O_CREAT, O_NOFOLLOW, O_PATH, O_TRUNC,
+                               FD_CLOEXEC, O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_WRONLY)
+from minikvm.process import threads
+from minikvm.process.fdtable import (PIPE_CAPACITY, DeviceFile, EventFd, HostFile, OpenFile, Pipe,
+                                     PipeEnd)
 from minikvm.syscalls import signals
 from minikvm.syscalls.base import PARTIAL, SUPPORTED, Syscall, signed32, signed64
 
-AT_FDCWD = -100
-AT_SYMLINK_NOFOLLOW = 0x100
-AT_REMOVEDIR = 0x200
-AT_EACCESS = 0x200
-AT_SYMLINK_FOLLOW = 0x400
-AT_NO_AUTOMOUNT = 0x800
-AT_EMPTY_PATH = 0x1000
 AT_STATX_SYNC_TYPE = 0x6000    # AT_STATX_FORCE_SYNC | AT_STATX_DONT_SYNC: hints
-O_DIRECTORY = 0o200000
-O_CREAT = 0o100
-O_TRUNC = 0o1000
-O_NOFOLLOW = 0o400000
-O_PATH = 0o10000000
-F_DUPFD = 0
-F_GETFD = 1
-F_SETFD = 2
-F_GETFL = 3
-F_SETFL = 4
-F_DUPFD_CLOEXEC = 1030
-F_GETPIPE_SZ = 1032
 # -- record locks (fcntl(2), asm-generic/fcntl.h) --------------------------------------
-F_GETLK, F_SETLK, F_SETLKW = 5, 6, 7
-F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW = 36, 37, 38
 F_RDLCK, F_WRLCK, F_UNLCK = 0, 1, 2
 #: ``struct flock`` on x86-64: l_type, l_whence (short); l_start, l_len (off_t); l_pid
 FLOCK_FORMAT = "<hh4xqqi4x"
@@ -100,8 +83,6 @@ MAX_IO = 0x7FFF_F000  # Linux's MAX_RW_COUNT: one read or write moves at most th
 UINT_MASK = 0xFFFF_FFFF
 #: ``struct stat`` on x86-64 (asm/stat.h): 144 bytes
 STAT_FORMAT = "<QQQIIIiQqqqqqqqqq24x"
-#: mode bits mkdir and chmod keep (S_IALLUGO: permissions, setuid/setgid, sticky)
-MODE_BITS = 0o7777
 
 # -- directory listings (linux/dirent.h, fs/readdir.c) --------------------------------
 DT_UNKNOWN, DT_DIR, DT_REG, DT_LNK = 0, 4, 8, 10
@@ -115,7 +96,6 @@ STATX_BASIC_STATS = 0x7FF       # type, mode, nlink, uid, gid, times, ino, size,
 STATX__RESERVED = 0x8000_0000   # asking for it is EINVAL
 
 # -- changing files ---------------------------------------------------------------------
-NSEC_PER_SEC = 1_000_000_000
 CLOSE_RANGE_UNSHARE = 2
 CLOSE_RANGE_CLOEXEC = 4
 LOCK_SH, LOCK_EX, LOCK_NB, LOCK_UN = 1, 2, 4, 8

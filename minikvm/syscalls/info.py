@@ -14,8 +14,8 @@ import os
 import struct
 import time
 
-from minikvm.process import threads
 from minikvm.errors import SyscallError
+from minikvm.process import threads
 from minikvm.process.fdtable import fill_views
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32
 from minikvm.syscalls.signals import sleep

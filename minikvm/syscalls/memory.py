@@ -28,12 +28,13 @@ import errno
 import os
 import stat as stat_module
 
+from minikvm.cpu.layout import MMAP_MIN_ADDR, USER_SPACE_END
 from minikvm.errors import SyscallError
-from minikvm.process.fdtable import DeviceFile
-from minikvm.cpu.layout import HUGE_PAGE_SIZE, MMAP_MIN_ADDR, PAGE_SIZE, USER_SPACE_END
 from minikvm.machine.mm import (POPULATE_LIMIT, PROT_MASK, PROT_NONE, PROT_READ, PROT_WRITE,
-                        page_align_up)
+                                page_align_up)
+from minikvm.process.fdtable import DeviceFile
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32, signed64
+from minikvm.x86 import HUGE_PAGE_SIZE, PAGE_SIZE
 
 MAP_SHARED = 0x01
 MAP_PRIVATE = 0x02

@@ -50,7 +50,8 @@ import time
 from typing import Callable, Optional, Union
 
 from minikvm.errors import SyscallError
-from minikvm.process.fdtable import O_NONBLOCK, O_RDWR, OpenFile
+from minikvm.linux_abi import O_NONBLOCK, O_RDWR
+from minikvm.process.fdtable import OpenFile
 from minikvm.syscalls.base import PARTIAL, REFUSED, Syscall, signed32
 from minikvm.syscalls.files import MAX_IO
 

@@ -31,10 +31,11 @@ import struct
 import time
 from typing import Callable
 
-from minikvm.process import threads
 from minikvm.errors import SyscallError
+from minikvm.linux_abi import NSEC_PER_SEC, SIGSET_SIZE, USEC_PER_SEC
+from minikvm.process import threads
 from minikvm.process.fdtable import (ALWAYS_REPORTED, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT,
-                             POLLPRI, POLLRDNORM, POLLWRNORM)
+                                     POLLPRI, POLLRDNORM, POLLWRNORM)
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32
 from minikvm.syscalls.signals import deliver_due_alarm, ready, sleep
 
@@ -42,9 +43,6 @@ from minikvm.syscalls.signals import deliver_due_alarm, ready, sleep
 POLLFD = struct.Struct("<ihh")
 #: the longest the host blocks before looking at the alarm and the time limit
 WAIT_SLICE_SECONDS = 0.05
-NSEC_PER_SEC = 1_000_000_000
-USEC_PER_SEC = 1_000_000
-SIGSET_SIZE = 8
 #: ``select``'s sets, as poll events (fs/select.c POLLIN_SET, POLLOUT_SET, POLLEX_SET)
 POLLIN_SET = POLLIN | POLLRDNORM | POLLHUP | POLLERR
 POLLOUT_SET = POLLOUT | POLLWRNORM | POLLERR

@@ -22,18 +22,18 @@ import errno
 import os
 import struct
 
-from minikvm.process import threads
 from minikvm.errors import SyscallError
-from minikvm.cpu.layout import PAGE_SIZE
-from minikvm.process.process import TASK_COMM_LEN, ProcessExit
+from minikvm.machine.stops import ProcessExit
+from minikvm.process import threads
+from minikvm.process.process import TASK_COMM_LEN
 from minikvm.syscalls.base import MASK64, PARTIAL, REFUSED, Syscall, signed32
 from minikvm.syscalls.signals import SI_TKILL, deliver, deliver_to_thread, sent_info, sleep
+from minikvm.x86 import PAGE_SIZE, CANONICAL_LIMIT
 
 ARCH_SET_GS = 0x1001
 ARCH_SET_FS = 0x1002
 ARCH_GET_FS = 0x1003
 ARCH_GET_GS = 0x1004
-CANONICAL_LIMIT = 1 << 47
 
 RLIMIT_FSIZE = 1
 RLIMIT_DATA = 2

@@ -46,8 +46,8 @@ from __future__ import annotations
 
 import errno
 
-from minikvm.errors import SyscallError
 from minikvm.cpu.guestcode import MINIKVM_SYS_CALL_RETURN
+from minikvm.errors import SyscallError
 from minikvm.syscalls.base import PARTIAL, Syscall
 
 MINIKVM_SYS_WAIT_REQUEST = 500

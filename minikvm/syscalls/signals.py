@@ -66,18 +66,17 @@ import struct
 import time
 from typing import Union
 
-from minikvm import ioctl as k
-from minikvm.process import sigframe
-from minikvm.process import threads
-from minikvm import x86
-from minikvm.machine.crash import ExceptionFrame, describe_exception
-from minikvm.errors import KvmError, SyscallError
-from minikvm.machine.machine import USER_RFLAGS_MASK, RegistersLoaded
-from minikvm.process.process import ProcessKilled
+from minikvm import ioctl as k, x86
 from minikvm.cpu.segments import USER_CODE64, USER_DATA64
+from minikvm.errors import KvmError, SyscallError
+from minikvm.linux_abi import SIGSET_SIZE
+from minikvm.machine.crash import ExceptionFrame, describe_exception
+from minikvm.machine.machine import USER_RFLAGS_MASK
+from minikvm.machine.stops import RegistersLoaded, ProcessKilled
+from minikvm.process import sigframe, threads
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32
+from minikvm.x86 import CANONICAL_LIMIT, CPUID_XSAVE_STATE
 
-SIGSET_SIZE = 8
 NSIG = 64
 SIG_BLOCK, SIG_UNBLOCK, SIG_SETMASK = 0, 1, 2
 SIG_DFL, SIG_IGN = 0, 1
@@ -121,9 +120,6 @@ SLEEP_SLICE_SECONDS = 0.05
 #: RFLAGS bits the handler starts with cleared (``handle_signal``): the
 #: string direction the ABI wants at a call, no single-stepping, no RF.
 HANDLER_CLEARS_RFLAGS = x86.RFLAGS_DF | x86.RFLAGS_TF | x86.RFLAGS_RF
-#: User addresses stop here (47-bit canonical lower half): a RIP beyond it
-#: cannot be returned to.
-CANONICAL_LIMIT = 1 << 47
 USER_RPL = 3         # the requested privilege level in a user selector
 OPCODE_INT3 = 0xCC   # int3: one byte
 OPCODE_INT_N = 0xCD  # int $n: two bytes
@@ -531,7 +527,6 @@ def _xsave_layout(proc) -> tuple[int | None, int, int]:
     return layout
 
 
-CPUID_XSAVE_STATE = 0xD
 
 
 # -- faults ------------------------------------------------------------------------

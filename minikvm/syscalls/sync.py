@@ -41,8 +41,9 @@ from __future__ import annotations
 import errno
 import time
 
-from minikvm.process import threads
 from minikvm.errors import SyscallError
+from minikvm.linux_abi import NSEC_PER_SEC
+from minikvm.process import threads
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32
 from minikvm.syscalls.signals import sleep
 
@@ -57,7 +58,6 @@ FUTEX_PRIVATE_FLAG = 128
 FUTEX_CLOCK_REALTIME = 256
 FUTEX_CMD_MASK = ~(FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME)
 FUTEX_WORD_SIZE = 4
-NSEC_PER_SEC = 1_000_000_000
 
 # FUTEX_WAKE_OP's encoded operation (linux/futex.h): op<<28 | cmp<<24 | oparg<<12 | cmparg
 FUTEX_OP_OPARG_SHIFT = 8        # in op: the argument is a shift count, 1 << oparg

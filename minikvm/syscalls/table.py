@@ -8,8 +8,7 @@ number, and the docs' support matrix is generated from it.
 from __future__ import annotations
 
 from minikvm.syscalls import (attributes, directories, epoll, files, info, memory, net, poll,
-                              process, signals, sync, time)
-from minikvm.syscalls import requests
+                              process, signals, sync, time, requests)
 from minikvm.syscalls.base import Syscall
 
 FAMILIES = {

@@ -24,8 +24,9 @@ import os
 import resource
 import time
 
-from minikvm.process import threads
 from minikvm.errors import SyscallError
+from minikvm.linux_abi import NSEC_PER_SEC, USEC_PER_SEC
+from minikvm.process import threads
 from minikvm.process.stack import CLOCK_TICKS
 from minikvm.syscalls.base import PARTIAL, REFUSED, Syscall, signed32
 from minikvm.syscalls.signals import deliver_due_alarm, sleep
@@ -45,8 +46,6 @@ CLOCKS = {
     11: getattr(time, "CLOCK_TAI", time.CLOCK_REALTIME),          # CLOCK_TAI
 }
 TIMER_ABSTIME = 1
-NSEC_PER_SEC = 1_000_000_000
-USEC_PER_SEC = 1_000_000
 TIMESPEC_FORMAT = "<qq"          # struct timespec: tv_sec, tv_nsec
 TIMEVAL_FORMAT = "<qq"           # struct timeval: tv_sec, tv_usec
 ITIMERVAL_FORMAT = "<qqqq"       # struct itimerval: it_interval, it_value (timevals)

@@ -18,15 +18,14 @@ import os
 from typing import TYPE_CHECKING, TextIO
 
 from minikvm.errors import SyscallError
+from minikvm.linux_abi import AT_FDCWD, O_ACCMODE
 from minikvm.syscalls.base import Syscall, signed32, signed64
 
 if TYPE_CHECKING:
     from minikvm.process.process import Process
 
 STRING_LIMIT = 32  # strace's default -s
-AT_FDCWD = -100
 
-O_ACCMODE = 0o3
 OPEN_ACCESS = {0: "O_RDONLY", 1: "O_WRONLY", 2: "O_RDWR"}
 OPEN_FLAGS = [(0o100, "O_CREAT"), (0o200, "O_EXCL"), (0o400, "O_NOCTTY"), (0o1000, "O_TRUNC"),
               (0o2000, "O_APPEND"), (0o4000, "O_NONBLOCK"), (0o4010000, "O_SYNC"),
