@@ -42,7 +42,8 @@ from minikvm.kvm.memory import GuestMemory
 from minikvm.kvm.system import Kvm
 from minikvm.machine.crash import ExceptionFrame, Symbolizer, describe_exception
 from minikvm.machine.mm import AddressSpace
-from minikvm.machine.stops import RegistersLoaded, Stop, StopKind, ThreadSwitched, TimeLimitReached
+from minikvm.machine.stops import (RegistersLoaded, Stop, StopKind, SyscallHandler, ThreadSwitched,
+                                    TimeLimitReached)
 from minikvm.paging import pte_flags
 from minikvm.x86 import (PAGE_SIZE, CPUID_EBX_FSGSBASE, CPUID_ECX_XSAVE, CPUID_EXTENDED_FEATURES,
                          CPUID_FEATURES, CPUID_XSAVE_STATE)
@@ -282,14 +283,15 @@ class Machine:
                        ctypes.sizeof(sregs))
 
     # -- running ---------------------------------------------------------------
-    def run(self, on_syscall: Callable[[k.kvm_regs], None], timeout: float | None = None) -> Stop:
+    def run(self, on_syscall: SyscallHandler, timeout: float | None = None) -> Stop:
         """Run the guest until it crashes, times out or KVM fails.
 
-        For each system call, ``on_syscall(regs)`` is called with the live
-        synced registers: the number in ``regs.rax``, arguments in RDI,
-        RSI, RDX, R10, R8, R9.  It stores the result in ``regs.rax``; the
-        guest then resumes after its ``syscall``.  To end the run (exit),
-        the handler raises; the exception propagates out of here.
+        For each system call, ``on_syscall(regs)`` is called (see
+        :class:`~minikvm.machine.stops.SyscallHandler`): it stores the
+        result in ``regs.rax`` and the guest resumes after its ``syscall``.
+        To end the run (exit), the handler raises a
+        :class:`~minikvm.machine.stops.RunLoopExit`; other than the two the
+        loop handles itself, it propagates out of here.
         """
         if timeout is not None:
             self._arm_timer(timeout)
@@ -310,7 +312,7 @@ class Machine:
                 self._disarm_timer()
             self._disarm_time_slices()
 
-    def _run_loop(self, on_syscall: Callable[[k.kvm_regs], None]) -> Stop:
+    def _run_loop(self, on_syscall: SyscallHandler) -> Stop:
         # One pass per guest system call: everything the pass needs is bound
         # to a local first, and nothing is allocated in it (measured in
         # docs/explanation/performance.md).
@@ -358,7 +360,15 @@ class Machine:
                 return stop
 
     def _unusual_exit(self, reason: int) -> Stop | None:
-        """Everything but a system call: a crash, a timeout, or a failure."""
+        """Everything but a system call: a crash, a timeout, or a failure.
+
+        An interruption (KVM_RUN failing with EINTR, or KVM_EXIT_INTR: the
+        time limit's or a time slice's signal) is told by its integer,
+        because with threads it happens every slice.  Every other exit is
+        decoded into the typed objects of :mod:`minikvm.kvm.exits` — the
+        vocabulary the tutorials and ``minikvm doctor`` use — and each kind
+        gets its report here.  (The system-call exit never comes here: the
+        run loop reads its two integers directly, on every call.)"""
         state = self.vcpu.run_state
         if reason < 0 or reason == k.KVM_EXIT_INTR:
             state.immediate_exit = 0
@@ -368,30 +378,34 @@ class Machine:
                 self._slice_over = False
                 self.on_preempt()   # may load another thread's registers
             return None  # some other signal: its Python handler has run; resume
-        if reason == k.KVM_EXIT_IO:
-            port = state.io.port
-            if EXCEPTION_PORT_BASE <= port < EXCEPTION_PORT_BASE + x86.NUM_EXCEPTION_VECTORS:
-                return self._crash(port - EXCEPTION_PORT_BASE)
+        # Imported here: building its dataclasses costs ~4 ms of start-up
+        # that a run which never crashes should not pay.
+        from minikvm.kvm.exits import (FailEntryExit, HltExit, InternalErrorExit, IoExit,
+                                       ShutdownExit, decode_exit)
+        exit = decode_exit(state)
+        if isinstance(exit, IoExit):
+            if EXCEPTION_PORT_BASE <= exit.port < EXCEPTION_PORT_BASE + x86.NUM_EXCEPTION_VECTORS:
+                return self._crash(exit.port - EXCEPTION_PORT_BASE)
             regs = state.s.regs.regs
             frame = ExceptionFrame(x86.VECTOR_GP, 0, regs.rip, state.s.regs.sregs.cs.selector,
                                    regs.rflags, regs.rsp, 0)
             report = describe_exception(frame, self.symbolize)
-            report.what = f"general protection fault (port I/O on port {port:#x})"
+            report.what = f"general protection fault (port I/O on port {exit.port:#x})"
             return Stop(StopKind.CRASH, report.one_line(), report)
-        if reason == k.KVM_EXIT_SHUTDOWN:
+        if isinstance(exit, ShutdownExit):
             return self._failure("triple fault: an exception happened while the CPU was "
                                  "delivering another one, so the guest could not even report it")
-        if reason == k.KVM_EXIT_FAIL_ENTRY:
-            code = state.fail_entry.hardware_entry_failure_reason
-            return self._failure(f"KVM could not enter the guest (hardware reason {code:#x}): "
-                                 "the vCPU's register state is invalid")
-        if reason == k.KVM_EXIT_INTERNAL_ERROR:
-            return self._failure(f"KVM internal error {state.internal.suberror}: KVM could not "
-                                 "emulate or deliver what the guest did (on PVM hosts, e.g., "
-                                 "a hypercall instruction)")
-        if reason == k.KVM_EXIT_HLT:
+        if isinstance(exit, FailEntryExit):
+            return self._failure(f"KVM could not enter the guest (hardware reason "
+                                 f"{exit.hardware_reason:#x}): the vCPU's register state is "
+                                 "invalid")
+        if isinstance(exit, InternalErrorExit):
+            return self._failure(f"KVM internal error {exit.suberror} ({exit.explain()}): KVM "
+                                 "could not emulate or deliver what the guest did (on PVM "
+                                 "hosts, e.g., a hypercall instruction)")
+        if isinstance(exit, HltExit):
             return self._failure("the guest halted")
-        return self._failure(f"unexpected VM exit {k.exit_reason_name(reason)}")
+        return self._failure(f"unexpected VM exit {exit.name}")
 
     def _failure(self, message: str) -> Stop:
         regs = self.vcpu.run_state.s.regs.regs

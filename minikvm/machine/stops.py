@@ -41,9 +41,10 @@ from __future__ import annotations
 import enum
 import signal as signal_module
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from minikvm.ioctl import kvm_regs
     from minikvm.machine.crash import CrashReport
 
 # --- exit statuses, as coreutils' timeout(1) and POSIX shells report them -----
@@ -87,6 +88,17 @@ class Stop:
     kind: StopKind
     message: str
     crash: "CrashReport | None" = None
+
+
+class SyscallHandler(Protocol):
+    """What :meth:`Machine.run` calls for every system call of the guest
+    (a :class:`~minikvm.syscalls.dispatch.Dispatcher`, or a tutorial's own
+    function).  *regs* are the live synced registers of ``kvm_run``: the
+    number in RAX, the arguments in RDI, RSI, RDX, R10, R8, R9.  The handler
+    stores the result in ``regs.rax`` and returns, and the guest resumes
+    after its ``syscall``; or it raises a :class:`RunLoopExit`."""
+
+    def __call__(self, regs: "kvm_regs") -> None: ...
 
 
 class RunLoopExit(BaseException):

@@ -113,7 +113,7 @@ def landlock_read_paths() -> list[str]:
     cwd = os.path.normpath(os.getcwd())
     needed = {os.path.normpath(path) for path in (*sysconfig.get_paths().values(),
                                                   *site.getsitepackages(),
-                                                  os.path.dirname(os.path.abspath(__file__)))}
+                                                  landlock.MINIKVM_PACKAGE)}
     return [path for path in landlock.runtime_read_paths() if path != cwd or path in needed]
 
 

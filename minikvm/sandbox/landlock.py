@@ -191,6 +191,10 @@ DEVICE_ACCESS = (LANDLOCK_ACCESS_FS_READ_FILE | LANDLOCK_ACCESS_FS_WRITE_FILE
 LIBRARY_PATHS = ("/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib",
                  "/etc/ld.so.cache")
 
+#: The minikvm package's own directory (this file is minikvm/sandbox/landlock.py):
+#: modules imported late, after confinement, are read from it.
+MINIKVM_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 _libc.prctl.restype = ctypes.c_int
@@ -288,7 +292,7 @@ def runtime_read_paths() -> list[str]:
             paths.append(value)
     paths.extend(site.getsitepackages())
     paths.append(site.getusersitepackages())
-    paths.append(os.path.dirname(os.path.abspath(__file__)))
+    paths.append(MINIKVM_PACKAGE)
     paths.extend(p for p in sys.path if os.path.isabs(p))
     libdir = sysconfig.get_config_var("LIBDIR")
     if libdir:
