@@ -274,7 +274,7 @@ def _load(table: ThreadTable, machine: Machine, thread: Thread) -> None:
 
 
 # -- creating threads ---------------------------------------------------------------------
-def create(proc: "Process", stack: int, tls: int | None, clear_child_tid: int) -> Thread:
+def create(proc: Process, stack: int, tls: int | None, clear_child_tid: int) -> Thread:
     """A new thread that starts where the current one returns from its
     ``clone``: the same registers, except RAX = 0 (the child's result), RSP =
     *stack* (when not 0) and FS.base = *tls* (when not None); the same FPU
@@ -365,7 +365,7 @@ def _deadlock(table: ThreadTable) -> BaseException:
                          f"can wake another ({waits})")
 
 
-def _choose(proc: "Process", me: Thread, sleep: Sleep) -> Thread | None:
+def _choose(proc: Process, me: Thread, sleep: Sleep) -> Thread | None:
     """The thread to run next after *me* (the caller), sleeping the host
     while none can run.  None when the run is being stopped (time limit)
     during that sleep; the process dies on a deadlock.  A signal whose
@@ -403,7 +403,7 @@ def _choose(proc: "Process", me: Thread, sleep: Sleep) -> Thread | None:
             return None
 
 
-def _switch_from_call(proc: "Process", me: Thread, sleep: Sleep) -> int:
+def _switch_from_call(proc: Process, me: Thread, sleep: Sleep) -> int:
     """The current thread *me*'s system call cannot finish now (its record
     says how it will): run another thread.  Returns the call's result instead
     when the thread to run next is *me* itself (woken by its own deadline
@@ -441,7 +441,7 @@ def _switch_from_call(proc: "Process", me: Thread, sleep: Sleep) -> int:
     raise ThreadSwitched()
 
 
-def _swap_signal_state(proc: "Process", me: Thread, chosen: Thread) -> None:
+def _swap_signal_state(proc: Process, me: Thread, chosen: Thread) -> None:
     """The per-thread signal state: *me*'s mask and sigaltstack into its
     record, *chosen*'s into the process; the signals sent to *chosen* join
     the pending set (clone leaves the new thread's sigaltstack disabled, as
@@ -457,7 +457,7 @@ def _swap_signal_state(proc: "Process", me: Thread, chosen: Thread) -> None:
 
 
 # -- the waits the system calls need --------------------------------------------------------------
-def wait_on_futex(proc: "Process", address: int, bitset: int, deadline: float | None,
+def wait_on_futex(proc: Process, address: int, bitset: int, deadline: float | None,
                   sleep: Sleep) -> int:
     """FUTEX_WAIT: sleep until :func:`wake` names *address* (result 0) or
     *deadline* passes (ETIMEDOUT).  The caller has checked the word."""
@@ -470,7 +470,7 @@ def wait_on_futex(proc: "Process", address: int, bitset: int, deadline: float | 
     return _switch_from_call(proc, me, sleep)
 
 
-def sleep_until(proc: "Process", deadline: float, sleep: Sleep) -> int:
+def sleep_until(proc: Process, deadline: float, sleep: Sleep) -> int:
     """nanosleep with other threads around: they run while this one sleeps."""
     me = proc.threads.running
     me.state, me.deadline, me.timeout_result = SLEEPING, deadline, 0
@@ -478,7 +478,7 @@ def sleep_until(proc: "Process", deadline: float, sleep: Sleep) -> int:
     return _switch_from_call(proc, me, sleep)
 
 
-def yield_cpu(proc: "Process", sleep: Sleep) -> int:
+def yield_cpu(proc: Process, sleep: Sleep) -> int:
     """sched_yield: the next runnable thread goes first; 0 when there is none."""
     table: ThreadTable = proc.threads
     if len(table) == 1:
@@ -490,7 +490,7 @@ def yield_cpu(proc: "Process", sleep: Sleep) -> int:
     return _switch_from_call(proc, me, sleep)
 
 
-def retry_after_others(proc: "Process", what: str, sleep: Sleep, *,
+def retry_after_others(proc: Process, what: str, sleep: Sleep, *,
                        deadline: float | None = None, timeout_result: int = 0,
                        watch: tuple[tuple[int, int], ...] = ()) -> int:
     """The current thread's call would block on something only another
@@ -529,7 +529,7 @@ def _make_again(machine: Machine, me: Thread) -> None:
     raise ThreadSwitched()
 
 
-def kept_deadline(proc: "Process") -> float | None:
+def kept_deadline(proc: Process) -> float | None:
     """The deadline of the call the current thread is making, if this is
     that call made again after :func:`retry_after_others` (a poll keeps its
     original timeout, as Linux's restart of poll does); None otherwise."""
@@ -538,7 +538,7 @@ def kept_deadline(proc: "Process") -> float | None:
     return me.kept_deadline if again else None
 
 
-def wake(proc: "Process", address: int, count: int, bitset: int = MATCH_ANY) -> int:
+def wake(proc: Process, address: int, count: int, bitset: int = MATCH_ANY) -> int:
     """FUTEX_WAKE: let up to *count* threads waiting on *address* (with a
     bitset that meets *bitset*) run again, first come first served; how
     many were woken."""
@@ -552,7 +552,7 @@ def wake(proc: "Process", address: int, count: int, bitset: int = MATCH_ANY) -> 
     return woken
 
 
-def requeue(proc: "Process", address: int, count: int, target: int, moves: int) -> int:
+def requeue(proc: Process, address: int, count: int, target: int, moves: int) -> int:
     """FUTEX_REQUEUE: wake up to *count* waiters of *address*, move up to
     *moves* of the others to wait on *target* instead; woken + moved."""
     done = 0
@@ -573,7 +573,7 @@ def _waiters(table: ThreadTable, address: int) -> list[Thread]:
     return sorted(waiting, key=lambda t: t.wait_order)
 
 
-def exit_thread(proc: "Process", status: int, sleep: Sleep) -> int:
+def exit_thread(proc: Process, status: int, sleep: Sleep) -> int:
     """The current thread ends (``exit``): clear and wake its
     ``clear_child_tid``, then another thread runs.  The last thread's exit
     ends the process (ProcessExit)."""
@@ -596,7 +596,7 @@ def exit_thread(proc: "Process", status: int, sleep: Sleep) -> int:
 
 
 # -- preemption -----------------------------------------------------------------------------------
-def preempt(proc: "Process") -> None:
+def preempt(proc: Process) -> None:
     """At the end of a time slice: give the vCPU to the next runnable thread,
     if the current one stopped in a state that can be saved as it is — at
     CPL 3, outside minikvm's stub page, with no exception or interrupt

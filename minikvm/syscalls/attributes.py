@@ -15,6 +15,7 @@ import ctypes
 import errno
 import os
 import stat as stat_module
+from typing import TYPE_CHECKING
 
 from minikvm.errors import SyscallError
 from minikvm.linux_abi import (O_NONBLOCK, O_WRONLY, AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW,
@@ -25,13 +26,16 @@ from minikvm.syscalls.files import (PATH_MAX, check_file_change, check_file_size
                                     check_writable_entry, guest_path, host_call, open_to_change,
                                     read_path, stat_of_file, stat_of_path)
 
+if TYPE_CHECKING:
+    from minikvm.process.process import Process
+
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 SYS_utimensat = 280
 
 
 # -- changing files: size, sync, times, mode, owner ----------------------------------------
-def sys_ftruncate(proc, fd: int, length: int) -> int:
+def sys_ftruncate(proc: Process, fd: int, length: int) -> int:
     file = proc.fds.get(signed32(fd))
     length = signed64(length)
     if length < 0:
@@ -45,7 +49,7 @@ def sys_ftruncate(proc, fd: int, length: int) -> int:
     return 0
 
 
-def sys_truncate(proc, path_address: int, length: int) -> int:
+def sys_truncate(proc: Process, path_address: int, length: int) -> int:
     """Opened for writing beneath its grant (so a write grant and write
     permission are needed, as Linux wants), then cut."""
     length = signed64(length)
@@ -67,7 +71,7 @@ def sys_truncate(proc, path_address: int, length: int) -> int:
     return 0
 
 
-def _sync(proc, fd: int, data_only: bool) -> int:
+def _sync(proc: Process, fd: int, data_only: bool) -> int:
     file = proc.fds.get(signed32(fd))
     if file.host_fd is None:
         raise SyscallError(errno.EINVAL, f"a {file.kind} cannot be synced")
@@ -75,15 +79,15 @@ def _sync(proc, fd: int, data_only: bool) -> int:
     return 0
 
 
-def sys_fsync(proc, fd: int) -> int:
+def sys_fsync(proc: Process, fd: int) -> int:
     return _sync(proc, fd, data_only=False)
 
 
-def sys_fdatasync(proc, fd: int) -> int:
+def sys_fdatasync(proc: Process, fd: int) -> int:
     return _sync(proc, fd, data_only=True)
 
 
-def _sync_open_files(proc) -> None:
+def _sync_open_files(proc: Process) -> None:
     """Flush every host file the guest has open to disk.
 
     That is what ``sync`` and ``syncfs`` mean for a sandboxed program: its
@@ -99,20 +103,20 @@ def _sync_open_files(proc) -> None:
             pass  # a terminal, pipe or socket: nothing to flush (sync(2) never fails)
 
 
-def sys_sync(proc) -> int:
+def sys_sync(proc: Process) -> int:
     """Write the guest's open files to disk (see :func:`_sync_open_files`)."""
     _sync_open_files(proc)
     return 0
 
 
-def sys_syncfs(proc, fd: int) -> int:
+def sys_syncfs(proc: Process, fd: int) -> int:
     """syncfs(2) flushes *fd*'s file system; the guest's open files are its part of it."""
     proc.fds.get(signed32(fd))
     _sync_open_files(proc)
     return 0
 
 
-def _read_utimens(proc, address: int) -> tuple[int, int, int, int] | None:
+def _read_utimens(proc: Process, address: int) -> tuple[int, int, int, int] | None:
     """The two timespecs of utimensat (None: both now), checked like Linux."""
     if not address:
         return None
@@ -131,7 +135,7 @@ def _host_utimens(host_fd: int, times: tuple[int, int, int, int] | None) -> None
                ctypes.c_int(AT_EMPTY_PATH))
 
 
-def sys_utimensat(proc, dirfd: int, path_address: int, times_address: int, flags: int) -> int:
+def sys_utimensat(proc: Process, dirfd: int, path_address: int, times_address: int, flags: int) -> int:
     """Set access and modification times.  A NULL path (how C libraries
     implement ``futimens``) or ``""`` with AT_EMPTY_PATH means *dirfd* itself."""
     flags = signed32(flags)
@@ -161,14 +165,14 @@ def sys_utimensat(proc, dirfd: int, path_address: int, times_address: int, flags
     return 0
 
 
-def sys_fchmod(proc, fd: int, mode: int) -> int:
+def sys_fchmod(proc: Process, fd: int, mode: int) -> int:
     file = proc.fds.get(signed32(fd))
     check_file_change(proc, file, "fchmod")
     os.fchmod(file.host_fd, mode & MODE_BITS)  # type: ignore[arg-type]
     return 0
 
 
-def _chmod(proc, dirfd: int, path_address: int, mode: int, flags: int, syscall: str) -> int:
+def _chmod(proc: Process, dirfd: int, path_address: int, mode: int, flags: int, syscall: str) -> int:
     flags = signed32(flags)
     if flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):
         raise SyscallError(errno.EINVAL, f"fchmodat flags {flags:#x}")
@@ -192,15 +196,15 @@ def _chmod(proc, dirfd: int, path_address: int, mode: int, flags: int, syscall: 
     return 0
 
 
-def sys_fchmodat2(proc, dirfd: int, path_address: int, mode: int, flags: int) -> int:
+def sys_fchmodat2(proc: Process, dirfd: int, path_address: int, mode: int, flags: int) -> int:
     return _chmod(proc, dirfd, path_address, mode, flags, "fchmodat2")
 
 
-def sys_fchmodat(proc, dirfd: int, path_address: int, mode: int) -> int:
+def sys_fchmodat(proc: Process, dirfd: int, path_address: int, mode: int) -> int:
     return _chmod(proc, dirfd, path_address, mode, 0, "fchmodat")
 
 
-def sys_chmod(proc, path_address: int, mode: int) -> int:
+def sys_chmod(proc: Process, path_address: int, mode: int) -> int:
     return _chmod(proc, AT_FDCWD, path_address, mode, 0, "chmod")
 
 
@@ -212,7 +216,7 @@ def _same_owner(st: os.stat_result, uid: int, gid: int) -> int:
     raise SyscallError(errno.EPERM, "the sandbox never changes a file's owner")
 
 
-def sys_fchown(proc, fd: int, uid: int, gid: int) -> int:
+def sys_fchown(proc: Process, fd: int, uid: int, gid: int) -> int:
     file = proc.fds.get(signed32(fd))
     st = stat_of_file(file)
     if isinstance(file, HostFile) and file.path.startswith("/"):
@@ -220,7 +224,7 @@ def sys_fchown(proc, fd: int, uid: int, gid: int) -> int:
     return _same_owner(st, uid, gid)
 
 
-def sys_fchownat(proc, dirfd: int, path_address: int, uid: int, gid: int, flags: int) -> int:
+def sys_fchownat(proc: Process, dirfd: int, path_address: int, uid: int, gid: int, flags: int) -> int:
     flags = signed32(flags)
     if flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):
         raise SyscallError(errno.EINVAL, f"fchownat flags {flags:#x}")
@@ -234,11 +238,11 @@ def sys_fchownat(proc, dirfd: int, path_address: int, uid: int, gid: int, flags:
     return _same_owner(st, uid, gid)
 
 
-def sys_chown(proc, path_address: int, uid: int, gid: int) -> int:
+def sys_chown(proc: Process, path_address: int, uid: int, gid: int) -> int:
     return sys_fchownat(proc, AT_FDCWD, path_address, uid, gid, 0)
 
 
-def sys_lchown(proc, path_address: int, uid: int, gid: int) -> int:
+def sys_lchown(proc: Process, path_address: int, uid: int, gid: int) -> int:
     return sys_fchownat(proc, AT_FDCWD, path_address, uid, gid, AT_SYMLINK_NOFOLLOW)
 
 

@@ -19,6 +19,7 @@ import os
 import posixpath
 import stat as stat_module
 import struct
+from typing import TYPE_CHECKING
 
 from minikvm.errors import SyscallError
 from minikvm.linux_abi import (AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_FOLLOW, MODE_BITS,
@@ -27,6 +28,9 @@ from minikvm.process.fdtable import HostFile, OpenFile
 from minikvm.syscalls.base import PARTIAL, SUPPORTED, Syscall, signed32
 from minikvm.syscalls.files import (DT_DIR, DT_LNK, DT_REG, DT_UNKNOWN, UINT_MASK, final_name,
                                     guest_path, host_call, read_path)
+
+if TYPE_CHECKING:
+    from minikvm.process.process import Process
 
 #: ``struct linux_dirent64``: d_ino, d_off, d_reclen, d_type, then the name and a NUL
 DIRENT64_HEADER = struct.Struct("<QqHB")
@@ -53,7 +57,7 @@ def _d_type(entry: os.DirEntry) -> int:
         return DT_UNKNOWN
 
 
-def _parent_inode(proc, file: HostFile, own: os.stat_result) -> int:
+def _parent_inode(proc: Process, file: HostFile, own: os.stat_result) -> int:
     """``..``'s inode: the parent's, as ``stat("..")`` shows it — the policy
     answers stat for the directories above a grant too, so a program that
     walks up comparing inodes sees the same number both ways — or the
@@ -67,7 +71,7 @@ def _parent_inode(proc, file: HostFile, own: os.stat_result) -> int:
         return own.st_ino
 
 
-def directory_listing(proc, file: OpenFile) -> list[tuple[bytes, int, int]]:
+def directory_listing(proc: Process, file: OpenFile) -> list[tuple[bytes, int, int]]:
     """``(name, inode, d_type)`` of every entry of an open directory,
     ``.`` and ``..`` first, as Linux's file systems list them."""
     if not isinstance(file, HostFile) or file.host_fd is None:
@@ -96,7 +100,7 @@ def pack_dirent(name: bytes, inode: int, d_type: int, next_offset: int) -> bytes
     return record + bytes([d_type])
 
 
-def _getdents(proc, fd: int, address: int, count: int, pack) -> int:
+def _getdents(proc: Process, fd: int, address: int, count: int, pack) -> int:
     """Fill the guest's buffer with whole records from the directory's position.
 
     The listing is read once and kept (:attr:`HostFile.directory_entries`);
@@ -125,16 +129,16 @@ def _getdents(proc, fd: int, address: int, count: int, pack) -> int:
     return len(buffer)
 
 
-def sys_getdents64(proc, fd: int, address: int, count: int) -> int:
+def sys_getdents64(proc: Process, fd: int, address: int, count: int) -> int:
     return _getdents(proc, fd, address, count, pack_dirent64)
 
 
-def sys_getdents(proc, fd: int, address: int, count: int) -> int:
+def sys_getdents(proc: Process, fd: int, address: int, count: int) -> int:
     return _getdents(proc, fd, address, count, pack_dirent)
 
 
 # -- directory entries: create, remove, rename, link -------------------------------------
-def _mkdirat(proc, dirfd: int, path_address: int, mode: int, syscall: str) -> int:
+def _mkdirat(proc: Process, dirfd: int, path_address: int, mode: int, syscall: str) -> int:
     raw = read_path(proc, path_address)
     if final_name(raw) in (b".", b"..", b"/"):
         raise SyscallError(errno.EEXIST, "the directory exists")
@@ -146,15 +150,15 @@ def _mkdirat(proc, dirfd: int, path_address: int, mode: int, syscall: str) -> in
     return 0
 
 
-def sys_mkdirat(proc, dirfd: int, path_address: int, mode: int) -> int:
+def sys_mkdirat(proc: Process, dirfd: int, path_address: int, mode: int) -> int:
     return _mkdirat(proc, dirfd, path_address, mode, "mkdirat")
 
 
-def sys_mkdir(proc, path_address: int, mode: int) -> int:
+def sys_mkdir(proc: Process, path_address: int, mode: int) -> int:
     return _mkdirat(proc, AT_FDCWD, path_address, mode, "mkdir")
 
 
-def _unlinkat(proc, dirfd: int, path_address: int, flags: int, syscall: str) -> int:
+def _unlinkat(proc: Process, dirfd: int, path_address: int, flags: int, syscall: str) -> int:
     flags = signed32(flags)
     if flags & ~AT_REMOVEDIR:
         raise SyscallError(errno.EINVAL, f"unlinkat flags {flags:#x}")
@@ -182,19 +186,19 @@ def _unlinkat(proc, dirfd: int, path_address: int, flags: int, syscall: str) -> 
     return 0
 
 
-def sys_unlinkat(proc, dirfd: int, path_address: int, flags: int) -> int:
+def sys_unlinkat(proc: Process, dirfd: int, path_address: int, flags: int) -> int:
     return _unlinkat(proc, dirfd, path_address, flags, "unlinkat")
 
 
-def sys_unlink(proc, path_address: int) -> int:
+def sys_unlink(proc: Process, path_address: int) -> int:
     return _unlinkat(proc, AT_FDCWD, path_address, 0, "unlink")
 
 
-def sys_rmdir(proc, path_address: int) -> int:
+def sys_rmdir(proc: Process, path_address: int) -> int:
     return _unlinkat(proc, AT_FDCWD, path_address, AT_REMOVEDIR, "rmdir")
 
 
-def _renameat2(proc, old_dirfd: int, old_address: int, new_dirfd: int, new_address: int,
+def _renameat2(proc: Process, old_dirfd: int, old_address: int, new_dirfd: int, new_address: int,
                flags: int, syscall: str) -> int:
     """Both ends need a write grant; the host renames one name in one
     directory fd to one name in another."""
@@ -225,19 +229,19 @@ def _renameat2(proc, old_dirfd: int, old_address: int, new_dirfd: int, new_addre
     return 0
 
 
-def sys_renameat2(proc, old_dirfd: int, old: int, new_dirfd: int, new: int, flags: int) -> int:
+def sys_renameat2(proc: Process, old_dirfd: int, old: int, new_dirfd: int, new: int, flags: int) -> int:
     return _renameat2(proc, old_dirfd, old, new_dirfd, new, flags, "renameat2")
 
 
-def sys_renameat(proc, old_dirfd: int, old: int, new_dirfd: int, new: int) -> int:
+def sys_renameat(proc: Process, old_dirfd: int, old: int, new_dirfd: int, new: int) -> int:
     return _renameat2(proc, old_dirfd, old, new_dirfd, new, 0, "renameat")
 
 
-def sys_rename(proc, old: int, new: int) -> int:
+def sys_rename(proc: Process, old: int, new: int) -> int:
     return _renameat2(proc, AT_FDCWD, old, AT_FDCWD, new, 0, "rename")
 
 
-def _linkat(proc, old_dirfd: int, old_address: int, new_dirfd: int, new_address: int,
+def _linkat(proc: Process, old_dirfd: int, old_address: int, new_dirfd: int, new_address: int,
             flags: int, syscall: str) -> int:
     """A hard link is the file itself, so both ends need a write grant (a
     read-only file linked into a write grant would become writable)."""
@@ -271,15 +275,15 @@ def _linkat(proc, old_dirfd: int, old_address: int, new_dirfd: int, new_address:
     return 0
 
 
-def sys_linkat(proc, old_dirfd: int, old: int, new_dirfd: int, new: int, flags: int) -> int:
+def sys_linkat(proc: Process, old_dirfd: int, old: int, new_dirfd: int, new: int, flags: int) -> int:
     return _linkat(proc, old_dirfd, old, new_dirfd, new, flags, "linkat")
 
 
-def sys_link(proc, old: int, new: int) -> int:
+def sys_link(proc: Process, old: int, new: int) -> int:
     return _linkat(proc, AT_FDCWD, old, AT_FDCWD, new, 0, "link")
 
 
-def _symlinkat(proc, target_address: int, dirfd: int, path_address: int, syscall: str) -> int:
+def _symlinkat(proc: Process, target_address: int, dirfd: int, path_address: int, syscall: str) -> int:
     """The link's text may name anything: following it is what the policy
     guards, and every guest lookup stays beneath its grant."""
     target = read_path(proc, target_address)
@@ -292,11 +296,11 @@ def _symlinkat(proc, target_address: int, dirfd: int, path_address: int, syscall
     return 0
 
 
-def sys_symlinkat(proc, target: int, dirfd: int, path: int) -> int:
+def sys_symlinkat(proc: Process, target: int, dirfd: int, path: int) -> int:
     return _symlinkat(proc, target, dirfd, path, "symlinkat")
 
 
-def sys_symlink(proc, target: int, path: int) -> int:
+def sys_symlink(proc: Process, target: int, path: int) -> int:
     return _symlinkat(proc, target, AT_FDCWD, path, "symlink")
 
 

@@ -83,7 +83,7 @@ DEFAULT_ENTRIES, DEFAULT_CALLERS = _default_table()
 class Dispatcher:
     """Calls the handler for each system call of one process."""
 
-    def __init__(self, process: "Process", tracer: Tracer | None = None,
+    def __init__(self, process: Process, tracer: Tracer | None = None,
                  count: bool = False) -> None:
         self.process = process
         self.tracer = tracer

@@ -34,6 +34,7 @@ import errno
 import os
 import stat
 import struct
+from typing import TYPE_CHECKING
 
 from minikvm.errors import SyscallError
 from minikvm.linux_abi import O_CLOEXEC, SIGSET_SIZE
@@ -41,6 +42,9 @@ from minikvm.process.fdtable import (ALWAYS_REPORTED, EPOLLET, EPOLLEXCLUSIVE, E
                                      EPOLLWAKEUP, DeviceFile, EpollFile, EpollInterest, OpenFile)
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32
 from minikvm.syscalls.poll import read_timespec, ready_events
+
+if TYPE_CHECKING:
+    from minikvm.process.process import Process
 
 #: ``struct epoll_event`` on x86-64: __u32 events; __u64 data; packed
 EPOLL_EVENT = struct.Struct("<IQ")
@@ -58,7 +62,7 @@ POLL_BITS = 0xFFFF
 UNPOLLABLE_DEVICES = ("null", "zero")
 
 
-def _epoll(proc, epfd: int) -> EpollFile:
+def _epoll(proc: Process, epfd: int) -> EpollFile:
     """The epoll behind *epfd*: EBADF when not open, EINVAL when not an epoll."""
     file = proc.fds.get(signed32(epfd))
     if not isinstance(file, EpollFile):
@@ -66,7 +70,7 @@ def _epoll(proc, epfd: int) -> EpollFile:
     return file
 
 
-def _forget_closed(proc, epoll: EpollFile) -> None:
+def _forget_closed(proc: Process, epoll: EpollFile) -> None:
     """Drop registrations whose fd was closed or now names another file."""
     for fd in [fd for fd, item in epoll.interest.items()
                if getattr(proc.fds.entries.get(fd), "file", None) is not item.file]:
@@ -100,14 +104,14 @@ def _watches(epoll: EpollFile, target: EpollFile, depth: int = 1,
 
 
 # -- epoll_create ---------------------------------------------------------------------------------
-def sys_epoll_create1(proc, flags: int) -> int:
+def sys_epoll_create1(proc: Process, flags: int) -> int:
     flags = signed32(flags)
     if flags & ~EPOLL_CLOEXEC:
         raise SyscallError(errno.EINVAL, f"epoll_create1 flags {flags:#x}: only EPOLL_CLOEXEC")
     return proc.fds.install(EpollFile(), cloexec=bool(flags & EPOLL_CLOEXEC))
 
 
-def sys_epoll_create(proc, size: int) -> int:
+def sys_epoll_create(proc: Process, size: int) -> int:
     """The size is only a hint since Linux 2.6.8, but must be positive."""
     if signed32(size) <= 0:
         raise SyscallError(errno.EINVAL, f"epoll_create size {signed32(size)}")
@@ -115,7 +119,7 @@ def sys_epoll_create(proc, size: int) -> int:
 
 
 # -- epoll_ctl ------------------------------------------------------------------------------------
-def sys_epoll_ctl(proc, epfd: int, op: int, fd: int, event_address: int) -> int:
+def sys_epoll_ctl(proc: Process, epfd: int, op: int, fd: int, event_address: int) -> int:
     """Checks in Linux's order (do_epoll_ctl): the event, the two fds, poll
     support (EPERM), then EINVAL for a non-epoll or self, then the lookup."""
     op, fd = signed32(op), signed32(fd)
@@ -169,7 +173,7 @@ def _reportable(item: EpollInterest, revents: int) -> int:
     return revents
 
 
-def _wait(proc, epfd: int, address: int, count: int, timeout: float | None) -> int:
+def _wait(proc: Process, epfd: int, address: int, count: int, timeout: float | None) -> int:
     count = signed32(count)
     if not 0 < count <= EP_MAX_EVENTS:
         raise SyscallError(errno.EINVAL, f"maxevents {count}")
@@ -204,19 +208,19 @@ def _wait(proc, epfd: int, address: int, count: int, timeout: float | None) -> i
     return len(reported)
 
 
-def sys_epoll_wait(proc, epfd: int, address: int, count: int, timeout_ms: int) -> int:
+def sys_epoll_wait(proc: Process, epfd: int, address: int, count: int, timeout_ms: int) -> int:
     timeout_ms = signed32(timeout_ms)
     return _wait(proc, epfd, address, count, None if timeout_ms < 0 else timeout_ms / 1000)
 
 
-def sys_epoll_pwait(proc, epfd: int, address: int, count: int, timeout_ms: int, sigmask: int,
+def sys_epoll_pwait(proc: Process, epfd: int, address: int, count: int, timeout_ms: int, sigmask: int,
                     sigset_size: int) -> int:
     if sigmask and sigset_size != SIGSET_SIZE:
         raise SyscallError(errno.EINVAL, f"sigset size {sigset_size}")
     return sys_epoll_wait(proc, epfd, address, count, timeout_ms)
 
 
-def sys_epoll_pwait2(proc, epfd: int, address: int, count: int, timeout_address: int,
+def sys_epoll_pwait2(proc: Process, epfd: int, address: int, count: int, timeout_address: int,
                      sigmask: int, sigset_size: int) -> int:
     """epoll_pwait with a ``struct timespec *`` timeout (NULL: no limit)."""
     if sigmask and sigset_size != SIGSET_SIZE:

@@ -53,6 +53,7 @@ import re
 import select
 import stat as stat_module
 import struct
+from typing import TYPE_CHECKING
 
 from minikvm.errors import SyscallError
 from minikvm.linux_abi import (AT_EMPTY_PATH, AT_FDCWD, AT_NO_AUTOMOUNT, AT_SYMLINK_NOFOLLOW,
@@ -65,6 +66,9 @@ from minikvm.process.fdtable import (PIPE_CAPACITY, DeviceFile, EventFd, HostFil
                                      PipeEnd)
 from minikvm.syscalls import signals
 from minikvm.syscalls.base import PARTIAL, SUPPORTED, Syscall, signed32, signed64
+
+if TYPE_CHECKING:
+    from minikvm.process.process import Process
 
 AT_STATX_SYNC_TYPE = 0x6000    # AT_STATX_FORCE_SYNC | AT_STATX_DONT_SYNC: hints
 # -- record locks (fcntl(2), asm-generic/fcntl.h) --------------------------------------
@@ -130,7 +134,7 @@ def host_call(number: int, *args: object) -> int:
     return int(result)
 
 
-def guest_path(proc, dirfd: int, path: bytes) -> str:
+def guest_path(proc: Process, dirfd: int, path: bytes) -> str:
     """The absolute guest path of *path* relative to *dirfd* (or the cwd)."""
     text = os.fsdecode(path)
     if text.startswith("/"):
@@ -140,14 +144,14 @@ def guest_path(proc, dirfd: int, path: bytes) -> str:
     return posixpath.join(base, text)
 
 
-def _directory_path(proc, dirfd: int) -> str:
+def _directory_path(proc: Process, dirfd: int) -> str:
     file = proc.fds.get(dirfd)
     if not isinstance(file, HostFile) or not file.path.startswith("/"):
         raise SyscallError(errno.ENOTDIR, "not a directory fd")
     return file.path
 
 
-def read_path(proc, address: int) -> bytes:
+def read_path(proc: Process, address: int) -> bytes:
     """A path argument: at most PATH_MAX bytes, ENOENT when empty."""
     path = proc.mm.read_cstring(address, PATH_MAX)
     if not path:
@@ -163,7 +167,7 @@ def final_name(raw: bytes) -> bytes:
     return stripped.rsplit(b"/", 1)[-1] if stripped else b"/"
 
 
-def check_writable_entry(proc, path: str, syscall: str) -> None:
+def check_writable_entry(proc: Process, path: str, syscall: str) -> None:
     """Raise unless *path*'s directory entry lies in a write grant.
 
     Calls that change a file's metadata (chmod, utimensat, chown) need what
@@ -174,7 +178,7 @@ def check_writable_entry(proc, path: str, syscall: str) -> None:
         pass
 
 
-def open_to_change(proc, path: str, follow: bool, syscall: str) -> int:
+def open_to_change(proc: Process, path: str, follow: bool, syscall: str) -> int:
     """An ``O_PATH`` host fd on a file the guest may change (see
     :func:`check_writable_entry`); a final symlink is followed beneath the
     grant when *follow*.  The caller closes it."""
@@ -183,7 +187,7 @@ def open_to_change(proc, path: str, follow: bool, syscall: str) -> int:
                             syscall=syscall)
 
 
-def check_file_change(proc, file: OpenFile, syscall: str) -> None:
+def check_file_change(proc: Process, file: OpenFile, syscall: str) -> None:
     """Raise unless the guest may change the metadata of an open *file*
     (fchmod, futimens, fchown): a granted file needs a write grant, as by
     path; our stdio is the user's, not the guest's; devices are root's."""
@@ -196,7 +200,7 @@ def check_file_change(proc, file: OpenFile, syscall: str) -> None:
 
 
 # -- opening and closing ---------------------------------------------------------
-def sys_openat(proc, dirfd: int, path_address: int, flags: int, mode: int) -> int:
+def sys_openat(proc: Process, dirfd: int, path_address: int, flags: int, mode: int) -> int:
     path = guest_path(proc, dirfd, read_path(proc, path_address))
     flags = signed32(flags)
     device = proc.policy.is_virtual_device(path, proc.cwd)
@@ -214,26 +218,26 @@ def sys_openat(proc, dirfd: int, path_address: int, flags: int, mode: int) -> in
         raise
 
 
-def sys_open(proc, path_address: int, flags: int, mode: int) -> int:
+def sys_open(proc: Process, path_address: int, flags: int, mode: int) -> int:
     return sys_openat(proc, AT_FDCWD, path_address, flags, mode)
 
 
-def sys_creat(proc, path_address: int, mode: int) -> int:
+def sys_creat(proc: Process, path_address: int, mode: int) -> int:
     return sys_openat(proc, AT_FDCWD, path_address, O_CREAT | O_WRONLY | O_TRUNC, mode)
 
 
-def sys_close(proc, fd: int) -> int:
+def sys_close(proc: Process, fd: int) -> int:
     proc.fds.close(signed32(fd))
     return 0
 
 
 # -- reading and writing ---------------------------------------------------------------
-def sys_read(proc, fd: int, buffer: int, count: int) -> int:
+def sys_read(proc: Process, fd: int, buffer: int, count: int) -> int:
     file = proc.fds.get(signed32(fd))
     return _read(proc, file, proc.mm.views(buffer, min(count, MAX_IO), write=True))
 
 
-def _read(proc, file, views: list[memoryview]) -> int:
+def _read(proc: Process, file, views: list[memoryview]) -> int:
     if len(proc.threads) > 1 and isinstance(file, HostFile) and views:
         _wait_for_host_fd(proc, file)
     try:
@@ -243,7 +247,7 @@ def _read(proc, file, views: list[memoryview]) -> int:
         raise
 
 
-def _wait_for_host_fd(proc, file: HostFile) -> None:
+def _wait_for_host_fd(proc: Process, file: HostFile) -> None:
     """With other threads, a read that would block on a host fd (a
     terminal, a pipe from the host) must not block the host: they would all
     stop.  The calling thread waits instead, while the others run
@@ -258,7 +262,7 @@ def _wait_for_host_fd(proc, file: HostFile) -> None:
                                    watch=((file.host_fd, select.POLLIN),))
 
 
-def _wait_for_pipe(proc, file, error: SyscallError, what: str) -> None:
+def _wait_for_pipe(proc: Process, file, error: SyscallError, what: str) -> None:
     """A read of an empty pipe or a write to a full one would block: with
     other threads that may write or read it, the calling thread waits for
     them (:func:`minikvm.process.threads.retry_after_others`).  Alone, it gets the
@@ -268,14 +272,14 @@ def _wait_for_pipe(proc, file, error: SyscallError, what: str) -> None:
         threads.retry_after_others(proc, what, lambda seconds: signals.sleep(proc, seconds))
 
 
-def sys_write(proc, fd: int, buffer: int, count: int) -> int:
+def sys_write(proc: Process, fd: int, buffer: int, count: int) -> int:
     file = proc.fds.get(signed32(fd))
     views = proc.mm.views(buffer, min(count, MAX_IO))
     check_file_size(proc, file, count)
     return _write(proc, file, views)
 
 
-def _iovec_views(proc, address: int, count: int, write: bool) -> list[memoryview]:
+def _iovec_views(proc: Process, address: int, count: int, write: bool) -> list[memoryview]:
     """The guest buffers of an iovec array, cut so that together they hold
     at most MAX_IO bytes, as Linux's ``__import_iovec`` shortens them: 1024
     iovecs naming the same 1 GiB buffer are 2 GiB of work, not 1 TiB."""
@@ -288,19 +292,19 @@ def _iovec_views(proc, address: int, count: int, write: bool) -> list[memoryview
     return views
 
 
-def sys_readv(proc, fd: int, iov: int, count: int) -> int:
+def sys_readv(proc: Process, fd: int, iov: int, count: int) -> int:
     file = proc.fds.get(signed32(fd))
     return _read(proc, file, _iovec_views(proc, iov, count, write=True))
 
 
-def sys_writev(proc, fd: int, iov: int, count: int) -> int:
+def sys_writev(proc: Process, fd: int, iov: int, count: int) -> int:
     file = proc.fds.get(signed32(fd))
     views = _iovec_views(proc, iov, count, write=False)
     check_file_size(proc, file, sum(len(v) for v in views))
     return _write(proc, file, views)
 
 
-def _write(proc, file, views: list[memoryview]) -> int:
+def _write(proc: Process, file, views: list[memoryview]) -> int:
     """Write, and on EPIPE (no reader left) send SIGPIPE first, as Linux
     does: ``yes | head -1`` ends ``yes`` with status 141."""
     try:
@@ -313,7 +317,7 @@ def _write(proc, file, views: list[memoryview]) -> int:
         raise
 
 
-def check_file_size(proc, file, count: int, position: int | None = None,
+def check_file_size(proc: Process, file, count: int, position: int | None = None,
                      syscall: str = "write") -> None:
     """EFBIG (from the policy) if writing *count* bytes at *position* (the
     file's own position when None) would grow a granted file past the limit."""
@@ -330,20 +334,20 @@ def check_file_size(proc, file, count: int, position: int | None = None,
         proc.policy.check_file_size(position + count, path=file.path, syscall=syscall)
 
 
-def _host_fd(proc, fd: int) -> int:
+def _host_fd(proc: Process, fd: int) -> int:
     file = proc.fds.get(signed32(fd))
     if file.host_fd is None:
         raise SyscallError(errno.ESPIPE, "not a seekable file")
     return file.host_fd
 
 
-def sys_pread64(proc, fd: int, buffer: int, count: int, offset: int) -> int:
+def sys_pread64(proc: Process, fd: int, buffer: int, count: int, offset: int) -> int:
     host_fd = _host_fd(proc, fd)
     return os.preadv(host_fd, proc.mm.views(buffer, min(count, MAX_IO), write=True),
                      signed64(offset))
 
 
-def sys_pwrite64(proc, fd: int, buffer: int, count: int, offset: int) -> int:
+def sys_pwrite64(proc: Process, fd: int, buffer: int, count: int, offset: int) -> int:
     host_fd = _host_fd(proc, fd)
     file = proc.fds.get(signed32(fd))
     if not file.writable():
@@ -353,7 +357,7 @@ def sys_pwrite64(proc, fd: int, buffer: int, count: int, offset: int) -> int:
     return os.pwritev(host_fd, proc.mm.views(buffer, count), signed64(offset))
 
 
-def sys_lseek(proc, fd: int, offset: int, whence: int) -> int:
+def sys_lseek(proc: Process, fd: int, offset: int, whence: int) -> int:
     file = proc.fds.get(signed32(fd))
     if isinstance(file, DeviceFile):
         return 0
@@ -397,7 +401,7 @@ def stat_of_file(file) -> os.stat_result:
     return synthetic_stat(stat_module.S_IFIFO | 0o600, os.getuid(), os.getgid(), ino=number)
 
 
-def stat_of_path(proc, dirfd: int, path_address: int, flags: int,
+def stat_of_path(proc: Process, dirfd: int, path_address: int, flags: int,
                  syscall: str = "newfstatat") -> os.stat_result:
     """The stat of a path argument (AT_EMPTY_PATH: of *dirfd* itself)."""
     flags = signed32(flags)
@@ -416,21 +420,21 @@ def stat_of_path(proc, dirfd: int, path_address: int, flags: int,
     return proc.policy.stat(path, proc.cwd, not flags & AT_SYMLINK_NOFOLLOW, syscall=syscall)
 
 
-def sys_fstat(proc, fd: int, address: int) -> int:
+def sys_fstat(proc: Process, fd: int, address: int) -> int:
     proc.mm.write(address, pack_stat(stat_of_file(proc.fds.get(signed32(fd)))))
     return 0
 
 
-def sys_newfstatat(proc, dirfd: int, path_address: int, address: int, flags: int) -> int:
+def sys_newfstatat(proc: Process, dirfd: int, path_address: int, address: int, flags: int) -> int:
     proc.mm.write(address, pack_stat(stat_of_path(proc, dirfd, path_address, flags)))
     return 0
 
 
-def sys_stat(proc, path_address: int, address: int) -> int:
+def sys_stat(proc: Process, path_address: int, address: int) -> int:
     return sys_newfstatat(proc, AT_FDCWD, path_address, address, 0)
 
 
-def sys_lstat(proc, path_address: int, address: int) -> int:
+def sys_lstat(proc: Process, path_address: int, address: int) -> int:
     return sys_newfstatat(proc, AT_FDCWD, path_address, address, AT_SYMLINK_NOFOLLOW)
 
 
@@ -448,7 +452,7 @@ def pack_statx(st: os.stat_result) -> bytes:
                        os.major(st.st_dev), os.minor(st.st_dev), 0, 0, 0)
 
 
-def sys_statx(proc, dirfd: int, path_address: int, flags: int, mask: int, address: int) -> int:
+def sys_statx(proc: Process, dirfd: int, path_address: int, flags: int, mask: int, address: int) -> int:
     """statx: the basic fields whatever *mask* asks (stx_mask says which
     were filled, as Linux does)."""
     flags = signed32(flags)
@@ -491,12 +495,12 @@ def _statfs_of_file(file: OpenFile) -> bytes:
                        VIRTUAL_BLOCK_SIZE, 0)
 
 
-def sys_fstatfs(proc, fd: int, address: int) -> int:
+def sys_fstatfs(proc: Process, fd: int, address: int) -> int:
     proc.mm.write(address, _statfs_of_file(proc.fds.get(signed32(fd))))
     return 0
 
 
-def sys_statfs(proc, path_address: int, address: int) -> int:
+def sys_statfs(proc: Process, path_address: int, address: int) -> int:
     path = guest_path(proc, AT_FDCWD, read_path(proc, path_address))
     device = proc.policy.is_virtual_device(path, proc.cwd)
     if device:
@@ -511,7 +515,7 @@ def sys_statfs(proc, path_address: int, address: int) -> int:
 
 
 # -- copying between files -------------------------------------------------------------------
-def _read_offset(proc, address: int) -> int | None:
+def _read_offset(proc: Process, address: int) -> int | None:
     """An ``loff_t *`` argument: None for NULL, EINVAL when negative."""
     if not address:
         return None
@@ -521,7 +525,7 @@ def _read_offset(proc, address: int) -> int | None:
     return offset
 
 
-def _copy_through_python(proc, source: OpenFile, target: OpenFile, offset: int | None,
+def _copy_through_python(proc: Process, source: OpenFile, target: OpenFile, offset: int | None,
                          count: int) -> int:
     """sendfile where one end is not a host fd: one bounded chunk."""
     if isinstance(target, PipeEnd):     # check before reading, so nothing is lost
@@ -546,7 +550,7 @@ def _copy_through_python(proc, source: OpenFile, target: OpenFile, offset: int |
     return written
 
 
-def sys_sendfile(proc, out_fd: int, in_fd: int, offset_address: int, count: int) -> int:
+def sys_sendfile(proc: Process, out_fd: int, in_fd: int, offset_address: int, count: int) -> int:
     """Copy from one guest fd to another; the host's sendfile when both are
     host files, otherwise a bounded copy in Python (a short count, as Linux
     may return too)."""
@@ -568,7 +572,7 @@ def sys_sendfile(proc, out_fd: int, in_fd: int, offset_address: int, count: int)
     return sent
 
 
-def sys_copy_file_range(proc, in_fd: int, in_offset: int, out_fd: int, out_offset: int,
+def sys_copy_file_range(proc: Process, in_fd: int, in_offset: int, out_fd: int, out_offset: int,
                         count: int, flags: int) -> int:
     """Between two granted files only (Linux: regular files only)."""
     if flags & UINT_MASK:
@@ -594,11 +598,11 @@ def sys_copy_file_range(proc, in_fd: int, in_offset: int, out_fd: int, out_offse
 
 
 # -- descriptors ----------------------------------------------------------------------
-def sys_dup(proc, fd: int) -> int:
+def sys_dup(proc: Process, fd: int) -> int:
     return proc.fds.install(proc.fds.get(signed32(fd)))
 
 
-def sys_dup3(proc, old: int, new: int, flags: int) -> int:
+def sys_dup3(proc: Process, old: int, new: int, flags: int) -> int:
     old, new = signed32(old), signed32(new)
     if old == new:
         raise SyscallError(errno.EINVAL, "same fd")
@@ -606,14 +610,14 @@ def sys_dup3(proc, old: int, new: int, flags: int) -> int:
     return new
 
 
-def sys_dup2(proc, old: int, new: int) -> int:
+def sys_dup2(proc: Process, old: int, new: int) -> int:
     if signed32(old) == signed32(new):
         proc.fds.get(signed32(old))
         return signed32(new)
     return sys_dup3(proc, old, new, 0)
 
 
-def sys_close_range(proc, first: int, last: int, flags: int) -> int:
+def sys_close_range(proc: Process, first: int, last: int, flags: int) -> int:
     first, last, flags = first & UINT_MASK, last & UINT_MASK, flags & UINT_MASK
     if flags & ~(CLOSE_RANGE_UNSHARE | CLOSE_RANGE_CLOEXEC) or first > last:
         raise SyscallError(errno.EINVAL, f"close_range({first}, {last}, {flags:#x})")
@@ -621,7 +625,7 @@ def sys_close_range(proc, first: int, last: int, flags: int) -> int:
     return 0
 
 
-def sys_fadvise64(proc, fd: int, offset: int, length: int, advice: int) -> int:
+def sys_fadvise64(proc: Process, fd: int, offset: int, length: int, advice: int) -> int:
     """Advice about future reads: checked, then ignored (it is only a hint)."""
     file = proc.fds.get(signed32(fd))
     if isinstance(file, PipeEnd):
@@ -631,7 +635,7 @@ def sys_fadvise64(proc, fd: int, offset: int, length: int, advice: int) -> int:
     return 0
 
 
-def sys_flock(proc, fd: int, operation: int) -> int:
+def sys_flock(proc: Process, fd: int, operation: int) -> int:
     """Always granted: one process has nobody to lock against (and a lock
     the host kept could block the host on another program's lock)."""
     proc.fds.get(signed32(fd))
@@ -640,7 +644,7 @@ def sys_flock(proc, fd: int, operation: int) -> int:
     return 0
 
 
-def sys_fcntl(proc, fd: int, command: int, argument: int) -> int:
+def sys_fcntl(proc: Process, fd: int, command: int, argument: int) -> int:
     fd, command = signed32(fd), signed32(command)
     file = proc.fds.get(fd)
     entry = proc.fds.entries[fd]
@@ -668,7 +672,7 @@ def sys_fcntl(proc, fd: int, command: int, argument: int) -> int:
     raise SyscallError(errno.EINVAL, f"fcntl command {command}")
 
 
-def _record_lock(proc, file: OpenFile, command: int, address: int) -> int:
+def _record_lock(proc: Process, file: OpenFile, command: int, address: int) -> int:
     """POSIX and open-file-description record locks, as ``flock``: always
     granted, since one process has nobody to lock against (and a lock the
     host kept could block the host on another program's lock).  SQLite
@@ -698,7 +702,7 @@ def _record_lock(proc, file: OpenFile, command: int, address: int) -> int:
     return 0
 
 
-def sys_ioctl(proc, fd: int, request: int, argument: int) -> int:
+def sys_ioctl(proc: Process, fd: int, request: int, argument: int) -> int:
     """Terminal queries: answered from the host fd when it is a terminal,
     ENOTTY otherwise.  No other ioctl reaches the host."""
     file = proc.fds.get(signed32(fd))
@@ -725,7 +729,7 @@ def sys_ioctl(proc, fd: int, request: int, argument: int) -> int:
     raise SyscallError(errno.ENOTTY, f"ioctl {request:#x} is not supported")
 
 
-def sys_pipe2(proc, address: int, flags: int) -> int:
+def sys_pipe2(proc: Process, address: int, flags: int) -> int:
     flags = signed32(flags)
     pipe = Pipe()
     status = flags & O_NONBLOCK
@@ -746,7 +750,7 @@ EFD_CLOEXEC = O_CLOEXEC
 EFD_NONBLOCK = O_NONBLOCK
 
 
-def sys_eventfd2(proc, initial: int, flags: int) -> int:
+def sys_eventfd2(proc: Process, initial: int, flags: int) -> int:
     flags = signed32(flags)
     if flags & ~(EFD_SEMAPHORE | EFD_CLOEXEC | EFD_NONBLOCK):
         raise SyscallError(errno.EINVAL, f"eventfd2 flags {flags:#x}")
@@ -754,16 +758,16 @@ def sys_eventfd2(proc, initial: int, flags: int) -> int:
     return proc.fds.install(file, cloexec=bool(flags & EFD_CLOEXEC))
 
 
-def sys_eventfd(proc, initial: int) -> int:
+def sys_eventfd(proc: Process, initial: int) -> int:
     return sys_eventfd2(proc, initial, 0)
 
 
-def sys_pipe(proc, address: int) -> int:
+def sys_pipe(proc: Process, address: int) -> int:
     return sys_pipe2(proc, address, 0)
 
 
 # -- the working directory -------------------------------------------------------------
-def sys_getcwd(proc, buffer: int, size: int) -> int:
+def sys_getcwd(proc: Process, buffer: int, size: int) -> int:
     path = os.fsencode(proc.cwd) + b"\0"
     if len(path) > size:
         raise SyscallError(errno.ERANGE, "buffer too small")
@@ -771,7 +775,7 @@ def sys_getcwd(proc, buffer: int, size: int) -> int:
     return len(path)
 
 
-def sys_chdir(proc, path_address: int) -> int:
+def sys_chdir(proc: Process, path_address: int) -> int:
     path = posixpath.normpath(guest_path(proc, AT_FDCWD, read_path(proc, path_address)))
     st = proc.policy.stat(path, proc.cwd, True, syscall="chdir")
     if not stat_module.S_ISDIR(st.st_mode):
@@ -780,7 +784,7 @@ def sys_chdir(proc, path_address: int) -> int:
     return 0
 
 
-def sys_fchdir(proc, fd: int) -> int:
+def sys_fchdir(proc: Process, fd: int) -> int:
     proc.cwd = _directory_path(proc, signed32(fd))
     return 0
 
@@ -791,7 +795,7 @@ PROC_SELF_LINK = re.compile(r"/proc/(?P<pid>self|thread-self|\d+)/(?P<what>exe|c
                             r"|/dev/fd/(?P<devfd>\d+)")
 
 
-def virtual_link(proc, path: str) -> str | None:
+def virtual_link(proc: Process, path: str) -> str | None:
     """The target of a /proc link about the process itself, answered from
     its own state (None when *path* is not one): the host's /proc would
     describe minikvm, not the guest."""
@@ -807,7 +811,7 @@ def virtual_link(proc, path: str) -> str | None:
     return entry.file.link_target()
 
 
-def _readlinkat(proc, dirfd: int, path_address: int, buffer: int, size: int,
+def _readlinkat(proc: Process, dirfd: int, path_address: int, buffer: int, size: int,
                 syscall: str) -> int:
     path = guest_path(proc, dirfd, read_path(proc, path_address))
     if signed32(size) <= 0:
@@ -820,15 +824,15 @@ def _readlinkat(proc, dirfd: int, path_address: int, buffer: int, size: int,
     return len(target)
 
 
-def sys_readlinkat(proc, dirfd: int, path_address: int, buffer: int, size: int) -> int:
+def sys_readlinkat(proc: Process, dirfd: int, path_address: int, buffer: int, size: int) -> int:
     return _readlinkat(proc, dirfd, path_address, buffer, size, "readlinkat")
 
 
-def sys_readlink(proc, path_address: int, buffer: int, size: int) -> int:
+def sys_readlink(proc: Process, path_address: int, buffer: int, size: int) -> int:
     return _readlinkat(proc, AT_FDCWD, path_address, buffer, size, "readlink")
 
 
-def sys_faccessat2(proc, dirfd: int, path_address: int, mode: int, flags: int) -> int:
+def sys_faccessat2(proc: Process, dirfd: int, path_address: int, mode: int, flags: int) -> int:
     path = guest_path(proc, dirfd, read_path(proc, path_address))
     if proc.policy.is_virtual_device(path, proc.cwd):
         return 0
@@ -837,15 +841,15 @@ def sys_faccessat2(proc, dirfd: int, path_address: int, mode: int, flags: int) -
     return 0
 
 
-def sys_faccessat(proc, dirfd: int, path_address: int, mode: int) -> int:
+def sys_faccessat(proc: Process, dirfd: int, path_address: int, mode: int) -> int:
     return sys_faccessat2(proc, dirfd, path_address, mode, 0)
 
 
-def sys_access(proc, path_address: int, mode: int) -> int:
+def sys_access(proc: Process, path_address: int, mode: int) -> int:
     return sys_faccessat2(proc, AT_FDCWD, path_address, mode, 0)
 
 
-def sys_umask(proc, mask: int) -> int:
+def sys_umask(proc: Process, mask: int) -> int:
     old, proc.umask = proc.umask, mask & 0o777
     return old
 

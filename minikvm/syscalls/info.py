@@ -13,12 +13,16 @@ import errno
 import os
 import struct
 import time
+from typing import TYPE_CHECKING
 
 from minikvm.errors import SyscallError
 from minikvm.process import threads
 from minikvm.process.fdtable import fill_views
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32
 from minikvm.syscalls.signals import sleep
+
+if TYPE_CHECKING:
+    from minikvm.process.process import Process
 
 UTSNAME_FIELD = 65  # each field of struct utsname is char[65]
 GRND_NONBLOCK = 1
@@ -43,7 +47,7 @@ REAL_TIME_PRIORITY_MIN, REAL_TIME_PRIORITY_MAX = 1, 99
 TIMESLICE_NS = 100_000_000
 
 
-def sys_uname(proc, address: int) -> int:
+def sys_uname(proc: Process, address: int) -> int:
     """The host's kernel release, so libc's version checks pass; the node
     name is the sandbox's own."""
     host = os.uname()
@@ -53,7 +57,7 @@ def sys_uname(proc, address: int) -> int:
     return 0
 
 
-def sys_getrandom(proc, buffer: int, count: int, flags: int) -> int:
+def sys_getrandom(proc: Process, buffer: int, count: int, flags: int) -> int:
     if signed32(flags) & ~(GRND_NONBLOCK | GRND_RANDOM | GRND_INSECURE):
         raise SyscallError(errno.EINVAL, f"unknown getrandom flags {flags:#x}")
     if signed32(flags) & GRND_RANDOM and signed32(flags) & GRND_INSECURE:
@@ -64,7 +68,7 @@ def sys_getrandom(proc, buffer: int, count: int, flags: int) -> int:
     return fill_views(proc.mm.views(buffer, count, write=True), proc.random)
 
 
-def sys_sysinfo(proc, address: int) -> int:
+def sys_sysinfo(proc: Process, address: int) -> int:
     """The guest's memory limit as its RAM, one process, no swap, no load."""
     pool = proc.mm.user_pool
     total = pool.end - pool.start
@@ -77,13 +81,13 @@ def sys_sysinfo(proc, address: int) -> int:
 
 
 # -- the one CPU -----------------------------------------------------------------
-def _only_self(proc, pid: int) -> None:
+def _only_self(proc: Process, pid: int) -> None:
     pid = signed32(pid)
     if pid not in (0, proc.pid) and pid not in proc.threads.threads:   # or one thread
         raise SyscallError(errno.ESRCH, f"no process {pid} in this sandbox")
 
 
-def sys_sched_getaffinity(proc, pid: int, size: int, mask: int) -> int:
+def sys_sched_getaffinity(proc: Process, pid: int, size: int, mask: int) -> int:
     """One CPU: the guest has one vCPU.  Returns the bytes written, like Linux."""
     _only_self(proc, pid)
     if size < CPU_MASK_UNIT or size % CPU_MASK_UNIT:
@@ -92,7 +96,7 @@ def sys_sched_getaffinity(proc, pid: int, size: int, mask: int) -> int:
     return CPU_MASK_UNIT
 
 
-def sys_sched_setaffinity(proc, pid: int, size: int, mask: int) -> int:
+def sys_sched_setaffinity(proc: Process, pid: int, size: int, mask: int) -> int:
     """Accepted when the mask includes CPU 0, the only one there is."""
     _only_self(proc, pid)
     wanted = proc.mm.read(mask, min(size, CPU_MASK_UNIT)) if size else b""
@@ -101,7 +105,7 @@ def sys_sched_setaffinity(proc, pid: int, size: int, mask: int) -> int:
     return 0
 
 
-def sys_getcpu(proc, cpu: int, node: int, cache: int) -> int:
+def sys_getcpu(proc: Process, cpu: int, node: int, cache: int) -> int:
     if cpu:
         proc.mm.write_struct(cpu, "<I", 0)
     if node:
@@ -109,17 +113,17 @@ def sys_getcpu(proc, cpu: int, node: int, cache: int) -> int:
     return 0
 
 
-def sys_sched_yield(proc) -> int:
+def sys_sched_yield(proc: Process) -> int:
     """The next runnable thread runs first (see :mod:`minikvm.process.threads`)."""
     return threads.yield_cpu(proc, lambda seconds: sleep(proc, seconds))
 
 
-def sys_sched_getscheduler(proc, pid: int) -> int:
+def sys_sched_getscheduler(proc: Process, pid: int) -> int:
     _only_self(proc, pid)
     return SCHED_OTHER
 
 
-def sys_sched_setscheduler(proc, pid: int, policy: int, param: int) -> int:
+def sys_sched_setscheduler(proc: Process, pid: int, policy: int, param: int) -> int:
     """Normal policies with priority 0 are accepted; real-time needs privilege."""
     _only_self(proc, pid)
     policy = signed32(policy)
@@ -131,13 +135,13 @@ def sys_sched_setscheduler(proc, pid: int, policy: int, param: int) -> int:
     return 0
 
 
-def sys_sched_getparam(proc, pid: int, param: int) -> int:
+def sys_sched_getparam(proc: Process, pid: int, param: int) -> int:
     _only_self(proc, pid)
     proc.mm.write_struct(param, "<i", 0)
     return 0
 
 
-def sys_sched_setparam(proc, pid: int, param: int) -> int:
+def sys_sched_setparam(proc: Process, pid: int, param: int) -> int:
     _only_self(proc, pid)
     (priority,) = proc.mm.read_struct(param, "<i")
     if priority != 0:
@@ -145,11 +149,11 @@ def sys_sched_setparam(proc, pid: int, param: int) -> int:
     return 0
 
 
-def sys_sched_get_priority_max(proc, policy: int) -> int:
+def sys_sched_get_priority_max(proc: Process, policy: int) -> int:
     return _priority_range(policy)[1]
 
 
-def sys_sched_get_priority_min(proc, policy: int) -> int:
+def sys_sched_get_priority_min(proc: Process, policy: int) -> int:
     return _priority_range(policy)[0]
 
 
@@ -162,7 +166,7 @@ def _priority_range(policy: int) -> tuple[int, int]:
     raise SyscallError(errno.EINVAL, f"scheduling policy {policy}")
 
 
-def sys_sched_rr_get_interval(proc, pid: int, address: int) -> int:
+def sys_sched_rr_get_interval(proc: Process, pid: int, address: int) -> int:
     _only_self(proc, pid)
     proc.mm.write_struct(address, "<qq", 0, TIMESLICE_NS)
     return 0

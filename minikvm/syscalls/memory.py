@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import os
 import stat as stat_module
+from typing import TYPE_CHECKING
 
 from minikvm.cpu.layout import MMAP_MIN_ADDR, USER_SPACE_END
 from minikvm.errors import SyscallError
@@ -35,6 +36,9 @@ from minikvm.machine.mm import (POPULATE_LIMIT, PROT_MASK, PROT_NONE, PROT_READ,
 from minikvm.process.fdtable import DeviceFile
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32, signed64
 from minikvm.x86 import HUGE_PAGE_SIZE, PAGE_SIZE
+
+if TYPE_CHECKING:
+    from minikvm.process.process import Process
 
 MAP_SHARED = 0x01
 MAP_PRIVATE = 0x02
@@ -91,7 +95,7 @@ def _check_range(address: int, length: int, error: int = errno.EINVAL) -> int:
     return size
 
 
-def sys_brk(proc, address: int) -> int:
+def sys_brk(proc: Process, address: int) -> int:
     """Move the break; brk(0) asks where it is.  Never fails: Linux returns
     the unchanged break when it cannot move it."""
     if address == 0 or address >= USER_SPACE_END:
@@ -99,7 +103,7 @@ def sys_brk(proc, address: int) -> int:
     return proc.mm.set_brk(address)
 
 
-def sys_mmap(proc, address: int, length: int, prot: int, flags: int, fd: int, offset: int) -> int:
+def sys_mmap(proc: Process, address: int, length: int, prot: int, flags: int, fd: int, offset: int) -> int:
     """Anonymous and private file mappings (the file is copied in: later
     writes to the file are not seen — a documented difference)."""
     fd, flags, offset = signed32(fd), signed32(flags) & 0xFFFF_FFFF, signed64(offset)
@@ -143,7 +147,7 @@ def sys_mmap(proc, address: int, length: int, prot: int, flags: int, fd: int, of
     return start
 
 
-def _mappable_file(proc, fd: int, kind: int, prot: int):
+def _mappable_file(proc: Process, fd: int, kind: int, prot: int):
     """The open file behind *fd*, if it can be mapped: a readable regular
     file (``/dev/zero`` counts as anonymous memory and returns None)."""
     source = proc.fds.get(fd)
@@ -162,7 +166,7 @@ def _mappable_file(proc, fd: int, kind: int, prot: int):
     return source
 
 
-def _choose_address(proc, hint: int, size: int, low: bool) -> int:
+def _choose_address(proc: Process, hint: int, size: int, low: bool) -> int:
     """The hint when it is free and usable, else the top-down search (below
     2 GiB for MAP_32BIT)."""
     hint = page_align_up(hint)
@@ -176,7 +180,7 @@ def _choose_address(proc, hint: int, size: int, low: bool) -> int:
     return proc.mm.find_free(size, align, top=top)
 
 
-def _copy_file(proc, host_fd: int, offset: int, length: int, phys: int) -> None:
+def _copy_file(proc: Process, host_fd: int, offset: int, length: int, phys: int) -> None:
     """Read the file into the mapping's pages (beyond the end of the file
     they stay zero, as Linux shows the rest of the last page)."""
     done = 0
@@ -188,14 +192,14 @@ def _copy_file(proc, host_fd: int, offset: int, length: int, phys: int) -> None:
         done += len(chunk)
 
 
-def sys_munmap(proc, address: int, length: int) -> int:
+def sys_munmap(proc: Process, address: int, length: int) -> int:
     if address % PAGE_SIZE or length == 0:
         raise SyscallError(errno.EINVAL, f"unaligned address {address:#x} or zero length")
     proc.mm.unmap(address, _check_range(address, length))
     return 0
 
 
-def sys_mprotect(proc, address: int, length: int, prot: int) -> int:
+def sys_mprotect(proc: Process, address: int, length: int, prot: int) -> int:
     if address % PAGE_SIZE or prot & ~PROT_MASK:
         raise SyscallError(errno.EINVAL, f"unaligned address {address:#x} or protection {prot:#x}")
     if length:
@@ -203,7 +207,7 @@ def sys_mprotect(proc, address: int, length: int, prot: int) -> int:
     return 0
 
 
-def sys_mremap(proc, old: int, old_size: int, new_size: int, flags: int, new_address: int) -> int:
+def sys_mremap(proc: Process, old: int, old_size: int, new_size: int, flags: int, new_address: int) -> int:
     flags = signed32(flags) & 0xFFFF_FFFF
     if flags & ~(MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP):
         raise SyscallError(errno.EINVAL, f"unknown flags {flags:#x}")
@@ -226,7 +230,7 @@ def sys_mremap(proc, old: int, old_size: int, new_size: int, flags: int, new_add
     return proc.mm.remap(old, old_size, new_size, bool(flags & MREMAP_MAYMOVE), fixed)
 
 
-def sys_madvise(proc, address: int, length: int, advice: int) -> int:
+def sys_madvise(proc: Process, address: int, length: int, advice: int) -> int:
     """MADV_DONTNEED and its kin zero the pages (and return their host
     memory), as Linux does for private anonymous memory; every other
     advice is a hint and is accepted."""
@@ -245,7 +249,7 @@ def sys_madvise(proc, address: int, length: int, advice: int) -> int:
     return 0
 
 
-def sys_msync(proc, address: int, length: int, flags: int) -> int:
+def sys_msync(proc: Process, address: int, length: int, flags: int) -> int:
     """Nothing to write back: file mappings are private copies."""
     flags = signed32(flags)
     if address % PAGE_SIZE or flags & ~(MS_ASYNC | MS_INVALIDATE | MS_SYNC) or (
@@ -256,7 +260,7 @@ def sys_msync(proc, address: int, length: int, flags: int) -> int:
     return 0
 
 
-def sys_mincore(proc, address: int, length: int, vector: int) -> int:
+def sys_mincore(proc: Process, address: int, length: int, vector: int) -> int:
     """Every page that has memory is resident (nothing is ever swapped).
     Filled one VMA at a time: a reservation of terabytes is a few VMAs, and
     the vector must fit in guest memory before anything is written."""
@@ -277,7 +281,7 @@ def sys_mincore(proc, address: int, length: int, vector: int) -> int:
     return 0
 
 
-def sys_mlock(proc, address: int, length: int) -> int:
+def sys_mlock(proc: Process, address: int, length: int) -> int:
     """Every guest page is always resident: locking only checks the range."""
     start = address & ~(PAGE_SIZE - 1)
     size = _check_range(start, length + address - start, errno.ENOMEM)
@@ -286,24 +290,24 @@ def sys_mlock(proc, address: int, length: int) -> int:
     return 0
 
 
-def sys_mlock2(proc, address: int, length: int, flags: int) -> int:
+def sys_mlock2(proc: Process, address: int, length: int, flags: int) -> int:
     if signed32(flags) & ~MLOCK_ONFAULT:
         raise SyscallError(errno.EINVAL, f"flags {flags:#x}")
     return sys_mlock(proc, address, length)
 
 
-def sys_mlockall(proc, flags: int) -> int:
+def sys_mlockall(proc: Process, flags: int) -> int:
     flags = signed32(flags)
     if not flags or flags & ~(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) or flags == MCL_ONFAULT:
         raise SyscallError(errno.EINVAL, f"flags {flags:#x}")
     return 0
 
 
-def sys_munlockall(proc) -> int:
+def sys_munlockall(proc: Process) -> int:
     return 0
 
 
-def sys_membarrier(proc, command: int, flags: int, cpu: int) -> int:
+def sys_membarrier(proc: Process, command: int, flags: int, cpu: int) -> int:
     """With one vCPU every memory barrier is already in place — threads
     take turns on it, and each switch passes through the host — so every
     command but the query is a no-op; the query lists them."""

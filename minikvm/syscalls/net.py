@@ -47,13 +47,16 @@ import select
 import socket
 import struct
 import time
-from typing import Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
 from minikvm.errors import SyscallError
 from minikvm.linux_abi import O_NONBLOCK, O_RDWR
 from minikvm.process.fdtable import OpenFile
 from minikvm.syscalls.base import PARTIAL, REFUSED, Syscall, signed32
 from minikvm.syscalls.files import MAX_IO
+
+if TYPE_CHECKING:
+    from minikvm.process.process import Process
 
 # --- the guest's ABI: <sys/socket.h>, <netinet/in.h>, <sys/un.h> ------------
 
@@ -364,27 +367,27 @@ def _host(operation: Callable):
 # --- helpers ----------------------------------------------------------------------
 
 
-def _socket(proc, fd: int) -> SocketFile:
+def _socket(proc: Process, fd: int) -> SocketFile:
     file = proc.fds.get(signed32(fd))
     if not isinstance(file, SocketFile):
         raise SyscallError(errno.ENOTSOCK, f"fd {signed32(fd)} is not a socket")
     return file
 
 
-def _stop_check(proc) -> Callable[[], bool]:
+def _stop_check(proc: Process) -> Callable[[], bool]:
     """``kvm_run.immediate_exit``: set by the run loop's time limit."""
     run_state = proc.machine.vcpu.run_state
     return lambda: bool(run_state.immediate_exit)
 
 
-def _read_sockaddr(proc, address: int, length: int) -> tuple[int, HostAddress]:
+def _read_sockaddr(proc: Process, address: int, length: int) -> tuple[int, HostAddress]:
     length = signed32(length)
     if not 0 <= length <= SOCKADDR_MAX:
         raise SyscallError(errno.EINVAL, f"address length {length}")
     return decode_sockaddr(proc.mm.read(address, length))
 
 
-def _write_sockaddr(proc, address: int, length_address: int, family: int,
+def _write_sockaddr(proc: Process, address: int, length_address: int, family: int,
                     value: Optional[HostAddress]) -> None:
     """Fill a value-result sockaddr: at most the guest's length, then the real one."""
     if not address or not length_address:
@@ -397,7 +400,7 @@ def _write_sockaddr(proc, address: int, length_address: int, family: int,
     proc.mm.write_struct(length_address, "<i", len(encoded))
 
 
-def _allowed_target(proc, file: SocketFile, family: int, address: HostAddress,
+def _allowed_target(proc: Process, file: SocketFile, family: int, address: HostAddress,
                     syscall: str) -> HostAddress:
     """Ask the policy about *address*; return what the host should connect to.
 
@@ -424,7 +427,7 @@ def _allowed_target(proc, file: SocketFile, family: int, address: HostAddress,
     return address
 
 
-def _source_allowed(proc, file: SocketFile, source: HostAddress) -> bool:
+def _source_allowed(proc: Process, file: SocketFile, source: HostAddress) -> bool:
     """May a datagram from *source* reach an unconnected IP socket?"""
     try:
         proc.policy.check_connect(file.family, source, proc.cwd, syscall="recvfrom")
@@ -436,7 +439,7 @@ def _source_allowed(proc, file: SocketFile, source: HostAddress) -> bool:
 # --- the system calls ---------------------------------------------------------------
 
 
-def sys_socket(proc, domain: int, type_: int, protocol: int) -> int:
+def sys_socket(proc: Process, domain: int, type_: int, protocol: int) -> int:
     domain, type_, protocol = signed32(domain), signed32(type_), signed32(protocol)
     kind, flags = type_ & SOCK_TYPE_MASK, type_ & ~SOCK_TYPE_MASK
     if flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC):
@@ -453,7 +456,7 @@ def sys_socket(proc, domain: int, type_: int, protocol: int) -> int:
                                      _stop_check(proc)), bool(flags & SOCK_CLOEXEC))
 
 
-def _install(proc, file: SocketFile, cloexec: bool) -> int:
+def _install(proc: Process, file: SocketFile, cloexec: bool) -> int:
     try:
         return proc.fds.install(file, cloexec=cloexec)
     except SyscallError:
@@ -461,7 +464,7 @@ def _install(proc, file: SocketFile, cloexec: bool) -> int:
         raise
 
 
-def sys_socketpair(proc, domain: int, type_: int, protocol: int, pair: int) -> int:
+def sys_socketpair(proc: Process, domain: int, type_: int, protocol: int, pair: int) -> int:
     """Two connected unix sockets: they reach nothing outside the guest, so
     no grant is needed."""
     domain, type_, protocol = signed32(domain), signed32(type_), signed32(protocol)
@@ -488,14 +491,14 @@ def sys_socketpair(proc, domain: int, type_: int, protocol: int, pair: int) -> i
     return 0
 
 
-def sys_connect(proc, fd: int, address: int, length: int) -> int:
+def sys_connect(proc: Process, fd: int, address: int, length: int) -> int:
     file = _socket(proc, fd)
     family, value = _read_sockaddr(proc, address, length)
     file.connect(_allowed_target(proc, file, family, value, "connect"))
     return 0
 
 
-def _sendmsg_views(proc, file: SocketFile, views: list[memoryview], flags: int,
+def _sendmsg_views(proc: Process, file: SocketFile, views: list[memoryview], flags: int,
                    address: int, length: int, syscall: str) -> int:
     target = None
     if address and file.type == SOCK_DGRAM:   # a stream socket ignores the address
@@ -506,14 +509,14 @@ def _sendmsg_views(proc, file: SocketFile, views: list[memoryview], flags: int,
     return file.send(views, signed32(flags), target)
 
 
-def sys_sendto(proc, fd: int, buffer: int, count: int, flags: int, address: int,
+def sys_sendto(proc: Process, fd: int, buffer: int, count: int, flags: int, address: int,
                length: int) -> int:
     file = _socket(proc, fd)
     views = proc.mm.views(buffer, min(count, MAX_IO))
     return _sendmsg_views(proc, file, views, flags, address, length, "sendto")
 
 
-def _receive_allowed(proc, file: SocketFile, views: list[memoryview],
+def _receive_allowed(proc: Process, file: SocketFile, views: list[memoryview],
                      flags: int) -> tuple[int, int, HostAddress]:
     """Receive one message, dropping datagrams the policy would not let us send to.
 
@@ -532,7 +535,7 @@ def _receive_allowed(proc, file: SocketFile, views: list[memoryview],
     return file.receive(views, flags)
 
 
-def sys_recvfrom(proc, fd: int, buffer: int, count: int, flags: int, address: int,
+def sys_recvfrom(proc: Process, fd: int, buffer: int, count: int, flags: int, address: int,
                  length_address: int) -> int:
     file = _socket(proc, fd)
     views = proc.mm.views(buffer, min(count, MAX_IO), write=True)
@@ -541,7 +544,7 @@ def sys_recvfrom(proc, fd: int, buffer: int, count: int, flags: int, address: in
     return received
 
 
-def _read_msghdr(proc, message: int, write: bool) -> tuple[int, int, list[memoryview], int]:
+def _read_msghdr(proc: Process, message: int, write: bool) -> tuple[int, int, list[memoryview], int]:
     """name, namelen, the iovec's views, controllen of a guest ``struct msghdr``."""
     name, namelen, iov, iovlen, _, controllen, _ = proc.mm.read_struct(message, MSGHDR)
     if iovlen > UIO_MAXIOV:
@@ -552,7 +555,7 @@ def _read_msghdr(proc, message: int, write: bool) -> tuple[int, int, list[memory
     return name, namelen, views, controllen
 
 
-def sys_sendmsg(proc, fd: int, message: int, flags: int) -> int:
+def sys_sendmsg(proc: Process, fd: int, message: int, flags: int) -> int:
     file = _socket(proc, fd)
     name, namelen, views, controllen = _read_msghdr(proc, message, write=False)
     if controllen:
@@ -561,7 +564,7 @@ def sys_sendmsg(proc, fd: int, message: int, flags: int) -> int:
     return _sendmsg_views(proc, file, views, flags, name, namelen, "sendmsg")
 
 
-def sys_recvmsg(proc, fd: int, message: int, flags: int) -> int:
+def sys_recvmsg(proc: Process, fd: int, message: int, flags: int) -> int:
     file = _socket(proc, fd)
     name, _, views, _ = _read_msghdr(proc, message, write=True)
     received, message_flags, source = _receive_allowed(proc, file, views, signed32(flags))
@@ -574,7 +577,7 @@ def sys_recvmsg(proc, fd: int, message: int, flags: int) -> int:
     return received
 
 
-def sys_sendmmsg(proc, fd: int, vector: int, count: int, flags: int) -> int:
+def sys_sendmmsg(proc: Process, fd: int, vector: int, count: int, flags: int) -> int:
     """``sendmsg`` for each ``struct mmsghdr``; how many were sent.
 
     As in Linux, an error after the first message ends the batch and is
@@ -595,7 +598,7 @@ def sys_sendmmsg(proc, fd: int, vector: int, count: int, flags: int) -> int:
     return sent
 
 
-def sys_recvmmsg(proc, fd: int, vector: int, count: int, flags: int, timeout: int) -> int:
+def sys_recvmmsg(proc: Process, fd: int, vector: int, count: int, flags: int, timeout: int) -> int:
     """``recvmsg`` into each ``struct mmsghdr``: waits (as the socket does)
     for the first message only, then takes what is already there — Linux's
     ``MSG_WAITFORONE``, always.  *timeout* is ignored."""
@@ -614,7 +617,7 @@ def sys_recvmmsg(proc, fd: int, vector: int, count: int, flags: int, timeout: in
     return received
 
 
-def sys_shutdown(proc, fd: int, how: int) -> int:
+def sys_shutdown(proc: Process, fd: int, how: int) -> int:
     how = signed32(how)
     if not 0 <= how <= SHUT_RDWR:
         raise SyscallError(errno.EINVAL, f"shutdown how={how}")
@@ -622,19 +625,19 @@ def sys_shutdown(proc, fd: int, how: int) -> int:
     return 0
 
 
-def sys_getsockname(proc, fd: int, address: int, length_address: int) -> int:
+def sys_getsockname(proc: Process, fd: int, address: int, length_address: int) -> int:
     file = _socket(proc, fd)
     _write_sockaddr(proc, address, length_address, file.family, file.sock.getsockname())
     return 0
 
 
-def sys_getpeername(proc, fd: int, address: int, length_address: int) -> int:
+def sys_getpeername(proc: Process, fd: int, address: int, length_address: int) -> int:
     file = _socket(proc, fd)
     _write_sockaddr(proc, address, length_address, file.family, file.sock.getpeername())
     return 0
 
 
-def sys_setsockopt(proc, fd: int, level: int, name: int, value: int, length: int) -> int:
+def sys_setsockopt(proc: Process, fd: int, level: int, name: int, value: int, length: int) -> int:
     file = _socket(proc, fd)
     level, name, length = signed32(level), signed32(name), signed32(length)
     if length < 0:
@@ -655,7 +658,7 @@ def sys_setsockopt(proc, fd: int, level: int, name: int, value: int, length: int
     return 0
 
 
-def sys_getsockopt(proc, fd: int, level: int, name: int, value: int,
+def sys_getsockopt(proc: Process, fd: int, level: int, name: int, value: int,
                    length_address: int) -> int:
     file = _socket(proc, fd)
     level, name = signed32(level), signed32(name)
@@ -676,24 +679,24 @@ def sys_getsockopt(proc, fd: int, level: int, name: int, value: int,
     return 0
 
 
-def sys_bind(proc, fd: int, address: int, length: int) -> int:
+def sys_bind(proc: Process, fd: int, address: int, length: int) -> int:
     _socket(proc, fd)
     family, value = _read_sockaddr(proc, address, length)
     shown = describe_address(family, value) if family in FAMILY_NAMES else f"family {family}"
     raise proc.policy.deny_listen("bind", shown)
 
 
-def sys_listen(proc, fd: int, backlog: int) -> int:
+def sys_listen(proc: Process, fd: int, backlog: int) -> int:
     _socket(proc, fd)
     raise proc.policy.deny_listen("listen", f"fd {signed32(fd)}")
 
 
-def sys_accept4(proc, fd: int, address: int, length_address: int, flags: int) -> int:
+def sys_accept4(proc: Process, fd: int, address: int, length_address: int, flags: int) -> int:
     _socket(proc, fd)
     raise proc.policy.deny_listen("accept", f"fd {signed32(fd)}")
 
 
-def sys_accept(proc, fd: int, address: int, length_address: int) -> int:
+def sys_accept(proc: Process, fd: int, address: int, length_address: int) -> int:
     return sys_accept4(proc, fd, address, length_address, 0)
 
 

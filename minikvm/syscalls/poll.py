@@ -29,7 +29,7 @@ import errno
 import select
 import struct
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from minikvm.errors import SyscallError
 from minikvm.linux_abi import NSEC_PER_SEC, SIGSET_SIZE, USEC_PER_SEC
@@ -38,6 +38,9 @@ from minikvm.process.fdtable import (ALWAYS_REPORTED, POLLERR, POLLHUP, POLLIN, 
                                      POLLPRI, POLLRDNORM, POLLWRNORM)
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32
 from minikvm.syscalls.signals import deliver_due_alarm, ready, sleep
+
+if TYPE_CHECKING:
+    from minikvm.process.process import Process
 
 #: ``struct pollfd``: int fd; short events; short revents
 POLLFD = struct.Struct("<ihh")
@@ -50,7 +53,7 @@ POLLEX_SET = POLLPRI
 BITS_PER_LONG = 64
 
 
-def ready_events(proc, requests: list[tuple[int, int]], timeout: float | None,
+def ready_events(proc: Process, requests: list[tuple[int, int]], timeout: float | None,
                  before_wait: Callable[[], None] | None = None,
                  enough: Callable[[list[int]], bool] = any, what: str = "poll") -> list[int]:
     """``revents`` for each ``(fd, events)``, waiting up to *timeout* seconds
@@ -98,7 +101,7 @@ def ready_events(proc, requests: list[tuple[int, int]], timeout: float | None,
             raise SyscallError(errno.EINTR, "interrupted: the run is being stopped")
 
 
-def _host_watch(proc, requests: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+def _host_watch(proc: Process, requests: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
     """The host fds among *requests*, with the events asked of each."""
     watch: dict[int, int] = {}
     for fd, events in requests:
@@ -109,7 +112,7 @@ def _host_watch(proc, requests: list[tuple[int, int]]) -> tuple[tuple[int, int],
     return tuple(watch.items())
 
 
-def _poll_once(proc, requests: list[tuple[int, int]]) -> tuple[list[int], select.poll | None]:
+def _poll_once(proc: Process, requests: list[tuple[int, int]]) -> tuple[list[int], select.poll | None]:
     """One look at every fd without waiting; also the host poller for the
     host fds among them (None when there are none)."""
     results = [0] * len(requests)
@@ -141,7 +144,7 @@ def _poll_once(proc, requests: list[tuple[int, int]]) -> tuple[list[int], select
 
 
 # -- poll and ppoll --------------------------------------------------------------------
-def _poll(proc, address: int, count: int, timeout: float | None) -> int:
+def _poll(proc: Process, address: int, count: int, timeout: float | None) -> int:
     count &= 0xFFFF_FFFF
     if count > proc.fds.max_fds:
         raise SyscallError(errno.EINVAL, f"{count} fds is more than RLIMIT_NOFILE")
@@ -163,12 +166,12 @@ def signed16(value: int) -> int:
     return value - 0x10000 if value & 0x8000 else value
 
 
-def sys_poll(proc, address: int, count: int, timeout_ms: int) -> int:
+def sys_poll(proc: Process, address: int, count: int, timeout_ms: int) -> int:
     timeout_ms = signed32(timeout_ms)
     return _poll(proc, address, count, None if timeout_ms < 0 else timeout_ms / 1000)
 
 
-def read_timespec(proc, address: int) -> float | None:
+def read_timespec(proc: Process, address: int) -> float | None:
     """A ``struct timespec *`` timeout: None for NULL (no limit)."""
     if not address:
         return None
@@ -178,7 +181,7 @@ def read_timespec(proc, address: int) -> float | None:
     return seconds + nanoseconds / NSEC_PER_SEC
 
 
-def _write_remaining(proc, address: int, started: float, timeout: float, fmt: str,
+def _write_remaining(proc: Process, address: int, started: float, timeout: float, fmt: str,
                      per_second: int) -> None:
     """Linux writes the time left back into a ppoll/select/pselect6 timeout."""
     left = max(0.0, timeout - (time.monotonic() - started))
@@ -186,7 +189,7 @@ def _write_remaining(proc, address: int, started: float, timeout: float, fmt: st
     proc.mm.write_struct(address, fmt, whole, int((left - whole) * per_second))
 
 
-def sys_ppoll(proc, address: int, count: int, timeout_address: int, sigmask: int,
+def sys_ppoll(proc: Process, address: int, count: int, timeout_address: int, sigmask: int,
               sigset_size: int) -> int:
     if sigmask and sigset_size != SIGSET_SIZE:
         raise SyscallError(errno.EINVAL, f"sigset size {sigset_size}")
@@ -199,7 +202,7 @@ def sys_ppoll(proc, address: int, count: int, timeout_address: int, sigmask: int
 
 
 # -- select and pselect6 -----------------------------------------------------------------
-def _select(proc, count: int, sets: tuple[int, int, int], timeout: float | None) -> int:
+def _select(proc: Process, count: int, sets: tuple[int, int, int], timeout: float | None) -> int:
     """``select`` through :func:`ready_events`; the guest's sets are
     overwritten with the ready fds, and the number of bits set is returned."""
     count = signed32(count)
@@ -235,7 +238,7 @@ def _select(proc, count: int, sets: tuple[int, int, int], timeout: float | None)
     return sum(bin(bits).count("1") for bits in found)
 
 
-def sys_select(proc, count: int, readfds: int, writefds: int, exceptfds: int,
+def sys_select(proc: Process, count: int, readfds: int, writefds: int, exceptfds: int,
                timeout_address: int) -> int:
     timeout = None
     if timeout_address:
@@ -250,7 +253,7 @@ def sys_select(proc, count: int, readfds: int, writefds: int, exceptfds: int,
     return result
 
 
-def sys_pselect6(proc, count: int, readfds: int, writefds: int, exceptfds: int,
+def sys_pselect6(proc: Process, count: int, readfds: int, writefds: int, exceptfds: int,
                  timeout_address: int, sigmask_address: int) -> int:
     """The sixth argument points at ``{const sigset_t *ss; size_t ss_len}``."""
     if sigmask_address:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
+from typing import TYPE_CHECKING
 
 from minikvm.errors import SyscallError
 from minikvm.machine.stops import ProcessExit
@@ -29,6 +30,9 @@ from minikvm.process.process import TASK_COMM_LEN
 from minikvm.syscalls.base import MASK64, PARTIAL, REFUSED, Syscall, signed32
 from minikvm.syscalls.signals import SI_TKILL, deliver, deliver_to_thread, sent_info, sleep
 from minikvm.x86 import PAGE_SIZE, CANONICAL_LIMIT
+
+if TYPE_CHECKING:
+    from minikvm.process.process import Process
 
 ARCH_SET_GS = 0x1001
 ARCH_SET_FS = 0x1002
@@ -93,50 +97,50 @@ NICE_MIN, NICE_MAX = -20, 19
 PARENT_PID_OFFSET = 1
 
 
-def sys_exit_group(proc, status: int) -> int:
+def sys_exit_group(proc: Process, status: int) -> int:
     """Every thread ends: the process exits."""
     raise ProcessExit(status & 0xFF)
 
 
-def sys_exit(proc, status: int) -> int:
+def sys_exit(proc: Process, status: int) -> int:
     """The calling thread ends; the last one to end ends the process."""
     return threads.exit_thread(proc, status & 0xFF, _sleeper(proc))
 
 
-def _sleeper(proc) -> threads.Sleep:
+def _sleeper(proc: Process) -> threads.Sleep:
     return lambda seconds: sleep(proc, seconds)
 
 
 # -- who the process is ----------------------------------------------------------
-def sys_getpid(proc) -> int:
+def sys_getpid(proc: Process) -> int:
     return proc.pid
 
 
-def sys_getppid(proc) -> int:
+def sys_getppid(proc: Process) -> int:
     return proc.pid - PARENT_PID_OFFSET
 
 
-def sys_getuid(proc) -> int:
+def sys_getuid(proc: Process) -> int:
     return os.getuid()
 
 
-def sys_getgid(proc) -> int:
+def sys_getgid(proc: Process) -> int:
     return os.getgid()
 
 
-def sys_getresuid(proc, real: int, effective: int, saved: int) -> int:
+def sys_getresuid(proc: Process, real: int, effective: int, saved: int) -> int:
     for address in (real, effective, saved):
         proc.mm.write_struct(address, "<I", os.getuid())
     return 0
 
 
-def sys_getresgid(proc, real: int, effective: int, saved: int) -> int:
+def sys_getresgid(proc: Process, real: int, effective: int, saved: int) -> int:
     for address in (real, effective, saved):
         proc.mm.write_struct(address, "<I", os.getgid())
     return 0
 
 
-def sys_getgroups(proc, size: int, address: int) -> int:
+def sys_getgroups(proc: Process, size: int, address: int) -> int:
     """The host user's supplementary groups (what ``id`` would print)."""
     groups = os.getgroups()
     size = signed32(size)
@@ -160,60 +164,60 @@ def _unchanged(wanted: list[int], current: int, what: str) -> int:
     return 0
 
 
-def sys_setuid(proc, uid: int) -> int:
+def sys_setuid(proc: Process, uid: int) -> int:
     return _unchanged([uid], os.getuid(), "user id")
 
 
-def sys_setgid(proc, gid: int) -> int:
+def sys_setgid(proc: Process, gid: int) -> int:
     return _unchanged([gid], os.getgid(), "group id")
 
 
-def sys_setreuid(proc, real: int, effective: int) -> int:
+def sys_setreuid(proc: Process, real: int, effective: int) -> int:
     return _unchanged([real, effective], os.getuid(), "user id")
 
 
-def sys_setregid(proc, real: int, effective: int) -> int:
+def sys_setregid(proc: Process, real: int, effective: int) -> int:
     return _unchanged([real, effective], os.getgid(), "group id")
 
 
-def sys_setresuid(proc, real: int, effective: int, saved: int) -> int:
+def sys_setresuid(proc: Process, real: int, effective: int, saved: int) -> int:
     return _unchanged([real, effective, saved], os.getuid(), "user id")
 
 
-def sys_setresgid(proc, real: int, effective: int, saved: int) -> int:
+def sys_setresgid(proc: Process, real: int, effective: int, saved: int) -> int:
     return _unchanged([real, effective, saved], os.getgid(), "group id")
 
 
-def sys_setfsuid(proc, uid: int) -> int:
+def sys_setfsuid(proc: Process, uid: int) -> int:
     """Returns the previous fs uid, whether or not it changed (it never does)."""
     return os.getuid()
 
 
-def sys_setfsgid(proc, gid: int) -> int:
+def sys_setfsgid(proc: Process, gid: int) -> int:
     return os.getgid()
 
 
-def sys_setgroups(proc, size: int, address: int) -> int:
+def sys_setgroups(proc: Process, size: int, address: int) -> int:
     raise SyscallError(errno.EPERM, "the sandbox cannot change its groups")
 
 
 # -- process groups and sessions ------------------------------------------------------
-def _only_self(proc, pid: int) -> None:
+def _only_self(proc: Process, pid: int) -> None:
     pid = signed32(pid)
     if pid not in (0, proc.pid):
         raise SyscallError(errno.ESRCH, f"no process {pid} in this sandbox")
 
 
-def sys_getpgrp(proc) -> int:
+def sys_getpgrp(proc: Process) -> int:
     return proc.pgid
 
 
-def sys_getpgid(proc, pid: int) -> int:
+def sys_getpgid(proc: Process, pid: int) -> int:
     _only_self(proc, pid)
     return proc.pgid
 
 
-def sys_setpgid(proc, pid: int, pgid: int) -> int:
+def sys_setpgid(proc: Process, pid: int, pgid: int) -> int:
     """Only into a group of its own: the only group it could join."""
     _only_self(proc, pid)
     pgid = signed32(pgid)
@@ -227,12 +231,12 @@ def sys_setpgid(proc, pid: int, pgid: int) -> int:
     return 0
 
 
-def sys_getsid(proc, pid: int) -> int:
+def sys_getsid(proc: Process, pid: int) -> int:
     _only_self(proc, pid)
     return proc.sid
 
 
-def sys_setsid(proc) -> int:
+def sys_setsid(proc: Process) -> int:
     """A new session, unless the process already leads a group (as Linux)."""
     if proc.pgid == proc.pid:
         raise SyscallError(errno.EPERM, "a process group leader cannot start a session")
@@ -241,16 +245,16 @@ def sys_setsid(proc) -> int:
 
 
 # -- children: there are none --------------------------------------------------------------
-def sys_wait4(proc, pid: int, status: int, options: int, usage: int) -> int:
+def sys_wait4(proc: Process, pid: int, status: int, options: int, usage: int) -> int:
     raise SyscallError(errno.ECHILD, "the sandboxed process has no children")
 
 
-def sys_waitid(proc, kind: int, pid: int, info: int, options: int, usage: int) -> int:
+def sys_waitid(proc: Process, kind: int, pid: int, info: int, options: int, usage: int) -> int:
     raise SyscallError(errno.ECHILD, "the sandboxed process has no children")
 
 
 # -- thread setup -------------------------------------------------------------------
-def sys_arch_prctl(proc, code: int, address: int) -> int:
+def sys_arch_prctl(proc: Process, code: int, address: int) -> int:
     """Set or get FS/GS base: the C library's thread pointer lives in FS."""
     if code == ARCH_SET_FS or code == ARCH_SET_GS:
         if address >= CANONICAL_LIMIT:
@@ -268,17 +272,17 @@ def sys_arch_prctl(proc, code: int, address: int) -> int:
     raise SyscallError(errno.EINVAL, f"arch_prctl code {code:#x}")
 
 
-def sys_gettid(proc) -> int:
+def sys_gettid(proc: Process) -> int:
     return proc.threads.current
 
 
-def sys_set_tid_address(proc, address: int) -> int:
+def sys_set_tid_address(proc: Process, address: int) -> int:
     """Where the calling thread's tid is cleared (and a waiter woken) when it exits."""
     proc.threads.running.clear_child_tid = address
     return proc.threads.current
 
 
-def sys_set_robust_list(proc, head: int, length: int) -> int:
+def sys_set_robust_list(proc: Process, head: int, length: int) -> int:
     """Recorded per thread.  Linux walks the list when a thread dies holding
     robust mutexes; minikvm does not (see :mod:`minikvm.process.threads`)."""
     if length != ROBUST_LIST_HEAD_SIZE:
@@ -288,7 +292,7 @@ def sys_set_robust_list(proc, head: int, length: int) -> int:
     return 0
 
 
-def _thread(proc, tid: int) -> threads.Thread:
+def _thread(proc: Process, tid: int) -> threads.Thread:
     """Thread *tid* of the process (0: the caller); ESRCH for any other."""
     tid = signed32(tid)
     if tid == 0:
@@ -299,7 +303,7 @@ def _thread(proc, tid: int) -> threads.Thread:
     return thread
 
 
-def sys_get_robust_list(proc, pid: int, head: int, length: int) -> int:
+def sys_get_robust_list(proc: Process, pid: int, head: int, length: int) -> int:
     robust_list = _thread(proc, pid).robust_list
     proc.mm.write_u64(head, robust_list[0])
     proc.mm.write_u64(length, robust_list[1])
@@ -307,7 +311,7 @@ def sys_get_robust_list(proc, pid: int, head: int, length: int) -> int:
 
 
 # -- new threads -----------------------------------------------------------------------
-def _new_thread(proc, flags: int, stack: int, parent_tid: int, child_tid: int,
+def _new_thread(proc: Process, flags: int, stack: int, parent_tid: int, child_tid: int,
                 tls: int, name: str) -> int:
     """What clone and clone3 share: check *flags*, start the thread, write
     the tids.  A new *process* (fork, vfork, posix_spawn: no CLONE_THREAD)
@@ -335,14 +339,14 @@ def _new_thread(proc, flags: int, stack: int, parent_tid: int, child_tid: int,
     return thread.tid
 
 
-def sys_clone(proc, flags: int, stack: int, parent_tid: int, child_tid: int, tls: int) -> int:
+def sys_clone(proc: Process, flags: int, stack: int, parent_tid: int, child_tid: int, tls: int) -> int:
     """A new thread that starts on *stack* (its RSP; 0 keeps the caller's)
     where this call returns, with RAX = 0.  The low byte of *flags* (the
     exit signal) means nothing for a thread; Linux reads only 32 bits."""
     return _new_thread(proc, flags & 0xFFFF_FF00, stack, parent_tid, child_tid, tls, "clone")
 
 
-def sys_clone3(proc, address: int, size: int) -> int:
+def sys_clone3(proc: Process, address: int, size: int) -> int:
     """clone with its arguments in a ``struct clone_args`` (linux/sched.h):
     a known prefix of at least CLONE_ARGS_SIZE_VER0 bytes; anything after
     the fields minikvm knows must be zero (E2BIG), as in Linux."""
@@ -366,11 +370,11 @@ def sys_clone3(proc, address: int, size: int) -> int:
     return _new_thread(proc, flags, stack + stack_size, parent_tid, child_tid, tls, "clone3")
 
 
-def sys_rseq(proc, *args: int) -> int:
+def sys_rseq(proc: Process, *args: int) -> int:
     raise SyscallError(errno.ENOSYS, "restartable sequences are not supported")
 
 
-def sys_prctl(proc, option: int, arg2: int, arg3: int, arg4: int, arg5: int) -> int:
+def sys_prctl(proc: Process, option: int, arg2: int, arg3: int, arg4: int, arg5: int) -> int:
     """The few options programs use on themselves; everything else EINVAL."""
     option = signed32(option)
     if option == PR_SET_NAME:
@@ -408,7 +412,7 @@ def sys_prctl(proc, option: int, arg2: int, arg3: int, arg4: int, arg5: int) -> 
     raise SyscallError(errno.EINVAL, f"prctl option {option} is not supported by minikvm")
 
 
-def sys_personality(proc, persona: int) -> int:
+def sys_personality(proc: Process, persona: int) -> int:
     """Record the persona and return the previous one; nothing acts on it."""
     previous = proc.personality
     if persona & 0xFFFF_FFFF != PERSONALITY_QUERY:
@@ -417,7 +421,7 @@ def sys_personality(proc, persona: int) -> int:
 
 
 # -- limits and priority --------------------------------------------------------------
-def sys_prlimit64(proc, pid: int, resource: int, new: int, old: int) -> int:
+def sys_prlimit64(proc: Process, pid: int, resource: int, new: int, old: int) -> int:
     """Report the limits the sandbox enforces; refuse to change them."""
     _only_self(proc, pid)
     resource = signed32(resource)
@@ -441,15 +445,15 @@ def sys_prlimit64(proc, pid: int, resource: int, new: int, old: int) -> int:
     return 0
 
 
-def sys_getrlimit(proc, resource: int, address: int) -> int:
+def sys_getrlimit(proc: Process, resource: int, address: int) -> int:
     return sys_prlimit64(proc, 0, resource, 0, address)
 
 
-def sys_setrlimit(proc, resource: int, address: int) -> int:
+def sys_setrlimit(proc: Process, resource: int, address: int) -> int:
     return sys_prlimit64(proc, 0, resource, address, 0)
 
 
-def _check_priority_target(proc, which: int, who: int) -> None:
+def _check_priority_target(proc: Process, which: int, who: int) -> None:
     which, who = signed32(which), signed32(who)
     if which not in (PRIO_PROCESS, PRIO_PGRP, PRIO_USER):
         raise SyscallError(errno.EINVAL, f"which {which}")
@@ -458,13 +462,13 @@ def _check_priority_target(proc, which: int, who: int) -> None:
         raise SyscallError(errno.ESRCH, f"nothing to match {who} in this sandbox")
 
 
-def sys_getpriority(proc, which: int, who: int) -> int:
+def sys_getpriority(proc: Process, which: int, who: int) -> int:
     """Like the kernel's system call: 20 - nice, so the result is positive."""
     _check_priority_target(proc, which, who)
     return 20 - proc.nice
 
 
-def sys_setpriority(proc, which: int, who: int, nice: int) -> int:
+def sys_setpriority(proc: Process, which: int, who: int, nice: int) -> int:
     """Recorded (the guest has one vCPU to itself); raising priority needs
     privilege, as on Linux."""
     _check_priority_target(proc, which, who)
@@ -476,7 +480,7 @@ def sys_setpriority(proc, which: int, who: int, nice: int) -> int:
 
 
 # -- signals sent to itself ------------------------------------------------------------
-def sys_kill(proc, pid: int, sig: int) -> int:
+def sys_kill(proc: Process, pid: int, sig: int) -> int:
     """Signals to itself (or its group): the signal's action is taken.
     Other pids do not exist for the guest."""
     pid, sig = signed32(pid), signed32(sig)
@@ -485,7 +489,7 @@ def sys_kill(proc, pid: int, sig: int) -> int:
     return deliver(proc, sig, "sent by the program itself (kill)")
 
 
-def sys_tgkill(proc, tgid: int, tid: int, sig: int) -> int:
+def sys_tgkill(proc: Process, tgid: int, tid: int, sig: int) -> int:
     """To one thread of the process: a handler runs in that thread
     (:func:`~minikvm.syscalls.signals.deliver_to_thread`)."""
     if signed32(tgid) != proc.pid or signed32(tid) not in proc.threads.threads:
@@ -495,7 +499,7 @@ def sys_tgkill(proc, tgid: int, tid: int, sig: int) -> int:
                              sent_info(proc, signed32(sig), SI_TKILL))
 
 
-def sys_tkill(proc, tid: int, sig: int) -> int:
+def sys_tkill(proc: Process, tid: int, sig: int) -> int:
     if signed32(tid) not in proc.threads.threads:
         raise SyscallError(errno.ESRCH, "no such thread in this sandbox")
     return deliver_to_thread(proc, signed32(tid), signed32(sig),
@@ -506,7 +510,7 @@ def sys_tkill(proc, tid: int, sig: int) -> int:
 def refused(name: str):
     """A handler that refuses *name* with EPERM and records the denial in
     the policy's log, so ``--audit`` lists attempts to escape the sandbox."""
-    def handler(proc, *args: int) -> int:
+    def handler(proc: Process, *args: int) -> int:
         raise proc.policy.refuse(name)
     handler.__name__ = f"sys_{name}"
     return handler

@@ -45,10 +45,14 @@ stub on its own gets EINVAL, not a host exception.
 from __future__ import annotations
 
 import errno
+from typing import TYPE_CHECKING
 
 from minikvm.cpu.guestcode import MINIKVM_SYS_CALL_RETURN
 from minikvm.errors import SyscallError
 from minikvm.syscalls.base import PARTIAL, Syscall
+
+if TYPE_CHECKING:
+    from minikvm.process.process import Process
 
 MINIKVM_SYS_WAIT_REQUEST = 500
 MINIKVM_SYS_RESPOND = 501
@@ -60,7 +64,7 @@ NO_CHANNEL = ("no request source: the program runs under a plain 'minikvm run' "
               "(use 'minikvm serve', or a snapshot's fork)")
 
 
-def sys_minikvm_wait_request(proc, buffer: int, size: int) -> int:
+def sys_minikvm_wait_request(proc: Process, buffer: int, size: int) -> int:
     """Wait for the next request and copy it to ``buffer`` (at most ``size`` bytes)."""
     if proc.requests is None:
         raise SyscallError(errno.ENOTCONN, NO_CHANNEL)
@@ -68,7 +72,7 @@ def sys_minikvm_wait_request(proc, buffer: int, size: int) -> int:
     return proc.requests.wait(proc, buffer, size)
 
 
-def sys_minikvm_respond(proc, buffer: int, length: int) -> int:
+def sys_minikvm_respond(proc: Process, buffer: int, length: int) -> int:
     """Append ``length`` bytes at ``buffer`` to the current response."""
     if proc.requests is None:
         raise SyscallError(errno.ENOTCONN, NO_CHANNEL)
@@ -79,7 +83,7 @@ def sys_minikvm_respond(proc, buffer: int, length: int) -> int:
     return length
 
 
-def sys_minikvm_call_return(proc, value: int) -> int:
+def sys_minikvm_call_return(proc: Process, value: int) -> int:
     """The call-return stub reports a host-called function's result."""
     if proc.requests is None or not getattr(proc.requests, "calling", False):
         raise SyscallError(errno.EINVAL, "no call from the host is in progress")

@@ -64,7 +64,7 @@ import os
 import signal as signal_module
 import struct
 import time
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 from minikvm import ioctl as k, x86
 from minikvm.cpu.segments import USER_CODE64, USER_DATA64
@@ -76,6 +76,9 @@ from minikvm.machine.stops import RegistersLoaded, ProcessKilled
 from minikvm.process import sigframe, threads
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32
 from minikvm.x86 import CANONICAL_LIMIT, CPUID_XSAVE_STATE
+
+if TYPE_CHECKING:
+    from minikvm.process.process import Process
 
 NSIG = 64
 SIG_BLOCK, SIG_UNBLOCK, SIG_SETMASK = 0, 1, 2
@@ -156,7 +159,7 @@ def bit(sig: int) -> int:
     return 1 << (sig - 1)
 
 
-def _action(proc, sig: int) -> tuple[int, int, int, int]:
+def _action(proc: Process, sig: int) -> tuple[int, int, int, int]:
     """``(handler, flags, restorer, mask)`` of signal *sig*."""
     return proc.signal_actions.get(sig, (SIG_DFL, 0, 0, 0))
 
@@ -165,25 +168,25 @@ def _has_handler(handler: int) -> bool:
     return handler not in (SIG_DFL, SIG_IGN)
 
 
-def ready(proc) -> int:
+def ready(proc: Process) -> int:
     """The pending signals the mask does not block."""
     return proc.signal_pending & ~proc.signal_mask
 
 
-def _refresh_work(proc) -> None:
+def _refresh_work(proc: Process) -> None:
     """Whether the dispatcher must call :func:`deliver_on_return` after each
     system call: a signal is ready, or an alarm is set (its deadline is
     compared there)."""
     proc.signal_work = bool(ready(proc)) or proc.alarm_deadline is not None
 
 
-def sent_info(proc, sig: int, code: int = SI_USER) -> bytes:
+def sent_info(proc: Process, sig: int, code: int = SI_USER) -> bytes:
     """The ``siginfo_t`` of a signal the process sent itself: its pid and uid."""
     return sigframe.siginfo(sig, code, pid=proc.pid, uid=os.getuid())
 
 
 # -- the action of a signal ------------------------------------------------------
-def deliver(proc, sig: int, sender: str = "sent by the program itself",
+def deliver(proc: Process, sig: int, sender: str = "sent by the program itself",
             info: bytes | None = None) -> int:
     """Apply signal *sig* to the process (0 for a signal that was ignored,
     left pending, or is 0 itself — kill's "does it exist?" probe).  A
@@ -210,7 +213,7 @@ def deliver(proc, sig: int, sender: str = "sent by the program itself",
     return 0  # not reached
 
 
-def deliver_to_thread(proc, tid: int, sig: int, sender: str, info: bytes) -> int:
+def deliver_to_thread(proc: Process, tid: int, sig: int, sender: str, info: bytes) -> int:
     """``tgkill``: signal *sig* for thread *tid*.  The current thread takes
     it as :func:`deliver` does.  Another thread's handler must run in that
     thread (Go's runtime preempts a goroutine by signalling the thread that
@@ -231,7 +234,7 @@ def deliver_to_thread(proc, tid: int, sig: int, sender: str, info: bytes) -> int
     return 0
 
 
-def deliver_switched_in(proc) -> None:
+def deliver_switched_in(proc: Process) -> None:
     """Another thread was just put on the vCPU, its whole user-mode register
     state in ``kvm_run`` (at CPL 3, as a switch leaves it): run the
     handlers of its ready signals before it resumes, the interrupted
@@ -252,7 +255,7 @@ def deliver_switched_in(proc) -> None:
     _refresh_work(proc)
 
 
-def _die(proc, signum: SignalNumber, sender: str) -> None:
+def _die(proc: Process, signum: SignalNumber, sender: str) -> None:
     """End the run as if *signum* had killed the process."""
     regs = proc.machine.vcpu.run_state.s.regs.regs
     # At a system-call exit RCX holds where the program's ``syscall`` returns
@@ -264,7 +267,7 @@ def _die(proc, signum: SignalNumber, sender: str) -> None:
     raise ProcessKilled(signum, f"{sender} at {where}")  # type: ignore[arg-type]
 
 
-def deliver_pending(proc) -> None:
+def deliver_pending(proc: Process) -> None:
     """Act on the pending signals the mask no longer blocks: those with
     the default action end the run now; those with a handler stay pending
     for :func:`deliver_on_return`."""
@@ -280,7 +283,7 @@ def deliver_pending(proc) -> None:
     _refresh_work(proc)
 
 
-def broken_pipe(proc) -> None:
+def broken_pipe(proc: Process) -> None:
     """What Linux does before a write to a pipe or socket nobody reads
     fails with EPIPE: it sends the writer SIGPIPE, which ends the program
     (status 141, as in ``yes | head -1``) unless it ignores, blocks or
@@ -290,7 +293,7 @@ def broken_pipe(proc) -> None:
     deliver(proc, SIGPIPE, "wrote to a pipe with no reader")
 
 
-def deliver_due_alarm(proc, now: float | None = None) -> None:
+def deliver_due_alarm(proc: Process, now: float | None = None) -> None:
     """Send SIGALRM if the alarm (``alarm``, ``setitimer(ITIMER_REAL)``) is due."""
     deadline = proc.alarm_deadline
     if deadline is None:
@@ -308,7 +311,7 @@ def deliver_due_alarm(proc, now: float | None = None) -> None:
     _refresh_work(proc)
 
 
-def sleep(proc, seconds: float | None) -> None:
+def sleep(proc: Process, seconds: float | None) -> None:
     """Sleep *seconds* (None: until a signal ends the program or its handler
     must run).
 
@@ -332,7 +335,7 @@ def sleep(proc, seconds: float | None) -> None:
 
 
 # -- running handlers --------------------------------------------------------------
-def deliver_on_return(proc, regs: k.kvm_regs) -> None:
+def deliver_on_return(proc: Process, regs: k.kvm_regs) -> None:
     """Run the handlers of the ready signals as a system call returns.
 
     The dispatcher calls this after the result is in RAX, when
@@ -359,14 +362,14 @@ def deliver_on_return(proc, regs: k.kvm_regs) -> None:
     _refresh_work(proc)
 
 
-def _restore_suspended_mask(proc) -> None:
+def _restore_suspended_mask(proc: Process) -> None:
     """rt_sigsuspend's caller's mask, when no handler took it into its frame."""
     if proc.signal_saved_mask is not None:
         proc.signal_mask = proc.signal_saved_mask
         proc.signal_saved_mask = None
 
 
-def _run_handlers(proc, context: sigframe.sigcontext_64,
+def _run_handlers(proc: Process, context: sigframe.sigcontext_64,
                   first: tuple[int, bytes] | None = None) -> sigframe.sigcontext_64 | None:
     """Push a frame for each ready signal (after *first*, a fault's
     ``(signal, siginfo)``) and return the registers the last handler
@@ -398,7 +401,7 @@ def _run_handlers(proc, context: sigframe.sigcontext_64,
     return context
 
 
-def _push_frame(proc, context: sigframe.sigcontext_64, sig: int, info: bytes,
+def _push_frame(proc: Process, context: sigframe.sigcontext_64, sig: int, info: bytes,
                 fpu: "_FpuState") -> sigframe.sigcontext_64:
     """Write the signal frame for *sig* below *context*'s stack and return
     the registers its handler starts with (``setup_rt_frame`` and
@@ -494,7 +497,7 @@ class _FpuState:
             self.vcpu.set_xsave(k.kvm_xsave.from_buffer_copy(self.state))
 
 
-def _xsave_layout(proc) -> tuple[int | None, int, int]:
+def _xsave_layout(proc: Process) -> tuple[int | None, int, int]:
     """``(xstate_size, xfeatures, mxcsr_mask)`` of this vCPU's frames: the
     size of the standard XSAVE area for XCR0's components when the guest
     has XSAVE enabled (CR4.OSXSAVE), else ``(None, x87|SSE, …)``: an FXSAVE
@@ -537,7 +540,7 @@ FAULT_CODES = {x86.VECTOR_DE: FPE_INTDIV, x86.VECTOR_DB: TRAP_TRACE, x86.VECTOR_
 FAULTS_AT_RIP = frozenset({x86.VECTOR_DE, x86.VECTOR_DB, x86.VECTOR_UD, 17, x86.VECTOR_XM})
 
 
-def deliver_fault(proc, frame: ExceptionFrame) -> bool:
+def deliver_fault(proc: Process, frame: ExceptionFrame) -> bool:
     """Run the program's handler for the signal a CPU exception raises
     (the machine calls this at an exception exit from user mode).  False
     when there is none — or it is blocked, as Linux's ``force_sig`` then
@@ -594,7 +597,7 @@ def _load(regs: k.kvm_regs, context: sigframe.sigcontext_64) -> None:
 
 
 # -- the system calls -------------------------------------------------------------
-def sys_rt_sigaction(proc, sig: int, action: int, old: int, size: int) -> int:
+def sys_rt_sigaction(proc: Process, sig: int, action: int, old: int, size: int) -> int:
     sig = signed32(sig)
     signal_number(sig)
     if sig in (SIGKILL, SIGSTOP) and action:
@@ -612,7 +615,7 @@ def sys_rt_sigaction(proc, sig: int, action: int, old: int, size: int) -> int:
     return 0
 
 
-def sys_rt_sigprocmask(proc, how: int, new: int, old: int, size: int) -> int:
+def sys_rt_sigprocmask(proc: Process, how: int, new: int, old: int, size: int) -> int:
     if size != SIGSET_SIZE:
         raise SyscallError(errno.EINVAL, f"sigset size {size}, expected {SIGSET_SIZE}")
     mask = proc.mm.read_struct(new, "<Q")[0] if new else None
@@ -634,14 +637,14 @@ def sys_rt_sigprocmask(proc, how: int, new: int, old: int, size: int) -> int:
     return 0
 
 
-def sys_rt_sigpending(proc, address: int, size: int) -> int:
+def sys_rt_sigpending(proc: Process, address: int, size: int) -> int:
     if size > SIGSET_SIZE:
         raise SyscallError(errno.EINVAL, f"sigset size {size}")
     proc.mm.write(address, (proc.signal_pending & proc.signal_mask).to_bytes(8, "little")[:size])
     return 0
 
 
-def _wait_with_mask(proc, mask: int) -> int:
+def _wait_with_mask(proc: Process, mask: int) -> int:
     """Wait under *mask* until a signal's handler must run (EINTR; the
     handler's frame then saves the caller's mask, which comes back when the
     handler returns) or a signal ends the program (rt_sigsuspend, pause)."""
@@ -664,17 +667,17 @@ def _wait_with_mask(proc, mask: int) -> int:
     raise SyscallError(errno.EINTR, "the run's time limit interrupted the wait")
 
 
-def sys_rt_sigsuspend(proc, address: int, size: int) -> int:
+def sys_rt_sigsuspend(proc: Process, address: int, size: int) -> int:
     if size != SIGSET_SIZE:
         raise SyscallError(errno.EINVAL, f"sigset size {size}, expected {SIGSET_SIZE}")
     return _wait_with_mask(proc, proc.mm.read_struct(address, "<Q")[0])
 
 
-def sys_pause(proc) -> int:
+def sys_pause(proc: Process) -> int:
     return _wait_with_mask(proc, proc.signal_mask)
 
 
-def sys_rt_sigtimedwait(proc, address: int, info: int, timeout: int, size: int) -> int:
+def sys_rt_sigtimedwait(proc: Process, address: int, info: int, timeout: int, size: int) -> int:
     """Take a pending signal of the set, waiting up to *timeout*: only the
     alarm can make one arrive while waiting."""
     if size != SIGSET_SIZE:
@@ -708,28 +711,28 @@ def sys_rt_sigtimedwait(proc, address: int, info: int, timeout: int, size: int) 
               else min(SLEEP_SLICE_SECONDS, deadline - now))
 
 
-def _queued_info(proc, sig: int, info: int) -> bytes:
+def _queued_info(proc: Process, sig: int, info: int) -> bytes:
     """The ``siginfo_t`` a program queues to itself, with its signal number."""
     data = bytearray(proc.mm.read(info, SIGINFO_SIZE))
     struct.pack_into("<i", data, 0, sig)
     return bytes(data)
 
 
-def sys_rt_sigqueueinfo(proc, pid: int, sig: int, info: int) -> int:
+def sys_rt_sigqueueinfo(proc: Process, pid: int, sig: int, info: int) -> int:
     if signed32(pid) != proc.pid:
         raise SyscallError(errno.ESRCH, f"no process {signed32(pid)} in this sandbox")
     sig = signed32(sig)
     return deliver(proc, sig, info=_queued_info(proc, sig, info))
 
 
-def sys_rt_tgsigqueueinfo(proc, tgid: int, tid: int, sig: int, info: int) -> int:
+def sys_rt_tgsigqueueinfo(proc: Process, tgid: int, tid: int, sig: int, info: int) -> int:
     if signed32(tgid) != proc.pid or signed32(tid) != proc.pid:
         raise SyscallError(errno.ESRCH, "no such thread in this sandbox")
     sig = signed32(sig)
     return deliver(proc, sig, info=_queued_info(proc, sig, info))
 
 
-def sys_rt_sigreturn(proc) -> int:
+def sys_rt_sigreturn(proc: Process) -> int:
     """Return from a signal handler: load the registers, the mask and the
     FPU state saved in the frame ``sa_restorer`` sits on (``rt_sigreturn``
     in arch/x86/kernel/signal_64.c).
@@ -779,12 +782,12 @@ def sys_rt_sigreturn(proc) -> int:
     raise RegistersLoaded()
 
 
-def _bad_frame(proc, why: str) -> None:
+def _bad_frame(proc: Process, why: str) -> None:
     """Linux sends SIGSEGV for a frame it cannot use; minikvm ends the run."""
     raise ProcessKilled(signal_module.SIGSEGV, f"rt_sigreturn: {why}")
 
 
-def _restore_fpu(proc, fpstate: int) -> None:
+def _restore_fpu(proc: Process, fpstate: int) -> None:
     """Load the frame's FPU state (``fpu__restore_sig``), checked by
     :func:`minikvm.process.sigframe.xsave_from_frame`; no state (0) is a clean FPU."""
     vcpu = proc.machine.vcpu
@@ -816,7 +819,7 @@ def _restore_fpu(proc, fpstate: int) -> None:
         _bad_frame(proc, f"KVM refused the frame's FPU state ({error})")
 
 
-def _restore_alternate_stack(proc, stack: sigframe.stack_t, sp: int) -> None:
+def _restore_alternate_stack(proc: Process, stack: sigframe.stack_t, sp: int) -> None:
     """``restore_altstack``: the sigaltstack as it was when the signal came.
     Like Linux, it is left alone while the frame itself is on it."""
     if sigframe.on_alternate_stack(sp, proc.alternate_stack):
@@ -827,7 +830,7 @@ def _restore_alternate_stack(proc, stack: sigframe.stack_t, sp: int) -> None:
         pass   # Linux ignores a uc_stack it cannot apply
 
 
-def _set_alternate_stack(proc, sp: int, flags: int, size: int) -> None:
+def _set_alternate_stack(proc: Process, sp: int, flags: int, size: int) -> None:
     if flags & ~(SS_DISABLE | SS_ONSTACK | SS_AUTODISARM):
         raise SyscallError(errno.EINVAL, f"ss_flags {flags:#x}")
     if flags & SS_DISABLE:
@@ -838,7 +841,7 @@ def _set_alternate_stack(proc, sp: int, flags: int, size: int) -> None:
         proc.alternate_stack = (sp, size)
 
 
-def sys_sigaltstack(proc, new: int, old: int) -> int:
+def sys_sigaltstack(proc: Process, new: int, old: int) -> int:
     """Set or read the alternate stack handlers with SA_ONSTACK run on.
     EPERM while running on it, as on Linux."""
     request = proc.mm.read_struct(new, STACK_T_FORMAT) if new else None

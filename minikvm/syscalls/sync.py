@@ -40,12 +40,16 @@ from __future__ import annotations
 
 import errno
 import time
+from typing import TYPE_CHECKING
 
 from minikvm.errors import SyscallError
 from minikvm.linux_abi import NSEC_PER_SEC
 from minikvm.process import threads
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32
 from minikvm.syscalls.signals import sleep
+
+if TYPE_CHECKING:
+    from minikvm.process.process import Process
 
 FUTEX_WAIT = 0
 FUTEX_WAKE = 1
@@ -84,11 +88,11 @@ def _word_address(uaddr: int) -> int:
     return uaddr
 
 
-def _read_word(proc, uaddr: int) -> int:
+def _read_word(proc: Process, uaddr: int) -> int:
     return proc.mm.read_struct(_word_address(uaddr), "<I")[0]
 
 
-def _deadline(proc, address: int, absolute: bool, realtime: bool) -> float | None:
+def _deadline(proc: Process, address: int, absolute: bool, realtime: bool) -> float | None:
     """When a wait gives up, on the host's ``time.monotonic()``: from a
     relative timespec (FUTEX_WAIT) or an absolute one on CLOCK_MONOTONIC or
     CLOCK_REALTIME (FUTEX_WAIT_BITSET).  None without a timeout."""
@@ -104,7 +108,7 @@ def _deadline(proc, address: int, absolute: bool, realtime: bool) -> float | Non
     return now + (value - time.time()) if realtime else value
 
 
-def _wait(proc, uaddr: int, value: int, bitset: int, deadline: float | None) -> int:
+def _wait(proc: Process, uaddr: int, value: int, bitset: int, deadline: float | None) -> int:
     if _read_word(proc, uaddr) != value & 0xFFFF_FFFF:
         raise SyscallError(errno.EAGAIN, "the futex word changed")
     return threads.wait_on_futex(proc, uaddr, bitset, deadline,
@@ -116,7 +120,7 @@ def _count(value: int) -> int:
     return max(signed32(value), 1)
 
 
-def _wake_op(proc, uaddr: int, count: int, uaddr2: int, count2: int, val3: int) -> int:
+def _wake_op(proc: Process, uaddr: int, count: int, uaddr2: int, count2: int, val3: int) -> int:
     """FUTEX_WAKE_OP: ``old = *uaddr2; *uaddr2 = old OP oparg``; wake *count*
     waiters of *uaddr*, and *count2* of *uaddr2* if ``old CMP cmparg``."""
     op, test = (val3 >> 28) & 0xF, (val3 >> 24) & 0xF
@@ -142,7 +146,7 @@ def _wake_op(proc, uaddr: int, count: int, uaddr2: int, count2: int, val3: int) 
     return woken
 
 
-def sys_futex(proc, uaddr: int, op: int, val: int, timeout: int, uaddr2: int, val3: int) -> int:
+def sys_futex(proc: Process, uaddr: int, op: int, val: int, timeout: int, uaddr2: int, val3: int) -> int:
     command = signed32(op) & FUTEX_CMD_MASK
     realtime = bool(signed32(op) & FUTEX_CLOCK_REALTIME)
     if command == FUTEX_WAIT:

@@ -23,6 +23,7 @@ import errno
 import os
 import resource
 import time
+from typing import TYPE_CHECKING
 
 from minikvm.errors import SyscallError
 from minikvm.linux_abi import NSEC_PER_SEC, USEC_PER_SEC
@@ -30,6 +31,9 @@ from minikvm.process import threads
 from minikvm.process.stack import CLOCK_TICKS
 from minikvm.syscalls.base import PARTIAL, REFUSED, Syscall, signed32
 from minikvm.syscalls.signals import deliver_due_alarm, sleep
+
+if TYPE_CHECKING:
+    from minikvm.process.process import Process
 
 #: Linux clock ids (linux/time.h) -> the host clock that answers for them.
 CLOCKS = {
@@ -64,13 +68,13 @@ def _clock(clock_id: int) -> int:
     return clock
 
 
-def sys_clock_gettime(proc, clock_id: int, address: int) -> int:
+def sys_clock_gettime(proc: Process, clock_id: int, address: int) -> int:
     ns = time.clock_gettime_ns(_clock(clock_id))
     proc.mm.write_struct(address, TIMESPEC_FORMAT, ns // NSEC_PER_SEC, ns % NSEC_PER_SEC)
     return 0
 
 
-def sys_clock_getres(proc, clock_id: int, address: int) -> int:
+def sys_clock_getres(proc: Process, clock_id: int, address: int) -> int:
     resolution_ns = round(time.clock_getres(_clock(clock_id)) * NSEC_PER_SEC)
     if address:
         proc.mm.write_struct(address, TIMESPEC_FORMAT, resolution_ns // NSEC_PER_SEC,
@@ -78,16 +82,16 @@ def sys_clock_getres(proc, clock_id: int, address: int) -> int:
     return 0
 
 
-def sys_clock_settime(proc, clock_id: int, address: int) -> int:
+def sys_clock_settime(proc: Process, clock_id: int, address: int) -> int:
     _clock(clock_id)
     raise SyscallError(errno.EPERM, "the sandbox cannot set the host's clock")
 
 
-def sys_settimeofday(proc, address: int, zone: int) -> int:
+def sys_settimeofday(proc: Process, address: int, zone: int) -> int:
     raise SyscallError(errno.EPERM, "the sandbox cannot set the host's clock")
 
 
-def sys_gettimeofday(proc, address: int, zone: int) -> int:
+def sys_gettimeofday(proc: Process, address: int, zone: int) -> int:
     ns = time.time_ns()
     if address:
         proc.mm.write_struct(address, TIMEVAL_FORMAT, ns // NSEC_PER_SEC,
@@ -97,7 +101,7 @@ def sys_gettimeofday(proc, address: int, zone: int) -> int:
     return 0
 
 
-def sys_time(proc, address: int) -> int:
+def sys_time(proc: Process, address: int) -> int:
     now = int(time.time())
     if address:
         proc.mm.write_struct(address, "<q", now)
@@ -105,14 +109,14 @@ def sys_time(proc, address: int) -> int:
 
 
 # -- sleeping ---------------------------------------------------------------------
-def _read_timespec(proc, address: int) -> int:
+def _read_timespec(proc: Process, address: int) -> int:
     seconds, nanoseconds = proc.mm.read_struct(address, TIMESPEC_FORMAT)
     if seconds < 0 or not 0 <= nanoseconds < NSEC_PER_SEC:
         raise SyscallError(errno.EINVAL, f"bad timespec {{{seconds}, {nanoseconds}}}")
     return seconds * NSEC_PER_SEC + nanoseconds
 
 
-def _sleep(proc, seconds: float) -> None:
+def _sleep(proc: Process, seconds: float) -> None:
     """Sleep the calling thread; with other threads, they run meanwhile."""
     if len(proc.threads) == 1:
         sleep(proc, seconds)
@@ -120,12 +124,12 @@ def _sleep(proc, seconds: float) -> None:
         threads.sleep_until(proc, time.monotonic() + seconds, lambda s: sleep(proc, s))
 
 
-def sys_nanosleep(proc, request: int, remaining: int) -> int:
+def sys_nanosleep(proc: Process, request: int, remaining: int) -> int:
     _interruptible_sleep(proc, _read_timespec(proc, request), remaining)
     return 0
 
 
-def _interruptible_sleep(proc, duration: int, remaining: int) -> None:
+def _interruptible_sleep(proc: Process, duration: int, remaining: int) -> None:
     """Sleep *duration* ns; when a signal's handler interrupts it (EINTR),
     write the time left to *remaining* (if not 0), as Linux does."""
     start = time.monotonic_ns()
@@ -138,7 +142,7 @@ def _interruptible_sleep(proc, duration: int, remaining: int) -> None:
         raise
 
 
-def sys_clock_nanosleep(proc, clock_id: int, flags: int, request: int, remaining: int) -> int:
+def sys_clock_nanosleep(proc: Process, clock_id: int, flags: int, request: int, remaining: int) -> int:
     clock = _clock(clock_id)
     if clock == time.CLOCK_THREAD_CPUTIME_ID:
         raise SyscallError(errno.EINVAL, "cannot sleep on the thread's own CPU clock")
@@ -157,20 +161,20 @@ def sys_clock_nanosleep(proc, clock_id: int, flags: int, request: int, remaining
 
 
 # -- the alarm: alarm, setitimer, getitimer ---------------------------------------------
-def _remaining(proc) -> float:
+def _remaining(proc: Process) -> float:
     """Seconds until the alarm, 0 when none is set."""
     if proc.alarm_deadline is None:
         return 0.0
     return max(proc.alarm_deadline - time.monotonic(), 0.0)
 
 
-def _set_alarm(proc, value: float, interval: float) -> None:
+def _set_alarm(proc: Process, value: float, interval: float) -> None:
     proc.alarm_deadline = time.monotonic() + value if value > 0 else None
     proc.alarm_interval = interval if value > 0 else 0.0
     proc.signal_work = True   # system-call returns now compare against the deadline
 
 
-def sys_alarm(proc, seconds: int) -> int:
+def sys_alarm(proc: Process, seconds: int) -> int:
     """Returns the seconds left of the previous alarm (rounded like Linux:
     to the nearest second, and at least 1 if one was pending)."""
     deliver_due_alarm(proc)
@@ -189,7 +193,7 @@ def _check_itimer(which: int) -> None:
         raise SyscallError(errno.EINVAL, f"timer {which}")
 
 
-def _write_itimerval(proc, address: int, interval: float, value: float) -> None:
+def _write_itimerval(proc: Process, address: int, interval: float, value: float) -> None:
     fields = []
     for seconds in (interval, value):
         micro = round(seconds * USEC_PER_SEC)
@@ -197,14 +201,14 @@ def _write_itimerval(proc, address: int, interval: float, value: float) -> None:
     proc.mm.write_struct(address, ITIMERVAL_FORMAT, *fields)
 
 
-def sys_getitimer(proc, which: int, address: int) -> int:
+def sys_getitimer(proc: Process, which: int, address: int) -> int:
     _check_itimer(which)
     deliver_due_alarm(proc)
     _write_itimerval(proc, address, proc.alarm_interval, _remaining(proc))
     return 0
 
 
-def sys_setitimer(proc, which: int, new: int, old: int) -> int:
+def sys_setitimer(proc: Process, which: int, new: int, old: int) -> int:
     _check_itimer(which)
     deliver_due_alarm(proc)
     request = proc.mm.read_struct(new, ITIMERVAL_FORMAT) if new else (0, 0, 0, 0)
@@ -222,7 +226,7 @@ def sys_setitimer(proc, which: int, new: int, old: int) -> int:
 
 
 # -- CPU time ----------------------------------------------------------------------------
-def sys_times(proc, address: int) -> int:
+def sys_times(proc: Process, address: int) -> int:
     """CPU time in clock ticks; the result is ticks since an arbitrary
     point (the host's monotonic clock)."""
     host = os.times()
@@ -237,7 +241,7 @@ def _timeval(seconds: float) -> list[int]:
     return [micro // USEC_PER_SEC, micro % USEC_PER_SEC]
 
 
-def sys_getrusage(proc, who: int, address: int) -> int:
+def sys_getrusage(proc: Process, who: int, address: int) -> int:
     """The host process's CPU times and faults; the peak resident size is
     the guest's own (its peak of allocated guest memory)."""
     who = signed32(who)

@@ -78,7 +78,7 @@ class Tracer:
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
 
-    def _string(self, process: "Process", address: int, size: int | None = None) -> str:
+    def _string(self, process: Process, address: int, size: int | None = None) -> str:
         if address == 0:
             return "NULL"
         try:
@@ -89,7 +89,7 @@ class Tracer:
         except SyscallError:
             return hex(address)
 
-    def format_arg(self, process: "Process", kind: str, value: int, next_value: int) -> str:
+    def format_arg(self, process: Process, kind: str, value: int, next_value: int) -> str:
         """One argument, by its kind."""
         if kind in ("fd", "int"):
             return str(signed32(value))
@@ -113,7 +113,7 @@ class Tracer:
             return flag_names(value, MAP_FLAGS)
         return str(value)
 
-    def before(self, process: "Process", entry: Syscall, args: tuple[int, ...]) -> list[str]:
+    def before(self, process: Process, entry: Syscall, args: tuple[int, ...]) -> list[str]:
         """Format what can be shown before the call (not the out-buffers)."""
         shown = []
         for i, (kind, value) in enumerate(zip(entry.args, args)):
@@ -121,7 +121,7 @@ class Tracer:
             shown.append("" if kind == "outbuf" else self.format_arg(process, kind, value, following))
         return shown
 
-    def after(self, process: "Process", entry: Syscall, args: tuple[int, ...],
+    def after(self, process: Process, entry: Syscall, args: tuple[int, ...],
               shown: list[str] | None, result: int, reason: str) -> None:
         """Finish the line with out-buffers and the result, and write it."""
         shown = list(shown or [])
