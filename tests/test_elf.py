@@ -21,7 +21,8 @@ import pytest
 
 from minikvm.cpu.layout import MMAP_MIN_ADDR, PIE_LOAD_BIAS, USER_SPACE_END
 from minikvm.errors import ElfError
-from minikvm.process.elf import ElfImage, LoadSegment, Symbol, SymbolTable, default_bias, load_elf
+from minikvm.process.elf import ElfImage, LoadSegment, default_bias, load_elf
+from minikvm.process.symbols import Symbol, SymbolTable
 from tests.programs.build import PROGRAMS, available_variants, program
 from tests.programs.tiny_elf import (CODE_OFFSET, DATA, DATA_MEMSZ, DATA_OFFSET, EHDR,
                                      EHDR_FIELDS, EM_386, EM_AARCH64, ET_CORE, ET_DYN,
