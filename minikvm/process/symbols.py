@@ -47,7 +47,7 @@ _SYMBOL_KINDS = {"STT_FUNC": "function", "STT_OBJECT": "object",
 #: What reading the headers with :mod:`struct` can raise on a malformed
 #: file that the checks did not already catch.
 PARSE_ERRORS = (struct.error, ValueError, IndexError, KeyError, TypeError, OverflowError,
-                 UnicodeDecodeError)
+                UnicodeDecodeError)
 
 
 def _section_parse_errors() -> tuple[type[BaseException], ...]:
