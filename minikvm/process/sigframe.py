@@ -34,11 +34,8 @@ from __future__ import annotations
 import ctypes
 import struct
 
+from minikvm.ioctl import u16, u32, u64   # the kernel headers' __u16, __u32, __u64
 from minikvm.linux_abi import STACK_ALIGNMENT
-
-u16 = ctypes.c_uint16
-u32 = ctypes.c_uint32
-u64 = ctypes.c_uint64
 
 #: x86-64 has a 128-byte red zone below RSP that leaf functions use
 #: without moving RSP: the frame must not touch it (System V ABI §3.2.2).
