@@ -230,8 +230,6 @@ def deliver_to_thread(proc, tid: int, sig: int, sender: str, info: bytes) -> int
     thread.signals.setdefault(sig, info)     # standard signals do not queue
     if not thread.signal_mask & bit(sig):
         threads.interrupt(thread)            # a wait it is in ends with EINTR
-    if proc.threads.on_switch_in is None:
-        proc.threads.on_switch_in = lambda: deliver_switched_in(proc)
     return 0
 
 
