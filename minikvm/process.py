@@ -8,7 +8,9 @@ out of time, handing each system call to the dispatcher.
 
 The process also owns the host-side state the system calls change: the
 fd table, the working directory, the umask, signal dispositions, limits,
-and the table of its threads (:mod:`minikvm.threads`).
+and the table of its threads (:mod:`minikvm.threads`).  A snapshot copies
+every attribute and a reset puts every one back (:mod:`minikvm.process_state`):
+state added here needs no change there, but must be plain data.
 """
 
 from __future__ import annotations
