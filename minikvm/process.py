@@ -116,6 +116,8 @@ class Process:
                                    or DEFAULT_MAX_THREADS)
         self.fs_base = 0
         self.unknown_syscalls: dict[int, int] = {}
+        #: How many pipes the program made: the next one's number (its inode).
+        self.pipes_made = 0
         self.random: Callable[[int], bytes] = os.urandom
         #: Where ``minikvm_wait_request``/``minikvm_respond`` go: None under a
         #: plain run; a snapshot's fork (:mod:`minikvm.snapshot`) sets it.

@@ -58,7 +58,7 @@ from minikvm.threads import Thread, ThreadTable
 
 MAGIC = b"MKVMSNAP"
 #: 2: the process state holds the thread table (a version-1 file has none,
-#: and its forks could not be reset whole: it is refused).
+#: and its forks could not be reset whole: it is refused), a pipe its number.
 FORMAT_VERSION = 2
 PREAMBLE = struct.Struct("<8sIIQ")
 DIGEST_SIZE = hashlib.sha256().digest_size
@@ -190,7 +190,8 @@ def _fd_records(snapshot: Snapshot) -> tuple[list[dict[str, Any]], list[dict[str
             if id(file.pipe) not in pipe_index:
                 pipe_index[id(file.pipe)] = len(pipes)
                 pipes.append({"data": _encode(bytes(file.pipe.data), "a pipe"),
-                              "readers": file.pipe.readers, "writers": file.pipe.writers})
+                              "readers": file.pipe.readers, "writers": file.pipe.writers,
+                              "number": file.pipe.number})
             record["kind"] = "pipe"
             record["pipe"] = pipe_index[id(file.pipe)]
             record["writing"] = file.writing
@@ -207,7 +208,7 @@ def _reopen_fds(records: list[dict[str, Any]], pipes: list[dict[str, Any]], poli
     reopened through the policy (so a file outside it is refused), pipes
     and devices rebuilt."""
     entries: dict[int, FdEntry] = {}
-    shared_pipes = [Pipe(bytearray(_decode(p["data"])), p["readers"], p["writers"])
+    shared_pipes = [Pipe(bytearray(_decode(p["data"])), p["readers"], p["writers"], p["number"])
                     for p in pipes]
     ends: dict[tuple[int, bool], PipeEnd] = {}
     try:

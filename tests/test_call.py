@@ -9,7 +9,7 @@ import pytest
 from minikvm.guestcode import MINIKVM_SYS_CALL_RETURN, assemble, call_return
 from minikvm.process import Process
 from minikvm.snapshot import GuestCallError, Snapshot, SnapshotError, snapshot_at_ready_point
-from tests.guests import guest
+from tests.guests import guest, hostile_guest
 
 TIMEOUT = 10.0
 
@@ -118,10 +118,7 @@ def test_a_guest_cannot_fake_a_call_return(snapshot: Snapshot) -> None:
 def leaky() -> Snapshot:
     """A snapshot of tests/hostile/leak_requests.c (functions that start a
     thread and move the break)."""
-    from pathlib import Path
-    from tests.programs.build import DEFAULT_BUILD_DIR, build
-    path = str(build(Path(__file__).resolve().parent / "hostile" / "leak_requests.c",
-                     DEFAULT_BUILD_DIR, "glibc-static"))
+    path = str(hostile_guest("leak_requests"))
     process = Process.spawn(path, [path], {}, None)
     taken, reply = snapshot_at_ready_point(process, timeout=TIMEOUT)
     process.close()

@@ -20,8 +20,7 @@ import pytest
 
 from minikvm.serve import STATUS_OK, outcome_of, parse_listen, parse_response
 from minikvm.snapshot import Reply
-from tests.guests import guest
-from tests.programs.build import DEFAULT_BUILD_DIR, build
+from tests.guests import guest, hostile_guest
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 60.0
@@ -175,9 +174,7 @@ def test_sigterm_stops_the_server_gracefully(server) -> None:
 def leaky_server():
     """``minikvm serve`` of tests/hostile/leak_requests.c with one worker, so
     every request runs in the fork the one before it ran in (and was reset)."""
-    program = build(ROOT / "tests" / "hostile" / "leak_requests.c", DEFAULT_BUILD_DIR,
-                    "glibc-static")
-    port, process, log = start_server(program, 1, REQUEST_TIMEOUT)
+    port, process, log = start_server(hostile_guest("leak_requests"), 1, REQUEST_TIMEOUT)
     status, _, pristine = get(port, "/peek")
     assert status == 200 and pristine.startswith(b"leaked= thread=0 "), pristine
     yield port, pristine, process
@@ -187,7 +184,8 @@ def leaky_server():
 @pytest.mark.kvm
 @pytest.mark.parametrize("path", ["/thread:s3cret", "/spinner", "/waiter", "/brk", "/open",
                                   "/close", "/handler", "/block", "/altstack", "/alarm",
-                                  "/umask", "/epoll", "/eventfd", "/pipe", "/identity", "/tid"])
+                                  "/umask", "/epoll", "/eventfd", "/pipe", "/pipes", "/identity",
+                                  "/tid"])
 def test_a_request_leaves_nothing_for_the_next(leaky_server, path: str) -> None:
     """A thread started by a request, a break moved inside its page, an fd
     opened, a signal handler, mask, pending signal or alarm, an epoll

@@ -13,7 +13,6 @@ fresh fork (:func:`minikvm.process_state.state_differences`).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
@@ -24,8 +23,7 @@ from minikvm.process_state import NOT_CAPTURED, NOT_RESTORED, state_differences
 from minikvm.frozen import bitmap_runs, page_runs
 from minikvm.snapshot import MECHANISMS, Fork, Snapshot, SnapshotError, snapshot_at_ready_point
 from minikvm.snapshot_file import FORMAT_VERSION, load, read_header, save
-from tests.guests import guest
-from tests.programs.build import DEFAULT_BUILD_DIR, build
+from tests.guests import guest, hostile_guest
 
 pytestmark = pytest.mark.kvm
 TIMEOUT = 10.0
@@ -267,12 +265,11 @@ def test_a_fork_is_its_own_vm(snapshot: Snapshot) -> None:
 # Each command of tests/hostile/leak_requests.c changes one piece of what the
 # host keeps for the process; "peek" answers with a summary of all of it.
 
-HOSTILE = Path(__file__).resolve().parent / "hostile"
 #: The commands, each changing another piece of host-side state ("{inner}":
 #: a directory inside the read grant).  "alarm" is last: its SIGALRM ends
 #: the request that follows it unless a reset comes first.
 LEAKS = ("thread:s3cret", "spinner", "waiter", "brk", "open", "close", "handler", "block",
-         "altstack", "umask", "chdir:{inner}", "epoll", "eventfd", "pipe", "identity", "tid",
+         "altstack", "umask", "chdir:{inner}", "epoll", "eventfd", "pipe", "pipes", "identity", "tid",
          "alarm")
 
 
@@ -281,7 +278,7 @@ def leaky(request, tmp_path_factory):
     """A snapshot of leak_requests.c (each C library starts threads its own
     way), with a read grant holding a directory to chdir into; and its
     "peek" answer in a fresh fork."""
-    path = str(build(HOSTILE / "leak_requests.c", DEFAULT_BUILD_DIR, request.param))
+    path = str(hostile_guest("leak_requests", request.param))
     grant = tmp_path_factory.mktemp("grant")
     (grant / "inner").mkdir()
     with Policy(read=[grant]) as policy:
@@ -366,7 +363,7 @@ def test_a_reset_fork_is_a_fresh_fork_attribute_by_attribute(leaky, mechanism: s
         changed = state_differences(fork.process, reference.process)
         for piece in ("threads.threads[1001]", "mm.brk_end", "fds.entries", "signal_actions",
                       "signal_mask", "signal_pending", "alternate_stack", "alarm_deadline",
-                      "umask", "cwd", "nice", "machine.time_slice"):
+                      "umask", "cwd", "nice", "pipes_made", "machine.time_slice"):
             assert any(line.startswith(piece) for line in changed), (piece, changed)
         fork.reset()
         assert state_differences(fork.process, reference.process) == []

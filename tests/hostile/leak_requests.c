@@ -24,6 +24,8 @@
  *   epoll          registers the eventfd in the epoll made at start-up
  *   eventfd        adds 5 to the eventfd
  *   pipe           reads the pipe filled at start-up
+ *   pipes          makes three pipes and closes them: a later pipe's inode
+ *                  number must not tell how many pipes requests made
  *   identity       setsid/prctl(PR_SET_NAME)/setpriority/personality
  *   tid            set_tid_address and set_robust_list on the main thread
  *
@@ -116,10 +118,13 @@ long current_break(void) { return syscall(SYS_brk, 0); }
 
 long move_break(long delta) { return syscall(SYS_brk, current_break() + delta); }
 
+/* An address no program maps (the kernel area): reading it faults. */
+static volatile long *volatile nowhere = (volatile long *)16;
+
 long crash_after_moving_break(void)
 {
     move_break(8);
-    return *(volatile long *)16;  /* the kernel area: a page fault */
+    return *nowhere;
 }
 
 static void on_usr1(int sig) { (void)sig; }
@@ -162,6 +167,13 @@ static int peek(char *out, size_t size)
     char piped[32] = "";
     long got = read(pipe_fds[0], piped, sizeof piped - 1);
     piped[got > 0 ? got : 0] = 0;
+    int probe[2];
+    struct stat probed = {0};
+    if (pipe(probe) == 0) {
+        fstat(probe[0], &probed);
+        close(probe[0]);
+        close(probe[1]);
+    }
     char name[17] = "";
     prctl(PR_GET_NAME, name);
     errno = 0;
@@ -169,13 +181,14 @@ static int peek(char *out, size_t size)
     return snprintf(out, size,
                     "leaked=%s thread=%ld brk=%#lx fds=%#x usr1=%s mask=%#lx pending=%#lx "
                     "altstack=%s alarm=%ld.%06ld umask=%03o cwd=%s epoll=%d registered=%d "
-                    "eventfd=%ld:%llu pipe=%s sid=%d pgid=%d name=%s nice=%d personality=%#x",
+                    "eventfd=%ld:%llu pipe=%s pipe_inode=%lu sid=%d pgid=%d name=%s nice=%d personality=%#x",
                     leaked, thread_alive(), current_break(), fds,
                     usr1.sa_handler == SIG_DFL ? "default" : "changed",
                     *(unsigned long *)&mask, *(unsigned long *)&pending,
                     stack.ss_flags & SS_DISABLE ? "off" : "on",
                     (long)timer.it_value.tv_sec, (long)timer.it_value.tv_usec, mask_bits, cwd,
                     ready, registered, counted, (unsigned long long)count, piped,
+                    (unsigned long)probed.st_ino,
                     getsid(0), getpgid(0), name, nice_value, personality(0xffffffff));
 }
 
@@ -233,6 +246,16 @@ static int act(const char *command)
     if (!strcmp(command, "pipe")) {
         char buffer[32];
         return read(pipe_fds[0], buffer, sizeof buffer) > 0 ? 0 : -1;
+    }
+    if (!strcmp(command, "pipes")) {
+        for (int i = 0; i < 3; i++) {
+            int ends[2];
+            if (pipe(ends))
+                return -1;
+            close(ends[0]);
+            close(ends[1]);
+        }
+        return 0;
     }
     if (!strcmp(command, "identity")) {
         setsid();               /* EPERM (a group leader), as under a shell */
