@@ -10,7 +10,7 @@ from minikvm.cpu.guestcode import MINIKVM_SYS_CALL_RETURN, assemble, call_return
 from minikvm.errors import SnapshotError
 from minikvm.process.process import Process
 from minikvm.snapshot.snapshot import GuestCallError, Snapshot, snapshot_at_ready_point
-from tests.guests import guest
+from tests.guests import guest, hostile_guest
 
 TIMEOUT = 10.0
 
@@ -111,3 +111,49 @@ def test_a_guest_cannot_fake_a_call_return(snapshot: Snapshot) -> None:
         with pytest.raises(SyscallError) as failure:
             sys_minikvm_call_return(fork.process, 5)
         assert failure.value.errno == 22
+
+
+# -- a call's host-side state is reset too ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def leaky() -> Snapshot:
+    """A snapshot of tests/hostile/leak_requests.c (functions that start a
+    thread and move the break)."""
+    path = str(hostile_guest("leak_requests"))
+    process = Process.spawn(path, [path], {}, None)
+    taken, reply = snapshot_at_ready_point(process, timeout=TIMEOUT)
+    process.close()
+    assert taken is not None, reply.message
+    yield taken
+    taken.close()
+
+
+@kvm
+def test_a_thread_a_call_started_is_gone_after_the_reset(leaky: Snapshot) -> None:
+    """call() resets the fork as a request does: a thread the function
+    started does not run in the next call; without the reset it does."""
+    with leaky.fork() as fork:
+        assert fork.call("start_thread") == 1
+        assert fork.call("thread_alive") == 0
+        assert fork.call("start_thread", reset=False) == 1
+        assert fork.call("thread_alive", reset=False) == 1     # its effects stay
+        fork.reset()
+        assert fork.call("thread_alive") == 0
+        assert len(fork.process.threads) == 1
+        assert fork.request(b"peek", timeout=TIMEOUT).response.startswith(b"leaked= thread=0 ")
+
+
+@kvm
+def test_a_break_a_call_moved_is_put_back(leaky: Snapshot) -> None:
+    with leaky.fork() as fork:
+        start = fork.call("current_break")
+        assert start % 4096 and start == leaky.mm.brk_end      # inside a page
+        assert fork.call("move_break", 8) == start + 8
+        assert fork.call("current_break") == start
+        assert fork.call("move_break", 8, reset=False) == start + 8
+        assert fork.call("current_break") == start + 8         # kept, then reset
+        assert fork.call("current_break") == start
+        with pytest.raises(GuestCallError, match="SIGSEGV"):
+            fork.call("crash_after_moving_break")              # a failed call resets too
+        assert fork.process.mm.brk_end == start
+        assert fork.call("current_break") == start

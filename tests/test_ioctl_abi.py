@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from minikvm import ioctl
+
 #: Prefixes of the integer constants in ioctl.py that are also macros of
 #: <linux/kvm.h>.  (Private helpers and ctypes aliases are left out.)
 CONSTANT_PREFIXES = ("KVM_EXIT_", "KVM_CAP_", "KVM_MEM_", "KVM_SYNC_X86_", "KVM_GUESTDBG_",

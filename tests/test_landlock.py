@@ -17,6 +17,7 @@ import textwrap
 import pytest
 
 from minikvm.sandbox import landlock as L
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 ABI = L.abi_version()
 

@@ -20,6 +20,7 @@ import textwrap
 import pytest
 
 from minikvm.sandbox import seccomp as S
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 UNISTD = pathlib.Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h")
 KVM_RUN = 0xAE80

@@ -20,7 +20,7 @@ import pytest
 
 from minikvm.cli.serve import STATUS_OK, outcome_of, parse_listen, parse_response
 from minikvm.snapshot.snapshot import Reply
-from tests.guests import guest
+from tests.guests import guest, hostile_guest
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 60.0
@@ -58,11 +58,11 @@ def test_listen_addresses() -> None:
 
 # -- a real server ------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def server():
-    """``minikvm serve`` on an ephemeral port, two workers, a short request timeout."""
+def start_server(program: Path, workers: int, request_timeout: float):
+    """``minikvm serve`` of *program* on an ephemeral port: ``(port, process, log)``."""
     command = [sys.executable, "-m", "minikvm", "serve", "--listen", "127.0.0.1:0",
-               "--workers", "2", "--request-timeout", "1", "--", str(guest("handler"))]
+               "--workers", str(workers), "--request-timeout", str(request_timeout), "--",
+               str(program)]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -80,10 +80,21 @@ def server():
     if port is None:
         process.kill()
         pytest.fail("minikvm serve did not start:\n" + "".join(log))
-    yield port, process, log
+    return port, process, log
+
+
+def stop_server(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.kill()
         process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server():
+    """``minikvm serve`` on an ephemeral port, two workers, a short request timeout."""
+    port, process, log = start_server(guest("handler"), 2, 1)
+    yield port, process, log
+    stop_server(process)
 
 
 def get(port: int, path: str, body: bytes | None = None) -> tuple[int, dict, bytes]:
@@ -155,3 +166,35 @@ def test_sigterm_stops_the_server_gracefully(server) -> None:
     rest = process.stderr.read()
     assert "SIGSEGV" in "".join(log) + rest       # the crash lines were logged
     assert "Traceback" not in rest
+
+
+# -- the reset between requests restores the whole process -----------------------------------
+
+@pytest.fixture(scope="module")
+def leaky_server():
+    """``minikvm serve`` of tests/hostile/leak_requests.c with one worker, so
+    every request runs in the fork the one before it ran in (and was reset)."""
+    port, process, log = start_server(hostile_guest("leak_requests"), 1, REQUEST_TIMEOUT)
+    status, _, pristine = get(port, "/peek")
+    assert status == 200 and pristine.startswith(b"leaked= thread=0 "), pristine
+    yield port, pristine, process
+    stop_server(process)
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("path", ["/thread:s3cret", "/spinner", "/waiter", "/brk", "/open",
+                                  "/close", "/handler", "/block", "/altstack", "/alarm",
+                                  "/umask", "/epoll", "/eventfd", "/pipe", "/pipes", "/identity",
+                                  "/tid"])
+def test_a_request_leaves_nothing_for_the_next(leaky_server, path: str) -> None:
+    """A thread started by a request, a break moved inside its page, an fd
+    opened, a signal handler, mask, pending signal or alarm, an epoll
+    registration …: the next request sees the snapshot's state, no data of
+    the request before, and is not crashed (by a leftover thread running on
+    its memory, or a leftover alarm)."""
+    port, pristine, _ = leaky_server
+    status, _, body = get(port, path)
+    assert status == 200 and body.endswith(b": done"), body
+    for _ in range(2):
+        status, _, body = get(port, "/peek")
+        assert (status, body) == (200, pristine)

@@ -3,6 +3,11 @@
 The guest is tests/guests/handler.c: every request increments a global
 counter and appends to a heap buffer, so a fork that really starts from the
 snapshot answers ``counter=1 heap=<8 + request length>`` every time.
+
+tests/hostile/leak_requests.c tries to make the host-side state of one
+request outlive it (a thread, the break, files, signal state, the alarm,
+epoll, cwd …): after a reset the fork must be, attribute by attribute, a
+fresh fork (:func:`minikvm.snapshot.process_state.state_differences`).
 """
 
 from __future__ import annotations
@@ -13,10 +18,13 @@ import pytest
 
 from minikvm.errors import SnapshotError
 from minikvm.process.process import Process
-from minikvm.snapshot.file import load, read_header, save
+from minikvm.sandbox.policy import Policy
+from minikvm.snapshot import process_state
+from minikvm.snapshot.file import FORMAT_VERSION, load, read_header, save
 from minikvm.snapshot.frozen import bitmap_runs, page_runs
+from minikvm.snapshot.process_state import NOT_CAPTURED, NOT_RESTORED, state_differences
 from minikvm.snapshot.snapshot import MECHANISMS, Snapshot, snapshot_at_ready_point
-from tests.guests import guest
+from tests.guests import guest, hostile_guest
 
 pytestmark = pytest.mark.kvm
 TIMEOUT = 10.0
@@ -211,8 +219,9 @@ def test_the_file_round_trips(tmp_path, snapshot: Snapshot) -> None:
     size = save(snapshot, path)
     assert path.stat().st_size == size
     header = read_header(path)
-    assert header["version"] == 1 and header["wait"] == list(snapshot.wait)
+    assert header["version"] == FORMAT_VERSION and header["wait"] == list(snapshot.wait)
     with load(path) as loaded, loaded.fork() as fork:
+        assert loaded.process_state == snapshot.process_state   # the thread table too
         assert fork.request(b"loaded").response == pristine(b"loaded")
         assert fork.call("add", 20, 22) == 42
 
@@ -255,3 +264,164 @@ def test_a_fork_is_its_own_vm(snapshot: Snapshot) -> None:
         one.machine.mm.write(rsp - 64, b"one only")
         assert one.machine.mm.read(rsp - 64, 8) == b"one only"
         assert two.machine.mm.read(rsp - 64, 8) == before != b"one only"
+
+
+# -- a reset restores the whole process ----------------------------------------------------
+#
+# Each command of tests/hostile/leak_requests.c changes one piece of what the
+# host keeps for the process; "peek" answers with a summary of all of it.
+
+#: The commands, each changing another piece of host-side state ("{inner}":
+#: a directory inside the read grant).  "alarm" is last: its SIGALRM ends
+#: the request that follows it unless a reset comes first.
+LEAKS = ("thread:s3cret", "spinner", "waiter", "brk", "open", "close", "handler", "block",
+         "altstack", "umask", "chdir:{inner}", "epoll", "eventfd", "pipe", "pipes", "identity", "tid",
+         "alarm")
+
+
+@pytest.fixture(scope="module", params=["glibc-static", "musl-static"])
+def leaky(request, tmp_path_factory):
+    """A snapshot of leak_requests.c (each C library starts threads its own
+    way), with a read grant holding a directory to chdir into; and its
+    "peek" answer in a fresh fork."""
+    path = str(hostile_guest("leak_requests", request.param))
+    grant = tmp_path_factory.mktemp("grant")
+    (grant / "inner").mkdir()
+    with Policy(read=[grant]) as policy:
+        process = Process.spawn(path, [path], {}, policy, cwd=str(grant))
+        taken, reply = snapshot_at_ready_point(process, timeout=TIMEOUT)
+        process.close()
+        assert taken is not None, reply.message
+        with taken:
+            with taken.fork() as fresh:
+                peek = fresh.request(b"peek", timeout=TIMEOUT)
+            assert peek.ok and peek.response.startswith(b"leaked= thread=0 "), peek
+            yield taken, peek.response, str(grant / "inner")
+
+
+def command(name: str, inner: str) -> bytes:
+    return name.format(inner=inner).encode()
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+def test_a_thread_started_by_a_request_is_gone_in_the_next(leaky, mechanism: str) -> None:
+    """The reported instance: a thread that outlived its request ran in the
+    next one, on that request's memory (its stack unmapped: SIGSEGV)."""
+    snapshot, fresh, _ = leaky
+    with snapshot.fork(mechanism) as fork:
+        assert fork.request(b"thread:s3cret", timeout=TIMEOUT).ok
+        # Without a reset the thread runs on, and peek sees what it writes:
+        assert fork.request(b"thread:s3cret", timeout=TIMEOUT, reset=False).ok
+        seen = fork.request(b"peek", timeout=TIMEOUT, reset=False)
+        assert seen.response.startswith(b"leaked=s3cret thread=1 "), seen
+        fork.reset()
+        assert len(fork.process.threads) == 1 and fork.machine.time_slice is None
+        for _ in range(3):
+            after = fork.request(b"peek", timeout=TIMEOUT)
+            assert after.ok and after.response == fresh, after
+        for thread in ("spinner", "waiter"):      # preempted, and a futex waiter
+            assert fork.request(thread.encode(), timeout=TIMEOUT).ok
+            assert fork.request(b"peek", timeout=TIMEOUT).response == fresh
+
+
+def test_a_break_moved_inside_its_page_is_put_back(leaky) -> None:
+    """The reported instance: a break that moved but stayed in its page
+    changed no mapping, and the reset left the host's record of it."""
+    snapshot, fresh, _ = leaky
+    with snapshot.fork() as fork:
+        changes = fork.process.mm.mapping_changes
+        assert fork.request(b"brk", timeout=TIMEOUT, reset=False).ok
+        assert fork.process.mm.mapping_changes == changes       # inside its page
+        assert fork.process.mm.brk_end != snapshot.mm.brk_end
+        moved = fork.request(b"peek", timeout=TIMEOUT, reset=False).response
+        assert moved != fresh and b" brk=" in moved
+        fork.reset()
+        assert fork.process.mm.brk_end == snapshot.mm.brk_end
+        assert fork.request(b"peek", timeout=TIMEOUT).response == fresh
+
+
+@pytest.mark.parametrize("name", LEAKS)
+def test_no_state_of_a_request_reaches_the_next(leaky, name: str) -> None:
+    """Each command changes the host's state (a fork left unreset differs
+    from a fresh one); after the reset nothing differs, and the next
+    request sees the snapshot's state ("alarm": and is not killed by it)."""
+    snapshot, fresh, inner = leaky
+    with snapshot.fork() as fork, snapshot.fork() as reference:
+        done = fork.request(command(name, inner), timeout=TIMEOUT, reset=False)
+        assert done.ok and done.response.endswith(b": done"), done
+        assert state_differences(fork.process, reference.process) != []
+        fork.reset()
+        assert state_differences(fork.process, reference.process) == []
+        after = fork.request(b"peek", timeout=TIMEOUT)
+        assert after.ok and after.response == fresh, after
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+def test_a_reset_fork_is_a_fresh_fork_attribute_by_attribute(leaky, mechanism: str) -> None:
+    """Every command in one fork without resets, then one reset: the fork
+    equals a fresh one in every attribute of the process and of everything
+    it holds (threads, fd table, files, signal state, address space, the
+    machine's time slices), but the documented NOT_RESTORED."""
+    snapshot, fresh, inner = leaky
+    with snapshot.fork(mechanism) as fork, snapshot.fork(mechanism) as reference:
+        for name in LEAKS:
+            assert fork.request(command(name, inner), timeout=TIMEOUT, reset=False).ok, name
+        changed = state_differences(fork.process, reference.process)
+        for piece in ("threads.threads[1001]", "mm.brk_end", "fds.entries", "signal_actions",
+                      "signal_mask", "signal_pending", "alternate_stack", "alarm_deadline",
+                      "umask", "cwd", "nice", "pipes_made", "machine.time_slice"):
+            assert any(line.startswith(piece) for line in changed), (piece, changed)
+        fork.reset()
+        assert state_differences(fork.process, reference.process) == []
+        assert fork.request(b"peek", timeout=TIMEOUT).response == fresh
+
+
+def test_the_checker_catches_state_the_reset_does_not_restore(leaky, monkeypatch) -> None:
+    """state_differences fails a reset that leaves any state behind: a dummy
+    attribute on an object the reset does not rebuild (the fd table, the
+    machine), and the thread table when the snapshot does not hold it (as
+    before this was fixed).  A new attribute of the process itself needs no
+    change anywhere: it is captured, and one a request adds is removed."""
+    snapshot, _, _ = leaky
+    with snapshot.fork() as fork, snapshot.fork() as reference:
+        fork.request(b"peek", timeout=TIMEOUT, reset=False)
+        fork.process.fds.dummy_lease = "left by a request"
+        fork.machine.dummy_timer = 3
+        fork.process.added_by_a_request = [1]
+        fork.reset()
+        assert sorted(state_differences(fork.process, reference.process)) == [
+            "fds.dummy_lease: 'left by a request' != (missing)",
+            "machine.dummy_timer: 3 != (missing)"]
+        assert not hasattr(fork.process, "added_by_a_request")
+    with snapshot.fork() as fork:
+        fork.process.new_state = ["pristine"]             # as if Process.__init__ made it
+        with Snapshot.take(fork.process, fork.wait) as child:
+            with child.fork() as one, child.fork() as two:
+                one.process.new_state.append("request")
+                one.reset()
+                assert state_differences(one.process, two.process) == []
+        monkeypatch.setitem(NOT_CAPTURED, "threads", "what the snapshot did not hold")
+        with Snapshot.take(fork.process, fork.wait) as old_style:
+            with old_style.fork() as one, old_style.fork() as two:
+                assert one.request(b"thread:s3cret", timeout=TIMEOUT).ok
+                left = state_differences(one.process, two.process)
+    assert any(line.startswith("threads.threads[1001]: Thread(") for line in left), left
+    assert "machine.time_slice: 0.01 != None" in left, left
+
+
+def test_what_is_not_restored_is_listed_with_a_reason(leaky) -> None:
+    """Every exception names an attribute that exists (no stale entry hides
+    a new one by its old name) and says why."""
+    snapshot, _, _ = leaky
+    with snapshot.fork() as fork:
+        fork.request(b"peek", timeout=TIMEOUT)
+        for name, reason in NOT_CAPTURED.items():
+            assert hasattr(fork.process, name) and len(reason) > 20, name
+        for path, reason in NOT_RESTORED.items():
+            target = fork.process
+            for part in path.split("."):
+                assert hasattr(target, part), path
+                target = getattr(target, part)
+            assert len(reason) > 20, path
+        assert process_state.capture_process_state(fork.process).keys() == \
+            vars(fork.process).keys() - NOT_CAPTURED.keys()

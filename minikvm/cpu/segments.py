@@ -27,6 +27,7 @@ import struct
 from dataclasses import dataclass
 
 from minikvm import ioctl as k
+
 # Type field of code and data segments (S = 1), Intel SDM Vol. 3A Table 3-1
 TYPE_DATA_READ_WRITE = 0x2
 TYPE_DATA_READ_WRITE_ACCESSED = 0x3

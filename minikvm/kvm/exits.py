@@ -12,6 +12,8 @@ import ctypes
 from dataclasses import dataclass
 
 from minikvm import ioctl as k
+
+
 @dataclass
 class VmExit:
     """Base class: ``reason`` is the raw ``KVM_EXIT_*`` value."""

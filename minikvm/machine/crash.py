@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from minikvm import x86
+
 #: vector -> signal, as arch/x86/kernel/traps.c delivers them to user space
 VECTOR_SIGNALS = {
     x86.VECTOR_DE: signal.SIGFPE,

@@ -43,7 +43,7 @@ from minikvm.kvm.system import Kvm
 from minikvm.machine.crash import ExceptionFrame, Symbolizer, describe_exception
 from minikvm.machine.mm import AddressSpace
 from minikvm.machine.stops import (RegistersLoaded, Stop, StopKind, SyscallHandler, ThreadSwitched,
-                                    TimeLimitReached)
+                                   TimeLimitReached)
 from minikvm.paging import pte_flags
 from minikvm.x86 import (PAGE_SIZE, CPUID_EBX_FSGSBASE, CPUID_ECX_XSAVE, CPUID_EXTENDED_FEATURES,
                          CPUID_FEATURES, CPUID_XSAVE_STATE)
@@ -110,6 +110,12 @@ class Machine:
         #: True when it resumed the program in a signal handler instead of
         #: the crash being reported (:func:`minikvm.syscalls.signals.deliver_fault`).
         self.on_fault: Callable[[ExceptionFrame], bool] | None = None
+        #: Called once :mod:`minikvm.process.threads` put another guest thread on the
+        #: vCPU, its registers in ``kvm_run``: the signal code runs the
+        #: handlers of the signals that thread was sent.  Wired, like
+        #: :attr:`on_fault`, by the dispatcher (a lower layer cannot call the
+        #: signal code), so the thread table stays plain data.
+        self.on_switch_in: Callable[[], None] | None = None
         #: Time slices (:meth:`start_time_slices`): their length, None when
         #: the guest has one thread; the function that switches threads.
         self.time_slice: float | None = None

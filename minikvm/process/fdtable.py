@@ -26,7 +26,6 @@ the fd was readable already.
 from __future__ import annotations
 
 import errno
-import itertools
 import os
 import select
 import stat as stat_module
@@ -180,18 +179,17 @@ def fill_views(views: list[memoryview], make: Callable[[int], bytes]) -> int:
     return total
 
 
-_pipe_numbers = itertools.count(1)
-
-
 @dataclass
 class Pipe:
     """The buffer shared by the two ends of a pipe."""
     data: bytearray = field(default_factory=bytearray)
     readers: int = 1
     writers: int = 1
-    #: shown as ``pipe:[number]`` by readlink of /proc/self/fd/N (Linux shows
-    #: the pipe's inode number; this is its order of creation)
-    number: int = field(default_factory=lambda: next(_pipe_numbers))
+    #: shown as ``pipe:[number]`` by readlink of /proc/self/fd/N and as its
+    #: inode by fstat (Linux shows the pipe's inode number; this is its order
+    #: of creation in the process, ``Process.pipes_made``: a count kept by the
+    #: host for all processes would tell one request how many pipes others made)
+    number: int = 0
     #: reads and writes so far (both ends' :attr:`OpenFile.activity`)
     activity: int = 0
 

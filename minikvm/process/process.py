@@ -8,7 +8,9 @@ out of time, handing each system call to the dispatcher.
 
 The process also owns the host-side state the system calls change: the
 fd table, the working directory, the umask, signal dispositions, limits,
-and the table of its threads (:mod:`minikvm.process.threads`).
+and the table of its threads (:mod:`minikvm.process.threads`).  A snapshot copies
+every attribute and a reset puts every one back (:mod:`minikvm.snapshot.process_state`):
+state added here needs no change there, but must be plain data.
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ class Process:
                                    or DEFAULT_MAX_THREADS)
         self.fs_base = 0
         self.unknown_syscalls: dict[int, int] = {}
+        #: How many pipes the program made: the next one's number (its inode).
+        self.pipes_made = 0
         self.random: Callable[[int], bytes] = os.urandom
         #: Where ``minikvm_wait_request``/``minikvm_respond`` go: None under a
         #: plain run; a snapshot's fork (:mod:`minikvm.snapshot.snapshot`) sets it.

@@ -60,8 +60,8 @@ Each thread has its own signal mask and ``sigaltstack``, as on Linux: the
 process's (``Process.signal_mask``, ``Process.alternate_stack``) are the
 current thread's, swapped at every switch (``_swap_signal_state``).
 A signal sent to one thread (``tgkill``) waits in that thread's record
-until it is on the vCPU, where :attr:`ThreadTable.on_switch_in` runs its
-handler at once — even in a thread that was preempted in a loop, which is
+until it is on the vCPU, where :attr:`Machine.on_switch_in
+<minikvm.machine.machine.Machine.on_switch_in>` runs its handler at once — even in a thread that was preempted in a loop, which is
 how Go's runtime preempts a goroutine (``SIGURG``).
 
 Left out: the robust-futex list is recorded but not walked when a thread
@@ -70,8 +70,12 @@ becomes the process's once the thread runs; a snapshot can only
 be taken of a program with one thread
 (:meth:`Snapshot.take <minikvm.snapshot.snapshot.Snapshot.take>`).
 
-The table is plain data (:class:`ThreadTable`); the functions below take the
-process, whose machine they switch.
+The table is plain data (:class:`ThreadTable`): a snapshot copies it and a
+reset puts the copy back (:mod:`minikvm.snapshot.process_state`), so nothing in it may
+be bound to one process — the hook that runs signal handlers at a switch is
+the machine's (:attr:`Machine.on_switch_in <minikvm.machine.machine.Machine.on_switch_in>`,
+wired by the dispatcher).  The functions below take the process, whose
+machine they switch.
 """
 
 from __future__ import annotations
@@ -178,10 +182,6 @@ class ThreadTable:
     main_tid: int
     max_threads: int = DEFAULT_MAX_THREADS
     threads: dict[int, Thread] = field(default_factory=dict)
-    #: Called once another thread is on the vCPU, its registers in
-    #: ``kvm_run``: the signal code runs the handlers of the signals it was
-    #: sent (set by ``clone``; a lower layer cannot call the signal code).
-    on_switch_in: Callable[[], None] | None = None
     current: int = 0
     next_tid: int = 0
     #: The main thread's status if it called ``exit`` while others ran on:
@@ -436,8 +436,8 @@ def _switch_from_call(proc: Process, me: Thread, sleep: Sleep) -> int:
         _save(table, machine, me, regs)
     _swap_signal_state(proc, me, chosen)
     _load(table, machine, chosen)
-    if table.on_switch_in is not None:
-        table.on_switch_in()
+    if machine.on_switch_in is not None:
+        machine.on_switch_in()
     raise ThreadSwitched()
 
 
@@ -622,5 +622,5 @@ def preempt(proc: Process) -> None:
     _save(table, machine, me, k.kvm_regs.from_buffer_copy(regs))
     _swap_signal_state(proc, me, chosen)
     _load(table, machine, chosen)
-    if table.on_switch_in is not None:
-        table.on_switch_in()
+    if machine.on_switch_in is not None:
+        machine.on_switch_in()

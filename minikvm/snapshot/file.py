@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import ctypes
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ from minikvm.kvm.memory import GuestMemory
 from minikvm.machine.mm import AddressSpace, PagePool, Vma
 from minikvm.process.elf import load_elf
 from minikvm.process.fdtable import DeviceFile, FdEntry, HostFile, OpenFile, Pipe, PipeEnd
+from minikvm.process.threads import Thread, ThreadTable
 from minikvm.snapshot.cpu_state import CpuState
 from minikvm.snapshot.frozen import copy_range, data_extents, new_memfd, seal_frozen
 from minikvm.snapshot.process_state import close_fd_entries
@@ -35,11 +37,11 @@ from minikvm.snapshot.snapshot import Snapshot
 # Snapshot files
 # ---------------------------------------------------------------------------
 #
-# A snapshot file, version 1 (all integers little-endian)::
+# A snapshot file, version 2 (all integers little-endian)::
 #
 #     offset  size  what
 #     0       8     magic "MKVMSNAP"
-#     8       4     format version (1)
+#     8       4     format version (2)
 #     12      4     flags (0)
 #     16      8     H: length of the header
 #     24      H     header: JSON, UTF-8 (what the sections are, the
@@ -55,7 +57,9 @@ from minikvm.snapshot.snapshot import Snapshot
 # creates anything, so a truncated or corrupted file is refused whole.
 
 MAGIC = b"MKVMSNAP"
-FORMAT_VERSION = 1
+#: 2: the process state holds the thread table (a version-1 file has none,
+#: and its forks could not be reset whole: it is refused), a pipe its number.
+FORMAT_VERSION = 2
 PREAMBLE = struct.Struct("<8sIIQ")
 DIGEST_SIZE = hashlib.sha256().digest_size
 READ_CHUNK = 1 << 20
@@ -63,6 +67,9 @@ MAX_HEADER = 64 << 20
 #: The policy fields a file records, so ``snapshot run`` sandboxes the
 #: program exactly as it was when the snapshot was taken.
 STDIO_PREFIX = "<stdio "
+#: The classes besides the builtin types that the process state may hold:
+#: plain-data dataclasses, stored by name and fields.
+PLAIN_CLASSES: dict[str, type] = {cls.__name__: cls for cls in (ThreadTable, Thread)}
 
 
 def _encode(value: Any, where: str) -> Any:
@@ -80,6 +87,10 @@ def _encode(value: Any, where: str) -> Any:
                 "frozen": isinstance(value, frozenset)}
     if isinstance(value, dict):
         return {"$dict": [[_encode(k, where), _encode(v, where)] for k, v in value.items()]}
+    if PLAIN_CLASSES.get(type(value).__name__) is type(value):
+        return {"$object": type(value).__name__,
+                "fields": {field.name: _encode(getattr(value, field.name), f"{where}.{field.name}")
+                           for field in dataclasses.fields(value)}}
     raise SnapshotError(f"{where} holds a {type(value).__name__}: a snapshot file can only "
                         f"store plain data")
 
@@ -98,6 +109,13 @@ def _decode(value: Any) -> Any:
         return frozenset(items) if value.get("frozen") else set(items)
     if "$dict" in value:
         return {_decode(k): _decode(v) for k, v in value["$dict"]}
+    if "$object" in value and value["$object"] in PLAIN_CLASSES:
+        cls = PLAIN_CLASSES[value["$object"]]
+        names = {field.name for field in dataclasses.fields(cls)}
+        if set(value["fields"]) != names:
+            raise SnapshotError(f"a stored {value['$object']} has the fields "
+                                f"{sorted(value['fields'])}, expected {sorted(names)}")
+        return cls(**{name: _decode(v) for name, v in value["fields"].items()})
     raise SnapshotError(f"unknown tagged value in the header: {sorted(value)}")
 
 
@@ -172,7 +190,8 @@ def _fd_records(snapshot: Snapshot) -> tuple[list[dict[str, Any]], list[dict[str
             if id(file.pipe) not in pipe_index:
                 pipe_index[id(file.pipe)] = len(pipes)
                 pipes.append({"data": _encode(bytes(file.pipe.data), "a pipe"),
-                              "readers": file.pipe.readers, "writers": file.pipe.writers})
+                              "readers": file.pipe.readers, "writers": file.pipe.writers,
+                              "number": file.pipe.number})
             record["kind"] = "pipe"
             record["pipe"] = pipe_index[id(file.pipe)]
             record["writing"] = file.writing
@@ -189,7 +208,7 @@ def _reopen_fds(records: list[dict[str, Any]], pipes: list[dict[str, Any]], poli
     reopened through the policy (so a file outside it is refused), pipes
     and devices rebuilt."""
     entries: dict[int, FdEntry] = {}
-    shared_pipes = [Pipe(bytearray(_decode(p["data"])), p["readers"], p["writers"])
+    shared_pipes = [Pipe(bytearray(_decode(p["data"])), p["readers"], p["writers"], p["number"])
                     for p in pipes]
     ends: dict[tuple[int, bool], PipeEnd] = {}
     try:

@@ -13,8 +13,9 @@ program again, at that instant:
   ``copy_file_range``, no byte passes through Python);
 * the **host-side process state**: the VMA list, page pools and break, the
   page-table root, the fd table (with duplicated host fds), cwd, umask,
-  signal dispositions, limits — every attribute of the
-  :class:`~minikvm.process.process.Process`.
+  signal dispositions, masks, pending signals and alternate stack, the
+  alarm, the thread table — every attribute of the
+  :class:`~minikvm.process.process.Process` (:mod:`minikvm.snapshot.process_state`).
 
 A :class:`Fork` is a new VM and vCPU started from a snapshot.  Its memory
 is the snapshot's memfd mapped ``MAP_PRIVATE``: every page is shared with
@@ -44,6 +45,10 @@ changes for the page tables); the reset uses the union.  When the page
 tables were restored, the vCPU's cached translations are flushed
 (:meth:`Machine.flush_translations <minikvm.machine.machine.Machine.flush_translations>`):
 PVM's shadow MMU would otherwise keep entries for mappings that no longer exist.
+The host-side state is put back whole at every reset, whatever the request
+did: the process's attributes, its threads (a thread started by a request
+is gone, and with it the time slices), the address-space record (the break
+too, when it moved inside its page), the fd table.
 
 :meth:`Fork.request` hands one request to a fork and returns its response;
 :meth:`Fork.call` calls a function of the program by its symbol, with the
@@ -224,7 +229,8 @@ class Snapshot:
         e.g. after :func:`run_until_stop` returned ``"wait"``).  It can go
         on running afterwards: the snapshot is a copy.  Only a program with
         one thread can be frozen: the vCPU holds one thread's registers, and
-        a fork starts with that thread alone."""
+        a fork starts with that thread alone (its record — ``set_tid_address``,
+        the robust list — is copied with the rest of the process)."""
         if len(process.threads) > 1:
             raise SnapshotError(f"the program has {len(process.threads)} threads: a snapshot "
                                 "can only be taken while it has one (before it starts threads)")
@@ -383,14 +389,12 @@ class Fork:
                                    state.get("argv", []), state.get("env", []),
                                    state.get("exe_path", snapshot.image.name),
                                    state.get("cwd", "/"))
-            self.process.fds.max_fds = snapshot.max_fds
             self._files: dict[int, tuple[FdEntry, bool, dict[str, Any]]] | None = None
             self._rewind: list[tuple[int, int]] = []
             self._restore_host_state()
         except BaseException:
             self.machine.close()
             raise
-        self.process.random = os.urandom  # fresh entropy in every fork
         self.channel = RequestChannel()
         self.process.requests = self.channel
         self.dispatcher = Dispatcher(self.process, tracer)
@@ -401,14 +405,24 @@ class Fork:
 
     # -- state -------------------------------------------------------------------
     def _restore_host_state(self) -> None:
-        restore_process_state(self.process, self.snapshot.process_state)
+        """Everything the host keeps for the process, as in the snapshot:
+        every captured attribute (:func:`~minikvm.snapshot.process_state.restore_process_state`:
+        signal state, alarm, cwd, umask, the thread table …), the machine's
+        time slices (there are none for one thread), the fd table, and a
+        fresh entropy source."""
+        process = self.process
+        restore_process_state(process, self.snapshot.process_state)
+        if len(process.threads) < 2:
+            self.machine.stop_time_slices()
         self._restore_files()
+        process.random = os.urandom  # fresh entropy in every fork, after every reset
 
     def _restore_files(self) -> None:
         """The fd table as in the snapshot.  When the request left it as the
         last reset made it (same entries, same attributes) only the file
         positions are rewound; otherwise it is rebuilt from the snapshot."""
         table = self.process.fds
+        table.max_fds = self.snapshot.max_fds
         if self._files_unchanged():
             for host_fd, offset in self._rewind:
                 os.lseek(host_fd, offset, os.SEEK_SET)
@@ -476,8 +490,11 @@ class Fork:
         else:
             for first, count in merged:
                 self._copy_back(first * PAGE_SIZE, (first + count) * PAGE_SIZE)
-        if tables_changed or mm.stale_translations:
-            mm.assign(snapshot.mm)
+        flush = tables_changed or mm.stale_translations
+        # The record always (VMAs, pools, the break: a break moved inside its
+        # page changes no mapping); it is a few short lists.
+        mm.assign(snapshot.mm)
+        if flush:
             machine.flush_translations()
             stats.flushed = True
         if stats.full:
@@ -485,7 +502,6 @@ class Fork:
         else:
             self._quick_cpu_reset()
         self._restore_host_state()
-        self.process.random = os.urandom
         self.channel.response = []
         self.channel.calling = False
         self.wait = snapshot.wait

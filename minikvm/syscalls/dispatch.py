@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable
 
 from minikvm.errors import SyscallError
 from minikvm.syscalls.base import MASK64, Syscall
-from minikvm.syscalls.signals import deliver_fault, deliver_on_return
+from minikvm.syscalls.signals import deliver_fault, deliver_on_return, deliver_switched_in
 from minikvm.syscalls.table import TABLE_BY_NUMBER
 from minikvm.syscalls.trace import Tracer
 
@@ -92,8 +92,10 @@ class Dispatcher:
         #: ``callers[n]`` calls ``entries[n].handler`` (kept in step by :meth:`add`).
         self.callers: list[Caller | None] = list(DEFAULT_CALLERS)
         if process is not None:
-            # A CPU exception in the program goes to its signal handler, if any.
+            # A CPU exception in the program goes to its signal handler, if any;
+            # a thread put on the vCPU runs the handlers of signals sent to it.
             process.machine.on_fault = lambda frame: deliver_fault(process, frame)
+            process.machine.on_switch_in = lambda: deliver_switched_in(process)
 
     def add(self, entry: Syscall, *, replace: bool = False) -> None:
         """Handle one more system call in this dispatcher only (the table

@@ -731,7 +731,8 @@ def sys_ioctl(proc: Process, fd: int, request: int, argument: int) -> int:
 
 def sys_pipe2(proc: Process, address: int, flags: int) -> int:
     flags = signed32(flags)
-    pipe = Pipe()
+    proc.pipes_made += 1
+    pipe = Pipe(number=proc.pipes_made)
     status = flags & O_NONBLOCK
     read_fd = proc.fds.install(PipeEnd(pipe, False, status), cloexec=bool(flags & O_CLOEXEC))
     write_fd = proc.fds.install(PipeEnd(pipe, True, status), cloexec=bool(flags & O_CLOEXEC))

@@ -229,8 +229,6 @@ def deliver_to_thread(proc: Process, tid: int, sig: int, sender: str, info: byte
     thread.signals.setdefault(sig, info)     # standard signals do not queue
     if not thread.signal_mask & bit(sig):
         threads.interrupt(thread)            # a wait it is in ends with EINTR
-    if proc.threads.on_switch_in is None:
-        proc.threads.on_switch_in = lambda: deliver_switched_in(proc)
     return 0
 
 

@@ -18,3 +18,14 @@ GUEST_DIR = Path(__file__).resolve().parent
 def guest(name: str, variant: str = "glibc-static") -> Path:
     """The executable of ``tests/guests/<name>.c`` as *variant*."""
     return build(GUEST_DIR / f"{name}.c", DEFAULT_BUILD_DIR, variant)
+
+
+HOSTILE_DIR = GUEST_DIR.parent / "hostile"
+
+
+@functools.cache
+def hostile_guest(name: str, variant: str = "glibc-static") -> Path:
+    """The executable of ``tests/hostile/<name>.c``, a request handler that
+    attacks the snapshot's reset, built where tests/test_hostile.py builds
+    the other hostile programs."""
+    return build(HOSTILE_DIR / f"{name}.c", DEFAULT_BUILD_DIR / "hostile", variant)
