@@ -1,6 +1,7 @@
 """The command line's own parsing: pure tests, no guest."""
 
-from minikvm.cli.main import parse_size, spell_trace_file
+from minikvm.cli.main import spell_trace_file
+from minikvm.cli.options import parse_size
 
 
 def test_trace_file_form_is_rewritten_among_minikvm_options() -> None:

@@ -1,4 +1,4 @@
-"""Layer 8 — the command line: ``minikvm run``, ``minikvm doctor``.
+"""Layer 8 — the command line: its parser, ``minikvm run`` and the dispatch of the others.
 
 ::
 
@@ -13,42 +13,15 @@ usage error.
 from __future__ import annotations
 
 import argparse
-import os
+import signal
 import sys
 from typing import Sequence
 
-EXIT_USAGE = 2
-EXIT_TIMEOUT = 124
-EXIT_NOT_RUNNABLE = 126
-EXIT_NOT_FOUND = 127
-EXIT_INTERRUPTED = 128 + 2   # SIGINT, as a shell reports a Ctrl-C
+from minikvm.cli.options import EXIT_USAGE, add_sandbox_options, positive_int
+from minikvm.machine.stops import signal_status
 
-SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-
-
-def parse_size(text: str) -> int:
-    """``512M`` → 536870912 (suffixes K, M, G; powers of 1024)."""
-    text = text.strip().upper().removesuffix("B").removesuffix("I")
-    suffix = text[-1] if text and text[-1] in SIZE_SUFFIXES else ""
-    number = text[:-1] if suffix else text
-    try:
-        value = int(float(number) * SIZE_SUFFIXES[suffix])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 256M or 1G)") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """An option's value that must be a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is below 1")
-    return value
+#: A Ctrl-C ended minikvm itself, as a shell reports it.
+EXIT_INTERRUPTED = signal_status(signal.SIGINT)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,37 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_sandbox_options(parser: argparse.ArgumentParser, timeout_help: str =
-                        "time limit for the program's start-up (to its first request)") -> None:
-    """The policy, limit and environment options shared by ``run``, ``serve``
-    and ``snapshot save``; only what ``--timeout`` limits differs."""
-    parser.add_argument("--here", action="store_true",
-                        help="allow reading and writing the current directory and below")
-    parser.add_argument("--allow-read", action="append", default=[], metavar="DIR",
-                        help="allow reading DIR and below (repeatable)")
-    parser.add_argument("--allow-write", action="append", default=[], metavar="DIR",
-                        help="allow reading and writing DIR and below (repeatable)")
-    parser.add_argument("--allow-connect", action="append", default=[], metavar="HOST:PORT",
-                        help="allow connecting to this endpoint (repeatable; unix:PATH too)")
-    parser.add_argument("--memory", type=parse_size, default=None, metavar="SIZE",
-                        help="guest memory (default 1G)")
-    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                        help=timeout_help)
-    parser.add_argument("--max-fds", type=int, default=1024, metavar="N",
-                        help="most open files at once (EMFILE beyond)")
-    parser.add_argument("--max-file-size", type=parse_size, default=None, metavar="SIZE",
-                        help="largest file the program may write (EFBIG beyond)")
-    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                        help="set an environment variable (repeatable)")
-    parser.add_argument("--unsetenv", action="append", default=[], metavar="NAME",
-                        help="remove an environment variable (repeatable)")
-    parser.add_argument("--clearenv", action="store_true",
-                        help="start from an empty environment")
-
-
 def add_snapshot_commands(commands: argparse._SubParsersAction) -> None:
     """``minikvm serve`` and ``minikvm snapshot save|run|info`` (implemented
-    in :mod:`minikvm.cli.serve`)."""
+    in :mod:`minikvm.cli.serve` and :mod:`minikvm.cli.snapshot`)."""
     serve = commands.add_parser(
         "serve", help="serve HTTP; every request runs in a fresh copy of the program",
         description="Start PROGRAM, snapshot it at its first minikvm_wait_request, and "
@@ -161,9 +106,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.command == "doctor":
         from minikvm.cli.doctor import main as doctor_main
         return doctor_main()
-    if options.command in ("serve", "snapshot"):
-        from minikvm.cli.serve import snapshot_commands
-        return snapshot_commands(options)
+    if options.command == "serve":
+        from minikvm.cli.serve import serve_command
+        return serve_command(options)
+    if options.command == "snapshot":
+        from minikvm.cli.snapshot import snapshot_command
+        return snapshot_command(options)
     return run_command(options)
 
 
@@ -194,74 +142,32 @@ def spell_trace_file(argv: list[str]) -> list[str]:
     return rewritten
 
 
-def guest_environment(options: argparse.Namespace) -> dict[str, str]:
-    env = {} if options.clearenv else dict(os.environ)
-    for name in options.unsetenv:
-        env.pop(name, None)
-    for item in options.env:
-        name, _, value = item.partition("=")
-        env[name] = value
-    return env
-
-
 def run_command(options: argparse.Namespace) -> int:
-    from minikvm.process.elf import read_program
-    from minikvm.errors import MinikvmError
-    from minikvm.cpu.layout import DEFAULT_MEMORY_SIZE
-    from minikvm.machine.machine import Machine
-    from minikvm.sandbox.policy import Policy, PolicyError
-    from minikvm.process.process import Process
+    """``minikvm run``: the launch sequence (:mod:`minikvm.cli.launch`),
+    then the program's run to its end, reported as a shell would."""
+    from minikvm.cli.launch import LaunchError, launch
     from minikvm.syscalls.dispatch import Dispatcher
     from minikvm.syscalls.trace import Tracer
 
-    path = options.program
-    if not os.path.exists(path):
-        print(f"minikvm: {path}: no such file", file=sys.stderr)
-        return EXIT_NOT_FOUND
-    if os.path.isdir(path):
-        print(f"minikvm: {path}: is a directory", file=sys.stderr)
-        return EXIT_NOT_RUNNABLE
-    read, write = list(options.allow_read), list(options.allow_write)
-    if options.here:
-        write.append(os.getcwd())
-    try:
-        policy = Policy(read=read, write=write, connect=options.allow_connect,
-                        max_fds=options.max_fds, max_file_size=options.max_file_size)
-    except (PolicyError, ValueError, OSError) as error:
-        print(f"minikvm: {error}", file=sys.stderr)
-        return EXIT_USAGE
     trace_stream = None
-    if options.trace == "-":
-        trace_stream = sys.stderr
-    elif options.trace:
-        try:
-            trace_stream = open(options.trace, "w")
-        except OSError as error:
-            print(f"minikvm: cannot write the trace to {options.trace}: {error.strerror}",
-                  file=sys.stderr)
-            return EXIT_USAGE
-    # Read the program and create the VM while every file is reachable; the
-    # ELF is *parsed* only after confinement (a malicious file meets pyelftools
-    # inside the walls).
+
+    def open_trace() -> None:
+        nonlocal trace_stream
+        if options.trace == "-":
+            trace_stream = sys.stderr
+        elif options.trace:
+            try:
+                trace_stream = open(options.trace, "w")
+            except OSError as error:
+                raise LaunchError(EXIT_USAGE, f"cannot write the trace to {options.trace}: "
+                                              f"{error.strerror}") from None
+
     try:
-        program = read_program(path)
-        machine = Machine(options.memory or DEFAULT_MEMORY_SIZE)
-    except MinikvmError as error:    # ElfError (unreadable), KvmUnavailable, ...
+        launched = launch(options, before_walls=open_trace)
+    except LaunchError as error:
         print(f"minikvm: {error}", file=sys.stderr)
-        return EXIT_NOT_RUNNABLE
-    # The second wall: from here on the kernel holds minikvm itself to the
-    # policy (Landlock) and to the calls a VM monitor needs (seccomp).
-    confinement = confine_or_report(policy, options.verbose)
-    if confinement is None:
-        machine.close()
-        return EXIT_NOT_RUNNABLE
-    try:
-        process = Process.spawn(path, [path, *options.args], guest_environment(options), policy,
-                                machine=machine, program=program)
-    except MinikvmError as error:    # ElfError: not a program minikvm can run
-        print(f"minikvm: {error}", file=sys.stderr)
-        machine.close()
-        return EXIT_NOT_RUNNABLE
+        return error.status
+    process, policy = launched.process, launched.policy
     process.threads.max_threads = options.max_threads
     dispatcher = Dispatcher(process, Tracer(trace_stream) if trace_stream else None,
                             count=options.summary)
@@ -286,24 +192,6 @@ def run_command(options: argparse.Namespace) -> int:
         print(policy.summary(), file=sys.stderr)
     process.close()
     return result.exit_status
-
-
-def confine_or_report(policy: object, verbose: bool) -> object | None:
-    """:func:`minikvm.sandbox.confine.confine` for ``run``: print its warnings (a
-    wall the kernel lacks: the run goes on) and, with *verbose*, what was
-    enforced; on a :class:`~minikvm.sandbox.confine.ConfineError` print it and
-    return None (the run must stop: exit status 126)."""
-    from minikvm.sandbox.confine import ConfineError, confine
-    try:
-        confinement = confine(policy)  # type: ignore[arg-type]
-    except ConfineError as error:
-        print(f"minikvm: {error}", file=sys.stderr)
-        return None
-    for warning in confinement.warnings:
-        print(f"minikvm: warning: {warning}", file=sys.stderr)
-    if verbose:
-        print(f"minikvm: {confinement}".replace("\n", "\nminikvm: "), file=sys.stderr)
-    return confinement
 
 
 def format_summary(counts: dict[str, list[float]]) -> str:

@@ -57,10 +57,9 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
-from minikvm.errors import SnapshotError
-from minikvm.snapshot.snapshot import Reply, Snapshot, snapshot_at_ready_point
+from minikvm.snapshot.snapshot import Reply, Snapshot
 
 DEFAULT_REQUEST_TIMEOUT = 30.0
 #: How long a client may take to send its request before the worker gives up.
@@ -437,199 +436,19 @@ def serve(snapshot: Snapshot, listen: tuple[str, int] | socket.socket, *, worker
         listener.close()
 
 
-def _policy(options: argparse.Namespace) -> Any:
-    from minikvm.sandbox.policy import Policy
-    read, write = list(options.allow_read), list(options.allow_write)
-    if options.here:
-        write.append(os.getcwd())
-    return Policy(read=read, write=write, connect=options.allow_connect,
-                  max_fds=options.max_fds, max_file_size=options.max_file_size)
-
-
-def raise_walls(policy: Any, *, allow_fork: bool = False) -> Any:
-    """:func:`minikvm.sandbox.confine.confine` under *policy* (None: an empty one,
-    only the runtime), printing the warnings of a wall the kernel lacks —
-    the command goes on, as ``minikvm run`` does.  A wall that fails to go
-    up raises :class:`~minikvm.sandbox.confine.ConfineError`: the command stops."""
-    from minikvm.sandbox.confine import confine
-    from minikvm.sandbox.policy import Policy
-    confinement = confine(policy if policy is not None else Policy(), allow_fork=allow_fork)
-    for warning in confinement.warnings:
-        print(f"minikvm: warning: {warning}", file=sys.stderr, flush=True)
-    return confinement
-
-
-def _ready_snapshot(options: argparse.Namespace, stdio: tuple[int, int, int], *,
-                    program: bytes | None = None,
-                    allow_fork: bool = False) -> tuple[Snapshot, Any]:
-    """Start PROGRAM under the options' policy, confined (see the module
-    docstring), and snapshot it at its first request.  Returns the snapshot
-    and the :class:`~minikvm.sandbox.confine.Confinement`; SnapshotError (or a
-    MinikvmError from loading) says why not.  *program*: the file's bytes,
-    when the caller read them already."""
-    from minikvm.cli.main import guest_environment
-    from minikvm.process.elf import read_program
-    from minikvm.cpu.layout import DEFAULT_MEMORY_SIZE
-    from minikvm.machine.machine import Machine
-    from minikvm.process.process import Process
-    path = options.program
-    policy = _policy(options)
-    if program is None:
-        program = read_program(path)
-    machine = Machine(options.memory or DEFAULT_MEMORY_SIZE)
-    try:
-        confinement = raise_walls(policy, allow_fork=allow_fork)
-        process = Process.spawn(path, [path, *options.args], guest_environment(options),
-                                policy, machine=machine, program=program, stdio=stdio)
-    except BaseException:
-        machine.close()
-        raise
-    try:
-        snapshot, reply = snapshot_at_ready_point(process, timeout=options.timeout)
-    finally:
-        process.close()
-    if snapshot is None:
-        raise SnapshotError(f"{options.program}: {reply.message}")
-    return snapshot, confinement
-
-
-def _load_confined(name: str, stdio: Sequence[int], *,
-                   allow_fork: bool = False) -> tuple[Snapshot, Any]:
-    """Open and check a snapshot file, confine this process under the policy
-    it records, then load it (the stored program is parsed inside the walls)."""
-    from minikvm.snapshot.file import load, read_header, saved_policy
-    try:
-        file = open(name, "rb")
-    except OSError as error:
-        raise SnapshotError(f"{name}: {error.strerror}") from None
-    with file:
-        header = read_header(name, file)
-        policy = saved_policy(header)
-        confinement = raise_walls(policy, allow_fork=allow_fork)
-        return load(name, policy=policy, stdio=stdio, file=file, header=header), confinement
-
-
-def _exit_status(reply: Reply) -> int:
-    """A reply as a shell would report it (see ``minikvm run``)."""
-    if reply.status == "exit" and reply.exit_status is not None:
-        return reply.exit_status
-    if reply.status == "timeout":
-        return 124
-    name = reply.message.split(":", 1)[0]
-    if name.startswith("SIG") and name in signal.Signals.__members__:
-        return 128 + int(signal.Signals[name])
-    return 128 + int(signal.SIGKILL)
-
-
-def snapshot_commands(options: argparse.Namespace) -> int:
-    """``minikvm serve`` and ``minikvm snapshot save|run|info``."""
+def serve_command(options: argparse.Namespace) -> int:
+    """``minikvm serve``: start (or load) the program, snapshot it at its
+    first request, then answer requests until SIGINT or SIGTERM."""
     from minikvm.errors import MinikvmError
-    from minikvm.snapshot.file import read_header
     try:
-        if options.command == "serve":
-            return _serve_command(options)
-        if options.snapshot_command == "save":
-            return _save_command(options)
-        if options.snapshot_command == "info":
-            print(describe_header(options.file, read_header(options.file)))
-            return 0
-        snapshot, _ = _load_confined(options.file, (0, 1, 2))
-        with snapshot:
-            request = sys.stdin.buffer.read()
-            with snapshot.fork() as fork:
-                reply = fork.request(request, timeout=options.timeout, reset=False)
-                sys.stdout.buffer.write(reply.response)
-                sys.stdout.flush()
-                if reply.ok:
-                    reply = fork.end(timeout=options.timeout)
-                    sys.stdout.buffer.write(reply.response)
-                    sys.stdout.flush()
-                if reply.message:
-                    print(reply.message, file=sys.stderr)
-                return _exit_status(reply)
+        return _serve(options)
     except (MinikvmError, OSError, ValueError, argparse.ArgumentTypeError) as error:
         print(f"minikvm: {error}", file=sys.stderr)
         return 1
 
 
-def _save_command(options: argparse.Namespace) -> int:
-    """``minikvm snapshot save``: the program runs to its first request in a
-    confined child process, which writes the snapshot into a file this
-    process created (``FILE.PID.partial``); this process, which runs no
-    guest code, renames it into place when the child succeeded, or
-    removes it.  Landlock would not let the child create or rename files
-    outside the grants, and the output need not be in one."""
-    from minikvm.process.elf import read_program
-    from minikvm.errors import MinikvmError
-    from minikvm.snapshot.file import save_into
-    target = options.output
-    partial = f"{target}.{os.getpid()}.partial"
-    program = read_program(options.program)
-    fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        status = 1
-        try:
-            with os.fdopen(fd, "w+b") as out:
-                snapshot, _ = _ready_snapshot(options, (0, 1, 2), program=program)
-                with snapshot:
-                    save_into(snapshot, out, elf=program)
-            status = 0
-        except (MinikvmError, OSError, ValueError) as error:
-            print(f"minikvm: {error}", file=sys.stderr)
-        except KeyboardInterrupt:
-            print("minikvm: interrupted (Ctrl-C)", file=sys.stderr)
-        except BaseException:                 # a bug in minikvm: say where
-            import traceback
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(status)
-    os.close(fd)
-    status = _wait_for(pid)
-    if status != 0:
-        os.unlink(partial)
-        return status
-    os.replace(partial, target)
-    print(f"minikvm: saved {options.program} at its first request to {target} "
-          f"({os.stat(target).st_size} bytes)", file=sys.stderr)
-    return 0
-
-
-def _wait_for(pid: int) -> int:
-    """The exit status of child *pid*, as a shell reports it (128+N for
-    signal N).  A Ctrl-C reaches the child too, so keep waiting for it."""
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-        except KeyboardInterrupt:
-            continue
-        code = os.waitstatus_to_exitcode(status)
-        return 128 - code if code < 0 else code
-
-
-def describe_header(name: str, header: dict[str, Any]) -> str:
-    """What ``minikvm snapshot info`` prints."""
-    memory = header["memory"]
-    stored = sum(length for _, length in memory["extents"])
-    wait = header["wait"]
-    policy = header["policy"] or {}
-    lines = [f"{name}: minikvm snapshot, format version {header['version']}, checksum ok",
-             f"program:  {header['image']['name']}",
-             f"memory:   {memory['size'] >> 20} MiB guest memory, {stored >> 10} KiB stored "
-             f"in {len(memory['extents'])} extents",
-             f"ready at: " + (f"minikvm_wait_request(buffer={wait[0]:#x}, size={wait[1]})"
-                              if wait else "not a request wait"),
-             f"files:    " + ", ".join(f"{r['fd']}={r['path']}" for r in header["fds"]),
-             f"policy:   read {policy.get('read', [])}, write {policy.get('write', [])}, "
-             f"connect {policy.get('connect', [])}"]
-    return "\n".join(lines)
-
-
-def _serve_command(options: argparse.Namespace) -> int:
+def _serve(options: argparse.Namespace) -> int:
+    from minikvm.cli.launch import launch_to_ready_point, load_confined
     from minikvm.sandbox.confine import confine_worker
     listen = parse_listen(options.listen)
     if options.workers < 1:
@@ -641,10 +460,10 @@ def _serve_command(options: argparse.Namespace) -> int:
     listener = open_listener(listen)
     try:
         if options.from_snapshot:
-            snapshot, confinement = _load_confined(options.from_snapshot, stdio,
+            snapshot, confinement = load_confined(options.from_snapshot, stdio,
                                                    allow_fork=True)
         else:
-            snapshot, confinement = _ready_snapshot(options, stdio, allow_fork=True)
+            snapshot, confinement = launch_to_ready_point(options, stdio, allow_fork=True)
     except BaseException:
         listener.close()
         raise

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from minikvm import x86
+from minikvm.machine.stops import signal_status
 
 #: vector -> signal, as arch/x86/kernel/traps.c delivers them to user space
 VECTOR_SIGNALS = {
@@ -68,7 +69,7 @@ class CrashReport:
     @property
     def exit_status(self) -> int:
         """What a shell reports for a process killed by this signal."""
-        return 128 + int(self.signal)
+        return signal_status(self.signal)
 
     def one_line(self) -> str:
         """``SIGSEGV: page fault writing 0x0 at rip=0x401136 <main+22>``"""

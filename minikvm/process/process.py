@@ -18,22 +18,20 @@ from __future__ import annotations
 import os
 import signal as signal_module
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from minikvm.cpu.layout import DEFAULT_MEMORY_SIZE, STACK_SIZE, STACK_TOP
 from minikvm.linux_abi import O_RDONLY, O_WRONLY
 from minikvm.machine.crash import CrashReport
 from minikvm.machine.machine import Machine
 from minikvm.machine.mm import PROT_EXEC, PROT_READ, PROT_WRITE, page_align_down, page_align_up
-from minikvm.machine.stops import ProcessExit, ProcessKilled
+from minikvm.machine.stops import (EXIT_TIMEOUT, ProcessExit, ProcessKilled, StopKind,
+                                   SyscallHandler, signal_status)
 from minikvm.process.elf import ElfImage, default_bias, load_elf
 from minikvm.process.fdtable import FdTable, HostFile
 from minikvm.process.stack import build_initial_stack, standard_auxv
 from minikvm.process.threads import DEFAULT_MAX_THREADS, ThreadTable
 from minikvm.x86 import PAGE_SIZE, CPUID_FEATURES
-
-if TYPE_CHECKING:
-    from minikvm.ioctl import kvm_regs
 
 TASK_COMM_LEN = 16  # the kernel's process name: 15 bytes and a NUL
 
@@ -170,23 +168,22 @@ class Process:
             offset += length
 
     # -- running ---------------------------------------------------------------
-    def run(self, on_syscall: Callable[["kvm_regs"], None], timeout: float | None = None) -> RunResult:
+    def run(self, on_syscall: SyscallHandler, timeout: float | None = None) -> RunResult:
         """Run until exit, crash, fatal signal or timeout."""
         try:
             stop = self.machine.run(on_syscall, timeout)
         except ProcessExit as done:
             return RunResult(done.status & 0xFF)
         except ProcessKilled as killed:
-            status = 128 + int(killed.signal)
-            return RunResult(status, f"{killed.signal.name}: {killed.reason}", signal=int(killed.signal))
+            return RunResult(signal_status(killed.signal), f"{killed.signal.name}: {killed.reason}", signal=int(killed.signal))
         finally:
             self.fds.close_all()
-        if stop.kind == "timeout":
-            return RunResult(124, f"minikvm: timed out: {stop.message}", timed_out=True)
+        if stop.kind == StopKind.TIMEOUT:
+            return RunResult(EXIT_TIMEOUT, f"minikvm: timed out: {stop.message}", timed_out=True)
         if stop.crash is not None:
             return RunResult(stop.crash.exit_status, stop.message, stop.crash,
                              signal=int(stop.crash.signal))
-        return RunResult(128 + int(signal_module.SIGKILL), stop.message,
+        return RunResult(signal_status(signal_module.SIGKILL), stop.message,
                          signal=int(signal_module.SIGKILL))
 
     def close(self) -> None:

@@ -1,0 +1,166 @@
+"""Layer 8 — the launch sequence: from a command line to a confined, loaded program.
+
+Every command that runs a guest goes through the same five steps, in this
+order, because each needs what the one before gave and the walls must go
+up between reading and parsing (docs/explanation/security-model.md, "When
+the walls go up")::
+
+    1 policy     the grants and endpoints of the options        policy_from()
+      (files)    what else the command writes: run's --trace    before_walls()
+    2 read       the program file's bytes (not parsed yet)      read_program()
+    3 machine    /dev/kvm, a VM and its memory                  Machine()
+    4 walls      Landlock + seccomp around this process          raise_walls()
+    5 spawn      parse the ELF inside the walls, load it         Process.spawn()
+
+:func:`launch` is that sequence for ``minikvm run``; :func:`launch_to_ready_point`
+adds the snapshot at the first request for ``serve`` and ``snapshot save``;
+:func:`load_confined` is its counterpart for a snapshot file (open and check
+the file, raise the walls under the policy it records, then load it).
+A step that fails raises :class:`LaunchError`, which carries the exit
+status a shell would report (``127`` no such file, ``126`` cannot run it,
+``2`` a usage error) and one line that says why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from minikvm.cli.options import EXIT_USAGE, guest_environment, policy_from
+from minikvm.errors import MinikvmError
+from minikvm.machine.stops import EXIT_CANNOT_RUN, EXIT_NOT_FOUND
+
+if TYPE_CHECKING:
+    from minikvm.process.process import Process
+    from minikvm.sandbox.confine import Confinement
+    from minikvm.sandbox.policy import Policy
+    from minikvm.snapshot.snapshot import Snapshot
+
+
+class LaunchError(MinikvmError):
+    """A step of the launch sequence failed: *status* is the exit status to
+    report, the message says what failed and why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Launched:
+    """A program loaded behind the walls, ready to run."""
+    process: "Process"
+    policy: "Policy"
+    confinement: "Confinement"
+
+
+def raise_walls(policy: "Policy | None", *, allow_fork: bool = False,
+                verbose: bool = False) -> "Confinement":
+    """Step 4: :func:`minikvm.sandbox.confine.confine` under *policy* (None:
+    an empty one, only the runtime).  A wall the kernel lacks is a
+    ``minikvm: warning:`` line and the command goes on; with *verbose*, what
+    was enforced is printed too.  A wall the kernel has but that fails to go
+    up is a LaunchError (126): the command must not run the guest."""
+    from minikvm.sandbox.confine import ConfineError, confine
+    from minikvm.sandbox.policy import Policy
+    try:
+        confinement = confine(policy if policy is not None else Policy(), allow_fork=allow_fork)
+    except ConfineError as error:
+        raise LaunchError(EXIT_CANNOT_RUN, str(error)) from None
+    for warning in confinement.warnings:
+        print(f"minikvm: warning: {warning}", file=sys.stderr, flush=True)
+    if verbose:
+        print(f"minikvm: {confinement}".replace("\n", "\nminikvm: "), file=sys.stderr)
+    return confinement
+
+
+def launch(options: argparse.Namespace, *, stdio: tuple[int, int, int] = (0, 1, 2),
+           program: bytes | None = None, allow_fork: bool = False,
+           before_walls: Callable[[], None] | None = None) -> Launched:
+    """Steps 1 to 5 for ``options.program`` with ``options.args``.
+
+    *program* is the file's bytes when the caller read them already (before
+    a fork, say); *stdio* the host fds of the guest's 0, 1 and 2;
+    *allow_fork* the seccomp variant of a server that forks its workers;
+    *before_walls* opens what else the command needs once the policy is
+    known to be good (it may raise LaunchError).  ``options.verbose``, where
+    the command has it, prints the walls."""
+    from minikvm.cpu.layout import DEFAULT_MEMORY_SIZE
+    from minikvm.machine.machine import Machine
+    from minikvm.process.elf import read_program
+    from minikvm.process.process import Process
+    from minikvm.sandbox.policy import PolicyError
+
+    path = options.program
+    if program is None:
+        if not os.path.exists(path):
+            raise LaunchError(EXIT_NOT_FOUND, f"{path}: no such file")
+        if os.path.isdir(path):
+            raise LaunchError(EXIT_CANNOT_RUN, f"{path}: is a directory")
+    try:
+        policy = policy_from(options)
+    except (PolicyError, ValueError, OSError) as error:
+        raise LaunchError(EXIT_USAGE, str(error)) from None
+    if before_walls is not None:
+        before_walls()
+    # Read the program and create the VM while every file is reachable; the
+    # ELF is *parsed* only after confinement (a malicious file meets the
+    # parser inside the walls).
+    try:
+        if program is None:
+            program = read_program(path)
+        machine = Machine(options.memory or DEFAULT_MEMORY_SIZE)
+    except MinikvmError as error:    # ElfError (unreadable), KvmUnavailable, ...
+        policy.close()
+        raise LaunchError(EXIT_CANNOT_RUN, str(error)) from None
+    try:
+        confinement = raise_walls(policy, allow_fork=allow_fork,
+                                  verbose=getattr(options, "verbose", False))
+        process = Process.spawn(path, [path, *options.args], guest_environment(options), policy,
+                                machine=machine, program=program, stdio=stdio)
+    except LaunchError:
+        machine.close()
+        raise
+    except MinikvmError as error:    # ElfError: not a program minikvm can run
+        machine.close()
+        raise LaunchError(EXIT_CANNOT_RUN, str(error)) from None
+    return Launched(process, policy, confinement)
+
+
+def launch_to_ready_point(options: argparse.Namespace, stdio: tuple[int, int, int], *,
+                          program: bytes | None = None,
+                          allow_fork: bool = False) -> tuple["Snapshot", "Confinement"]:
+    """:func:`launch`, then run the program to its first request and take
+    the snapshot there (``serve``, ``snapshot save``).  SnapshotError says
+    why there is none (the program exited or crashed first)."""
+    from minikvm.errors import SnapshotError
+    from minikvm.snapshot.snapshot import snapshot_at_ready_point
+    launched = launch(options, stdio=stdio, program=program, allow_fork=allow_fork)
+    try:
+        snapshot, reply = snapshot_at_ready_point(launched.process, timeout=options.timeout)
+    finally:
+        launched.process.close()
+    if snapshot is None:
+        raise SnapshotError(f"{options.program}: {reply.message}")
+    return snapshot, launched.confinement
+
+
+def load_confined(name: str, stdio: Sequence[int], *,
+                  allow_fork: bool = False) -> tuple["Snapshot", "Confinement"]:
+    """The launch sequence of a snapshot file: open it and check its header
+    and checksum, raise the walls under the policy it records, then load it
+    (the stored program is parsed inside the walls)."""
+    from minikvm.errors import SnapshotError
+    from minikvm.snapshot.file import load, read_header, saved_policy
+    try:
+        file = open(name, "rb")
+    except OSError as error:
+        raise SnapshotError(f"{name}: {error.strerror}") from None
+    with file:
+        header = read_header(name, file)
+        policy = saved_policy(header)
+        confinement = raise_walls(policy, allow_fork=allow_fork)
+        return load(name, policy=policy, stdio=stdio, file=file, header=header), confinement

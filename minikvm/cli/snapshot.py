@@ -1,0 +1,148 @@
+"""Layer 8 — ``minikvm snapshot save|run|info``: a program saved at its
+first request, to a file, and resumed from it.
+
+::
+
+    minikvm snapshot save -o FILE [policy options] -- PROGRAM [ARG...]
+    minikvm snapshot run [--timeout S] FILE < request > response
+    minikvm snapshot info FILE
+
+``save`` runs the program to its first ``minikvm_wait_request`` in a
+confined child process (:func:`~minikvm.cli.launch.launch_to_ready_point`)
+and writes the snapshot (:mod:`minikvm.snapshot.file`); ``run`` confines
+itself under the policy the file records before it parses the stored
+program (:func:`~minikvm.cli.launch.load_confined`), answers one request
+read from stdin, and lets the program run on to its end; ``info`` checks
+the file and says what is in it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from typing import Any
+
+from minikvm.machine.stops import EXIT_TIMEOUT, StopKind, signal_status
+from minikvm.snapshot.snapshot import Reply
+
+
+def exit_status(reply: Reply) -> int:
+    """A reply as a shell would report it (see ``minikvm run``)."""
+    if reply.status == StopKind.EXIT and reply.exit_status is not None:
+        return reply.exit_status
+    if reply.status == StopKind.TIMEOUT:
+        return EXIT_TIMEOUT
+    name = reply.message.split(":", 1)[0]
+    if name.startswith("SIG") and name in signal.Signals.__members__:
+        return signal_status(signal.Signals[name])
+    return signal_status(signal.SIGKILL)
+
+
+def snapshot_command(options: argparse.Namespace) -> int:
+    """``minikvm snapshot save|run|info``; 1 with a one-line message when it fails."""
+    from minikvm.cli.launch import load_confined
+    from minikvm.errors import MinikvmError
+    from minikvm.snapshot.file import read_header
+    try:
+        if options.snapshot_command == "save":
+            return _save_command(options)
+        if options.snapshot_command == "info":
+            print(describe_header(options.file, read_header(options.file)))
+            return 0
+        snapshot, _ = load_confined(options.file, (0, 1, 2))
+        with snapshot:
+            request = sys.stdin.buffer.read()
+            with snapshot.fork() as fork:
+                reply = fork.request(request, timeout=options.timeout, reset=False)
+                sys.stdout.buffer.write(reply.response)
+                sys.stdout.flush()
+                if reply.ok:
+                    reply = fork.end(timeout=options.timeout)
+                    sys.stdout.buffer.write(reply.response)
+                    sys.stdout.flush()
+                if reply.message:
+                    print(reply.message, file=sys.stderr)
+                return exit_status(reply)
+    except (MinikvmError, OSError, ValueError, argparse.ArgumentTypeError) as error:
+        print(f"minikvm: {error}", file=sys.stderr)
+        return 1
+
+
+def _save_command(options: argparse.Namespace) -> int:
+    """``minikvm snapshot save``: the program runs to its first request in a
+    confined child process, which writes the snapshot into a file this
+    process created (``FILE.PID.partial``); this process, which runs no
+    guest code, renames it into place when the child succeeded, or
+    removes it.  Landlock would not let the child create or rename files
+    outside the grants, and the output need not be in one."""
+    from minikvm.cli.launch import launch_to_ready_point
+    from minikvm.errors import MinikvmError
+    from minikvm.process.elf import read_program
+    from minikvm.snapshot.file import save_into
+    target = options.output
+    partial = f"{target}.{os.getpid()}.partial"
+    program = read_program(options.program)
+    fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            with os.fdopen(fd, "w+b") as out:
+                snapshot, _ = launch_to_ready_point(options, (0, 1, 2), program=program)
+                with snapshot:
+                    save_into(snapshot, out, elf=program)
+            status = 0
+        except (MinikvmError, OSError, ValueError) as error:
+            print(f"minikvm: {error}", file=sys.stderr)
+        except KeyboardInterrupt:
+            print("minikvm: interrupted (Ctrl-C)", file=sys.stderr)
+        except BaseException:                 # a bug in minikvm: say where
+            import traceback
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+    os.close(fd)
+    status = _wait_for(pid)
+    if status != 0:
+        os.unlink(partial)
+        return status
+    os.replace(partial, target)
+    print(f"minikvm: saved {options.program} at its first request to {target} "
+          f"({os.stat(target).st_size} bytes)", file=sys.stderr)
+    return 0
+
+
+def _wait_for(pid: int) -> int:
+    """The exit status of child *pid*, as a shell reports it (128+N for
+    signal N).  A Ctrl-C reaches the child too, so keep waiting for it."""
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+        except KeyboardInterrupt:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        return 128 - code if code < 0 else code
+
+
+def describe_header(name: str, header: dict[str, Any]) -> str:
+    """What ``minikvm snapshot info`` prints."""
+    memory = header["memory"]
+    stored = sum(length for _, length in memory["extents"])
+    wait = header["wait"]
+    policy = header["policy"] or {}
+    lines = [f"{name}: minikvm snapshot, format version {header['version']}, checksum ok",
+             f"program:  {header['image']['name']}",
+             f"memory:   {memory['size'] >> 20} MiB guest memory, {stored >> 10} KiB stored "
+             f"in {len(memory['extents'])} extents",
+             f"ready at: " + (f"minikvm_wait_request(buffer={wait[0]:#x}, size={wait[1]})"
+                              if wait else "not a request wait"),
+             f"files:    " + ", ".join(f"{r['fd']}={r['path']}" for r in header["fds"]),
+             f"policy:   read {policy.get('read', [])}, write {policy.get('write', [])}, "
+             f"connect {policy.get('connect', [])}"]
+    return "\n".join(lines)
