@@ -265,3 +265,14 @@ class socket_listener:
 
     def __exit__(self, *exc_info: object) -> None:
         self.server.close()
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("variant", ["glibc-static", "musl-static"])
+def test_the_smallest_memory_accepted_runs_a_program(variant, tmp_path):
+    """--memory refuses less than MIN_MEMORY_SIZE (tests/test_cli_args.py);
+    that much must be enough for a C program to start and print."""
+    from minikvm.cpu.layout import MIN_MEMORY_SIZE
+    run = minikvm("--memory", f"{MIN_MEMORY_SIZE >> 20}M", program("hello", variant), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("hello"), run.stdout

@@ -17,7 +17,7 @@ import signal
 import sys
 from typing import Sequence
 
-from minikvm.cli.options import EXIT_USAGE, add_sandbox_options, positive_int
+from minikvm.cli.options import EXIT_USAGE, add_sandbox_options, positive_int, seconds
 from minikvm.machine.stops import signal_status
 
 #: A Ctrl-C ended minikvm itself, as a shell reports it.
@@ -51,6 +51,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The most ``serve --workers``: each is a host process with its own VM.
+MAX_WORKERS = 64
+
+
+def worker_count(text: str) -> int:
+    """``serve --workers``: 1 to :data:`MAX_WORKERS`."""
+    value = positive_int(text)
+    if value > MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"{value} is more than {MAX_WORKERS} workers (each "
+                                         f"is a process with its own VM)")
+    return value
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """``serve --listen HOST:PORT`` (the server module is imported only when
+    ``serve`` is the command: ``run`` never pays for http.server)."""
+    from minikvm.cli.serve import parse_listen
+    return parse_listen(text)
+
+
 def add_snapshot_commands(commands: argparse._SubParsersAction) -> None:
     """``minikvm serve`` and ``minikvm snapshot save|run|info`` (implemented
     in :mod:`minikvm.cli.serve` and :mod:`minikvm.cli.snapshot`)."""
@@ -59,12 +79,12 @@ def add_snapshot_commands(commands: argparse._SubParsersAction) -> None:
         description="Start PROGRAM, snapshot it at its first minikvm_wait_request, and "
                     "answer each HTTP request with a reset copy of that snapshot.")
     add_sandbox_options(serve)
-    serve.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
+    serve.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT", type=listen_address,
                        help="where to listen (default 127.0.0.1:8080; port 0 picks a free "
                             "port, printed at start)")
-    serve.add_argument("--workers", type=int, default=1, metavar="N",
+    serve.add_argument("--workers", type=worker_count, default=1, metavar="N",
                        help="worker processes, each with its own VM (default 1)")
-    serve.add_argument("--request-timeout", type=float, default=30.0, metavar="SECONDS",
+    serve.add_argument("--request-timeout", type=seconds, default=30.0, metavar="SECONDS",
                        help="answer 504 when a request runs longer (default 30)")
     serve.add_argument("--reset", choices=("cow", "copy"), default="cow",
                        help="how memory is reset between requests: drop the copy-on-write "
@@ -89,7 +109,7 @@ def add_snapshot_commands(commands: argparse._SubParsersAction) -> None:
     save.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
     run = actions.add_parser(
         "run", help="resume a snapshot: stdin is its one request, the response goes to stdout")
-    run.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+    run.add_argument("--timeout", type=seconds, default=None, metavar="SECONDS",
                      help="stop the program after this much wall-clock time (exit 124)")
     run.add_argument("file", help="a file from 'minikvm snapshot save'")
     info = actions.add_parser("info", help="check a snapshot file and describe it")

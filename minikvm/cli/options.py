@@ -10,28 +10,57 @@ that each command means the same thing by them.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
+from minikvm.cpu.layout import MAX_MEMORY_SIZE, MIN_MEMORY_SIZE
 from minikvm.sandbox.policy import Policy
+from minikvm.x86 import PAGE_SIZE
 
 #: A command line minikvm does not understand (argparse's status too).
 EXIT_USAGE = 2
 
 SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+#: The longest time limit: setitimer(2) takes seconds in a time_t, and a
+#: limit of decades is no limit (leave --timeout out instead).
+MAX_TIMEOUT_SECONDS = 10 ** 9
+#: The most open files a guest may ask for: Linux's default ``fs.nr_open``.
+MAX_FDS_LIMIT = 1 << 20
+#: The fewest: stdin, stdout, stderr and one more.
+MIN_FDS_LIMIT = 4
 
 
 def parse_size(text: str) -> int:
-    """``512M`` → 536870912 (suffixes K, M, G; powers of 1024)."""
+    """``512M`` → 536870912 (suffixes K, M, G; powers of 1024; a whole
+    number of bytes, at least 1)."""
+    shown = text
     text = text.strip().upper().removesuffix("B").removesuffix("I")
     suffix = text[-1] if text and text[-1] in SIZE_SUFFIXES else ""
     number = text[:-1] if suffix else text
     try:
-        value = int(float(number) * SIZE_SUFFIXES[suffix])
+        scaled = float(number) * SIZE_SUFFIXES[suffix]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 256M or 1G)") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"not a size: {shown!r} (try 256M or 1G)") from None
+    if not math.isfinite(scaled) or scaled < 1:
+        raise argparse.ArgumentTypeError(f"size must be at least one byte: {shown!r}")
+    if scaled != int(scaled):
+        raise argparse.ArgumentTypeError(f"not a whole number of bytes: {shown!r}")
+    return int(scaled)
+
+
+def parse_memory(text: str) -> int:
+    """``--memory``: a size of whole 4 KiB pages, from :data:`MIN_MEMORY_SIZE`
+    to :data:`MAX_MEMORY_SIZE`."""
+    size = parse_size(text)
+    if size % PAGE_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number of {PAGE_SIZE >> 10} KiB pages (try 256M or 1G)")
+    if not MIN_MEMORY_SIZE <= size <= MAX_MEMORY_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is outside {MIN_MEMORY_SIZE >> 20}M to {MAX_MEMORY_SIZE >> 30}G: the "
+            f"guest needs {MIN_MEMORY_SIZE >> 20} MiB for its page tables, its stack and a small "
+            f"program")
+    return size
 
 
 def positive_int(text: str) -> int:
@@ -43,6 +72,42 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is below 1")
     return value
+
+
+def fd_limit(text: str) -> int:
+    """``--max-fds``: from :data:`MIN_FDS_LIMIT` to :data:`MAX_FDS_LIMIT`."""
+    value = positive_int(text)
+    if not MIN_FDS_LIMIT <= value <= MAX_FDS_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"{value} is outside {MIN_FDS_LIMIT} to {MAX_FDS_LIMIT} (the guest needs stdin, "
+            f"stdout, stderr and one more; Linux allows at most {MAX_FDS_LIMIT})")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A time limit: a finite number of seconds above 0, at most
+    :data:`MAX_TIMEOUT_SECONDS` (``nan``, ``inf``, 0 and negative numbers
+    are refused: leave the option out for no limit)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a positive number of seconds (leave the option out for no limit)")
+    if value > MAX_TIMEOUT_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} seconds is more than {MAX_TIMEOUT_SECONDS} (leave the option out for no "
+            f"limit)")
+    return value
+
+
+def env_assignment(text: str) -> str:
+    """``--env NAME=VALUE``: a name that is not empty and has no ``=``."""
+    name, equals, _ = text.partition("=")
+    if not equals or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    return text
 
 
 def add_sandbox_options(parser: argparse.ArgumentParser, timeout_help: str =
@@ -57,15 +122,16 @@ def add_sandbox_options(parser: argparse.ArgumentParser, timeout_help: str =
                         help="allow reading and writing DIR and below (repeatable)")
     parser.add_argument("--allow-connect", action="append", default=[], metavar="HOST:PORT",
                         help="allow connecting to this endpoint (repeatable; unix:PATH too)")
-    parser.add_argument("--memory", type=parse_size, default=None, metavar="SIZE",
+    parser.add_argument("--memory", type=parse_memory, default=None, metavar="SIZE",
                         help="guest memory (default 1G)")
-    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+    parser.add_argument("--timeout", type=seconds, default=None, metavar="SECONDS",
                         help=timeout_help)
-    parser.add_argument("--max-fds", type=int, default=1024, metavar="N",
+    parser.add_argument("--max-fds", type=fd_limit, default=1024, metavar="N",
                         help="most open files at once (EMFILE beyond)")
     parser.add_argument("--max-file-size", type=parse_size, default=None, metavar="SIZE",
                         help="largest file the program may write (EFBIG beyond)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        type=env_assignment,
                         help="set an environment variable (repeatable)")
     parser.add_argument("--unsetenv", action="append", default=[], metavar="NAME",
                         help="remove an environment variable (repeatable)")

@@ -50,6 +50,7 @@ run`` confines itself before it parses the stored program.
 from __future__ import annotations
 
 import argparse
+import errno
 import http.server
 import os
 import signal
@@ -59,6 +60,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from minikvm.cli.options import EXIT_USAGE
+from minikvm.errors import MinikvmError
 from minikvm.snapshot.snapshot import Reply, Snapshot
 
 DEFAULT_REQUEST_TIMEOUT = 30.0
@@ -322,12 +325,17 @@ def worker_loop(listener: socket.socket, backend: Backend, name: str) -> int:
     return 0
 
 
+class ListenError(MinikvmError):
+    """The server's address cannot be had (in use, not this host's): a
+    usage error, reported with the address and what to do."""
+
+
 def parse_listen(text: str) -> tuple[str, int]:
     """``127.0.0.1:8080`` → ("127.0.0.1", 8080); ``[::1]:80`` for IPv6."""
     host, colon, port = text.rpartition(":")
     if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"--listen {text!r}: expected HOST:PORT, e.g. "
-                                         f"127.0.0.1:8080")
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT with a port from 0 to "
+                                         f"65535, e.g. 127.0.0.1:8080")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
@@ -335,8 +343,16 @@ def open_listener(address: tuple[str, int]) -> socket.socket:
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(address)
-    listener.listen(LISTEN_BACKLOG)
+    try:
+        listener.bind(address)
+        listener.listen(LISTEN_BACKLOG)
+    except OSError as error:
+        listener.close()
+        shown = f"[{address[0]}]:{address[1]}" if family == socket.AF_INET6 else \
+            f"{address[0]}:{address[1]}"
+        hint = (" (another server has it: choose another --listen port, or port 0 for a free "
+                "one)" if error.errno == errno.EADDRINUSE else "")
+        raise ListenError(f"cannot listen on {shown}: {error.strerror}{hint}") from None
     return listener
 
 
@@ -439,9 +455,11 @@ def serve(snapshot: Snapshot, listen: tuple[str, int] | socket.socket, *, worker
 def serve_command(options: argparse.Namespace) -> int:
     """``minikvm serve``: start (or load) the program, snapshot it at its
     first request, then answer requests until SIGINT or SIGTERM."""
-    from minikvm.errors import MinikvmError
     try:
         return _serve(options)
+    except ListenError as error:
+        print(f"minikvm serve: {error}", file=sys.stderr)
+        return EXIT_USAGE
     except (MinikvmError, OSError, ValueError, argparse.ArgumentTypeError) as error:
         print(f"minikvm: {error}", file=sys.stderr)
         return 1
@@ -450,9 +468,7 @@ def serve_command(options: argparse.Namespace) -> int:
 def _serve(options: argparse.Namespace) -> int:
     from minikvm.cli.launch import launch_to_ready_point, load_confined
     from minikvm.sandbox.confine import confine_worker
-    listen = parse_listen(options.listen)
-    if options.workers < 1:
-        raise ValueError(f"--workers {options.workers}: need at least one worker")
+    listen = options.listen           # parsed and checked by the command line
     if not (options.from_snapshot or options.program):
         raise ValueError("serve needs a PROGRAM (or --from-snapshot FILE)")
     stdio = _server_stdio()

@@ -73,3 +73,10 @@ EXCEPTION_PORT_BASE = 0xC0        # exception stub for vector v does ``out 0xC0+
 #: Default guest memory size (the program's RAM limit): 1 GiB.  The memfd
 #: behind it costs nothing until the guest touches a page.
 DEFAULT_MEMORY_SIZE = 1 << 30
+#: The least guest memory minikvm runs a program in: the kernel area and the
+#: page-table pool (8 MiB), the stack (8 MiB, taken at start) and 8 MiB of
+#: user pages for the program itself.
+MIN_MEMORY_SIZE = PAGE_TABLE_POOL_END + STACK_SIZE + (8 << 20)
+#: The most: the page-table pool maps 4 GiB in 4 KiB pages, far more in
+#: 2 MiB ones; beyond 64 GiB a sandboxed program is not what minikvm is for.
+MAX_MEMORY_SIZE = 64 << 30
