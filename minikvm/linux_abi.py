@@ -74,6 +74,9 @@ MODE_BITS = 0o7777
 # --- time (include/vdso/time64.h) --------------------------------------------
 NSEC_PER_SEC = 1_000_000_000
 USEC_PER_SEC = 1_000_000
+#: The largest kernel time, in nanoseconds (include/linux/ktime.h KTIME_MAX,
+#: ~292 years): timeouts beyond it saturate to it ("wait forever").
+KTIME_MAX = (1 << 63) - 1
 
 # --- signals (arch/x86/include/uapi/asm/signal.h) ----------------------------
 #: The kernel's sigset_t: 64 signals, one bit each.  rt_sig* calls with any

@@ -10,7 +10,7 @@ because the guest speaks to the kernel.
 
 A few names have no uapi macro and are checked by what they are made of:
 :data:`MODE_BITS` is ``S_ISUID|S_ISGID|S_ISVTX|S_IRWXUGO``; the time units,
-the stack alignment and the size of the kernel's sigset (64 signals) are
+KTIME_MAX (a kernel-internal limit), the stack alignment and the size of the kernel's sigset (64 signals) are
 definitions of the ABI that no uapi header exports, left to their comments.
 """
 
@@ -32,7 +32,7 @@ EXPRESSIONS = {
 #: Definitions of the ABI with no macro in any header.
 #: (x86's uapi ``<asm/signal.h>`` exports only the old 32-signal ``NSIG`` to
 #: user space, not the kernel's ``_NSIG`` of 64 that SIGSET_SIZE is made of.)
-NOT_IN_HEADERS = {"NSEC_PER_SEC", "USEC_PER_SEC", "STACK_ALIGNMENT", "SIGSET_SIZE"}
+NOT_IN_HEADERS = {"NSEC_PER_SEC", "USEC_PER_SEC", "KTIME_MAX", "STACK_ALIGNMENT", "SIGSET_SIZE"}
 
 
 def constants() -> dict[str, int]:

@@ -41,7 +41,8 @@ from minikvm.linux_abi import O_CLOEXEC, SIGSET_SIZE
 from minikvm.process.fdtable import (ALWAYS_REPORTED, EPOLLET, EPOLLEXCLUSIVE, EPOLLONESHOT,
                                      EPOLLWAKEUP, DeviceFile, EpollFile, EpollInterest, OpenFile)
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32
-from minikvm.syscalls.poll import read_timespec, ready_events
+from minikvm.syscalls.poll import ready_events
+from minikvm.syscalls.timeouts import read_timeout
 
 if TYPE_CHECKING:
     from minikvm.process.process import Process
@@ -225,7 +226,7 @@ def sys_epoll_pwait2(proc: Process, epfd: int, address: int, count: int, timeout
     """epoll_pwait with a ``struct timespec *`` timeout (NULL: no limit)."""
     if sigmask and sigset_size != SIGSET_SIZE:
         raise SyscallError(errno.EINVAL, f"sigset size {sigset_size}")
-    return _wait(proc, epfd, address, count, read_timespec(proc, timeout_address))
+    return _wait(proc, epfd, address, count, read_timeout(proc, timeout_address))
 
 
 SYSCALLS = [

@@ -50,10 +50,11 @@ import time
 from typing import TYPE_CHECKING, Callable, Optional, Union
 
 from minikvm.errors import SyscallError
-from minikvm.linux_abi import O_NONBLOCK, O_RDWR
+from minikvm.linux_abi import O_NONBLOCK, O_RDWR, USEC_PER_SEC
 from minikvm.process.fdtable import OpenFile
 from minikvm.syscalls.base import PARTIAL, REFUSED, Syscall, signed32
 from minikvm.syscalls.files import MAX_IO
+from minikvm.syscalls.timeouts import MAX_TIMEOUT_SECONDS, split_seconds, timeval_seconds
 
 if TYPE_CHECKING:
     from minikvm.process.process import Process
@@ -646,9 +647,12 @@ def sys_setsockopt(proc: Process, fd: int, level: int, name: int, value: int, le
         if length < struct.calcsize(TIMEVAL):
             raise SyscallError(errno.EINVAL, "a timeout is a struct timeval")
         seconds, microseconds = proc.mm.read_struct(value, TIMEVAL)
-        if seconds < 0 or not 0 <= microseconds < 1_000_000:
+        if not 0 <= microseconds < USEC_PER_SEC:
             raise SyscallError(errno.EDOM, "timeout out of range")
-        file.timeouts[name] = seconds + microseconds / 1e6
+        # sock_set_timeout(): a negative time is 0 (Linux warns), and one
+        # beyond the kernel's longest wait is no timeout at all (0 too).
+        timeout = timeval_seconds(max(seconds, 0), microseconds, "timeout")
+        file.timeouts[name] = 0.0 if timeout >= MAX_TIMEOUT_SECONDS else timeout
         return 0
     if not SOCKET_OPTIONS.get((level, name), False):
         raise SyscallError(errno.ENOPROTOOPT, f"socket option {level}/{name} is not "
@@ -667,7 +671,7 @@ def sys_getsockopt(proc: Process, fd: int, level: int, name: int, value: int,
         raise SyscallError(errno.EINVAL, f"option length {room}")
     if level == SOL_SOCKET and name in TIMEOUT_OPTIONS:
         seconds = file.timeouts[name]
-        data = struct.pack(TIMEVAL, int(seconds), round(seconds % 1 * 1e6))
+        data = struct.pack(TIMEVAL, *split_seconds(seconds, USEC_PER_SEC))
     elif (level, name) in SOCKET_OPTIONS:
         data = _host(lambda: file.sock.getsockopt(level, name, min(max(room, 1),
                                                                    MAX_OPTION_LENGTH)))

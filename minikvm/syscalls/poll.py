@@ -32,12 +32,14 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from minikvm.errors import SyscallError
-from minikvm.linux_abi import NSEC_PER_SEC, SIGSET_SIZE, USEC_PER_SEC
+from minikvm.linux_abi import SIGSET_SIZE
 from minikvm.process import threads
 from minikvm.process.fdtable import (ALWAYS_REPORTED, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT,
                                      POLLPRI, POLLRDNORM, POLLWRNORM)
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32
 from minikvm.syscalls.signals import deliver_due_alarm, ready, sleep
+from minikvm.syscalls.timeouts import (read_select_timeout, read_timeout, write_timespec,
+                                       write_timeval)
 
 if TYPE_CHECKING:
     from minikvm.process.process import Process
@@ -171,33 +173,22 @@ def sys_poll(proc: Process, address: int, count: int, timeout_ms: int) -> int:
     return _poll(proc, address, count, None if timeout_ms < 0 else timeout_ms / 1000)
 
 
-def read_timespec(proc: Process, address: int) -> float | None:
-    """A ``struct timespec *`` timeout: None for NULL (no limit)."""
-    if not address:
-        return None
-    seconds, nanoseconds = proc.mm.read_struct(address, "<qq")
-    if seconds < 0 or not 0 <= nanoseconds < NSEC_PER_SEC:
-        raise SyscallError(errno.EINVAL, f"bad timespec {{{seconds}, {nanoseconds}}}")
-    return seconds + nanoseconds / NSEC_PER_SEC
-
-
-def _write_remaining(proc: Process, address: int, started: float, timeout: float, fmt: str,
-                     per_second: int) -> None:
-    """Linux writes the time left back into a ppoll/select/pselect6 timeout."""
-    left = max(0.0, timeout - (time.monotonic() - started))
-    whole = int(left)
-    proc.mm.write_struct(address, fmt, whole, int((left - whole) * per_second))
+def _write_remaining(proc: Process, address: int, started: float, timeout: float,
+                     write: Callable[[Process, int, float], None]) -> None:
+    """Linux writes the time left back into a ppoll/select/pselect6 timeout
+    (*write*: :func:`~minikvm.syscalls.timeouts.write_timespec` or ``_timeval``)."""
+    write(proc, address, timeout - (time.monotonic() - started))
 
 
 def sys_ppoll(proc: Process, address: int, count: int, timeout_address: int, sigmask: int,
               sigset_size: int) -> int:
     if sigmask and sigset_size != SIGSET_SIZE:
         raise SyscallError(errno.EINVAL, f"sigset size {sigset_size}")
-    timeout = read_timespec(proc, timeout_address)
+    timeout = read_timeout(proc, timeout_address)
     started = time.monotonic()
     result = _poll(proc, address, count, timeout)
     if timeout is not None:
-        _write_remaining(proc, timeout_address, started, timeout, "<qq", NSEC_PER_SEC)
+        _write_remaining(proc, timeout_address, started, timeout, write_timespec)
     return result
 
 
@@ -240,16 +231,11 @@ def _select(proc: Process, count: int, sets: tuple[int, int, int], timeout: floa
 
 def sys_select(proc: Process, count: int, readfds: int, writefds: int, exceptfds: int,
                timeout_address: int) -> int:
-    timeout = None
-    if timeout_address:
-        seconds, microseconds = proc.mm.read_struct(timeout_address, "<qq")
-        if seconds < 0 or microseconds < 0:
-            raise SyscallError(errno.EINVAL, f"bad timeval {{{seconds}, {microseconds}}}")
-        timeout = seconds + microseconds / USEC_PER_SEC
+    timeout = read_select_timeout(proc, timeout_address)
     started = time.monotonic()
     result = _select(proc, count, (readfds, writefds, exceptfds), timeout)
     if timeout is not None:
-        _write_remaining(proc, timeout_address, started, timeout, "<qq", USEC_PER_SEC)
+        _write_remaining(proc, timeout_address, started, timeout, write_timeval)
     return result
 
 
@@ -260,11 +246,11 @@ def sys_pselect6(proc: Process, count: int, readfds: int, writefds: int, exceptf
         mask, size = proc.mm.read_struct(sigmask_address, "<QQ")
         if mask and size != SIGSET_SIZE:
             raise SyscallError(errno.EINVAL, f"sigset size {size}")
-    timeout = read_timespec(proc, timeout_address)
+    timeout = read_timeout(proc, timeout_address)
     started = time.monotonic()
     result = _select(proc, count, (readfds, writefds, exceptfds), timeout)
     if timeout is not None:
-        _write_remaining(proc, timeout_address, started, timeout, "<qq", NSEC_PER_SEC)
+        _write_remaining(proc, timeout_address, started, timeout, write_timespec)
     return result
 
 

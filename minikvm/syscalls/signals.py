@@ -75,6 +75,7 @@ from minikvm.machine.machine import USER_RFLAGS_MASK
 from minikvm.machine.stops import RegistersLoaded, ProcessKilled
 from minikvm.process import sigframe, threads
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32
+from minikvm.syscalls.timeouts import read_timeout
 from minikvm.x86 import CANONICAL_LIMIT, CPUID_XSAVE_STATE
 
 if TYPE_CHECKING:
@@ -683,10 +684,7 @@ def sys_rt_sigtimedwait(proc: Process, address: int, info: int, timeout: int, si
     wanted = proc.mm.read_struct(address, "<Q")[0] & ~UNBLOCKABLE
     seconds = None
     if timeout:
-        tv_sec, tv_nsec = proc.mm.read_struct(timeout, "<qq")
-        if tv_sec < 0 or not 0 <= tv_nsec < 1_000_000_000:
-            raise SyscallError(errno.EINVAL, "bad timespec")
-        seconds = tv_sec + tv_nsec / 1e9
+        seconds = read_timeout(proc, timeout)
     deadline = None if seconds is None else time.monotonic() + seconds
     while True:
         taken = proc.signal_pending & wanted

@@ -47,6 +47,7 @@ from minikvm.linux_abi import NSEC_PER_SEC
 from minikvm.process import threads
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32
 from minikvm.syscalls.signals import sleep
+from minikvm.syscalls.timeouts import read_timespec_ns
 
 if TYPE_CHECKING:
     from minikvm.process.process import Process
@@ -98,10 +99,7 @@ def _deadline(proc: Process, address: int, absolute: bool, realtime: bool) -> fl
     CLOCK_REALTIME (FUTEX_WAIT_BITSET).  None without a timeout."""
     if not address:
         return None
-    seconds, nanoseconds = proc.mm.read_struct(address, "<qq")
-    if seconds < 0 or not 0 <= nanoseconds < NSEC_PER_SEC:
-        raise SyscallError(errno.EINVAL, f"bad timespec {{{seconds}, {nanoseconds}}}")
-    value = seconds + nanoseconds / NSEC_PER_SEC
+    value = read_timespec_ns(proc, address) / NSEC_PER_SEC
     now = time.monotonic()
     if not absolute:
         return now + value

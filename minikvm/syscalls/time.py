@@ -31,6 +31,7 @@ from minikvm.process import threads
 from minikvm.process.stack import CLOCK_TICKS
 from minikvm.syscalls.base import PARTIAL, REFUSED, Syscall, signed32
 from minikvm.syscalls.signals import deliver_due_alarm, sleep
+from minikvm.syscalls.timeouts import read_timespec_ns, split_seconds, timeval_seconds
 
 if TYPE_CHECKING:
     from minikvm.process.process import Process
@@ -109,13 +110,6 @@ def sys_time(proc: Process, address: int) -> int:
 
 
 # -- sleeping ---------------------------------------------------------------------
-def _read_timespec(proc: Process, address: int) -> int:
-    seconds, nanoseconds = proc.mm.read_struct(address, TIMESPEC_FORMAT)
-    if seconds < 0 or not 0 <= nanoseconds < NSEC_PER_SEC:
-        raise SyscallError(errno.EINVAL, f"bad timespec {{{seconds}, {nanoseconds}}}")
-    return seconds * NSEC_PER_SEC + nanoseconds
-
-
 def _sleep(proc: Process, seconds: float) -> None:
     """Sleep the calling thread; with other threads, they run meanwhile."""
     if len(proc.threads) == 1:
@@ -125,7 +119,7 @@ def _sleep(proc: Process, seconds: float) -> None:
 
 
 def sys_nanosleep(proc: Process, request: int, remaining: int) -> int:
-    _interruptible_sleep(proc, _read_timespec(proc, request), remaining)
+    _interruptible_sleep(proc, read_timespec_ns(proc, request), remaining)
     return 0
 
 
@@ -146,7 +140,7 @@ def sys_clock_nanosleep(proc: Process, clock_id: int, flags: int, request: int, 
     clock = _clock(clock_id)
     if clock == time.CLOCK_THREAD_CPUTIME_ID:
         raise SyscallError(errno.EINVAL, "cannot sleep on the thread's own CPU clock")
-    duration = _read_timespec(proc, request)
+    duration = read_timespec_ns(proc, request)
     if signed32(flags) & TIMER_ABSTIME:
         duration -= time.clock_gettime_ns(clock)
     if duration <= 0:
@@ -194,11 +188,8 @@ def _check_itimer(which: int) -> None:
 
 
 def _write_itimerval(proc: Process, address: int, interval: float, value: float) -> None:
-    fields = []
-    for seconds in (interval, value):
-        micro = round(seconds * USEC_PER_SEC)
-        fields += [micro // USEC_PER_SEC, micro % USEC_PER_SEC]
-    proc.mm.write_struct(address, ITIMERVAL_FORMAT, *fields)
+    proc.mm.write_struct(address, ITIMERVAL_FORMAT, *split_seconds(interval, USEC_PER_SEC),
+                         *split_seconds(value, USEC_PER_SEC))
 
 
 def sys_getitimer(proc: Process, which: int, address: int) -> int:
@@ -212,15 +203,10 @@ def sys_setitimer(proc: Process, which: int, new: int, old: int) -> int:
     _check_itimer(which)
     deliver_due_alarm(proc)
     request = proc.mm.read_struct(new, ITIMERVAL_FORMAT) if new else (0, 0, 0, 0)
-    for usec in request[1::2]:
-        if not 0 <= usec < USEC_PER_SEC:
-            raise SyscallError(errno.EINVAL, f"tv_usec {usec}")
-    if any(seconds < 0 for seconds in request[0::2]):
-        raise SyscallError(errno.EINVAL, "negative time")
+    interval = timeval_seconds(request[0], request[1], "it_interval")
+    value = timeval_seconds(request[2], request[3], "it_value")
     if old:
         _write_itimerval(proc, old, proc.alarm_interval, _remaining(proc))
-    interval = request[0] + request[1] / USEC_PER_SEC
-    value = request[2] + request[3] / USEC_PER_SEC
     _set_alarm(proc, value, interval)
     return 0
 

@@ -10,6 +10,14 @@
  * just unmapped, to the last bytes of a mapping (so a struct straddles its
  * end), into the kernel half and the non-canonical hole.
  *
+ * Integers at the edges — 0, -1, INT64_MAX, INT64_MIN, 2^32±1, 2^31±1, a
+ * page ±1 — come up in every argument position and in the words of the
+ * scratch region that calls read structs from (timespecs, itimervals,
+ * socket options).  Calls that may wait are tamed in the random phase, so
+ * a first, deterministic phase (`edge_timeouts`) gives every call that
+ * takes a time value each pair of edge values, on a descriptor that is
+ * ready (or a futex word that does not match), so that none of them waits.
+ *
  * The guest answer does not matter; the host's conduct does: no Python
  * traceback, no internal error, no memory blow-up, no file appearing
  * outside the grants, the run ending with this program's own status.
@@ -27,13 +35,18 @@
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#define FUTEX_WAIT 0   /* <linux/futex.h>: not among musl's headers */
+#include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/select.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #define PAGE 4096UL
@@ -89,12 +102,25 @@ static uint64_t pointer(void)
     }
 }
 
+/* Integers where careless arithmetic breaks: signs, widths, pages. */
+static const uint64_t EDGES[] = {
+    0, (uint64_t)-1, 0x7fffffffffffffffUL, 0x8000000000000000UL,
+    0xffffffffUL, 0x100000000UL, 0x100000001UL,             /* 2^32 - 1, 2^32, 2^32 + 1 */
+    0x7fffffffUL, 0x80000000UL, 0x80000001UL,                /* 2^31 - 1, 2^31, 2^31 + 1 */
+    0xffffffff80000000UL,                                    /* INT_MIN sign-extended */
+    PAGE - 1, PAGE, PAGE + 1, 999999999, 1000000000, 999999, 1000000,
+};
+#define N_EDGES (sizeof EDGES / sizeof *EDGES)
+
+static uint64_t edge(void) { return EDGES[below(N_EDGES)]; }
+
 static int fds[32];   /* descriptors of every kind, opened at the start */
 static int nfds;
 
 static uint64_t value(void)
 {
-    switch (below(21)) {
+    switch (below(24)) {
+    case 21: case 22: case 23: return edge();
     case 18: case 19: return nfds ? (uint64_t)fds[below(nfds)] : 3;
     case 20: return below(2) ? 8 + below(200) : 4096 + below(65536);   /* a plausible length */
     case 0: return 0;
@@ -121,7 +147,7 @@ static void fill_region(void)
     /* Words a handler may follow: pointers and lengths, and short strings
      * that make plausible file names. */
     for (size_t i = 0; i < REGION_SIZE / 8; i++) {
-        uint64_t word = below(4) == 0 ? value() : next();
+        uint64_t choice = below(8), word = choice < 2 ? value() : choice < 4 ? edge() : next();
         memcpy(region + 8 * i, &word, 8);
     }
     static const char *names[] = {"f", "d/x", "..", "/etc/passwd", "/proc/self/mem",
@@ -281,6 +307,86 @@ static void say(const char *text)
     syscall(SYS_write, OUT_FD, text, strlen(text));
 }
 
+/* Every call that takes a time value, with each pair of edge values as its
+ * (seconds, fraction), made so that it returns at once whatever it accepts:
+ * waits are on a ready pipe or a futex word that does not match, sleeps
+ * only with values that are invalid or already past, timers disarmed
+ * right after.  Returns the number of calls made. */
+static long edge_timeouts(void)
+{
+    static const int64_t seconds[] = {0, -1, 0x7fffffffffffffffL, (int64_t)0x8000000000000000UL,
+                                      0xffffffffL, 0x100000001L, 0x7fffffffL, 0x80000001L,
+                                      4095, 4097};
+    static const int64_t fractions[] = {0, -1, 999999, 1000000, 999999999, 1000000000,
+                                        0x7fffffffffffffffL, (int64_t)0x8000000000000000UL};
+    long made = 0;
+    int ready[2];
+    if (syscall(SYS_pipe2, ready, O_NONBLOCK) != 0 || write(ready[1], "x", 1) != 1)
+        return 0;
+    int tcp = (int)syscall(SYS_socket, 2 /* AF_INET */, 1 /* SOCK_STREAM */, 0);
+    int timer = (int)syscall(SYS_timerfd_create, 1 /* CLOCK_MONOTONIC */, O_NONBLOCK);
+    int epoll = (int)syscall(SYS_epoll_create1, 0);
+    struct { uint32_t events; uint64_t data; } __attribute__((packed)) event = {1 /* EPOLLIN */, 0};
+    syscall(SYS_epoll_ctl, epoll, 1 /* EPOLL_CTL_ADD */, ready[0], &event);
+    signal(SIGALRM, SIG_IGN);           /* an itimer that fires before it is disarmed */
+    sigset_t usr2;
+    sigemptyset(&usr2);
+    sigaddset(&usr2, SIGUSR2);
+    sigprocmask(SIG_BLOCK, &usr2, NULL);
+    int word = 0;
+    for (size_t i = 0; i < sizeof seconds / sizeof *seconds; i++) {
+        for (size_t j = 0; j < sizeof fractions / sizeof *fractions; j++) {
+            int64_t s = seconds[i], f = fractions[j];
+            int64_t t[4];
+            struct pollfd poll_ready = {ready[0], POLLIN, 0};
+            fd_set set;
+            t[0] = s; t[1] = f;
+            syscall(SYS_ppoll, &poll_ready, 1, t, NULL, 8); made++;
+            t[0] = s; t[1] = f; FD_ZERO(&set); FD_SET(ready[0], &set);
+            syscall(SYS_select, ready[0] + 1, &set, NULL, NULL, t); made++;
+            t[0] = s; t[1] = f; FD_ZERO(&set); FD_SET(ready[0], &set);
+            syscall(SYS_pselect6, ready[0] + 1, &set, NULL, NULL, t, NULL); made++;
+            t[0] = s; t[1] = f;
+            syscall(SYS_epoll_pwait, epoll, &event, 1, (int)s, NULL, 8); made++;
+            syscall(SYS_futex, &word, FUTEX_WAIT, word + 1, t, NULL, 0); made++;
+            t[0] = s; t[1] = f; t[2] = s; t[3] = f;
+            syscall(SYS_setitimer, ITIMER_REAL, t, t); made++;
+            syscall(SYS_getitimer, ITIMER_REAL, t); made++;
+            int64_t off[4] = {0, 0, 0, 0};
+            syscall(SYS_setitimer, ITIMER_REAL, off, NULL); made++;
+            t[0] = s; t[1] = f;
+            syscall(SYS_setsockopt, tcp, SOL_SOCKET, SO_RCVTIMEO, t, 16); made++;
+            syscall(SYS_setsockopt, tcp, SOL_SOCKET, SO_SNDTIMEO, t, 16); made++;
+            socklen_t length = 16;
+            syscall(SYS_getsockopt, tcp, SOL_SOCKET, SO_RCVTIMEO, t, &length); made++;
+            t[0] = s; t[1] = f; t[2] = s; t[3] = f;
+            syscall(SYS_timerfd_settime, timer, 0, t, t); made++;
+            syscall(SYS_timerfd_gettime, timer, t); made++;
+            syscall(SYS_timerfd_settime, timer, 0, off, NULL); made++;
+            t[0] = s; t[1] = f; t[2] = s; t[3] = f;
+            syscall(SYS_utimensat, -100 /* AT_FDCWD */, "fuzzfile", t, 0); made++;
+            t[0] = s; t[1] = f;
+            syscall(SYS_kill, getpid(), SIGUSR2);
+            syscall(SYS_rt_sigtimedwait, &usr2, NULL, t, 8); made++;
+            if (s < 0 || f < 0 || f >= 1000000000 || (s == 0 && f == 0)) {
+                t[0] = s; t[1] = f;             /* invalid, or nothing to sleep */
+                syscall(SYS_nanosleep, t, NULL); made++;
+            }
+            if (s <= 0 || f < 0 || f >= 1000000000) {
+                t[0] = s; t[1] = f;             /* invalid, or a time already past */
+                syscall(SYS_clock_nanosleep, 1 /* CLOCK_MONOTONIC */, 1 /* TIMER_ABSTIME */, t,
+                        NULL); made++;
+            }
+        }
+    }
+    signal(SIGUSR2, SIG_IGN);           /* discards a SIGUSR2 still pending */
+    sigprocmask(SIG_UNBLOCK, &usr2, NULL);
+    signal(SIGUSR2, SIG_DFL);
+    signal(SIGALRM, SIG_DFL);
+    close(ready[0]); close(ready[1]); close(tcp); close(timer); close(epoll);
+    return made;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -292,6 +398,13 @@ int main(int argc, char **argv)
     int verbose = argc > 3 && !strcmp(argv[3], "verbose");
     if (dup2(1, OUT_FD) != OUT_FD)
         return 3;
+    /* stdin, stdout and stderr become /dev/null: a random write of 2 GiB to
+     * fd 2 is the guest's right, but not something the test should store. */
+    int null = open("/dev/null", O_RDWR);
+    if (null < 0 || dup2(null, 0) < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0)
+        return 3;
+    if (null > 2)
+        close(null);
     signal(SIGPIPE, SIG_IGN);   /* writing to a pipe it closed the other end of */
 
     region = mmap(NULL, REGION_SIZE + PAGE, PROT_READ | PROT_WRITE,
@@ -310,7 +423,7 @@ int main(int argc, char **argv)
     fill_region();
     open_descriptors();
 
-    long made = 0, failed = 0, skipped = 0;
+    long made = calls ? edge_timeouts() : 0, failed = 0, skipped = 0;
     for (long i = 0; i < calls; i++) {
         uint64_t number;
         switch (below(40)) {
