@@ -83,6 +83,10 @@ KTIME_MAX = (1 << 63) - 1
 #: other ``sigsetsize`` fail with EINVAL.
 SIGSET_SIZE = 8
 
+# --- prctl(2) options (include/uapi/linux/prctl.h) ---------------------------
+PR_SET_PDEATHSIG = 1
+PR_GET_PDEATHSIG = 2
+
 # --- the process ABI (System V x86-64 psABI §3.4.1, §3.2.2) ------------------
 #: RSP is a multiple of 16 at process entry and before every call.
 STACK_ALIGNMENT = 16

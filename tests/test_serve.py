@@ -198,3 +198,39 @@ def test_a_request_leaves_nothing_for_the_next(leaky_server, path: str) -> None:
     for _ in range(2):
         status, _, body = get(port, "/peek")
         assert (status, body) == (200, pristine)
+
+
+def worker_pids(supervisor: int) -> set[int]:
+    """The supervisor's children, from /proc (the workers it forked)."""
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    return {int(pid) for pid in children}
+
+
+def alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for its reaper."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+@pytest.mark.kvm
+def test_workers_die_with_a_killed_supervisor() -> None:
+    """SIGKILL gives the supervisor no chance to stop its workers: the
+    kernel must (PR_SET_PDEATHSIG), or they serve on, orphaned, forever."""
+    port, process, _ = start_server(guest("handler"), 2, 5)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        workers = worker_pids(process.pid)
+        while len(workers) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            workers = worker_pids(process.pid)
+        assert len(workers) == 2, workers
+        assert get(port, "/hello")[0] == 200
+    finally:
+        stop_server(process)            # SIGKILL
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in workers), f"workers {workers} outlived the supervisor"

@@ -50,6 +50,7 @@ run`` confines itself before it parses the stored program.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import errno
 import http.server
 import os
@@ -62,6 +63,7 @@ from typing import Any, Callable
 
 from minikvm.cli.options import EXIT_USAGE
 from minikvm.errors import MinikvmError
+from minikvm.linux_abi import PR_SET_PDEATHSIG
 from minikvm.snapshot.snapshot import Reply, Snapshot
 
 DEFAULT_REQUEST_TIMEOUT = 30.0
@@ -356,6 +358,19 @@ def open_listener(address: tuple[str, int]) -> socket.socket:
     return listener
 
 
+def die_with_parent(parent: int) -> None:
+    """Ask the kernel to SIGKILL this process when *parent* dies
+    (``prctl(PR_SET_PDEATHSIG)``), so that a worker never outlives its
+    supervisor, whatever ended it (``kill -9`` included); and exit now if
+    the parent died already, in the instant between ``fork`` and here."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(ctypes.c_int(PR_SET_PDEATHSIG), ctypes.c_ulong(signal.SIGKILL),
+                  ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 def run_workers(listener: socket.socket, workers: int,
                 make_backend: Callable[[], Backend],
                 in_worker: Callable[[], None] | None = None) -> int:
@@ -366,11 +381,14 @@ def run_workers(listener: socket.socket, workers: int,
     stopping = {"now": False}
     restarts: list[float] = []
 
+    supervisor = os.getpid()
+
     def start(number: int) -> None:
         pid = os.fork()
         if pid == 0:
             status = 1
             try:
+                die_with_parent(supervisor)
                 if in_worker is not None:
                     in_worker()
                 status = worker_loop(listener, make_backend(), f"worker {number}")

@@ -30,6 +30,7 @@ from minikvm.process.process import TASK_COMM_LEN
 from minikvm.syscalls.base import MASK64, PARTIAL, REFUSED, Syscall, signed32
 from minikvm.syscalls.signals import SI_TKILL, deliver, deliver_to_thread, sent_info, sleep
 from minikvm.x86 import PAGE_SIZE, CANONICAL_LIMIT
+from minikvm.linux_abi import PR_GET_PDEATHSIG, PR_SET_PDEATHSIG
 
 if TYPE_CHECKING:
     from minikvm.process.process import Process
@@ -49,8 +50,6 @@ RLIM_INFINITY = MASK64
 STACK_LIMIT = 8 << 20            # RLIMIT_STACK's usual soft limit
 
 # prctl(2) options (linux/prctl.h)
-PR_SET_PDEATHSIG = 1
-PR_GET_PDEATHSIG = 2
 PR_GET_DUMPABLE = 3
 PR_SET_DUMPABLE = 4
 PR_SET_NAME = 15
