@@ -31,6 +31,7 @@ from minikvm.process.elf import ElfImage, default_bias, load_elf
 from minikvm.process.fdtable import FdTable, HostFile
 from minikvm.process.stack import build_initial_stack, standard_auxv
 from minikvm.process.threads import DEFAULT_MAX_THREADS, ThreadTable
+from minikvm.sandbox.policy import Policy
 from minikvm.x86 import PAGE_SIZE, CPUID_FEATURES
 
 TASK_COMM_LEN = 16  # the kernel's process name: 15 bytes and a NUL
@@ -49,19 +50,20 @@ class RunResult:
 class Process:
     """One guest program in one machine."""
 
-    def __init__(self, machine: Machine, image: ElfImage, policy: Any, argv: list[bytes],
+    def __init__(self, machine: Machine, image: ElfImage, policy: Policy | None, argv: list[bytes],
                  env: list[bytes], exe_path: str, cwd: str) -> None:
         self.machine = machine
         self.mm = machine.mm
         self.image = image
-        self.policy = policy
+        #: What the program may reach; None at creation means no grant at all.
+        self.policy: Policy = policy if policy is not None else Policy()
         self.argv = argv
         self.env = env
         self.exe_path = exe_path
         self.cwd = cwd
         self.umask = 0o022
         self.pid = 1000
-        self.fds = FdTable(getattr(policy, "max_fds", 1024) or 1024)
+        self.fds = FdTable(self.policy.max_fds)
         #: signal -> (handler, flags, restorer, mask), as rt_sigaction set it
         self.signal_actions: dict[int, tuple[int, int, int, int]] = {}
         self.signal_mask = 0
@@ -86,8 +88,7 @@ class Process:
         self.personality = 0           # PER_LINUX
         self.nice = 0
         #: The threads (:mod:`minikvm.process.threads`); the main thread's tid is the pid.
-        self.threads = ThreadTable(self.pid, getattr(policy, "max_threads", None)
-                                   or DEFAULT_MAX_THREADS)
+        self.threads = ThreadTable(self.pid, DEFAULT_MAX_THREADS)
         self.fs_base = 0
         self.unknown_syscalls: dict[int, int] = {}
         #: How many pipes the program made: the next one's number (its inode).
@@ -101,7 +102,7 @@ class Process:
     # -- creation ------------------------------------------------------------
     @classmethod
     def spawn(cls, path: str, argv: list[str] | list[bytes], env: dict[str, str] | list[bytes],
-              policy: Any, *, memory_size: int = DEFAULT_MEMORY_SIZE, cwd: str | None = None,
+              policy: Policy | None, *, memory_size: int = DEFAULT_MEMORY_SIZE, cwd: str | None = None,
               stdio: tuple[int, int, int] = (0, 1, 2), machine: Machine | None = None,
               program: bytes | None = None) -> "Process":
         """Load the static program at *path* into a new machine, ready to run.

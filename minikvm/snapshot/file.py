@@ -18,7 +18,7 @@ import json
 import os
 import stat as stat_module
 import struct
-from typing import Any, BinaryIO, Sequence
+from typing import Any, BinaryIO, Literal, Sequence
 
 from minikvm import ioctl as k
 from minikvm.errors import MinikvmError, SnapshotError
@@ -27,6 +27,7 @@ from minikvm.machine.mm import AddressSpace, PagePool, Vma
 from minikvm.process.elf import load_elf
 from minikvm.process.fdtable import DeviceFile, FdEntry, HostFile, OpenFile, Pipe, PipeEnd
 from minikvm.process.threads import Thread, ThreadTable
+from minikvm.sandbox.policy import Policy
 from minikvm.snapshot.cpu_state import CpuState
 from minikvm.snapshot.frozen import copy_range, data_extents, new_memfd, seal_frozen
 from minikvm.snapshot.process_state import close_fd_entries
@@ -202,7 +203,7 @@ def _fd_records(snapshot: Snapshot) -> tuple[list[dict[str, Any]], list[dict[str
     return records, pipes
 
 
-def _reopen_fds(records: list[dict[str, Any]], pipes: list[dict[str, Any]], policy: Any,
+def _reopen_fds(records: list[dict[str, Any]], pipes: list[dict[str, Any]], policy: Policy | None,
                 stdio: Sequence[int]) -> dict[int, FdEntry]:
     """The fd table of a loaded snapshot: stdio attached to *stdio*, files
     reopened through the policy (so a file outside it is refused), pipes
@@ -251,15 +252,14 @@ def _reopen_fds(records: list[dict[str, Any]], pipes: list[dict[str, Any]], poli
     return entries
 
 
-def _policy_record(policy: Any) -> dict[str, Any] | None:
-    grants = getattr(policy, "grants", None)
-    if policy is None or grants is None:
+def _policy_record(policy: Policy | None) -> dict[str, Any] | None:
+    if policy is None:
         return None
-    return {"read": [g.path for g in grants if not g.writable],
-            "write": [g.path for g in grants if g.writable],
-            "connect": [str(e) for e in getattr(policy, "endpoints", ())],
-            "max_fds": getattr(policy, "max_fds", 1024),
-            "max_file_size": getattr(policy, "max_file_size", None)}
+    return {"read": [g.path for g in policy.grants if not g.writable],
+            "write": [g.path for g in policy.grants if g.writable],
+            "connect": [str(e) for e in policy.endpoints],
+            "max_fds": policy.max_fds,
+            "max_file_size": policy.max_file_size}
 
 
 def _cpuid_bytes(cpuid: ctypes.Structure) -> bytes:
@@ -418,7 +418,7 @@ def _check_file(file: Any, name: str) -> dict[str, Any]:
     return header
 
 
-def load(path: str | os.PathLike[str], *, policy: Any = "saved",
+def load(path: str | os.PathLike[str], *, policy: Policy | Literal["saved"] | None = "saved",
          stdio: Sequence[int] = (0, 1, 2), file: BinaryIO | None = None,
          header: dict[str, Any] | None = None) -> Snapshot:
     """Read a snapshot file back.  The file is checked whole first; nothing
@@ -485,12 +485,11 @@ def load(path: str | os.PathLike[str], *, policy: Any = "saved",
                     wait=wait)  # type: ignore[arg-type]
 
 
-def saved_policy(header: dict[str, Any]) -> Any:
+def saved_policy(header: dict[str, Any]) -> Policy | None:
     """The :class:`~minikvm.sandbox.policy.Policy` a file's *header* records (its
     grant directories opened now), or None when it records none."""
     record = header.get("policy")
     if record is None:
         return None
-    from minikvm.sandbox.policy import Policy
     return Policy(read=record["read"], write=record["write"], connect=record["connect"],
                   max_fds=record["max_fds"], max_file_size=record["max_file_size"])

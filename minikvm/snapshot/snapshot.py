@@ -83,6 +83,7 @@ from minikvm.machine.stops import Stop, CallReturned, WaitingForRequest, Process
 from minikvm.process.elf import ElfImage
 from minikvm.process.fdtable import FdEntry
 from minikvm.process.process import Process
+from minikvm.sandbox.policy import Policy
 from minikvm.snapshot.cpu_state import CpuState
 from minikvm.snapshot.frozen import (allocated_end, allocated_runs, bitmap_runs, data_extents,
                                      freeze_memory, merge_runs, page_runs, seal_frozen)
@@ -195,7 +196,7 @@ class Snapshot:
 
     def __init__(self, *, memory: GuestMemory, mm: AddressSpace, cpu: CpuState,
                  cpuid: ctypes.Structure, process_state: dict[str, Any],
-                 fds: dict[int, FdEntry], max_fds: int, image: ElfImage, policy: Any,
+                 fds: dict[int, FdEntry], max_fds: int, image: ElfImage, policy: Policy,
                  wait: tuple[int, int] | None) -> None:
         self.memory = memory
         self.mm = mm

@@ -62,7 +62,7 @@ def sys_truncate(proc: Process, path_address: int, length: int) -> int:
     try:
         if not stat_module.S_ISREG(os.fstat(host_fd).st_mode):
             raise SyscallError(errno.EINVAL, "not a regular file")
-        limit = getattr(proc.policy, "max_file_size", None)
+        limit = proc.policy.max_file_size
         if limit is not None and length > limit:
             proc.policy.check_file_size(length, path=path, syscall="truncate")
         os.ftruncate(host_fd, length)

@@ -321,7 +321,7 @@ def check_file_size(proc: Process, file, count: int, position: int | None = None
                      syscall: str = "write") -> None:
     """EFBIG (from the policy) if writing *count* bytes at *position* (the
     file's own position when None) would grow a granted file past the limit."""
-    limit = getattr(proc.policy, "max_file_size", None)
+    limit = proc.policy.max_file_size
     if limit is None or not isinstance(file, HostFile) or file.path.startswith("<"):
         return
     st = os.fstat(file.host_fd)

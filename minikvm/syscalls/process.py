@@ -24,13 +24,13 @@ import struct
 from typing import TYPE_CHECKING
 
 from minikvm.errors import SyscallError
+from minikvm.linux_abi import PR_GET_PDEATHSIG, PR_SET_PDEATHSIG
 from minikvm.machine.stops import ProcessExit
 from minikvm.process import threads
 from minikvm.process.process import TASK_COMM_LEN
 from minikvm.syscalls.base import MASK64, PARTIAL, REFUSED, Syscall, signed32
 from minikvm.syscalls.signals import SI_TKILL, deliver, deliver_to_thread, sent_info, sleep
 from minikvm.x86 import PAGE_SIZE, CANONICAL_LIMIT
-from minikvm.linux_abi import PR_GET_PDEATHSIG, PR_SET_PDEATHSIG
 
 if TYPE_CHECKING:
     from minikvm.process.process import Process
@@ -428,7 +428,7 @@ def sys_prlimit64(proc: Process, pid: int, resource: int, new: int, old: int) ->
         raise SyscallError(errno.EINVAL, f"resource {resource}")
     if old:
         memory = proc.mm.user_pool.end - proc.mm.user_pool.start
-        file_size = getattr(proc.policy, "max_file_size", None) or RLIM_INFINITY
+        file_size = proc.policy.max_file_size or RLIM_INFINITY
         values = {
             RLIMIT_NOFILE: (proc.fds.max_fds, proc.fds.max_fds),
             RLIMIT_STACK: (STACK_LIMIT, RLIM_INFINITY),
