@@ -106,3 +106,13 @@ def test_memory_bounds_are_what_the_layout_needs() -> None:
     for bad in (f"{(MIN_MEMORY_SIZE >> 20) - 1}M", f"{(MAX_MEMORY_SIZE >> 30) + 1}G"):
         with pytest.raises(Exception, match="outside"):
             parse_memory(bad)
+
+
+def test_serve_reset_choices_are_the_snapshot_mechanisms() -> None:
+    """The parser spells them itself (to import no snapshot code for ``run``):
+    they must stay the same as the snapshot layer's."""
+    from minikvm.cli.main import build_parser
+    from minikvm.snapshot.snapshot import MECHANISMS
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]
+    reset = next(action for action in serve._actions if action.dest == "reset")
+    assert tuple(reset.choices) == MECHANISMS

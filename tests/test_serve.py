@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from minikvm.cli.serve import STATUS_OK, outcome_of, parse_listen, parse_response
+from minikvm.machine.stops import StopKind
 from minikvm.snapshot.snapshot import Reply
 from tests.guests import guest, hostile_guest
 
@@ -46,9 +47,9 @@ def test_a_malformed_raw_response_is_a_502() -> None:
 
 
 def test_replies_map_to_statuses() -> None:
-    assert outcome_of(Reply("timeout", message="slow")).status == 504
-    assert outcome_of(Reply("crash", message="SIGSEGV: ...")).status == 502
-    assert outcome_of(Reply("ok", b"")).status == 502
+    assert outcome_of(Reply(StopKind.TIMEOUT, message="slow")).status == 504
+    assert outcome_of(Reply(StopKind.CRASH, message="SIGSEGV: ...")).status == 502
+    assert outcome_of(Reply(StopKind.WAIT, b"")).status == 502
 
 
 def test_listen_addresses() -> None:

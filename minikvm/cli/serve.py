@@ -64,6 +64,7 @@ from typing import Any, Callable
 from minikvm.cli.options import EXIT_USAGE
 from minikvm.errors import MinikvmError
 from minikvm.linux_abi import PR_SET_PDEATHSIG
+from minikvm.machine.stops import StopKind
 from minikvm.snapshot.snapshot import Reply, Snapshot
 
 DEFAULT_REQUEST_TIMEOUT = 30.0
@@ -126,16 +127,16 @@ def parse_response(raw: bytes) -> Outcome:
 
 def outcome_of(reply: Reply) -> Outcome:
     """A fork's reply as an HTTP answer."""
-    if reply.status == "ok":
+    if reply.status == StopKind.WAIT:
         if not reply.response:
             return Outcome(STATUS_BAD_GATEWAY, [], b"minikvm: the program gave no response\n",
                            "no response (the program waited for the next request without "
                            "calling minikvm_respond)")
         return parse_response(reply.response)
-    if reply.status == "timeout":
+    if reply.status == StopKind.TIMEOUT:
         return Outcome(STATUS_GATEWAY_TIMEOUT, [], b"minikvm: the program took too long\n",
                        reply.message)
-    if reply.status == "exit" and reply.response:
+    if reply.status == StopKind.EXIT and reply.response:
         outcome = parse_response(reply.response)
         outcome.log = reply.message
         return outcome

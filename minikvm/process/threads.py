@@ -81,6 +81,7 @@ machine they switch.
 from __future__ import annotations
 
 import ctypes
+import enum
 import errno
 import select
 import signal
@@ -98,10 +99,17 @@ from minikvm.x86 import PAGE_SIZE
 if TYPE_CHECKING:
     from minikvm.process.process import Process
 
-RUNNABLE = "runnable"
-WAITING = "waiting"          # on a futex word, perhaps with a deadline
-SLEEPING = "sleeping"        # until its deadline (nanosleep)
-RETRYING = "retrying"        # its call is made again once another thread has run (a pipe)
+class ThreadState(str, enum.Enum):
+    """Where a guest thread is in the host's scheduler.  A ``str`` enum, so
+    that snapshot files store it as its name."""
+    RUNNABLE = "runnable"
+    WAITING = "waiting"      # on a futex word, perhaps with a deadline
+    SLEEPING = "sleeping"    # until its deadline (nanosleep)
+    RETRYING = "retrying"    # its call is made again once another thread has run (a pipe)
+
+
+RUNNABLE, WAITING, SLEEPING, RETRYING = (ThreadState.RUNNABLE, ThreadState.WAITING,
+                                         ThreadState.SLEEPING, ThreadState.RETRYING)
 
 #: How many threads a guest may have at once (``clone`` fails with EAGAIN
 #: beyond it, as at ``RLIMIT_NPROC``): each costs host memory and a slot in
@@ -134,7 +142,7 @@ class Thread:
     its saved state while another thread has the vCPU (``regs`` is empty
     while it runs)."""
     tid: int
-    state: str = RUNNABLE
+    state: ThreadState = RUNNABLE
     regs: bytes = b""
     fpu: bytes = b""
     fs_base: int = 0

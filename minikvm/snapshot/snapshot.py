@@ -66,6 +66,7 @@ give fresh bytes in every fork and after every reset; seed after the wait.
 from __future__ import annotations
 
 import bisect
+import enum
 import ctypes
 import os
 import stat as stat_module
@@ -79,7 +80,7 @@ from minikvm.kvm.memory import GuestMemory
 from minikvm.linux_abi import STACK_ALIGNMENT
 from minikvm.machine.machine import CALL_RETURN_ADDRESS, SYSCALL_EXIT_RIP, USER_RFLAGS_MASK, Machine
 from minikvm.machine.mm import AddressSpace
-from minikvm.machine.stops import Stop, CallReturned, WaitingForRequest, ProcessExit, ProcessKilled
+from minikvm.machine.stops import CallReturned, ProcessExit, ProcessKilled, Stop, StopKind, WaitingForRequest
 from minikvm.process.elf import ElfImage
 from minikvm.process.fdtable import FdEntry
 from minikvm.process.process import Process
@@ -95,7 +96,14 @@ from minikvm.syscalls.dispatch import Dispatcher
 from minikvm.syscalls.trace import Tracer
 from minikvm.x86 import PAGE_SIZE
 
-MECHANISMS = ("cow", "copy")
+class ResetMechanism(str, enum.Enum):
+    """How a fork's reset puts memory back (see the module docstring)."""
+    COW = "cow"      # drop the fork's copy-on-write pages
+    COPY = "copy"    # copy the dirty pages back from the frozen memory
+
+
+#: The mechanisms' names, for command-line choices and messages.
+MECHANISMS = tuple(mechanism.value for mechanism in ResetMechanism)
 #: Bytes below RSP that a function may use without moving RSP (System V
 #: ABI §3.2.2); a host call puts its arguments below it.
 RED_ZONE = 128
@@ -142,13 +150,14 @@ class RequestChannel:
 class Reply:
     """How one request (or call) ended.
 
-    ``status`` is ``"ok"`` (the program answered and waits for the next
-    request), ``"exit"`` (it exited; ``exit_status``), ``"crash"`` (a CPU
-    exception or a fatal signal), ``"timeout"`` or ``"failure"`` (KVM could
+    ``status`` is a :class:`~minikvm.machine.stops.StopKind`: WAIT (the
+    program answered and waits for the next request: :attr:`ok`), EXIT (it
+    exited; ``exit_status``), CRASH (a CPU exception or a fatal signal),
+    TIMEOUT or FAILURE (KVM could
     not run it).  ``response`` is what the program passed to
     ``minikvm_respond``, ``message`` the one-line report when not ok.
     """
-    status: str
+    status: StopKind
     response: bytes = b""
     message: str = ""
     exit_status: int | None = None
@@ -156,15 +165,16 @@ class Reply:
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        return self.status == StopKind.WAIT
 
 
 def run_until_stop(process: Process, dispatcher: Dispatcher,
-                   timeout: float | None) -> tuple[str, Any]:
+                   timeout: float | None) -> tuple[StopKind, Any]:
     """Run *process* until it waits for a request, a host call returns, it
-    exits, crashes or times out.  Returns ``(kind, detail)``: ``("wait",
-    (buffer, size))``, ``("return", value)``, ``("exit", status)``,
-    ``("crash", message)``, ``("timeout", message)``, ``("failure", message)``.
+    exits, crashes or times out.  Returns ``(kind, detail)``, a
+    :class:`~minikvm.machine.stops.StopKind` and: for WAIT ``(buffer, size)``,
+    for RETURN the value, for EXIT the status, for CRASH, TIMEOUT and
+    FAILURE the one-line message.
 
     Unlike :meth:`Process.run` this keeps the process usable afterwards
     (its files stay open): the caller snapshots or resets it."""
@@ -173,15 +183,15 @@ def run_until_stop(process: Process, dispatcher: Dispatcher,
     except WaitingForRequest as waiting:
         # Not the exception itself: its traceback holds the run loop's
         # frames, which hold views of kvm_run and would keep it mapped.
-        return "wait", (waiting.buffer, waiting.size)
+        return StopKind.WAIT, (waiting.buffer, waiting.size)
     except CallReturned as returned:
-        return "return", returned.value
+        return StopKind.RETURN, returned.value
     except ProcessExit as done:
-        return "exit", done.status & 0xFF
+        return StopKind.EXIT, done.status & 0xFF
     except ProcessKilled as killed:
-        return "crash", f"{killed.signal.name}: {killed.reason}"
-    if stop.kind == "timeout":
-        return "timeout", f"timed out: {stop.message}"
+        return StopKind.CRASH, f"{killed.signal.name}: {killed.reason}"
+    if stop.kind == StopKind.TIMEOUT:
+        return StopKind.TIMEOUT, f"timed out: {stop.message}"
     return stop.kind, stop.message
 
 
@@ -227,7 +237,7 @@ class Snapshot:
     @classmethod
     def take(cls, process: Process, wait: tuple[int, int] | None = None) -> "Snapshot":
         """Freeze *process*, which must not be running (between two runs,
-        e.g. after :func:`run_until_stop` returned ``"wait"``).  It can go
+        e.g. after :func:`run_until_stop` returned WAIT).  It can go
         on running afterwards: the snapshot is a copy.  Only a program with
         one thread can be frozen: the vCPU holds one thread's registers, and
         a fork starts with that thread alone (its record — ``set_tid_address``,
@@ -257,7 +267,7 @@ class Snapshot:
                    process_state=state, fds=fds, max_fds=process.fds.max_fds,
                    image=process.image, policy=process.policy, wait=wait)
 
-    def fork(self, mechanism: str = "cow", tracer: Tracer | None = None) -> "Fork":
+    def fork(self, mechanism: str = ResetMechanism.COW, tracer: Tracer | None = None) -> "Fork":
         """A new VM running a copy of this snapshot (see :class:`Fork`).
 
         If :meth:`prepare_forks` started some ahead of time, one of those is
@@ -327,10 +337,10 @@ def snapshot_at_ready_point(process: Process, dispatcher: Dispatcher | None = No
     process.requests = process.requests or RequestChannel()
     dispatcher = dispatcher or Dispatcher(process)
     kind, detail = run_until_stop(process, dispatcher, timeout)
-    if kind == "wait":
-        return Snapshot.take(process, detail), Reply("ok")
-    if kind == "exit":
-        return None, Reply("exit", message=f"the program exited with status {detail} before "
+    if kind == StopKind.WAIT:
+        return Snapshot.take(process, detail), Reply(StopKind.WAIT)
+    if kind == StopKind.EXIT:
+        return None, Reply(StopKind.EXIT, message=f"the program exited with status {detail} before "
                                             "its first minikvm_wait_request",
                            exit_status=detail)
     return None, Reply(kind, message=str(detail))
@@ -365,7 +375,7 @@ class Fork:
     snapshot.  *mechanism* chooses how a reset restores memory: ``"cow"``
     (drop the private copies) or ``"copy"`` (copy the pages back)."""
 
-    def __init__(self, snapshot: Snapshot, mechanism: str = "cow",
+    def __init__(self, snapshot: Snapshot, mechanism: str = ResetMechanism.COW,
                  tracer: Tracer | None = None) -> None:
         if mechanism not in MECHANISMS:
             raise ValueError(f"reset mechanism {mechanism!r}: expected one of {MECHANISMS}")
@@ -482,7 +492,7 @@ class Fork:
             runs += tables
         merged = merge_runs(runs)
         stats.runs = len(merged)
-        if self.mechanism == "cow":
+        if self.mechanism == ResetMechanism.COW:
             base = memory.host_address
             for first, count in merged:
                 if _libc.madvise(base + first * PAGE_SIZE, count * PAGE_SIZE, MADV_DONTNEED):
@@ -562,22 +572,22 @@ class Fork:
         try:
             self.process.mm.write(buffer, data)
         except SyscallError as error:
-            return self._finish(Reply("crash", message=f"the request buffer {buffer:#x} is no "
+            return self._finish(Reply(StopKind.CRASH, message=f"the request buffer {buffer:#x} is no "
                                                        f"longer writable: {error}"), reset)
         regs = self.machine.vcpu.run_state.s.regs.regs
         regs.rax = len(data)
         self.machine.return_from_syscall()
         kind, detail = run_until_stop(self.process, self.dispatcher, timeout)
         response = b"".join(self.channel.response)
-        if kind == "wait":
+        if kind == StopKind.WAIT:
             self.wait = detail
-            return self._finish(Reply("ok", response), reset)
+            return self._finish(Reply(StopKind.WAIT, response), reset)
         self.wait = None
-        if kind == "exit":
-            reply = Reply("exit", response, f"the program exited with status {detail}",
+        if kind == StopKind.EXIT:
+            reply = Reply(StopKind.EXIT, response, f"the program exited with status {detail}",
                           exit_status=detail)
-        elif kind == "return":
-            reply = Reply("crash", response, "the program returned to the call-return stub "
+        elif kind == StopKind.RETURN:
+            reply = Reply(StopKind.CRASH, response, "the program returned to the call-return stub "
                                              "outside a host call")
         else:
             reply = Reply(kind, response, str(detail))
@@ -595,13 +605,13 @@ class Fork:
         kind, detail = run_until_stop(self.process, self.dispatcher, timeout)
         response = b"".join(self.channel.response)
         self.wait = None
-        if kind == "exit":
-            reply = Reply("exit", response, "", exit_status=detail)
-        elif kind == "wait":
-            reply = Reply("crash", response, "the program waited for a request again after "
+        if kind == StopKind.EXIT:
+            reply = Reply(StopKind.EXIT, response, "", exit_status=detail)
+        elif kind == StopKind.WAIT:
+            reply = Reply(StopKind.CRASH, response, "the program waited for a request again after "
                                              "being told there are none")
         else:
-            reply = Reply(kind if kind != "return" else "crash", response, str(detail))
+            reply = Reply(kind if kind != StopKind.RETURN else StopKind.CRASH, response, str(detail))
         return self._finish(reply, True)
 
     def _finish(self, reply: Reply, reset: bool) -> Reply:
@@ -655,7 +665,7 @@ class Fork:
             kind, detail = run_until_stop(self.process, self.dispatcher, timeout)
         finally:
             self.channel.calling = False
-        if kind == "return":
+        if kind == StopKind.RETURN:
             if reset:
                 self.reset()
             else:
@@ -667,14 +677,14 @@ class Fork:
                     machine.vcpu.set_xsave(k.kvm_xsave.from_buffer_copy(saved_fpu))
             return signed64(detail)
         name = symbol if isinstance(symbol, str) else hex(symbol)
-        if kind == "wait":
+        if kind == StopKind.WAIT:
             message = f"{name}() called minikvm_wait_request instead of returning"
-        elif kind == "exit":
+        elif kind == StopKind.EXIT:
             message = f"{name}() exited with status {detail}"
         else:
             message = f"{name}() did not return: {detail}"
-        reply = Reply(kind if kind != "wait" else "crash", b"", message,
-                      exit_status=detail if kind == "exit" else None)
+        reply = Reply(kind if kind != StopKind.WAIT else StopKind.CRASH, b"", message,
+                      exit_status=detail if kind == StopKind.EXIT else None)
         self.wait = None
         self.reset(full=True)
         raise GuestCallError(message, reply)
