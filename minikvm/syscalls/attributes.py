@@ -36,6 +36,10 @@ SYS_utimensat = 280
 
 # -- changing files: size, sync, times, mode, owner ----------------------------------------
 def sys_ftruncate(proc: Process, fd: int, length: int) -> int:
+    """ftruncate(2): set the length of a regular file open for writing.
+
+    EINVAL for a negative length or an fd that is not a writable regular file;
+    EFBIG past ``--max-file-size``."""
     file = proc.fds.get(signed32(fd))
     length = signed64(length)
     if length < 0:
@@ -80,10 +84,12 @@ def _sync(proc: Process, fd: int, data_only: bool) -> int:
 
 
 def sys_fsync(proc: Process, fd: int) -> int:
+    """fsync(2): flush a file's data and metadata to its disk (the host's fsync)."""
     return _sync(proc, fd, data_only=False)
 
 
 def sys_fdatasync(proc: Process, fd: int) -> int:
+    """fdatasync(2): flush a file's data to its disk (the host's fdatasync)."""
     return _sync(proc, fd, data_only=True)
 
 
@@ -135,7 +141,8 @@ def _host_utimens(host_fd: int, times: tuple[int, int, int, int] | None) -> None
                ctypes.c_int(AT_EMPTY_PATH))
 
 
-def sys_utimensat(proc: Process, dirfd: int, path_address: int, times_address: int, flags: int) -> int:
+def sys_utimensat(proc: Process, dirfd: int, path_address: int, times_address: int,
+                  flags: int) -> int:
     """Set access and modification times.  A NULL path (how C libraries
     implement ``futimens``) or ``""`` with AT_EMPTY_PATH means *dirfd* itself."""
     flags = signed32(flags)
@@ -166,13 +173,18 @@ def sys_utimensat(proc: Process, dirfd: int, path_address: int, times_address: i
 
 
 def sys_fchmod(proc: Process, fd: int, mode: int) -> int:
+    """fchmod(2): change the mode bits of an open file.
+
+    Only files opened from a write grant: stdio and devices are EPERM (they are
+    the host's, not the sandbox's)."""
     file = proc.fds.get(signed32(fd))
     check_file_change(proc, file, "fchmod")
     os.fchmod(file.host_fd, mode & MODE_BITS)  # type: ignore[arg-type]
     return 0
 
 
-def _chmod(proc: Process, dirfd: int, path_address: int, mode: int, flags: int, syscall: str) -> int:
+def _chmod(proc: Process, dirfd: int, path_address: int, mode: int, flags: int,
+           syscall: str) -> int:
     flags = signed32(flags)
     if flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):
         raise SyscallError(errno.EINVAL, f"fchmodat flags {flags:#x}")
@@ -197,14 +209,17 @@ def _chmod(proc: Process, dirfd: int, path_address: int, mode: int, flags: int, 
 
 
 def sys_fchmodat2(proc: Process, dirfd: int, path_address: int, mode: int, flags: int) -> int:
+    """fchmodat2(2): chmod relative to a directory fd, with flags; see ``_chmod``."""
     return _chmod(proc, dirfd, path_address, mode, flags, "fchmodat2")
 
 
 def sys_fchmodat(proc: Process, dirfd: int, path_address: int, mode: int) -> int:
+    """fchmodat(2): chmod relative to a directory fd; see ``_chmod``."""
     return _chmod(proc, dirfd, path_address, mode, 0, "fchmodat")
 
 
 def sys_chmod(proc: Process, path_address: int, mode: int) -> int:
+    """chmod(2): change a file's mode bits; the path must be in a write grant (EACCES)."""
     return _chmod(proc, AT_FDCWD, path_address, mode, 0, "chmod")
 
 
@@ -217,6 +232,10 @@ def _same_owner(st: os.stat_result, uid: int, gid: int) -> int:
 
 
 def sys_fchown(proc: Process, fd: int, uid: int, gid: int) -> int:
+    """fchown(2): minikvm never changes an owner.
+
+    Asking for the current owner (or -1) succeeds; anything else is EPERM, as
+    for an unprivileged process."""
     file = proc.fds.get(signed32(fd))
     st = stat_of_file(file)
     if isinstance(file, HostFile) and file.path.startswith("/"):
@@ -224,7 +243,11 @@ def sys_fchown(proc: Process, fd: int, uid: int, gid: int) -> int:
     return _same_owner(st, uid, gid)
 
 
-def sys_fchownat(proc: Process, dirfd: int, path_address: int, uid: int, gid: int, flags: int) -> int:
+def sys_fchownat(proc: Process, dirfd: int, path_address: int, uid: int, gid: int,
+                 flags: int) -> int:
+    """fchownat(2): as :func:`sys_fchown`, for a path (``AT_EMPTY_PATH``: the fd).
+
+    EINVAL for unknown flags."""
     flags = signed32(flags)
     if flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):
         raise SyscallError(errno.EINVAL, f"fchownat flags {flags:#x}")
@@ -239,10 +262,12 @@ def sys_fchownat(proc: Process, dirfd: int, path_address: int, uid: int, gid: in
 
 
 def sys_chown(proc: Process, path_address: int, uid: int, gid: int) -> int:
+    """chown(2): :func:`sys_fchownat` at the working directory, following symlinks."""
     return sys_fchownat(proc, AT_FDCWD, path_address, uid, gid, 0)
 
 
 def sys_lchown(proc: Process, path_address: int, uid: int, gid: int) -> int:
+    """lchown(2): :func:`sys_fchownat` at the working directory, on the link itself."""
     return sys_fchownat(proc, AT_FDCWD, path_address, uid, gid, AT_SYMLINK_NOFOLLOW)
 
 

@@ -130,10 +130,15 @@ def _getdents(proc: Process, fd: int, address: int, count: int, pack) -> int:
 
 
 def sys_getdents64(proc: Process, fd: int, address: int, count: int) -> int:
+    """getdents64(2): the next entries of a directory, as ``linux_dirent64`` records.
+
+    The listing is read from the host at the first call (and after a rewind)
+    and handed out from that copy."""
     return _getdents(proc, fd, address, count, pack_dirent64)
 
 
 def sys_getdents(proc: Process, fd: int, address: int, count: int) -> int:
+    """getdents(2): the old ``linux_dirent`` form of :func:`sys_getdents64`."""
     return _getdents(proc, fd, address, count, pack_dirent)
 
 
@@ -151,10 +156,12 @@ def _mkdirat(proc: Process, dirfd: int, path_address: int, mode: int, syscall: s
 
 
 def sys_mkdirat(proc: Process, dirfd: int, path_address: int, mode: int) -> int:
+    """mkdirat(2): make a directory; its parent must be in a write grant (EACCES)."""
     return _mkdirat(proc, dirfd, path_address, mode, "mkdirat")
 
 
 def sys_mkdir(proc: Process, path_address: int, mode: int) -> int:
+    """mkdir(2): :func:`sys_mkdirat` at the working directory."""
     return _mkdirat(proc, AT_FDCWD, path_address, mode, "mkdir")
 
 
@@ -187,14 +194,19 @@ def _unlinkat(proc: Process, dirfd: int, path_address: int, flags: int, syscall:
 
 
 def sys_unlinkat(proc: Process, dirfd: int, path_address: int, flags: int) -> int:
+    """unlinkat(2): remove a name (``AT_REMOVEDIR``: an empty directory).
+
+    The parent must be in a write grant (EACCES)."""
     return _unlinkat(proc, dirfd, path_address, flags, "unlinkat")
 
 
 def sys_unlink(proc: Process, path_address: int) -> int:
+    """unlink(2): :func:`sys_unlinkat` at the working directory."""
     return _unlinkat(proc, AT_FDCWD, path_address, 0, "unlink")
 
 
 def sys_rmdir(proc: Process, path_address: int) -> int:
+    """rmdir(2): :func:`sys_unlinkat` with ``AT_REMOVEDIR``."""
     return _unlinkat(proc, AT_FDCWD, path_address, AT_REMOVEDIR, "rmdir")
 
 
@@ -229,15 +241,21 @@ def _renameat2(proc: Process, old_dirfd: int, old_address: int, new_dirfd: int, 
     return 0
 
 
-def sys_renameat2(proc: Process, old_dirfd: int, old: int, new_dirfd: int, new: int, flags: int) -> int:
+def sys_renameat2(proc: Process, old_dirfd: int, old: int, new_dirfd: int, new: int,
+                  flags: int) -> int:
+    """renameat2(2): rename, with ``RENAME_NOREPLACE`` or ``RENAME_EXCHANGE``.
+
+    Both parents must be in write grants (EACCES); ``RENAME_WHITEOUT`` is EINVAL."""
     return _renameat2(proc, old_dirfd, old, new_dirfd, new, flags, "renameat2")
 
 
 def sys_renameat(proc: Process, old_dirfd: int, old: int, new_dirfd: int, new: int) -> int:
+    """renameat(2): :func:`sys_renameat2` without flags."""
     return _renameat2(proc, old_dirfd, old, new_dirfd, new, 0, "renameat")
 
 
 def sys_rename(proc: Process, old: int, new: int) -> int:
+    """rename(2): :func:`sys_renameat2` at the working directory, without flags."""
     return _renameat2(proc, AT_FDCWD, old, AT_FDCWD, new, 0, "rename")
 
 
@@ -275,15 +293,22 @@ def _linkat(proc: Process, old_dirfd: int, old_address: int, new_dirfd: int, new
     return 0
 
 
-def sys_linkat(proc: Process, old_dirfd: int, old: int, new_dirfd: int, new: int, flags: int) -> int:
+def sys_linkat(proc: Process, old_dirfd: int, old: int, new_dirfd: int, new: int,
+               flags: int) -> int:
+    """linkat(2): make a hard link (``AT_SYMLINK_FOLLOW``: to a symlink's target).
+
+    The new name's parent must be in a write grant (EACCES); ``AT_EMPTY_PATH``
+    is ENOENT, as for a process without CAP_DAC_READ_SEARCH."""
     return _linkat(proc, old_dirfd, old, new_dirfd, new, flags, "linkat")
 
 
 def sys_link(proc: Process, old: int, new: int) -> int:
+    """link(2): :func:`sys_linkat` at the working directory."""
     return _linkat(proc, AT_FDCWD, old, AT_FDCWD, new, 0, "link")
 
 
-def _symlinkat(proc: Process, target_address: int, dirfd: int, path_address: int, syscall: str) -> int:
+def _symlinkat(proc: Process, target_address: int, dirfd: int, path_address: int,
+               syscall: str) -> int:
     """The link's text may name anything: following it is what the policy
     guards, and every guest lookup stays beneath its grant."""
     target = read_path(proc, target_address)
@@ -297,10 +322,15 @@ def _symlinkat(proc: Process, target_address: int, dirfd: int, path_address: int
 
 
 def sys_symlinkat(proc: Process, target: int, dirfd: int, path: int) -> int:
+    """symlinkat(2): make a symlink; its parent must be in a write grant (EACCES).
+
+    The target is stored as given: it is resolved, beneath a grant, only when
+    followed."""
     return _symlinkat(proc, target, dirfd, path, "symlinkat")
 
 
 def sys_symlink(proc: Process, target: int, path: int) -> int:
+    """symlink(2): :func:`sys_symlinkat` at the working directory."""
     return _symlinkat(proc, target, AT_FDCWD, path, "symlink")
 
 

@@ -106,6 +106,9 @@ def _watches(epoll: EpollFile, target: EpollFile, depth: int = 1,
 
 # -- epoll_create ---------------------------------------------------------------------------------
 def sys_epoll_create1(proc: Process, flags: int) -> int:
+    """epoll_create1(2): a new epoll set, kept by minikvm (not a host epoll fd).
+
+    EINVAL for any flag but ``EPOLL_CLOEXEC``."""
     flags = signed32(flags)
     if flags & ~EPOLL_CLOEXEC:
         raise SyscallError(errno.EINVAL, f"epoll_create1 flags {flags:#x}: only EPOLL_CLOEXEC")
@@ -210,12 +213,16 @@ def _wait(proc: Process, epfd: int, address: int, count: int, timeout: float | N
 
 
 def sys_epoll_wait(proc: Process, epfd: int, address: int, count: int, timeout_ms: int) -> int:
+    """epoll_wait(2): wait for the fds of an epoll set (a timeout in ms; -1: none).
+
+    While it waits, the guest's other threads run."""
     timeout_ms = signed32(timeout_ms)
     return _wait(proc, epfd, address, count, None if timeout_ms < 0 else timeout_ms / 1000)
 
 
-def sys_epoll_pwait(proc: Process, epfd: int, address: int, count: int, timeout_ms: int, sigmask: int,
-                    sigset_size: int) -> int:
+def sys_epoll_pwait(proc: Process, epfd: int, address: int, count: int, timeout_ms: int,
+                    sigmask: int, sigset_size: int) -> int:
+    """epoll_pwait(2): :func:`sys_epoll_wait`; the signal mask is checked, not applied."""
     if sigmask and sigset_size != SIGSET_SIZE:
         raise SyscallError(errno.EINVAL, f"sigset size {sigset_size}")
     return sys_epoll_wait(proc, epfd, address, count, timeout_ms)

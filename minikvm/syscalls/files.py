@@ -201,6 +201,11 @@ def check_file_change(proc: Process, file: OpenFile, syscall: str) -> None:
 
 # -- opening and closing ---------------------------------------------------------
 def sys_openat(proc: Process, dirfd: int, path_address: int, flags: int, mode: int) -> int:
+    """openat(2): open a file through the policy, or one of its virtual devices.
+
+    The path is resolved by the kernel beneath a grant (:mod:`minikvm.sandbox.policy`):
+    EACCES outside the grants, or for a write in a read-only grant; EMFILE past
+    ``--max-fds``."""
     path = guest_path(proc, dirfd, read_path(proc, path_address))
     flags = signed32(flags)
     device = proc.policy.is_virtual_device(path, proc.cwd)
@@ -219,20 +224,26 @@ def sys_openat(proc: Process, dirfd: int, path_address: int, flags: int, mode: i
 
 
 def sys_open(proc: Process, path_address: int, flags: int, mode: int) -> int:
+    """open(2): :func:`sys_openat` at the working directory."""
     return sys_openat(proc, AT_FDCWD, path_address, flags, mode)
 
 
 def sys_creat(proc: Process, path_address: int, mode: int) -> int:
+    """creat(2): :func:`sys_open` with ``O_CREAT | O_WRONLY | O_TRUNC``."""
     return sys_openat(proc, AT_FDCWD, path_address, O_CREAT | O_WRONLY | O_TRUNC, mode)
 
 
 def sys_close(proc: Process, fd: int) -> int:
+    """close(2): free an fd (EBADF for one that is not open)."""
     proc.fds.close(signed32(fd))
     return 0
 
 
 # -- reading and writing ---------------------------------------------------------------
 def sys_read(proc: Process, fd: int, buffer: int, count: int) -> int:
+    """read(2): read from an fd into guest memory (at most ``MAX_IO`` bytes a call).
+
+    EFAULT for a buffer outside the guest's mappings, before anything is read."""
     file = proc.fds.get(signed32(fd))
     return _read(proc, file, proc.mm.views(buffer, min(count, MAX_IO), write=True))
 
@@ -273,6 +284,10 @@ def _wait_for_pipe(proc: Process, file, error: SyscallError, what: str) -> None:
 
 
 def sys_write(proc: Process, fd: int, buffer: int, count: int) -> int:
+    """write(2): write guest memory to an fd (at most ``MAX_IO`` bytes a call).
+
+    EFAULT for a buffer outside the guest's mappings; EFBIG past
+    ``--max-file-size``."""
     file = proc.fds.get(signed32(fd))
     views = proc.mm.views(buffer, min(count, MAX_IO))
     check_file_size(proc, file, count)
@@ -293,11 +308,13 @@ def _iovec_views(proc: Process, address: int, count: int, write: bool) -> list[m
 
 
 def sys_readv(proc: Process, fd: int, iov: int, count: int) -> int:
+    """readv(2): :func:`sys_read` into an iovec array (``UIO_MAXIOV`` at most)."""
     file = proc.fds.get(signed32(fd))
     return _read(proc, file, _iovec_views(proc, iov, count, write=True))
 
 
 def sys_writev(proc: Process, fd: int, iov: int, count: int) -> int:
+    """writev(2): :func:`sys_write` from an iovec array (``UIO_MAXIOV`` at most)."""
     file = proc.fds.get(signed32(fd))
     views = _iovec_views(proc, iov, count, write=False)
     check_file_size(proc, file, sum(len(v) for v in views))
@@ -342,12 +359,16 @@ def _host_fd(proc: Process, fd: int) -> int:
 
 
 def sys_pread64(proc: Process, fd: int, buffer: int, count: int, offset: int) -> int:
+    """pread64(2): read at an offset, without moving the file position (host files)."""
     host_fd = _host_fd(proc, fd)
     return os.preadv(host_fd, proc.mm.views(buffer, min(count, MAX_IO), write=True),
                      signed64(offset))
 
 
 def sys_pwrite64(proc: Process, fd: int, buffer: int, count: int, offset: int) -> int:
+    """pwrite64(2): write at an offset, without moving the file position.
+
+    EBADF for an fd not open for writing; EFBIG past ``--max-file-size``."""
     host_fd = _host_fd(proc, fd)
     file = proc.fds.get(signed32(fd))
     if not file.writable():
@@ -358,6 +379,9 @@ def sys_pwrite64(proc: Process, fd: int, buffer: int, count: int, offset: int) -
 
 
 def sys_lseek(proc: Process, fd: int, offset: int, whence: int) -> int:
+    """lseek(2): move a file's position; pipes are ESPIPE, devices stay at 0.
+
+    A directory's position is the index into minikvm's copy of its listing."""
     file = proc.fds.get(signed32(fd))
     if isinstance(file, DeviceFile):
         return 0
@@ -421,20 +445,28 @@ def stat_of_path(proc: Process, dirfd: int, path_address: int, flags: int,
 
 
 def sys_fstat(proc: Process, fd: int, address: int) -> int:
+    """fstat(2): a ``struct stat`` of an open file (devices and pipes described
+    by minikvm as Linux would)."""
     proc.mm.write(address, pack_stat(stat_of_file(proc.fds.get(signed32(fd)))))
     return 0
 
 
 def sys_newfstatat(proc: Process, dirfd: int, path_address: int, address: int, flags: int) -> int:
+    """newfstatat(2): a ``struct stat`` of a path, through the policy.
+
+    The directories above a grant may be stat'ed (only); elsewhere outside
+    the grants, EACCES."""
     proc.mm.write(address, pack_stat(stat_of_path(proc, dirfd, path_address, flags)))
     return 0
 
 
 def sys_stat(proc: Process, path_address: int, address: int) -> int:
+    """stat(2): :func:`sys_newfstatat` at the working directory, following symlinks."""
     return sys_newfstatat(proc, AT_FDCWD, path_address, address, 0)
 
 
 def sys_lstat(proc: Process, path_address: int, address: int) -> int:
+    """lstat(2): :func:`sys_newfstatat` on the link itself."""
     return sys_newfstatat(proc, AT_FDCWD, path_address, address, AT_SYMLINK_NOFOLLOW)
 
 
@@ -452,7 +484,8 @@ def pack_statx(st: os.stat_result) -> bytes:
                        os.major(st.st_dev), os.minor(st.st_dev), 0, 0, 0)
 
 
-def sys_statx(proc: Process, dirfd: int, path_address: int, flags: int, mask: int, address: int) -> int:
+def sys_statx(proc: Process, dirfd: int, path_address: int, flags: int, mask: int,
+              address: int) -> int:
     """statx: the basic fields whatever *mask* asks (stx_mask says which
     were filled, as Linux does)."""
     flags = signed32(flags)
@@ -496,11 +529,13 @@ def _statfs_of_file(file: OpenFile) -> bytes:
 
 
 def sys_fstatfs(proc: Process, fd: int, address: int) -> int:
+    """fstatfs(2): the file system of an open file (the host's, for host files)."""
     proc.mm.write(address, _statfs_of_file(proc.fds.get(signed32(fd))))
     return 0
 
 
 def sys_statfs(proc: Process, path_address: int, address: int) -> int:
+    """statfs(2): the file system of a path, resolved through the policy."""
     path = guest_path(proc, AT_FDCWD, read_path(proc, path_address))
     device = proc.policy.is_virtual_device(path, proc.cwd)
     if device:
@@ -599,10 +634,14 @@ def sys_copy_file_range(proc: Process, in_fd: int, in_offset: int, out_fd: int, 
 
 # -- descriptors ----------------------------------------------------------------------
 def sys_dup(proc: Process, fd: int) -> int:
+    """dup(2): the lowest free fd for the same open file."""
     return proc.fds.install(proc.fds.get(signed32(fd)))
 
 
 def sys_dup3(proc: Process, old: int, new: int, flags: int) -> int:
+    """dup3(2): *new* becomes the open file of *old* (``O_CLOEXEC`` only flag).
+
+    EINVAL when they are the same fd."""
     old, new = signed32(old), signed32(new)
     if old == new:
         raise SyscallError(errno.EINVAL, "same fd")
@@ -611,6 +650,7 @@ def sys_dup3(proc: Process, old: int, new: int, flags: int) -> int:
 
 
 def sys_dup2(proc: Process, old: int, new: int) -> int:
+    """dup2(2): :func:`sys_dup3` without flags; the same fd twice returns it."""
     if signed32(old) == signed32(new):
         proc.fds.get(signed32(old))
         return signed32(new)
@@ -618,6 +658,7 @@ def sys_dup2(proc: Process, old: int, new: int) -> int:
 
 
 def sys_close_range(proc: Process, first: int, last: int, flags: int) -> int:
+    """close_range(2): close (or mark close-on-exec) a range of fds."""
     first, last, flags = first & UINT_MASK, last & UINT_MASK, flags & UINT_MASK
     if flags & ~(CLOSE_RANGE_UNSHARE | CLOSE_RANGE_CLOEXEC) or first > last:
         raise SyscallError(errno.EINVAL, f"close_range({first}, {last}, {flags:#x})")
@@ -645,6 +686,10 @@ def sys_flock(proc: Process, fd: int, operation: int) -> int:
 
 
 def sys_fcntl(proc: Process, fd: int, command: int, argument: int) -> int:
+    """fcntl(2): duplicate fds, fd and status flags, ``F_GETPIPE_SZ``, record locks.
+
+    Record locks are always granted (one process holds them all) and
+    ``F_GETLK`` finds none; other commands are EINVAL."""
     fd, command = signed32(fd), signed32(command)
     file = proc.fds.get(fd)
     entry = proc.fds.entries[fd]
@@ -730,6 +775,10 @@ def sys_ioctl(proc: Process, fd: int, request: int, argument: int) -> int:
 
 
 def sys_pipe2(proc: Process, address: int, flags: int) -> int:
+    """pipe2(2): a pipe kept in minikvm's memory, between the guest's threads.
+
+    An empty pipe gives EAGAIN unless another guest thread may fill it (no
+    other process can)."""
     flags = signed32(flags)
     proc.pipes_made += 1
     pipe = Pipe(number=proc.pipes_made)
@@ -752,6 +801,7 @@ EFD_NONBLOCK = O_NONBLOCK
 
 
 def sys_eventfd2(proc: Process, initial: int, flags: int) -> int:
+    """eventfd2(2): an event counter kept by minikvm (``EFD_SEMAPHORE`` too)."""
     flags = signed32(flags)
     if flags & ~(EFD_SEMAPHORE | EFD_CLOEXEC | EFD_NONBLOCK):
         raise SyscallError(errno.EINVAL, f"eventfd2 flags {flags:#x}")
@@ -760,15 +810,19 @@ def sys_eventfd2(proc: Process, initial: int, flags: int) -> int:
 
 
 def sys_eventfd(proc: Process, initial: int) -> int:
+    """eventfd(2): :func:`sys_eventfd2` without flags."""
     return sys_eventfd2(proc, initial, 0)
 
 
 def sys_pipe(proc: Process, address: int) -> int:
+    """pipe(2): :func:`sys_pipe2` without flags."""
     return sys_pipe2(proc, address, 0)
 
 
 # -- the working directory -------------------------------------------------------------
 def sys_getcwd(proc: Process, buffer: int, size: int) -> int:
+    """getcwd(2): the guest's working directory (kept by minikvm); ERANGE if it
+    does not fit."""
     path = os.fsencode(proc.cwd) + b"\0"
     if len(path) > size:
         raise SyscallError(errno.ERANGE, "buffer too small")
@@ -777,6 +831,9 @@ def sys_getcwd(proc: Process, buffer: int, size: int) -> int:
 
 
 def sys_chdir(proc: Process, path_address: int) -> int:
+    """chdir(2): change the working directory, checked through the policy.
+
+    ENOTDIR for a file; the directories above a grant may be entered."""
     path = posixpath.normpath(guest_path(proc, AT_FDCWD, read_path(proc, path_address)))
     st = proc.policy.stat(path, proc.cwd, True, syscall="chdir")
     if not stat_module.S_ISDIR(st.st_mode):
@@ -786,6 +843,7 @@ def sys_chdir(proc: Process, path_address: int) -> int:
 
 
 def sys_fchdir(proc: Process, fd: int) -> int:
+    """fchdir(2): :func:`sys_chdir` to the directory an fd is open on."""
     proc.cwd = _directory_path(proc, signed32(fd))
     return 0
 
@@ -826,14 +884,23 @@ def _readlinkat(proc: Process, dirfd: int, path_address: int, buffer: int, size:
 
 
 def sys_readlinkat(proc: Process, dirfd: int, path_address: int, buffer: int, size: int) -> int:
+    """readlinkat(2): a symlink's target, through the policy.
+
+    ``/proc/self/exe``, ``/proc/self/cwd`` and ``/proc/self/fd/N`` describe the
+    guest, never the host."""
     return _readlinkat(proc, dirfd, path_address, buffer, size, "readlinkat")
 
 
 def sys_readlink(proc: Process, path_address: int, buffer: int, size: int) -> int:
+    """readlink(2): :func:`sys_readlinkat` at the working directory."""
     return _readlinkat(proc, AT_FDCWD, path_address, buffer, size, "readlink")
 
 
 def sys_faccessat2(proc: Process, dirfd: int, path_address: int, mode: int, flags: int) -> int:
+    """faccessat2(2): may the guest read, write or execute a path?
+
+    Asked of the host kernel beneath the grant (faccessat2); a write in a
+    read-only grant is EACCES."""
     path = guest_path(proc, dirfd, read_path(proc, path_address))
     if proc.policy.is_virtual_device(path, proc.cwd):
         return 0
@@ -843,14 +910,17 @@ def sys_faccessat2(proc: Process, dirfd: int, path_address: int, mode: int, flag
 
 
 def sys_faccessat(proc: Process, dirfd: int, path_address: int, mode: int) -> int:
+    """faccessat(2): :func:`sys_faccessat2` without flags."""
     return sys_faccessat2(proc, dirfd, path_address, mode, 0)
 
 
 def sys_access(proc: Process, path_address: int, mode: int) -> int:
+    """access(2): :func:`sys_faccessat2` at the working directory."""
     return sys_faccessat2(proc, AT_FDCWD, path_address, mode, 0)
 
 
 def sys_umask(proc: Process, mask: int) -> int:
+    """umask(2): set the guest's file-creation mask; returns the old one."""
     old, proc.umask = proc.umask, mask & 0o777
     return old
 

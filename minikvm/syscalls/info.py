@@ -58,6 +58,10 @@ def sys_uname(proc: Process, address: int) -> int:
 
 
 def sys_getrandom(proc: Process, buffer: int, count: int, flags: int) -> int:
+    """getrandom(2): random bytes from the host's getrandom.
+
+    The buffer is checked before any byte is made (EFAULT), and one call
+    gives at most ``MAX_RANDOM`` bytes, as Linux caps it."""
     if signed32(flags) & ~(GRND_NONBLOCK | GRND_RANDOM | GRND_INSECURE):
         raise SyscallError(errno.EINVAL, f"unknown getrandom flags {flags:#x}")
     if signed32(flags) & GRND_RANDOM and signed32(flags) & GRND_INSECURE:
@@ -106,6 +110,7 @@ def sys_sched_setaffinity(proc: Process, pid: int, size: int, mask: int) -> int:
 
 
 def sys_getcpu(proc: Process, cpu: int, node: int, cache: int) -> int:
+    """getcpu(2): always CPU 0 and node 0 (the guest has one vCPU)."""
     if cpu:
         proc.mm.write_struct(cpu, "<I", 0)
     if node:
@@ -119,6 +124,7 @@ def sys_sched_yield(proc: Process) -> int:
 
 
 def sys_sched_getscheduler(proc: Process, pid: int) -> int:
+    """sched_getscheduler(2): always ``SCHED_OTHER``; ESRCH for another process."""
     _only_self(proc, pid)
     return SCHED_OTHER
 
@@ -136,12 +142,14 @@ def sys_sched_setscheduler(proc: Process, pid: int, policy: int, param: int) -> 
 
 
 def sys_sched_getparam(proc: Process, pid: int, param: int) -> int:
+    """sched_getparam(2): priority 0 (``SCHED_OTHER``); ESRCH for another process."""
     _only_self(proc, pid)
     proc.mm.write_struct(param, "<i", 0)
     return 0
 
 
 def sys_sched_setparam(proc: Process, pid: int, param: int) -> int:
+    """sched_setparam(2): only priority 0 (``SCHED_OTHER``) is accepted (EINVAL)."""
     _only_self(proc, pid)
     (priority,) = proc.mm.read_struct(param, "<i")
     if priority != 0:
@@ -150,10 +158,12 @@ def sys_sched_setparam(proc: Process, pid: int, param: int) -> int:
 
 
 def sys_sched_get_priority_max(proc: Process, policy: int) -> int:
+    """sched_get_priority_max(2): the highest priority of a policy, as Linux's."""
     return _priority_range(policy)[1]
 
 
 def sys_sched_get_priority_min(proc: Process, policy: int) -> int:
+    """sched_get_priority_min(2): the lowest priority of a policy, as Linux's."""
     return _priority_range(policy)[0]
 
 
@@ -167,6 +177,7 @@ def _priority_range(policy: int) -> tuple[int, int]:
 
 
 def sys_sched_rr_get_interval(proc: Process, pid: int, address: int) -> int:
+    """sched_rr_get_interval(2): a fixed time slice of 100 ms."""
     _only_self(proc, pid)
     proc.mm.write_struct(address, "<qq", 0, TIMESLICE_NS)
     return 0

@@ -103,7 +103,8 @@ def sys_brk(proc: Process, address: int) -> int:
     return proc.mm.set_brk(address)
 
 
-def sys_mmap(proc: Process, address: int, length: int, prot: int, flags: int, fd: int, offset: int) -> int:
+def sys_mmap(proc: Process, address: int, length: int, prot: int, flags: int, fd: int,
+             offset: int) -> int:
     """Anonymous and private file mappings (the file is copied in: later
     writes to the file are not seen — a documented difference)."""
     fd, flags, offset = signed32(fd), signed32(flags) & 0xFFFF_FFFF, signed64(offset)
@@ -193,6 +194,9 @@ def _copy_file(proc: Process, host_fd: int, offset: int, length: int, phys: int)
 
 
 def sys_munmap(proc: Process, address: int, length: int) -> int:
+    """munmap(2): unmap a range of the guest's address space.
+
+    EINVAL for an unaligned address or a zero length, as Linux."""
     if address % PAGE_SIZE or length == 0:
         raise SyscallError(errno.EINVAL, f"unaligned address {address:#x} or zero length")
     proc.mm.unmap(address, _check_range(address, length))
@@ -200,6 +204,7 @@ def sys_munmap(proc: Process, address: int, length: int) -> int:
 
 
 def sys_mprotect(proc: Process, address: int, length: int, prot: int) -> int:
+    """mprotect(2): change the protection of mapped pages (ENOMEM where unmapped)."""
     if address % PAGE_SIZE or prot & ~PROT_MASK:
         raise SyscallError(errno.EINVAL, f"unaligned address {address:#x} or protection {prot:#x}")
     if length:
@@ -207,7 +212,11 @@ def sys_mprotect(proc: Process, address: int, length: int, prot: int) -> int:
     return 0
 
 
-def sys_mremap(proc: Process, old: int, old_size: int, new_size: int, flags: int, new_address: int) -> int:
+def sys_mremap(proc: Process, old: int, old_size: int, new_size: int, flags: int,
+               new_address: int) -> int:
+    """mremap(2): grow, shrink or move a mapping.
+
+    ``MREMAP_DONTUNMAP`` and an old size of 0 are EINVAL."""
     flags = signed32(flags) & 0xFFFF_FFFF
     if flags & ~(MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP):
         raise SyscallError(errno.EINVAL, f"unknown flags {flags:#x}")
@@ -291,12 +300,16 @@ def sys_mlock(proc: Process, address: int, length: int) -> int:
 
 
 def sys_mlock2(proc: Process, address: int, length: int, flags: int) -> int:
+    """mlock2(2): guest pages are always resident: the range is checked, then
+    the call succeeds."""
     if signed32(flags) & ~MLOCK_ONFAULT:
         raise SyscallError(errno.EINVAL, f"flags {flags:#x}")
     return sys_mlock(proc, address, length)
 
 
 def sys_mlockall(proc: Process, flags: int) -> int:
+    """mlockall(2): guest pages are always resident: the flags are checked, then
+    the call succeeds."""
     flags = signed32(flags)
     if not flags or flags & ~(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) or flags == MCL_ONFAULT:
         raise SyscallError(errno.EINVAL, f"flags {flags:#x}")
@@ -304,6 +317,7 @@ def sys_mlockall(proc: Process, flags: int) -> int:
 
 
 def sys_munlockall(proc: Process) -> int:
+    """munlockall(2): nothing to undo (guest pages are always resident)."""
     return 0
 
 

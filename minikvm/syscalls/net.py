@@ -441,6 +441,10 @@ def _source_allowed(proc: Process, file: SocketFile, source: HostAddress) -> boo
 
 
 def sys_socket(proc: Process, domain: int, type_: int, protocol: int) -> int:
+    """socket(2): a host socket, if the policy grants an endpoint of its family.
+
+    AF_UNIX, AF_INET and AF_INET6, stream or datagram; EACCES with no
+    ``--allow-connect`` grant, EPERM for other types (raw sockets)."""
     domain, type_, protocol = signed32(domain), signed32(type_), signed32(protocol)
     kind, flags = type_ & SOCK_TYPE_MASK, type_ & ~SOCK_TYPE_MASK
     if flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC):
@@ -493,6 +497,7 @@ def sys_socketpair(proc: Process, domain: int, type_: int, protocol: int, pair: 
 
 
 def sys_connect(proc: Process, fd: int, address: int, length: int) -> int:
+    """connect(2): only to an endpoint the policy allows (EACCES otherwise)."""
     file = _socket(proc, fd)
     family, value = _read_sockaddr(proc, address, length)
     file.connect(_allowed_target(proc, file, family, value, "connect"))
@@ -512,6 +517,7 @@ def _sendmsg_views(proc: Process, file: SocketFile, views: list[memoryview], fla
 
 def sys_sendto(proc: Process, fd: int, buffer: int, count: int, flags: int, address: int,
                length: int) -> int:
+    """sendto(2): send; a datagram's address is checked against the policy."""
     file = _socket(proc, fd)
     views = proc.mm.views(buffer, min(count, MAX_IO))
     return _sendmsg_views(proc, file, views, flags, address, length, "sendto")
@@ -538,6 +544,8 @@ def _receive_allowed(proc: Process, file: SocketFile, views: list[memoryview],
 
 def sys_recvfrom(proc: Process, fd: int, buffer: int, count: int, flags: int, address: int,
                  length_address: int) -> int:
+    """recvfrom(2): receive; datagrams from addresses not allowed are dropped
+    before they reach guest memory."""
     file = _socket(proc, fd)
     views = proc.mm.views(buffer, min(count, MAX_IO), write=True)
     received, _, source = _receive_allowed(proc, file, views, signed32(flags))
@@ -545,7 +553,8 @@ def sys_recvfrom(proc: Process, fd: int, buffer: int, count: int, flags: int, ad
     return received
 
 
-def _read_msghdr(proc: Process, message: int, write: bool) -> tuple[int, int, list[memoryview], int]:
+def _read_msghdr(proc: Process, message: int, write: bool) -> tuple[int, int, list[memoryview],
+                 int]:
     """name, namelen, the iovec's views, controllen of a guest ``struct msghdr``."""
     name, namelen, iov, iovlen, _, controllen, _ = proc.mm.read_struct(message, MSGHDR)
     if iovlen > UIO_MAXIOV:
@@ -557,6 +566,9 @@ def _read_msghdr(proc: Process, message: int, write: bool) -> tuple[int, int, li
 
 
 def sys_sendmsg(proc: Process, fd: int, message: int, flags: int) -> int:
+    """sendmsg(2): :func:`sys_sendto` for a ``msghdr``.
+
+    Control messages are EPERM: ``SCM_RIGHTS`` would pass host fds."""
     file = _socket(proc, fd)
     name, namelen, views, controllen = _read_msghdr(proc, message, write=False)
     if controllen:
@@ -566,6 +578,8 @@ def sys_sendmsg(proc: Process, fd: int, message: int, flags: int) -> int:
 
 
 def sys_recvmsg(proc: Process, fd: int, message: int, flags: int) -> int:
+    """recvmsg(2): :func:`sys_recvfrom` for a ``msghdr``; control messages are
+    discarded (``MSG_CTRUNC``)."""
     file = _socket(proc, fd)
     name, _, views, _ = _read_msghdr(proc, message, write=True)
     received, message_flags, source = _receive_allowed(proc, file, views, signed32(flags))
@@ -619,6 +633,7 @@ def sys_recvmmsg(proc: Process, fd: int, vector: int, count: int, flags: int, ti
 
 
 def sys_shutdown(proc: Process, fd: int, how: int) -> int:
+    """shutdown(2): shut down one or both directions of a socket."""
     how = signed32(how)
     if not 0 <= how <= SHUT_RDWR:
         raise SyscallError(errno.EINVAL, f"shutdown how={how}")
@@ -627,18 +642,24 @@ def sys_shutdown(proc: Process, fd: int, how: int) -> int:
 
 
 def sys_getsockname(proc: Process, fd: int, address: int, length_address: int) -> int:
+    """getsockname(2): the socket's own address."""
     file = _socket(proc, fd)
     _write_sockaddr(proc, address, length_address, file.family, file.sock.getsockname())
     return 0
 
 
 def sys_getpeername(proc: Process, fd: int, address: int, length_address: int) -> int:
+    """getpeername(2): the address of the socket's peer."""
     file = _socket(proc, fd)
     _write_sockaddr(proc, address, length_address, file.family, file.sock.getpeername())
     return 0
 
 
 def sys_setsockopt(proc: Process, fd: int, level: int, name: int, value: int, length: int) -> int:
+    """setsockopt(2): a safe subset of options (ENOPROTOOPT for others).
+
+    ``SO_RCVTIMEO``/``SO_SNDTIMEO`` are kept by minikvm, read through
+    :mod:`minikvm.syscalls.timeouts` (EDOM for bad microseconds)."""
     file = _socket(proc, fd)
     level, name, length = signed32(level), signed32(name), signed32(length)
     if length < 0:
@@ -664,6 +685,8 @@ def sys_setsockopt(proc: Process, fd: int, level: int, name: int, value: int, le
 
 def sys_getsockopt(proc: Process, fd: int, level: int, name: int, value: int,
                    length_address: int) -> int:
+    """getsockopt(2): the same subset, plus ``SO_TYPE``, ``SO_ERROR``,
+    ``SO_DOMAIN`` and ``SO_PROTOCOL``."""
     file = _socket(proc, fd)
     level, name = signed32(level), signed32(name)
     room = proc.mm.read_struct(length_address, "<i")[0]
@@ -684,6 +707,8 @@ def sys_getsockopt(proc: Process, fd: int, level: int, name: int, value: int,
 
 
 def sys_bind(proc: Process, fd: int, address: int, length: int) -> int:
+    """bind(2): refused with EACCES: a grant names places to reach, never a way
+    to be reached."""
     _socket(proc, fd)
     family, value = _read_sockaddr(proc, address, length)
     shown = describe_address(family, value) if family in FAMILY_NAMES else f"family {family}"
@@ -691,16 +716,19 @@ def sys_bind(proc: Process, fd: int, address: int, length: int) -> int:
 
 
 def sys_listen(proc: Process, fd: int, backlog: int) -> int:
+    """listen(2): refused with EACCES, as :func:`sys_bind`."""
     _socket(proc, fd)
     raise proc.policy.deny_listen("listen", f"fd {signed32(fd)}")
 
 
 def sys_accept4(proc: Process, fd: int, address: int, length_address: int, flags: int) -> int:
+    """accept4(2): refused with EACCES, as :func:`sys_bind`."""
     _socket(proc, fd)
     raise proc.policy.deny_listen("accept", f"fd {signed32(fd)}")
 
 
 def sys_accept(proc: Process, fd: int, address: int, length_address: int) -> int:
+    """accept(2): :func:`sys_accept4` without flags (EACCES)."""
     return sys_accept4(proc, fd, address, length_address, 0)
 
 

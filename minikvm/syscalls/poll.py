@@ -114,7 +114,8 @@ def _host_watch(proc: Process, requests: list[tuple[int, int]]) -> tuple[tuple[i
     return tuple(watch.items())
 
 
-def _poll_once(proc: Process, requests: list[tuple[int, int]]) -> tuple[list[int], select.poll | None]:
+def _poll_once(proc: Process, requests: list[tuple[int, int]]) -> tuple[list[int],
+               select.poll | None]:
     """One look at every fd without waiting; also the host poller for the
     host fds among them (None when there are none)."""
     results = [0] * len(requests)
@@ -169,6 +170,9 @@ def signed16(value: int) -> int:
 
 
 def sys_poll(proc: Process, address: int, count: int, timeout_ms: int) -> int:
+    """poll(2): wait for events on fds (a timeout in ms; negative: none).
+
+    While it waits, the guest's other threads run."""
     timeout_ms = signed32(timeout_ms)
     return _poll(proc, address, count, None if timeout_ms < 0 else timeout_ms / 1000)
 
@@ -182,6 +186,8 @@ def _write_remaining(proc: Process, address: int, started: float, timeout: float
 
 def sys_ppoll(proc: Process, address: int, count: int, timeout_address: int, sigmask: int,
               sigset_size: int) -> int:
+    """ppoll(2): :func:`sys_poll` with a ``timespec`` timeout (checked and
+    saturated as Linux does) that gets the time left written back."""
     if sigmask and sigset_size != SIGSET_SIZE:
         raise SyscallError(errno.EINVAL, f"sigset size {sigset_size}")
     timeout = read_timeout(proc, timeout_address)
@@ -231,6 +237,7 @@ def _select(proc: Process, count: int, sets: tuple[int, int, int], timeout: floa
 
 def sys_select(proc: Process, count: int, readfds: int, writefds: int, exceptfds: int,
                timeout_address: int) -> int:
+    """select(2): wait for fds in three bit sets; the time left is written back."""
     timeout = read_select_timeout(proc, timeout_address)
     started = time.monotonic()
     result = _select(proc, count, (readfds, writefds, exceptfds), timeout)

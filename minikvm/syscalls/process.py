@@ -112,28 +112,34 @@ def _sleeper(proc: Process) -> threads.Sleep:
 
 # -- who the process is ----------------------------------------------------------
 def sys_getpid(proc: Process) -> int:
+    """getpid(2): the guest's pid (minikvm's own numbering, not the host's)."""
     return proc.pid
 
 
 def sys_getppid(proc: Process) -> int:
+    """getppid(2): a fixed parent, the pid minus one (there is no other process)."""
     return proc.pid - PARENT_PID_OFFSET
 
 
 def sys_getuid(proc: Process) -> int:
+    """getuid(2) and geteuid(2): the host user's id (no privilege is granted by it)."""
     return os.getuid()
 
 
 def sys_getgid(proc: Process) -> int:
+    """getgid(2) and getegid(2): the host user's group id."""
     return os.getgid()
 
 
 def sys_getresuid(proc: Process, real: int, effective: int, saved: int) -> int:
+    """getresuid(2): the host user's id, three times."""
     for address in (real, effective, saved):
         proc.mm.write_struct(address, "<I", os.getuid())
     return 0
 
 
 def sys_getresgid(proc: Process, real: int, effective: int, saved: int) -> int:
+    """getresgid(2): the host user's group id, three times."""
     for address in (real, effective, saved):
         proc.mm.write_struct(address, "<I", os.getgid())
     return 0
@@ -164,26 +170,32 @@ def _unchanged(wanted: list[int], current: int, what: str) -> int:
 
 
 def sys_setuid(proc: Process, uid: int) -> int:
+    """setuid(2): succeeds only when it changes nothing (EPERM otherwise)."""
     return _unchanged([uid], os.getuid(), "user id")
 
 
 def sys_setgid(proc: Process, gid: int) -> int:
+    """setgid(2): succeeds only when it changes nothing (EPERM otherwise)."""
     return _unchanged([gid], os.getgid(), "group id")
 
 
 def sys_setreuid(proc: Process, real: int, effective: int) -> int:
+    """setreuid(2): succeeds only when it changes nothing (EPERM otherwise)."""
     return _unchanged([real, effective], os.getuid(), "user id")
 
 
 def sys_setregid(proc: Process, real: int, effective: int) -> int:
+    """setregid(2): succeeds only when it changes nothing (EPERM otherwise)."""
     return _unchanged([real, effective], os.getgid(), "group id")
 
 
 def sys_setresuid(proc: Process, real: int, effective: int, saved: int) -> int:
+    """setresuid(2): succeeds only when it changes nothing (EPERM otherwise)."""
     return _unchanged([real, effective, saved], os.getuid(), "user id")
 
 
 def sys_setresgid(proc: Process, real: int, effective: int, saved: int) -> int:
+    """setresgid(2): succeeds only when it changes nothing (EPERM otherwise)."""
     return _unchanged([real, effective, saved], os.getgid(), "group id")
 
 
@@ -193,10 +205,12 @@ def sys_setfsuid(proc: Process, uid: int) -> int:
 
 
 def sys_setfsgid(proc: Process, gid: int) -> int:
+    """setfsgid(2): never changes anything; returns the current group id."""
     return os.getgid()
 
 
 def sys_setgroups(proc: Process, size: int, address: int) -> int:
+    """setgroups(2): refused with EPERM: the sandbox's groups are fixed."""
     raise SyscallError(errno.EPERM, "the sandbox cannot change its groups")
 
 
@@ -208,10 +222,12 @@ def _only_self(proc: Process, pid: int) -> None:
 
 
 def sys_getpgrp(proc: Process) -> int:
+    """getpgrp(2): the guest's process group."""
     return proc.pgid
 
 
 def sys_getpgid(proc: Process, pid: int) -> int:
+    """getpgid(2): the guest's process group; ESRCH for another process."""
     _only_self(proc, pid)
     return proc.pgid
 
@@ -231,6 +247,7 @@ def sys_setpgid(proc: Process, pid: int, pgid: int) -> int:
 
 
 def sys_getsid(proc: Process, pid: int) -> int:
+    """getsid(2): the guest's session; ESRCH for another process."""
     _only_self(proc, pid)
     return proc.sid
 
@@ -245,10 +262,12 @@ def sys_setsid(proc: Process) -> int:
 
 # -- children: there are none --------------------------------------------------------------
 def sys_wait4(proc: Process, pid: int, status: int, options: int, usage: int) -> int:
+    """wait4(2): the guest has no children: always ECHILD."""
     raise SyscallError(errno.ECHILD, "the sandboxed process has no children")
 
 
 def sys_waitid(proc: Process, kind: int, pid: int, info: int, options: int, usage: int) -> int:
+    """waitid(2): the guest has no children: always ECHILD."""
     raise SyscallError(errno.ECHILD, "the sandboxed process has no children")
 
 
@@ -272,6 +291,7 @@ def sys_arch_prctl(proc: Process, code: int, address: int) -> int:
 
 
 def sys_gettid(proc: Process) -> int:
+    """gettid(2): the calling guest thread's id."""
     return proc.threads.current
 
 
@@ -303,6 +323,7 @@ def _thread(proc: Process, tid: int) -> threads.Thread:
 
 
 def sys_get_robust_list(proc: Process, pid: int, head: int, length: int) -> int:
+    """get_robust_list(2): the robust futex list a thread registered."""
     robust_list = _thread(proc, pid).robust_list
     proc.mm.write_u64(head, robust_list[0])
     proc.mm.write_u64(length, robust_list[1])
@@ -338,7 +359,8 @@ def _new_thread(proc: Process, flags: int, stack: int, parent_tid: int, child_ti
     return thread.tid
 
 
-def sys_clone(proc: Process, flags: int, stack: int, parent_tid: int, child_tid: int, tls: int) -> int:
+def sys_clone(proc: Process, flags: int, stack: int, parent_tid: int, child_tid: int,
+              tls: int) -> int:
     """A new thread that starts on *stack* (its RSP; 0 keeps the caller's)
     where this call returns, with RAX = 0.  The low byte of *flags* (the
     exit signal) means nothing for a thread; Linux reads only 32 bits."""
@@ -370,6 +392,8 @@ def sys_clone3(proc: Process, address: int, size: int) -> int:
 
 
 def sys_rseq(proc: Process, *args: int) -> int:
+    """rseq(2): ENOSYS on purpose: the C library then does without restartable
+    sequences (a CPU number it could read without a call would be a lie)."""
     raise SyscallError(errno.ENOSYS, "restartable sequences are not supported")
 
 
@@ -445,10 +469,12 @@ def sys_prlimit64(proc: Process, pid: int, resource: int, new: int, old: int) ->
 
 
 def sys_getrlimit(proc: Process, resource: int, address: int) -> int:
+    """getrlimit(2): :func:`sys_prlimit64` for the process itself, reading only."""
     return sys_prlimit64(proc, 0, resource, 0, address)
 
 
 def sys_setrlimit(proc: Process, resource: int, address: int) -> int:
+    """setrlimit(2): checked, then ignored: the sandbox's limits stay."""
     return sys_prlimit64(proc, 0, resource, address, 0)
 
 
@@ -499,6 +525,8 @@ def sys_tgkill(proc: Process, tgid: int, tid: int, sig: int) -> int:
 
 
 def sys_tkill(proc: Process, tid: int, sig: int) -> int:
+    """tkill(2): a signal to one of the guest's own threads (ESRCH for any
+    other); its handler runs in that thread."""
     if signed32(tid) not in proc.threads.threads:
         raise SyscallError(errno.ESRCH, "no such thread in this sandbox")
     return deliver_to_thread(proc, signed32(tid), signed32(sig),

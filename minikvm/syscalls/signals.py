@@ -597,6 +597,11 @@ def _load(regs: k.kvm_regs, context: sigframe.sigcontext_64) -> None:
 
 # -- the system calls -------------------------------------------------------------
 def sys_rt_sigaction(proc: Process, sig: int, action: int, old: int, size: int) -> int:
+    """rt_sigaction(2): set or read a signal's disposition.
+
+    Handlers run, with ``SA_SIGINFO``, ``SA_ONSTACK``, ``SA_NODEFER`` and
+    ``SA_RESETHAND``; ``SA_RESTART`` restarts nothing (interrupted calls return
+    EINTR).  EINVAL for SIGKILL/SIGSTOP or a sigset size other than 8."""
     sig = signed32(sig)
     signal_number(sig)
     if sig in (SIGKILL, SIGSTOP) and action:
@@ -615,6 +620,9 @@ def sys_rt_sigaction(proc: Process, sig: int, action: int, old: int, size: int) 
 
 
 def sys_rt_sigprocmask(proc: Process, how: int, new: int, old: int, size: int) -> int:
+    """rt_sigprocmask(2): block, unblock or set the calling thread's signal mask.
+
+    Unblocking a pending signal delivers it on the way out of the call."""
     if size != SIGSET_SIZE:
         raise SyscallError(errno.EINVAL, f"sigset size {size}, expected {SIGSET_SIZE}")
     mask = proc.mm.read_struct(new, "<Q")[0] if new else None
@@ -637,6 +645,7 @@ def sys_rt_sigprocmask(proc: Process, how: int, new: int, old: int, size: int) -
 
 
 def sys_rt_sigpending(proc: Process, address: int, size: int) -> int:
+    """rt_sigpending(2): the signals pending while blocked."""
     if size > SIGSET_SIZE:
         raise SyscallError(errno.EINVAL, f"sigset size {size}")
     proc.mm.write(address, (proc.signal_pending & proc.signal_mask).to_bytes(8, "little")[:size])
@@ -667,12 +676,16 @@ def _wait_with_mask(proc: Process, mask: int) -> int:
 
 
 def sys_rt_sigsuspend(proc: Process, address: int, size: int) -> int:
+    """rt_sigsuspend(2): wait for a signal with a temporary mask.
+
+    Only a signal the program sends itself, or its alarm, can arrive."""
     if size != SIGSET_SIZE:
         raise SyscallError(errno.EINVAL, f"sigset size {size}, expected {SIGSET_SIZE}")
     return _wait_with_mask(proc, proc.mm.read_struct(address, "<Q")[0])
 
 
 def sys_pause(proc: Process) -> int:
+    """pause(2): wait for a signal (one the program sends itself, or its alarm)."""
     return _wait_with_mask(proc, proc.signal_mask)
 
 
@@ -715,6 +728,8 @@ def _queued_info(proc: Process, sig: int, info: int) -> bytes:
 
 
 def sys_rt_sigqueueinfo(proc: Process, pid: int, sig: int, info: int) -> int:
+    """rt_sigqueueinfo(2): queue a signal with data, to the process itself only
+    (ESRCH for any other pid)."""
     if signed32(pid) != proc.pid:
         raise SyscallError(errno.ESRCH, f"no process {signed32(pid)} in this sandbox")
     sig = signed32(sig)
@@ -722,6 +737,8 @@ def sys_rt_sigqueueinfo(proc: Process, pid: int, sig: int, info: int) -> int:
 
 
 def sys_rt_tgsigqueueinfo(proc: Process, tgid: int, tid: int, sig: int, info: int) -> int:
+    """rt_tgsigqueueinfo(2): as :func:`sys_rt_sigqueueinfo`, to a thread of the
+    process itself."""
     if signed32(tgid) != proc.pid or signed32(tid) != proc.pid:
         raise SyscallError(errno.ESRCH, "no such thread in this sandbox")
     sig = signed32(sig)

@@ -144,7 +144,13 @@ def _wake_op(proc: Process, uaddr: int, count: int, uaddr2: int, count2: int, va
     return woken
 
 
-def sys_futex(proc: Process, uaddr: int, op: int, val: int, timeout: int, uaddr2: int, val3: int) -> int:
+def sys_futex(proc: Process, uaddr: int, op: int, val: int, timeout: int, uaddr2: int,
+              val3: int) -> int:
+    """futex(2): wait on and wake guest memory words, across the guest's threads.
+
+    WAIT, WAKE, their BITSET forms, REQUEUE, CMP_REQUEUE and WAKE_OP; the
+    waits are the host scheduler's (:mod:`minikvm.process.threads`).  The
+    priority-inheritance operations are ENOSYS."""
     command = signed32(op) & FUTEX_CMD_MASK
     realtime = bool(signed32(op) & FUTEX_CLOCK_REALTIME)
     if command == FUTEX_WAIT:

@@ -70,12 +70,15 @@ def _clock(clock_id: int) -> int:
 
 
 def sys_clock_gettime(proc: Process, clock_id: int, address: int) -> int:
+    """clock_gettime(2): the host's clocks; the CPU-time clocks measure the
+    minikvm host process (guest and emulation together)."""
     ns = time.clock_gettime_ns(_clock(clock_id))
     proc.mm.write_struct(address, TIMESPEC_FORMAT, ns // NSEC_PER_SEC, ns % NSEC_PER_SEC)
     return 0
 
 
 def sys_clock_getres(proc: Process, clock_id: int, address: int) -> int:
+    """clock_getres(2): the resolution of a host clock."""
     resolution_ns = round(time.clock_getres(_clock(clock_id)) * NSEC_PER_SEC)
     if address:
         proc.mm.write_struct(address, TIMESPEC_FORMAT, resolution_ns // NSEC_PER_SEC,
@@ -84,15 +87,19 @@ def sys_clock_getres(proc: Process, clock_id: int, address: int) -> int:
 
 
 def sys_clock_settime(proc: Process, clock_id: int, address: int) -> int:
+    """clock_settime(2): refused with EPERM: the host's clock is not the
+    sandbox's to set."""
     _clock(clock_id)
     raise SyscallError(errno.EPERM, "the sandbox cannot set the host's clock")
 
 
 def sys_settimeofday(proc: Process, address: int, zone: int) -> int:
+    """settimeofday(2): refused with EPERM, as :func:`sys_clock_settime`."""
     raise SyscallError(errno.EPERM, "the sandbox cannot set the host's clock")
 
 
 def sys_gettimeofday(proc: Process, address: int, zone: int) -> int:
+    """gettimeofday(2): the host's wall clock; the time zone is UTC, no DST."""
     ns = time.time_ns()
     if address:
         proc.mm.write_struct(address, TIMEVAL_FORMAT, ns // NSEC_PER_SEC,
@@ -103,6 +110,7 @@ def sys_gettimeofday(proc: Process, address: int, zone: int) -> int:
 
 
 def sys_time(proc: Process, address: int) -> int:
+    """time(2): the host's wall clock, in seconds."""
     now = int(time.time())
     if address:
         proc.mm.write_struct(address, "<q", now)
@@ -119,6 +127,8 @@ def _sleep(proc: Process, seconds: float) -> None:
 
 
 def sys_nanosleep(proc: Process, request: int, remaining: int) -> int:
+    """nanosleep(2): sleep (other guest threads run meanwhile); a handler that
+    interrupts it gets EINTR and the time left."""
     _interruptible_sleep(proc, read_timespec_ns(proc, request), remaining)
     return 0
 
@@ -136,7 +146,10 @@ def _interruptible_sleep(proc: Process, duration: int, remaining: int) -> None:
         raise
 
 
-def sys_clock_nanosleep(proc: Process, clock_id: int, flags: int, request: int, remaining: int) -> int:
+def sys_clock_nanosleep(proc: Process, clock_id: int, flags: int, request: int,
+                        remaining: int) -> int:
+    """clock_nanosleep(2): :func:`sys_nanosleep` on a clock, relative or until an
+    absolute time (``TIMER_ABSTIME``)."""
     clock = _clock(clock_id)
     if clock == time.CLOCK_THREAD_CPUTIME_ID:
         raise SyscallError(errno.EINVAL, "cannot sleep on the thread's own CPU clock")
@@ -193,6 +206,8 @@ def _write_itimerval(proc: Process, address: int, interval: float, value: float)
 
 
 def sys_getitimer(proc: Process, which: int, address: int) -> int:
+    """getitimer(2): the real-time interval timer; ``ITIMER_VIRTUAL`` and
+    ``ITIMER_PROF`` are EINVAL (the guest's CPU time is not metered)."""
     _check_itimer(which)
     deliver_due_alarm(proc)
     _write_itimerval(proc, address, proc.alarm_interval, _remaining(proc))
@@ -200,6 +215,8 @@ def sys_getitimer(proc: Process, which: int, address: int) -> int:
 
 
 def sys_setitimer(proc: Process, which: int, new: int, old: int) -> int:
+    """setitimer(2): the real-time interval timer, delivered as ``alarm``'s
+    SIGALRM; values are checked and saturated as Linux does."""
     _check_itimer(which)
     deliver_due_alarm(proc)
     request = proc.mm.read_struct(new, ITIMERVAL_FORMAT) if new else (0, 0, 0, 0)
