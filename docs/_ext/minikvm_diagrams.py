@@ -28,6 +28,7 @@ from __future__ import annotations
 import ast
 import functools
 import html
+import importlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,7 +256,356 @@ class LayerMap(SphinxDirective):
         return [node]
 
 
+# --- the memory map -------------------------------------------------------------
+
+#: Colours of a memory map's regions, by the first word of the constant
+#: that starts them (a light palette, as for the layers).
+REGION_COLOURS = ("#e8eef7", "#e6f2e6", "#fbf0dc", "#f6e3e3", "#ece6f4", "#e3f1f1")
+
+
+def evaluate(expression: str, namespace: dict[str, float]) -> float:
+    """The value of *expression*: a name of *namespace*, a number, or names
+    and numbers joined by + and -.  Nothing else is evaluated (the memory
+    map's boundaries, the benchmark chart's segments)."""
+    def value(node: ast.expr) -> float:
+        if (isinstance(node, ast.Constant) and isinstance(node.value, (int, float))
+                and not isinstance(node.value, bool)):
+            return node.value
+        if isinstance(node, ast.Name) and node.id in namespace:
+            return namespace[node.id]
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):
+            left, right = value(node.left), value(node.right)
+            return left + right if isinstance(node.op, ast.Add) else left - right
+        raise ValueError(f"{expression!r} is not a known name, a number, or a sum or "
+                         "difference of those")
+    return value(ast.parse(expression, mode="eval").body)
+
+
+@dataclass
+class Boundary:
+    address: int
+    names: list[str]
+    words: list[str]
+
+
+def memory_map_dot(title: str, boundaries: list[Boundary]) -> str:
+    """A stack of regions, lowest address on top, as the module docstring draws it."""
+    rows = [f'<TR><TD COLSPAN="2" BORDER="0"><B>{label_text(title)}</B></TD></TR>']
+    for index, boundary in enumerate(boundaries):
+        parts = []
+        if boundary.names:
+            parts.append(f"<B>{label_text(' = '.join(boundary.names))}</B>")
+        words = wrap(" ".join(boundary.words), 58)
+        if words:
+            parts.append('<FONT POINT-SIZE="9">'
+                         + "<BR/>".join(label_text(line) for line in words) + "</FONT>")
+        # The last boundary ends the map: a line, not a region.
+        last = index == len(boundaries) - 1
+        region = ('SIDES="T"' if last
+                  else f'BGCOLOR="{REGION_COLOURS[index % len(REGION_COLOURS)]}"')
+        rows.append(f'<TR><TD ALIGN="RIGHT" VALIGN="TOP" BORDER="0"><FONT FACE="monospace">'
+                    f'{boundary.address:#_x}</FONT></TD><TD ALIGN="LEFT" VALIGN="TOP" '
+                    f'BALIGN="LEFT" CELLPADDING="5" {region}>{"<BR/>".join(parts)}</TD></TR>')
+    table = ('<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0" COLOR="#5a6478">'
+             + "".join(rows) + "</TABLE>")
+    return "\n".join(["digraph memory {", '  graph [bgcolor="transparent"];',
+                      '  node [shape=plain, fontname="sans-serif", fontsize=10];',
+                      f"  map [label=<{table}>];", "}"])
+
+
+class MemoryMap(SphinxDirective):
+    """``.. memory-map:: minikvm.cpu.layout`` — a map of fixed addresses.
+
+    ``:title:`` names the map; ``:boundaries:`` lists the constants that
+    start (or end) its regions.  Each content line ``EXPRESSION: words``
+    adds a boundary no single constant names (the null page at 0, the
+    bottom of the stack), where EXPRESSION is a number or names joined by
+    + and -.  Each boundary shows its address in hex, its constants' names
+    and their ``#:`` doc comments; the regions are not drawn to scale."""
+    required_arguments = 1
+    has_content = True
+    option_spec = {"title": directives.unchanged_required,
+                   "boundaries": directives.unchanged_required}
+
+    def run(self) -> list[nodes.Node]:
+        module_name = self.arguments[0]
+        module = importlib.import_module(module_name)
+        self.env.note_dependency(module.__file__)
+        comments = {name: " ".join(" ".join(lines).split())
+                    for (scope, name), lines in
+                    ModuleAnalyzer.for_module(module_name).find_attr_docs().items()
+                    if scope == ""}
+        namespace = {name: value for name, value in vars(module).items()
+                     if isinstance(value, int) and not isinstance(value, bool)}
+        by_address: dict[int, Boundary] = {}
+        for name in self.options["boundaries"].split():
+            if name not in namespace:
+                raise self.error(f"memory-map: {module_name} has no int constant {name}")
+            if name not in comments:
+                raise self.error(f"memory-map: {module_name}.{name} has no '#:' doc comment "
+                                 "to show: write one above it")
+            boundary = by_address.setdefault(namespace[name], Boundary(namespace[name], [], []))
+            boundary.names.append(name)
+            boundary.words.append(comments[name])
+        for line in self.content:
+            if not line.strip():
+                continue
+            expression, _, words = line.partition(":")
+            try:
+                address = int(evaluate(expression.strip(), namespace))
+            except (ValueError, SyntaxError) as error:
+                raise self.error(f"memory-map: {error}") from None
+            boundary = by_address.setdefault(address, Boundary(address, [], []))
+            if not any(char.isdigit() for char in expression.strip()[:1]):
+                boundary.names.append(expression.strip())
+            boundary.words.append(words.strip())
+        dot = memory_map_dot(self.options.get("title", module_name),
+                             [by_address[address] for address in sorted(by_address)])
+        return [graphviz_node(dot, f"the memory map of {module_name}", self.env.docname)]
+
+
+# --- the page walk ------------------------------------------------------------
+
+#: Guest memory behind the page-walk diagram: enough for the page-table
+#: pool the tables come from (the mapped pages themselves are never touched).
+PAGE_WALK_MEMORY = 16 << 20
+PERMISSIONS = re.compile(r"^[r-][w-][x-]$")
+HIGHLIGHT = "#c0392b"
+
+
+@dataclass
+class Mapping:
+    vaddr: int
+    paddr: int
+    size: int
+    permissions: str
+    name: str
+
+
+def entry_bits(entry: int) -> str:
+    """An entry's flags by name, as tutorial 07 prints them."""
+    from minikvm.x86 import PTE_HUGE, PTE_NX, PTE_PRESENT, PTE_USER, PTE_WRITE
+    names = [("P", PTE_PRESENT), ("W", PTE_WRITE), ("U", PTE_USER), ("PS", PTE_HUGE),
+             ("NX", PTE_NX)]
+    return " ".join(name for name, bit in names if entry & bit)
+
+
+def page_walk_dot(mappings: list[Mapping], address: int) -> str:
+    """The page-table tree :class:`~minikvm.paging.PageTables` builds for
+    *mappings*, with the walk to *address* highlighted."""
+    from minikvm.cpu.layout import PAGE_SIZE, PAGE_TABLE_POOL_START
+    from minikvm.kvm.memory import GuestMemory
+    from minikvm.paging import (ENTRIES_PER_TABLE, LEVEL_NAMES, LEVEL_SHIFTS, PageTables,
+                                pte_flags, table_index)
+    from minikvm.x86 import PTE_ADDRESS_MASK, PTE_HUGE, PTE_PRESENT
+
+    next_table = [PAGE_TABLE_POOL_START]
+
+    def allocate() -> int:
+        table, next_table[0] = next_table[0], next_table[0] + PAGE_SIZE
+        return table
+
+    with GuestMemory(PAGE_WALK_MEMORY, shared=False, name="minikvm-docs") as memory:
+        tables = PageTables(memory, allocate, lambda table: None)
+        names = {}
+        for mapping in mappings:
+            read, write, execute = (mapping.permissions[i] != "-" for i in range(3))
+            tables.map(mapping.vaddr, mapping.paddr, mapping.size,
+                       pte_flags(read=read, write=write, execute=execute))
+            names[mapping.paddr] = mapping.name
+        walk = {(step.table_address, step.index) for step in tables.walk(address)}
+        indices = " · ".join(f"{LEVEL_NAMES[level]} {table_index(address, level)}"
+                             for level in range(4))
+        lines = ["digraph walk {",
+                 '  graph [rankdir=LR, nodesep=0.2, ranksep=0.5, bgcolor="transparent", '
+                 f'fontname="sans-serif", fontsize=11, labelloc=t, label=<<B>{address:#_x}'
+                 f'</B> = {indices} · offset {address & (PAGE_SIZE - 1):#x}>];',
+                 '  node [shape=plain, fontname="sans-serif", fontsize=9];',
+                 '  edge [color="#7a869a", arrowsize=0.6];',
+                 f'  cr3 [label=<<TABLE BORDER="1" CELLBORDER="0" BGCOLOR="#e9e9e9"><TR><TD>'
+                 f'<B>CR3</B></TD></TR><TR><TD>{tables.root:#x}</TD></TR></TABLE>>];',
+                 f'  cr3 -> t{tables.root:x} [color="{HIGHLIGHT}", penwidth=2];']
+        pending = [(tables.root, 0)]
+        pages = set()
+        while pending:
+            table, level = pending.pop(0)
+            rows = [f'<TR><TD COLSPAN="2"><B>{LEVEL_NAMES[level]}</B> at {table:#x}</TD></TR>']
+            for index in range(ENTRIES_PER_TABLE):
+                entry = memory.read_u64(table + 8 * index)
+                if not entry & PTE_PRESENT:
+                    if (table, index) in walk:   # the walk ends here: a page fault
+                        rows.append(f'<TR><TD ALIGN="RIGHT" BGCOLOR="#f6d5d1">[{index}]</TD>'
+                                    f'<TD ALIGN="LEFT" BGCOLOR="#f6d5d1">not present: #PF'
+                                    f'</TD></TR>')
+                    continue
+                on_walk = (table, index) in walk
+                colour = f' BGCOLOR="#f6d5d1"' if on_walk else ""
+                rows.append(f'<TR><TD PORT="e{index}" ALIGN="RIGHT"{colour}>[{index}]</TD>'
+                            f'<TD ALIGN="LEFT"{colour}>{entry_bits(entry)}</TD></TR>')
+                target = entry & PTE_ADDRESS_MASK
+                style = f' [color="{HIGHLIGHT}", penwidth=2]' if on_walk else ""
+                if level == 3 or entry & PTE_HUGE:
+                    pages.add((target, 1 << LEVEL_SHIFTS[level]))
+                    lines.append(f"  t{table:x}:e{index} -> p{target:x}{style};")
+                else:
+                    pending.append((target, level + 1))
+                    lines.append(f"  t{table:x}:e{index} -> t{target:x}{style};")
+            lines.append(f'  t{table:x} [label=<<TABLE BORDER="1" CELLBORDER="0" '
+                         f'CELLSPACING="0" CELLPADDING="2" BGCOLOR="#e8eef7">'
+                         f'{"".join(rows)}</TABLE>>];')
+        for page, size in sorted(pages):
+            name = names.get(page, "")
+            size_text = f"{size >> 20} MiB" if size >= 1 << 20 else f"{size >> 10} KiB"
+            lines.append(f'  p{page:x} [label=<<TABLE BORDER="1" CELLBORDER="0" '
+                         f'BGCOLOR="#e6f2e6"><TR><TD><B>{label_text(name)}</B></TD></TR>'
+                         f'<TR><TD>{size_text} at {page:#x}</TD></TR></TABLE>>];')
+        lines.append("}")
+        tables.words.release()
+        return "\n".join(lines)
+
+
+class PageWalk(SphinxDirective):
+    """``.. page-walk::`` — the page-table tree of a few mappings.
+
+    Each content line is ``VADDR PADDR SIZE rwx NAME`` (numbers in any
+    Python notation); ``:address:`` is the virtual address whose walk is
+    drawn in bold.  The tables are built by :class:`minikvm.paging.PageTables`
+    itself, in guest memory of the docs build, exactly as a machine's are."""
+    has_content = True
+    option_spec = {"address": directives.unchanged_required}
+
+    def run(self) -> list[nodes.Node]:
+        mappings = []
+        for line in self.content:
+            if not line.strip():
+                continue
+            fields = line.split(maxsplit=4)
+            if len(fields) != 5 or not PERMISSIONS.match(fields[3]):
+                raise self.error(f"page-walk: {line!r}: expected 'VADDR PADDR SIZE rwx NAME'")
+            vaddr, paddr, size = (int(field, 0) for field in fields[:3])
+            mappings.append(Mapping(vaddr, paddr, size, fields[3], fields[4]))
+        address = int(self.options["address"], 0)
+        paging = importlib.import_module("minikvm.paging")
+        self.env.note_dependency(paging.__file__)
+        return [graphviz_node(page_walk_dot(mappings, address),
+                              f"the page-table tree, and the walk to {address:#x}",
+                              self.env.docname)]
+
+
+# --- sequence diagrams --------------------------------------------------------
+
+#: Geometry of a sequence diagram, in SVG user units (pixels).
+COLUMN = 128          # between two lifelines
+HEADER = 46           # the participants' boxes
+STEP = 40             # one message below the last
+CHAR = 6.2            # the width of a character of the labels, roughly
+BOLD_CHAR = 7.2       # ... and of the participants' names, in bold
+#: A label may be wider than the arrow it names, up to this many columns.
+LABEL_COLUMNS = 2.3
+FONT = 11
+MESSAGE = re.compile(r"^\s*([\w.]+)\s*(-->|->)\s*([\w.]+)\s*:\s*(.+?)\s*$")
+PARTICIPANT = re.compile(r"^\s*participant\s+([\w.]+)\s*:\s*(.+?)\s*$")
+
+
+def svg_text(x: float, y: float, lines: list[str], anchor: str = "middle",
+             weight: str = "normal") -> str:
+    spans = "".join(f'<tspan x="{x:.0f}" dy="{0 if i == 0 else FONT + 2}">'
+                    f"{html.escape(line)}</tspan>" for i, line in enumerate(lines))
+    return (f'<text x="{x:.0f}" y="{y:.0f}" text-anchor="{anchor}" font-weight="{weight}" '
+            f'font-size="{FONT}" fill="currentColor">{spans}</text>')
+
+
+def sequence_svg(participants: list[tuple[str, str]],
+                 messages: list[tuple[str, str, str, bool]]) -> str:
+    """An SVG sequence diagram: participants left to right, messages top to
+    bottom; a dashed arrow is an answer, an arrow to itself a step inside."""
+    column = {name: index for index, (name, _) in enumerate(participants)}
+    x = {name: COLUMN / 2 + index * COLUMN for name, index in column.items()}
+    layout: list[tuple[str, str, list[str], bool, float]] = []
+    y = HEADER + 16
+    width = COLUMN * len(participants)
+    for source, target, text, answer in messages:
+        span = max(abs(column[target] - column[source]), LABEL_COLUMNS)
+        lines = wrap(text, int(span * COLUMN / CHAR) - 2)
+        y += (len(lines) - 1) * (FONT + 2) + (STEP if source != target else STEP + 10)
+        layout.append((source, target, lines, answer, y))
+    height = y + 24
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height:.0f}" '
+             f'width="100%" style="max-width:{width}px" role="img" font-family="sans-serif">',
+             '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
+             'markerHeight="7" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" '
+             'fill="currentColor"/></marker></defs>']
+    for name, label in participants:
+        left = x[name] - COLUMN / 2 + 4
+        parts.append(f'<rect x="{left:.0f}" y="2" width="{COLUMN - 8}" height="{HEADER - 8}" '
+                     'rx="4" fill="none" stroke="currentColor" stroke-width="1"/>')
+        lines = wrap(label, int((COLUMN - 12) / BOLD_CHAR))[:3]
+        top = 2 + (HEADER - 8) / 2 - (len(lines) - 1) * (FONT + 2) / 2 + FONT / 2 - 1
+        parts.append(svg_text(x[name], top, lines, weight="bold"))
+        parts.append(f'<line x1="{x[name]:.0f}" y1="{HEADER - 6}" x2="{x[name]:.0f}" '
+                     f'y2="{height - 4:.0f}" stroke="currentColor" stroke-opacity="0.35" '
+                     'stroke-dasharray="3 3"/>')
+    for source, target, lines, answer, y in layout:
+        dash = ' stroke-dasharray="5 3"' if answer else ""
+        label_top = y - 6 - (len(lines) - 1) * (FONT + 2)
+        if source == target:   # a step inside one participant: a loop to its right
+            left = x[source]
+            parts.append(f'<path d="M {left:.0f} {y - 10:.0f} h 22 v 14 h -20" fill="none" '
+                         f'stroke="currentColor"{dash} marker-end="url(#arrow)"/>')
+            label_left = min(left + 28, width - max(len(line) for line in lines) * CHAR - 4)
+            parts.append(svg_text(label_left, label_top - 6, lines, anchor="start"))
+            continue
+        start, end = x[source], x[target]
+        step = 4 if end > start else -4
+        parts.append(f'<line x1="{start:.0f}" y1="{y:.0f}" x2="{end - step:.0f}" y2="{y:.0f}" '
+                     f'stroke="currentColor"{dash} marker-end="url(#arrow)"/>')
+        half = max(len(line) for line in lines) * CHAR / 2 + 4   # keep the label inside
+        centre = min(max((start + end) / 2, half), width - half)
+        parts.append(svg_text(centre, label_top, lines))
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+class SequenceDiagram(SphinxDirective):
+    """``.. sequence-diagram::`` — who calls whom, in order.
+
+    Content lines: ``participant NAME: its label`` (left to right, in
+    order), then messages ``A -> B: what`` (a call or an event) and
+    ``A --> B: what`` (an answer, dashed); ``A -> A: what`` is a step
+    inside A.  ``:alt:`` describes the picture for screen readers."""
+    has_content = True
+    option_spec = {"alt": directives.unchanged_required}
+
+    def run(self) -> list[nodes.Node]:
+        participants: list[tuple[str, str]] = []
+        messages: list[tuple[str, str, str, bool]] = []
+        for line in self.content:
+            if not line.strip():
+                continue
+            if match := PARTICIPANT.match(line):
+                participants.append((match.group(1), match.group(2)))
+            elif match := MESSAGE.match(line):
+                source, arrow, target, text = match.groups()
+                messages.append((source, target, text, arrow == "-->"))
+            else:
+                raise self.error(f"sequence-diagram: cannot read {line!r}: expected "
+                                 "'participant NAME: label', 'A -> B: text' or 'A --> B: text'")
+        known = {name for name, _ in participants}
+        for source, target, _, _ in messages:
+            for name in (source, target):
+                if name not in known:
+                    raise self.error(f"sequence-diagram: {name!r} is not a participant "
+                                     f"(declare it: 'participant {name}: label')")
+        svg = sequence_svg(participants, messages)
+        alt = html.escape(self.options.get("alt", "a sequence diagram"), quote=True)
+        return [nodes.raw("", f'<figure class="sequence-diagram" aria-label="{alt}">'
+                              f"{svg}</figure>", format="html")]
+
+
 def setup(app: Sphinx) -> dict[str, object]:
     app.setup_extension("sphinx.ext.graphviz")
     app.add_directive("layer-map", LayerMap)
+    app.add_directive("memory-map", MemoryMap)
+    app.add_directive("page-walk", PageWalk)
+    app.add_directive("sequence-diagram", SequenceDiagram)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
