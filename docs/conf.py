@@ -24,6 +24,7 @@ extensions = [
     "minikvm_reference",  # docs/_ext: API pages and the ioctl/struct tables, from the code
     "syscall_matrix",     # docs/_ext: the system-call support matrix, from minikvm.syscalls.table
     "minikvm_diagrams",   # docs/_ext: layer map, memory map, page walk, sequence diagram
+    "benchmark_report",   # docs/_ext: the performance table and chart, from a benchmark JSON
 ]
 
 # Diagrams are drawn by Graphviz's `dot` (Debian: apt-get install graphviz)
