@@ -304,6 +304,23 @@ def test_page_shows_the_script_the_output_and_the_library(script: Path) -> None:
                 "'# --- step: name ---' markers (:start-after:/:end-before:)")
 
 
+#: The sections of a tutorial page, in order (the skeleton of blog_os's
+#: posts): what will work, the theory, the code, running it, what it
+#: showed, what comes next.
+PAGE_SECTIONS = ["Goal", "Background", "Code", "Run it", "What just happened", "Next"]
+
+
+@pytest.mark.parametrize("script", TUTORIALS, ids=script_id)
+def test_page_follows_the_skeleton(script: Path) -> None:
+    page = page_of(script)
+    if not page.exists():
+        pytest.skip("reported by test_page_shows_the_script_the_output_and_the_library")
+    sections = re.findall(r"^## (.+?)\s*$", page.read_text(), flags=re.MULTILINE)
+    assert sections == PAGE_SECTIONS, (
+        f"{page.relative_to(ROOT)} has the sections {sections}; a tutorial page has "
+        f"{PAGE_SECTIONS}, in that order (### subsections are free)")
+
+
 PAGE_LIBRARY_INCLUDES = [(page, include) for page in sorted(PAGES.glob("[0-9][0-9]_*.md"))
                          for include in library_includes(page)]
 
