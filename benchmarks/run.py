@@ -384,7 +384,7 @@ def bench_snapshot(programs: dict[str, Path], sizes: Sizes, scratch: Path,
     :meth:`~minikvm.snapshot.snapshot.Snapshot.prepare_forks` started beforehand);
     ``snapshot_save_ms`` and
     ``snapshot_load_ms`` for a snapshot file (``snapshot_file_kib`` big)."""
-    if not (REPO_ROOT / "minikvm" / "snapshot.py").exists():
+    if not (REPO_ROOT / "minikvm" / "snapshot" / "snapshot.py").exists():
         results.skipped["snapshot"] = ("minikvm/snapshot/snapshot.py does not exist yet: no reset_us_0, "
                                        "reset_us_per_page or fork_us")
         return
@@ -426,7 +426,7 @@ def bench_serve(programs: dict[str, Path], sizes: Sizes, scratch: Path,
     for ``cgi_``; ``serve_rps_ratio`` = serve / cgi requests per second
     (higher is better).  A server that cannot start is a skip, with its
     reason, not a failed run."""
-    if not (REPO_ROOT / "minikvm" / "serve.py").exists():
+    if not (REPO_ROOT / "minikvm" / "cli" / "serve.py").exists():
         results.skipped["serve"] = "minikvm/cli/serve.py does not exist yet"
         return
     argv = [sys.executable, str(BENCHMARKS_DIR / "serve_bench.py"),
@@ -472,6 +472,7 @@ def machine_facts() -> dict[str, object]:
     return {"cpu": model, "cores": os.cpu_count(), "kernel": platform.release(),
             "kvm": "pvm" if os.path.exists("/sys/module/kvm_pvm") else "hardware",
             "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d %H:%M %Z"),
             # Other work on the machine slows every figure; the ratios less so.
             "load_average_at_start": round(os.getloadavg()[0], 2)}
 

@@ -23,7 +23,13 @@ extensions = [
     "sphinx.ext.autodoc",
     "minikvm_reference",  # docs/_ext: API pages and the ioctl/struct tables, from the code
     "syscall_matrix",     # docs/_ext: the system-call support matrix, from minikvm.syscalls.table
+    "minikvm_diagrams",   # docs/_ext: layer map, memory map, page walk, sequence diagram
+    "benchmark_report",   # docs/_ext: the performance table and chart, from a benchmark JSON
 ]
+
+# Diagrams are drawn by Graphviz's `dot` (Debian: apt-get install graphviz)
+# at build time, as SVG: sharp at any size, and its boxes are links.
+graphviz_output_format = "svg"
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = ["_build"]

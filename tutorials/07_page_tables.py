@@ -47,7 +47,7 @@ HEAP_PHYS = USER_POOL_START + HUGE_PAGE_SIZE  # 10 MiB: 2 MiB aligned too
 # --- step: allocator ---
 class TablePool:
     """Hands out zeroed 4 KiB pages for tables, from PAGE_TABLE_POOL_START up.
-    (The memory manager of the next step does this with a real allocator.)"""
+    (The memory manager of step 09 does this with a real allocator.)"""
 
     def __init__(self) -> None:
         self.next = PAGE_TABLE_POOL_START

@@ -44,31 +44,51 @@ from __future__ import annotations
 from minikvm.x86 import HUGE_PAGE_SIZE, PAGE_SIZE  # noqa: F401
 
 # --- kernel area (physical = virtual) ---------------------------------------
+#: The GDT: kernel and user code and data segments, and the TSS descriptor.
 GDT_ADDRESS = 0x1000
+#: The IDT: 256 interrupt gates, the first 32 pointing at the exception stubs.
 IDT_ADDRESS = 0x2000
+#: The TSS (IST1, RSP0) and its I/O permission bitmap, which opens port 0xE0 to CPL 3.
 TSS_ADDRESS = 0x3000
+#: The syscall entry stub: LSTAR points here; the one kernel page CPL 3 may execute.
 SYSCALL_STUB_ADDRESS = 0x4000
+#: The exception stubs, one per vector, 8 bytes each; supervisor-only.
 EXCEPTION_STUBS_ADDRESS = 0x5000
+#: The lowest byte of the IST stack, where every exception lands (two pages).
 IST_STACK_BOTTOM = 0x6000
-IST_STACK_TOP = 0x8000          # stacks grow down: the TSS holds this top
+#: The top of the IST stack: stacks grow down, so the TSS holds this address.
+IST_STACK_TOP = 0x8000
+#: The end of the kernel area: nothing fixed lies between here and the pools.
 KERNEL_AREA_END = 0x8000
 
 # --- the physical page pools ----------------------------------------------
+#: Where the page-table pool starts: PML4, PDPTs, PDs and PTs come from here.
 PAGE_TABLE_POOL_START = 0x1_0000
-PAGE_TABLE_POOL_END = 0x80_0000   # 2032 tables: enough for 4 GiB of 4 KiB pages
-USER_POOL_START = 0x80_0000       # 2 MiB aligned, so huge pages can come from it
+#: The end of the page-table pool: 2032 tables, enough for 4 GiB of 4 KiB pages.
+PAGE_TABLE_POOL_END = 0x80_0000
+#: Where the user page pool starts (program, heap, mmap, stack); 2 MiB aligned,
+#: so that huge pages can come from it.  It ends at the guest's memory size.
+USER_POOL_START = 0x80_0000
 
 # --- the program's virtual address space ------------------------------------
-MMAP_MIN_ADDR = 0x1_0000            # Linux's default vm.mmap_min_addr
-USER_SPACE_END = 0x7FFF_FFFF_F000   # TASK_SIZE on x86-64 (47-bit user half)
+#: The lowest address a program may map: Linux's default ``vm.mmap_min_addr``.
+MMAP_MIN_ADDR = 0x1_0000
+#: The end of the program's half of the address space: ``TASK_SIZE`` on x86-64 (47 bits).
+USER_SPACE_END = 0x7FFF_FFFF_F000
+#: The top of the initial stack, which grows down from here.
 STACK_TOP = USER_SPACE_END
-STACK_SIZE = 8 * 1024 * 1024        # RLIMIT_STACK default
-MMAP_TOP = 0x7FFF_0000_0000         # mmap hands out addresses below this, top-down
-PIE_LOAD_BIAS = 0x5555_5555_4000    # where Linux puts an ET_DYN program (ELF_ET_DYN_BASE)
+#: The size of the stack mapping: 8 MiB, the default ``RLIMIT_STACK``.
+STACK_SIZE = 8 * 1024 * 1024
+#: mmap hands out addresses below this one, top-down.
+MMAP_TOP = 0x7FFF_0000_0000
+#: Where a static-PIE (``ET_DYN``) program is loaded, as Linux does (``ELF_ET_DYN_BASE``).
+PIE_LOAD_BIAS = 0x5555_5555_4000
 
 # --- I/O ports the stubs use to reach the host -------------------------------
-SYSCALL_PORT = 0xE0               # the syscall stub's ``out``
-EXCEPTION_PORT_BASE = 0xC0        # exception stub for vector v does ``out 0xC0+v``
+#: The port of the syscall stub's ``out``: an exit on it is a system call.
+SYSCALL_PORT = 0xE0
+#: The exception stub for vector *v* does ``out`` to port ``0xC0 + v``.
+EXCEPTION_PORT_BASE = 0xC0
 
 #: Default guest memory size (the program's RAM limit): 1 GiB.  The memfd
 #: behind it costs nothing until the guest touches a page.

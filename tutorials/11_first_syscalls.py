@@ -1,4 +1,4 @@
-"""Step 10 — the first real system calls: write and exit_group.
+"""Step 11 — the first real system calls: write and exit_group.
 
 The "hello" of every Linux program, with no C library: put the
 arguments in registers and execute ``syscall``::
@@ -13,7 +13,7 @@ in with ``mm.read``, which translates through the memory manager's own
 record of the mappings and raises EFAULT for any address the program has
 not mapped.  The program's third call passes a bad pointer on purpose.
 
-Run it:  python tutorials/10_first_syscalls.py
+Run it:  python tutorials/11_first_syscalls.py
 """
 
 from __future__ import annotations

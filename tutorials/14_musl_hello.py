@@ -1,21 +1,21 @@
-"""Step 12 — a C program: musl's hello, world, run by a Process and a Dispatcher.
+"""Step 14 — the same program with minikvm's table: a Dispatcher, a Tracer and a policy.
 
-Step 11 loaded a program by hand.  ``minikvm.process.process.Process.spawn`` does
-all of it for a real C program — the segments (sharing pages where they
-touch), an 8 MiB stack with argv, envp and auxv, stdin/stdout/stderr in
-its fd table — and ``Process.run`` runs it, handing every system call to
-a callable.  That callable is ``minikvm.syscalls.dispatch.Dispatcher``: it
-looks the number up in the table of all the system-call families, calls
-the handler, and turns an error into ``-errno``.  With a ``Tracer`` it
-also writes each call the way strace would.
+Step 13 ran musl's hello, world with three handlers of our own and
+answered ENOSYS to the rest.  Here the callable ``Process.run`` hands each
+system call to is ``minikvm.syscalls.dispatch.Dispatcher``: it looks the
+number up in the one table of every system-call family
+(``minikvm.syscalls.table``), calls the handler with the process and as
+many argument registers as it takes, and is the one place where an error
+becomes ``-errno``.  With a ``Tracer`` it also writes each call the way
+strace would.  The handlers that open files ask a policy
+(``minikvm.sandbox.policy.Policy``) first; ``Policy()`` grants nothing.
 
-The program is compiled here with ``musl-gcc -static`` (apt-get install
-musl-tools).  musl's start-up is short: set the thread pointer, record
-where to clear the thread id at exit, ask whether stdout is a terminal,
-write, exit.  The transcript names each address by what it points into:
-a symbol of the program, or ``<stack>``.
+The program is compiled as in step 13.  This time all five calls are
+answered: set_tid_address with the thread id, ioctl(TIOCGWINSZ) with
+ENOTTY because stdout is not a terminal.  The transcript names each
+address by what it points into: a symbol of the program, or ``<stack>``.
 
-Run it:  python tutorials/12_musl_hello.py
+Run it:  python tutorials/14_musl_hello.py
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def main() -> int:
     if shutil.which(COMPILER[0]) is None:
         print(f"{COMPILER[0]} is not installed: apt-get install musl-tools")
         return 1
-    with tempfile.TemporaryDirectory(prefix="minikvm-step12-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="minikvm-step14-") as scratch:
         executable = build(Path(scratch))
         # --- step: spawn ---
         policy = Policy()                    # no file-system grant: stdio and /dev/null only

@@ -1,4 +1,4 @@
-"""Step 11 — a program file and its first stack: ELF segments, symbols, argv, auxv.
+"""Step 12 — a program file and its first stack: ELF segments, symbols, argv, auxv.
 
 Until now the guest's code was bytes this script wrote.  A real program
 comes in an ELF file, and before its first instruction runs, Linux has
@@ -17,7 +17,7 @@ as pure code: this script prints what they produce for a tiny program
 instructions, with a symbol table), then loads it into a machine by hand
 and runs it.
 
-Run it:  python tutorials/11_elf_and_stack.py
+Run it:  python tutorials/12_elf_and_stack.py
 """
 
 from __future__ import annotations

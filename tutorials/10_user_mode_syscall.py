@@ -1,4 +1,4 @@
-"""Step 09 — the syscall path: from a user-mode ``syscall`` to Python and back.
+"""Step 10 — the syscall path: from a user-mode ``syscall`` to Python and back.
 
 A Linux program asks the kernel for everything with the ``syscall``
 instruction: the number in RAX, up to six arguments in RDI, RSI, RDX, R10,
@@ -21,7 +21,7 @@ one you have by the CS register at the exit (its low bits are the CPL):
   there only because the TSS I/O bitmap opens port 0xE0 — and PVM does not
   emulate ``sysretq``, so the host sets RIP = RCX and RFLAGS = R11 itself.
 
-Run it:  python tutorials/09_user_mode_syscall.py
+Run it:  python tutorials/10_user_mode_syscall.py
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Step 13 — a glibc program, grown from its trace: find the unknown call, add it.
+"""Step 15 — a glibc program, grown from its trace: find the unknown call, add it.
 
 minikvm was grown the way this step works: run a program with a trace,
 look for the system call that came back ``ENOSYS (unknown to minikvm)``,
@@ -23,7 +23,7 @@ how-to "Add a system call".
 The program is compiled with ``cc -static`` (glibc); it runs in a
 temporary directory the policy grants read-write, like ``--here``.
 
-Run it:  python tutorials/13_glibc_static.py
+Run it:  python tutorials/15_glibc_static.py
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def build(directory: Path) -> Path:
 
 def run(executable: Path, workdir: Path, extra: list[Syscall]) -> tuple[int, dict[int, int]]:
     """Run the program once in *workdir*; print the trace from the moment
-    it opens its file (glibc's start-up before that is step 12's story)."""
+    it opens its file (glibc's start-up before that is step 14's story)."""
     # --- step: run ---
     with Policy(write=[workdir]) as policy:
         process = Process.spawn(str(executable), ["reserve"], {"LANG": "C"}, policy,
@@ -132,7 +132,7 @@ def main() -> int:
     if shutil.which(COMPILER[0]) is None:
         print(f"{COMPILER[0]} is not installed: apt-get install gcc libc6-dev")
         return 1
-    with tempfile.TemporaryDirectory(prefix="minikvm-step13-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="minikvm-step15-") as scratch:
         scratch_path = Path(scratch)
         executable = build(scratch_path)
         workdir = scratch_path / "work"
