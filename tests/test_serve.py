@@ -235,3 +235,37 @@ def test_workers_die_with_a_killed_supervisor() -> None:
     while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(alive(pid) for pid in workers), f"workers {workers} outlived the supervisor"
+
+
+def peak_kib(pid: int) -> int:
+    """VmHWM, the peak resident memory of process *pid*, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+@pytest.mark.kvm
+def test_a_response_over_the_limit_is_a_502_not_host_memory() -> None:
+    """512 minikvm_respond calls of 1 MiB each: every one is under the
+    per-call limit, their sum is not.  The request is a 502 with a log line,
+    the worker's peak memory grows by at most about the limit (the sum of a
+    request's responses, MAX_RESPONSE), not by the 512 MiB asked, and the
+    next request is served as if nothing happened."""
+    from minikvm.syscalls.requests import MAX_RESPONSE
+    port, process, log = start_server(guest("handler"), 1, REQUEST_TIMEOUT)
+    try:
+        assert get(port, "/hello")[0] == 200
+        (worker,) = worker_pids(process.pid)
+        before = peak_kib(worker)
+        status, _, body = get(port, "/flood")
+        assert status == 502, body[:200]
+        assert b"grew past" in body
+        grown = peak_kib(worker) - before
+        assert grown < 2 * (MAX_RESPONSE >> 10) + (16 << 10), f"the worker grew {grown} KiB"
+        status, _, body = get(port, "/hello")
+        assert status == 200 and body.startswith(b"counter=1 "), body
+    finally:
+        stop_server(process)
+    logged = process.stderr.read()
+    assert "grew past" in logged, logged[-2000:]

@@ -297,7 +297,13 @@ class EventFd(OpenFile):
         return EVENTFD_VALUE_SIZE
 
     def writev(self, chunks: list[memoryview]) -> int:
-        data = b"".join(bytes(chunk) for chunk in chunks)
+        # Only the first 8 bytes count: never join the rest (1024 iovecs of
+        # 2 MiB each would be 2 GiB of host memory for an 8-byte write).
+        data = b""
+        for chunk in chunks:
+            data += bytes(chunk[:EVENTFD_VALUE_SIZE - len(data)])
+            if len(data) == EVENTFD_VALUE_SIZE:
+                break
         if len(data) < EVENTFD_VALUE_SIZE:
             raise SyscallError(errno.EINVAL, "an eventfd write needs 8 bytes")
         value = int.from_bytes(data[:EVENTFD_VALUE_SIZE], "little")

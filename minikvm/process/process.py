@@ -90,7 +90,6 @@ class Process:
         #: The threads (:mod:`minikvm.process.threads`); the main thread's tid is the pid.
         self.threads = ThreadTable(self.pid, DEFAULT_MAX_THREADS)
         self.fs_base = 0
-        self.unknown_syscalls: dict[int, int] = {}
         #: How many pipes the program made: the next one's number (its inode).
         self.pipes_made = 0
         self.random: Callable[[int], bytes] = os.urandom

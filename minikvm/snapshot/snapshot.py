@@ -80,7 +80,8 @@ from minikvm.kvm.memory import GuestMemory
 from minikvm.linux_abi import STACK_ALIGNMENT
 from minikvm.machine.machine import CALL_RETURN_ADDRESS, SYSCALL_EXIT_RIP, USER_RFLAGS_MASK, Machine
 from minikvm.machine.mm import AddressSpace
-from minikvm.machine.stops import CallReturned, ProcessExit, ProcessKilled, Stop, StopKind, WaitingForRequest
+from minikvm.machine.stops import (CallReturned, ProcessExit, ProcessKilled, Stop, StopKind,
+                                   WaitingForRequest)
 from minikvm.process.elf import ElfImage
 from minikvm.process.fdtable import FdEntry
 from minikvm.process.process import Process
@@ -93,6 +94,7 @@ from minikvm.snapshot.process_state import (PLAIN_FILE_KINDS, capture_process_st
                                             restore_process_state)
 from minikvm.syscalls.base import MASK64, signed64
 from minikvm.syscalls.dispatch import Dispatcher
+from minikvm.syscalls.requests import MAX_RESPONSE
 from minikvm.syscalls.trace import Tracer
 from minikvm.x86 import PAGE_SIZE
 
@@ -127,6 +129,11 @@ class GuestCallError(SnapshotError):
 # Leaving Machine.run at the points the host cares about
 # ---------------------------------------------------------------------------
 
+#: Why a reply whose response grew past MAX_RESPONSE is a failure (502).
+RESPONSE_TOO_LARGE = (f"the response grew past {MAX_RESPONSE >> 20} MiB (the sum of its "
+                      f"minikvm_respond calls): refused, as one over the limit would be")
+
+
 class RequestChannel:
     """The request channel of a snapshotted process (see
     :mod:`minikvm.syscalls.requests`): waits leave the run loop, responses
@@ -134,6 +141,12 @@ class RequestChannel:
 
     def __init__(self) -> None:
         self.response: list[bytes] = []
+        #: The bytes of :attr:`response` so far, checked against MAX_RESPONSE
+        #: before each ``minikvm_respond`` reads guest memory.
+        self.response_size = 0
+        #: Set when a respond would have passed MAX_RESPONSE: the reply is a
+        #: failure (serve answers 502), whatever the program does next.
+        self.response_too_large = False
         self.calling = False
 
     def wait(self, proc: Process, buffer: int, size: int) -> int:
@@ -141,6 +154,17 @@ class RequestChannel:
 
     def respond(self, proc: Process, data: bytes) -> None:
         self.response.append(data)
+        self.response_size += len(data)
+
+    def clear_response(self) -> None:
+        """Start the next request's response."""
+        self.response = []
+        self.response_size = 0
+        self.response_too_large = False
+
+    def take_response(self) -> bytes | None:
+        """The response so far, or None when it grew past MAX_RESPONSE."""
+        return None if self.response_too_large else b"".join(self.response)
 
     def call_returned(self, proc: Process, value: int) -> int:
         raise CallReturned(value)
@@ -513,7 +537,7 @@ class Fork:
         else:
             self._quick_cpu_reset()
         self._restore_host_state()
-        self.channel.response = []
+        self.channel.clear_response()
         self.channel.calling = False
         self.wait = snapshot.wait
         self.last_reset = stats
@@ -568,7 +592,7 @@ class Fork:
         if len(data) > size:
             raise SnapshotError(f"request of {len(data)} bytes does not fit the program's "
                                 f"buffer of {size} bytes")
-        self.channel.response = []
+        self.channel.clear_response()
         try:
             self.process.mm.write(buffer, data)
         except SyscallError as error:
@@ -578,7 +602,10 @@ class Fork:
         regs.rax = len(data)
         self.machine.return_from_syscall()
         kind, detail = run_until_stop(self.process, self.dispatcher, timeout)
-        response = b"".join(self.channel.response)
+        response = self.channel.take_response()
+        if response is None:
+            self.wait = detail if kind == StopKind.WAIT else None
+            return self._finish(Reply(StopKind.FAILURE, message=RESPONSE_TOO_LARGE), reset)
         if kind == StopKind.WAIT:
             self.wait = detail
             return self._finish(Reply(StopKind.WAIT, response), reset)
@@ -599,11 +626,14 @@ class Fork:
         fork is then reset, ready for more."""
         if self.wait is None:
             raise SnapshotError("this fork is not waiting for a request: reset() it first")
-        self.channel.response = []
+        self.channel.clear_response()
         self.machine.vcpu.run_state.s.regs.regs.rax = 0
         self.machine.return_from_syscall()
         kind, detail = run_until_stop(self.process, self.dispatcher, timeout)
-        response = b"".join(self.channel.response)
+        response = self.channel.take_response()
+        if response is None:
+            self.wait = None
+            return self._finish(Reply(StopKind.FAILURE, message=RESPONSE_TOO_LARGE), True)
         self.wait = None
         if kind == StopKind.EXIT:
             reply = Reply(StopKind.EXIT, response, "", exit_status=detail)

@@ -175,10 +175,12 @@ class Dispatcher:
         if self.tracer:
             self.tracer.unknown(number)
         if self.counts is not None:
-            stats = self.counts.setdefault(f"syscall_{number}", [0, 0.0, 0])
+            # Keyed by the number only inside the table: the guest picks any
+            # 64-bit number, and one entry each would be a host-memory leak.
+            name = f"syscall_{number}" if number < TABLE_SIZE else "syscall_beyond_the_table"
+            stats = self.counts.setdefault(name, [0, 0.0, 0])
             stats[0] += 1
             stats[2] += 1
-        self.process.unknown_syscalls[number] = self.process.unknown_syscalls.get(number, 0) + 1
         regs.rax = -errno.ENOSYS & MASK64
 
     def _handler_bug(self, entry: Syscall, error: Exception) -> int:

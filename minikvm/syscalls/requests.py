@@ -37,6 +37,10 @@ A channel has three methods, which may raise a ``BaseException`` to leave
     respond(proc, data: bytes) -> None
     call_returned(proc, value: int)      # never returns normally
 
+and two attributes: ``response_size``, the bytes responded so far in this
+request, and ``response_too_large``, which this module sets when a respond
+would pass :data:`MAX_RESPONSE` (the reply then fails as a whole).
+
 The guest is hostile: each handler checks its pointers through the memory
 manager (EFAULT) and its sizes, and a guest that jumps to the call-return
 stub on its own gets EINVAL, not a host exception.
@@ -76,9 +80,13 @@ def sys_minikvm_respond(proc: Process, buffer: int, length: int) -> int:
     """Append ``length`` bytes at ``buffer`` to the current response."""
     if proc.requests is None:
         raise SyscallError(errno.ENOTCONN, NO_CHANNEL)
-    if length > MAX_RESPONSE:
-        raise SyscallError(errno.EMSGSIZE, f"response of {length} bytes is larger than "
-                                           f"{MAX_RESPONSE} bytes")
+    if length > MAX_RESPONSE - proc.requests.response_size:
+        # Checked against the sum before guest memory is read: a request
+        # may not build more than MAX_RESPONSE bytes of host memory, in one
+        # call or in many.  The reply then fails as a whole (serve: 502).
+        proc.requests.response_too_large = True
+        raise SyscallError(errno.EMSGSIZE, f"response of {proc.requests.response_size} + "
+                                           f"{length} bytes is larger than {MAX_RESPONSE} bytes")
     proc.requests.respond(proc, proc.mm.read(buffer, length))
     return length
 

@@ -8,7 +8,8 @@
  *
  * The request (or, for an HTTP request, its path without the "/") chooses
  * what else to do: crash, spin, exit, poke/peek a global, read random
- * bytes, map a big buffer, answer with a raw HTTP response.
+ * bytes, map a big buffer, answer with a raw HTTP response, or flood the
+ * response with 512 MiB.
  *
  * It also has functions for Fork.call() tests: add, weighted, checksum,
  * count_char, bump, stack_misalignment.
@@ -145,6 +146,13 @@ int main(void)
             continue;
         } else if (!strcmp(command, "twice")) {
             minikvm_respond("part1,", 6);
+        } else if (!strcmp(command, "flood")) {
+            /* 512 responds of 1 MiB: each under the per-call limit, their
+             * sum (512 MiB) far over the per-request one. */
+            static char chunk[1 << 20];
+            memset(chunk, 'f', sizeof chunk);
+            for (int i = 0; i < 512; i++)
+                minikvm_respond(chunk, sizeof chunk);
         }
         int length = snprintf(answer, sizeof answer, "counter=%d heap=%zu poked=%ld%s",
                               counter, heap_length, poked, extra);
