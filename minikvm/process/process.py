@@ -90,6 +90,9 @@ class Process:
         #: The threads (:mod:`minikvm.process.threads`); the main thread's tid is the pid.
         self.threads = ThreadTable(self.pid, DEFAULT_MAX_THREADS)
         self.fs_base = 0
+        #: number -> calls, for the unknown system calls the guest made (at most
+        #: MAX_UNKNOWN_SYSCALLS_RECORDED numbers: the guest picks any 64-bit one).
+        self.unknown_syscalls: dict[int, int] = {}
         #: How many pipes the program made: the next one's number (its inode).
         self.pipes_made = 0
         self.random: Callable[[int], bytes] = os.urandom

@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from minikvm.process.process import Process
 
 TABLE_SIZE = 512  # syscall numbers on x86-64 stay below this
+#: How many distinct unknown numbers Process.unknown_syscalls records; the
+#: rest still get ENOSYS, uncounted (a guest may try all 2**64).
+MAX_UNKNOWN_SYSCALLS_RECORDED = 64
 
 #: A caller: ``caller(process, regs) -> result`` (see :func:`make_caller`).
 Caller = Callable[["Process", "kvm_regs"], int]
@@ -181,6 +184,9 @@ class Dispatcher:
             stats = self.counts.setdefault(name, [0, 0.0, 0])
             stats[0] += 1
             stats[2] += 1
+        recorded = self.process.unknown_syscalls
+        if number in recorded or len(recorded) < MAX_UNKNOWN_SYSCALLS_RECORDED:
+            recorded[number] = recorded.get(number, 0) + 1
         regs.rax = -errno.ENOSYS & MASK64
 
     def _handler_bug(self, entry: Syscall, error: Exception) -> int:
