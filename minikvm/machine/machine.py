@@ -108,7 +108,8 @@ class Machine:
         self._timed_out = False
         #: Called at an exception exit from user mode with the CPU's frame;
         #: True when it resumed the program in a signal handler instead of
-        #: the crash being reported (:func:`minikvm.syscalls.signals.deliver_fault`).
+        #: the crash being reported
+        #: (:func:`minikvm.syscalls.signal_handlers.deliver_fault`).
         self.on_fault: Callable[[ExceptionFrame], bool] | None = None
         #: Called once :mod:`minikvm.process.threads` put another guest thread on the
         #: vCPU, its registers in ``kvm_run``: the signal code runs the

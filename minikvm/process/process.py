@@ -71,7 +71,7 @@ class Process:
         self.alternate_stack = (0, 0)  # sigaltstack: (ss_sp, ss_size); (0, 0) when disabled
         self.signal_info: dict[int, bytes] = {}  # siginfo_t of each pending signal
         #: True when a signal may be ready or an alarm is set: the dispatcher
-        #: then calls minikvm.syscalls.signals.deliver_on_return after the call.
+        #: then calls minikvm.syscalls.signal_handlers.deliver_on_return after the call.
         self.signal_work = False
         #: rt_sigsuspend's caller's mask, until the handler's frame saves it
         self.signal_saved_mask: int | None = None

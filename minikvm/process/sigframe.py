@@ -26,7 +26,7 @@ This module is pure: structs laid out as the kernel's UAPI headers
 ``asm-generic/ucontext.h``, ``asm-generic/siginfo.h``) and the address
 arithmetic of ``get_sigframe()`` (``arch/x86/kernel/signal.c``).  Reading
 and writing guest memory, and the registers, is
-:mod:`minikvm.syscalls.signals`' job.
+:mod:`minikvm.syscalls.signal_handlers`' job.
 """
 
 from __future__ import annotations

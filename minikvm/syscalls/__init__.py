@@ -1,22 +1,24 @@
 """Layer 6 — system calls, one module per family.
 
-=================  ==============================================================
-``base``           the table entry (:class:`~minikvm.syscalls.base.Syscall`) and argument helpers
-``files``          open, read, write, stat, fds, pipes, eventfd, the working directory
-``directories``    listings, mkdir, unlink, rename, link, symlink
-``attributes``     truncate, sync, times, mode, owner
-``memory``         brk, mmap, munmap, mprotect, mremap, madvise
-``process``        exit, ids, thread setup, limits, signals sent to itself, refusals
-``time``           clocks and sleeping
-``signals``        dispositions and masks (recorded)
-``info``           uname, getrandom, sysinfo, scheduler
-``poll``           poll, ppoll, select
-``epoll``          epoll_create1, epoll_ctl, epoll_wait: level, edge, one-shot
-``sync``           futex
-``net``            sockets, as far as the policy allows
-``requests``       minikvm's request API (``include/minikvm.h``)
-``table``          all of them, by number
-``trace``          ``--trace`` output in strace's format
-``dispatch``       from a syscall exit to a handler and back
-=================  ==============================================================
+====================  ==============================================================
+``base``              the table entry (:class:`~minikvm.syscalls.base.Syscall`) and argument helpers
+``files``             open, read, write, stat, fds, pipes, eventfd, the working directory
+``directories``       listings, mkdir, unlink, rename, link, symlink
+``attributes``        truncate, sync, times, mode, owner
+``memory``            brk, mmap, munmap, mprotect, mremap, madvise
+``process``           exit, ids, thread setup, limits, signals sent to itself, refusals
+``time``              clocks and sleeping
+``signals``           signal numbers, actions, delivery, the alarm, sleeping
+``signal_actions``    rt_sigaction, rt_sigprocmask, rt_sigpending, waiting for a signal
+``signal_handlers``   running a handler: its frame, rt_sigreturn, sigaltstack, faults
+``info``              uname, getrandom, sysinfo, scheduler
+``poll``              poll, ppoll, select
+``epoll``             epoll_create1, epoll_ctl, epoll_wait: level, edge, one-shot
+``sync``              futex
+``net``               sockets, as far as the policy allows
+``requests``          minikvm's request API (``include/minikvm.h``)
+``table``             all of them, by number
+``trace``             ``--trace`` output in strace's format
+``dispatch``          from a syscall exit to a handler and back
+====================  ==============================================================
 """

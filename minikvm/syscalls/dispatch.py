@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Callable
 
 from minikvm.errors import SyscallError
 from minikvm.syscalls.base import MASK64, Syscall
-from minikvm.syscalls.signals import deliver_fault, deliver_on_return, deliver_switched_in
+from minikvm.syscalls.signal_handlers import (deliver_fault, deliver_on_return,
+                                              deliver_switched_in)
 from minikvm.syscalls.table import TABLE_BY_NUMBER
 from minikvm.syscalls.trace import Tracer
 

@@ -8,7 +8,7 @@ number, and the docs' support matrix is generated from it.
 from __future__ import annotations
 
 from minikvm.syscalls import (attributes, directories, epoll, files, info, memory, net, poll,
-                              process, signals, sync, time, requests)
+                              process, signal_actions, signal_handlers, sync, time, requests)
 from minikvm.syscalls.base import Syscall
 
 FAMILIES = {
@@ -18,7 +18,8 @@ FAMILIES = {
     "memory": memory.SYSCALLS,
     "process": process.SYSCALLS,
     "time": time.SYSCALLS,
-    "signals": signals.SYSCALLS,
+    "signal_actions": signal_actions.SYSCALLS,
+    "signal_handlers": signal_handlers.SYSCALLS,
     "info": info.SYSCALLS,
     "poll": poll.SYSCALLS,
     "epoll": epoll.SYSCALLS,
