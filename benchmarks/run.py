@@ -370,7 +370,7 @@ def bench_hello(programs: dict[str, Path], sizes: Sizes, runners: dict[str, Runn
 
 def bench_snapshot(programs: dict[str, Path], sizes: Sizes, scratch: Path,
                    results: Results) -> None:
-    """Fork, reset and snapshot files through minikvm/snapshot/snapshot.py (in
+    """Fork, reset and snapshot files through minikvm/snapshot/ (in
     ``snapshot_bench.py``, a process of its own), when that module exists.
 
     For each mechanism and each of RESET_PAGE_COUNTS: ``reset_cow_us_P`` /

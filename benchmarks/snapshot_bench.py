@@ -1,4 +1,4 @@
-"""Fork, reset and snapshot files through :mod:`minikvm.snapshot.snapshot`, timed
+"""Fork, reset and snapshot files through :mod:`minikvm.snapshot.fork`, timed
 (run by run.py).
 
 ::
@@ -48,7 +48,8 @@ from typing import Callable, TypeVar
 
 from minikvm.process.process import Process
 from minikvm.snapshot.file import load, save
-from minikvm.snapshot.snapshot import MECHANISMS, Fork, Snapshot, snapshot_at_ready_point
+from minikvm.snapshot.fork import MECHANISMS, Fork
+from minikvm.snapshot.snapshot import Snapshot, snapshot_at_ready_point
 
 TIMEOUT_SECONDS = 30.0
 T = TypeVar("T")

@@ -9,7 +9,8 @@ import pytest
 from minikvm.cpu.guestcode import MINIKVM_SYS_CALL_RETURN, assemble, call_return
 from minikvm.errors import SnapshotError
 from minikvm.process.process import Process
-from minikvm.snapshot.snapshot import GuestCallError, Snapshot, snapshot_at_ready_point
+from minikvm.snapshot.fork import GuestCallError
+from minikvm.snapshot.snapshot import Snapshot, snapshot_at_ready_point
 from tests.guests import guest, hostile_guest
 
 TIMEOUT = 10.0

@@ -112,7 +112,7 @@ def test_serve_reset_choices_are_the_snapshot_mechanisms() -> None:
     """The parser spells them itself (to import no snapshot code for ``run``):
     they must stay the same as the snapshot layer's."""
     from minikvm.cli.main import build_parser
-    from minikvm.snapshot.snapshot import MECHANISMS
+    from minikvm.snapshot.fork import MECHANISMS
     serve = build_parser()._subparsers._group_actions[0].choices["serve"]
     reset = next(action for action in serve._actions if action.dest == "reset")
     assert tuple(reset.choices) == MECHANISMS

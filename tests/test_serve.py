@@ -20,7 +20,7 @@ import pytest
 
 from minikvm.cli.serve import STATUS_OK, outcome_of, parse_listen, parse_response
 from minikvm.machine.stops import StopKind
-from minikvm.snapshot.snapshot import Reply
+from minikvm.snapshot.channel import Reply
 from tests.guests import guest, hostile_guest
 
 ROOT = Path(__file__).resolve().parent.parent

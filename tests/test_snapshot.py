@@ -1,4 +1,4 @@
-"""Snapshots, forks and resets (minikvm/snapshot/snapshot.py) on real guests.
+"""Snapshots, forks and resets (minikvm/snapshot/snapshot.py, fork.py) on real guests.
 
 The guest is tests/guests/handler.c: every request increments a global
 counter and appends to a heap buffer, so a fork that really starts from the
@@ -21,9 +21,10 @@ from minikvm.process.process import Process
 from minikvm.sandbox.policy import Policy
 from minikvm.snapshot import process_state
 from minikvm.snapshot.file import FORMAT_VERSION, load, read_header, save
+from minikvm.snapshot.fork import MECHANISMS
 from minikvm.snapshot.frozen import bitmap_runs, page_runs
 from minikvm.snapshot.process_state import NOT_CAPTURED, NOT_RESTORED, state_differences
-from minikvm.snapshot.snapshot import MECHANISMS, Snapshot, snapshot_at_ready_point
+from minikvm.snapshot.snapshot import Snapshot, snapshot_at_ready_point
 from tests.guests import guest, hostile_guest
 
 pytestmark = pytest.mark.kvm

@@ -86,7 +86,7 @@ def add_snapshot_commands(commands: argparse._SubParsersAction) -> None:
                        help="worker processes, each with its own VM (default 1)")
     serve.add_argument("--request-timeout", type=seconds, default=30.0, metavar="SECONDS",
                        help="answer 504 when a request runs longer (default 30)")
-    # The values of snapshot.snapshot.ResetMechanism, spelled here so that
+    # The values of snapshot.fork.ResetMechanism, spelled here so that
     # building the parser does not import the snapshot layer (run needs none of it).
     serve.add_argument("--reset", choices=("cow", "copy"), default="cow",
                        help="how memory is reset between requests: drop the copy-on-write "

@@ -10,7 +10,7 @@ The program is started once, in the parent, and runs its start-up until
 its first ``minikvm_wait_request`` (``include/minikvm.h``); there it is
 snapshotted.  The parent then forks *N* worker processes that share the
 listening socket (the kernel hands each connection to one of them).  Each
-worker starts a :class:`~minikvm.snapshot.snapshot.Fork` of the snapshot — its own
+worker starts a :class:`~minikvm.snapshot.fork.Fork` of the snapshot — its own
 VM — and for every HTTP request:
 
 1. serialises it into the program's buffer — the request line, the headers
@@ -65,7 +65,8 @@ from minikvm.cli.options import EXIT_USAGE
 from minikvm.errors import MinikvmError
 from minikvm.linux_abi import PR_SET_PDEATHSIG
 from minikvm.machine.stops import StopKind
-from minikvm.snapshot.snapshot import Reply, Snapshot
+from minikvm.snapshot.channel import Reply
+from minikvm.snapshot.snapshot import Snapshot
 
 DEFAULT_REQUEST_TIMEOUT = 30.0
 #: How long a client may take to send its request before the worker gives up.

@@ -25,7 +25,7 @@ import sys
 from typing import Any
 
 from minikvm.machine.stops import EXIT_TIMEOUT, StopKind, signal_status
-from minikvm.snapshot.snapshot import Reply
+from minikvm.snapshot.channel import Reply
 
 
 def exit_status(reply: Reply) -> int:

@@ -21,7 +21,7 @@ apart by the CPL at the exit.
 
 The call-return stub, in the same user-executable page at offset
 :data:`CALL_RETURN_OFFSET` (``0x4010``).  When the host calls a function of
-the guest (:meth:`minikvm.snapshot.snapshot.Fork.call`) it pushes this address as the
+the guest (:meth:`minikvm.snapshot.fork.Fork.call`) it pushes this address as the
 return address; the function's ``ret`` lands here and the stub hands RAX to
 the host through a minikvm-specific system call::
 

@@ -97,7 +97,7 @@ class Process:
         self.pipes_made = 0
         self.random: Callable[[int], bytes] = os.urandom
         #: Where ``minikvm_wait_request``/``minikvm_respond`` go: None under a
-        #: plain run; a snapshot's fork (:mod:`minikvm.snapshot.snapshot`) sets it.
+        #: plain run; a snapshot's fork (:mod:`minikvm.snapshot.fork`) sets it.
         self.requests: Any = None
         machine.symbolize = image.symbols.symbolize
 

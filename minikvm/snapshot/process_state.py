@@ -59,7 +59,7 @@ NOT_CAPTURED: dict[str, str] = {
 }
 
 _HANDLE = ("a handle of the fork's own VM: what it holds (memory pages, registers) "
-           "is put back by the reset and checked by the tests of minikvm.snapshot.snapshot")
+           "is put back by the reset and checked by the tests of minikvm.snapshot.fork")
 _RUN_BOOKKEEPING = "the run loop's own bookkeeping, set afresh by every Machine.run"
 _MEMORY_VIEW = "a view of the fork's own guest memory (its pages: see machine.memory)"
 #: What :func:`state_differences` does not compare, by path from the

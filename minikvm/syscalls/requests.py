@@ -25,7 +25,7 @@ the *request channel* of the process:
   and writing the response to stdout — which is also what they do on Linux,
   where the numbers give ``ENOSYS`` — so the same program runs natively,
   under ``minikvm run`` (one request from stdin) and under ``minikvm serve``.
-* a channel (:class:`minikvm.snapshot.snapshot.RequestChannel`): the first
+* a channel (:class:`minikvm.snapshot.channel.RequestChannel`): the first
   ``minikvm_wait_request`` is the *ready point* where the host takes a
   snapshot; afterwards each call hands over one request, and the response
   is what the program passed to ``minikvm_respond`` before its next wait.

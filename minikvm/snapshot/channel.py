@@ -1,0 +1,117 @@
+"""Layer 7 — the request channel: where a snapshotted program stops, and how a request ended.
+
+A snapshotted program and its host talk through minikvm's request API
+(``include/minikvm.h``, the system calls of :mod:`minikvm.syscalls.requests`):
+``minikvm_wait_request`` waits for the next request, ``minikvm_respond``
+adds to the response.  A :class:`RequestChannel` is the host's end of it: a
+wait leaves the run loop (:class:`~minikvm.machine.stops.WaitingForRequest`),
+and so does the return of a function the host called
+(:class:`~minikvm.machine.stops.CallReturned`); the response is collected
+here, bounded in sum by :data:`~minikvm.syscalls.requests.MAX_RESPONSE`.
+:func:`run_until_stop` runs a process to one of those points and says
+which, and a :class:`Reply` is what a request or a call came to.  The
+snapshot (run to the ready point, :mod:`minikvm.snapshot.snapshot`) and
+every fork (a request, a call, :mod:`minikvm.snapshot.fork`) use them, so
+they sit in a module of their own below both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from minikvm.machine.stops import (CallReturned, ProcessExit, ProcessKilled, Stop, StopKind,
+                                   WaitingForRequest)
+from minikvm.process.process import Process
+from minikvm.syscalls.dispatch import Dispatcher
+from minikvm.syscalls.requests import MAX_RESPONSE
+
+
+#: Why a reply whose response grew past MAX_RESPONSE is a failure (502).
+RESPONSE_TOO_LARGE = (f"the response grew past {MAX_RESPONSE >> 20} MiB (the sum of its "
+                      f"minikvm_respond calls): refused, as one over the limit would be")
+
+
+class RequestChannel:
+    """The request channel of a snapshotted process (see
+    :mod:`minikvm.syscalls.requests`): waits leave the run loop, responses
+    are collected here."""
+
+    def __init__(self) -> None:
+        self.response: list[bytes] = []
+        #: The bytes of :attr:`response` so far, checked against MAX_RESPONSE
+        #: before each ``minikvm_respond`` reads guest memory.
+        self.response_size = 0
+        #: Set when a respond would have passed MAX_RESPONSE: the reply is a
+        #: failure (serve answers 502), whatever the program does next.
+        self.response_too_large = False
+        self.calling = False
+
+    def wait(self, proc: Process, buffer: int, size: int) -> int:
+        raise WaitingForRequest(buffer, size)
+
+    def respond(self, proc: Process, data: bytes) -> None:
+        self.response.append(data)
+        self.response_size += len(data)
+
+    def clear_response(self) -> None:
+        """Start the next request's response."""
+        self.response = []
+        self.response_size = 0
+        self.response_too_large = False
+
+    def take_response(self) -> bytes | None:
+        """The response so far, or None when it grew past MAX_RESPONSE."""
+        return None if self.response_too_large else b"".join(self.response)
+
+    def call_returned(self, proc: Process, value: int) -> int:
+        raise CallReturned(value)
+
+
+@dataclass
+class Reply:
+    """How one request (or call) ended.
+
+    ``status`` is a :class:`~minikvm.machine.stops.StopKind`: WAIT (the
+    program answered and waits for the next request: :attr:`ok`), EXIT (it
+    exited; ``exit_status``), CRASH (a CPU exception or a fatal signal),
+    TIMEOUT or FAILURE (KVM could
+    not run it).  ``response`` is what the program passed to
+    ``minikvm_respond``, ``message`` the one-line report when not ok.
+    """
+    status: StopKind
+    response: bytes = b""
+    message: str = ""
+    exit_status: int | None = None
+    value: int | None = None       # a call's return value
+
+    @property
+    def ok(self) -> bool:
+        return self.status == StopKind.WAIT
+
+
+def run_until_stop(process: Process, dispatcher: Dispatcher,
+                   timeout: float | None) -> tuple[StopKind, Any]:
+    """Run *process* until it waits for a request, a host call returns, it
+    exits, crashes or times out.  Returns ``(kind, detail)``, a
+    :class:`~minikvm.machine.stops.StopKind` and: for WAIT ``(buffer, size)``,
+    for RETURN the value, for EXIT the status, for CRASH, TIMEOUT and
+    FAILURE the one-line message.
+
+    Unlike :meth:`Process.run` this keeps the process usable afterwards
+    (its files stay open): the caller snapshots or resets it."""
+    try:
+        stop: Stop = process.machine.run(dispatcher, timeout)
+    except WaitingForRequest as waiting:
+        # Not the exception itself: its traceback holds the run loop's
+        # frames, which hold views of kvm_run and would keep it mapped.
+        return StopKind.WAIT, (waiting.buffer, waiting.size)
+    except CallReturned as returned:
+        return StopKind.RETURN, returned.value
+    except ProcessExit as done:
+        return StopKind.EXIT, done.status & 0xFF
+    except ProcessKilled as killed:
+        return StopKind.CRASH, f"{killed.signal.name}: {killed.reason}"
+    if stop.kind == StopKind.TIMEOUT:
+        return StopKind.TIMEOUT, f"timed out: {stop.message}"
+    return stop.kind, stop.message
