@@ -153,26 +153,19 @@ def sandbox_tree(tmp_path: Path) -> Iterator[dict[str, Path]]:
     assert not Path("/tmp/minikvm-escaped").exists(), "the guest ran /bin/sh"
 
 
-def expect(results: dict[str, int], expected: dict[str, int | set[int]],
-           not_yet: set[str] = frozenset()) -> list[str]:
+def expect(results: dict[str, int], expected: dict[str, int | set[int]]) -> None:
     """Compare a program's results with what the sandbox must answer.
 
-    Returns the attempts that got ENOSYS because minikvm does not implement
-    that system call yet (they are contained — nothing happened — but the
-    errno contract is not tested for them); every other mismatch fails.
+    Every attempt must have printed its line and got one of its expected
+    errnos (0 for success); ENOSYS is a failure like any other.
     """
-    pending = []
     for name, wanted in expected.items():
         assert name in results, f"{name}: no result line (did the guest die early?)"
         allowed = wanted if isinstance(wanted, set) else {wanted}
         got = results[name]
-        if got not in allowed and got == errno.ENOSYS and name in not_yet:
-            pending.append(name)
-            continue
         shown = {errno.errorcode.get(e, e) if e else "success" for e in allowed}
         assert got in allowed, (f"{name}: got {errno.errorcode.get(got, got) if got else 'success'}"
                                 f", expected {' or '.join(sorted(map(str, shown)))}")
-    return pending
 
 
 # --- the file system -----------------------------------------------------------
@@ -196,10 +189,6 @@ FILE_ESCAPES: dict[str, int | set[int]] = {
     "unlink-outside": EACCES, "mkdir-outside": EACCES, "truncate-outside": EACCES,
     "chmod-outside": EACCES, "chdir-outside": EACCES,
 }
-#: Calls the guest reaches through system calls minikvm may not implement
-#: yet; ENOSYS for them is contained but reported as an expected failure.
-NOT_YET = {"symlink-make", "link-out", "link-in", "rename-out", "rename-in",
-           "unlink-outside", "mkdir-outside", "truncate-outside", "chmod-outside"}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -210,16 +199,11 @@ def test_file_escapes_are_denied(variant, sandbox_tree):
     assert_clean(run)
     assert run.status == 0, run.stderr
     results = run.results()
-    expected = dict(FILE_ESCAPES)
-    if results.get("symlink-make") == errno.ENOSYS:     # no link was made to follow
-        expected["symlink-follow"] = {EACCES, ENOENT}
-    pending = expect(results, expected, NOT_YET)
+    expect(results, FILE_ESCAPES)
     # the grant did work for what it allows, and nothing it refused was made
     assert (grant / "inside").read_text() == "inside\n"
     assert (grant / "created").read_text() == "X"
     assert not (grant / "stolen").exists() and not (grant / "moved-in").exists()
-    if pending:
-        pytest.xfail(f"contained, but not implemented yet (ENOSYS): {', '.join(pending)}")
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -232,7 +216,7 @@ def test_a_read_only_grant_cannot_be_written(variant, sandbox_tree):
     results = run.results()
     assert results["inside-read"] == 0
     assert results["inside-create"] == EACCES
-    assert results["symlink-make"] in (EACCES, errno.ENOSYS)
+    assert results["symlink-make"] == EACCES
     assert snapshot(grant) == before
 
 

@@ -387,15 +387,23 @@ def test_parse_endpoint_rejects(text):
         Policy.parse_endpoint(text)
 
 
-def test_check_connect():
-    with Policy(connect=["127.0.0.1:8080", "[::1]:80", "unix:/run/app.sock",
-                         "unix:@bus"]) as p:
-        p.check_connect(socket.AF_INET, ("127.0.0.1", 8080))
+def test_check_connect(tmp_path):
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp_path / "app.sock"))
+    with server, Policy(connect=["127.0.0.1:8080", "[::1]:80", f"unix:{tmp_path}/app.sock",
+                                 "unix:@bus", "unix:/run/missing.sock"]) as p:
+        assert p.check_connect(socket.AF_INET, ("127.0.0.1", 8080)) == ("127.0.0.1", 8080)
         p.check_connect(socket.AF_INET6, ("::1", 80, 0, 0))
         p.check_connect(socket.AF_INET6, ("::ffff:127.0.0.1", 8080, 0, 0))
-        p.check_connect(socket.AF_UNIX, "/run/app.sock")
-        p.check_connect(socket.AF_UNIX, b"app.sock", "/run")
-        p.check_connect(socket.AF_UNIX, b"\0bus")
+        # a unix path is reached through the socket pinned when the policy was built
+        pinned = p.check_connect(socket.AF_UNIX, f"{tmp_path}/app.sock")
+        assert pinned == p.check_connect(socket.AF_UNIX, b"app.sock", str(tmp_path))
+        assert pinned.startswith(b"/proc/self/fd/")
+        assert os.stat(pinned).st_ino == os.stat(tmp_path / "app.sock").st_ino
+        assert p.check_connect(socket.AF_UNIX, b"\0bus") == b"\0bus"
+        with pytest.raises(FileNotFoundError, match="when the sandbox started"):
+            p.check_connect(socket.AF_UNIX, "/run/missing.sock")
+        assert "unix:/run/missing.sock (No such file" in p.describe()
         assert_denied(lambda: p.check_connect(socket.AF_INET, ("127.0.0.1", 8081)))
         assert_denied(lambda: p.check_connect(socket.AF_INET, ("127.0.0.2", 8080)))
         assert_denied(lambda: p.check_connect(socket.AF_INET6, ("::2", 80, 0, 0)))
@@ -523,10 +531,10 @@ def test_openat2_constants_match_linux_openat2_h(tmp_path):
 
 
 def test_sandbox_modules_import_only_layer_0_and_each_other():
-    allowed = {"minikvm.errors", "minikvm.linux_abi", "minikvm.sandbox.openat2", "minikvm.sandbox.policy",
-               "minikvm.sandbox.landlock", "minikvm.sandbox.seccomp"}
+    names = ("openat2", "grants", "endpoints", "audit", "policy", "landlock", "seccomp")
+    allowed = {"minikvm.errors", "minikvm.linux_abi"} | {f"minikvm.sandbox.{n}" for n in names}
     package = pathlib.Path(P.__file__).parent
-    for name in ("openat2", "policy", "landlock", "seccomp"):
+    for name in names:
         tree = ast.parse((package / f"{name}.py").read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("minikvm"):
@@ -537,3 +545,63 @@ def test_sandbox_modules_import_only_layer_0_and_each_other():
             else:
                 continue
             assert targets <= allowed, f"{name}.py imports {targets - allowed}"
+
+
+# --- nested grants: rights follow the object (issue 10, class 1) -------------------
+
+
+@pytest.fixture
+def nested(tmp_path):
+    """``w`` writable holding ``w/a/ro`` read-only, and ``r`` read-only holding ``r/w``."""
+    (tmp_path / "w" / "a" / "ro").mkdir(parents=True)
+    (tmp_path / "w" / "a" / "ro" / "secret").write_text("secret")
+    (tmp_path / "r" / "w").mkdir(parents=True)
+    (tmp_path / "r" / "secret").write_text("secret")
+    os.symlink("a/ro", tmp_path / "w" / "l")
+    os.symlink("..", tmp_path / "r" / "w" / "up")
+    os.symlink("w", tmp_path / "r" / "to-w")
+    with Policy(write=[tmp_path / "w", tmp_path / "r" / "w"],
+                read=[tmp_path / "w" / "a" / "ro", tmp_path / "r"]) as policy:
+        yield tmp_path, policy
+
+
+def test_writes_follow_where_the_kernel_lands(nested):
+    root, p = nested
+    w, r = f"{root}/w", f"{root}/r"
+    for path, flags in [(f"{w}/l/secret", os.O_WRONLY), (f"{w}/l/new", os.O_WRONLY | os.O_CREAT),
+                        (f"{r}/w/up/secret", os.O_WRONLY), (f"{r}/w/up/new", os.O_CREAT | os.O_WRONLY),
+                        (f"{w}/a/ro/secret", os.O_RDWR)]:
+        assert_denied(lambda: p.open(path, flags, 0o644, "/"))
+    assert not os.path.exists(f"{w}/a/ro/new") and not os.path.exists(f"{r}/new")
+    # the same objects can be read, and writable places can be written by any spelling
+    os.close(p.open(f"{w}/l/secret", os.O_RDONLY, 0, "/"))
+    os.close(p.open(f"{r}/w/up/secret", os.O_RDONLY, 0, "/"))
+    os.close(p.open(f"{r}/to-w/made", os.O_WRONLY | os.O_CREAT, 0o644, "/"))
+    assert os.path.exists(f"{r}/w/made")
+    assert (root / "w" / "a" / "ro" / "secret").read_text() == "secret"
+
+
+def test_entries_and_metadata_follow_where_the_kernel_lands(nested):
+    root, p = nested
+    w = f"{root}/w"
+    assert_denied(lambda: p.resolve_parent(f"{w}/l/secret", "/", write=True))
+    assert_denied(lambda: p.open_to_change(f"{w}/l/secret", "/", True))
+    fd = p.open(f"{w}/l/secret", os.O_RDONLY, 0, "/")
+    try:
+        assert_denied(lambda: p.check_may_change(fd, f"{w}/l/secret"))
+    finally:
+        os.close(fd)
+    assert_denied(lambda: p.access(f"{w}/l/secret", os.W_OK, "/"))
+    p.access(f"{w}/l/secret", os.R_OK, "/")
+    # the directories on the way down to a nested grant cannot move
+    assert_denied(lambda: p.resolve_parent(f"{w}/a", "/", write=True))
+    with p.resolve_parent(f"{w}/l", "/", write=True):     # the symlink itself may
+        pass
+
+
+def test_a_directory_opened_read_only_is_not_a_write(tmp_path):
+    """O_TMPFILE contains O_DIRECTORY's bit: a mask test took every directory
+    open for a write (issue 11's first bug)."""
+    with Policy(read=[tmp_path]) as p:
+        os.close(p.open(str(tmp_path), os.O_RDONLY | os.O_DIRECTORY, 0o755, "/"))
+        assert_denied(lambda: p.open(str(tmp_path), os.O_TMPFILE | os.O_RDWR, 0o600, "/"))

@@ -71,9 +71,22 @@ VALID_OPEN_FLAGS = (O_ACCMODE | O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC | O_APPEND
 #: With ``O_PATH`` the kernel ignores every flag but these (openat2 rejects them).
 O_PATH_FLAGS = O_DIRECTORY | O_NOFOLLOW | O_PATH | O_CLOEXEC
 
-#: Flags that can change a file, and so need a write grant.  (An access mode
-#: of 3, "ioctl only", counts as writing: the conservative reading.)
-WRITE_OPEN_FLAGS = O_CREAT | O_TRUNC | O_APPEND | O_TMPFILE
+#: Flags that can change a file, and so need a write grant.  ``O_TMPFILE`` is
+#: not among them: its value contains ``O_DIRECTORY``, so a mask test would
+#: take every ``O_DIRECTORY`` open for a write; :func:`open_writes` tests it
+#: whole.
+WRITE_OPEN_FLAGS = O_CREAT | O_TRUNC | O_APPEND
+
+
+def open_writes(flags: int) -> bool:
+    """True if open(2) *flags* can change the file system (need a write grant).
+
+    An access mode of 3, "ioctl only", counts as writing: the conservative
+    reading.  ``O_TMPFILE`` (which needs a writable access mode anyway)
+    counts only when all its bits are set.
+    """
+    return (bool(flags & O_ACCMODE) or bool(flags & WRITE_OPEN_FLAGS)
+            or flags & O_TMPFILE == O_TMPFILE)
 
 
 #: How often a lookup that lost a race with a rename (EAGAIN) is retried.

@@ -42,6 +42,19 @@ that fd and is checked step by step inside the kernel, a concurrent rename
 cannot smuggle the walk outside: the kernel retries or fails with ``EAGAIN``
 (retried here a few times, then refused).
 
+Rights follow the object, not the spelling
+------------------------------------------
+The spelling picks a grant, but with grants nested inside one another
+(``/w`` writable, ``/w/ro`` read-only) it cannot decide the rights:
+``/w/l/secret`` with ``/w/l -> ro`` is the read-only ``/w/ro/secret``.  So a
+path is resolved beneath its *root* grant (the outermost that holds the one
+picked), and any write is allowed only if the object the kernel found — or
+the directory a new entry goes into — is in a write grant by the kernel's own
+name of it; the grant directories nested in another, and the directories on
+the way down to them, cannot be renamed or removed.  The mechanism is in
+:mod:`minikvm.sandbox.grants`; a root with no nested grant of other rights
+(the usual case) costs nothing extra.
+
 One deviation from Linux, on purpose: ``..`` is taken *lexically* (like Go's
 ``path.Clean``).  If ``a`` is a symlink, ``a/..`` is the directory holding
 ``a``, not the parent of ``a``'s target.  It can never widen access — the
@@ -67,7 +80,9 @@ itself.
 This module is the guest-facing half of the sandbox.  The host-facing half —
 restricting the minikvm process itself in case the guest ever takes it over —
 is :mod:`minikvm.sandbox.landlock` (file system and TCP) and :mod:`minikvm.sandbox.seccomp`
-(system calls).  It imports nothing above layer 0.
+(system calls).  Grants and endpoints, the two things a policy is made of,
+have their own modules (:mod:`minikvm.sandbox.grants`,
+:mod:`minikvm.sandbox.endpoints`).  It imports nothing above layer 0.
 """
 
 from __future__ import annotations
@@ -78,16 +93,21 @@ import os
 import posixpath
 import socket
 import stat as stat_module
-from dataclasses import dataclass
-from typing import Iterable, NamedTuple, Optional, Union
+from typing import Callable, Iterable, NamedTuple, Optional, TypeVar, Union
 
 from minikvm.errors import MinikvmError, SyscallError
-from minikvm.linux_abi import (AT_EACCESS, AT_EMPTY_PATH, MODE_BITS, O_ACCMODE, O_CLOEXEC, O_CREAT,
+from minikvm.linux_abi import (AT_EACCESS, AT_EMPTY_PATH, MODE_BITS, O_CLOEXEC, O_CREAT,
                                O_DIRECTORY, O_NOCTTY, O_NOFOLLOW, O_PATH, O_TMPFILE)
-from minikvm.sandbox.openat2 import (OPENAT2_RETRIES, O_PATH_FLAGS, VALID_OPEN_FLAGS,
-                                     WRITE_OPEN_FLAGS, faccessat2, open_how, openat2)
+from minikvm.sandbox.audit import MAX_RECORDED_DENIALS, Denial, DenialLog
+from minikvm.sandbox.endpoints import (Endpoint, EndpointError, PinnedSocket, ip_endpoint,
+                                       parse_endpoint)
+from minikvm.sandbox.grants import (Grant, GrantError, GrantTree, PathArg, Refusal,
+                                    absolute_path as _absolute, identity, normalise_grant,
+                                    open_grant)
+from minikvm.sandbox.openat2 import (O_PATH_FLAGS, VALID_OPEN_FLAGS, faccessat2, open_how,
+                                     open_writes, openat2)
 
-PathArg = Union[str, bytes, "os.PathLike[str]"]
+T = TypeVar("T")
 
 # --- the policy's vocabulary --------------------------------------------------
 
@@ -131,10 +151,6 @@ REFUSED_SYSCALLS = {
 #: Open files a guest may hold at once, unless the policy says otherwise.
 DEFAULT_MAX_FDS = 1024
 
-#: How many denials are kept for the audit log; the rest are only counted,
-#: so a hostile guest looping on a denied call cannot exhaust host memory.
-MAX_RECORDED_DENIALS = 1000
-
 
 class PolicyError(MinikvmError):
     """The policy itself is wrong (a missing grant directory, a bad endpoint)."""
@@ -161,63 +177,6 @@ class PolicyDenied(SyscallError):
         name = errno.errorcode.get(self.errno, str(self.errno))
         where = f"{self.path}: " if self.path else ""
         return f"{name}: {where}{self.detail}"
-
-
-@dataclass(frozen=True)
-class Denial:
-    """One refused request, as kept in :attr:`Policy.denials`."""
-
-    syscall: str
-    path: str
-    errno: int
-    reason: str
-
-    def __str__(self) -> str:
-        name = errno.errorcode.get(self.errno, str(self.errno))
-        return f"{self.syscall}({self.path}) = -{name} ({self.reason})"
-
-
-@dataclass(frozen=True)
-class Grant:
-    """A directory the guest may use, and the fd it is held open by."""
-
-    path: str        # absolute and lexically normal: the prefix guest paths match
-    writable: bool
-    dirfd: int       # O_PATH|O_DIRECTORY|O_CLOEXEC, opened once
-
-    def contains(self, path: str) -> bool:
-        """True if normalised absolute *path* is this directory or beneath it."""
-        if self.path == "/":
-            return True
-        return path == self.path or path.startswith(self.path + "/")
-
-    def relative(self, path: str) -> str:
-        """*path* (which :meth:`contains` accepted) relative to the grant."""
-        rest = path[len(self.path):].lstrip("/")
-        return rest or "."
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """An address the guest may connect to: numeric IP and port, or a unix path.
-
-    ``host`` is an :mod:`ipaddress` object for IP endpoints (an IPv4-mapped
-    IPv6 address is stored as the IPv4 address, so ``[::ffff:127.0.0.1]:80``
-    and ``127.0.0.1:80`` are the same endpoint); ``path`` is set for unix
-    sockets, an abstract socket starting with ``"@"``.
-    """
-
-    family: int
-    host: Optional[Union[ipaddress.IPv4Address, ipaddress.IPv6Address]] = None
-    port: int = 0
-    path: str = ""
-
-    def __str__(self) -> str:
-        if self.family == socket.AF_UNIX:
-            return f"unix:{self.path}"
-        if self.family == socket.AF_INET6:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
 
 
 class Parent(NamedTuple):
@@ -278,42 +237,62 @@ class Policy:
                               f"e.g. connect=[{str(connect)!r}]")
         self.endpoints = tuple(e if isinstance(e, Endpoint) else self.parse_endpoint(e)
                                for e in connect)
-        self.denials: list[Denial] = []
-        self.denials_dropped = 0
-
-        writable = {_normalise_grant(p) for p in _path_list(write, "write")}
-        readable = {_normalise_grant(p) for p in _path_list(read, "read")} - writable
-        self.grants: tuple[Grant, ...] = ()
-        opened: list[Grant] = []
+        self.denials = DenialLog()
+        self.tree = GrantTree(())
+        self.pinned: dict[str, PinnedSocket] = {}
         try:
-            for path in sorted(writable | readable):
-                opened.append(Grant(path, path in writable, _open_grant(path)))
-        except BaseException:
-            for grant in opened:
-                os.close(grant.dirfd)
-            raise
-        # Longest first, so the first grant that contains a path is the
-        # longest prefix: the most specific grant decides.
-        self.grants = tuple(sorted(opened, key=lambda g: len(g.path), reverse=True))
-        if self.grants:
+            writable = {normalise_grant(p) for p in _path_list(write, "write")}
+            readable = {normalise_grant(p) for p in _path_list(read, "read")} - writable
+            opened: list[Grant] = []
             try:
-                _check_openat2(self.grants[0])
+                for path in sorted(writable | readable):
+                    opened.append(Grant(path, path in writable, open_grant(path)))
             except BaseException:
-                self.close()
+                for grant in opened:
+                    os.close(grant.dirfd)
                 raise
+            # Longest first, so the first grant that contains a path is the
+            # longest prefix: the grant the guest's spelling names.
+            self.grants = tuple(sorted(opened, key=lambda g: len(g.path), reverse=True))
+            if self.grants:
+                _check_openat2(self.grants[0])
+        except GrantError as error:
+            self.close()
+            raise PolicyError(str(error)) from None
+        except BaseException:
+            self.close()
+            raise
+        # Unix socket paths are pinned now, before the guest can touch them.
+        for endpoint in self.endpoints:
+            if endpoint.is_unix_path and endpoint.path not in self.pinned:
+                self.pinned[endpoint.path] = PinnedSocket(endpoint.path)
 
     @classmethod
     def here(cls, **limits: object) -> "Policy":
         """Read-write access to the current directory and everything below it."""
         return cls(write=[os.getcwd()], **limits)  # type: ignore[arg-type]
 
+    @property
+    def grants(self) -> tuple[Grant, ...]:
+        """The grants, longest path first (the first that contains a path is
+        the one its spelling names)."""
+        return self.tree.grants
+
+    @grants.setter
+    def grants(self, grants: tuple[Grant, ...]) -> None:
+        # Which grant holds which is worked out once, here, for every lookup.
+        self.tree = GrantTree(grants)
+
     # --- lifetime --------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the grant directory fds; the policy denies everything after."""
+        """Close the grant directory and pinned socket fds; the policy denies
+        everything after."""
         for grant in self.grants:
             os.close(grant.dirfd)
         self.grants = ()
+        for pinned in self.pinned.values():
+            pinned.close()
 
     def __enter__(self) -> "Policy":
         return self
@@ -335,11 +314,14 @@ class Policy:
         keeps the guest's own ``O_CLOEXEC`` in its fd table.
 
         Writing (``O_WRONLY``, ``O_RDWR``, ``O_CREAT``, ``O_TRUNC``,
-        ``O_APPEND``, ``O_TMPFILE``) needs a write grant.  ``O_PATH`` is
-        allowed in any grant: such an fd cannot read or write, only name the
-        file for ``fstat`` or as a directory for a later ``*at`` call — which
-        the syscall layer brings back here with that directory's guest path
-        as *cwd*.
+        ``O_APPEND``, ``O_TMPFILE``; see :func:`~minikvm.sandbox.openat2.open_writes`)
+        needs the file to *be* in a write grant — where the kernel finds it,
+        not where the guest's spelling points (:meth:`GrantTree.open_for_writing
+        <minikvm.sandbox.grants.GrantTree.open_for_writing>`).
+        ``O_PATH`` is allowed in any grant: such an fd cannot read or write,
+        only name the file for ``fstat`` or as a directory for a later ``*at``
+        call — which the syscall layer brings back here with that directory's
+        guest path as *cwd*.
 
         The caller must ask :meth:`is_virtual_device` first: this method only
         knows grants.  Opening a FIFO blocks the host as it would a process;
@@ -351,18 +333,26 @@ class Policy:
             flags &= O_PATH_FLAGS
             writes = False
         else:
-            writes = bool(flags & O_ACCMODE) or bool(flags & WRITE_OPEN_FLAGS)
+            writes = open_writes(flags)
             flags |= O_NOCTTY
         flags |= O_CLOEXEC
-        mode = mode & MODE_BITS if flags & (O_CREAT | O_TMPFILE) else 0
+        creates = bool(flags & O_CREAT) or flags & O_TMPFILE == O_TMPFILE
+        mode = mode & MODE_BITS if creates else 0
         grant = self._grant_for(absolute, syscall)
-        if writes and not grant.writable:
-            raise self._deny(syscall, absolute,
-                             f"opening for writing in read-only grant {grant.path}")
-        relative = grant.relative(absolute)
+        root, relative = self.tree.beneath_root(grant, absolute)
         if trailing_slash and relative != ".":
             relative += "/"     # "file/" is ENOTDIR, "dir/" with O_CREAT is EISDIR
-        return self._openat2(grant, relative, flags, mode, absolute, syscall)
+        if not writes:
+            return self._lookup(syscall, absolute, self.tree.openat2, root, relative,
+                                flags, mode, absolute)
+        if self.tree.uniform(root):
+            if not root.writable:
+                raise self._deny(syscall, absolute,
+                                 f"opening for writing in read-only grant {grant.path}")
+            return self._lookup(syscall, absolute, self.tree.openat2, root, relative,
+                                flags, mode, absolute)
+        return self._lookup(syscall, absolute, self.tree.open_for_writing, root, relative,
+                            flags, mode, absolute)
 
     def resolve_parent(self, path: PathArg, cwd: str, write: bool, *,
                        syscall: str = "resolve_parent") -> Parent:
@@ -383,14 +373,18 @@ class Policy:
         follow, ``utimensat`` without ``AT_SYMLINK_NOFOLLOW``, ``chmod``):
         those would follow a link out of the grant.  For them, open the file
         with :meth:`open` and ``O_PATH`` and use the ``f*`` call on that fd
-        (as :meth:`stat` and :meth:`access` do).  A guest's trailing slash is
-        dropped for the same reason: ``"link/"`` would make the kernel follow.
+        (as :meth:`stat` and :meth:`access` do), or :meth:`open_to_change`.
+        A guest's trailing slash is dropped for the same reason: ``"link/"``
+        would make the kernel follow.
 
-        *write* asks for a write grant.  Both ends of a rename need it, and so
-        do both ends of a hard link: a link to a file *is* the file, so
-        linking a read-only file into a writable directory would make it
-        writable.  A grant directory itself cannot be the target (it would
-        leave its own grant), nor can anything whose parent is outside
+        *write* asks for the parent directory to *be* in a write grant, where
+        the kernel found it (``/w/l/x`` with ``/w/l -> ro`` is in ``/w/ro``).
+        Both ends of a rename need it, and so do both ends of a hard link: a
+        link to a file *is* the file, so linking a read-only file into a
+        writable directory would make it writable.  A grant directory itself
+        cannot be the entry (it would leave its own grant), nor a directory
+        on the way down to a nested grant (renaming ``/w/a`` would carry the
+        read-only ``/w/a/ro`` along), nor anything whose parent is outside
         every grant.
         """
         absolute, _ = _absolute(path, cwd)
@@ -400,13 +394,63 @@ class Policy:
                              "renamed or replaced")
         parent, name = posixpath.split(absolute)
         grant = self._grant_for(parent, syscall, shown=absolute)
-        if write and not grant.writable:
+        root, relative = self.tree.beneath_root(grant, parent)
+        if write and self.tree.uniform(root) and not root.writable:
             raise self._deny(syscall, absolute,
                              f"changing an entry in read-only grant {grant.path}")
         assert name not in ("", ".", "..") and "/" not in name, name
-        dirfd = self._openat2(grant, grant.relative(parent),
-                              O_PATH | O_DIRECTORY | O_CLOEXEC, 0, absolute, syscall)
+        dirfd = self._lookup(syscall, absolute, self.tree.openat2, root, relative,
+                             O_PATH | O_DIRECTORY | O_CLOEXEC, 0, absolute)
+        try:
+            if write and not self.tree.uniform(root):
+                self._lookup(syscall, absolute, self.tree.require_writable, dirfd, root)
+            if write and self.tree.protected:
+                self._lookup(syscall, absolute, self.tree.refuse_protected, dirfd, name)
+        except BaseException:
+            os.close(dirfd)
+            raise
         return Parent(dirfd, name)
+
+    def open_to_change(self, path: PathArg, cwd: str, follow: bool, *,
+                       syscall: str = "chmod") -> int:
+        """An ``O_PATH`` fd on a file whose metadata the guest may change.
+
+        For chmod, utimensat and chown by path: the file (a final symlink
+        followed when *follow*, beneath the grant) must be in a write grant
+        where the kernel found it, and must not be a grant directory.
+        Without *follow* the entry itself is changed, which
+        :meth:`resolve_parent` decides.  The caller closes the fd.
+        """
+        if not follow:
+            with self.resolve_parent(path, cwd, write=True, syscall=syscall):
+                pass
+            return self._open_path(path, cwd, False, syscall)
+        fd = self._open_path(path, cwd, True, syscall)
+        try:
+            absolute, _ = _absolute(path, cwd)
+            self.check_may_change(fd, absolute, syscall=syscall)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def check_may_change(self, host_fd: int, path: str, *, syscall: str = "fchmod") -> None:
+        """Raise unless the file host *host_fd* holds may be changed by the guest.
+
+        *path* is the guest path it was opened by (for the message, and to
+        find its root grant): the file must be in a write grant where it
+        really is, and must not be a grant directory itself.
+        """
+        grant = self._grant_for(path, syscall)
+        root, _ = self.tree.beneath_root(grant, path)
+        if self.tree.uniform(root):
+            if not root.writable:
+                raise self._deny(syscall, path, f"changing a file in read-only grant "
+                                 f"{grant.path}")
+        else:
+            self._lookup(syscall, path, self.tree.require_writable, host_fd, root)
+        if identity(host_fd) in self.tree.roots:
+            raise self._deny(syscall, path, "a grant directory itself cannot be changed")
 
     def stat(self, path: PathArg, cwd: str, follow: bool = True, *,
              syscall: str = "stat") -> os.stat_result:
@@ -423,9 +467,9 @@ class Policy:
         """
         absolute, _ = _absolute(path, cwd)
         if not any(grant.contains(absolute) for grant in self.grants):
-            levels_up = self._levels_above_grant(absolute)
-            if levels_up is not None:
-                return self._stat_above_grant(*levels_up)
+            above = self.tree.stat_above(absolute)
+            if above is not None:
+                return above
         fd = self._open_path(path, cwd, follow, syscall)
         try:
             return os.fstat(fd)
@@ -451,18 +495,23 @@ class Policy:
                effective_ids: bool = False, syscall: str = "access") -> None:
         """Check ``access(path, mode)`` the way the guest would see it.
 
-        ``W_OK`` in a read-only grant is answered ``EACCES``, as for a file
-        the guest may not write; otherwise the host kernel answers for the
-        file beneath the grant (``faccessat2`` with ``AT_EMPTY_PATH`` on an
-        ``O_PATH`` fd).  Returns None when access is allowed.
+        ``W_OK`` for a file in a read-only grant (where the kernel finds it)
+        is answered ``EACCES``, as for a file the guest may not write;
+        otherwise the host kernel answers for the file beneath the grant
+        (``faccessat2`` with ``AT_EMPTY_PATH`` on an ``O_PATH`` fd).  Returns
+        None when access is allowed.
         """
         if mode & ~(os.R_OK | os.W_OK | os.X_OK):
             raise OSError(errno.EINVAL, f"access mode {mode:#o} has unknown bits")
         absolute, _ = _absolute(path, cwd)
-        if mode & os.W_OK and not self._grant_for(absolute, syscall).writable:
-            raise self._deny(syscall, absolute, "write access in a read-only grant")
         fd = self._open_path(path, cwd, follow, syscall)
         try:
+            if mode & os.W_OK:
+                grant = self._grant_for(absolute, syscall)
+                root, _ = self.tree.beneath_root(grant, absolute)
+                holder = self.tree.holding(fd, root)
+                if holder is None or not holder.writable:
+                    raise self._deny(syscall, absolute, "write access in a read-only grant")
             faccessat2(fd, b"", mode,
                        AT_EMPTY_PATH | (AT_EACCESS if effective_ids else 0))
         finally:
@@ -477,51 +526,27 @@ class Policy:
 
     @staticmethod
     def parse_endpoint(text: str) -> Endpoint:
-        """Parse ``"127.0.0.1:8080"``, ``"[::1]:80"``, ``"unix:/path"`` or ``"unix:@abstract"``.
-
-        Hosts must be numeric: a name would be resolved once, here, while the
-        guest may later reach a different address under the same name.
-        """
-        if text.startswith("unix:"):
-            path = text[len("unix:"):]
-            if path.startswith("@") and len(path) > 1:
-                return Endpoint(socket.AF_UNIX, path=path)
-            if not path.startswith("/"):
-                raise PolicyError(f"endpoint {text!r}: a unix socket path must be "
-                                  "absolute (unix:/run/app.sock) or abstract (unix:@name)")
-            return Endpoint(socket.AF_UNIX, path=posixpath.normpath(path))
-        if text.startswith("["):
-            host, sep, port = text[1:].partition("]:")
-        else:
-            host, sep, port = text.rpartition(":")
-        if not sep or not host:
-            raise PolicyError(f"endpoint {text!r} is not HOST:PORT, [IPV6]:PORT or "
-                              "unix:PATH (e.g. 127.0.0.1:8080, [::1]:80, unix:/run/app.sock)")
+        """Parse an endpoint (see :func:`~minikvm.sandbox.endpoints.parse_endpoint`)."""
         try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            raise PolicyError(f"endpoint {text!r}: {host!r} is not a numeric IP "
-                              "address (host names are not accepted: resolve it "
-                              "yourself and give the address)") from None
-        if text.startswith("[") != (address.version == 6):
-            raise PolicyError(f"endpoint {text!r}: write IPv6 addresses in brackets "
-                              "([::1]:80) and IPv4 addresses without them")
-        if not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise PolicyError(f"endpoint {text!r}: port {port!r} is not a number "
-                              "from 1 to 65535")
-        return _ip_endpoint(address, int(port))
+            return parse_endpoint(text)
+        except EndpointError as error:
+            raise PolicyError(str(error)) from None
 
     def check_connect(self, family: int, address: object, cwd: str = "/", *,
-                      syscall: str = "connect") -> None:
-        """Allow a connect to *address*, or raise :class:`PolicyDenied`.
+                      syscall: str = "connect") -> object:
+        """Allow a connect to *address* and return what the host must connect
+        to, or raise :class:`PolicyDenied`.
 
         *address* is what Python's socket module would take: ``(host, port)``
         for ``AF_INET``, ``(host, port, flowinfo, scope_id)`` for ``AF_INET6``,
         and a path (str or bytes; a leading NUL for an abstract socket) for
         ``AF_UNIX``.  Matches are exact.  A relative unix path is taken
-        relative to the guest's *cwd*; the caller must then connect to the
-        absolute path, not to the relative one (the host's cwd is not the
-        guest's).  Other families are refused with ``EAFNOSUPPORT``.
+        relative to the guest's *cwd*.  The address returned is *address*
+        itself, except for a unix socket path: then it is the pinned socket
+        (:class:`~minikvm.sandbox.endpoints.PinnedSocket`), so the host
+        reaches the object that was allowed whatever the guest has since put
+        at its name (``ENOENT`` if it did not exist when the policy was
+        built).  Other families are refused with ``EAFNOSUPPORT``.
         """
         shown = repr(address)
         if family == socket.AF_UNIX:
@@ -536,7 +561,7 @@ class Policy:
         elif family in (socket.AF_INET, socket.AF_INET6):
             try:
                 host, port = address[0], int(address[1])  # type: ignore[index]
-                wanted = _ip_endpoint(ipaddress.ip_address(str(host).split("%")[0]), port)
+                wanted = ip_endpoint(ipaddress.ip_address(str(host).split("%")[0]), port)
             except (TypeError, ValueError, IndexError):
                 raise self._deny(syscall, shown, "not a numeric address and port",
                                  errno.EINVAL) from None
@@ -547,6 +572,9 @@ class Policy:
         if wanted not in self.endpoints:
             raise self._deny(syscall, shown, "endpoint not allowed (allow it with "
                              f"connect=[{shown!r}])")
+        if wanted.is_unix_path:
+            return self.pinned[wanted.path].address
+        return address
 
     def check_socket(self, family: int, *, syscall: str = "socket") -> None:
         """Allow creating a socket of *family*, or raise :class:`PolicyDenied`.
@@ -602,6 +630,11 @@ class Policy:
     # --- what the policy is, and what it refused --------------------------------------
 
     @property
+    def denials_dropped(self) -> int:
+        """Denials counted but not kept (past :data:`MAX_RECORDED_DENIALS`)."""
+        return self.denials.dropped
+
+    @property
     def read_paths(self) -> tuple[str, ...]:
         """The read-only grant directories (for :mod:`minikvm.sandbox.landlock`)."""
         return tuple(sorted(g.path for g in self.grants if not g.writable))
@@ -626,7 +659,9 @@ class Policy:
             lines.append("  no file system access")
         devices = " ".join(sorted(VIRTUAL_DEVICES))
         lines.append(f"  devices     {devices} (virtual)")
-        connect = ", ".join(str(e) for e in self.endpoints) or "none"
+        connect = ", ".join(str(e) + (f" ({self.pinned[e.path].problem})"
+                                      if e.is_unix_path and self.pinned[e.path].problem else "")
+                            for e in self.endpoints) or "none"
         lines.append(f"  connect     {connect}")
         size = "unlimited" if self.max_file_size is None else f"{self.max_file_size} bytes"
         lines.append(f"  limits      {self.max_fds} open files; file size {size}")
@@ -636,30 +671,22 @@ class Policy:
 
     def summary(self) -> str:
         """The denial log grouped and counted, for ``--audit`` at exit."""
-        if not self.denials:
-            return "sandbox: nothing was denied"
-        counts: dict[Denial, int] = {}
-        for denial in self.denials:
-            counts[denial] = counts.get(denial, 0) + 1
-        total = len(self.denials) + self.denials_dropped
-        lines = [f"sandbox: {total} request(s) denied:"]
-        for denial, count in sorted(counts.items(), key=lambda item: -item[1]):
-            lines.append(f"  {count:5d} x {denial}")
-        if self.denials_dropped:
-            lines.append(f"  ... and {self.denials_dropped} more not recorded "
-                         f"(the log keeps the first {MAX_RECORDED_DENIALS})")
-        return "\n".join(lines)
+        return self.denials.summary()
 
     # --- internals ------------------------------------------------------------------
 
     def _deny(self, syscall: str, path: str, reason: str,
               err: int = DENIED_ERRNO) -> PolicyDenied:
         """Record a denial and return the exception to raise."""
-        if len(self.denials) < MAX_RECORDED_DENIALS:
-            self.denials.append(Denial(syscall, path, err, reason))
-        else:
-            self.denials_dropped += 1
+        self.denials.record(Denial(syscall, path, err, reason))
         return PolicyDenied(err, reason, path)
+
+    def _lookup(self, syscall: str, shown: str, lookup: Callable[..., T], *args: object) -> T:
+        """Call one of the grant tree's lookups, recording a refusal as a denial."""
+        try:
+            return lookup(*args)
+        except Refusal as refusal:
+            raise self._deny(syscall, shown, refusal.reason) from None
 
     def _grant_for(self, absolute: str, syscall: str, shown: str = "") -> Grant:
         """The most specific grant containing *absolute*, or a denial."""
@@ -668,73 +695,18 @@ class Policy:
                 return grant
         raise self._deny(syscall, shown or absolute, "outside allowed paths")
 
-    def _levels_above_grant(self, absolute: str) -> Optional[tuple[Grant, int]]:
-        """A grant that *absolute* is an ancestor of, and how many levels up."""
-        for grant in self.grants:
-            if grant.path.startswith(absolute.rstrip("/") + "/"):
-                depth = grant.path.count("/")
-                return grant, depth - (0 if absolute == "/" else absolute.count("/"))
-        return None
-
-    @staticmethod
-    def _stat_above_grant(grant: Grant, levels_up: int) -> os.stat_result:
-        """``stat`` of the directory *levels_up* ``..`` steps above *grant*."""
-        parent = "/".join([".."] * levels_up)
-        fd = os.open(parent, O_PATH | O_DIRECTORY | O_CLOEXEC, dir_fd=grant.dirfd)
-        try:
-            return os.fstat(fd)
-        finally:
-            os.close(fd)
-
     def _open_path(self, path: PathArg, cwd: str, follow: bool, syscall: str) -> int:
         """An ``O_PATH`` fd for *path* beneath its grant (any grant will do)."""
         absolute, trailing_slash = _absolute(path, cwd)
         grant = self._grant_for(absolute, syscall)
-        relative = grant.relative(absolute)
+        root, relative = self.tree.beneath_root(grant, absolute)
         if trailing_slash and relative != ".":
             relative += "/"
         flags = O_PATH | O_CLOEXEC | (0 if follow else O_NOFOLLOW)
-        return self._openat2(grant, relative, flags, 0, absolute, syscall)
-
-    def _openat2(self, grant: Grant, relative: str, flags: int, mode: int,
-                 absolute: str, syscall: str) -> int:
-        """``openat2`` beneath *grant*, turning an escape into a denial."""
-        for _ in range(OPENAT2_RETRIES):
-            try:
-                return openat2(grant.dirfd, os.fsencode(relative), flags, mode)
-            except OSError as error:
-                if error.errno == errno.EXDEV:
-                    raise self._deny(syscall, absolute, "resolves outside grant "
-                                     f"{grant.path} (a symlink or '..' leads out)") from None
-                if error.errno != errno.EAGAIN:
-                    raise OSError(error.errno, error.strerror, absolute) from None
-        raise self._deny(syscall, absolute, "could not be resolved safely: the "
-                         "directory tree kept changing during the lookup")
-
+        return self._lookup(syscall, absolute, self.tree.openat2, root, relative, flags, 0,
+                            absolute)
 
 # --- helpers ---------------------------------------------------------------------
-
-
-def _absolute(path: PathArg, cwd: str) -> tuple[str, bool]:
-    """Join a guest path to the guest cwd and normalise it lexically.
-
-    Returns the absolute path and whether the guest wrote a trailing slash.
-    An empty path is ``ENOENT``, as for the kernel.
-    """
-    text = os.fsdecode(path)
-    if not text:
-        raise OSError(errno.ENOENT, "empty path", text)
-    if "\0" in text:
-        raise ValueError(f"path {text!r} contains a NUL byte: the syscall layer must "
-                         "cut guest strings at their terminating NUL")
-    if not cwd.startswith("/"):
-        raise ValueError(f"guest cwd {cwd!r} is not absolute: the syscall layer "
-                         "must keep the guest's cwd as an absolute path")
-    joined = text if text.startswith("/") else f"{cwd}/{text}"
-    absolute = posixpath.normpath(joined)
-    if absolute.startswith("//"):   # POSIX lets normpath keep a leading "//"
-        absolute = "/" + absolute.lstrip("/")
-    return absolute, joined.endswith("/") and absolute != "/"
 
 
 def _path_list(paths: Iterable[PathArg], name: str) -> list[PathArg]:
@@ -743,32 +715,6 @@ def _path_list(paths: Iterable[PathArg], name: str) -> list[PathArg]:
         raise PolicyError(f"{name}={os.fsdecode(os.fspath(paths))!r}: give a list of "
                           f"directories, e.g. {name}=[{os.fsdecode(os.fspath(paths))!r}]")
     return list(paths)
-
-
-def _normalise_grant(path: PathArg) -> str:
-    """A grant as the absolute, lexically normal path guest paths are matched to."""
-    text = os.fsdecode(os.fspath(path))
-    if not text:
-        raise PolicyError("an empty path was given as a grant: name a directory")
-    absolute = posixpath.normpath(os.path.join(os.getcwd(), text))
-    if absolute.startswith("//"):
-        absolute = "/" + absolute.lstrip("/")
-    return absolute
-
-
-def _open_grant(path: str) -> int:
-    """Open a grant directory ``O_PATH|O_DIRECTORY|O_CLOEXEC``, or say why not."""
-    try:
-        return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise PolicyError(f"grant {path}: no such directory (create it, or remove "
-                          "it from the policy)") from None
-    except NotADirectoryError:
-        raise PolicyError(f"grant {path}: not a directory (grants are directories: "
-                          "grant the directory that holds the file, or copy the "
-                          "file into a granted one)") from None
-    except OSError as error:
-        raise PolicyError(f"grant {path}: cannot open: {error.strerror}") from None
 
 
 def _check_openat2(grant: Grant) -> None:
@@ -784,17 +730,8 @@ def _check_openat2(grant: Grant) -> None:
         raise PolicyError(f"grant {grant.path}: openat2 failed: {error.strerror}") from None
 
 
-def _ip_endpoint(address: Union[ipaddress.IPv4Address, ipaddress.IPv6Address],
-                 port: int) -> Endpoint:
-    """An IP endpoint, with IPv4-mapped IPv6 addresses folded into IPv4."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-    return Endpoint(family, host=address, port=port)
-
-
 __all__ = [
     "Policy", "PolicyDenied", "PolicyError", "Denial", "Grant", "Endpoint", "Parent",
-    "VIRTUAL_DEVICES", "REFUSED_SYSCALLS", "REFUSED_ERRNO", "DENIED_ERRNO",
+    "MAX_RECORDED_DENIALS", "VIRTUAL_DEVICES", "REFUSED_SYSCALLS", "REFUSED_ERRNO", "DENIED_ERRNO",
     "openat2", "faccessat2", "open_how",
 ]

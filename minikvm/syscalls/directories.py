@@ -22,8 +22,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from minikvm.errors import SyscallError
-from minikvm.linux_abi import (AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_FOLLOW, MODE_BITS,
-                               O_PATH)
+from minikvm.linux_abi import (AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_FOLLOW, MODE_BITS)
 from minikvm.process.fdtable import HostFile, OpenFile
 from minikvm.syscalls.base import PARTIAL, SUPPORTED, Syscall, signed32
 from minikvm.syscalls.files import (DT_DIR, DT_LNK, DT_REG, DT_UNKNOWN, UINT_MASK, final_name,
@@ -284,7 +283,7 @@ def _linkat(proc: Process, old_dirfd: int, old_address: int, new_dirfd: int, new
             return 0
         # Follow a final symlink beneath the grant (never with the host's own
         # lookup, which could leave it), then link the file that fd holds.
-        held = policy.open(old, O_PATH, 0, proc.cwd, syscall=syscall)
+        held = policy.open_to_change(old, proc.cwd, True, syscall=syscall)
         try:
             os.link(f"/proc/self/fd/{held}", target.name, dst_dir_fd=target.dirfd,
                     follow_symlinks=True)

@@ -59,7 +59,7 @@ from minikvm.errors import SyscallError
 from minikvm.linux_abi import (AT_EMPTY_PATH, AT_FDCWD, AT_NO_AUTOMOUNT, AT_SYMLINK_NOFOLLOW,
                                F_DUPFD, F_DUPFD_CLOEXEC, F_GETFD, F_GETFL, F_GETLK, F_GETPIPE_SZ,
                                F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW, F_SETFD, F_SETFL, F_SETLK,
-                               F_SETLKW, NSEC_PER_SEC, O_CREAT, O_NOFOLLOW, O_PATH, O_TRUNC,
+                               F_SETLKW, NSEC_PER_SEC, O_CREAT, O_PATH, O_TRUNC,
                                FD_CLOEXEC, O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_WRONLY)
 from minikvm.process import threads
 from minikvm.process.fdtable import (PIPE_CAPACITY, DeviceFile, EventFd, HostFile, OpenFile, Pipe,
@@ -170,29 +170,30 @@ def final_name(raw: bytes) -> bytes:
 def check_writable_entry(proc: Process, path: str, syscall: str) -> None:
     """Raise unless *path*'s directory entry lies in a write grant.
 
-    Calls that change a file's metadata (chmod, utimensat, chown) need what
-    creating or removing it needs.  A grant directory itself is refused:
-    the sandbox does not let the guest change the roots it was given.
+    Calls that change an entry's metadata without following it (chmod,
+    utimensat, chown with ``AT_SYMLINK_NOFOLLOW``) need what creating or
+    removing it needs.  A grant directory itself is refused: the sandbox does
+    not let the guest change the roots it was given.
     """
     with proc.policy.resolve_parent(path, proc.cwd, write=True, syscall=syscall):
         pass
 
 
 def open_to_change(proc: Process, path: str, follow: bool, syscall: str) -> int:
-    """An ``O_PATH`` host fd on a file the guest may change (see
-    :func:`check_writable_entry`); a final symlink is followed beneath the
-    grant when *follow*.  The caller closes it."""
-    check_writable_entry(proc, path, syscall)
-    return proc.policy.open(path, O_PATH | (0 if follow else O_NOFOLLOW), 0, proc.cwd,
-                            syscall=syscall)
+    """An ``O_PATH`` host fd on a file the guest may change; a final symlink
+    is followed beneath the grant when *follow*, and the rights are those of
+    where it leads (:meth:`~minikvm.sandbox.policy.Policy.open_to_change`).
+    The caller closes it."""
+    return proc.policy.open_to_change(path, proc.cwd, follow, syscall=syscall)
 
 
 def check_file_change(proc: Process, file: OpenFile, syscall: str) -> None:
     """Raise unless the guest may change the metadata of an open *file*
-    (fchmod, futimens, fchown): a granted file needs a write grant, as by
-    path; our stdio is the user's, not the guest's; devices are root's."""
+    (fchmod, futimens, fchown): a granted file must be in a write grant
+    where it really is, whatever path opened it; our stdio is the user's,
+    not the guest's; devices are root's."""
     if isinstance(file, HostFile) and file.path.startswith("/"):
-        check_writable_entry(proc, file.path, syscall)
+        proc.policy.check_may_change(file.host_fd, file.path, syscall=syscall)
     elif isinstance(file, HostFile):
         raise proc.policy.refuse(syscall, file.path)
     else:

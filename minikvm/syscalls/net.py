@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import errno
 import os
-import posixpath
 import select
 import socket
 import struct
@@ -405,8 +404,10 @@ def _allowed_target(proc: Process, file: SocketFile, family: int, address: HostA
                     syscall: str) -> HostAddress:
     """Ask the policy about *address*; return what the host should connect to.
 
-    A relative unix path is the guest's (relative to the guest's cwd), so
-    the host is given the absolute path the policy checked.
+    A unix socket path is never handed to the host as the guest wrote it:
+    the policy returns the socket it pinned when it was built, so a guest
+    that replaced the name (by a symlink, a rename) still reaches only the
+    allowed object.
     """
     if family != file.family:
         raise SyscallError(errno.EAFNOSUPPORT if file.family != AF_UNIX else errno.EINVAL,
@@ -415,17 +416,8 @@ def _allowed_target(proc: Process, file: SocketFile, family: int, address: HostA
     if family == AF_UNIX:
         if not address:
             raise SyscallError(errno.EINVAL, "an unnamed unix address")
-        proc.policy.check_connect(family, address, proc.cwd, syscall=syscall)
-        if address[:1] == b"\0":  # type: ignore[index]
-            return address
-        absolute = os.fsencode(posixpath.normpath(
-            posixpath.join(proc.cwd, os.fsdecode(address))))  # type: ignore[arg-type]
-        if len(absolute) >= SUN_PATH_MAX:
-            raise SyscallError(errno.ENAMETOOLONG, f"unix socket path {absolute!r} is "
-                               f"longer than {SUN_PATH_MAX - 1} bytes")
-        return absolute
-    proc.policy.check_connect(family, address, proc.cwd, syscall=syscall)
-    return address
+    return proc.policy.check_connect(family, address, proc.cwd,  # type: ignore[return-value]
+                                     syscall=syscall)
 
 
 def _source_allowed(proc: Process, file: SocketFile, source: HostAddress) -> bool:
