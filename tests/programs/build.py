@@ -34,6 +34,7 @@ This is a helper module, not a conftest: import it as
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import shutil
 import subprocess
@@ -65,10 +66,13 @@ COMMANDS: dict[str, list[str]] = {
 STATIC_VARIANTS = ("glibc-static", "glibc-static-pie", "musl-static")
 #: Where :func:`program` keeps its builds between sessions (override with
 #: ``MINIKVM_TEST_BUILD_DIR``); a build is redone when its source or this
-#: file is newer than the binary.
+#: file is newer than the binary.  One directory per checkout: two checkouts
+#: (git worktrees) with different versions of a source would otherwise take
+#: each other's binaries, whichever was built last.
 DEFAULT_BUILD_DIR = Path(os.environ.get(
     "MINIKVM_TEST_BUILD_DIR",
-    Path(tempfile.gettempdir()) / f"minikvm-test-programs-{os.getuid()}"))
+    Path(tempfile.gettempdir()) / f"minikvm-test-programs-{os.getuid()}-"
+    f"{hashlib.sha256(os.fsencode(Path(__file__).resolve().parents[2])).hexdigest()[:8]}"))
 COMPILE_TIMEOUT_SECONDS = 120
 
 _PROBE_SOURCE = "int main(void) { return 0; }\n"
