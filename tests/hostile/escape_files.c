@@ -24,37 +24,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char path_buffer[4][4096];
-
-/* GRANT or OUTSIDE joined with a name, in one of four rotating buffers. */
-static const char *join(const char *directory, const char *name)
-{
-    static int next;
-    char *out = path_buffer[next++ % 4];
-    snprintf(out, sizeof path_buffer[0], "%s/%s", directory, name);
-    return out;
-}
-
-static void report(const char *name, long result)
-{
-    printf("%s: %d\n", name, result < 0 ? errno : 0);
-}
-
-/* open and, when that worked, read one byte or write one: an open that
- * succeeds but cannot be used would still be a leak of the file's name. */
-static void try_open(const char *name, const char *path, int flags)
-{
-    int fd = open(path, flags, 0644);
-    if (fd >= 0) {
-        char byte = 'X';
-        if ((flags & O_ACCMODE) == O_RDONLY)
-            (void)!read(fd, &byte, 1);
-        else
-            (void)!write(fd, &byte, 1);
-        close(fd);
-    }
-    report(name, fd);
-}
+#include "attempts.h"
 
 int main(int argc, char **argv)
 {

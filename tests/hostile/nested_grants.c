@@ -25,31 +25,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
-static char path_buffer[8][4096];
-
-static const char *at(const char *w, const char *name)
-{
-    static int next;
-    char *out = path_buffer[next++ % 8];
-    snprintf(out, sizeof path_buffer[0], "%s/%s", w, name);
-    return out;
-}
-
-static void report(const char *name, long result)
-{
-    printf("%s: %d\n", name, result < 0 ? errno : 0);
-}
-
-/* open; when that worked, write one byte (an open that succeeds is the leak). */
-static void try_write(const char *name, const char *path, int flags)
-{
-    int fd = open(path, flags, 0644);
-    if (fd >= 0) {
-        (void)!write(fd, "X", 1);
-        close(fd);
-    }
-    report(name, fd);
-}
+#include "attempts.h"
 
 int main(int argc, char **argv)
 {
@@ -61,68 +37,68 @@ int main(int argc, char **argv)
     setvbuf(stdout, NULL, _IONBF, 0);
 
     /* controls: the writable grant works, through symlinks inside it too */
-    try_write("control-write", at(w, "mine"), O_WRONLY | O_APPEND);
-    report("control-symlink", symlink("mine", at(w, "to-mine")));
-    try_write("control-write-via-symlink", at(w, "to-mine"), O_WRONLY | O_APPEND);
-    report("control-dangling", symlink("made", at(w, "to-made")));
-    try_write("control-create-via-dangling", at(w, "to-made"), O_WRONLY | O_CREAT);
-    int fd = open(at(w, "a/ro/secret"), O_RDONLY);
+    try_open("control-write", join(w, "mine"), O_WRONLY | O_APPEND);
+    report("control-symlink", symlink("mine", join(w, "to-mine")));
+    try_open("control-write-via-symlink", join(w, "to-mine"), O_WRONLY | O_APPEND);
+    report("control-dangling", symlink("made", join(w, "to-made")));
+    try_open("control-create-via-dangling", join(w, "to-made"), O_WRONLY | O_CREAT);
+    int fd = open(join(w, "a/ro/secret"), O_RDONLY);
     char byte;
     report("control-read-ro", fd < 0 ? -1 : read(fd, &byte, 1));
     close(fd);
 
     /* the instance: a symlink in W to the read-only directory */
-    report("make-link", symlink("a/ro", at(w, "l")));
-    try_write("symlink-write", at(w, "l/secret"), O_WRONLY);
-    try_write("symlink-truncate", at(w, "l/secret"), O_WRONLY | O_TRUNC);
-    try_write("symlink-create", at(w, "l/new"), O_WRONLY | O_CREAT);
-    try_write("symlink-tmpfile", at(w, "l"), O_TMPFILE | O_RDWR);
-    report("symlink-truncate-path", truncate(at(w, "l/secret"), 0));
-    report("symlink-chmod", chmod(at(w, "l/secret"), 0777));
-    report("symlink-utimes", utimes(at(w, "l/secret"), NULL));
-    report("symlink-unlink", unlink(at(w, "l/secret")));
-    report("symlink-mkdir", mkdir(at(w, "l/newdir"), 0755));
-    report("symlink-rmdir", rmdir(at(w, "l/sub")));
-    report("symlink-symlink", symlink("x", at(w, "l/newlink")));
-    report("symlink-rename-out", rename(at(w, "l/secret"), at(w, "stolen")));
-    report("symlink-rename-in", rename(at(w, "mine"), at(w, "l/planted")));
-    report("symlink-access-w", access(at(w, "l/secret"), W_OK));
+    report("make-link", symlink("a/ro", join(w, "l")));
+    try_open("symlink-write", join(w, "l/secret"), O_WRONLY);
+    try_open("symlink-truncate", join(w, "l/secret"), O_WRONLY | O_TRUNC);
+    try_open("symlink-create", join(w, "l/new"), O_WRONLY | O_CREAT);
+    try_open("symlink-tmpfile", join(w, "l"), O_TMPFILE | O_RDWR);
+    report("symlink-truncate-path", truncate(join(w, "l/secret"), 0));
+    report("symlink-chmod", chmod(join(w, "l/secret"), 0777));
+    report("symlink-utimes", utimes(join(w, "l/secret"), NULL));
+    report("symlink-unlink", unlink(join(w, "l/secret")));
+    report("symlink-mkdir", mkdir(join(w, "l/newdir"), 0755));
+    report("symlink-rmdir", rmdir(join(w, "l/sub")));
+    report("symlink-symlink", symlink("x", join(w, "l/newlink")));
+    report("symlink-rename-out", rename(join(w, "l/secret"), join(w, "stolen")));
+    report("symlink-rename-in", rename(join(w, "mine"), join(w, "l/planted")));
+    report("symlink-access-w", access(join(w, "l/secret"), W_OK));
 
     /* a symlink straight to the file, then a hard link through it */
-    report("make-file-link", symlink("a/ro/secret", at(w, "s")));
-    try_write("file-symlink-write", at(w, "s"), O_WRONLY);
-    report("file-symlink-chmod", chmod(at(w, "s"), 0777));
-    report("hardlink-follow", linkat(AT_FDCWD, at(w, "s"), AT_FDCWD, at(w, "hard"),
+    report("make-file-link", symlink("a/ro/secret", join(w, "s")));
+    try_open("file-symlink-write", join(w, "s"), O_WRONLY);
+    report("file-symlink-chmod", chmod(join(w, "s"), 0777));
+    report("hardlink-follow", linkat(AT_FDCWD, join(w, "s"), AT_FDCWD, join(w, "hard"),
                                      AT_SYMLINK_FOLLOW));
-    report("hardlink-direct", link(at(w, "a/ro/secret"), at(w, "hard2")));
-    try_write("hardlink-write", at(w, "hard"), O_WRONLY);
+    report("hardlink-direct", link(join(w, "a/ro/secret"), join(w, "hard2")));
+    try_open("hardlink-write", join(w, "hard"), O_WRONLY);
 
     /* a dangling symlink whose target would be created in the read-only grant */
-    report("make-dangling", symlink("a/ro/planted", at(w, "d")));
-    try_write("dangling-create", at(w, "d"), O_WRONLY | O_CREAT);
-    report("make-dangling2", symlink("l/planted2", at(w, "d2")));
-    try_write("dangling-chain-create", at(w, "d2"), O_WRONLY | O_CREAT);
+    report("make-dangling", symlink("a/ro/planted", join(w, "d")));
+    try_open("dangling-create", join(w, "d"), O_WRONLY | O_CREAT);
+    report("make-dangling2", symlink("l/planted2", join(w, "d2")));
+    try_open("dangling-chain-create", join(w, "d2"), O_WRONLY | O_CREAT);
 
     /* renaming the grant's parent (or the grant) and writing through the new name */
-    report("rename-parent", rename(at(w, "a"), at(w, "b")));
-    try_write("renamed-parent-write", at(w, "b/ro/secret"), O_WRONLY);
-    report("rename-grant", rename(at(w, "a/ro"), at(w, "ro2")));
-    report("rename-grant-via-link", rename(at(w, "l"), at(w, "l2")));   /* the link: fine */
-    report("exchange-parent", syscall(SYS_renameat2, AT_FDCWD, at(w, "a"), AT_FDCWD,
-                                      at(w, "l2"), 2 /* RENAME_EXCHANGE */));
-    report("rmdir-parent", rmdir(at(w, "a")));
+    report("rename-parent", rename(join(w, "a"), join(w, "b")));
+    try_open("renamed-parent-write", join(w, "b/ro/secret"), O_WRONLY);
+    report("rename-grant", rename(join(w, "a/ro"), join(w, "ro2")));
+    report("rename-grant-via-link", rename(join(w, "l"), join(w, "l2")));   /* the link: fine */
+    report("exchange-parent", syscall(SYS_renameat2, AT_FDCWD, join(w, "a"), AT_FDCWD,
+                                      join(w, "l2"), 2 /* RENAME_EXCHANGE */));
+    report("rmdir-parent", rmdir(join(w, "a")));
 
     /* an fd opened for reading through the link, then changed by fd */
-    fd = open(at(w, "l2/secret"), O_RDONLY);
+    fd = open(join(w, "l2/secret"), O_RDONLY);
     report("fd-open-read", fd);
     report("fd-fchmod", fchmod(fd, 0777));
     report("fd-futimens", futimens(fd, NULL));
     close(fd);
 
     /* the working directory inside the read-only grant, reached by the link */
-    report("chdir-link", chdir(at(w, "l2")));
-    try_write("cwd-write", "secret", O_WRONLY);
-    try_write("cwd-create", "cwd-new", O_WRONLY | O_CREAT);
-    try_write("cwd-dotdot-control", "../mine", O_WRONLY | O_APPEND);
+    report("chdir-link", chdir(join(w, "l2")));
+    try_open("cwd-write", "secret", O_WRONLY);
+    try_open("cwd-create", "cwd-new", O_WRONLY | O_CREAT);
+    try_open("cwd-dotdot-control", "../mine", O_WRONLY | O_APPEND);
     return 0;
 }

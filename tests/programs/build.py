@@ -149,7 +149,7 @@ def build(source: Path, out_dir: Path, variant: str, flags: tuple[str, ...] = ()
     """Compile *source* as *variant* into *out_dir*; return the executable's path.
 
     The output is named ``<stem>-<variant>``.  It is rebuilt only when it is
-    older than *source* or this file.  The compiler writes to a temporary
+    older than *source*, a header beside it or this file.  The compiler writes to a temporary
     name that is then renamed, so concurrent test processes never see a
     half-written binary.  *flags* come after the source (libraries to
     link).  Skips the calling test when *variant* cannot be built here; fails
@@ -162,7 +162,8 @@ def build(source: Path, out_dir: Path, variant: str, flags: tuple[str, ...] = ()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / f"{source.stem}-{variant}"
-    newest_input = max(source.stat().st_mtime, Path(__file__).stat().st_mtime)
+    headers = [header.stat().st_mtime for header in source.parent.glob("*.h")]
+    newest_input = max(source.stat().st_mtime, Path(__file__).stat().st_mtime, *headers)
     if output.exists() and output.stat().st_mtime >= newest_input:
         return output
     partial = output.with_name(f"{output.name}.{os.getpid()}.partial")
@@ -220,7 +221,8 @@ def go_program(name: str) -> Path:
     out_dir = DEFAULT_BUILD_DIR / "go"
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / name
-    newest_input = max(source.stat().st_mtime, Path(__file__).stat().st_mtime)
+    headers = [header.stat().st_mtime for header in source.parent.glob("*.h")]
+    newest_input = max(source.stat().st_mtime, Path(__file__).stat().st_mtime, *headers)
     if output.exists() and output.stat().st_mtime >= newest_input:
         return output
     env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=mod", HOME=str(out_dir),
