@@ -5,7 +5,7 @@ already have changed something — a mapping, a page table, the break, an
 fd, a file — and then looks at what is left: whether the area is still in
 the record (``mincore``), still readable and writable (a SIGSEGV handler),
 still holds its contents; whether the fd number is still free; whether a
-file appeared or was truncated.  Each case is run under minikvm, with
+file appeared or was truncated; whether an epoll registration was used up.  Each case is run under minikvm, with
 glibc and with musl; where Linux answers the same way (the fd and file
 cases, ``mmap`` of an ``O_PATH`` fd) it is also run natively and the two
 outputs compared line for line.
@@ -76,6 +76,8 @@ LIKE_LINUX: dict[str, dict[str, int]] = {
     "openat-emfile": {"openat-creat": EMFILE, "openat-creat-left-nothing": 1,
                       "openat-creat-excl": EMFILE, "openat-trunc": EMFILE,
                       "openat-trunc-kept": 1},
+    # both registrations (one-shot, edge-triggered) still armed
+    "epoll-read-only": {"epoll-read-only": EFAULT, "epoll-still-reports": 2},
 }
 
 

@@ -31,6 +31,9 @@
  *   copy-offset DIR      copy_file_range and sendfile whose offset cannot
  *                        be written back: EFAULT, the target unchanged
  *                        (Linux copies first; minikvm checks first)
+ * Other state:
+ *   epoll-read-only      epoll_wait into a read-only buffer: EFAULT, and the
+ *                        EPOLLONESHOT and EPOLLET registrations still report
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -40,6 +43,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/sendfile.h>
@@ -370,6 +375,26 @@ static void copy_offset(const char *dir)
     report("sendfile-target-kept", fstat(target, &info) == 0 && info.st_size == 0);
 }
 
+/* --- other state ----------------------------------------------------------------- */
+
+static void epoll_read_only(void)
+{
+    int ready = eventfd(1, 0);              /* readable from the start */
+    int epoll = epoll_create1(0);
+    struct epoll_event event = {.events = EPOLLIN | EPOLLONESHOT, .data.u64 = 1};
+    struct epoll_event edge = {.events = EPOLLIN | EPOLLET, .data.u64 = 2};
+    int other = eventfd(1, 0);
+    if (ready < 0 || epoll < 0 || other < 0 || epoll_ctl(epoll, EPOLL_CTL_ADD, ready, &event) < 0
+        || epoll_ctl(epoll, EPOLL_CTL_ADD, other, &edge) < 0) {
+        printf("setup epoll: %d\n", errno);
+        exit(1);
+    }
+    struct epoll_event *read_only = (struct epoll_event *)read_only_int_pair();
+    report("epoll-read-only", failed(epoll_wait(epoll, read_only, 2, 0)));
+    struct epoll_event got[2];
+    report("epoll-still-reports", epoll_wait(epoll, got, 2, 0));
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IONBF, 0);
@@ -406,6 +431,8 @@ int main(int argc, char **argv)
         openat_emfile(dir);
     else if (strcmp(what, "copy-offset") == 0)
         copy_offset(dir);
+    else if (strcmp(what, "epoll-read-only") == 0)
+        epoll_read_only();
     else {
         fprintf(stderr, "unknown case %s\n", what);
         return 2;
