@@ -15,8 +15,10 @@ minikvm's own ways to fail (Linux allocates lazily, and its page tables
 come from all of memory), so those cases have expectations instead: the
 errno minikvm promises, and "as before" for everything else.
 
-Pure tests of :meth:`~minikvm.machine.mm.AddressSpace.all_or_nothing`
-are in ``tests/test_mm.py``.
+The first test checks :meth:`~minikvm.process.fdtable.FdTable.check_room`
+alone (no ``/dev/kvm``); pure tests of
+:meth:`~minikvm.machine.mm.AddressSpace.all_or_nothing` are in
+``tests/test_mm.py``.
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ from pathlib import Path
 
 import pytest
 
+from minikvm.errors import SyscallError
+from minikvm.process.fdtable import EventFd, FdTable
 from tests.guest_runs import run_native
 from tests.test_hostile import VARIANTS, assert_clean, hostile, minikvm
-
-pytestmark = pytest.mark.kvm
 
 NATIVE_TIMEOUT_SECONDS = 60         # a subprocess limit, never an assertion
 #: the fd limit the program sets natively (RLIMIT_NOFILE) and minikvm is given
@@ -81,6 +83,25 @@ LIKE_LINUX: dict[str, dict[str, int]] = {
 }
 
 
+def test_check_room_says_whether_the_fds_a_call_needs_are_free() -> None:
+    """Asked before a call makes anything: the fd it would get, or EMFILE
+    when fewer than *count* are free — and asking takes nothing."""
+    table = FdTable(max_fds=6)
+    for _ in range(3):
+        table.install(EventFd(0, False, 0))
+    table.close(1)
+    assert table.check_room() == 1
+    assert table.check_room(count=3) == 1          # 1, 3, 4 (and 5)
+    assert table.check_room(lowest=2) == 3
+    with pytest.raises(SyscallError) as raised:
+        table.check_room(count=5)
+    assert raised.value.errno == EMFILE
+    with pytest.raises(SyscallError):
+        table.check_room(lowest=6)
+    assert sorted(table.entries) == [0, 2], "asking took no fd"
+    assert table.install(EventFd(0, False, 0)) == 1
+
+
 def results(stdout: str) -> dict[str, int]:
     """The ``NAME: VALUE`` lines, after checking the program got to the end."""
     lines = stdout.splitlines()
@@ -103,6 +124,7 @@ def run_case(variant: str, case: str, tmp_path: Path) -> dict[str, int]:
     return results(run.stdout)
 
 
+@pytest.mark.kvm
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("case", sorted(MINIKVM_ONLY))
 def test_a_call_minikvm_fails_half_way_leaves_the_address_space_as_it_was(case, variant,
@@ -111,6 +133,7 @@ def test_a_call_minikvm_fails_half_way_leaves_the_address_space_as_it_was(case, 
     assert got == MINIKVM_ONLY[case]
 
 
+@pytest.mark.kvm
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("case", sorted(LIKE_LINUX))
 def test_a_failed_call_leaves_what_linux_leaves(case, variant, tmp_path):
