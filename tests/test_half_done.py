@@ -78,6 +78,11 @@ LIKE_LINUX: dict[str, dict[str, int]] = {
     "openat-emfile": {"openat-creat": EMFILE, "openat-creat-left-nothing": 1,
                       "openat-creat-excl": EMFILE, "openat-trunc": EMFILE,
                       "openat-trunc-kept": 1},
+    # all guest arguments are read before anything is done
+    "two-paths": {"link-bad-new": EFAULT, "link-bad-old": EFAULT, "rename-bad-new": EFAULT,
+                  "rename-bad-old": EFAULT, "symlink-bad-target": EFAULT,
+                  "symlink-bad-path": EFAULT, "mkdir-bad-path": EFAULT,
+                  "two-paths-directory-unchanged": 1},
     # both registrations (one-shot, edge-triggered) still armed
     "epoll-read-only": {"epoll-read-only": EFAULT, "epoll-still-reports": 2},
 }

@@ -31,6 +31,8 @@
  *   copy-offset DIR      copy_file_range and sendfile whose offset cannot
  *                        be written back: EFAULT, the target unchanged
  *                        (Linux copies first; minikvm checks first)
+ *   two-paths DIR        link, rename, symlink with one good and one bad
+ *                        path pointer: EFAULT, the directory unchanged
  * Other state:
  *   epoll-read-only      epoll_wait into a read-only buffer: EFAULT, and the
  *                        EPOLLONESHOT and EPOLLET registrations still report
@@ -51,6 +53,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <dirent.h>
 #include <unistd.h>
 
 #ifndef MAP_FIXED_NOREPLACE
@@ -375,6 +378,42 @@ static void copy_offset(const char *dir)
     report("sendfile-target-kept", fstat(target, &info) == 0 && info.st_size == 0);
 }
 
+/* How many entries *dir* has (".", ".." included). */
+static int entries(const char *dir)
+{
+    DIR *listing = opendir(dir);
+    int count = 0;
+    if (listing == NULL)
+        return -errno;
+    while (readdir(listing) != NULL)
+        count++;
+    closedir(listing);
+    return count;
+}
+
+static void two_paths(const char *dir)
+{
+    char existing[4096], fresh[4096];
+    snprintf(existing, sizeof existing, "%s/existing", dir);
+    snprintf(fresh, sizeof fresh, "%s/fresh", dir);
+    int fd = open(existing, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0 || close(fd) < 0) {
+        printf("setup file: %d\n", errno);
+        exit(1);
+    }
+    int before = entries(dir);
+    const char *bad = (const char *)bad_pointer;
+    report("link-bad-new", failed(syscall(SYS_link, existing, bad)));
+    report("link-bad-old", failed(syscall(SYS_link, bad, fresh)));
+    report("rename-bad-new", failed(syscall(SYS_rename, existing, bad)));
+    report("rename-bad-old", failed(syscall(SYS_rename, bad, fresh)));
+    report("symlink-bad-target", failed(syscall(SYS_symlink, bad, fresh)));
+    report("symlink-bad-path", failed(syscall(SYS_symlink, existing, bad)));
+    report("mkdir-bad-path", failed(syscall(SYS_mkdir, bad, 0755)));
+    report("two-paths-directory-unchanged", entries(dir) == before
+           && access(existing, F_OK) == 0 && access(fresh, F_OK) < 0);
+}
+
 /* --- other state ----------------------------------------------------------------- */
 
 static void epoll_read_only(void)
@@ -431,6 +470,8 @@ int main(int argc, char **argv)
         openat_emfile(dir);
     else if (strcmp(what, "copy-offset") == 0)
         copy_offset(dir);
+    else if (strcmp(what, "two-paths") == 0)
+        two_paths(dir);
     else if (strcmp(what, "epoll-read-only") == 0)
         epoll_read_only();
     else {
