@@ -99,11 +99,18 @@ class PageTables:
         # One view of all memory as 64-bit words: entry i of the table at
         # physical address t is words[(t - base) // 8 + i].
         self.words = memory.buffer.cast("Q")
+        #: While not None, every entry written records what it held first,
+        #: so that :meth:`roll_back` can put the tree back exactly
+        #: (:meth:`minikvm.machine.mm.AddressSpace.all_or_nothing`).
+        self.journal: list[tuple[int, bytes]] | None = None
         self.root = self._new_table()
 
     # -- raw entries --------------------------------------------------------
     def _new_table(self) -> int:
         table = self._allocate_table()
+        if self.journal is not None:
+            first = self._slot(table, 0)
+            self.journal.append((first, self.words[first:first + ENTRIES_PER_TABLE].tobytes()))
         self.memory.zero(table, PAGE_SIZE)
         return table
 
@@ -114,7 +121,22 @@ class PageTables:
         return self.words[self._slot(table, index)]
 
     def _set_entry(self, table: int, index: int, value: int) -> None:
-        self.words[self._slot(table, index)] = value
+        slot = self._slot(table, index)
+        if self.journal is not None:
+            self.journal.append((slot, self.words[slot:slot + 1].tobytes()))
+        self.words[slot] = value
+
+    def _store(self, first: int, values: array) -> None:
+        """Write consecutive entries from slot *first* (journaled)."""
+        if self.journal is not None:
+            self.journal.append((first, self.words[first:first + len(values)].tobytes()))
+        self.words[first:first + len(values)] = values
+
+    def roll_back(self, journal: list[tuple[int, bytes]]) -> None:
+        """Undo the writes *journal* recorded, newest first: the tree is
+        again what it was when the journal started."""
+        for first, old in reversed(journal):
+            self.words[first:first + len(old) // 8] = memoryview(old).cast("Q")
 
     def _child(self, table: int, index: int, create: bool) -> int | None:
         """The table an entry points to, creating it when asked."""
@@ -177,8 +199,8 @@ class PageTables:
         pt = self._child(pd, pd_index, create=True)  # type: ignore[arg-type]
         first = self._slot(pt, table_index(vaddr, 3))  # type: ignore[arg-type]
         count = size // PAGE_SIZE
-        self.words[first:first + count] = array(
-            "Q", range(paddr | flags, (paddr | flags) + count * PAGE_SIZE, PAGE_SIZE))
+        self._store(first, array(
+            "Q", range(paddr | flags, (paddr | flags) + count * PAGE_SIZE, PAGE_SIZE)))
 
     def _split_huge(self, pd: int, index: int) -> None:
         """Replace a 2 MiB page by a PT of 512 pages with the same flags."""
@@ -188,9 +210,8 @@ class PageTables:
         base = entry & PTE_ADDRESS_MASK & ~(HUGE_PAGE_SIZE - 1)
         flags = entry & ~PTE_ADDRESS_MASK & ~PTE_HUGE
         pt = self._new_table()
-        first = self._slot(pt, 0)
-        self.words[first:first + ENTRIES_PER_TABLE] = array(
-            "Q", range(base | flags, (base | flags) + HUGE_PAGE_SIZE, PAGE_SIZE))
+        self._store(self._slot(pt, 0), array(
+            "Q", range(base | flags, (base | flags) + HUGE_PAGE_SIZE, PAGE_SIZE)))
         self._set_entry(pd, index, pt | TABLE_FLAGS)
 
     def _drop_table_below(self, pd: int, index: int) -> None:

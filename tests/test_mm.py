@@ -12,8 +12,11 @@ Covered: the page pool (first fit, alignment, merging, the limit), map →
 translate round trips with 4 KiB and 2 MiB pages, ``protect`` splitting a
 huge page, ``unmap``, PROT_NONE reservations, ``remap`` (grow in place,
 move without copying, move with copying, shrink, fixed), neighbouring VMAs
-merging, running out of memory or page tables without damage, and the
-copy-in/copy-out helpers' EFAULT for every kind of bad pointer.
+merging, running out of memory or page tables without damage — a change
+that fails half-way (an unmap that cannot split a 2 MiB page, a protect
+over two areas, a move, a replaced mapping) leaves the record, the pools
+and every page-table byte as they were — and the copy-in/copy-out
+helpers' EFAULT for every kind of bad pointer.
 
 The ``kvm`` tests at the end run ``tests/programs/mmap_edges.c`` natively
 and in a guest and compare, and run ``malloc_limit.c`` under ``--memory 64M``.
@@ -490,6 +493,104 @@ def test_running_out_of_page_tables_rolls_back(mm: AddressSpace) -> None:
     assert_consistent(mm)
     mm.unmap(made[0], PAGE_SIZE)
     mm.map(made[0], PAGE_SIZE, RW)  # its tables are still there: no new ones needed
+
+
+def state(mm: AddressSpace) -> tuple:
+    """Everything a failed change must leave as it was: the record, the
+    break, both pools, every byte of the page-table pool."""
+    pools = [(list(pool.free_runs), pool.used, pool.peak) for pool in (mm.table_pool,
+                                                                      mm.user_pool)]
+    tables = bytes(mm.memory.view(PAGE_TABLE_POOL_START, mm.table_pool.end
+                                  - PAGE_TABLE_POOL_START))
+    return list(mm.vmas), mm.brk_start, mm.brk_end, pools, tables
+
+
+def leave_table_pages(mm: AddressSpace, spare: int) -> None:
+    """Only *spare* page-table pages left from now on."""
+    taken = mm.table_pool.used
+    mm.table_pool = PagePool(PAGE_TABLE_POOL_START + taken,
+                             PAGE_TABLE_POOL_START + taken + spare * PAGE_SIZE)
+    mm.page_tables._allocate_table = mm._allocate_table
+
+
+def test_an_unmap_that_cannot_split_a_huge_page_changes_nothing(mm: AddressSpace) -> None:
+    """The issue's case: munmap of one page of a 2 MiB page needs a page
+    table; with none left it is ENOMEM, and the area must still be in the
+    record (it was taken out while its page stayed mapped)."""
+    mm.map(BASE, 2 * HUGE_PAGE_SIZE, RW)
+    mm.write(BASE + HUGE_PAGE_SIZE + PAGE_SIZE, b"kept")
+    leave_table_pages(mm, 0)
+    before = state(mm)
+    assert errno_of(mm.unmap, BASE + HUGE_PAGE_SIZE + PAGE_SIZE, PAGE_SIZE) == errno.ENOMEM
+    assert state(mm) == before
+    assert mm.read(BASE + HUGE_PAGE_SIZE + PAGE_SIZE, 4) == b"kept"
+    assert_consistent(mm)
+
+
+def test_a_protect_over_two_areas_that_fails_on_the_second_changes_neither(
+        mm: AddressSpace) -> None:
+    mm.map(BASE, PAGE_SIZE, RW | PROT_EXEC)
+    mm.map(BASE + PAGE_SIZE, 2 * MEMORY_SIZE, PROT_NONE)  # more than there is
+    before = state(mm)
+    assert errno_of(mm.protect, BASE, PAGE_SIZE + 2 * MEMORY_SIZE, RW) == errno.ENOMEM
+    assert state(mm) == before
+    assert_consistent(mm)
+
+
+def test_a_move_that_runs_out_of_page_tables_changes_nothing(mm: AddressSpace) -> None:
+    """mremap to a far address needs new tables there: none left, so the
+    mapping stays where it was, and the pages taken for it (it grows and
+    cannot grow in place: a copy) are zero and free again."""
+    mm.map(BASE, PAGE_SIZE, RW)
+    mm.map(BASE + 2 * PAGE_SIZE, PAGE_SIZE, RW)   # its pages follow the first's
+    mm.write(BASE, b"moved?")
+    leave_table_pages(mm, 0)
+    before = state(mm)
+    with pytest.raises(SyscallError) as raised:
+        mm.remap(BASE, PAGE_SIZE, 4 * PAGE_SIZE, True, 0x7000_0000_0000)
+    assert raised.value.errno == errno.ENOMEM
+    assert state(mm) == before
+    assert mm.read(BASE, 6) == b"moved?"
+    first_free = mm.user_pool.free_runs[0][0]   # where the copy went
+    assert mm.memory.read(first_free, 4 * PAGE_SIZE) == bytes(4 * PAGE_SIZE), \
+        "free pages read as zero"
+    assert_consistent(mm)
+
+
+def test_a_change_that_fails_after_replacing_a_mapping_brings_it_back(
+        mm: AddressSpace) -> None:
+    """sys_mmap's MAP_FIXED: the old mapping goes, the new one comes, then
+    something fails (a file that cannot be read): the old one, contents
+    and all, is back; the new one's pages are zero and free."""
+    mm.map(BASE, 4 * PAGE_SIZE, RW)
+    mm.write(BASE, b"old contents")
+    before = state(mm)
+    with pytest.raises(OSError):
+        with mm.all_or_nothing():
+            mm.unmap(BASE, 4 * PAGE_SIZE)
+            vma = mm.map(BASE, 4 * PAGE_SIZE, RW)
+            mm.memory.write(vma.physical(BASE), b"new")
+            new_pages = vma.physical(BASE)
+            raise OSError(errno.EIO, "the file copy failed")
+    assert state(mm) == before
+    assert mm.read(BASE, 12) == b"old contents"
+    assert mm.memory.read(new_pages, 3) == bytes(3)
+    assert_consistent(mm)
+
+
+def test_pages_a_change_gives_up_are_zeroed_and_freed_when_it_succeeds(
+        mm: AddressSpace) -> None:
+    mm.map(BASE, 4 * PAGE_SIZE, RW)
+    old_pages = mm.find(BASE).phys
+    mm.write(BASE, b"old")
+    with mm.all_or_nothing():
+        mm.unmap(BASE, 4 * PAGE_SIZE)
+        assert mm.user_pool.used == 4 * PAGE_SIZE, "kept until the change is done"
+        mm.map(BASE, 4 * PAGE_SIZE, RW)
+    assert mm.user_pool.used == 4 * PAGE_SIZE
+    assert mm.memory.read(old_pages, 3) == bytes(3)
+    assert mm.read(BASE, 3) == bytes(3), "a new mapping reads as zero"
+    assert_consistent(mm)
 
 
 # --- guest pointers -------------------------------------------------------------------------

@@ -19,6 +19,14 @@ addition and a guest buffer is one zero-copy ``memoryview`` slice.
 Removing or weakening a mapping needs the vCPU's cached translations
 dropped too; :attr:`AddressSpace.stale_translations` tells the machine to
 do that before the guest runs again.
+
+Every change is all or nothing (:meth:`AddressSpace.all_or_nothing`): an
+``mmap``, ``munmap``, ``mprotect`` or ``mremap`` that fails half-way — the
+memory limit, the page-table pool, a file that cannot be read — leaves
+the VMAs, the page tables, the pools and the pages' contents exactly as
+they were.  A hostile program must not be able to make the record and
+the page tables disagree (an area gone from the record whose page stays
+reachable), nor lose memory to a call that failed.
 """
 
 from __future__ import annotations
@@ -27,7 +35,9 @@ import bisect
 import copy
 import errno
 import struct
-from dataclasses import dataclass, replace
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Iterator
 
 from minikvm.cpu.layout import (MMAP_MIN_ADDR, MMAP_TOP, PAGE_TABLE_POOL_END, PAGE_TABLE_POOL_START,
                                 USER_POOL_START, USER_SPACE_END)
@@ -146,6 +156,23 @@ class Vma:
         return self.phys + (address - self.start)  # type: ignore[operator]
 
 
+@dataclass
+class _Change:
+    """What one all-or-nothing change must be able to undo (see
+    :meth:`AddressSpace.all_or_nothing`)."""
+    vmas: list[Vma]
+    starts: list[int]
+    brk: tuple[int, int]
+    pools: list[tuple["PagePool", list[tuple[int, int]], int, int]]
+    journal: list[tuple[int, bytes]] = field(default_factory=list)
+    #: runs of program pages taken during the change: free again on undo,
+    #: and possibly written (a file copied in), so zeroed then
+    taken: list[tuple[int, int]] = field(default_factory=list)
+    #: runs of program pages given up during the change: they keep their
+    #: contents (and stay out of the pool) until the change succeeds
+    released: list[tuple[int, int]] = field(default_factory=list)
+
+
 class AddressSpace:
     """The program's virtual memory: VMAs, the page tables, the page pools."""
 
@@ -168,6 +195,8 @@ class AddressSpace:
         #: the host writes as plain memory): a snapshot's reset compares it
         #: to know whether the page tables need restoring too.
         self.mapping_changes = 0
+        #: The all-or-nothing change in progress, or None.
+        self._change: _Change | None = None
 
     # -- copies (snapshots) -----------------------------------------------------
     def clone(self, memory: GuestMemory) -> "AddressSpace":
@@ -209,6 +238,68 @@ class AddressSpace:
 
     def _free_table(self, address: int) -> None:
         self.table_pool.free(address, PAGE_SIZE)
+
+    # -- all or nothing --------------------------------------------------------
+    @contextmanager
+    def all_or_nothing(self) -> Iterator[None]:
+        """Run a change of the address space that either happens entirely
+        or not at all.  If anything raises inside, the VMA list, the break,
+        both page pools and every page-table entry written are put back as
+        they were, the program pages taken are zeroed and freed again, and
+        the pages given up were never touched: the failed call leaves
+        nothing behind.  Pages given up are zeroed and returned to the pool
+        only when the change succeeds — so inside one change they cannot be
+        reused (a ``MAP_FIXED`` mapping over a populated one needs room for
+        both for that moment).
+
+        Nested uses join the outermost one (``sys_mmap`` makes its unmap,
+        map, file copy and protect one change)."""
+        if self._change is not None:
+            yield
+            return
+        change = _Change(list(self.vmas), list(self._starts), (self.brk_start, self.brk_end),
+                         [(pool, list(pool.free_runs), pool.used, pool.peak)
+                          for pool in (self.table_pool, self.user_pool)])
+        self._change = change
+        self.page_tables.journal = change.journal
+        try:
+            yield
+        except BaseException:
+            self._undo(change)
+            raise
+        else:
+            for phys, size in change.released:
+                self.memory.discard(phys, size)
+                self.user_pool.free(phys, size)
+        finally:
+            self._change = None
+            self.page_tables.journal = None
+
+    def _undo(self, change: _Change) -> None:
+        self.page_tables.roll_back(change.journal)
+        self.vmas, self._starts = change.vmas, change.starts
+        self.brk_start, self.brk_end = change.brk
+        for pool, free_runs, used, peak in change.pools:
+            pool.free_runs, pool.used, pool.peak = free_runs, used, peak
+        for phys, size in change.taken:
+            self.memory.discard(phys, size)  # free pages read as zero
+        self.mapping_changes += 1            # the tables were written (and restored)
+
+    def _take_pages(self, size: int, align: int = PAGE_SIZE) -> int:
+        """A run of program pages (ENOMEM at the memory limit), recorded so
+        that a failed change gives it back."""
+        phys = self.user_pool.allocate(size, align)
+        if self._change is not None:
+            self._change.taken.append((phys, size))
+        return phys
+
+    def _take_pages_at(self, phys: int, size: int) -> bool:
+        """Exactly ``[phys, phys + size)`` if free (see :meth:`_take_pages`)."""
+        if not self.user_pool.allocate_at(phys, size):
+            return False
+        if self._change is not None:
+            self._change.taken.append((phys, size))
+        return True
 
     # -- the VMA list ---------------------------------------------------------
     def find(self, address: int) -> Vma | None:
@@ -271,18 +362,15 @@ class AddressSpace:
         and changes nothing: a program that allocates until malloc fails
         sees NULL, never a broken address space."""
         self._check_user_range(start, size)
-        phys = None
-        if prot != PROT_NONE:
-            phys = self._allocate_backing(start, size)
-            try:
+        with self.all_or_nothing():
+            phys = None
+            if prot != PROT_NONE:
+                phys = self._allocate_backing(start, size)
                 self._install(start, phys, size, prot)
-            except SyscallError:
-                self.user_pool.free(phys, size)
-                raise
-        self._insert(Vma(start, start + size, prot, phys, name))
-        self.mapping_changes += 1
-        self._coalesce(start)
-        self._coalesce(start + size)
+            self._insert(Vma(start, start + size, prot, phys, name))
+            self.mapping_changes += 1
+            self._coalesce(start)
+            self._coalesce(start + size)
         return self.find(start)  # type: ignore[return-value]
 
     def populate(self, start: int, size: int) -> None:
@@ -301,22 +389,18 @@ class AddressSpace:
         previous = self.find(start - 1) if start > 0 else None
         if previous is not None and previous.phys is not None:
             after = previous.physical(start)
-            if self.user_pool.allocate_at(after, size):
+            if self._take_pages_at(after, size):
                 return after
         align = HUGE_PAGE_SIZE if size >= HUGE_PAGE_SIZE and start % HUGE_PAGE_SIZE == 0 else PAGE_SIZE
-        return self.user_pool.allocate(size, align)
+        return self._take_pages(size, align)
 
     def _install(self, start: int, phys: int, size: int, prot: int) -> None:
         """Write the page-table entries of ``[start, start + size)`` (none
-        for PROT_NONE).  If page-table pages run out half-way, the entries
-        written so far are taken back before ENOMEM goes up."""
-        if prot == PROT_NONE:
-            return
-        try:
+        for PROT_NONE).  If page-table pages run out half-way, the change
+        this is part of (:meth:`all_or_nothing`) takes back the entries
+        written so far."""
+        if prot != PROT_NONE:
             self.page_tables.map(start, phys, size, _leaf_flags(prot))
-        except SyscallError:
-            self.page_tables.unmap(start, size)
-            raise
 
     def _coalesce(self, address: int) -> None:
         """Merge the VMAs ending and starting at *address* when they are
@@ -340,10 +424,13 @@ class AddressSpace:
         self._insert(replace(before, end=after.end))
 
     def unmap(self, start: int, size: int) -> None:
-        """Remove every mapping in the range (munmap); holes are fine."""
-        for piece in self._cut(start, start + size):
-            if piece.phys is not None:
-                self._release(piece.phys, piece.size)
+        """Remove every mapping in the range (munmap); holes are fine.
+        Splitting a 2 MiB page at an end of the range needs a page table:
+        ENOMEM when the pool is empty, and then nothing is removed."""
+        with self.all_or_nothing():
+            for piece in self._cut(start, start + size):
+                if piece.phys is not None:
+                    self._release(piece.phys, piece.size)
 
     def _cut(self, start: int, end: int) -> list[Vma]:
         """Take ``[start, end)`` out of the VMA list and the page tables.
@@ -370,7 +457,11 @@ class AddressSpace:
     def _release(self, phys: int, size: int) -> None:
         """Give pages back to the pool.  They are zeroed (their host memory
         returned) on the way: free pages always read as zero, which is what
-        lets a new mapping skip clearing."""
+        lets a new mapping skip clearing.  Inside a change, that waits for
+        the change to succeed (:meth:`all_or_nothing`)."""
+        if self._change is not None:
+            self._change.released.append((phys, size))
+            return
         self.memory.discard(phys, size)
         self.user_pool.free(phys, size)
 
@@ -404,23 +495,20 @@ class AddressSpace:
         A PROT_NONE reservation gets its pages when it is first opened."""
         end = start + size
         self.check_mapped(start, size)
-        affected = self._overlapping(start, end)
-        for vma in affected:
-            self._protect_vma(vma, max(vma.start, start), min(vma.end, end), prot)
-        for boundary in sorted({start, end, *(vma.end for vma in affected if vma.end < end)}):
-            self._coalesce(boundary)
+        with self.all_or_nothing():
+            affected = self._overlapping(start, end)
+            for vma in affected:
+                self._protect_vma(vma, max(vma.start, start), min(vma.end, end), prot)
+            for boundary in sorted({start, end, *(vma.end for vma in affected if vma.end < end)}):
+                self._coalesce(boundary)
 
     def _protect_vma(self, vma: Vma, start: int, end: int, prot: int) -> None:
-        # Pages and page-table entries first: if memory runs out, the VMA
-        # list still says what the page tables do.
+        # (part of protect's all-or-nothing change: a later VMA that runs
+        # out of memory undoes this one too)
         phys = None if vma.phys is None else vma.physical(start)
         if phys is None and prot != PROT_NONE:
             phys = self._allocate_backing(start, end - start)
-            try:
-                self._install(start, phys, end - start, prot)
-            except SyscallError:
-                self.user_pool.free(phys, end - start)
-                raise
+            self._install(start, phys, end - start, prot)
         elif phys is not None and prot == PROT_NONE:
             self.page_tables.unmap(start, end - start)
         elif phys is not None:
@@ -450,15 +538,17 @@ class AddressSpace:
         vma = self.find(old)
         if vma is None or old + old_size > vma.end:
             raise SyscallError(errno.EFAULT, f"{old:#x}+{old_size:#x} is not inside one mapping")
-        if new_address is None and new_size <= old_size:
-            if new_size < old_size:
-                self.unmap(old + new_size, old_size - new_size)
-            return old
-        if new_address is None and self._grow_in_place(vma, old, old_size, new_size):
-            return old
-        if not may_move:
-            raise SyscallError(errno.ENOMEM, f"cannot grow {old:#x} in place and may not move it")
-        return self._move(vma, old, old_size, new_size, new_address)
+        with self.all_or_nothing():
+            if new_address is None and new_size <= old_size:
+                if new_size < old_size:
+                    self.unmap(old + new_size, old_size - new_size)
+                return old
+            if new_address is None and self._grow_in_place(vma, old, old_size, new_size):
+                return old
+            if not may_move:
+                raise SyscallError(errno.ENOMEM, f"cannot grow {old:#x} in place and may "
+                                                 "not move it")
+            return self._move(vma, old, old_size, new_size, new_address)
 
     def _grow_in_place(self, vma: Vma, old: int, old_size: int, new_size: int) -> bool:
         """Extend the mapping over the free range after it, with pages right
@@ -470,13 +560,9 @@ class AddressSpace:
         phys = None
         if vma.phys is not None:
             phys = vma.physical(end)
-            if not self.user_pool.allocate_at(phys, grow):
+            if not self._take_pages_at(phys, grow):
                 return False
-            try:
-                self._install(end, phys, grow, vma.prot)
-            except SyscallError:
-                self.user_pool.free(phys, grow)
-                raise
+            self._install(end, phys, grow, vma.prot)
         self._insert(Vma(end, new_end, vma.prot, phys, vma.name))
         self.mapping_changes += 1
         self._coalesce(end)
@@ -493,11 +579,11 @@ class AddressSpace:
         # Decide where the pages come from before changing anything.
         phys = None if vma.phys is None else vma.physical(old)
         copy_from = None
-        if phys is not None and new_size > old_size and not self.user_pool.allocate_at(
+        if phys is not None and new_size > old_size and not self._take_pages_at(
                 phys + old_size, new_size - old_size):
             copy_from = phys
-            phys = self.user_pool.allocate(new_size, HUGE_PAGE_SIZE if new_size >= HUGE_PAGE_SIZE
-                                           and new_address % HUGE_PAGE_SIZE == 0 else PAGE_SIZE)
+            phys = self._take_pages(new_size, HUGE_PAGE_SIZE if new_size >= HUGE_PAGE_SIZE
+                                    and new_address % HUGE_PAGE_SIZE == 0 else PAGE_SIZE)
             self.memory.view(phys, old_size)[:] = self.memory.view(copy_from, old_size)
             self.memory.note_written(phys, old_size)
         self.unmap(new_address, new_size)  # MREMAP_FIXED replaces what was there
@@ -507,11 +593,7 @@ class AddressSpace:
         elif phys is not None and new_size < old_size:
             self._release(phys + new_size, old_size - new_size)
         if phys is not None:
-            try:
-                self._install(new_address, phys, new_size, vma.prot)
-            except SyscallError:
-                self._release(phys, new_size)
-                raise
+            self._install(new_address, phys, new_size, vma.prot)
         self._insert(Vma(new_address, new_address + new_size, vma.prot, phys, vma.name))
         self.mapping_changes += 1
         self._coalesce(new_address)

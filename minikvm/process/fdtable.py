@@ -418,13 +418,26 @@ class FdTable:
 
     def install(self, file: OpenFile, lowest: int = 0, cloexec: bool = False) -> int:
         """Give *file* the lowest free fd ≥ *lowest* (EMFILE at the limit)."""
-        fd = lowest
-        while fd in self.entries:
-            fd += 1
-        if fd >= self.max_fds:
-            raise SyscallError(errno.EMFILE, f"at most {self.max_fds} open files")
+        fd = self.check_room(lowest)
         self.install_at(fd, file, cloexec)
         return fd
+
+    def check_room(self, lowest: int = 0, count: int = 1) -> int:
+        """The fd :meth:`install` would give next; EMFILE unless *count* fds
+        ≥ *lowest* are free below the limit.  A call that creates something
+        (a file, a host socket, the two ends of a pipe) asks first, so that
+        EMFILE leaves nothing made behind — Linux too takes the fd number
+        before it opens."""
+        free = []
+        fd = lowest
+        while len(free) < count:
+            if fd >= self.max_fds:
+                raise SyscallError(errno.EMFILE, f"at most {self.max_fds} open files "
+                                                 "(--max-fds)")
+            if fd not in self.entries:
+                free.append(fd)
+            fd += 1
+        return free[0]
 
     def install_at(self, fd: int, file: OpenFile, cloexec: bool = False) -> None:
         """Put *file* at exactly *fd*, closing what was there (dup2)."""

@@ -183,8 +183,11 @@ def _wait(proc: Process, epfd: int, address: int, count: int, timeout: float | N
         raise SyscallError(errno.EINVAL, f"maxevents {count}")
     epoll = _epoll(proc, epfd)
     _forget_closed(proc, epoll)
-    # EFAULT before waiting (and before a one-shot fd is used up)
-    proc.mm.read(address, EPOLL_EVENT.size * min(count, max(1, len(epoll.interest))))
+    # EFAULT before waiting, and before a one-shot fd is used up or an
+    # edge is taken: the events go there, so it must be writable (Linux
+    # puts an event it could not copy out back on the ready list)
+    proc.mm.views(address, EPOLL_EVENT.size * min(count, max(1, len(epoll.interest))),
+                  write=True)
     fds = list(epoll.interest)
     items = [epoll.interest[fd] for fd in fds]
     requests = [(fd, item.events & POLL_BITS) for fd, item in zip(fds, items)]

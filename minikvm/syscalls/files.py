@@ -209,6 +209,7 @@ def sys_openat(proc: Process, dirfd: int, path_address: int, flags: int, mode: i
     ``--max-fds``."""
     path = guest_path(proc, dirfd, read_path(proc, path_address))
     flags = signed32(flags)
+    proc.fds.check_room()   # EMFILE before O_CREAT or O_TRUNC changes a file
     device = proc.policy.is_virtual_device(path, proc.cwd)
     if device:
         file = DeviceFile(device, path, flags & (O_ACCMODE | O_APPEND | O_NONBLOCK))
@@ -552,9 +553,12 @@ def sys_statfs(proc: Process, path_address: int, address: int) -> int:
 
 # -- copying between files -------------------------------------------------------------------
 def _read_offset(proc: Process, address: int) -> int | None:
-    """An ``loff_t *`` argument: None for NULL, EINVAL when negative."""
+    """An ``loff_t *`` argument: None for NULL, EINVAL when negative.
+    It is written back after the copy, so it must be writable too (EFAULT
+    now, before a byte of any file changes)."""
     if not address:
         return None
+    proc.mm.views(address, 8, write=True)
     (offset,) = proc.mm.read_struct(address, "<q")
     if offset < 0:
         raise SyscallError(errno.EINVAL, f"negative offset {offset}")
@@ -781,17 +785,15 @@ def sys_pipe2(proc: Process, address: int, flags: int) -> int:
     An empty pipe gives EAGAIN unless another guest thread may fill it (no
     other process can)."""
     flags = signed32(flags)
+    # Both fds and the int[2] first: a failure leaves no fd taken.
+    proc.fds.check_room(count=2)
+    proc.mm.views(address, 8, write=True)
     proc.pipes_made += 1
     pipe = Pipe(number=proc.pipes_made)
     status = flags & O_NONBLOCK
     read_fd = proc.fds.install(PipeEnd(pipe, False, status), cloexec=bool(flags & O_CLOEXEC))
     write_fd = proc.fds.install(PipeEnd(pipe, True, status), cloexec=bool(flags & O_CLOEXEC))
-    try:
-        proc.mm.write_struct(address, "<ii", read_fd, write_fd)
-    except SyscallError:
-        proc.fds.close(read_fd)
-        proc.fds.close(write_fd)
-        raise
+    proc.mm.write_struct(address, "<ii", read_fd, write_fd)
     return 0
 
 

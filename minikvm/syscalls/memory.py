@@ -25,12 +25,14 @@ pool of pages rather than an overcommitted page cache:
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat as stat_module
 from typing import TYPE_CHECKING
 
 from minikvm.cpu.layout import MMAP_MIN_ADDR, USER_SPACE_END
 from minikvm.errors import SyscallError
+from minikvm.linux_abi import O_PATH
 from minikvm.machine.mm import (POPULATE_LIMIT, PROT_MASK, PROT_NONE, PROT_READ, PROT_WRITE,
                                 page_align_up)
 from minikvm.process.fdtable import DeviceFile
@@ -129,22 +131,26 @@ def sys_mmap(proc: Process, address: int, length: int, prot: int, flags: int, fd
             raise SyscallError(errno.EEXIST, f"{address:#x}+{size:#x} is already mapped")
         start = address
     elif flags & MAP_FIXED:
-        proc.mm.unmap(address, size)
         start = address
     else:
         start = _choose_address(proc, address, size, bool(flags & MAP_32BIT))
 
-    if source is None:
-        proc.mm.map(start, size, prot)
-        if prot & PROT_WRITE and size <= POPULATE_LIMIT:
-            proc.mm.populate(start, size)   # a buffer: its pages will be written
-        return start
-    # A file's contents go into pages that must exist even for PROT_NONE,
-    # so map readable, fill, then apply the protection asked for.
-    vma = proc.mm.map(start, size, prot or PROT_READ, source.path)
-    _copy_file(proc, source.host_fd, offset, length, vma.physical(start))
-    if prot == PROT_NONE:
-        proc.mm.protect(start, size, PROT_NONE)
+    # One change: if the memory limit, the page-table pool or the file's
+    # copy fails, what MAP_FIXED replaced is still there, untouched.
+    with proc.mm.all_or_nothing():
+        if flags & MAP_FIXED and not flags & MAP_FIXED_NOREPLACE:
+            proc.mm.unmap(address, size)
+        if source is None:
+            proc.mm.map(start, size, prot)
+        else:
+            # A file's contents go into pages that must exist even for
+            # PROT_NONE, so map readable, fill, then apply the protection.
+            vma = proc.mm.map(start, size, prot or PROT_READ, source.path)
+            _copy_file(proc, source.host_fd, offset, length, vma.physical(start))
+            if prot == PROT_NONE:
+                proc.mm.protect(start, size, PROT_NONE)
+    if source is None and prot & PROT_WRITE and size <= POPULATE_LIMIT:
+        proc.mm.populate(start, size)   # a buffer: its pages will be written
     return start
 
 
@@ -154,6 +160,10 @@ def _mappable_file(proc: Process, fd: int, kind: int, prot: int):
     source = proc.fds.get(fd)
     if isinstance(source, DeviceFile) and source.name == "zero":
         return None
+    if source.host_fd is not None and fcntl.fcntl(source.host_fd, fcntl.F_GETFL) & O_PATH:
+        # an O_PATH fd names a file but cannot read it: Linux's mmap finds
+        # no file behind it (and its copy could not be made)
+        raise SyscallError(errno.EBADF, f"fd {fd} was opened with O_PATH")
     if source.host_fd is None or not stat_module.S_ISREG(os.fstat(source.host_fd).st_mode):
         raise SyscallError(errno.ENODEV, f"fd {fd} is not a regular file")
     if not source.readable():

@@ -448,6 +448,7 @@ def sys_socket(proc: Process, domain: int, type_: int, protocol: int) -> int:
     allowed = {0, AF_UNIX} if domain == AF_UNIX else {0, PROTOCOLS[kind]}
     if protocol not in allowed:
         raise SyscallError(errno.EPROTONOSUPPORT, f"protocol {protocol}")
+    proc.fds.check_room()                          # EMFILE before a host socket exists
     sock = socket.socket(domain, kind | socket.SOCK_CLOEXEC, protocol)
     return _install(proc, SocketFile(sock, domain, kind, bool(flags & SOCK_NONBLOCK),
                                      _stop_check(proc)), bool(flags & SOCK_CLOEXEC))
@@ -472,7 +473,8 @@ def sys_socketpair(proc: Process, domain: int, type_: int, protocol: int, pair: 
         raise SyscallError(errno.EINVAL, f"socketpair type {type_:#x} protocol {protocol}")
     if kind not in PROTOCOLS:
         raise proc.policy.refuse("socketpair", f"type {kind}")
-    proc.mm.views(pair, 8, write=True)            # EFAULT before anything is made
+    proc.mm.views(pair, 8, write=True)            # EFAULT and EMFILE before anything is made
+    proc.fds.check_room(count=2)
     first, second = socket.socketpair(socket.AF_UNIX, kind | socket.SOCK_CLOEXEC)
     files = [SocketFile(s, AF_UNIX, kind, bool(flags & SOCK_NONBLOCK), _stop_check(proc))
              for s in (first, second)]
