@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from minikvm.syscalls import directories, files, poll, sync
+from minikvm.syscalls import directories, files, metadata, poll, sync
 from minikvm.syscalls.base import Syscall
 from minikvm.syscalls.dispatch import Dispatcher
 from tests.guest_runs import run_minikvm, run_native
@@ -161,31 +161,31 @@ def test_long_waits_stop_at_the_time_limit(how: str, tmp_path: Path) -> None:
 
 # -- the pure parts ---------------------------------------------------------------------------
 def test_dirent64_records() -> None:
-    record = directories.pack_dirent64(b"hello.txt", 1234, files.DT_REG, 7)
+    record = directories.pack_dirent64(b"hello.txt", 1234, directories.DT_REG, 7)
     assert len(record) % 8 == 0
     inode, offset, length, d_type = directories.DIRENT64_HEADER.unpack_from(record)
-    assert (inode, offset, length, d_type) == (1234, 7, len(record), files.DT_REG)
+    assert (inode, offset, length, d_type) == (1234, 7, len(record), directories.DT_REG)
     name = record[directories.DIRENT64_HEADER.size:]
     assert name.rstrip(b"\0") == b"hello.txt" and name.endswith(b"\0")
     # 19 header bytes + "." + NUL = 21: padded to 24
-    assert len(directories.pack_dirent64(b".", 1, files.DT_DIR, 1)) == 24
+    assert len(directories.pack_dirent64(b".", 1, directories.DT_DIR, 1)) == 24
 
 
 def test_old_dirent_records_end_with_the_type() -> None:
-    record = directories.pack_dirent(b"ab", 9, files.DT_LNK, 3)
+    record = directories.pack_dirent(b"ab", 9, directories.DT_LNK, 3)
     assert len(record) % 8 == 0
-    assert record[-1] == files.DT_LNK
+    assert record[-1] == directories.DT_LNK
     assert directories.DIRENT_HEADER.unpack_from(record) == (9, 3, len(record))
     assert record[directories.DIRENT_HEADER.size:directories.DIRENT_HEADER.size + 3] == b"ab\0"
 
 
 def test_struct_sizes_are_the_kernels() -> None:
-    assert struct.calcsize(files.STATX_FORMAT) == 256
-    assert files.STATFS_SIZE == 120
-    assert struct.calcsize(files.STAT_FORMAT) == 144
-    statx = files.pack_statx(os.stat(__file__))
+    assert struct.calcsize(metadata.STATX_FORMAT) == 256
+    assert metadata.STATFS_SIZE == 120
+    assert struct.calcsize(metadata.STAT_FORMAT) == 144
+    statx = metadata.pack_statx(os.stat(__file__))
     mask, _, _, nlink = struct.unpack_from("<IIQI", statx)
-    assert mask == files.STATX_BASIC_STATS and nlink >= 1
+    assert mask == metadata.STATX_BASIC_STATS and nlink >= 1
     assert struct.unpack_from("<Q", statx, 40)[0] == os.stat(__file__).st_size  # stx_size
 
 

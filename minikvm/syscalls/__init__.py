@@ -2,7 +2,9 @@
 
 ====================  ==============================================================
 ``base``              the table entry (:class:`~minikvm.syscalls.base.Syscall`) and argument helpers
-``files``             open, read, write, stat, fds, pipes, eventfd, the working directory
+``files``             open, read, write, lseek, and the path helpers the file families share
+``metadata``          stat, statx, statfs, readlink, access, the working directory, umask
+``descriptors``       dup, fcntl, ioctl, close_range, pipes, eventfd, sendfile, copy_file_range
 ``directories``       listings, mkdir, unlink, rename, link, symlink
 ``attributes``        truncate, sync, times, mode, owner
 ``memory``            brk, mmap, munmap, mprotect, mremap, madvise

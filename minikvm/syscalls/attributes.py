@@ -24,7 +24,8 @@ from minikvm.process.fdtable import HostFile
 from minikvm.syscalls.base import PARTIAL, SUPPORTED, Syscall, signed32, signed64
 from minikvm.syscalls.files import (PATH_MAX, check_file_change, check_file_size,
                                     check_writable_entry, guest_path, host_call, open_to_change,
-                                    read_path, stat_of_file, stat_of_path)
+                                    read_path)
+from minikvm.syscalls.metadata import stat_of_file, stat_of_path
 
 if TYPE_CHECKING:
     from minikvm.process.process import Process

@@ -25,11 +25,13 @@ from minikvm.errors import SyscallError
 from minikvm.linux_abi import (AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_FOLLOW, MODE_BITS)
 from minikvm.process.fdtable import HostFile, OpenFile
 from minikvm.syscalls.base import PARTIAL, SUPPORTED, Syscall, signed32
-from minikvm.syscalls.files import (DT_DIR, DT_LNK, DT_REG, DT_UNKNOWN, UINT_MASK, final_name,
-                                    guest_path, host_call, read_path)
+from minikvm.syscalls.files import UINT_MASK, final_name, guest_path, host_call, read_path
 
 if TYPE_CHECKING:
     from minikvm.process.process import Process
+
+#: d_type values of a directory listing (linux/dirent.h, fs/readdir.c)
+DT_UNKNOWN, DT_DIR, DT_REG, DT_LNK = 0, 4, 8, 10
 
 #: ``struct linux_dirent64``: d_ino, d_off, d_reclen, d_type, then the name and a NUL
 DIRENT64_HEADER = struct.Struct("<QqHB")

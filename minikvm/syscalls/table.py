@@ -7,12 +7,15 @@ number, and the docs' support matrix is generated from it.
 
 from __future__ import annotations
 
-from minikvm.syscalls import (attributes, directories, epoll, files, info, memory, net, poll,
-                              process, signal_actions, signal_handlers, sync, time, requests)
+from minikvm.syscalls import (attributes, descriptors, directories, epoll, files, info, memory,
+                              metadata, net, poll, process, requests, signal_actions,
+                              signal_handlers, sync, time)
 from minikvm.syscalls.base import Syscall
 
 FAMILIES = {
     "files": files.SYSCALLS,
+    "metadata": metadata.SYSCALLS,
+    "descriptors": descriptors.SYSCALLS,
     "directories": directories.SYSCALLS,
     "attributes": attributes.SYSCALLS,
     "memory": memory.SYSCALLS,
