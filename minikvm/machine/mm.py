@@ -50,6 +50,14 @@ PROT_MASK = PROT_READ | PROT_WRITE | PROT_EXEC
 #: asked for usually is.  Above the limit, a mostly unused reservation
 #: would cost too much at mmap (and hold host memory early).
 POPULATE_LIMIT = 64 << 20
+#: The most VMAs an address space may hold: Linux's ``vm.max_map_count``
+#: default (``DEFAULT_MAX_MAP_COUNT``, 65530).  Each VMA is a host object
+#: (~200 bytes with its index entry), and a PROT_NONE mapping costs the
+#: guest no memory at all, so without this a program mapping every other
+#: page would grow the host's record without bound.  Beyond it ``mmap``,
+#: ``mprotect`` and ``munmap`` that would add a VMA fail with ENOMEM, as
+#: on Linux: ~13 MiB of host memory at most.
+MAX_MAP_COUNT = 65530
 
 
 def page_align_up(value: int) -> int:
@@ -271,6 +279,7 @@ class AddressSpace:
         and changes nothing: a program that allocates until malloc fails
         sees NULL, never a broken address space."""
         self._check_user_range(start, size)
+        self._check_map_count(start, start + size, adding=1)
         phys = None
         if prot != PROT_NONE:
             phys = self._allocate_backing(start, size)
@@ -339,8 +348,24 @@ class AddressSpace:
         self._remove(after)
         self._insert(replace(before, end=after.end))
 
+    def _check_map_count(self, start: int, end: int, adding: int = 0) -> None:
+        """ENOMEM if changing ``[start, end)`` — splitting the VMAs that
+        straddle its ends, and adding *adding* more — could pass
+        :data:`MAX_MAP_COUNT` (Linux's ``map_count >= sysctl_max_map_count``
+        checks in ``do_mmap`` and ``__split_vma``)."""
+        splits = 0
+        for edge in (start, end):
+            vma = self.find(edge)
+            if vma is not None and vma.start < edge:
+                splits += 1
+        if len(self.vmas) + splits + adding > MAX_MAP_COUNT:
+            raise SyscallError(errno.ENOMEM, f"{len(self.vmas)} mappings already: at most "
+                                             f"{MAX_MAP_COUNT} (vm.max_map_count); unmap some "
+                                             f"or map larger areas")
+
     def unmap(self, start: int, size: int) -> None:
         """Remove every mapping in the range (munmap); holes are fine."""
+        self._check_map_count(start, start + size)
         for piece in self._cut(start, start + size):
             if piece.phys is not None:
                 self._release(piece.phys, piece.size)
@@ -404,6 +429,7 @@ class AddressSpace:
         A PROT_NONE reservation gets its pages when it is first opened."""
         end = start + size
         self.check_mapped(start, size)
+        self._check_map_count(start, end)
         affected = self._overlapping(start, end)
         for vma in affected:
             self._protect_vma(vma, max(vma.start, start), min(vma.end, end), prot)
@@ -467,6 +493,7 @@ class AddressSpace:
         if end != vma.end or new_end > USER_SPACE_END or not self.is_free(end, new_end):
             return False
         grow = new_size - old_size
+        self._check_map_count(end, new_end, adding=1)
         phys = None
         if vma.phys is not None:
             phys = vma.physical(end)
@@ -490,6 +517,8 @@ class AddressSpace:
         elif new_address < old + old_size and old < new_address + new_size:
             raise SyscallError(errno.EINVAL, "the new range overlaps the old one")
         self._check_bounds(new_address, new_size)
+        self._check_map_count(old, old + old_size, adding=1)
+        self._check_map_count(new_address, new_address + new_size, adding=1)
         # Decide where the pages come from before changing anything.
         phys = None if vma.phys is None else vma.physical(old)
         copy_from = None
