@@ -73,6 +73,32 @@ TIME_LIMIT_TICK = 0.01
 #: How many ticks a system call may go on after the time limit before it
 #: is interrupted: plenty for a call that does not wait to finish normally.
 TIME_LIMIT_GRACE_TICKS = 20
+#: The host memory a run may hold beyond its guest's (``--memory``), with
+#: ``--max-fds`` at most :data:`HOST_MEMORY_FDS_COVERED`: the interpreter
+#: and minikvm themselves (~40 MiB resident), and every record a guest can
+#: make the host keep, each bounded by a Linux limit — mappings by
+#: ``vm.max_map_count`` (:data:`~minikvm.machine.mm.MAX_MAP_COUNT`), pipe
+#: contents in sum (:data:`~minikvm.process.fdtable.PIPE_BUFFERS_LIMIT`),
+#: threads by ``--max-threads``, responses by
+#: :data:`~minikvm.syscalls.requests.MAX_RESPONSE` in sum — while a guest
+#: buffer, however large, is reached through views or in bounded chunks,
+#: never copied whole.  tests/test_hostile.py checks the peak resident
+#: memory of a run against ``--memory`` plus this.
+HOST_MEMORY_OVERHEAD = 64 << 20
+#: The open files :data:`HOST_MEMORY_OVERHEAD` covers; each one more that
+#: ``--max-fds`` allows may add :data:`HOST_MEMORY_PER_FD` (its host
+#: object and fd-table entry, ~300 bytes; a pipe's two ends ~800).
+HOST_MEMORY_FDS_COVERED = 4096
+HOST_MEMORY_PER_FD = 1 << 10
+
+
+def host_memory_bound(memory_size: int, max_fds: int) -> int:
+    """The most host memory (bytes) a run with *memory_size* bytes of guest
+    memory and *max_fds* open files may hold: :data:`HOST_MEMORY_OVERHEAD`
+    beyond the guest's own, and more only for a ``--max-fds`` above
+    :data:`HOST_MEMORY_FDS_COVERED`."""
+    return (memory_size + HOST_MEMORY_OVERHEAD
+            + max(0, max_fds - HOST_MEMORY_FDS_COVERED) * HOST_MEMORY_PER_FD)
 
 
 class Machine:

@@ -6,10 +6,15 @@
  *        exhaust write-loop FILE   write FILE with write(2), then spin
  *        exhaust write-crash FILE  write FILE with write(2), then crash
  *        exhaust wait-stdin        read(2) stdin, which nobody writes to
- *        exhaust host-memory KIND  ask for large buffers the host must not
- *                                  copy: KIND is "small" (the baseline),
- *                                  "getrandom-bad" (32 MiB to a bad pointer)
- *                                  or "read-urandom" (read 64 MiB of it)
+ *        exhaust host-memory KIND  touch 96 MiB, then make the host hold
+ *                                  what it must not: KIND is "small" (the
+ *                                  baseline), "getrandom-bad" (1 GiB to a
+ *                                  bad pointer), "read-urandom" (read 96 MiB
+ *                                  of it), "writev-eventfd" (1024 iovecs of
+ *                                  2 MiB), "pipes-full" (every pipe the fd
+ *                                  limit allows, each filled until it is
+ *                                  full), "mmap-count" (PROT_NONE pages
+ *                                  mapped one apart, until mmap fails)
  *
  * "memory" and "fds" print how far they got and the errno they met, then
  * exit 0: running out must be an ordinary error the program can handle.
@@ -19,12 +24,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define BLOCK (1 << 20)
 #define MAX_BLOCKS 100000      /* 100 GiB: far beyond any --memory */
 #define PAYLOAD_SIZE 100000
+#define HOST_MEMORY_BUFFER (96 << 20)
+#define MAX_MAPPINGS 100000    /* beyond Linux's vm.max_map_count, 65530 */
 
 int *volatile bad_pointer = (int *)8;   /* volatile: the compiler cannot see it is bad */
 
@@ -99,8 +109,12 @@ int main(int argc, char **argv)
     if (strcmp(what, "host-memory") == 0 && argc == 3) {
         /* the same memory touched in every kind, so only the host's own
          * copies can differ */
-        size_t size = 256 << 20;
+        size_t size = HOST_MEMORY_BUFFER;
         char *buffer = malloc(size);
+        if (buffer == NULL) {
+            printf("malloc: %d\n", errno);
+            return 1;
+        }
         memset(buffer, 1, size);
         int fd = open("/dev/urandom", O_RDONLY);
         long result = 0;
@@ -110,7 +124,45 @@ int main(int argc, char **argv)
             for (int i = 0; i < 4; i++)
                 result += syscall(SYS_getrandom, (char *)8, 1UL << 30, 0);
         else if (strcmp(argv[2], "read-urandom") == 0)
-            result = read(open("/dev/urandom", O_RDONLY), buffer, 64 << 20);
+            result = read(fd, buffer, size);
+        else if (strcmp(argv[2], "writev-eventfd") == 0) {
+            /* 1024 iovecs naming one 2 MiB buffer: 2 GiB if the host joins
+             * them; an eventfd write takes 8 bytes of it */
+            static struct iovec iov[1024];
+            memset(buffer, 0, 8);
+            buffer[0] = 1;
+            for (int i = 0; i < 1024; i++)
+                iov[i] = (struct iovec){buffer, 2 << 20};
+            result = writev(eventfd(0, 0), iov, 1024);
+        } else if (strcmp(argv[2], "pipes-full") == 0) {
+            /* the bytes all the pipes hold at the end: a 64 KiB pipe
+             * buffer in the host for each, if nothing bounds their sum */
+            int ends[2];
+            while (pipe2(ends, O_NONBLOCK) == 0) {
+                ssize_t n;
+                while ((n = write(ends[1], buffer, 1 << 16)) > 0)
+                    result += n;
+                if (errno != EAGAIN)
+                    printf("write: %d\n", errno);
+            }
+            if (errno != EMFILE && errno != ENFILE)
+                printf("pipe2: %d\n", errno);
+        } else if (strcmp(argv[2], "mmap-count") == 0) {
+            /* one host record per mapping, and a PROT_NONE page costs the
+             * guest nothing: how many mmap allowed before ENOMEM */
+            char *base = mmap(NULL, 2UL * MAX_MAPPINGS << 12, PROT_NONE,
+                              MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (base == MAP_FAILED || munmap(base, 2UL * MAX_MAPPINGS << 12) != 0) {
+                printf("reserve: %d\n", errno);
+                return 1;
+            }
+            while (result < MAX_MAPPINGS
+                   && mmap(base + (2 * result << 12), 1 << 12, PROT_NONE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED)
+                result++;
+            if (result < MAX_MAPPINGS && errno != ENOMEM)
+                printf("mmap: %d\n", errno);
+        }
         printf("%s: %ld\n", argv[2], result);
         return 0;
     }
