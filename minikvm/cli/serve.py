@@ -73,6 +73,9 @@ CLIENT_TIMEOUT = 10.0
 LISTEN_BACKLOG = 128
 #: Headers the server writes itself, whatever the program's raw response says.
 FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
+#: The most bytes a raw HTTP response's status line and headers may take
+#: (http.server's own limit on one header line): beyond, it is a 502.
+MAX_RESPONSE_HEAD = 64 << 10
 STATUS_BAD_GATEWAY = 502
 STATUS_GATEWAY_TIMEOUT = 504
 STATUS_LENGTH_REQUIRED = 411
@@ -98,20 +101,31 @@ class Outcome:
     for the log when something went wrong."""
     status: int
     headers: list[tuple[str, str]]
-    body: bytes
+    #: bytes, or a view on the program's response (never a copy of it)
+    body: bytes | bytearray | memoryview
     log: str = ""
 
 
-def parse_response(raw: bytes) -> Outcome:
-    """The program's response as an HTTP answer (see the module docstring)."""
+def parse_response(raw: bytes | bytearray) -> Outcome:
+    """The program's response as an HTTP answer (see the module docstring).
+
+    The status line and headers are looked for in the first
+    :data:`MAX_RESPONSE_HEAD` bytes only, and the body is a view on *raw*:
+    splitting a 64 MiB response into copies would hold it several times."""
     if not raw.startswith(b"HTTP/1."):
         return Outcome(STATUS_OK, [("Content-Type", "application/octet-stream")], raw)
-    head, separator, body = raw.partition(b"\r\n\r\n")
-    if not separator:
-        head, separator, body = raw.partition(b"\n\n")
-    lines = head.replace(b"\r\n", b"\n").split(b"\n")
+    window = bytes(raw[:MAX_RESPONSE_HEAD])
+    end, separator = window.find(b"\r\n\r\n"), 4
+    if end < 0:
+        end, separator = window.find(b"\n\n"), 2
+    if end < 0:
+        return Outcome(STATUS_BAD_GATEWAY, [], b"minikvm: the program sent a malformed HTTP "
+                       b"response\n", f"malformed HTTP response from the program (no empty "
+                       f"line ends its headers in the first {MAX_RESPONSE_HEAD} bytes)")
+    body = memoryview(raw)[end + separator:]
+    lines = window[:end].replace(b"\r\n", b"\n").split(b"\n")
     parts = lines[0].split(b" ", 2)
-    if not separator or len(parts) < 2 or not parts[1].isdigit() or len(parts[1]) != 3:
+    if len(parts) < 2 or not parts[1].isdigit() or len(parts[1]) != 3:
         return Outcome(STATUS_BAD_GATEWAY, [], b"minikvm: the program sent a malformed HTTP "
                        b"response\n", "malformed HTTP response from the program")
     headers = []
