@@ -40,7 +40,7 @@ import pytest
 
 from minikvm.machine.machine import host_memory_bound
 from minikvm.machine.mm import MAX_MAP_COUNT
-from minikvm.process.fdtable import PIPE_BUFFERS_LIMIT
+from minikvm.process.fdtable import EPOLL_MAX_WATCHES, PIPE_BUFFERS_LIMIT
 from minikvm.sandbox import landlock
 
 from minikvm.sandbox import seccomp
@@ -530,6 +530,7 @@ AMPLIFIERS: dict[str, int | None] = {
     "writev-eventfd": 8,           # 8 bytes taken, the 2 GiB of iovecs never joined
     "pipes-full": PIPE_BUFFERS_LIMIT,   # every pipe full or the process's sum reached
     "mmap-count": None,            # stopped by vm.max_map_count
+    "epoll-watches": EPOLL_MAX_WATCHES,   # then ENOSPC, as max_user_watches
 }
 
 
@@ -543,8 +544,8 @@ def test_host_memory_does_not_follow_the_guests_buffer_sizes(kind, variant, tmp_
     asks.  Before the fixes: getrandom made its 1 GiB before finding the
     pointer bad, a read of /dev/urandom made all its bytes as one object,
     an eventfd writev joined its 1024 × 2 MiB iovecs twice (4.2 GB), 2047
-    full pipes held 128 MiB, and PROT_NONE mappings grew the host's VMA
-    record without end."""
+    full pipes held 128 MiB, and PROT_NONE mappings and epoll registrations
+    (every epoll may watch every fd) grew the host's records without end."""
     bound_kib = host_memory_bound(AMPLIFIER_MEMORY, AMPLIFIER_MAX_FDS) >> 10
     runs = {}
     for which in ("small", kind):

@@ -44,6 +44,12 @@ PIPE_CAPACITY = 65536    # Linux's default pipe buffer
 #: write that would pass this sees the pipe full (EAGAIN, or a short
 #: write), as when its reader is slow.
 PIPE_BUFFERS_LIMIT = 16 << 20
+#: The most registrations a process's epolls may hold together.  Each is a
+#: host object (~250 bytes), and every epoll may watch every fd: --max-fds
+#: squared without a limit.  Linux bounds the same per user
+#: (``fs.epoll.max_user_watches``) and answers ``EPOLL_CTL_ADD`` ENOSPC
+#: beyond it, as minikvm does here: ~16 MiB of host memory at most.
+EPOLL_MAX_WATCHES = 65536
 
 # poll(2) event bits (asm-generic/poll.h)
 POLLIN = 0x001
@@ -187,9 +193,11 @@ def fill_views(views: list[memoryview], make: Callable[[int], bytes]) -> int:
 
 
 @dataclass
-class PipeBudget:
-    """The bytes a process's pipes hold together (:data:`PIPE_BUFFERS_LIMIT`)."""
-    buffered: int = 0
+class Tally:
+    """A count shared by a process's files, of what they make the host
+    hold: the bytes in its pipes (:data:`PIPE_BUFFERS_LIMIT`), the
+    registrations of its epolls (:data:`EPOLL_MAX_WATCHES`)."""
+    count: int = 0
 
 
 @dataclass
@@ -207,20 +215,20 @@ class Pipe:
     activity: int = 0
     #: shared by the process's pipes (:attr:`FdTable.pipe_budget`); a pipe
     #: made alone (a snapshot's, a test's) has one of its own
-    budget: PipeBudget = field(default_factory=PipeBudget)
+    budget: Tally = field(default_factory=Tally)
 
     def __post_init__(self) -> None:
-        self.budget.buffered += len(self.data)
+        self.budget.count += len(self.data)
 
-    def move_to(self, budget: PipeBudget) -> None:
+    def move_to(self, budget: Tally) -> None:
         """Count this pipe's bytes in *budget* from now on."""
-        self.budget.buffered -= len(self.data)
-        budget.buffered += len(self.data)
+        self.budget.count -= len(self.data)
+        budget.count += len(self.data)
         self.budget = budget
 
     def room(self) -> int:
         """How many more bytes a write may add now."""
-        return min(PIPE_CAPACITY - len(self.data), PIPE_BUFFERS_LIMIT - self.budget.buffered)
+        return min(PIPE_CAPACITY - len(self.data), PIPE_BUFFERS_LIMIT - self.budget.count)
 
 
 class PipeEnd(OpenFile):
@@ -246,7 +254,7 @@ class PipeEnd(OpenFile):
             piece = self.pipe.data[:len(view)]
             view[:len(piece)] = piece
             del self.pipe.data[:len(piece)]
-            self.pipe.budget.buffered -= len(piece)
+            self.pipe.budget.count -= len(piece)
             total += len(piece)
             if not self.pipe.data:
                 break
@@ -267,7 +275,7 @@ class PipeEnd(OpenFile):
         for chunk in chunks:
             piece = bytes(chunk[:room - total])
             self.pipe.data += piece
-            self.pipe.budget.buffered += len(piece)
+            self.pipe.budget.count += len(piece)
             total += len(piece)
         self.pipe.activity += 1
         return total
@@ -278,7 +286,7 @@ class PipeEnd(OpenFile):
         else:
             self.pipe.readers -= 1
         if self.pipe.readers == 0 and self.pipe.writers == 0:
-            self.pipe.budget.buffered -= len(self.pipe.data)   # nobody can read it now
+            self.pipe.budget.count -= len(self.pipe.data)   # nobody can read it now
             self.pipe.data.clear()
 
     def poll(self, events: int) -> int:
@@ -391,10 +399,39 @@ class EpollFile(OpenFile):
     end, so a small ``maxevents`` still serves every fd in turn)."""
     kind = "epoll"
 
-    def __init__(self) -> None:
+    def __init__(self, watches: Tally | None = None) -> None:
         self.interest: dict[int, EpollInterest] = {}
         self.path = "anon_inode:[eventpoll]"
         self.status_flags = O_RDWR
+        #: the process's count of registrations (:attr:`FdTable.epoll_watches`)
+        self.watches = Tally() if watches is None else watches
+
+    def watch(self, fd: int, item: EpollInterest) -> None:
+        """Register (or re-register) *fd*; ENOSPC past :data:`EPOLL_MAX_WATCHES`."""
+        if fd not in self.interest:
+            if self.watches.count >= EPOLL_MAX_WATCHES:
+                raise SyscallError(errno.ENOSPC, f"the process's epolls watch "
+                                   f"{EPOLL_MAX_WATCHES} fds already (max_user_watches): "
+                                   f"remove some with EPOLL_CTL_DEL")
+            self.watches.count += 1
+        self.interest[fd] = item
+
+    def forget(self, fd: int) -> None:
+        """Drop *fd*'s registration."""
+        del self.interest[fd]
+        self.watches.count -= 1
+
+    def move_to(self, watches: Tally) -> None:
+        """Count this epoll's registrations in *watches* from now on."""
+        self.watches.count -= len(self.interest)
+        watches.count += len(self.interest)
+        self.watches = watches
+
+    def close(self) -> None:
+        # No fd reaches it now: what it watched is dropped (an epoll that
+        # watched it holds a stale entry, forgotten before its next use).
+        self.watches.count -= len(self.interest)
+        self.interest.clear()
 
     def readv(self, views: list[memoryview]) -> int:
         raise SyscallError(errno.EINVAL, "an epoll fd cannot be read (use epoll_wait)")
@@ -445,7 +482,9 @@ class FdTable:
         self.max_fds = max_fds
         self.references: dict[int, int] = {}  # id(file) -> open fds
         #: what this process's pipes hold together (:data:`PIPE_BUFFERS_LIMIT`)
-        self.pipe_budget = PipeBudget()
+        self.pipe_budget = Tally()
+        #: what this process's epolls watch together (:data:`EPOLL_MAX_WATCHES`)
+        self.epoll_watches = Tally()
 
     def get(self, fd: int) -> OpenFile:
         """The file behind *fd*, or EBADF."""
@@ -472,6 +511,8 @@ class FdTable:
             self.close(fd)
         if isinstance(file, PipeEnd) and file.pipe.budget is not self.pipe_budget:
             file.pipe.move_to(self.pipe_budget)   # a snapshot's pipe joins this process's
+        if isinstance(file, EpollFile) and file.watches is not self.epoll_watches:
+            file.move_to(self.epoll_watches)
         self.entries[fd] = FdEntry(file, cloexec)
         self.references[id(file)] = self.references.get(id(file), 0) + 1
 

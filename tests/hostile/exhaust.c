@@ -14,7 +14,9 @@
  *                                  2 MiB), "pipes-full" (every pipe the fd
  *                                  limit allows, each filled until it is
  *                                  full), "mmap-count" (PROT_NONE pages
- *                                  mapped one apart, until mmap fails)
+ *                                  mapped one apart, until mmap fails),
+ *                                  "epoll-watches" (40 epolls each watching
+ *                                  the same 2000 eventfds, until one fails)
  *
  * "memory" and "fds" print how far they got and the errno they met, then
  * exit 0: running out must be an ordinary error the program can handle.
@@ -24,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -35,6 +38,8 @@
 #define PAYLOAD_SIZE 100000
 #define HOST_MEMORY_BUFFER (96 << 20)
 #define MAX_MAPPINGS 100000    /* beyond Linux's vm.max_map_count, 65530 */
+#define WATCHED_FDS 2000
+#define EPOLLS 40              /* 80000 registrations: beyond minikvm's 65536 */
 
 int *volatile bad_pointer = (int *)8;   /* volatile: the compiler cannot see it is bad */
 
@@ -162,6 +167,27 @@ int main(int argc, char **argv)
                 result++;
             if (result < MAX_MAPPINGS && errno != ENOMEM)
                 printf("mmap: %d\n", errno);
+        }
+        else if (strcmp(argv[2], "epoll-watches") == 0) {
+            /* one host record per registration, and each epoll may watch
+             * every fd: how many epoll_ctl allowed before ENOSPC */
+            static int watched[WATCHED_FDS];
+            for (int i = 0; i < WATCHED_FDS; i++)
+                if ((watched[i] = eventfd(0, 0)) < 0) {
+                    printf("eventfd: %d\n", errno);
+                    return 1;
+                }
+            int failed = 0;
+            for (int e = 0; e < EPOLLS && !failed; e++) {
+                int epoll = epoll_create1(0);
+                for (int i = 0; i < WATCHED_FDS && !failed; i++) {
+                    struct epoll_event event = {.events = EPOLLIN, .data.u64 = i};
+                    if (epoll_ctl(epoll, EPOLL_CTL_ADD, watched[i], &event) == 0)
+                        result++;
+                    else if ((failed = errno) != ENOSPC)
+                        printf("epoll_ctl: %d\n", errno);
+                }
+            }
         }
         printf("%s: %ld\n", argv[2], result);
         return 0;
