@@ -515,10 +515,11 @@ def measured_minikvm(*args: object, cwd: Path) -> tuple[Run, int]:
 
 
 #: How much more the host may hold at its peak than for the baseline: far
-#: less than the buffers asked for (32 MiB, 64 MiB of randomness).
+#: less than the buffers asked for (1 GiB, 104 MiB of randomness, 2 GiB of
+#: iovecs).
 HOST_MEMORY_MARGIN_KIB = 16 << 10
 
-#: ``--memory`` and ``--max-fds`` of the amplifier runs: exhaust touches 96
+#: ``--memory`` and ``--max-fds`` of the amplifier runs: exhaust touches 104
 #: MiB of the 128, so one whole copy of it passes the bound; 4096 fds make
 #: 2047 pipes, 128 MiB if their contents were not bounded in sum.
 AMPLIFIER_MEMORY = 128 << 20
@@ -526,16 +527,24 @@ AMPLIFIER_MAX_FDS = 4096
 #: kind of ``exhaust host-memory`` -> what it prints (None: checked below)
 AMPLIFIERS: dict[str, int | None] = {
     "getrandom-bad": -4,           # 4 × EFAULT, no 1 GiB of randomness first
-    "read-urandom": 96 << 20,      # read in chunks, not as one bytes object
+    "read-urandom": 104 << 20,     # read in chunks, not as one bytes object
     "writev-eventfd": 8,           # 8 bytes taken, the 2 GiB of iovecs never joined
     "pipes-full": PIPE_BUFFERS_LIMIT,   # every pipe full or the process's sum reached
     "mmap-count": None,            # stopped by vm.max_map_count
     "epoll-watches": EPOLL_MAX_WATCHES,   # then ENOSPC, as max_user_watches
+    "every-record": None,          # the three before, in one process
 }
+#: Kinds that ask for one large buffer: no more than the margin above the
+#: baseline either (the records of the other kinds are bounded, not nil).
+BUFFER_AMPLIFIERS = ("getrandom-bad", "read-urandom", "writev-eventfd")
+#: Kinds made of raw system calls only, and slow (epoll_ctl looks at every
+#: registration): one libc is enough.
+ONE_VARIANT_AMPLIFIERS = ("epoll-watches", "every-record")
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("kind", sorted(AMPLIFIERS))
+@pytest.mark.parametrize("kind, variant", [
+    (kind, variant) for kind in sorted(AMPLIFIERS) for variant in VARIANTS
+    if kind not in ONE_VARIANT_AMPLIFIERS or variant == VARIANTS[0]])
 def test_host_memory_does_not_follow_the_guests_buffer_sizes(kind, variant, tmp_path):
     """A guest-chosen count or length must not become as much host memory:
     the host's peak resident memory stays within ``--memory`` plus
@@ -561,10 +570,15 @@ def test_host_memory_does_not_follow_the_guests_buffer_sizes(kind, variant, tmp_
     assert runs["small"][1] <= bound_kib, "even the baseline is above the bound"
     assert runs[kind][1] <= bound_kib, (f"the host held {runs[kind][1]} KiB at its peak for "
                                         f"{kind}: above --memory + HOST_MEMORY_OVERHEAD")
+    if kind in BUFFER_AMPLIFIERS:
+        extra = runs[kind][1] - runs["small"][1]
+        assert extra < HOST_MEMORY_MARGIN_KIB, f"the host held {extra} KiB more for {kind}"
     result = runs[kind][0].results()[kind]
-    if kind == "mmap-count":
-        # the mappings exhaust made, beside the program's own few
-        assert MAX_MAP_COUNT - 64 < result < MAX_MAP_COUNT, result
+    if kind in ("mmap-count", "every-record"):
+        # the mappings exhaust made, beside the program's own few (and
+        # the epolls' registrations, the pipes' bytes)
+        mapped = result - (EPOLL_MAX_WATCHES + PIPE_BUFFERS_LIMIT if kind == "every-record" else 0)
+        assert MAX_MAP_COUNT - 64 < mapped < MAX_MAP_COUNT, result
     else:
         assert result == AMPLIFIERS[kind]
 

@@ -74,17 +74,21 @@ TIME_LIMIT_TICK = 0.01
 #: is interrupted: plenty for a call that does not wait to finish normally.
 TIME_LIMIT_GRACE_TICKS = 20
 #: The host memory a run may hold beyond its guest's (``--memory``), with
-#: ``--max-fds`` at most :data:`HOST_MEMORY_FDS_COVERED`: the interpreter
-#: and minikvm themselves (~40 MiB resident), and every record a guest can
-#: make the host keep, each bounded by a Linux limit — mappings by
-#: ``vm.max_map_count`` (:data:`~minikvm.machine.mm.MAX_MAP_COUNT`), pipe
-#: contents in sum (:data:`~minikvm.process.fdtable.PIPE_BUFFERS_LIMIT`),
-#: threads by ``--max-threads``, responses by
-#: :data:`~minikvm.syscalls.requests.MAX_RESPONSE` in sum — while a guest
-#: buffer, however large, is reached through views or in bounded chunks,
-#: never copied whole.  tests/test_hostile.py checks the peak resident
-#: memory of a run against ``--memory`` plus this.
-HOST_MEMORY_OVERHEAD = 64 << 20
+#: ``--max-fds`` at most :data:`HOST_MEMORY_FDS_COVERED`.  It covers the
+#: interpreter and minikvm themselves (~24 MiB resident, measured), and
+#: every record a guest can make the host keep, each bounded by a Linux
+#: limit: mappings by ``vm.max_map_count``
+#: (:data:`~minikvm.machine.mm.MAX_MAP_COUNT`, ~13 MiB), the bytes in its
+#: pipes (:data:`~minikvm.process.fdtable.PIPE_BUFFERS_LIMIT`, 16 MiB), its
+#: epoll registrations (:data:`~minikvm.process.fdtable.EPOLL_MAX_WATCHES`,
+#: ~13 MiB), its open files and threads (a few MiB) — all of them at once
+#: measured at 47 MiB.  A guest buffer, however large, is reached through
+#: views or copied in bounded chunks, never whole.  ``minikvm serve`` holds
+#: one response more per request, up to
+#: :data:`~minikvm.syscalls.requests.MAX_RESPONSE`.  tests/test_hostile.py
+#: checks a run's peak resident memory (VmHWM) against ``--memory`` plus
+#: this, for every amplifier it knows.
+HOST_MEMORY_OVERHEAD = 96 << 20
 #: The open files :data:`HOST_MEMORY_OVERHEAD` covers; each one more that
 #: ``--max-fds`` allows may add :data:`HOST_MEMORY_PER_FD` (its host
 #: object and fd-table entry, ~300 bytes; a pipe's two ends ~800).
