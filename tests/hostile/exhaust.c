@@ -17,19 +17,25 @@
  *                                  mapped one apart, until mmap fails),
  *                                  "epoll-watches" (40 epolls each watching
  *                                  the same 2000 eventfds, until one fails)
- *                                  or "every-record" (the last three at once)
+ *                                  "every-record" (the last three at once)
+ *                                  or "poll-threads" (100 threads, each in a
+ *                                  poll of the same 3800 UDP sockets)
  *
  * "memory" and "fds" print how far they got and the errno they met, then
  * exit 0: running out must be an ordinary error the program can handle.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -41,6 +47,8 @@
 #define MAX_MAPPINGS 100000    /* beyond Linux's vm.max_map_count, 65530 */
 #define WATCHED_FDS 2000
 #define EPOLLS 40              /* 80000 registrations: beyond minikvm's 65536 */
+#define POLLED_FDS 3800        /* host fds: sockets, within --max-fds 4096 */
+#define POLL_THREADS 100       /* their stacks fit beside the 104 MiB touched */
 
 int *volatile bad_pointer = (int *)8;   /* volatile: the compiler cannot see it is bad */
 
@@ -142,6 +150,47 @@ static long watch_fds(void)
     return registered;
 }
 
+static struct pollfd polled[POLLED_FDS];
+static int polling;
+
+static void *poll_forever(void *unused)
+{
+    (void)unused;
+    __atomic_add_fetch(&polling, 1, __ATOMIC_SEQ_CST);
+    poll(polled, POLLED_FDS, -1);     /* UDP sockets nobody sends to */
+    return NULL;
+}
+
+/* POLL_THREADS threads each waiting in a poll of the same POLLED_FDS host
+ * fds: the host keeps what each waiting thread watches.  Returns the
+ * threads started, once every one of them is in its poll. */
+static long poll_in_threads(void)
+{
+    for (int i = 0; i < POLLED_FDS; i++) {
+        polled[i] = (struct pollfd){.fd = socket(AF_INET, SOCK_DGRAM, 0), .events = POLLIN};
+        if (polled[i].fd < 0) {
+            printf("socket: %d\n", errno);
+            exit(1);
+        }
+    }
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 64 << 10);
+    long started = 0;
+    for (; started < POLL_THREADS; started++) {
+        pthread_t thread;
+        if (pthread_create(&thread, &attr, poll_forever, NULL) != 0) {
+            printf("pthread_create: failed after %ld\n", started);
+            break;
+        }
+    }
+    struct timespec pause = {0, 10 * 1000 * 1000};
+    while (__atomic_load_n(&polling, __ATOMIC_SEQ_CST) < started)
+        nanosleep(&pause, NULL);
+    nanosleep(&pause, NULL);          /* the last one is in its poll too */
+    return started;
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IONBF, 0);
@@ -219,6 +268,8 @@ int main(int argc, char **argv)
             /* all the host's bounded records at once: their sum is within
              * the bound too (the epolls first: the pipes take every fd) */
             result = watch_fds() + map_pages() + fill_pipes(buffer);
+        else if (strcmp(argv[2], "poll-threads") == 0)
+            result = poll_in_threads();
         printf("%s: %ld\n", argv[2], result);
         return 0;
     }
