@@ -163,7 +163,7 @@ class Backend:
 
     max_request = 0
 
-    def handle(self, request: bytes) -> Outcome:
+    def handle(self, request: bytes | bytearray) -> Outcome:
         raise NotImplementedError
 
     def after_response(self) -> None:
@@ -185,7 +185,7 @@ class ForkBackend(Backend):
         self.max_request = snapshot.wait[1] if snapshot.wait else 0
         self.pending: str | None = None    # "reset" or "replace"
 
-    def handle(self, request: bytes) -> Outcome:
+    def handle(self, request: bytes | bytearray) -> Outcome:
         reply = self.fork.request(request, timeout=self.timeout, reset=False)
         self.pending = "reset" if reply.ok else "replace"
         return outcome_of(reply)
@@ -224,7 +224,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         if request is not None:
             self.dispatch(request)
 
-    def serialise(self) -> bytes | None:
+    def serialise(self) -> bytearray | None:
         """The request as the program receives it, or None (already answered)."""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             self.answer(Outcome(STATUS_LENGTH_REQUIRED, [], b"minikvm: chunked request "
@@ -243,13 +243,19 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             self.answer(Outcome(STATUS_TOO_LARGE, [], f"minikvm: the request is larger than "
                                 f"the program's buffer ({limit} bytes)\n".encode()))
             return None
+        # Read the body straight after the head, in one buffer: the
+        # program's buffer (the limit) may be most of its memory, and a
+        # body joined to its head afterwards would be held twice.
+        request = bytearray(len(head_bytes) + length)
+        request[:len(head_bytes)] = head_bytes
         try:
-            body = self.rfile.read(length) if length else b""
+            got = self.rfile.readinto(memoryview(request)[len(head_bytes):]) if length else 0
         except (TimeoutError, ConnectionError):
             return None
-        return head_bytes + body
+        del request[len(head_bytes) + got:]    # a client that sent less than it said
+        return request
 
-    def dispatch(self, request: bytes) -> None:
+    def dispatch(self, request: bytes | bytearray) -> None:
         started = time.perf_counter()
         outcome = self.backend.handle(request)
         if outcome.log:
