@@ -74,6 +74,9 @@ CLIENT_TIMEOUT = 10.0
 LISTEN_BACKLOG = 128
 #: Headers the server writes itself, whatever the program's raw response says.
 FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
+#: The most bytes a raw HTTP response's status line and headers may take
+#: (http.server's own limit on one header line): beyond, it is a 502.
+MAX_RESPONSE_HEAD = 64 << 10
 STATUS_BAD_GATEWAY = 502
 STATUS_GATEWAY_TIMEOUT = 504
 STATUS_LENGTH_REQUIRED = 411
@@ -99,20 +102,31 @@ class Outcome:
     for the log when something went wrong."""
     status: int
     headers: list[tuple[str, str]]
-    body: bytes
+    #: bytes, or a view on the program's response (never a copy of it)
+    body: bytes | bytearray | memoryview
     log: str = ""
 
 
-def parse_response(raw: bytes) -> Outcome:
-    """The program's response as an HTTP answer (see the module docstring)."""
+def parse_response(raw: bytes | bytearray) -> Outcome:
+    """The program's response as an HTTP answer (see the module docstring).
+
+    The status line and headers are looked for in the first
+    :data:`MAX_RESPONSE_HEAD` bytes only, and the body is a view on *raw*:
+    splitting a 64 MiB response into copies would hold it several times."""
     if not raw.startswith(b"HTTP/1."):
         return Outcome(STATUS_OK, [("Content-Type", "application/octet-stream")], raw)
-    head, separator, body = raw.partition(b"\r\n\r\n")
-    if not separator:
-        head, separator, body = raw.partition(b"\n\n")
-    lines = head.replace(b"\r\n", b"\n").split(b"\n")
+    window = bytes(raw[:MAX_RESPONSE_HEAD])
+    end, separator = window.find(b"\r\n\r\n"), 4
+    if end < 0:
+        end, separator = window.find(b"\n\n"), 2
+    if end < 0:
+        return Outcome(STATUS_BAD_GATEWAY, [], b"minikvm: the program sent a malformed HTTP "
+                       b"response\n", f"malformed HTTP response from the program (no empty "
+                       f"line ends its headers in the first {MAX_RESPONSE_HEAD} bytes)")
+    body = memoryview(raw)[end + separator:]
+    lines = window[:end].replace(b"\r\n", b"\n").split(b"\n")
     parts = lines[0].split(b" ", 2)
-    if not separator or len(parts) < 2 or not parts[1].isdigit() or len(parts[1]) != 3:
+    if len(parts) < 2 or not parts[1].isdigit() or len(parts[1]) != 3:
         return Outcome(STATUS_BAD_GATEWAY, [], b"minikvm: the program sent a malformed HTTP "
                        b"response\n", "malformed HTTP response from the program")
     headers = []
@@ -150,7 +164,7 @@ class Backend:
 
     max_request = 0
 
-    def handle(self, request: bytes) -> Outcome:
+    def handle(self, request: bytes | bytearray) -> Outcome:
         raise NotImplementedError
 
     def after_response(self) -> None:
@@ -172,7 +186,7 @@ class ForkBackend(Backend):
         self.max_request = snapshot.wait[1] if snapshot.wait else 0
         self.pending: str | None = None    # "reset" or "replace"
 
-    def handle(self, request: bytes) -> Outcome:
+    def handle(self, request: bytes | bytearray) -> Outcome:
         reply = self.fork.request(request, timeout=self.timeout, reset=False)
         self.pending = "reset" if reply.ok else "replace"
         return outcome_of(reply)
@@ -211,7 +225,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         if request is not None:
             self.dispatch(request)
 
-    def serialise(self) -> bytes | None:
+    def serialise(self) -> bytearray | None:
         """The request as the program receives it, or None (already answered)."""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             self.answer(Outcome(STATUS_LENGTH_REQUIRED, [], b"minikvm: chunked request "
@@ -230,13 +244,19 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             self.answer(Outcome(STATUS_TOO_LARGE, [], f"minikvm: the request is larger than "
                                 f"the program's buffer ({limit} bytes)\n".encode()))
             return None
+        # Read the body straight after the head, in one buffer: the
+        # program's buffer (the limit) may be most of its memory, and a
+        # body joined to its head afterwards would be held twice.
+        request = bytearray(len(head_bytes) + length)
+        request[:len(head_bytes)] = head_bytes
         try:
-            body = self.rfile.read(length) if length else b""
+            got = self.rfile.readinto(memoryview(request)[len(head_bytes):]) if length else 0
         except (TimeoutError, ConnectionError):
             return None
-        return head_bytes + body
+        del request[len(head_bytes) + got:]    # a client that sent less than it said
+        return request
 
-    def dispatch(self, request: bytes) -> None:
+    def dispatch(self, request: bytes | bytearray) -> None:
         started = time.perf_counter()
         outcome = self.backend.handle(request)
         if outcome.log:

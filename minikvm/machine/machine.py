@@ -73,6 +73,50 @@ TIME_LIMIT_TICK = 0.01
 #: How many ticks a system call may go on after the time limit before it
 #: is interrupted: plenty for a call that does not wait to finish normally.
 TIME_LIMIT_GRACE_TICKS = 20
+#: The host memory a run may hold beyond its guest's (``--memory``), with
+#: ``--max-fds`` at most :data:`HOST_MEMORY_FDS_COVERED` and
+#: ``--max-threads`` at most :data:`HOST_MEMORY_THREADS_COVERED`.  It
+#: covers the interpreter and minikvm themselves (~24 MiB resident,
+#: measured), and every record a guest can make the host keep, each
+#: bounded by a Linux limit: mappings by ``vm.max_map_count``
+#: (:data:`~minikvm.machine.mm.MAX_MAP_COUNT`, ~13 MiB), the bytes in its
+#: pipes (:data:`~minikvm.process.fdtable.PIPE_BUFFERS_LIMIT`, 16 MiB), its
+#: epoll registrations (:data:`~minikvm.process.fdtable.EPOLL_MAX_WATCHES`,
+#: ~13 MiB), its open files, and its threads with the host fds each one
+#: waiting in ``poll`` watches (8 bytes a fd) — the first three at once
+#: measured at 47 MiB.  A guest buffer, however large, is reached through
+#: views or copied in bounded chunks, never whole.  ``minikvm serve``
+#: holds one response more per request, up to
+#: :data:`~minikvm.syscalls.requests.MAX_RESPONSE`.  tests/test_hostile.py
+#: checks a run's peak resident memory (VmHWM) against ``--memory`` plus
+#: this, for every amplifier it knows.
+HOST_MEMORY_OVERHEAD = 96 << 20
+#: The open files and threads :data:`HOST_MEMORY_OVERHEAD` covers (the
+#: threads: ``--max-threads``' default).
+HOST_MEMORY_FDS_COVERED = 4096
+HOST_MEMORY_THREADS_COVERED = 256
+#: What each open file beyond those may add: its host object and fd-table
+#: entry (~300 bytes; a pipe's two ends ~800).
+HOST_MEMORY_PER_FD = 1 << 10
+#: What each thread beyond those may add: its record, saved registers and
+#: FPU state (~5 KiB).
+HOST_MEMORY_PER_THREAD = 16 << 10
+#: What each (thread, fd) pair beyond those may add: one watched host fd of
+#: a thread waiting in poll (:data:`minikvm.process.threads.WATCH_ENTRY`).
+HOST_MEMORY_PER_WATCH = 8
+
+
+def host_memory_bound(memory_size: int, max_fds: int,
+                      max_threads: int = HOST_MEMORY_THREADS_COVERED) -> int:
+    """The most host memory (bytes) a run with *memory_size* bytes of guest
+    memory, *max_fds* open files and *max_threads* threads may hold:
+    :data:`HOST_MEMORY_OVERHEAD` beyond the guest's own, and more only for
+    limits raised above those it covers."""
+    covered_pairs = HOST_MEMORY_FDS_COVERED * HOST_MEMORY_THREADS_COVERED
+    return (memory_size + HOST_MEMORY_OVERHEAD
+            + max(0, max_fds - HOST_MEMORY_FDS_COVERED) * HOST_MEMORY_PER_FD
+            + max(0, max_threads - HOST_MEMORY_THREADS_COVERED) * HOST_MEMORY_PER_THREAD
+            + max(0, max_fds * max_threads - covered_pairs) * HOST_MEMORY_PER_WATCH)
 
 
 class Machine:

@@ -60,6 +60,14 @@ PROT_MASK = PROT_READ | PROT_WRITE | PROT_EXEC
 #: asked for usually is.  Above the limit, a mostly unused reservation
 #: would cost too much at mmap (and hold host memory early).
 POPULATE_LIMIT = 64 << 20
+#: The most VMAs an address space may hold: Linux's ``vm.max_map_count``
+#: default (``DEFAULT_MAX_MAP_COUNT``, 65530).  Each VMA is a host object
+#: (~200 bytes with its index entry), and a PROT_NONE mapping costs the
+#: guest no memory at all, so without this a program mapping every other
+#: page would grow the host's record without bound.  Beyond it ``mmap``,
+#: ``mprotect`` and ``munmap`` that would add a VMA fail with ENOMEM, as
+#: on Linux: ~13 MiB of host memory at most.
+MAX_MAP_COUNT = 65530
 
 
 def page_align_up(value: int) -> int:
@@ -86,6 +94,10 @@ class PagePool:
         self.free_runs: list[tuple[int, int]] = [(start, end - start)] if end > start else []
         self.used = 0
         self.peak = 0  # the most ever in use (getrusage's ru_maxrss)
+        #: while an all-or-nothing change runs: every run taken ("take") or
+        #: given back ("free"), so the change can be undone step by step
+        #: instead of copying the whole free list before each change
+        self.journal: list[tuple[str, int, int]] | None = None
 
     def allocate(self, size: int, align: int = PAGE_SIZE) -> int:
         """A run of *size* bytes whose address is a multiple of *align*."""
@@ -119,6 +131,8 @@ class PagePool:
                 self.free_runs.insert(i, piece)
         self.used += size
         self.peak = max(self.peak, self.used)
+        if self.journal is not None:
+            self.journal.append(("take", address, size))
 
     def free(self, address: int, size: int) -> None:
         """Return a run; it merges with free neighbours."""
@@ -131,6 +145,19 @@ class PagePool:
         if i > 0 and self.free_runs[i - 1][0] + self.free_runs[i - 1][1] == address:
             previous = self.free_runs.pop(i - 1)
             self.free_runs[i - 1] = (previous[0], previous[1] + self.free_runs[i - 1][1])
+        if self.journal is not None:
+            self.journal.append(("free", address, size))
+
+    def roll_back(self, journal: list[tuple[str, int, int]], used: int, peak: int) -> None:
+        """Undo the takes and frees of *journal*, last first.  The free list
+        is always merged, so the same runs given back make the same list."""
+        self.journal = None
+        for what, address, size in reversed(journal):
+            if what == "take":
+                self.free(address, size)
+            elif not self.allocate_at(address, size):
+                raise AssertionError(f"pool roll-back: {address:#x}+{size:#x} is not free")
+        self.used, self.peak = used, peak
 
 
 @dataclass(frozen=True)
@@ -160,10 +187,11 @@ class Vma:
 class _Change:
     """What one all-or-nothing change must be able to undo (see
     :meth:`AddressSpace.all_or_nothing`)."""
-    vmas: list[Vma]
-    starts: list[int]
     brk: tuple[int, int]
-    pools: list[tuple["PagePool", list[tuple[int, int]], int, int]]
+    #: each pool with its ``used`` and ``peak`` before, and its journal
+    pools: list[tuple["PagePool", int, int, list[tuple[str, int, int]]]]
+    #: VMAs inserted ("insert") and removed ("remove"), in order
+    vma_log: list[tuple[str, Vma]] = field(default_factory=list)
     journal: list[tuple[int, bytes]] = field(default_factory=list)
     #: runs of program pages taken during the change: free again on undo,
     #: and possibly written (a file copied in), so zeroed then
@@ -257,9 +285,11 @@ class AddressSpace:
         if self._change is not None:
             yield
             return
-        change = _Change(list(self.vmas), list(self._starts), (self.brk_start, self.brk_end),
-                         [(pool, list(pool.free_runs), pool.used, pool.peak)
-                          for pool in (self.table_pool, self.user_pool)])
+        change = _Change((self.brk_start, self.brk_end),
+                         [(pool, pool.used, pool.peak, []) for pool in (self.table_pool,
+                                                                       self.user_pool)])
+        for pool, _, _, journal in change.pools:
+            pool.journal = journal
         self._change = change
         self.page_tables.journal = change.journal
         try:
@@ -274,13 +304,22 @@ class AddressSpace:
         finally:
             self._change = None
             self.page_tables.journal = None
+            for pool, _, _, _ in change.pools:
+                pool.journal = None
 
     def _undo(self, change: _Change) -> None:
+        """Put back what *change* did, last step first (each record's own
+        undo: the cost is that of the change, not of the address space)."""
+        self._change = None
         self.page_tables.roll_back(change.journal)
-        self.vmas, self._starts = change.vmas, change.starts
+        for what, vma in reversed(change.vma_log):
+            if what == "insert":
+                self._remove(vma)
+            else:
+                self._insert(vma)
         self.brk_start, self.brk_end = change.brk
-        for pool, free_runs, used, peak in change.pools:
-            pool.free_runs, pool.used, pool.peak = free_runs, used, peak
+        for pool, used, peak, journal in change.pools:
+            pool.roll_back(journal, used, peak)
         for phys, size in change.taken:
             self.memory.discard(phys, size)  # free pages read as zero
         self.mapping_changes += 1            # the tables were written (and restored)
@@ -313,6 +352,8 @@ class AddressSpace:
         i = bisect.bisect_left(self._starts, vma.start)
         self.vmas.insert(i, vma)
         self._starts.insert(i, vma.start)
+        if self._change is not None:
+            self._change.vma_log.append(("insert", vma))
 
     def find_all(self, start: int, end: int) -> list[Vma]:
         """Every VMA overlapping ``[start, end)``, in address order."""
@@ -331,6 +372,8 @@ class AddressSpace:
         i = bisect.bisect_left(self._starts, vma.start)
         del self.vmas[i]
         del self._starts[i]
+        if self._change is not None:
+            self._change.vma_log.append(("remove", vma))
 
     def is_free(self, start: int, end: int) -> bool:
         """True when no VMA overlaps ``[start, end)``."""
@@ -362,6 +405,7 @@ class AddressSpace:
         and changes nothing: a program that allocates until malloc fails
         sees NULL, never a broken address space."""
         self._check_user_range(start, size)
+        self._check_map_count(start, start + size, adding=1)
         with self.all_or_nothing():
             phys = None
             if prot != PROT_NONE:
@@ -423,10 +467,26 @@ class AddressSpace:
         self._remove(after)
         self._insert(replace(before, end=after.end))
 
+    def _check_map_count(self, start: int, end: int, adding: int = 0) -> None:
+        """ENOMEM if changing ``[start, end)`` — splitting the VMAs that
+        straddle its ends, and adding *adding* more — could pass
+        :data:`MAX_MAP_COUNT` (Linux's ``map_count >= sysctl_max_map_count``
+        checks in ``do_mmap`` and ``__split_vma``)."""
+        splits = 0
+        for edge in (start, end):
+            vma = self.find(edge)
+            if vma is not None and vma.start < edge:
+                splits += 1
+        if len(self.vmas) + splits + adding > MAX_MAP_COUNT:
+            raise SyscallError(errno.ENOMEM, f"{len(self.vmas)} mappings already: at most "
+                                             f"{MAX_MAP_COUNT} (vm.max_map_count); unmap some "
+                                             f"or map larger areas")
+
     def unmap(self, start: int, size: int) -> None:
         """Remove every mapping in the range (munmap); holes are fine.
         Splitting a 2 MiB page at an end of the range needs a page table:
         ENOMEM when the pool is empty, and then nothing is removed."""
+        self._check_map_count(start, start + size)
         with self.all_or_nothing():
             for piece in self._cut(start, start + size):
                 if piece.phys is not None:
@@ -495,6 +555,7 @@ class AddressSpace:
         A PROT_NONE reservation gets its pages when it is first opened."""
         end = start + size
         self.check_mapped(start, size)
+        self._check_map_count(start, end)
         with self.all_or_nothing():
             affected = self._overlapping(start, end)
             for vma in affected:
@@ -557,6 +618,7 @@ class AddressSpace:
         if end != vma.end or new_end > USER_SPACE_END or not self.is_free(end, new_end):
             return False
         grow = new_size - old_size
+        self._check_map_count(end, new_end, adding=1)
         phys = None
         if vma.phys is not None:
             phys = vma.physical(end)
@@ -576,6 +638,8 @@ class AddressSpace:
         elif new_address < old + old_size and old < new_address + new_size:
             raise SyscallError(errno.EINVAL, "the new range overlaps the old one")
         self._check_bounds(new_address, new_size)
+        self._check_map_count(old, old + old_size, adding=1)
+        self._check_map_count(new_address, new_address + new_size, adding=1)
         # Decide where the pages come from before changing anything.
         phys = None if vma.phys is None else vma.physical(old)
         copy_from = None

@@ -37,6 +37,19 @@ from minikvm.linux_abi import O_ACCMODE, O_RDONLY, O_RDWR, O_WRONLY
 
 DEFAULT_MAX_FDS = 1024   # RLIMIT_NOFILE's usual soft limit
 PIPE_CAPACITY = 65536    # Linux's default pipe buffer
+#: The most bytes all of a process's pipes may hold together.  Each pipe
+#: holds at most :data:`PIPE_CAPACITY`, but a guest may have ``--max-fds``
+#: / 2 of them (500,000 pipes would be 32 GiB of host memory); Linux
+#: bounds the same thing per user (``pipe-user-pages-soft``, 64 MiB).  A
+#: write that would pass this sees the pipe full (EAGAIN, or a short
+#: write), as when its reader is slow.
+PIPE_BUFFERS_LIMIT = 16 << 20
+#: The most registrations a process's epolls may hold together.  Each is a
+#: host object (~250 bytes), and every epoll may watch every fd: --max-fds
+#: squared without a limit.  Linux bounds the same per user
+#: (``fs.epoll.max_user_watches``) and answers ``EPOLL_CTL_ADD`` ENOSPC
+#: beyond it, as minikvm does here: ~16 MiB of host memory at most.
+EPOLL_MAX_WATCHES = 65536
 
 # poll(2) event bits (asm-generic/poll.h)
 POLLIN = 0x001
@@ -180,6 +193,14 @@ def fill_views(views: list[memoryview], make: Callable[[int], bytes]) -> int:
 
 
 @dataclass
+class Tally:
+    """A count shared by a process's files, of what they make the host
+    hold: the bytes in its pipes (:data:`PIPE_BUFFERS_LIMIT`), the
+    registrations of its epolls (:data:`EPOLL_MAX_WATCHES`)."""
+    count: int = 0
+
+
+@dataclass
 class Pipe:
     """The buffer shared by the two ends of a pipe."""
     data: bytearray = field(default_factory=bytearray)
@@ -192,6 +213,22 @@ class Pipe:
     number: int = 0
     #: reads and writes so far (both ends' :attr:`OpenFile.activity`)
     activity: int = 0
+    #: shared by the process's pipes (:attr:`FdTable.pipe_budget`); a pipe
+    #: made alone (a snapshot's, a test's) has one of its own
+    budget: Tally = field(default_factory=Tally)
+
+    def __post_init__(self) -> None:
+        self.budget.count += len(self.data)
+
+    def move_to(self, budget: Tally) -> None:
+        """Count this pipe's bytes in *budget* from now on."""
+        self.budget.count -= len(self.data)
+        budget.count += len(self.data)
+        self.budget = budget
+
+    def room(self) -> int:
+        """How many more bytes a write may add now."""
+        return min(PIPE_CAPACITY - len(self.data), PIPE_BUFFERS_LIMIT - self.budget.count)
 
 
 class PipeEnd(OpenFile):
@@ -217,6 +254,7 @@ class PipeEnd(OpenFile):
             piece = self.pipe.data[:len(view)]
             view[:len(piece)] = piece
             del self.pipe.data[:len(piece)]
+            self.pipe.budget.count -= len(piece)
             total += len(piece)
             if not self.pipe.data:
                 break
@@ -228,13 +266,16 @@ class PipeEnd(OpenFile):
             raise SyscallError(errno.EBADF, "read end of a pipe")
         if self.pipe.readers == 0:
             raise SyscallError(errno.EPIPE, "no reader")
-        room = PIPE_CAPACITY - len(self.pipe.data)
+        room = self.pipe.room()
         if room <= 0:
-            raise SyscallError(errno.EAGAIN, "pipe full")
+            raise SyscallError(errno.EAGAIN, "pipe full" if len(self.pipe.data) >= PIPE_CAPACITY
+                               else f"the process's pipes hold {PIPE_BUFFERS_LIMIT} bytes "
+                                    f"already: read some")
         total = 0
         for chunk in chunks:
             piece = bytes(chunk[:room - total])
             self.pipe.data += piece
+            self.pipe.budget.count += len(piece)
             total += len(piece)
         self.pipe.activity += 1
         return total
@@ -244,13 +285,16 @@ class PipeEnd(OpenFile):
             self.pipe.writers -= 1
         else:
             self.pipe.readers -= 1
+        if self.pipe.readers == 0 and self.pipe.writers == 0:
+            self.pipe.budget.count -= len(self.pipe.data)   # nobody can read it now
+            self.pipe.data.clear()
 
     def poll(self, events: int) -> int:
         """Linux's pipe_poll(): the read end is readable with data, hung up
         with no writer left; the write end is writable with room, in error
         with no reader left."""
         if self.writing:
-            ready = POLLOUT | POLLWRNORM if len(self.pipe.data) < PIPE_CAPACITY else 0
+            ready = POLLOUT | POLLWRNORM if self.pipe.room() > 0 else 0
             return ready | (POLLERR if self.pipe.readers == 0 else 0)
         ready = POLLIN | POLLRDNORM if self.pipe.data else 0
         return ready | (POLLHUP if self.pipe.writers == 0 else 0)
@@ -355,10 +399,39 @@ class EpollFile(OpenFile):
     end, so a small ``maxevents`` still serves every fd in turn)."""
     kind = "epoll"
 
-    def __init__(self) -> None:
+    def __init__(self, watches: Tally | None = None) -> None:
         self.interest: dict[int, EpollInterest] = {}
         self.path = "anon_inode:[eventpoll]"
         self.status_flags = O_RDWR
+        #: the process's count of registrations (:attr:`FdTable.epoll_watches`)
+        self.watches = Tally() if watches is None else watches
+
+    def watch(self, fd: int, item: EpollInterest) -> None:
+        """Register (or re-register) *fd*; ENOSPC past :data:`EPOLL_MAX_WATCHES`."""
+        if fd not in self.interest:
+            if self.watches.count >= EPOLL_MAX_WATCHES:
+                raise SyscallError(errno.ENOSPC, f"the process's epolls watch "
+                                   f"{EPOLL_MAX_WATCHES} fds already (max_user_watches): "
+                                   f"remove some with EPOLL_CTL_DEL")
+            self.watches.count += 1
+        self.interest[fd] = item
+
+    def forget(self, fd: int) -> None:
+        """Drop *fd*'s registration."""
+        del self.interest[fd]
+        self.watches.count -= 1
+
+    def move_to(self, watches: Tally) -> None:
+        """Count this epoll's registrations in *watches* from now on."""
+        self.watches.count -= len(self.interest)
+        watches.count += len(self.interest)
+        self.watches = watches
+
+    def close(self) -> None:
+        # No fd reaches it now: what it watched is dropped (an epoll that
+        # watched it holds a stale entry, forgotten before its next use).
+        self.watches.count -= len(self.interest)
+        self.interest.clear()
 
     def readv(self, views: list[memoryview]) -> int:
         raise SyscallError(errno.EINVAL, "an epoll fd cannot be read (use epoll_wait)")
@@ -408,6 +481,10 @@ class FdTable:
         self.entries: dict[int, FdEntry] = {}
         self.max_fds = max_fds
         self.references: dict[int, int] = {}  # id(file) -> open fds
+        #: what this process's pipes hold together (:data:`PIPE_BUFFERS_LIMIT`)
+        self.pipe_budget = Tally()
+        #: what this process's epolls watch together (:data:`EPOLL_MAX_WATCHES`)
+        self.epoll_watches = Tally()
 
     def get(self, fd: int) -> OpenFile:
         """The file behind *fd*, or EBADF."""
@@ -445,6 +522,10 @@ class FdTable:
             raise SyscallError(errno.EBADF, f"fd {fd} is beyond the limit of {self.max_fds}")
         if fd in self.entries:
             self.close(fd)
+        if isinstance(file, PipeEnd) and file.pipe.budget is not self.pipe_budget:
+            file.pipe.move_to(self.pipe_budget)   # a snapshot's pipe joins this process's
+        if isinstance(file, EpollFile) and file.watches is not self.epoll_watches:
+            file.move_to(self.epoll_watches)
         self.entries[fd] = FdEntry(file, cloexec)
         self.references[id(file)] = self.references.get(id(file), 0) + 1
 

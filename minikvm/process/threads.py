@@ -85,6 +85,7 @@ import enum
 import errno
 import select
 import signal
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
@@ -134,6 +135,8 @@ HOST_POLL_SLICE_SECONDS = 0.05
 #: run is being stopped: :func:`minikvm.syscalls.signals.sleep` with the
 #: process bound.
 Sleep = Callable[[float | None], None]
+#: One watched host fd of :attr:`Thread.watch`: the fd and its poll events.
+WATCH_ENTRY = struct.Struct("<ii")
 
 
 @dataclass
@@ -163,8 +166,9 @@ class Thread:
     #: the call again, unless the wait ends with a ``result`` instead.
     restart: bool = False
     #: RETRYING in poll/select: the host fds, with their poll events, whose
-    #: readiness also ends the wait.
-    watch: tuple[tuple[int, int], ...] = ()
+    #: readiness also ends the wait, packed as :data:`WATCH_ENTRY` s (8
+    #: bytes each, not a 2-tuple's ~64: every thread may watch every fd).
+    watch: bytes = b""
     #: The deadline of its last RETRYING wait, for the call made again.
     kept_deadline: float | None = None
     #: What it waits for, for a deadlock report ("FUTEX_WAIT on 0x…").
@@ -323,7 +327,7 @@ def _make_runnable(thread: Thread, result: int | None) -> None:
     thread.result = result
     thread.deadline = None
     thread.futex = 0
-    thread.watch = ()
+    thread.watch = b""
     thread.waiting_for = ""
 
 
@@ -355,11 +359,11 @@ def _poll_host(watchers: list[Thread], seconds: float) -> None:
     whose fds are ready make their calls again."""
     poller = select.poll()
     for thread in watchers:
-        for host_fd, events in thread.watch:
+        for host_fd, events in WATCH_ENTRY.iter_unpack(thread.watch):
             poller.register(host_fd, events)
     ready = {host_fd for host_fd, _ in poller.poll(max(0.0, seconds) * 1000)}
     for thread in watchers:
-        if any(host_fd in ready for host_fd, _ in thread.watch):
+        if any(host_fd in ready for host_fd, _ in WATCH_ENTRY.iter_unpack(thread.watch)):
             _make_runnable(thread, None)
 
 
@@ -510,7 +514,8 @@ def retry_after_others(proc: Process, what: str, sleep: Sleep, *,
     0); a call made again asks :func:`kept_deadline` for it.  *what* names
     the wait for a deadlock report."""
     me = proc.threads.running
-    me.state, me.waiting_for, me.watch = RETRYING, what, watch
+    me.state, me.waiting_for = RETRYING, what
+    me.watch = b"".join(WATCH_ENTRY.pack(host_fd, events) for host_fd, events in watch)
     me.deadline, me.timeout_result = deadline, timeout_result
     me.kept_deadline = deadline
     return _switch_from_call(proc, me, sleep)

@@ -38,7 +38,9 @@ class RequestChannel:
     are collected here."""
 
     def __init__(self) -> None:
-        self.response: list[bytes] = []
+        #: One buffer the responses are appended to: a list of pieces
+        #: joined at the end would hold the response twice at the join.
+        self.response = bytearray()
         #: The bytes of :attr:`response` so far, checked against MAX_RESPONSE
         #: before each ``minikvm_respond`` reads guest memory.
         self.response_size = 0
@@ -50,19 +52,23 @@ class RequestChannel:
     def wait(self, proc: Process, buffer: int, size: int) -> int:
         raise WaitingForRequest(buffer, size)
 
-    def respond(self, proc: Process, data: bytes) -> None:
-        self.response.append(data)
+    def respond(self, proc: Process, data: bytes | memoryview) -> None:
+        """Append *data* (a view on guest memory: copied once, here)."""
+        self.response += data
         self.response_size += len(data)
 
     def clear_response(self) -> None:
-        """Start the next request's response."""
-        self.response = []
+        """Start the next request's response (a new buffer: the last one
+        may still be on its way to the client)."""
+        self.response = bytearray()
         self.response_size = 0
         self.response_too_large = False
 
-    def take_response(self) -> bytes | None:
-        """The response so far, or None when it grew past MAX_RESPONSE."""
-        return None if self.response_too_large else b"".join(self.response)
+    def take_response(self) -> bytearray | None:
+        """The response so far, handed over (not copied: a later respond
+        goes to a new buffer), or None when it grew past MAX_RESPONSE."""
+        response, self.response = self.response, bytearray()
+        return None if self.response_too_large else response
 
     def call_returned(self, proc: Process, value: int) -> int:
         raise CallReturned(value)
@@ -80,7 +86,7 @@ class Reply:
     ``minikvm_respond``, ``message`` the one-line report when not ok.
     """
     status: StopKind
-    response: bytes = b""
+    response: bytes | bytearray = b""
     message: str = ""
     exit_status: int | None = None
     value: int | None = None       # a call's return value

@@ -70,7 +70,7 @@ def _copy_through_python(proc: Process, source: OpenFile, target: OpenFile, offs
                          count: int) -> int:
     """sendfile where one end is not a host fd: one bounded chunk."""
     if isinstance(target, PipeEnd):     # check before reading, so nothing is lost
-        room = PIPE_CAPACITY - len(target.pipe.data)
+        room = target.pipe.room()
         if target.pipe.readers == 0:
             raise SyscallError(errno.EPIPE, "no reader")
         if room <= 0:
@@ -290,7 +290,7 @@ def sys_pipe2(proc: Process, address: int, flags: int) -> int:
     proc.fds.check_room(count=2)
     proc.mm.views(address, 8, write=True)
     proc.pipes_made += 1
-    pipe = Pipe(number=proc.pipes_made)
+    pipe = Pipe(number=proc.pipes_made, budget=proc.fds.pipe_budget)
     status = flags & O_NONBLOCK
     read_fd = proc.fds.install(PipeEnd(pipe, False, status), cloexec=bool(flags & O_CLOEXEC))
     write_fd = proc.fds.install(PipeEnd(pipe, True, status), cloexec=bool(flags & O_CLOEXEC))

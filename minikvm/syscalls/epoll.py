@@ -75,7 +75,7 @@ def _forget_closed(proc: Process, epoll: EpollFile) -> None:
     """Drop registrations whose fd was closed or now names another file."""
     for fd in [fd for fd, item in epoll.interest.items()
                if getattr(proc.fds.entries.get(fd), "file", None) is not item.file]:
-        del epoll.interest[fd]
+        epoll.forget(fd)
 
 
 def _supports_poll(file: OpenFile) -> bool:
@@ -112,14 +112,15 @@ def sys_epoll_create1(proc: Process, flags: int) -> int:
     flags = signed32(flags)
     if flags & ~EPOLL_CLOEXEC:
         raise SyscallError(errno.EINVAL, f"epoll_create1 flags {flags:#x}: only EPOLL_CLOEXEC")
-    return proc.fds.install(EpollFile(), cloexec=bool(flags & EPOLL_CLOEXEC))
+    return proc.fds.install(EpollFile(proc.fds.epoll_watches),
+                            cloexec=bool(flags & EPOLL_CLOEXEC))
 
 
 def sys_epoll_create(proc: Process, size: int) -> int:
     """The size is only a hint since Linux 2.6.8, but must be positive."""
     if signed32(size) <= 0:
         raise SyscallError(errno.EINVAL, f"epoll_create size {signed32(size)}")
-    return proc.fds.install(EpollFile())
+    return proc.fds.install(EpollFile(proc.fds.epoll_watches))
 
 
 # -- epoll_ctl ------------------------------------------------------------------------------------
@@ -150,12 +151,12 @@ def sys_epoll_ctl(proc: Process, epfd: int, op: int, fd: int, event_address: int
         if isinstance(target, EpollFile) and _watches(epoll, target):
             raise SyscallError(errno.ELOOP, f"epoll fd {fd} would watch itself, or nests "
                                f"deeper than {EP_MAX_NESTS}")
-        epoll.interest[fd] = EpollInterest(target, events, data)
+        epoll.watch(fd, EpollInterest(target, events, data))
     elif op in (EPOLL_CTL_MOD, EPOLL_CTL_DEL):
         if item is None:
             raise SyscallError(errno.ENOENT, f"fd {fd} is not registered")
         if op == EPOLL_CTL_DEL:
-            del epoll.interest[fd]
+            epoll.forget(fd)
         else:
             if item.events & EPOLLEXCLUSIVE:
                 raise SyscallError(errno.EINVAL, "an EPOLLEXCLUSIVE registration cannot change")

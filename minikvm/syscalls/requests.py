@@ -87,7 +87,8 @@ def sys_minikvm_respond(proc: Process, buffer: int, length: int) -> int:
         proc.requests.response_too_large = True
         raise SyscallError(errno.EMSGSIZE, f"response of {proc.requests.response_size} + "
                                            f"{length} bytes is larger than {MAX_RESPONSE} bytes")
-    proc.requests.respond(proc, proc.mm.read(buffer, length))
+    for view in proc.mm.views(buffer, length):   # all checked before the first is appended
+        proc.requests.respond(proc, view)
     return length
 
 

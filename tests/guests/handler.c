@@ -8,8 +8,9 @@
  *
  * The request (or, for an HTTP request, its path without the "/") chooses
  * what else to do: crash, spin, exit, poke/peek a global, read random
- * bytes, map a big buffer, answer with a raw HTTP response, or flood the
- * response with 512 MiB.
+ * bytes, map a big buffer, answer with a raw HTTP response, flood the
+ * response with 512 MiB, or fill it to just under the limit of 64 MiB
+ * ("fill": a raw HTTP response; "fill-headless": one whose head never ends).
  *
  * It also has functions for Fork.call() tests: add, weighted, checksum,
  * count_char, bump, stack_misalignment.
@@ -146,6 +147,16 @@ int main(void)
             continue;
         } else if (!strcmp(command, "twice")) {
             minikvm_respond("part1,", 6);
+        } else if (!strcmp(command, "fill") || !strcmp(command, "fill-headless")) {
+            /* 63 MiB of body after a raw HTTP head: the host must hold it
+             * once, not once more for each way it splits it */
+            static const char head[] = "HTTP/1.1 200 OK\r\nX-Fill: yes\r\n\r\n";
+            static char chunk[1 << 20];
+            memset(chunk, 'f', sizeof chunk);
+            minikvm_respond(head, !strcmp(command, "fill") ? sizeof head - 1 : 15);
+            for (int i = 0; i < 63; i++)
+                minikvm_respond(chunk, sizeof chunk);
+            continue;
         } else if (!strcmp(command, "flood")) {
             /* 512 responds of 1 MiB: each under the per-call limit, their
              * sum (512 MiB) far over the per-request one. */
