@@ -572,6 +572,35 @@ def test_host_memory_does_not_follow_the_guests_buffer_sizes(kind, variant, tmp_
         assert result == AMPLIFIERS[kind]
 
 
+HUGE_DIRECTORY_ENTRIES = 150_000
+
+
+def test_a_huge_directory_is_listed_in_windows_not_copied(tmp_path):
+    """A guest with a write grant can make a directory as large as the disk
+    allows; listing it held its whole listing in the host (150,000 entries
+    were 25 MiB of tuples).  It is read in windows of DIRECTORY_WINDOW
+    entries now: every entry still listed once, the host's peak no higher
+    than for an empty directory plus the margin."""
+    big, empty = tmp_path / "big", tmp_path / "empty"
+    big.mkdir()
+    empty.mkdir()
+    for number in range(HUGE_DIRECTORY_ENTRIES):
+        os.close(os.open(big / f"entry-with-a-longish-name-{number:07d}", os.O_CREAT | os.O_WRONLY))
+    program = hostile("exhaust", VARIANTS[0])
+    peaks = {}
+    for directory in (empty, big):
+        run, peaks[directory] = measured_minikvm("--allow-read", tmp_path, program, "list",
+                                                 directory, cwd=tmp_path)
+        assert_clean(run)
+        native = subprocess.run([str(program), "list", str(directory)], capture_output=True,
+                                text=True, timeout=RUN_TIMEOUT_SECONDS)
+        assert run.stdout == native.stdout, (run.stdout, run.stderr)
+    assert f"list: {HUGE_DIRECTORY_ENTRIES + 2}" in run.stdout
+    extra = peaks[big] - peaks[empty]
+    print(f"huge directory: host peak {peaks[big]} KiB, empty {peaks[empty]} KiB")
+    assert extra < HOST_MEMORY_MARGIN_KIB, f"the host held {extra} KiB more for the listing"
+
+
 # --- time values at the edges (issue 10, class 5) ----------------------------------------
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -114,9 +114,12 @@ class HostFile(OpenFile):
         self.status_flags = status_flags
         #: getdents64's position: how many entries of the listing were returned
         self.directory_offset = 0
-        #: the directory's listing, taken at the first getdents64 (and again
-        #: after a rewind), so offsets stay stable across calls
+        #: a window of the directory's listing: at most
+        #: :data:`DIRECTORY_WINDOW` entries from index
+        #: :attr:`directory_window_start` (None: none held; see
+        #: :class:`DirectoryWindows`)
         self.directory_entries: list | None = None
+        self.directory_window_start = 0
 
     def readv(self, views: list[memoryview]) -> int:
         if not self.readable():
@@ -474,6 +477,38 @@ class FdEntry:
     cloexec: bool = False
 
 
+#: How many entries of one directory's listing minikvm holds at a time.  A
+#: guest with a write grant can make a directory as large as the disk allows,
+#: and the host must not hold all of it: the listing is read in windows (a
+#: read past the window reads the directory again from the start, skipping
+#: what came before: slow for huge directories, bounded in memory).
+DIRECTORY_WINDOW = 1024
+
+#: How many open directories hold a window at once; the one read least
+#: recently gives its window up (it is read again when next needed).  With
+#: names of at most 255 bytes this bounds the host's copies of listings at
+#: about 4 × 1024 × 350 bytes, whatever the number of open directories.
+DIRECTORY_WINDOWS = 4
+
+
+class DirectoryWindows:
+    """The open directories that hold a window of their listing, most
+    recently read last (at most :data:`DIRECTORY_WINDOWS`)."""
+
+    def __init__(self) -> None:
+        self.holders: list[HostFile] = []
+
+    def hold(self, file: HostFile, start: int, entries: list) -> None:
+        """Give *file* the window *entries* (from index *start*), taking
+        the oldest window away when there are too many."""
+        if file in self.holders:
+            self.holders.remove(file)
+        elif len(self.holders) >= DIRECTORY_WINDOWS:
+            self.holders.pop(0).directory_entries = None
+        file.directory_entries, file.directory_window_start = entries, start
+        self.holders.append(file)
+
+
 class FdTable:
     """fd number → :class:`FdEntry`; the lowest free number is used first."""
 
@@ -485,6 +520,8 @@ class FdTable:
         self.pipe_budget = Tally()
         #: what this process's epolls watch together (:data:`EPOLL_MAX_WATCHES`)
         self.epoll_watches = Tally()
+        #: which open directories hold a window of their listing
+        self.directory_windows = DirectoryWindows()
 
     def get(self, fd: int) -> OpenFile:
         """The file behind *fd*, or EBADF."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import itertools
 import os
 import posixpath
 import stat as stat_module
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from minikvm.errors import SyscallError
 from minikvm.linux_abi import (AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_FOLLOW, MODE_BITS)
-from minikvm.process.fdtable import HostFile, OpenFile
+from minikvm.process.fdtable import DIRECTORY_WINDOW, HostFile, OpenFile
 from minikvm.syscalls.base import PARTIAL, SUPPORTED, Syscall, signed32
 from minikvm.syscalls.files import UINT_MASK, final_name, guest_path, host_call, read_path
 
@@ -72,17 +73,23 @@ def _parent_inode(proc: Process, file: HostFile, own: os.stat_result) -> int:
         return own.st_ino
 
 
-def directory_listing(proc: Process, file: OpenFile) -> list[tuple[bytes, int, int]]:
-    """``(name, inode, d_type)`` of every entry of an open directory,
-    ``.`` and ``..`` first, as Linux's file systems list them."""
+def directory_listing(proc: Process, file: OpenFile, start: int = 0,
+                      limit: int | None = None) -> list[tuple[bytes, int, int]]:
+    """``(name, inode, d_type)`` of the entries of an open directory from
+    index *start* (at most *limit* of them), ``.`` and ``..`` first, as
+    Linux's file systems list them.  Entries before *start* are read and
+    dropped, never kept: the host holds at most *limit* entries."""
     if not isinstance(file, HostFile) or file.host_fd is None:
         raise SyscallError(errno.ENOTDIR, f"a {file.kind} is not a directory")
     own = os.fstat(file.host_fd)
     if not stat_module.S_ISDIR(own.st_mode):
         raise SyscallError(errno.ENOTDIR, "not a directory")
-    entries = [(b".", own.st_ino, DT_DIR), (b"..", _parent_inode(proc, file, own), DT_DIR)]
+    dots = [(b".", own.st_ino, DT_DIR), (b"..", _parent_inode(proc, file, own), DT_DIR)]
+    stop = None if limit is None else start + limit
+    entries = dots[start:stop]
     with os.scandir(file.host_fd) as listing:
-        for entry in listing:
+        for entry in itertools.islice(listing, max(start - len(dots), 0),
+                                      None if stop is None else max(stop - len(dots), 0)):
             entries.append((os.fsencode(entry.name), entry.inode(), _d_type(entry)))
     return entries
 
@@ -104,26 +111,34 @@ def pack_dirent(name: bytes, inode: int, d_type: int, next_offset: int) -> bytes
 def _getdents(proc: Process, fd: int, address: int, count: int, pack) -> int:
     """Fill the guest's buffer with whole records from the directory's position.
 
-    The listing is read once and kept (:attr:`HostFile.directory_entries`);
-    each record's ``d_off`` is the index of the next one, so ``telldir`` /
-    ``seekdir`` (lseek) land where they should across calls.
+    The listing is read in windows of :data:`~minikvm.process.fdtable.DIRECTORY_WINDOW`
+    entries (:attr:`HostFile.directory_entries`), so a huge directory costs
+    the host one window, not its whole listing; each record's ``d_off`` is
+    the index of the next one, so ``telldir`` / ``seekdir`` (lseek) land
+    where they should across calls.  A window shorter than the limit ends
+    the directory.
     """
     file = proc.fds.get(signed32(fd))
     if not isinstance(file, HostFile):
         raise SyscallError(errno.ENOTDIR, f"a {file.kind} is not a directory")
-    if file.directory_entries is None:
-        file.directory_entries = directory_listing(proc, file)
-    entries = file.directory_entries
     count &= UINT_MASK
     index = file.directory_offset
     buffer = bytearray()
-    while index < len(entries):
-        record = pack(*entries[index], index + 1)
+    while True:
+        entries, base = file.directory_entries, file.directory_window_start
+        if entries is None or not base <= index <= base + len(entries) or (
+                index == base + len(entries) and len(entries) == DIRECTORY_WINDOW):
+            entries = directory_listing(proc, file, index, DIRECTORY_WINDOW)
+            proc.fds.directory_windows.hold(file, index, entries)
+            base = index
+        if index == base + len(entries):
+            break                                  # the end of the directory
+        record = pack(*entries[index - base], index + 1)
         if len(buffer) + len(record) > count:
             break
         buffer += record
         index += 1
-    if not buffer and index < len(entries):
+    if not buffer and index < base + len(entries):
         raise SyscallError(errno.EINVAL, f"a {count}-byte buffer cannot hold one entry")
     proc.mm.write(address, bytes(buffer))
     file.directory_offset = index

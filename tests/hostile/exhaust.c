@@ -20,6 +20,9 @@
  *                                  "every-record" (the last three at once)
  *                                  or "poll-threads" (100 threads, each in a
  *                                  poll of the same 3800 UDP sockets)
+ *        exhaust list DIR          count DIR's entries with getdents64, in
+ *                                  32 KiB reads (a huge directory must not
+ *                                  become a host copy of its listing)
  *
  * "memory" and "fds" print how far they got and the errno they met, then
  * exit 0: running out must be an ordinary error the program can handle.
@@ -195,6 +198,16 @@ int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IONBF, 0);
     const char *what = argc > 1 ? argv[1] : "";
+    if (strcmp(what, "list") == 0 && argc == 3) {
+        static char records[32 << 10];
+        int fd = open(argv[2], O_RDONLY | O_DIRECTORY);
+        long entries = 0, got;
+        while (fd >= 0 && (got = syscall(SYS_getdents64, fd, records, sizeof records)) > 0)
+            for (long at = 0; at < got; entries++)
+                at += *(unsigned short *)(records + at + 16);   /* d_reclen */
+        printf("list: %ld\n", fd < 0 ? -(long)errno : entries);
+        return 0;
+    }
     if (strcmp(what, "memory") == 0) {
         int blocks = 0;
         while (blocks < MAX_BLOCKS) {
