@@ -1,4 +1,4 @@
-"""minikvm/syscalls/net.py: guest sockaddrs, and the socket calls of a real client.
+"""minikvm/syscalls/net.py and sockets.py: guest sockaddrs, and the socket calls of a real client.
 
 The sockaddr codec is pure and checked against the C layouts by round trip
 and against Python's own packing; the client (``tests/hostile/sockets.c``)
@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from minikvm.errors import SyscallError
-from minikvm.syscalls.net import (AF_INET, AF_INET6, AF_UNIX, SOCKADDR_IN6_SIZE, SOCKADDR_IN_SIZE,
-                                  decode_sockaddr, describe_address, encode_sockaddr)
+from minikvm.syscalls.sockets import (AF_INET, AF_INET6, AF_UNIX, SOCKADDR_IN6_SIZE, SOCKADDR_IN_SIZE,
+                                      decode_sockaddr, describe_address, encode_sockaddr)
 from tests.guest_runs import run_minikvm
 from tests.programs.build import DEFAULT_BUILD_DIR, build
 

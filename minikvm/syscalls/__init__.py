@@ -17,7 +17,8 @@
 ``poll``              poll, ppoll, select
 ``epoll``             epoll_create1, epoll_ctl, epoll_wait: level, edge, one-shot
 ``sync``              futex
-``net``               sockets, as far as the policy allows
+``sockets``           the socket file: the guest's socket ABI, sockaddrs, the host socket
+``net``               the socket calls, as far as the policy allows
 ``requests``          minikvm's request API (``include/minikvm.h``)
 ``table``             all of them, by number
 ``trace``             ``--trace`` output in strace's format
