@@ -37,8 +37,8 @@ import pytest
 from minikvm.cpu.layout import MMAP_MIN_ADDR, PAGE_TABLE_POOL_START, USER_POOL_START, USER_SPACE_END
 from minikvm.errors import SyscallError
 from minikvm.kvm.memory import GuestMemory
-from minikvm.machine.mm import (PROT_EXEC, PROT_NONE, PROT_READ, PROT_WRITE, AddressSpace, PagePool,
-                                Vma)
+from minikvm.machine.mm import PROT_EXEC, PROT_NONE, PROT_READ, PROT_WRITE, AddressSpace, Vma
+from minikvm.machine.pages import PagePool
 from minikvm.syscalls import memory as memory_calls
 from minikvm.x86 import (HUGE_PAGE_SIZE, PAGE_SIZE, PTE_HUGE, PTE_NX, PTE_PRESENT, PTE_USER,
                          PTE_WRITE)

@@ -11,7 +11,7 @@ might corrupt — and every access is bounds-checked.  A bad pointer becomes
 ``EFAULT`` for the guest; it can never make the host touch memory outside
 the guest's.
 
-Physical pages come from two :class:`PagePool` s (see the memory map in
+Physical pages come from two :class:`~minikvm.machine.pages.PagePool` s (see the memory map in
 :mod:`minikvm.cpu.layout`): one for page tables, one for the program.  Each VMA
 is backed by one physically contiguous run, so translating a pointer is an
 addition and a guest buffer is one zero-copy ``memoryview`` slice.
@@ -43,6 +43,8 @@ from minikvm.cpu.layout import (MMAP_MIN_ADDR, MMAP_TOP, PAGE_TABLE_POOL_END, PA
                                 USER_POOL_START, USER_SPACE_END)
 from minikvm.errors import SyscallError
 from minikvm.kvm.memory import GuestMemory
+from minikvm.linux_abi import UIO_MAXIOV
+from minikvm.machine.pages import PagePool
 from minikvm.paging import PageTables, pte_flags
 from minikvm.x86 import HUGE_PAGE_SIZE, PAGE_SIZE
 
@@ -78,86 +80,6 @@ def page_align_up(value: int) -> int:
 def page_align_down(value: int) -> int:
     """Round down to a page boundary."""
     return value & ~(PAGE_SIZE - 1)
-
-
-class PagePool:
-    """A first-fit allocator of guest-physical memory in ``[start, end)``.
-
-    It keeps the free runs as a sorted list of ``(address, size)``; freeing
-    merges neighbours back together.  ``ENOMEM`` when nothing fits: that is
-    the guest's memory limit.
-    """
-
-    def __init__(self, start: int, end: int) -> None:
-        self.start = start
-        self.end = end
-        self.free_runs: list[tuple[int, int]] = [(start, end - start)] if end > start else []
-        self.used = 0
-        self.peak = 0  # the most ever in use (getrusage's ru_maxrss)
-        #: while an all-or-nothing change runs: every run taken ("take") or
-        #: given back ("free"), so the change can be undone step by step
-        #: instead of copying the whole free list before each change
-        self.journal: list[tuple[str, int, int]] | None = None
-
-    def allocate(self, size: int, align: int = PAGE_SIZE) -> int:
-        """A run of *size* bytes whose address is a multiple of *align*."""
-        for i, (address, length) in enumerate(self.free_runs):
-            aligned = -(-address // align) * align
-            if aligned + size <= address + length:
-                self._take(i, aligned, size)
-                return aligned
-        raise SyscallError(errno.ENOMEM, f"guest memory exhausted: {size:#x} bytes wanted, "
-                                         f"{self.used >> 20} of {(self.end - self.start) >> 20} "
-                                         f"MiB in use (a larger --memory gives the guest more)")
-
-    def allocate_at(self, address: int, size: int) -> bool:
-        """Take exactly ``[address, address + size)`` if it is free (used to
-        grow a mapping in place); False when it is not."""
-        i = bisect.bisect_right(self.free_runs, (address, float("inf"))) - 1
-        if i < 0:
-            return False
-        run_address, length = self.free_runs[i]
-        if run_address <= address and address + size <= run_address + length:
-            self._take(i, address, size)
-            return True
-        return False
-
-    def _take(self, i: int, address: int, size: int) -> None:
-        run_address, length = self.free_runs.pop(i)
-        pieces = [(run_address, address - run_address),
-                  (address + size, run_address + length - address - size)]
-        for piece in reversed(pieces):
-            if piece[1]:
-                self.free_runs.insert(i, piece)
-        self.used += size
-        self.peak = max(self.peak, self.used)
-        if self.journal is not None:
-            self.journal.append(("take", address, size))
-
-    def free(self, address: int, size: int) -> None:
-        """Return a run; it merges with free neighbours."""
-        i = bisect.bisect_left(self.free_runs, (address, 0))
-        self.free_runs.insert(i, (address, size))
-        self.used -= size
-        # merge with the next, then the previous run
-        if i + 1 < len(self.free_runs) and address + size == self.free_runs[i + 1][0]:
-            self.free_runs[i] = (address, size + self.free_runs.pop(i + 1)[1])
-        if i > 0 and self.free_runs[i - 1][0] + self.free_runs[i - 1][1] == address:
-            previous = self.free_runs.pop(i - 1)
-            self.free_runs[i - 1] = (previous[0], previous[1] + self.free_runs[i - 1][1])
-        if self.journal is not None:
-            self.journal.append(("free", address, size))
-
-    def roll_back(self, journal: list[tuple[str, int, int]], used: int, peak: int) -> None:
-        """Undo the takes and frees of *journal*, last first.  The free list
-        is always merged, so the same runs given back make the same list."""
-        self.journal = None
-        for what, address, size in reversed(journal):
-            if what == "take":
-                self.free(address, size)
-            elif not self.allocate_at(address, size):
-                raise AssertionError(f"pool roll-back: {address:#x}+{size:#x} is not free")
-        self.used, self.peak = used, peak
 
 
 @dataclass(frozen=True)
@@ -768,7 +690,7 @@ class AddressSpace:
         """A ``struct iovec[count]`` array: (base, length) pairs.  EINVAL
         for a length that is negative as a ``ssize_t``, as Linux's
         ``iovec_from_user`` answers, before any buffer is looked at."""
-        if count < 0 or count > IOV_MAX:
+        if count < 0 or count > UIO_MAXIOV:
             raise SyscallError(errno.EINVAL, f"iovec count {count}")
         raw = self.read(address, 16 * count)
         pairs = [struct.unpack_from("<QQ", raw, 16 * i) for i in range(count)]
@@ -778,7 +700,6 @@ class AddressSpace:
         return pairs
 
 
-IOV_MAX = 1024  # <limits.h>: the most iovecs one readv/writev may pass
 
 
 def _leaf_flags(prot: int) -> int:

@@ -23,7 +23,8 @@ from typing import Any, BinaryIO, Literal, Sequence
 from minikvm import ioctl as k
 from minikvm.errors import MinikvmError, SnapshotError
 from minikvm.kvm.memory import GuestMemory
-from minikvm.machine.mm import AddressSpace, PagePool, Vma
+from minikvm.machine.mm import AddressSpace, Vma
+from minikvm.machine.pages import PagePool
 from minikvm.process.elf import load_elf
 from minikvm.process.fdtable import DeviceFile, FdEntry, HostFile, OpenFile, Pipe, PipeEnd
 from minikvm.process.threads import Thread, ThreadTable

@@ -17,7 +17,8 @@ from typing import Iterable
 
 from minikvm.errors import SnapshotError
 from minikvm.kvm.memory import GuestMemory
-from minikvm.machine.mm import AddressSpace, PagePool
+from minikvm.machine.mm import AddressSpace
+from minikvm.machine.pages import PagePool
 
 SEEK_DATA = 3          # lseek: the next offset that holds data
 SEEK_HOLE = 4          # lseek: the next hole
