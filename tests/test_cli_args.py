@@ -351,3 +351,17 @@ def test_strings_toml_cannot_hold_are_refused_by_print_policy(tmp_path: Path) ->
     from minikvm.cli.options import toml_string
     with pytest.raises(ValueError, match="not valid UTF-8"):
         toml_string(os.fsdecode(b"/data/\xff"))
+
+
+def test_the_how_to_s_policy_file_reads(tmp_path: Path) -> None:
+    """The example profile in docs/howto/sandbox-a-command.md is a file
+    --policy accepts, with the values it shows."""
+    import re
+    from minikvm.cli.options import read_policy_file
+    page = (ROOT / "docs" / "howto" / "sandbox-a-command.md").read_text()
+    example = re.search(r"```toml\n(.*?)```", page, re.DOTALL).group(1)
+    profile = tmp_path / "fetch.toml"
+    profile.write_text(example)
+    values = read_policy_file(str(profile))
+    assert values["memory"] == 256 << 20 and values["max_fds"] == 64
+    assert values["allow_connect"] == ["192.0.2.1:443"] and values["clearenv"] is True
