@@ -293,6 +293,7 @@ BAD_POLICY_FILES = [
     ("max-fds = true\n", "max-fds", "True"),                  # a bool is no number
     ("max-file-size = 0\n", "max-file-size", "0"),
     ('env = ["NOEQUALS"]\n', "env", "NOEQUALS"),
+    ('allow-connect = ["localhost:80"]\n', "allow-connect", "not a numeric IP address"),
     ('allow-read = "/usr"\n', "allow-read", "list of strings"),
     ("allow-read = [1]\n", "allow-read", "list of strings"),
     ('here = "yes"\n', "here", "true or false"),

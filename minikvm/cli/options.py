@@ -113,6 +113,18 @@ def seconds(text: str) -> float:
     return value
 
 
+def endpoint(text: str) -> str:
+    """``--allow-connect``: an endpoint :func:`~minikvm.sandbox.endpoints.parse_endpoint`
+    accepts (checked while the options are parsed, so that a policy
+    file's bad endpoint is named with its file and key)."""
+    from minikvm.sandbox.endpoints import EndpointError, parse_endpoint
+    try:
+        parse_endpoint(text)
+    except EndpointError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def env_assignment(text: str) -> str:
     """``--env NAME=VALUE``: a name that is not empty and has no ``=``."""
     name, equals, _ = text.partition("=")
@@ -140,6 +152,7 @@ def add_sandbox_options(parser: argparse.ArgumentParser, timeout_help: str =
     parser.add_argument("--allow-write", action="append", default=[], metavar="DIR",
                         help="allow reading and writing DIR and below (repeatable)")
     parser.add_argument("--allow-connect", action="append", default=[], metavar="HOST:PORT",
+                        type=endpoint,
                         help="allow connecting to this endpoint (repeatable; unix:PATH too)")
     parser.add_argument("--memory", type=parse_memory, default=None, metavar="SIZE",
                         help="guest memory (default 1G)")
@@ -214,7 +227,7 @@ FLAG_KEYS = ("here", "clearenv")
 LIST_KEYS: dict[str, Callable[[str], str] | None] = {
     "allow-read": None,
     "allow-write": None,
-    "allow-connect": None,
+    "allow-connect": endpoint,
     "env": env_assignment,
     "unsetenv": None,
 }
