@@ -65,9 +65,12 @@ BAD_VALUES = [
 ]
 
 
-def minikvm_command(arguments: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "minikvm", *arguments], cwd=ROOT,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+def minikvm_command(arguments: list[str], *, cwd: Path = ROOT,
+                    env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m minikvm ARGUMENTS`` in *cwd*, with PATH /usr/bin:/bin and
+    *env* added."""
+    return subprocess.run([sys.executable, "-m", "minikvm", *arguments], cwd=cwd,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", **(env or {})},
                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
 
 
@@ -116,3 +119,250 @@ def test_serve_reset_choices_are_the_snapshot_mechanisms() -> None:
     serve = build_parser()._subparsers._group_actions[0].choices["serve"]
     reset = next(action for action in serve._actions if action.dest == "reset")
     assert tuple(reset.choices) == MECHANISMS
+
+
+# -- finding the program: PATH, 126 and 127 as a shell reports them -----------------
+#
+# These stop before any guest (the file is refused, or --print-policy
+# exits first); a program found in PATH and run is tests/test_sandbox_cli.py's.
+
+import os  # noqa: E402
+
+
+def test_a_file_without_execute_permission_is_126(tmp_path: Path) -> None:
+    plain = tmp_path / "prog"
+    plain.write_bytes(b"\x7fELF")
+    plain.chmod(0o644)
+    result = minikvm_command(["run", "--", str(plain)])
+    assert result.returncode == 126, result.stderr
+    assert result.stderr == f"minikvm: {plain}: permission denied: the file is not executable " \
+                            f"(chmod +x {plain} if it should be)\n"
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_a_file_that_is_not_regular_is_126(tmp_path: Path, kind: str) -> None:
+    target = tmp_path / kind
+    if kind == "directory":
+        target.mkdir()
+    else:
+        os.mkfifo(target)       # reading it would block minikvm for ever
+    result = minikvm_command(["run", "--", str(target)])
+    assert result.returncode == 126, result.stderr
+    assert result.stderr.startswith(f"minikvm: {target}: "), result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_a_missing_file_is_127(tmp_path: Path) -> None:
+    result = minikvm_command(["run", "--", str(tmp_path / "none")])
+    assert (result.returncode, result.stderr) == (127, f"minikvm: {tmp_path / 'none'}: "
+                                                       f"no such file\n")
+
+
+def test_a_name_not_in_path_is_command_not_found(tmp_path: Path) -> None:
+    skipped = tmp_path / "bin" / "tool"
+    skipped.parent.mkdir()
+    skipped.write_bytes(b"")
+    skipped.chmod(0o644)
+    (tmp_path / "dir" / "tool").mkdir(parents=True)
+    path = f"{tmp_path / 'dir'}:{tmp_path / 'bin'}"
+    result = minikvm_command(["run", "tool"], env={"PATH": path})
+    assert result.returncode == 127, result.stderr
+    assert result.stderr.startswith("minikvm: tool: command not found in PATH"), result.stderr
+
+
+def test_path_lookup_is_execvps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Non-executables and directories are skipped, the first executable
+    wins, an empty entry is the current directory, a name with a slash is
+    not looked up; the host's own lookup (``shutil.which``) agrees."""
+    import shutil
+    from minikvm.cli.launch import LaunchError, find_program
+    first, second, third = (tmp_path / name for name in ("first", "second", "third"))
+    for directory in (first, second, third):
+        directory.mkdir()
+    (first / "tool").write_bytes(b"")                 # not executable: skipped
+    (second / "tool").mkdir()                         # a directory: skipped
+    for found in (third / "tool", tmp_path / "here"):
+        found.write_bytes(b"")
+        found.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{first}:{second}:{third}")
+    assert find_program("tool") == str(third / "tool") == shutil.which("tool")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", f"{first}::{third}")
+    assert find_program("here") == "here"
+    with pytest.raises(LaunchError) as error:
+        find_program("./tool")                        # a slash: that file, not PATH
+    assert error.value.status == 127
+    monkeypatch.setenv("PATH", str(first))
+    with pytest.raises(LaunchError) as error:
+        find_program("tool")
+    assert error.value.status == 127 and str(first / "tool") in str(error.value)
+
+
+# -- --here where it would hand over everything -------------------------------------
+
+
+@pytest.mark.parametrize("where", ["root", "home"])
+def test_here_in_root_or_home_is_refused(tmp_path: Path, where: str) -> None:
+    cwd = Path("/") if where == "root" else tmp_path
+    result = minikvm_command(["run", "--here", "--", "/bin/true"], cwd=cwd,
+                             env={"HOME": str(tmp_path)})
+    assert_usage_error(result, "--here", f"--allow-write {cwd}")
+    # The same for the other commands that take it, and for --print-policy.
+    for command in (["serve", "--here", "--", "/bin/true"],
+                    ["snapshot", "save", "-o", str(tmp_path / "x"), "--here", "/bin/true"],
+                    ["run", "--here", "--print-policy"]):
+        assert_usage_error(minikvm_command(command, cwd=cwd, env={"HOME": str(tmp_path)}),
+                           "--here", f"--allow-write {cwd}")
+
+
+def test_here_below_home_is_granted(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    result = minikvm_command(["run", "--here", "--print-policy"], cwd=project,
+                             env={"HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert f'allow-write = ["{project}"]' in result.stdout.splitlines()
+
+
+def test_version_is_the_one_definition() -> None:
+    import tomllib
+    from minikvm.cli import __version__
+    result = minikvm_command(["--version"])
+    assert (result.returncode, result.stdout) == (0, f"minikvm {__version__}\n")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {
+        "attr": "minikvm.cli.__version__"}
+
+
+# -- --policy FILE and --print-policy --------------------------------------------------
+
+POLICY_OPTIONS = ["--allow-read", "/usr", "--allow-read", "relative/dir", "--allow-write",
+                  "/tmp", "--allow-connect", "127.0.0.1:8080", "--allow-connect",
+                  "unix:/run/x.sock", "--memory", "256M", "--timeout", "2.5", "--max-fds", "64",
+                  "--max-file-size", "1000", "--env", 'QUOTE="\\\x7f\ttab', "--unsetenv",
+                  "HOME", "--clearenv"]
+
+
+def test_print_policy_reads_back_to_the_same_policy(tmp_path: Path) -> None:
+    printed = minikvm_command(["run", *POLICY_OPTIONS, "--print-policy"], cwd=tmp_path)
+    assert printed.returncode == 0, printed.stderr
+    assert 'allow-read = ["/usr", "%s"]' % (tmp_path / "relative/dir") in printed.stdout
+    profile = tmp_path / "profile.toml"
+    profile.write_text(printed.stdout)
+    # From another directory: relative paths were written absolute.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    again = minikvm_command(["run", "--policy", str(profile), "--print-policy"], cwd=elsewhere)
+    assert (again.returncode, again.stdout) == (0, printed.stdout), again.stderr
+    # And the file parses to the options the command line gave.
+    from minikvm.cli.main import build_parser
+    from minikvm.cli.options import read_policy_file
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        given = build_parser().parse_args(["run", *POLICY_OPTIONS, "true"])
+    finally:
+        os.chdir(here)
+    for name, value in read_policy_file(str(profile)).items():
+        if name.startswith("allow_"):
+            value = [item.replace(f"{tmp_path}/", "") for item in value]
+        assert getattr(given, name) == value, name
+
+
+def test_the_command_line_adds_to_lists_and_overrides_values(tmp_path: Path) -> None:
+    profile = tmp_path / "profile.toml"
+    profile.write_text('allow-read = ["/usr"]\nmax-fds = 99\nmemory = "512M"\n'
+                       'env = ["A=1"]\n')
+    result = minikvm_command(["run", "--allow-read", "/etc", "--policy", str(profile),
+                              "--max-fds", "50", "--env", "B=2", "--print-policy"])
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for line in ('allow-read = ["/usr", "/etc"]', "max-fds = 50", 'memory = "512M"',
+                 'env = ["A=1", "B=2"]'):
+        assert line in lines, result.stdout
+
+
+#: (the file's text, the key named in the error, a word of the reason)
+BAD_POLICY_FILES = [
+    ("memory = 4097\n", "memory", "4097"),                    # the --memory check itself
+    ('memory = "100G"\n', "memory", "outside"),
+    ("timeout = nan\n", "timeout", "nan"),
+    ("timeout = -1\n", "timeout", "-1"),
+    ("max-fds = 3\n", "max-fds", "3"),
+    ("max-fds = true\n", "max-fds", "True"),                  # a bool is no number
+    ("max-file-size = 0\n", "max-file-size", "0"),
+    ('env = ["NOEQUALS"]\n', "env", "NOEQUALS"),
+    ('allow-connect = ["localhost:80"]\n', "allow-connect", "not a numeric IP address"),
+    ('allow-read = "/usr"\n', "allow-read", "list of strings"),
+    ("allow-read = [1]\n", "allow-read", "list of strings"),
+    ('here = "yes"\n', "here", "true or false"),
+    ("allow-reads = []\n", "allow-reads", "not a policy key"),
+    ("policy = \"other.toml\"\n", "policy", "not a policy key"),
+    ("[sandbox]\nmemory = \"1G\"\n", "sandbox", "not a policy key"),
+    ("memory = [\n", "", "not a TOML file"),
+]
+
+
+@pytest.mark.parametrize("text, key, reason", BAD_POLICY_FILES,
+                         ids=[text.splitlines()[0] for text, _, _ in BAD_POLICY_FILES])
+def test_a_bad_policy_file_is_a_usage_error(tmp_path: Path, text: str, key: str,
+                                            reason: str) -> None:
+    profile = tmp_path / "profile.toml"
+    profile.write_text(text)
+    result = minikvm_command(["run", "--policy", str(profile), "--", "/bin/true"])
+    assert_usage_error(result, f"{profile}: {key}", reason)
+
+
+def test_a_missing_policy_file_is_a_usage_error(tmp_path: Path) -> None:
+    result = minikvm_command(["run", "--policy", str(tmp_path / "none.toml"), "/bin/true"])
+    assert_usage_error(result, str(tmp_path / "none.toml"), "No such file")
+
+
+def test_policy_keys_use_the_command_lines_checks() -> None:
+    """The file's table and the parser must not drift apart: every key is
+    an option of ``run``, with the same check function."""
+    from minikvm.cli.main import build_parser
+    from minikvm.cli.options import FLAG_KEYS, LIST_KEYS, VALUE_KEYS
+    run = build_parser()._subparsers._group_actions[0].choices["run"]
+    actions = {option: action for action in run._actions for option in action.option_strings}
+    for key in FLAG_KEYS:
+        assert actions[f"--{key}"].const is True, key
+    for key, check in {**LIST_KEYS, **VALUE_KEYS}.items():
+        assert actions[f"--{key}"].type is check, key
+    sandbox = {action.dest for action in run._actions if action.dest in {
+        "here", "allow_read", "allow_write", "allow_connect", "memory", "timeout", "max_fds",
+        "max_file_size", "env", "unsetenv", "clearenv"}}
+    assert sandbox == {key.replace("-", "_") for key in [*FLAG_KEYS, *LIST_KEYS, *VALUE_KEYS]}
+
+
+def test_without_a_toml_reader_policy_is_refused(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python 3.10 has no tomllib: without tomli, --policy says so."""
+    from minikvm.cli.options import PolicyFileError, read_policy_file
+    monkeypatch.setitem(sys.modules, "tomllib", None)
+    monkeypatch.setitem(sys.modules, "tomli", None)
+    profile = tmp_path / "profile.toml"
+    profile.write_text("max-fds = 64\n")
+    with pytest.raises(PolicyFileError, match="needs Python 3.11 or later"):
+        read_policy_file(str(profile))
+
+
+def test_strings_toml_cannot_hold_are_refused_by_print_policy(tmp_path: Path) -> None:
+    from minikvm.cli.options import toml_string
+    with pytest.raises(ValueError, match="not valid UTF-8"):
+        toml_string(os.fsdecode(b"/data/\xff"))
+
+
+def test_the_how_to_s_policy_file_reads(tmp_path: Path) -> None:
+    """The example profile in docs/howto/sandbox-a-command.md is a file
+    --policy accepts, with the values it shows."""
+    import re
+    from minikvm.cli.options import read_policy_file
+    page = (ROOT / "docs" / "howto" / "sandbox-a-command.md").read_text()
+    example = re.search(r"```toml\n(.*?)```", page, re.DOTALL).group(1)
+    profile = tmp_path / "fetch.toml"
+    profile.write_text(example)
+    values = read_policy_file(str(profile))
+    assert values["memory"] == 256 << 20 and values["max_fds"] == 64
+    assert values["allow_connect"] == ["192.0.2.1:443"] and values["clearenv"] is True

@@ -24,7 +24,7 @@ import pytest
 from minikvm.sandbox import landlock
 
 from minikvm.sandbox import seccomp
-from tests.guest_runs import minikvm_command, minikvm_environment, run_minikvm
+from tests.guest_runs import minikvm_command, minikvm_environment, run_minikvm, run_native
 from tests.programs.build import DEFAULT_BUILD_DIR, build, program
 
 pytestmark = pytest.mark.kvm
@@ -98,6 +98,40 @@ def test_here_grants_the_current_directory_and_nothing_else(tmp_path):
     allowed = minikvm("--here", files, cwd=tmp_path)
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
     assert "Traceback" not in denied.stderr + allowed.stderr
+
+
+def test_a_policy_file_grants_what_the_options_grant(tmp_path):
+    files = program("files", "glibc-static")       # works in its current directory
+    profile = tmp_path / "files.toml"
+    profile.write_text("here = true\nmax-fds = 64\n")
+    allowed = minikvm("--policy", profile, files, cwd=tmp_path)
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    profile.write_text("here = false\n")
+    denied = minikvm("--policy", profile, files, cwd=tmp_path)
+    assert denied.returncode != 0 and "errno 13" in denied.stdout, denied.stdout
+
+
+def test_a_name_without_a_slash_is_found_in_path_as_natively(tmp_path):
+    """``minikvm run args`` finds the program as the host's execvp does:
+    the non-executable ``args`` earlier in PATH is skipped, and argv[0] is
+    the name as typed (the outputs, argv and auxv included, are the same)."""
+    found, skipped = tmp_path / "bin", tmp_path / "noexec"
+    found.mkdir()
+    skipped.mkdir()
+    shutil.copy(program("args", "glibc-static"), found / "args")
+    (skipped / "args").write_bytes(b"not a program\n")
+    (skipped / "args").chmod(0o644)
+    env = {"PATH": f"{skipped}:{found}:/usr/bin:/bin", "ARGS_ENV_PREFIX": "ARGS_",
+           "ARGS_X": "1"}
+    native = run_native(["args", "one", "two"], env=env, cwd=tmp_path, text=True,
+                        timeout=RUN_TIMEOUT_SECONDS)
+    assert native.returncode == 0, native.stderr
+    sandboxed = run_minikvm(["args", "one", "two"], env=env, cwd=tmp_path, text=True,
+                            timeout=RUN_TIMEOUT_SECONDS)
+    assert sandboxed.returncode == 0, sandboxed.stderr
+    assert "argv[0]: args\n" in native.stdout
+    assert f"AT_EXECFN: {found / 'args'}\n" in native.stdout
+    assert sandboxed.stdout == native.stdout
 
 
 def test_allow_read_is_read_only(tree):

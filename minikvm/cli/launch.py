@@ -19,12 +19,16 @@ the file, raise the walls under the policy it records, then load it).
 A step that fails raises :class:`LaunchError`, which carries the exit
 status a shell would report (``127`` no such file, ``126`` cannot run it,
 ``2`` a usage error) and one line that says why.
+
+Before step 1, :func:`find_program` finds the file as ``execvp`` does: a
+name with no slash is looked up in ``PATH``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -47,6 +51,56 @@ class LaunchError(MinikvmError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+def find_program(name: str) -> str:
+    """The file ``minikvm run NAME`` runs, found as ``execvp(3)`` finds it.
+
+    A *name* with a slash is that file.  One without is looked up in the
+    directories of minikvm's own ``PATH`` (the host's, as minikvm was
+    started — not an ``--env PATH=`` given to the program; ``/bin:/usr/bin``
+    when it is unset; an empty entry is the current directory), skipping
+    what is not an executable regular file; nothing found is 127, "command
+    not found", as a shell says it.  The found file is checked by
+    :func:`check_program`."""
+    if "/" in name:
+        return check_program(name)
+    if not name:
+        raise LaunchError(EXIT_NOT_FOUND, "'': no such file")
+    skipped = None
+    for directory in os.get_exec_path():
+        candidate = os.path.join(directory, name)
+        try:
+            mode = os.stat(candidate).st_mode
+        except OSError:
+            continue
+        if stat.S_ISREG(mode) and os.access(candidate, os.X_OK):
+            return candidate
+        skipped = skipped or candidate
+    hint = f" ({skipped} was skipped: not an executable file)" if skipped else ""
+    raise LaunchError(EXIT_NOT_FOUND, f"{name}: command not found in PATH{hint}")
+
+
+def check_program(path: str) -> str:
+    """*path* if ``execve(2)`` would start it, else the LaunchError a shell
+    reports: 127 when it does not exist; 126 when it is a directory or
+    another kind of non-regular file (a FIFO would block the read
+    forever), has no execute permission (execve's EACCES), or cannot be
+    reached."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise LaunchError(EXIT_NOT_FOUND, f"{path}: no such file") from None
+    except OSError as error:
+        raise LaunchError(EXIT_CANNOT_RUN, f"{path}: {error.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise LaunchError(EXIT_CANNOT_RUN, f"{path}: is a directory")
+    if not stat.S_ISREG(mode):
+        raise LaunchError(EXIT_CANNOT_RUN, f"{path}: not a regular file")
+    if not os.access(path, os.X_OK):
+        raise LaunchError(EXIT_CANNOT_RUN, f"{path}: permission denied: the file is not "
+                                           f"executable (chmod +x {path} if it should be)")
+    return path
 
 
 @dataclass
@@ -80,7 +134,9 @@ def raise_walls(policy: "Policy | None", *, allow_fork: bool = False,
 def launch(options: argparse.Namespace, *, stdio: tuple[int, int, int] = (0, 1, 2),
            program: bytes | None = None, allow_fork: bool = False,
            before_walls: Callable[[], None] | None = None) -> Launched:
-    """Steps 1 to 5 for ``options.program`` with ``options.args``.
+    """Steps 1 to 5 for ``options.program`` with ``options.args``: the
+    file is ``options.program_path`` (what :func:`find_program` found, set
+    by the command line), argv[0] the name as typed, as execvp passes it.
 
     *program* is the file's bytes when the caller read them already (before
     a fork, say); *stdio* the host fds of the guest's 0, 1 and 2;
@@ -94,12 +150,7 @@ def launch(options: argparse.Namespace, *, stdio: tuple[int, int, int] = (0, 1, 
     from minikvm.process.process import Process
     from minikvm.sandbox.policy import PolicyError
 
-    path = options.program
-    if program is None:
-        if not os.path.exists(path):
-            raise LaunchError(EXIT_NOT_FOUND, f"{path}: no such file")
-        if os.path.isdir(path):
-            raise LaunchError(EXIT_CANNOT_RUN, f"{path}: is a directory")
+    path = options.program_path
     try:
         policy = policy_from(options)
     except (PolicyError, ValueError, OSError) as error:
@@ -119,7 +170,8 @@ def launch(options: argparse.Namespace, *, stdio: tuple[int, int, int] = (0, 1, 
     try:
         confinement = raise_walls(policy, allow_fork=allow_fork,
                                   verbose=getattr(options, "verbose", False))
-        process = Process.spawn(path, [path, *options.args], guest_environment(options), policy,
+        process = Process.spawn(path, [options.program, *options.args],
+                                guest_environment(options), policy,
                                 machine=machine, program=program, stdio=stdio)
     except LaunchError:
         machine.close()

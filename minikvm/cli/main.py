@@ -4,10 +4,13 @@
 
     minikvm run [options] [--] PROGRAM [ARG...]
 
-Exit status, like a shell's: the program's own; 128+N when signal N ended
-it (with a one-line report on stderr); 124 on timeout; 126 when the file
-is not a program minikvm can run; 127 when it does not exist; 2 for a
-usage error.
+PROGRAM without a slash is looked up in ``PATH``, as ``execvp`` does
+(:func:`~minikvm.cli.launch.find_program`).  Exit status, like a shell's:
+the program's own; 128+N when signal N ended it (with a one-line report on
+stderr); 124 on timeout; 126 when the file is not a program minikvm can
+run (a directory, no execute permission, not an ELF it loads); 127 when it
+does not exist or is not found in ``PATH``; 2 for a usage error (a bad
+option or ``--policy`` file, ``--here`` in ``/`` or ``$HOME``).
 """
 
 from __future__ import annotations
@@ -17,20 +20,27 @@ import signal
 import sys
 from typing import Sequence
 
-from minikvm.cli.options import EXIT_USAGE, add_sandbox_options, positive_int, seconds
+from minikvm.cli import __version__
+from minikvm.cli.options import (EXIT_USAGE, PolicyFileError, add_sandbox_options,
+                                 here_directory, policy_toml, positive_int, read_policy_file,
+                                 seconds)
 from minikvm.machine.stops import signal_status
 
 #: A Ctrl-C ended minikvm itself, as a shell reports it.
 EXIT_INTERRUPTED = signal_status(signal.SIGINT)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(policy: dict[str, object] | None = None) -> argparse.ArgumentParser:
+    """The whole command line; *policy* holds the options read from a
+    ``--policy`` file, which become the defaults of the sandbox options
+    (the command line adds to their lists and overrides their values)."""
     parser = argparse.ArgumentParser(prog="minikvm", description="Run static x86-64 Linux "
                                      "programs in a KVM sandbox.")
+    parser.add_argument("--version", action="version", version=f"minikvm {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a static program in a sandbox")
     add_sandbox_options(run, timeout_help="stop the program after this much wall-clock "
-                                          "time (exit 124)")
+                                          "time (exit 124)", policy=policy)
     run.add_argument("--trace", action="store_const", const="-", default=None,
                      help="print each system call, strace-style, to stderr "
                           "(--trace=FILE writes them to FILE)")
@@ -44,10 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
                      metavar="N",
                      help=f"most threads the program may have at once (default "
                           f"{DEFAULT_MAX_THREADS}; pthread_create fails with EAGAIN beyond)")
-    run.add_argument("program", help="the static executable to run")
+    run.add_argument("program", nargs="?",
+                     help="the static executable to run (looked up in PATH if it has no /)")
     run.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
     commands.add_parser("doctor", help="check that this machine can run minikvm")
-    add_snapshot_commands(commands)
+    add_snapshot_commands(commands, policy)
     return parser
 
 
@@ -71,14 +82,15 @@ def listen_address(text: str) -> tuple[str, int]:
     return parse_listen(text)
 
 
-def add_snapshot_commands(commands: argparse._SubParsersAction) -> None:
+def add_snapshot_commands(commands: argparse._SubParsersAction,
+                          policy: dict[str, object] | None = None) -> None:
     """``minikvm serve`` and ``minikvm snapshot save|run|info`` (implemented
     in :mod:`minikvm.cli.serve` and :mod:`minikvm.cli.snapshot`)."""
     serve = commands.add_parser(
         "serve", help="serve HTTP; every request runs in a fresh copy of the program",
         description="Start PROGRAM, snapshot it at its first minikvm_wait_request, and "
                     "answer each HTTP request with a reset copy of that snapshot.")
-    add_sandbox_options(serve)
+    add_sandbox_options(serve, policy=policy)
     serve.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT", type=listen_address,
                        help="where to listen (default 127.0.0.1:8080; port 0 picks a free "
                             "port, printed at start)")
@@ -101,13 +113,13 @@ def add_snapshot_commands(commands: argparse._SubParsersAction) -> None:
     actions = snapshot.add_subparsers(dest="snapshot_command", required=True)
     save = actions.add_parser(
         "save", help="run PROGRAM to its first minikvm_wait_request and save it to FILE")
-    add_sandbox_options(save)
+    add_sandbox_options(save, policy=policy)
     save.add_argument("-o", "--output", required=True, metavar="FILE",
                       help="the snapshot file to write")
     save.add_argument("--at-first-request", action="store_true", default=True,
                       help="snapshot at the first minikvm_wait_request (the default, and "
                            "for now the only ready point)")
-    save.add_argument("program", help="the static executable")
+    save.add_argument("program", nargs="?", help="the static executable")
     save.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
     run = actions.add_parser(
         "run", help="resume a snapshot: stdin is its one request, the response goes to stdout")
@@ -119,12 +131,21 @@ def add_snapshot_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
     argv = spell_trace_file(list(sys.argv[1:] if argv is None else argv))
     try:
-        options = parser.parse_args(argv)
+        options = build_parser().parse_args(argv)
+        if getattr(options, "policy", None):
+            # Parse again with the file's options as the defaults.
+            options = build_parser(read_policy_file(options.policy)).parse_args(argv)
     except SystemExit as exit:
         return int(exit.code or 0) and EXIT_USAGE
+    except PolicyFileError as error:
+        print(f"minikvm: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if hasattr(options, "print_policy"):      # run, serve, snapshot save
+        status = prepare_sandboxed(options)
+        if status is not None:
+            return status
     if options.command == "doctor":
         from minikvm.cli.doctor import main as doctor_main
         return doctor_main()
@@ -135,6 +156,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         from minikvm.cli.snapshot import snapshot_command
         return snapshot_command(options)
     return run_command(options)
+
+
+def prepare_sandboxed(options: argparse.Namespace) -> int | None:
+    """What a command with the sandbox options checks before it starts
+    anything: ``--print-policy`` (print, exit 0), ``--here`` in ``/`` or
+    ``$HOME`` (exit 2), a PROGRAM (exit 2 without one), and its file, found
+    in ``PATH`` when its name has no slash (set as
+    ``options.program_path``; 127 or 126 as a shell says).  None: go on."""
+    from minikvm.cli.launch import LaunchError, find_program
+    try:
+        if options.print_policy:
+            sys.stdout.write(policy_toml(options))
+            return 0
+        if options.here:
+            here_directory()
+    except ValueError as error:
+        print(f"minikvm: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if options.program is None:
+        if options.command == "serve":       # it may serve --from-snapshot; serve checks
+            return None
+        print(f"minikvm {options.command}: the following arguments are required: program",
+              file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        options.program_path = find_program(options.program)
+    except LaunchError as error:
+        print(f"minikvm: {error}", file=sys.stderr)
+        return error.status
+    return None
 
 
 def spell_trace_file(argv: list[str]) -> list[str]:
@@ -148,7 +199,7 @@ def spell_trace_file(argv: list[str]) -> list[str]:
         return argv
     takes_value = {"--allow-read", "--allow-write", "--allow-connect", "--memory", "--timeout",
                    "--max-fds", "--max-file-size", "--env", "--unsetenv", "--trace-file",
-                   "--max-threads"}
+                   "--max-threads", "--policy"}
     rewritten = ["run"]
     expecting_value = False
     for position, word in enumerate(argv[1:], start=1):

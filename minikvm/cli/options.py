@@ -5,6 +5,15 @@ policy, limit and environment options (:func:`add_sandbox_options`); this
 module turns them into a :class:`~minikvm.sandbox.policy.Policy`
 (:func:`policy_from`) and an environment (:func:`guest_environment`), so
 that each command means the same thing by them.
+
+The same options can come from a policy file (``--policy FILE``, TOML: a
+per-program profile a user keeps, like a firejail profile): its keys are
+the options' names without ``--`` (:data:`FLAG_KEYS`, :data:`LIST_KEYS`,
+:data:`VALUE_KEYS`), its values pass the same checks as the command line's
+(:func:`read_policy_file`), and ``--print-policy`` writes the effective
+options back in that form (:func:`policy_toml`).  The file's values are
+the parser's defaults, so the command line adds to its lists and
+overrides its single values.
 """
 
 from __future__ import annotations
@@ -12,6 +21,8 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
+from typing import Any, Callable
 
 from minikvm.cpu.layout import MAX_MEMORY_SIZE, MIN_MEMORY_SIZE
 from minikvm.sandbox.policy import Policy
@@ -102,6 +113,18 @@ def seconds(text: str) -> float:
     return value
 
 
+def endpoint(text: str) -> str:
+    """``--allow-connect``: an endpoint :func:`~minikvm.sandbox.endpoints.parse_endpoint`
+    accepts (checked while the options are parsed, so that a policy
+    file's bad endpoint is named with its file and key)."""
+    from minikvm.sandbox.endpoints import EndpointError, parse_endpoint
+    try:
+        parse_endpoint(text)
+    except EndpointError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def env_assignment(text: str) -> str:
     """``--env NAME=VALUE``: a name that is not empty and has no ``=``."""
     name, equals, _ = text.partition("=")
@@ -111,16 +134,25 @@ def env_assignment(text: str) -> str:
 
 
 def add_sandbox_options(parser: argparse.ArgumentParser, timeout_help: str =
-                        "time limit for the program's start-up (to its first request)") -> None:
+                        "time limit for the program's start-up (to its first request)",
+                        policy: dict[str, Any] | None = None) -> None:
     """The policy, limit and environment options shared by ``run``, ``serve``
-    and ``snapshot save``; only what ``--timeout`` limits differs."""
+    and ``snapshot save``; only what ``--timeout`` limits differs.  *policy*
+    (from :func:`read_policy_file`) replaces their defaults."""
+    parser.add_argument("--policy", metavar="FILE", default=None,
+                        help="read these options from a TOML file (the command line adds to "
+                             "its lists and overrides its values)")
+    parser.add_argument("--print-policy", action="store_true",
+                        help="print the effective options as a --policy file and exit")
     parser.add_argument("--here", action="store_true",
-                        help="allow reading and writing the current directory and below")
+                        help="allow reading and writing the current directory and below "
+                             "(refused in / and in $HOME)")
     parser.add_argument("--allow-read", action="append", default=[], metavar="DIR",
                         help="allow reading DIR and below (repeatable)")
     parser.add_argument("--allow-write", action="append", default=[], metavar="DIR",
                         help="allow reading and writing DIR and below (repeatable)")
     parser.add_argument("--allow-connect", action="append", default=[], metavar="HOST:PORT",
+                        type=endpoint,
                         help="allow connecting to this endpoint (repeatable; unix:PATH too)")
     parser.add_argument("--memory", type=parse_memory, default=None, metavar="SIZE",
                         help="guest memory (default 1G)")
@@ -137,6 +169,8 @@ def add_sandbox_options(parser: argparse.ArgumentParser, timeout_help: str =
                         help="remove an environment variable (repeatable)")
     parser.add_argument("--clearenv", action="store_true",
                         help="start from an empty environment")
+    if policy:
+        parser.set_defaults(**policy)
 
 
 def policy_from(options: argparse.Namespace) -> Policy:
@@ -145,9 +179,27 @@ def policy_from(options: argparse.Namespace) -> Policy:
     grant or endpoint that cannot be had."""
     read, write = list(options.allow_read), list(options.allow_write)
     if options.here:
-        write.append(os.getcwd())
+        write.append(here_directory())
     return Policy(read=read, write=write, connect=options.allow_connect,
                   max_fds=options.max_fds, max_file_size=options.max_file_size)
+
+
+def here_directory() -> str:
+    """The directory ``--here`` grants: the current one, unless it is ``/``
+    or the home directory itself (a slip that would hand the program every
+    file, or the user's shell start-up files and keys).  Below them is
+    fine.  Raises ValueError saying how to grant it if that is meant."""
+    cwd = os.getcwd()
+    real = os.path.realpath(cwd)
+    if real == "/":
+        raise ValueError("--here in / would let the program write every file this user can; "
+                         "give --allow-write / if that is really meant")
+    home = os.path.expanduser("~")
+    if home not in ("", "/", "~") and real == os.path.realpath(home):
+        raise ValueError(f"--here in your home directory {home} would let the program write "
+                         f"all of it (shell start-up files, ~/.ssh, ...); cd to a project "
+                         f"directory, or give --allow-write {home} if that is really meant")
+    return cwd
 
 
 def guest_environment(options: argparse.Namespace) -> dict[str, str]:
@@ -160,3 +212,161 @@ def guest_environment(options: argparse.Namespace) -> dict[str, str]:
         name, _, value = item.partition("=")
         env[name] = value
     return env
+
+
+# -- policy files: --policy FILE and --print-policy ---------------------------------
+#
+# One table of keys, each an option's name without "--"; the value
+# checks are the command line's own functions (a test checks that they
+# are the ones add_sandbox_options gives the parser).
+
+#: Keys that switch something on: ``true`` or ``false``.
+FLAG_KEYS = ("here", "clearenv")
+#: Keys whose value is a list of strings, each checked like the option's
+#: value (None: any string).
+LIST_KEYS: dict[str, Callable[[str], str] | None] = {
+    "allow-read": None,
+    "allow-write": None,
+    "allow-connect": endpoint,
+    "env": env_assignment,
+    "unsetenv": None,
+}
+#: Keys with one value: a string or a number, checked like the option's.
+VALUE_KEYS: dict[str, Callable[[str], Any]] = {
+    "memory": parse_memory,
+    "timeout": seconds,
+    "max-fds": fd_limit,
+    "max-file-size": parse_size,
+}
+
+
+class PolicyFileError(ValueError):
+    """A ``--policy`` file that cannot be read or has a bad key or value:
+    a usage error (exit 2) naming the file and the key."""
+
+
+def dest(key: str) -> str:
+    """The option's attribute name: ``max-fds`` → ``max_fds``."""
+    return key.replace("-", "_")
+
+
+def load_toml(name: str) -> dict[str, Any]:
+    """The TOML document in file *name*.  Python 3.11 has :mod:`tomllib`;
+    on 3.10 the ``tomli`` package is used if it is installed (minikvm does
+    not depend on it), and otherwise ``--policy`` is refused, saying so."""
+    try:
+        import tomllib as toml
+    except ModuleNotFoundError:
+        try:
+            import tomli as toml  # type: ignore[no-redef]
+        except ModuleNotFoundError:
+            raise PolicyFileError(
+                f"{name}: --policy needs Python 3.11 or later (for tomllib), or the tomli "
+                f"package on Python {sys.version_info[0]}.{sys.version_info[1]} "
+                f"(pip install tomli); give the options on the command line instead") from None
+    try:
+        with open(name, "rb") as file:
+            return toml.load(file)
+    except OSError as error:
+        raise PolicyFileError(f"{name}: cannot read the policy file: "
+                              f"{error.strerror}") from None
+    except toml.TOMLDecodeError as error:
+        raise PolicyFileError(f"{name}: not a TOML file: {error}") from None
+
+
+def read_policy_file(name: str) -> dict[str, Any]:
+    """The options in policy file *name*, as the parser's defaults (keyed
+    by attribute name, values checked and converted as on the command
+    line).  Raises PolicyFileError naming the file, the key and the value."""
+    document = load_toml(name)
+    known = sorted([*FLAG_KEYS, *LIST_KEYS, *VALUE_KEYS])
+    defaults: dict[str, Any] = {}
+    for key, value in document.items():
+        where = f"{name}: {key}"
+        if key in FLAG_KEYS:
+            if not isinstance(value, bool):
+                raise PolicyFileError(f"{where}: {value!r} is not true or false")
+            defaults[dest(key)] = value
+        elif key in LIST_KEYS:
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                raise PolicyFileError(f"{where}: {value!r} is not a list of strings "
+                                      f"(write {key} = [\"...\"])")
+            check = LIST_KEYS[key]
+            defaults[dest(key)] = [checked(where, check, item) if check else item
+                                   for item in value]
+        elif key in VALUE_KEYS:
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                raise PolicyFileError(f"{where}: {value!r} is not a string or a number")
+            defaults[dest(key)] = checked(where, VALUE_KEYS[key], str(value))
+        else:
+            raise PolicyFileError(f"{where}: not a policy key (the keys are the options' "
+                                  f"names without --: {', '.join(known)})")
+    return defaults
+
+
+def checked(where: str, check: Callable[[str], Any], text: str) -> Any:
+    """*check* (an option's type function) applied to *text*; its error
+    becomes a PolicyFileError that names the file and key."""
+    try:
+        return check(text)
+    except argparse.ArgumentTypeError as error:
+        raise PolicyFileError(f"{where}: {error}") from None
+
+
+def policy_toml(options: argparse.Namespace) -> str:
+    """The effective options as a policy file that :func:`read_policy_file`
+    reads back to the same policy: ``--here`` written out as the write
+    grant it is, relative paths made absolute (the file may be used from
+    elsewhere), the default memory size filled in; no key for "no limit".
+    Raises ValueError for ``--here`` where it is refused, or a string TOML
+    cannot hold."""
+    from minikvm.cpu.layout import DEFAULT_MEMORY_SIZE
+    cwd = os.getcwd()
+
+    def absolute(path: str) -> str:
+        return path if os.path.isabs(path) else os.path.join(cwd, path)
+
+    write = [absolute(path) for path in options.allow_write]
+    if options.here:
+        write.append(here_directory())
+    lines = ["# minikvm policy: read it back with --policy FILE"]
+    lists = {"allow-read": [absolute(path) for path in options.allow_read],
+             "allow-write": write, "allow-connect": options.allow_connect,
+             "env": options.env, "unsetenv": options.unsetenv}
+    for key in LIST_KEYS:
+        lines.append(f"{key} = [{', '.join(toml_string(item) for item in lists[key])}]")
+    lines.append(f"clearenv = {'true' if options.clearenv else 'false'}")
+    lines.append(f"memory = {toml_string(format_size(options.memory or DEFAULT_MEMORY_SIZE))}")
+    lines.append(f"max-fds = {options.max_fds}")
+    if options.max_file_size is not None:
+        lines.append(f"max-file-size = {toml_string(format_size(options.max_file_size))}")
+    if options.timeout is not None:
+        lines.append(f"timeout = {options.timeout!r}")
+    return "\n".join(lines) + "\n"
+
+
+def format_size(size: int) -> str:
+    """A size as :func:`parse_size` reads it: ``1G`` when whole GiB, and so on."""
+    for suffix in ("G", "M", "K"):
+        if size % SIZE_SUFFIXES[suffix] == 0:
+            return f"{size // SIZE_SUFFIXES[suffix]}{suffix}"
+    return str(size)
+
+
+def toml_string(text: str) -> str:
+    """*text* as a TOML basic string: backslash, quote and every control
+    character escaped (TOML refuses them raw, DEL included).  A string
+    with undecodable bytes (a surrogate escape, from a file name that is
+    not UTF-8) cannot be written: ValueError."""
+    if any(0xD800 <= ord(char) <= 0xDFFF for char in text):
+        raise ValueError(f"{text!r} is not valid UTF-8: a policy file cannot hold it "
+                         f"(give it on the command line)")
+    out = []
+    for char in text:
+        if char in '"\\':
+            out.append("\\" + char)
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\u{ord(char):04X}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'

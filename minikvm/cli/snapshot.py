@@ -83,7 +83,7 @@ def _save_command(options: argparse.Namespace) -> int:
     from minikvm.snapshot.file import save_into
     target = options.output
     partial = f"{target}.{os.getpid()}.partial"
-    program = read_program(options.program)
+    program = read_program(options.program_path)
     fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
     sys.stdout.flush()
     sys.stderr.flush()
