@@ -72,13 +72,26 @@ def _parent_inode(proc: Process, file: HostFile, own: os.stat_result) -> int:
 
 def directory_listing(proc: Process, file: OpenFile) -> list[tuple[bytes, int, int]]:
     """``(name, inode, d_type)`` of every entry of an open directory,
-    ``.`` and ``..`` first, as Linux's file systems list them."""
+    ``.`` and ``..`` first, as Linux's file systems list them.
+
+    A directory above the grants lists only the way down to them
+    (:meth:`~minikvm.sandbox.policy.Policy.visible_entries`): the rest of
+    it does not exist for the guest."""
     if not isinstance(file, HostFile) or file.host_fd is None:
         raise SyscallError(errno.ENOTDIR, f"a {file.kind} is not a directory")
     own = os.fstat(file.host_fd)
     if not stat_module.S_ISDIR(own.st_mode):
         raise SyscallError(errno.ENOTDIR, "not a directory")
     entries = [(b".", own.st_ino, DT_DIR), (b"..", _parent_inode(proc, file, own), DT_DIR)]
+    visible = proc.policy.visible_entries(file.path)
+    if visible is not None:     # above a grant: only the way down, never the host's listing
+        for name in sorted(visible):
+            try:
+                st = os.stat(name, dir_fd=file.host_fd, follow_symlinks=False)
+            except OSError:
+                continue        # the way down is gone: nothing to show
+            entries.append((os.fsencode(name), st.st_ino, stat_module.S_IFMT(st.st_mode) >> 12))
+        return entries
     with os.scandir(file.host_fd) as listing:
         for entry in listing:
             entries.append((os.fsencode(entry.name), entry.inode(), _d_type(entry)))
