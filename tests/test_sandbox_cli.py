@@ -236,7 +236,7 @@ def test_the_here_function_grants_only_the_current_directory(tmp_path):
                "here busybox sh -c 'exec /usr/bin/id'; echo \"status $?\"\n"
                "here no-such-program; echo \"status $?\"\n", tmp_path)
     assert run.stdout.splitlines() == ["2 notes.txt", "status 1", "status 126", "status 127"]
-    assert "cat: can't open '/etc/passwd': Permission denied" in run.stderr
+    assert "cat: can't open '/etc/passwd': No such file or directory" in run.stderr
     assert "/usr/bin/id: Operation not permitted" in run.stderr     # execve: EPERM
     assert "Traceback" not in run.stderr
 
