@@ -5,8 +5,9 @@ with musl (static), and run with ``python -m minikvm run`` exactly as a user
 would run it — so the policy, Landlock and seccomp (:mod:`minikvm.sandbox.confine`)
 are all in place.  "Contained" means, for every attempt:
 
-* the guest gets the errno the sandbox promises (``EACCES`` outside the
-  grants, ``EPERM`` for refused operations, ``EFAULT``, ``EMFILE``,
+* the guest gets the errno the sandbox promises (``ENOENT`` outside the
+  grants, where nothing exists; ``EACCES`` for a write a grant does not
+  allow, ``EPERM`` for refused operations, ``EFAULT``, ``EMFILE``,
   ``ENOMEM``), or it is stopped with a clean one-line report
   (``SIGSEGV: protection fault writing 0x1000 at rip=...``);
 * minikvm never prints a Python traceback or an internal error;
@@ -177,20 +178,22 @@ EACCES, EPERM, ENOENT = errno.EACCES, errno.EPERM, errno.ENOENT
 
 FILE_ESCAPES: dict[str, int | set[int]] = {
     "inside-read": 0, "inside-create": 0, "chdir-grant": 0, "grant-dirfd": 0,
-    "etc-shadow": EACCES, "etc-passwd": EACCES,
-    "outside-read": EACCES, "outside-write": EACCES, "outside-create": EACCES,
-    "dotdot-read": EACCES, "dotdot-write": EACCES, "dotdot-create": EACCES,
-    "dotdot-deep": EACCES, "dotdot-inside-out": EACCES,
-    "abs-symlink-read": EACCES, "abs-symlink-write": EACCES,
-    "rel-symlink-read": EACCES, "rel-symlink-write": EACCES,
-    "dir-symlink-read": EACCES, "dir-symlink-create": EACCES,
+    # outside the grant nothing exists (ENOENT), whether named, reached by
+    # "..", by a symlink leading out or through /proc's magic links
+    "etc-shadow": ENOENT, "etc-passwd": ENOENT,
+    "outside-read": ENOENT, "outside-write": ENOENT, "outside-create": ENOENT,
+    "dotdot-read": ENOENT, "dotdot-write": ENOENT, "dotdot-create": ENOENT,
+    "dotdot-deep": ENOENT, "dotdot-inside-out": ENOENT,
+    "abs-symlink-read": ENOENT, "abs-symlink-write": ENOENT,
+    "rel-symlink-read": ENOENT, "rel-symlink-write": ENOENT,
+    "dir-symlink-read": ENOENT, "dir-symlink-create": ENOENT,
     # making a symlink inside the grant is allowed; following it out is not
-    "symlink-make": 0, "symlink-follow": EACCES,
-    "proc-root": EACCES, "proc-root-outside": EACCES, "proc-cwd": EACCES,
-    "openat-dotdot": EACCES,
-    "link-out": EACCES, "link-in": EACCES, "rename-out": EACCES, "rename-in": EACCES,
-    "unlink-outside": EACCES, "mkdir-outside": EACCES, "truncate-outside": EACCES,
-    "chmod-outside": EACCES, "chdir-outside": EACCES,
+    "symlink-make": 0, "symlink-follow": ENOENT,
+    "proc-root": ENOENT, "proc-root-outside": ENOENT, "proc-cwd": ENOENT,
+    "openat-dotdot": ENOENT,
+    "link-out": ENOENT, "link-in": ENOENT, "rename-out": ENOENT, "rename-in": ENOENT,
+    "unlink-outside": ENOENT, "mkdir-outside": ENOENT, "truncate-outside": ENOENT,
+    "chmod-outside": ENOENT, "chdir-outside": ENOENT,
 }
 
 

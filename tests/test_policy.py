@@ -66,6 +66,13 @@ def assert_denied(call, err: int = errno.EACCES) -> PolicyDenied:
     return info.value
 
 
+def assert_hidden(call) -> PolicyDenied:
+    """A path outside the grants does not exist: ENOENT, recorded as hidden."""
+    denial = assert_denied(call, errno.ENOENT)
+    assert denial.hidden and str(denial.reason).startswith("hidden:"), str(denial)
+    return denial
+
+
 # --- reading ---------------------------------------------------------------------
 
 
@@ -80,26 +87,26 @@ def test_symlink_that_stays_inside_is_followed(policy, tree):
 
 
 def test_dotdot_escape_is_denied(policy, tree):
-    denial = assert_denied(lambda: policy.open("../../" * 10 + "etc/passwd", O_RDONLY, 0,
+    denial = assert_hidden(lambda: policy.open("../../" * 10 + "etc/passwd", O_RDONLY, 0,
                                                tree["grant"]))
     assert "outside allowed paths" in denial.reason
-    assert_denied(lambda: policy.open(tree["grant"] + "/../outside/secret", O_RDONLY, 0, "/"))
+    assert_hidden(lambda: policy.open(tree["grant"] + "/../outside/secret", O_RDONLY, 0, "/"))
 
 
 def test_absolute_symlink_pointing_outside_is_denied(policy, tree):
-    denial = assert_denied(lambda: policy.open("abs-link", O_RDONLY, 0, tree["grant"]))
+    denial = assert_hidden(lambda: policy.open("abs-link", O_RDONLY, 0, tree["grant"]))
     assert "resolves outside grant" in denial.reason
-    assert_denied(lambda: policy.open("etc-link/passwd", O_RDONLY, 0, tree["grant"]))
+    assert_hidden(lambda: policy.open("etc-link/passwd", O_RDONLY, 0, tree["grant"]))
 
 
 def test_relative_symlink_pointing_outside_is_denied(policy, tree):
-    assert_denied(lambda: policy.open("rel-link", O_RDONLY, 0, tree["grant"]))
-    assert_denied(lambda: policy.open("dotdot-dir/outside/secret", O_RDONLY, 0, tree["grant"]))
+    assert_hidden(lambda: policy.open("rel-link", O_RDONLY, 0, tree["grant"]))
+    assert_hidden(lambda: policy.open("dotdot-dir/outside/secret", O_RDONLY, 0, tree["grant"]))
 
 
 def test_proc_magic_links_are_denied(policy, tree):
-    assert_denied(lambda: policy.open("/proc/self/root/etc/passwd", O_RDONLY, 0, "/"))
-    assert_denied(lambda: policy.open("proc-root/etc/passwd", O_RDONLY, 0, tree["grant"]))
+    assert_hidden(lambda: policy.open("/proc/self/root/etc/passwd", O_RDONLY, 0, "/"))
+    assert_hidden(lambda: policy.open("proc-root/etc/passwd", O_RDONLY, 0, tree["grant"]))
 
 
 def test_proc_magic_links_are_refused_even_inside_a_proc_grant(tree):
@@ -112,20 +119,20 @@ def test_proc_magic_links_are_refused_even_inside_a_proc_grant(tree):
                          f"/proc/{os.getpid()}/cwd/x"):
                 with pytest.raises(OSError) as info:
                     os.close(p.open(path, O_RDONLY, 0, "/"))
-                assert info.value.errno in (errno.ELOOP, errno.EACCES, errno.EXDEV), path
+                assert info.value.errno in (errno.ELOOP, errno.ENOENT), path
     finally:
         os.close(secret_fd)
 
 
 def test_etc_shadow_is_denied(policy):
-    assert_denied(lambda: policy.open("/etc/shadow", O_RDONLY, 0, "/"))
-    assert_denied(lambda: policy.stat("/etc/shadow", "/"))
+    assert_hidden(lambda: policy.open("/etc/shadow", O_RDONLY, 0, "/"))
+    assert_hidden(lambda: policy.stat("/etc/shadow", "/"))
 
 
 def test_nothing_is_granted_by_default(tree):
     with Policy() as p:
-        assert_denied(lambda: p.open(tree["grant"] + "/file", O_RDONLY, 0, "/"))
-        assert_denied(lambda: p.open(".", O_RDONLY, 0, tree["grant"]))
+        assert_hidden(lambda: p.open(tree["grant"] + "/file", O_RDONLY, 0, "/"))
+        assert_hidden(lambda: p.open(".", O_RDONLY, 0, tree["grant"]))
 
 
 def test_prefix_must_end_at_a_component(tmp_path):
@@ -133,7 +140,7 @@ def test_prefix_must_end_at_a_component(tmp_path):
     (tmp_path / "ab").mkdir()
     (tmp_path / "ab" / "f").write_text("x")
     with Policy(read=[tmp_path / "a"]) as p:
-        assert_denied(lambda: p.open(str(tmp_path / "ab" / "f"), O_RDONLY, 0, "/"))
+        assert_hidden(lambda: p.open(str(tmp_path / "ab" / "f"), O_RDONLY, 0, "/"))
 
 
 def test_host_errors_pass_through(policy, tree):
@@ -202,7 +209,7 @@ def test_create_in_write_grant(policy, tree):
 def test_creating_through_a_dangling_symlink_outside_is_denied(policy, tree):
     target = pathlib.Path(tree["outside"], "planted")
     pathlib.Path(tree["w"], "trap").symlink_to(target)
-    assert_denied(lambda: policy.open("trap", os.O_CREAT | O_WRONLY, 0o644, tree["w"]))
+    assert_hidden(lambda: policy.open("trap", os.O_CREAT | O_WRONLY, 0o644, tree["w"]))
     assert not target.exists()
 
 
@@ -213,7 +220,7 @@ def test_mkdir_unlink_and_symlink_beneath_a_write_grant(policy, tree):
     with policy.resolve_parent("dir/link", tree["w"], write=True) as parent:
         os.symlink(tree["secret"], parent.name, dir_fd=parent.dirfd)
     # The new link is harmless: following it is refused ...
-    assert_denied(lambda: policy.open("dir/link", O_RDONLY, 0, tree["w"]))
+    assert_hidden(lambda: policy.open("dir/link", O_RDONLY, 0, tree["w"]))
     # ... and unlinking it removes the link, not the file it names.
     with policy.resolve_parent("dir/link", tree["w"], write=True) as parent:
         os.unlink(parent.name, dir_fd=parent.dirfd)
@@ -231,7 +238,7 @@ def test_resolve_parent_in_read_only_grant_is_denied_for_writing(policy, tree):
 
 
 def test_resolve_parent_through_a_symlinked_directory_outside_is_denied(policy, tree):
-    assert_denied(lambda: policy.resolve_parent("etc-link/passwd", tree["grant"], write=False))
+    assert_hidden(lambda: policy.resolve_parent("etc-link/passwd", tree["grant"], write=False))
 
 
 def test_grant_directories_themselves_cannot_be_replaced(policy, tree):
@@ -256,8 +263,8 @@ def link_between(policy: Policy, src: str, dst: str, cwd: str) -> None:
 @pytest.mark.parametrize("operation", [rename_between, link_between])
 def test_rename_and_link_with_one_end_outside_are_denied(policy, tree, operation):
     pathlib.Path(tree["w"], "mine").write_text("mine")
-    assert_denied(lambda: operation(policy, "mine", tree["outside"] + "/stolen", tree["w"]))
-    assert_denied(lambda: operation(policy, tree["secret"], "taken", tree["w"]))
+    assert_hidden(lambda: operation(policy, "mine", tree["outside"] + "/stolen", tree["w"]))
+    assert_hidden(lambda: operation(policy, tree["secret"], "taken", tree["w"]))
     # A read-only file cannot be linked or moved into a write grant either:
     assert_denied(lambda: operation(policy, tree["grant"] + "/file", "file", tree["w"]))
     assert not os.path.exists(tree["outside"] + "/stolen")
@@ -283,22 +290,39 @@ def test_a_read_only_grant_nested_in_a_write_grant_stays_read_only(tmp_path):
 def test_stat_follows_only_inside_the_grant(policy, tree):
     assert policy.stat("ok-link", tree["grant"]).st_size == 4
     assert os.path.stat.S_ISLNK(policy.stat("abs-link", tree["grant"], follow=False).st_mode)
-    assert_denied(lambda: policy.stat("abs-link", tree["grant"]))
+    assert_hidden(lambda: policy.stat("abs-link", tree["grant"]))
     assert os.path.stat.S_ISDIR(policy.stat(tree["grant"], "/").st_mode)
 
 
-def test_directories_above_a_grant_may_be_stated_only(policy, tree):
-    """SQLite lstat()s every directory on the way down to its database: the
-    ones above a grant answer stat, with the real directory's metadata, and
-    nothing else — their other entries, listing and access stay denied."""
+def test_directories_above_a_grant_exist_and_hold_only_the_way_down(policy, tree):
+    """SQLite lstat()s every directory on the way down to its database, and
+    ls / find list them: the ones above a grant answer stat with the real
+    directory's metadata, open read-only (an O_PATH fd the host never
+    reads), access without W_OK, and list only the next step towards the
+    grants; their other entries do not exist, and nothing may be made there."""
     root = tree["root"]
     for above in (root, os.path.dirname(root), "/"):
         assert os.path.samestat(policy.stat(above, "/", follow=False), os.stat(above))
     assert os.path.samestat(policy.stat("..", tree["grant"]), os.stat(root))
-    assert_denied(lambda: policy.stat(tree["outside"], "/"))
-    assert_denied(lambda: policy.stat(root + "/gran", "/"))     # a prefix, not a parent
-    assert_denied(lambda: policy.open(root, O_RDONLY | os.O_DIRECTORY, 0, "/"))
-    assert_denied(lambda: policy.access(root, os.R_OK, "/"))
+    assert_hidden(lambda: policy.stat(tree["outside"], "/"))
+    assert_hidden(lambda: policy.stat(root + "/gran", "/"))     # a prefix, not a parent
+    fd = policy.open(root, O_RDONLY | os.O_DIRECTORY, 0, "/")
+    try:
+        assert os.path.samestat(os.fstat(fd), os.stat(root))
+        with pytest.raises(OSError):        # O_PATH: the host cannot read it
+            os.listdir(fd)
+    finally:
+        os.close(fd)
+    policy.access(root, os.R_OK | os.X_OK, "/")
+    assert_denied(lambda: policy.access(root, os.W_OK, "/"))
+    assert_denied(lambda: policy.open(root, O_WRONLY, 0, "/"))
+    assert_denied(lambda: policy.open(root + "/new", os.O_CREAT | O_WRONLY, 0o644, "/"))
+    assert_denied(lambda: policy.resolve_parent(root + "/new", "/", write=True))
+    assert_hidden(lambda: policy.resolve_parent(tree["outside"], "/", write=False))
+    assert_hidden(lambda: policy.open(tree["outside"] + "/secret", O_RDONLY, 0, "/"))
+    assert policy.visible_entries(root) == {"grant"}
+    assert policy.visible_entries("/") == {root.split("/")[1]}
+    assert policy.visible_entries(tree["grant"]) is None
 
 
 def test_readlink(policy, tree):
@@ -312,7 +336,7 @@ def test_access(policy, tree):
     policy.access("file", os.R_OK, tree["grant"])
     policy.access("w", os.R_OK | os.W_OK, tree["grant"])
     assert_denied(lambda: policy.access("file", os.W_OK, tree["grant"]))
-    assert_denied(lambda: policy.access("abs-link", os.F_OK, tree["grant"]))
+    assert_hidden(lambda: policy.access("abs-link", os.F_OK, tree["grant"]))
     with pytest.raises(FileNotFoundError):
         policy.access("missing", os.F_OK, tree["grant"])
 
@@ -439,11 +463,12 @@ def test_denial_log_and_summary(policy, tree):
     with pytest.raises(PolicyDenied):
         policy.open("file", O_WRONLY, 0, tree["grant"], syscall="openat")
     assert [d.syscall for d in policy.denials] == ["openat"] * 4
-    assert policy.denials[0] == P.Denial("openat", "/etc/shadow", errno.EACCES,
-                                         "outside allowed paths")
+    assert policy.denials[0] == P.Denial("openat", "/etc/shadow", errno.ENOENT,
+                                         "hidden: outside allowed paths")
     summary = policy.summary()
     assert "4 request(s) denied" in summary
-    assert "3 x openat(/etc/shadow) = -EACCES (outside allowed paths)" in summary
+    assert "3 x openat(/etc/shadow) = -ENOENT (hidden: outside allowed paths)" in summary
+    assert "1 x openat(" + tree["grant"] + "/file) = -EACCES (resolves into read-only" in summary
 
 
 def test_denial_log_is_bounded(policy):
@@ -458,7 +483,8 @@ def test_denial_log_is_bounded(policy):
 def test_policy_denied_is_a_syscall_error_with_a_clear_message(policy):
     with pytest.raises(SyscallError) as info:
         policy.open("/etc/shadow", O_RDONLY, 0, "/")
-    assert str(info.value) == "EACCES: /etc/shadow: outside allowed paths"
+    assert str(info.value) == "ENOENT: /etc/shadow: outside allowed paths"
+    assert info.value.reason == "hidden: outside allowed paths"     # what --trace shows
 
 
 def test_describe(tree):

@@ -75,19 +75,19 @@ fchmod fd of ro/ro.txt: EACCES
 futimens fd of ro/ro.txt: EACCES
 chown ro/ro.txt to its owner: EACCES
 -- outside every grant
-stat outside/secret.txt: EACCES
-statfs outside: EACCES
-chmod outside/secret.txt: EACCES
-truncate outside/secret.txt: EACCES
-unlink outside/secret.txt: EACCES
-readlink outside/secret.txt: EACCES
+stat outside/secret.txt: ENOENT
+statfs outside: ENOENT
+chmod outside/secret.txt: ENOENT
+truncate outside/secret.txt: ENOENT
+unlink outside/secret.txt: ENOENT
+readlink outside/secret.txt: ENOENT
 -- a symlink out of the write grant
 symlink escape -> outside/secret.txt: ok
-open escape: EACCES
-chmod escape (follows): EACCES
-utimensat escape (follows): EACCES
-truncate escape: EACCES
-linkat escape FOLLOW: EACCES
+open escape: ENOENT
+chmod escape (follows): ENOENT
+utimensat escape (follows): ENOENT
+truncate escape: ENOENT
+linkat escape FOLLOW: ENOENT
 utimensat escape NOFOLLOW: ok
 lchown escape: ok
 linkat escape (the link itself): ok

@@ -8,7 +8,8 @@ answers each attempt in two layers:
 1. The **policy** (``minikvm.sandbox.policy.Policy``) decides what the guest may
    reach.  Every path is resolved by the kernel beneath a grant directory
    (``openat2`` with ``RESOLVE_BENEATH``), so ``..`` and symlinks cannot
-   lead out: the guest gets ``EACCES``.  Refused operations (``execve``,
+   lead out: outside the grants nothing exists, and the guest gets
+   ``ENOENT``.  Refused operations (``execve``,
    ``fork``) get ``EPERM``.  Denials are logged for ``--audit``.
 2. **Confinement** (``minikvm.sandbox.confine.confine``) asks the host kernel to
    hold the minikvm process itself to the same grants — Landlock for files
@@ -91,8 +92,8 @@ def errno_name(number: int) -> str:
 
 #: What the sandbox must answer to each attempt of the guest.
 EXPECTED = {
-    "write notes.txt here": 0, "read /etc/shadow": errno.EACCES,
-    "read ../../../../etc/passwd": errno.EACCES, "follow the planted symlink": errno.EACCES,
+    "write notes.txt here": 0, "read /etc/shadow": errno.ENOENT,
+    "read ../../../../etc/passwd": errno.ENOENT, "follow the planted symlink": errno.ENOENT,
     "make a TCP socket": errno.EACCES, "execve /bin/sh": errno.EPERM, "fork": errno.EPERM,
 }
 

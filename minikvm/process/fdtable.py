@@ -153,6 +153,25 @@ class HostFile(OpenFile):
             return self.path
 
 
+class AboveGrantDirectory(HostFile):
+    """A directory above the grants (``/tmp`` for a grant ``/tmp/x``), opened
+    by the guest for reading.
+
+    It holds an ``O_PATH`` fd: the host never reads the real directory.
+    ``fstat`` and ``*at`` calls through it work as for any directory (the
+    policy answers them by path), getdents lists only the way down to the
+    grants (:func:`minikvm.syscalls.directories.directory_listing`), and a
+    read is ``EISDIR``, as for any directory.
+    """
+    kind = "directory above a grant"
+
+    def readv(self, views: list[memoryview]) -> int:
+        raise SyscallError(errno.EISDIR, "a directory cannot be read")
+
+    def writev(self, chunks: list[memoryview]) -> int:
+        raise SyscallError(errno.EBADF, "not open for writing")
+
+
 class DeviceFile(OpenFile):
     """``/dev/null``, ``/dev/zero``, ``/dev/urandom`` and ``/dev/random``."""
     kind = "device"

@@ -64,12 +64,17 @@ class Refusal(Exception):
     """A lookup would leave its grant or write where it may not.
 
     Raised by :class:`GrantTree`'s lookups with a short *reason*; the policy
-    records it as a denial and gives the guest ``EACCES``.
+    records it as a denial.  *hidden* is true when the object the kernel
+    found is outside the grants (a symlink or ``..`` leading out): the
+    guest then gets ``ENOENT``, as if the target did not exist, the way a
+    bind-mounted view shows it; otherwise (a write where only reading is
+    allowed) ``EACCES``.
     """
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, hidden: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.hidden = hidden
 
 
 @dataclass(frozen=True)
@@ -171,22 +176,44 @@ class GrantTree:
                 return grant
         return None
 
-    def stat_above(self, absolute: str) -> Optional[os.stat_result]:
-        """``stat`` of a directory *above* a grant, or None if *absolute* is not one.
+    def is_above(self, absolute: str) -> bool:
+        """True if normalised absolute *absolute* is a directory *above* a grant
+        (``/`` and ``/tmp`` for a grant ``/tmp/x``) and inside none."""
+        return (not any(grant.contains(absolute) for grant in self.grants)
+                and bool(self.entries_above(absolute)))
 
-        Reached by ``..`` steps from the grant's fd, so what is stat'ed is the
+    def entries_above(self, absolute: str) -> frozenset[str]:
+        """The names a directory above the grants shows: the next component of
+        the way down to each grant below it (empty if it is above none)."""
+        prefix = absolute.rstrip("/") + "/"
+        return frozenset(grant.path[len(prefix):].split("/", 1)[0]
+                         for grant in self.grants if grant.path.startswith(prefix))
+
+    def open_above(self, absolute: str) -> Optional[int]:
+        """An ``O_PATH`` fd on the directory *above* a grant that *absolute*
+        names, or None if it names none (the caller closes the fd).
+
+        Reached by ``..`` steps from the grant's fd, so what is opened is the
         directory really above the grant, whatever the path string says.
         """
+        if any(grant.contains(absolute) for grant in self.grants):
+            return None
         for grant in self.grants:
             if grant.path.startswith(absolute.rstrip("/") + "/"):
                 levels = grant.path.count("/") - (0 if absolute == "/" else absolute.count("/"))
-                fd = os.open("/".join([".."] * levels), O_PATH | O_DIRECTORY | O_CLOEXEC,
-                             dir_fd=grant.dirfd)
-                try:
-                    return os.fstat(fd)
-                finally:
-                    os.close(fd)
+                return os.open("/".join([".."] * levels), O_PATH | O_DIRECTORY | O_CLOEXEC,
+                               dir_fd=grant.dirfd)
         return None
+
+    def stat_above(self, absolute: str) -> Optional[os.stat_result]:
+        """``stat`` of a directory *above* a grant, or None if *absolute* is not one."""
+        fd = self.open_above(absolute)
+        if fd is None:
+            return None
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
 
     def relative_to_root(self, fd: int, root: Grant) -> Optional[str]:
         """Where directory *fd* is, relative to *root*, by the kernel's names."""
@@ -242,7 +269,7 @@ class GrantTree:
                     here = self.relative_to_root(parent, root)
                     if target.startswith("/") or here is None:
                         raise Refusal(f"resolves outside grant {root.path} (a symlink "
-                                      "leads out)")
+                                      "leads out)", hidden=True)
                     relative = target if here == "." else f"{here}/{target}"
                     continue
                 return self.openat2_in(parent, name, flags, mode, absolute)
@@ -266,7 +293,7 @@ class GrantTree:
         """Refuse unless what *fd* holds is in a write grant inside *root*."""
         holder = self.holding(fd, root)
         if holder is None:
-            raise Refusal(f"resolves outside grant {root.path}")
+            raise Refusal(f"resolves outside grant {root.path}", hidden=True)
         if not holder.writable:
             raise Refusal(f"resolves into read-only grant {holder.path}")
 
@@ -289,7 +316,7 @@ class GrantTree:
             except OSError as error:
                 if error.errno == errno.EXDEV:
                     raise Refusal(f"resolves outside grant {grant.path} (a symlink or "
-                                  "'..' leads out)") from None
+                                  "'..' leads out)", hidden=True) from None
                 if error.errno != errno.EAGAIN:
                     raise OSError(error.errno, error.strerror, absolute) from None
         raise Refusal("could not be resolved safely: the directory tree kept changing "

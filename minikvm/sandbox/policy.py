@@ -14,8 +14,22 @@ business) and four *virtual* devices the syscall layer implements in Python —
 ``/dev/null``, ``/dev/zero``, ``/dev/urandom`` and ``/dev/random`` (see
 :meth:`Policy.is_virtual_device`).  Everything else must be granted:
 ``read=[dirs]``, ``write=[dirs]`` (read and write) and ``connect=[endpoints]``.
-The directories on the way down to a grant answer ``stat`` only (see
-:meth:`Policy.stat`): nothing in them can be opened, listed or checked.
+
+Outside the grants, nothing exists
+----------------------------------
+A path outside every grant is *hidden*: the guest gets ``ENOENT``, as a
+bubblewrap user does for what was not bind-mounted, so a program looking
+for a configuration file up the directory tree (``.editorconfig``,
+``pyproject.toml``, ``.git``) moves on instead of stopping on "Permission
+denied" — and the guest cannot learn which outside paths exist.  The
+directories *above* a grant (``/`` and ``/tmp`` for a grant ``/tmp/x``)
+exist as read-only directories that hold only the way down: they can be
+stat'ed, checked with access, opened ``O_RDONLY|O_DIRECTORY`` or
+``O_PATH``, entered, and listed — a listing shows ``.``, ``..`` and the
+next component towards each grant below (:meth:`Policy.visible_entries`).
+Creating or changing anything in them is ``EACCES``.  Every hidden path is
+still recorded, with a reason starting ``hidden:``, so ``--audit`` and
+``--trace`` show why a program did not find something.
 
 Confinement by the kernel, not by string checks
 -----------------------------------------------
@@ -33,7 +47,8 @@ and use.  So the string work only *picks* a grant; the kernel enforces it::
         the kernel walks "f" one component at a time, following symlinks,
         and fails with EXDEV on any step that would leave dirfd 5
         (an absolute symlink, ".." above the grant) and with ELOOP on a
-        magic link.  EXDEV becomes EACCES for the guest.
+        magic link.  EXDEV becomes ENOENT for the guest: what a symlink
+        leading out names does not exist in its view.
 
 Each grant directory is opened once, ``O_PATH|O_DIRECTORY|O_CLOEXEC``, when the
 policy is built (see openat2(2) and the kernel's
@@ -64,9 +79,12 @@ pure function of the path string.
 The errno contract
 ------------------
 ========== ================================================================
-``EACCES`` the path is outside every grant, resolves outside its grant,
-           needs write access in a read-only grant, or the endpoint is not
-           allowed ("outside allowed paths")
+``ENOENT`` the path is outside every grant, or resolves outside its grant
+           (a symlink or ``..`` leading out): it is hidden, as if it did not
+           exist ("hidden: outside allowed paths")
+``EACCES`` the path needs write access in a read-only grant or in a
+           directory above a grant, or the endpoint is not allowed
+           ("denied: …")
 ``EPERM``  the operation is refused outright, whatever its arguments
            (:data:`REFUSED_SYSCALLS`: execve, fork, ptrace, mount …)
 others     the host kernel's own answer, raised as the ``OSError`` it raised
@@ -119,8 +137,11 @@ VIRTUAL_DEVICES = {
     "/dev/random": "random",    # same as urandom (Linux >= 5.6 behaves so too)
 }
 
-#: The errno of a path or endpoint outside the policy.
+#: The errno of a write the policy does not allow, or an endpoint outside it.
 DENIED_ERRNO = errno.EACCES
+
+#: The errno of a path outside every grant: it does not exist for the guest.
+HIDDEN_ERRNO = errno.ENOENT
 
 #: The errno of an operation refused whatever its arguments.
 REFUSED_ERRNO = errno.EPERM
@@ -159,17 +180,24 @@ class PolicyError(MinikvmError):
 class PolicyDenied(SyscallError):
     """The policy refused a guest request; the guest gets ``-errno``.
 
-    ``errno`` is :data:`DENIED_ERRNO` (outside the policy), :data:`REFUSED_ERRNO`
+    ``errno`` is :data:`HIDDEN_ERRNO` (a path outside the grants, when
+    *hidden*), :data:`DENIED_ERRNO` (not allowed), :data:`REFUSED_ERRNO`
     (refused outright) or a limit's errno (``EMFILE``, ``EFBIG``); ``reason``
-    is the short text ``--trace`` prints, starting with ``denied:`` for the
-    first two, so a denial stands out from the host kernel's own errors
-    (``= -1 EACCES (denied: outside allowed paths)``); ``path`` is what was
-    asked for.
+    is the short text ``--trace`` prints, starting with ``hidden:`` or
+    ``denied:``, so a policy answer stands out from the host kernel's own
+    errors (``= -1 ENOENT (hidden: outside allowed paths)``); ``path`` is
+    what was asked for.
     """
 
-    def __init__(self, err: int, reason: str, path: str = "") -> None:
-        denied = err in (DENIED_ERRNO, REFUSED_ERRNO)
-        super().__init__(err, f"denied: {reason}" if denied else reason)
+    def __init__(self, err: int, reason: str, path: str = "", hidden: bool = False) -> None:
+        if hidden:
+            shown = f"hidden: {reason}"
+        elif err in (DENIED_ERRNO, REFUSED_ERRNO):
+            shown = f"denied: {reason}"
+        else:
+            shown = reason
+        super().__init__(err, shown)
+        self.hidden = hidden
         self.path = path
         self.detail = reason
 
@@ -338,6 +366,11 @@ class Policy:
         flags |= O_CLOEXEC
         creates = bool(flags & O_CREAT) or flags & O_TMPFILE == O_TMPFILE
         mode = mode & MODE_BITS if creates else 0
+        if self.tree.is_above(absolute):
+            return self._open_above(absolute, flags, writes, syscall)
+        if creates and self.tree.is_above(posixpath.dirname(absolute)):
+            raise self._deny(syscall, absolute, "creating a file in a directory above "
+                             "a grant (those are read-only)")
         grant = self._grant_for(absolute, syscall)
         root, relative = self.tree.beneath_root(grant, absolute)
         if trailing_slash and relative != ".":
@@ -353,6 +386,33 @@ class Policy:
                                 flags, mode, absolute)
         return self._lookup(syscall, absolute, self.tree.open_for_writing, root, relative,
                             flags, mode, absolute)
+
+    def _open_above(self, absolute: str, flags: int, writes: bool, syscall: str) -> int:
+        """Open a directory above a grant, read-only: an ``O_PATH`` fd always.
+
+        The host never reads such a directory (Landlock would refuse it, and
+        its entries are not the guest's business): its listing is made from
+        the grants (:meth:`visible_entries`), and a read is ``EISDIR`` (the
+        syscall layer's :class:`~minikvm.process.fdtable.AboveGrantDirectory`).
+        """
+        if writes:
+            raise self._deny(syscall, absolute, "opening for writing a directory above a "
+                             "grant (those are read-only)")
+        fd = self.tree.open_above(absolute)
+        assert fd is not None, absolute
+        return fd
+
+    def visible_entries(self, path: PathArg, cwd: str = "/") -> Optional[frozenset[str]]:
+        """The names a listing of directory *path* may show, or None for all.
+
+        None for a directory in a grant (the host's listing is the guest's);
+        for a directory above the grants, the next component of the way down
+        to each grant below it — everything else in it is hidden.
+        """
+        absolute, _ = _absolute(path, cwd)
+        if not self.tree.is_above(absolute):
+            return None
+        return self.tree.entries_above(absolute)
 
     def resolve_parent(self, path: PathArg, cwd: str, write: bool, *,
                        syscall: str = "resolve_parent") -> Parent:
@@ -393,6 +453,15 @@ class Policy:
                              "a grant directory itself cannot be created, removed, "
                              "renamed or replaced")
         parent, name = posixpath.split(absolute)
+        if self.tree.is_above(parent):
+            if write:
+                raise self._deny(syscall, absolute, "changing an entry in a directory "
+                                 "above a grant (those are read-only)")
+            if name not in self.tree.entries_above(parent):
+                raise self._deny(syscall, absolute, "outside allowed paths", hidden=True)
+            dirfd = self.tree.open_above(parent)
+            assert dirfd is not None, parent
+            return Parent(dirfd, name)
         grant = self._grant_for(parent, syscall, shown=absolute)
         root, relative = self.tree.beneath_root(grant, parent)
         if write and self.tree.uniform(root) and not root.writable:
@@ -457,19 +526,13 @@ class Policy:
         """``stat`` (or ``lstat`` when *follow* is false) of a path in a grant.
 
         The directories *above* a grant may be stat'ed too (``/`` and
-        ``/tmp`` for a grant ``/tmp/x``), though nothing in them may be
-        opened or listed: a program that makes a path canonical lstat()s
-        every component on the way down — SQLite does before it opens a
-        database, and fails on ``EACCES`` — and the grant's own path names
-        them already.  (Landlock, too, leaves stat alone.)  They are reached
-        by ``..`` from the grant's fd, so what is stat'ed is the directory
-        really above the grant, whatever the path string says.
+        ``/tmp`` for a grant ``/tmp/x``): a program that makes a path
+        canonical lstat()s every component on the way down — SQLite does
+        before it opens a database — and the grant's own path names them
+        already.  They are reached by ``..`` from the grant's fd, so what is
+        stat'ed is the directory really above the grant, whatever the path
+        string says.  Anything else outside the grants is ``ENOENT``.
         """
-        absolute, _ = _absolute(path, cwd)
-        if not any(grant.contains(absolute) for grant in self.grants):
-            above = self.tree.stat_above(absolute)
-            if above is not None:
-                return above
         fd = self._open_path(path, cwd, follow, syscall)
         try:
             return os.fstat(fd)
@@ -506,6 +569,9 @@ class Policy:
         absolute, _ = _absolute(path, cwd)
         fd = self._open_path(path, cwd, follow, syscall)
         try:
+            if mode & os.W_OK and self.tree.is_above(absolute):
+                raise self._deny(syscall, absolute, "write access in a directory above "
+                                 "a grant (those are read-only)")
             if mode & os.W_OK:
                 grant = self._grant_for(absolute, syscall)
                 root, _ = self.tree.beneath_root(grant, absolute)
@@ -676,28 +742,39 @@ class Policy:
     # --- internals ------------------------------------------------------------------
 
     def _deny(self, syscall: str, path: str, reason: str,
-              err: int = DENIED_ERRNO) -> PolicyDenied:
-        """Record a denial and return the exception to raise."""
-        self.denials.record(Denial(syscall, path, err, reason))
-        return PolicyDenied(err, reason, path)
+              err: int = DENIED_ERRNO, hidden: bool = False) -> PolicyDenied:
+        """Record a denial and return the exception to raise.
+
+        *hidden* makes it :data:`HIDDEN_ERRNO`: the path does not exist for
+        the guest, though the audit log still names it (reason ``hidden: …``).
+        """
+        if hidden:
+            err = HIDDEN_ERRNO
+        self.denials.record(Denial(syscall, path, err,
+                                   f"hidden: {reason}" if hidden else reason))
+        return PolicyDenied(err, reason, path, hidden=hidden)
 
     def _lookup(self, syscall: str, shown: str, lookup: Callable[..., T], *args: object) -> T:
         """Call one of the grant tree's lookups, recording a refusal as a denial."""
         try:
             return lookup(*args)
         except Refusal as refusal:
-            raise self._deny(syscall, shown, refusal.reason) from None
+            raise self._deny(syscall, shown, refusal.reason, hidden=refusal.hidden) from None
 
     def _grant_for(self, absolute: str, syscall: str, shown: str = "") -> Grant:
-        """The most specific grant containing *absolute*, or a denial."""
+        """The most specific grant containing *absolute*, or ``ENOENT`` (hidden)."""
         for grant in self.grants:
             if grant.contains(absolute):
                 return grant
-        raise self._deny(syscall, shown or absolute, "outside allowed paths")
+        raise self._deny(syscall, shown or absolute, "outside allowed paths", hidden=True)
 
     def _open_path(self, path: PathArg, cwd: str, follow: bool, syscall: str) -> int:
-        """An ``O_PATH`` fd for *path* beneath its grant (any grant will do)."""
+        """An ``O_PATH`` fd for *path* beneath its grant (any grant will do), or
+        on the directory above a grant it names."""
         absolute, trailing_slash = _absolute(path, cwd)
+        above = self.tree.open_above(absolute)
+        if above is not None:
+            return above
         grant = self._grant_for(absolute, syscall)
         root, relative = self.tree.beneath_root(grant, absolute)
         if trailing_slash and relative != ".":
@@ -733,5 +810,6 @@ def _check_openat2(grant: Grant) -> None:
 __all__ = [
     "Policy", "PolicyDenied", "PolicyError", "Denial", "Grant", "Endpoint", "Parent",
     "MAX_RECORDED_DENIALS", "VIRTUAL_DEVICES", "REFUSED_SYSCALLS", "REFUSED_ERRNO", "DENIED_ERRNO",
+    "HIDDEN_ERRNO",
     "openat2", "faccessat2", "open_how",
 ]

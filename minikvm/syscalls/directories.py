@@ -78,7 +78,11 @@ def directory_listing(proc: Process, file: OpenFile, start: int = 0,
     """``(name, inode, d_type)`` of the entries of an open directory from
     index *start* (at most *limit* of them), ``.`` and ``..`` first, as
     Linux's file systems list them.  Entries before *start* are read and
-    dropped, never kept: the host holds at most *limit* entries."""
+    dropped, never kept: the host holds at most *limit* entries.
+
+    A directory above the grants lists only the way down to them
+    (:meth:`~minikvm.sandbox.policy.Policy.visible_entries`): the rest of
+    it does not exist for the guest."""
     if not isinstance(file, HostFile) or file.host_fd is None:
         raise SyscallError(errno.ENOTDIR, f"a {file.kind} is not a directory")
     own = os.fstat(file.host_fd)
@@ -86,6 +90,15 @@ def directory_listing(proc: Process, file: OpenFile, start: int = 0,
         raise SyscallError(errno.ENOTDIR, "not a directory")
     dots = [(b".", own.st_ino, DT_DIR), (b"..", _parent_inode(proc, file, own), DT_DIR)]
     stop = None if limit is None else start + limit
+    visible = proc.policy.visible_entries(file.path)
+    if visible is not None:     # above a grant: only the way down, never the host's listing
+        for name in sorted(visible):
+            try:
+                st = os.stat(name, dir_fd=file.host_fd, follow_symlinks=False)
+            except OSError:
+                continue        # the way down is gone: nothing to show
+            dots.append((os.fsencode(name), st.st_ino, stat_module.S_IFMT(st.st_mode) >> 12))
+        return dots[start:stop]
     entries = dots[start:stop]
     with os.scandir(file.host_fd) as listing:
         for entry in itertools.islice(listing, max(start - len(dots), 0),

@@ -55,10 +55,11 @@ import stat as stat_module
 from typing import TYPE_CHECKING
 
 from minikvm.errors import SyscallError
-from minikvm.linux_abi import (AT_FDCWD, O_CREAT, O_TRUNC,
+from minikvm.linux_abi import (AT_FDCWD, O_CREAT, O_PATH, O_TRUNC,
                                O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_WRONLY)
 from minikvm.process import threads
-from minikvm.process.fdtable import (DeviceFile, EventFd, HostFile, OpenFile, PipeEnd)
+from minikvm.process.fdtable import (AboveGrantDirectory, DeviceFile, EventFd, HostFile, OpenFile,
+                                     PipeEnd)
 from minikvm.syscalls import signals
 from minikvm.syscalls.base import Syscall, signed32, signed64
 
@@ -163,8 +164,8 @@ def sys_openat(proc: Process, dirfd: int, path_address: int, flags: int, mode: i
     """openat(2): open a file through the policy, or one of its virtual devices.
 
     The path is resolved by the kernel beneath a grant (:mod:`minikvm.sandbox.policy`):
-    EACCES outside the grants, or for a write in a read-only grant; EMFILE past
-    ``--max-fds``."""
+    ENOENT outside the grants (they do not exist for the guest), EACCES for a
+    write in a read-only grant; EMFILE past ``--max-fds``."""
     path = guest_path(proc, dirfd, read_path(proc, path_address))
     flags = signed32(flags)
     proc.fds.check_room()   # EMFILE before O_CREAT or O_TRUNC changes a file
@@ -174,8 +175,9 @@ def sys_openat(proc: Process, dirfd: int, path_address: int, flags: int, mode: i
     else:
         host_fd = proc.policy.open(path, flags, mode & ~proc.umask & 0o7777, proc.cwd,
                                    syscall="openat")
-        file = HostFile(host_fd, posixpath.normpath(path),
-                        flags & (O_ACCMODE | O_APPEND | O_NONBLOCK))
+        above = proc.policy.visible_entries(path, proc.cwd) is not None and not flags & O_PATH
+        file = (AboveGrantDirectory if above else HostFile)(
+            host_fd, posixpath.normpath(path), flags & (O_ACCMODE | O_APPEND | O_NONBLOCK))
     try:
         return proc.fds.install(file, cloexec=bool(flags & O_CLOEXEC))
     except SyscallError:

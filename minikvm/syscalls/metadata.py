@@ -118,8 +118,8 @@ def sys_fstat(proc: Process, fd: int, address: int) -> int:
 def sys_newfstatat(proc: Process, dirfd: int, path_address: int, address: int, flags: int) -> int:
     """newfstatat(2): a ``struct stat`` of a path, through the policy.
 
-    The directories above a grant may be stat'ed (only); elsewhere outside
-    the grants, EACCES."""
+    The directories above a grant may be stat'ed; elsewhere outside the
+    grants nothing exists (ENOENT)."""
     proc.mm.write(address, pack_stat(stat_of_path(proc, dirfd, path_address, flags)))
     return 0
 

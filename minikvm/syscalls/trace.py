@@ -4,7 +4,7 @@
 
     openat(AT_FDCWD, "in.txt", O_RDONLY) = 3
     read(3, "hello\\n", 4096) = 6
-    openat(AT_FDCWD, "/etc/shadow", O_RDONLY) = -1 EACCES (denied: outside allowed paths)
+    openat(AT_FDCWD, "/etc/shadow", O_RDONLY) = -1 ENOENT (hidden: outside allowed paths)
 
 Each argument is shown according to its kind in the table entry
 (:class:`~minikvm.syscalls.base.Syscall`); buffers are shown like strace,

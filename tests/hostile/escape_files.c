@@ -13,7 +13,7 @@
  *
  * Each attempt prints one line, "NAME: 0" when it succeeded or "NAME: N"
  * with the errno it failed with; the test compares them with what the
- * sandbox must answer (mostly 13, EACCES).  Nothing is asserted here: the
+ * sandbox must answer (mostly 2, ENOENT: outside the grant nothing exists).  Nothing is asserted here: the
  * guest is hostile, it just tries.
  */
 #define _GNU_SOURCE
