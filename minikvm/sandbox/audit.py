@@ -1,9 +1,12 @@
-"""Layer 4 — the denial log: what the policy refused, for ``--audit``.
+"""Layer 4 — denials: the errnos of a refusal, the exception that carries it, and the log.
 
-Every refusal the policy makes is recorded here as a :class:`Denial` and
-printed, grouped and counted, when the guest exits (``--audit``).  The log
-is bounded: a hostile guest looping on a denied call must not grow host
-memory, so past :data:`MAX_RECORDED_DENIALS` denials are only counted.
+Every refusal the policy makes is a :class:`PolicyDenied` (an ordinary
+:class:`~minikvm.errors.SyscallError`, so the dispatcher turns it into
+``-errno``) with one of three errnos — hidden, denied, refused — and is
+recorded as a :class:`Denial`, printed grouped and counted when the guest
+exits (``--audit``).  The log is bounded: a hostile guest looping on a
+denied call must not grow host memory, so past :data:`MAX_RECORDED_DENIALS`
+denials are only counted.
 """
 
 from __future__ import annotations
@@ -11,9 +14,73 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass
 
+from minikvm.errors import SyscallError
+
+#: The errno of a write the policy does not allow, or an endpoint outside it.
+DENIED_ERRNO = errno.EACCES
+
+#: The errno of a path outside every grant: it does not exist for the guest.
+HIDDEN_ERRNO = errno.ENOENT
+
+#: The errno of an operation refused whatever its arguments.
+REFUSED_ERRNO = errno.EPERM
+
+#: Operations the syscall layer refuses with :data:`REFUSED_ERRNO`, and why.
+#: This table is the one place the documentation cites; the syscall layer
+#: raises them with :meth:`Policy.refuse` so they appear in the audit log.
+#: (kill, tkill and tgkill are refused only when aimed at another process.)
+REFUSED_SYSCALLS = {
+    "execve":            "running another program would leave the emulated process",
+    "execveat":          "running another program would leave the emulated process",
+    "fork":              "minikvm runs exactly one guest process",
+    "vfork":             "minikvm runs exactly one guest process",
+    "clone":             "minikvm runs exactly one guest process",
+    "clone3":            "minikvm runs exactly one guest process",
+    "ptrace":            "there is no other process to trace",
+    "process_vm_readv":  "there is no other process to read",
+    "process_vm_writev": "there is no other process to write",
+    "kill":              "signals may go only to the guest itself",
+    "tkill":             "signals may go only to the guest itself",
+    "tgkill":            "signals may go only to the guest itself",
+    "mount":             "the guest cannot change the host's mounts",
+    "umount2":           "the guest cannot change the host's mounts",
+    "pivot_root":        "the guest cannot change the host's mounts",
+    "chroot":            "the guest's root is the host's root, filtered by this policy",
+}
+
 #: How many denials are kept for the audit log; the rest are only counted,
 #: so a hostile guest looping on a denied call cannot exhaust host memory.
 MAX_RECORDED_DENIALS = 1000
+
+
+class PolicyDenied(SyscallError):
+    """The policy refused a guest request; the guest gets ``-errno``.
+
+    ``errno`` is :data:`HIDDEN_ERRNO` (a path outside the grants, when
+    *hidden*), :data:`DENIED_ERRNO` (not allowed), :data:`REFUSED_ERRNO`
+    (refused outright) or a limit's errno (``EMFILE``, ``EFBIG``); ``reason``
+    is the short text ``--trace`` prints, starting with ``hidden:`` or
+    ``denied:``, so a policy answer stands out from the host kernel's own
+    errors (``= -1 ENOENT (hidden: outside allowed paths)``); ``path`` is
+    what was asked for.
+    """
+
+    def __init__(self, err: int, reason: str, path: str = "", hidden: bool = False) -> None:
+        if hidden:
+            shown = f"hidden: {reason}"
+        elif err in (DENIED_ERRNO, REFUSED_ERRNO):
+            shown = f"denied: {reason}"
+        else:
+            shown = reason
+        super().__init__(err, shown)
+        self.hidden = hidden
+        self.path = path
+        self.detail = reason
+
+    def __str__(self) -> str:
+        name = errno.errorcode.get(self.errno, str(self.errno))
+        where = f"{self.path}: " if self.path else ""
+        return f"{name}: {where}{self.detail}"
 
 
 @dataclass(frozen=True)
@@ -59,4 +126,5 @@ class DenialLog(list[Denial]):
         return "\n".join(lines)
 
 
-__all__ = ["Denial", "DenialLog", "MAX_RECORDED_DENIALS"]
+__all__ = ["Denial", "DenialLog", "PolicyDenied", "REFUSED_SYSCALLS", "MAX_RECORDED_DENIALS",
+           "DENIED_ERRNO", "HIDDEN_ERRNO", "REFUSED_ERRNO"]

@@ -43,6 +43,7 @@ from typing import Optional, Union
 
 from minikvm.errors import MinikvmError
 from minikvm.linux_abi import O_CLOEXEC, O_PATH
+from minikvm.sandbox.grants import absolute_path
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
@@ -123,6 +124,41 @@ def ip_endpoint(address: IPAddress, port: int) -> Endpoint:
     return Endpoint(family, host=address, port=port)
 
 
+class AddressError(Exception):
+    """A guest's address is not one an endpoint can match (*errno*, *reason*)."""
+
+    def __init__(self, err: int, reason: str) -> None:
+        super().__init__(reason)
+        self.errno = err
+        self.reason = reason
+
+
+def guest_endpoint(family: int, address: object, cwd: str) -> Endpoint:
+    """The endpoint a guest's *address* names, to compare with the allowed ones.
+
+    *address* is what Python's socket module takes (``(host, port)``, a unix
+    path as str or bytes, a leading NUL for an abstract name); a relative
+    unix path is taken relative to the guest's *cwd*.  Raises
+    :class:`AddressError`: ``EINVAL`` for an empty or non-numeric address,
+    ``EAFNOSUPPORT`` for another family.
+    """
+    if family == socket.AF_UNIX:
+        raw = os.fsdecode(address)  # type: ignore[call-overload]
+        if not raw:
+            raise AddressError(errno.EINVAL, "an empty unix socket address")
+        if raw.startswith("\0"):
+            return Endpoint(socket.AF_UNIX, path="@" + raw[1:])
+        return Endpoint(socket.AF_UNIX, path=absolute_path(raw, cwd)[0])
+    if family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            host, port = address[0], int(address[1])  # type: ignore[index]
+            return ip_endpoint(ipaddress.ip_address(str(host).split("%")[0]), port)
+        except (TypeError, ValueError, IndexError):
+            raise AddressError(errno.EINVAL, "not a numeric address and port") from None
+    raise AddressError(errno.EAFNOSUPPORT, f"socket family {family} is not supported (only "
+                       "unix, IPv4 and IPv6)")
+
+
 class PinnedSocket:
     """The socket file a unix path endpoint named when the policy was built.
 
@@ -165,4 +201,5 @@ class PinnedSocket:
             self.fd = None
 
 
-__all__ = ["Endpoint", "EndpointError", "PinnedSocket", "parse_endpoint", "ip_endpoint"]
+__all__ = ["Endpoint", "EndpointError", "AddressError", "PinnedSocket", "parse_endpoint",
+           "ip_endpoint", "guest_endpoint"]

@@ -37,7 +37,7 @@ import os
 import posixpath
 import stat as stat_module
 from dataclasses import dataclass
-from typing import Iterable, Optional, Union
+from typing import Iterable, NamedTuple, Optional, Union
 
 from minikvm.errors import MinikvmError
 from minikvm.linux_abi import O_CLOEXEC, O_CREAT, O_DIRECTORY, O_EXCL, O_NOFOLLOW, O_PATH
@@ -360,6 +360,29 @@ def reopen(probe: int, flags: int, mode: int, absolute: str) -> int:
 
 
 
+class Parent(NamedTuple):
+    """What :meth:`Policy.resolve_parent` returns: a directory fd and one name.
+
+    Unpack it (``dirfd, name = ...``) and close ``dirfd`` yourself, or use it
+    as a context manager, which closes it::
+
+        with policy.resolve_parent("/tmp/x/new", cwd, write=True) as parent:
+            os.mkdir(parent.name, 0o755, dir_fd=parent.dirfd)
+    """
+
+    dirfd: int
+    name: str
+
+    def close(self) -> None:
+        os.close(self.dirfd)
+
+    def __enter__(self) -> "Parent":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 # --- paths as the guest spells them -------------------------------------------------
 
 
@@ -411,6 +434,19 @@ def open_grant(path: str) -> int:
         raise GrantError(f"grant {path}: cannot open: {error.strerror}") from None
 
 
+def check_openat2(grant: Grant) -> None:
+    """Fail early, and clearly, on a kernel without openat2 (Linux < 5.6)."""
+    try:
+        os.close(openat2(grant.dirfd, b".", O_PATH | O_CLOEXEC))
+    except OSError as error:
+        if error.errno == errno.ENOSYS:
+            raise GrantError(
+                f"openat2 is not available (kernel {os.uname().release}): minikvm "
+                "needs Linux 5.6 or newer to confine guest paths safely, and will "
+                "not fall back to string checks") from None
+        raise GrantError(f"grant {grant.path}: openat2 failed: {error.strerror}") from None
+
+
 def is_symlink(dirfd: int, name: str) -> bool:
     """True if entry *name* of directory *dirfd* is a symlink (False if absent)."""
     try:
@@ -426,6 +462,7 @@ def _beneath(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory + "/")
 
 
-__all__ = ["Grant", "GrantTree", "GrantError", "Refusal", "reopen", "MAXSYMLINKS", "absolute_path",
+__all__ = ["Grant", "GrantTree", "Parent", "GrantError", "Refusal", "reopen", "MAXSYMLINKS",
+           "absolute_path",
            "normalise_grant",
-           "open_grant", "real_path", "identity", "is_symlink"]
+           "open_grant", "check_openat2", "real_path", "identity", "is_symlink"]

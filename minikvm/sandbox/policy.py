@@ -59,16 +59,10 @@ cannot smuggle the walk outside: the kernel retries or fails with ``EAGAIN``
 
 Rights follow the object, not the spelling
 ------------------------------------------
-The spelling picks a grant, but with grants nested inside one another
-(``/w`` writable, ``/w/ro`` read-only) it cannot decide the rights:
-``/w/l/secret`` with ``/w/l -> ro`` is the read-only ``/w/ro/secret``.  So a
-path is resolved beneath its *root* grant (the outermost that holds the one
-picked), and any write is allowed only if the object the kernel found — or
-the directory a new entry goes into — is in a write grant by the kernel's own
-name of it; the grant directories nested in another, and the directories on
-the way down to them, cannot be renamed or removed.  The mechanism is in
-:mod:`minikvm.sandbox.grants`; a root with no nested grant of other rights
-(the usual case) costs nothing extra.
+With grants nested inside one another (``/w`` writable, ``/w/ro``
+read-only) the spelling cannot decide the rights (``/w/l/secret`` with
+``/w/l -> ro`` is the read-only ``/w/ro/secret``): a write is allowed only
+where the kernel lands, as :mod:`minikvm.sandbox.grants` explains.
 
 One deviation from Linux, on purpose: ``..`` is taken *lexically* (like Go's
 ``path.Clean``).  If ``a`` is a symlink, ``a/..`` is the directory holding
@@ -106,22 +100,22 @@ have their own modules (:mod:`minikvm.sandbox.grants`,
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 import posixpath
 import socket
 import stat as stat_module
-from typing import Callable, Iterable, NamedTuple, Optional, TypeVar, Union
+from typing import Callable, Iterable, Optional, TypeVar, Union
 
-from minikvm.errors import MinikvmError, SyscallError
+from minikvm.errors import MinikvmError
 from minikvm.linux_abi import (AT_EACCESS, AT_EMPTY_PATH, MODE_BITS, O_CLOEXEC, O_CREAT,
                                O_DIRECTORY, O_NOCTTY, O_NOFOLLOW, O_PATH, O_TMPFILE)
-from minikvm.sandbox.audit import MAX_RECORDED_DENIALS, Denial, DenialLog
-from minikvm.sandbox.endpoints import (Endpoint, EndpointError, PinnedSocket, ip_endpoint,
-                                       parse_endpoint)
-from minikvm.sandbox.grants import (Grant, GrantError, GrantTree, PathArg, Refusal,
-                                    absolute_path as _absolute, identity, normalise_grant,
-                                    open_grant)
+from minikvm.sandbox.audit import (DENIED_ERRNO, HIDDEN_ERRNO, MAX_RECORDED_DENIALS, REFUSED_ERRNO,
+                                   REFUSED_SYSCALLS, Denial, DenialLog, PolicyDenied)
+from minikvm.sandbox.endpoints import (AddressError, Endpoint, EndpointError, PinnedSocket,
+                                       guest_endpoint, parse_endpoint)
+from minikvm.sandbox.grants import (Grant, GrantError, GrantTree, Parent, PathArg, Refusal,
+                                    absolute_path as _absolute, check_openat2, identity,
+                                    normalise_grant, open_grant)
 from minikvm.sandbox.openat2 import (O_PATH_FLAGS, VALID_OPEN_FLAGS, faccessat2, open_how,
                                      open_writes, openat2)
 
@@ -137,37 +131,6 @@ VIRTUAL_DEVICES = {
     "/dev/random": "random",    # same as urandom (Linux >= 5.6 behaves so too)
 }
 
-#: The errno of a write the policy does not allow, or an endpoint outside it.
-DENIED_ERRNO = errno.EACCES
-
-#: The errno of a path outside every grant: it does not exist for the guest.
-HIDDEN_ERRNO = errno.ENOENT
-
-#: The errno of an operation refused whatever its arguments.
-REFUSED_ERRNO = errno.EPERM
-
-#: Operations the syscall layer refuses with :data:`REFUSED_ERRNO`, and why.
-#: This table is the one place the documentation cites; the syscall layer
-#: raises them with :meth:`Policy.refuse` so they appear in the audit log.
-#: (kill, tkill and tgkill are refused only when aimed at another process.)
-REFUSED_SYSCALLS = {
-    "execve":            "running another program would leave the emulated process",
-    "execveat":          "running another program would leave the emulated process",
-    "fork":              "minikvm runs exactly one guest process",
-    "vfork":             "minikvm runs exactly one guest process",
-    "clone":             "minikvm runs exactly one guest process",
-    "clone3":            "minikvm runs exactly one guest process",
-    "ptrace":            "there is no other process to trace",
-    "process_vm_readv":  "there is no other process to read",
-    "process_vm_writev": "there is no other process to write",
-    "kill":              "signals may go only to the guest itself",
-    "tkill":             "signals may go only to the guest itself",
-    "tgkill":            "signals may go only to the guest itself",
-    "mount":             "the guest cannot change the host's mounts",
-    "umount2":           "the guest cannot change the host's mounts",
-    "pivot_root":        "the guest cannot change the host's mounts",
-    "chroot":            "the guest's root is the host's root, filtered by this policy",
-}
 
 #: Open files a guest may hold at once, unless the policy says otherwise.
 DEFAULT_MAX_FDS = 1024
@@ -175,59 +138,6 @@ DEFAULT_MAX_FDS = 1024
 
 class PolicyError(MinikvmError):
     """The policy itself is wrong (a missing grant directory, a bad endpoint)."""
-
-
-class PolicyDenied(SyscallError):
-    """The policy refused a guest request; the guest gets ``-errno``.
-
-    ``errno`` is :data:`HIDDEN_ERRNO` (a path outside the grants, when
-    *hidden*), :data:`DENIED_ERRNO` (not allowed), :data:`REFUSED_ERRNO`
-    (refused outright) or a limit's errno (``EMFILE``, ``EFBIG``); ``reason``
-    is the short text ``--trace`` prints, starting with ``hidden:`` or
-    ``denied:``, so a policy answer stands out from the host kernel's own
-    errors (``= -1 ENOENT (hidden: outside allowed paths)``); ``path`` is
-    what was asked for.
-    """
-
-    def __init__(self, err: int, reason: str, path: str = "", hidden: bool = False) -> None:
-        if hidden:
-            shown = f"hidden: {reason}"
-        elif err in (DENIED_ERRNO, REFUSED_ERRNO):
-            shown = f"denied: {reason}"
-        else:
-            shown = reason
-        super().__init__(err, shown)
-        self.hidden = hidden
-        self.path = path
-        self.detail = reason
-
-    def __str__(self) -> str:
-        name = errno.errorcode.get(self.errno, str(self.errno))
-        where = f"{self.path}: " if self.path else ""
-        return f"{name}: {where}{self.detail}"
-
-
-class Parent(NamedTuple):
-    """What :meth:`Policy.resolve_parent` returns: a directory fd and one name.
-
-    Unpack it (``dirfd, name = ...``) and close ``dirfd`` yourself, or use it
-    as a context manager, which closes it::
-
-        with policy.resolve_parent("/tmp/x/new", cwd, write=True) as parent:
-            os.mkdir(parent.name, 0o755, dir_fd=parent.dirfd)
-    """
-
-    dirfd: int
-    name: str
-
-    def close(self) -> None:
-        os.close(self.dirfd)
-
-    def __enter__(self) -> "Parent":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 # --- the policy ------------------------------------------------------------------
@@ -283,7 +193,7 @@ class Policy:
             # longest prefix: the grant the guest's spelling names.
             self.grants = tuple(sorted(opened, key=lambda g: len(g.path), reverse=True))
             if self.grants:
-                _check_openat2(self.grants[0])
+                check_openat2(self.grants[0])
         except GrantError as error:
             self.close()
             raise PolicyError(str(error)) from None
@@ -614,26 +524,10 @@ class Policy:
         at its name (``ENOENT`` if it did not exist when the policy was
         built).  Other families are refused with ``EAFNOSUPPORT``.
         """
-        shown = repr(address)
-        if family == socket.AF_UNIX:
-            raw = os.fsdecode(address)  # type: ignore[call-overload]
-            if not raw:
-                raise self._deny(syscall, shown, "an empty unix socket address",
-                                 errno.EINVAL)
-            if raw.startswith("\0"):
-                wanted = Endpoint(socket.AF_UNIX, path="@" + raw[1:])
-            else:
-                wanted = Endpoint(socket.AF_UNIX, path=_absolute(raw, cwd)[0])
-        elif family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                host, port = address[0], int(address[1])  # type: ignore[index]
-                wanted = ip_endpoint(ipaddress.ip_address(str(host).split("%")[0]), port)
-            except (TypeError, ValueError, IndexError):
-                raise self._deny(syscall, shown, "not a numeric address and port",
-                                 errno.EINVAL) from None
-        else:
-            raise self._deny(syscall, shown, f"socket family {family} is not "
-                             "supported (only unix, IPv4 and IPv6)", errno.EAFNOSUPPORT)
+        try:
+            wanted = guest_endpoint(family, address, cwd)
+        except AddressError as error:
+            raise self._deny(syscall, repr(address), error.reason, error.errno) from None
         shown = str(wanted)
         if wanted not in self.endpoints:
             raise self._deny(syscall, shown, "endpoint not allowed (allow it with "
@@ -792,19 +686,6 @@ def _path_list(paths: Iterable[PathArg], name: str) -> list[PathArg]:
         raise PolicyError(f"{name}={os.fsdecode(os.fspath(paths))!r}: give a list of "
                           f"directories, e.g. {name}=[{os.fsdecode(os.fspath(paths))!r}]")
     return list(paths)
-
-
-def _check_openat2(grant: Grant) -> None:
-    """Fail early, and clearly, on a kernel without openat2 (Linux < 5.6)."""
-    try:
-        os.close(openat2(grant.dirfd, b".", O_PATH | O_CLOEXEC))
-    except OSError as error:
-        if error.errno == errno.ENOSYS:
-            raise PolicyError(
-                f"openat2 is not available (kernel {os.uname().release}): minikvm "
-                "needs Linux 5.6 or newer to confine guest paths safely, and will "
-                "not fall back to string checks") from None
-        raise PolicyError(f"grant {grant.path}: openat2 failed: {error.strerror}") from None
 
 
 __all__ = [
