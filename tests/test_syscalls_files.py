@@ -214,3 +214,22 @@ def test_dispatcher_add() -> None:
     assert dispatcher.entries[285].name == "other"
     with pytest.raises(ValueError, match="outside"):
         dispatcher.add(Syscall(4096, "huge", lambda proc: 0))
+
+
+def test_every_handler_is_typed_and_documented() -> None:
+    """The seam a reader follows (run loop -> dispatcher -> handler): each
+    handler in the table says what it does and takes ``proc: Process`` and
+    typed arguments (issue 15)."""
+    from minikvm.syscalls.table import FAMILIES
+    missing = []
+    for family, entries in FAMILIES.items():
+        for entry in entries:
+            parameters = list(inspect.signature(entry.handler).parameters.values())
+            if not (entry.handler.__doc__ or "").strip():
+                missing.append(f"{family}.{entry.name}: no docstring")
+            if not parameters or parameters[0].annotation not in ("Process", "'Process'") and \
+                    getattr(parameters[0].annotation, "__name__", "") != "Process":
+                missing.append(f"{family}.{entry.name}: first parameter is not proc: Process")
+            missing += [f"{family}.{entry.name}: {p.name} untyped" for p in parameters[1:]
+                        if p.annotation is inspect.Parameter.empty]
+    assert not missing, "\n".join(missing)

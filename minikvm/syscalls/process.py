@@ -28,6 +28,7 @@ from minikvm.linux_abi import PR_GET_PDEATHSIG, PR_SET_PDEATHSIG
 from minikvm.machine.stops import ProcessExit
 from minikvm.process import threads
 from minikvm.process.process import TASK_COMM_LEN
+from minikvm.sandbox.audit import REFUSED_SYSCALLS
 from minikvm.syscalls.base import MASK64, PARTIAL, REFUSED, Syscall, signed32
 from minikvm.syscalls.signals import SI_TKILL, deliver, deliver_to_thread, sent_info, sleep
 from minikvm.x86 import PAGE_SIZE, CANONICAL_LIMIT
@@ -540,6 +541,8 @@ def refused(name: str):
     def handler(proc: Process, *args: int) -> int:
         raise proc.policy.refuse(name)
     handler.__name__ = f"sys_{name}"
+    handler.__doc__ = (f"{name}(2): refused with EPERM, whatever its arguments: "
+                       f"{REFUSED_SYSCALLS[name]}.")
     return handler
 
 
