@@ -16,7 +16,7 @@ static char path_buffer[8][4096];
 
 /* DIRECTORY joined with NAME, in one of eight rotating buffers (so one call
  * can take several joined paths). */
-static const char *join(const char *directory, const char *name)
+static inline const char *join(const char *directory, const char *name)
 {
     static int next;
     char *out = path_buffer[next++ % 8];
@@ -24,14 +24,14 @@ static const char *join(const char *directory, const char *name)
     return out;
 }
 
-static void report(const char *name, long result)
+static inline void report(const char *name, long result)
 {
     printf("%s: %d\n", name, result < 0 ? errno : 0);
 }
 
 /* open and, when that worked, read one byte or write one: an open that
  * succeeds but cannot be used would still be a leak of the file's name. */
-static void try_open(const char *name, const char *path, int flags)
+static inline void try_open(const char *name, const char *path, int flags)
 {
     int fd = open(path, flags, 0644);
     if (fd >= 0) {

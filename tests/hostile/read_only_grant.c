@@ -32,20 +32,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
-static char path_buffer[4][4096];
-
-static const char *join(const char *directory, const char *name)
-{
-    static int next;
-    char *out = path_buffer[next++ % 4];
-    snprintf(out, sizeof path_buffer[0], "%s/%s", directory, name);
-    return out;
-}
-
-static void report(const char *name, long result)
-{
-    printf("%s: %d\n", name, result < 0 ? errno : 0);
-}
+#include "attempts.h"
 
 /* getdents64 on an open directory: 0 if NAME is among its entries. */
 static long lists(int fd, const char *name)
