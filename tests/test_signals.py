@@ -22,13 +22,14 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import struct
 import subprocess
 
 import pytest
 
 from minikvm.process import sigframe
-from tests.guest_runs import run_minikvm, run_native
+from tests.guest_runs import minikvm_command, minikvm_environment, run_minikvm, run_native
 from tests.programs.build import DEFAULT_BUILD_DIR, SOURCE_DIR, available_variants, build
 
 GUEST_TIMEOUT_SECONDS = 60
@@ -190,3 +191,23 @@ def test_the_trace_shows_the_handled_signal_and_the_run_goes_on() -> None:
     assert guest.returncode == 0, guest.stderr
     assert guest.stdout == "outer begins\ninner\nouter ends\nback in main\n"
     assert "rt_sigreturn" in guest.stderr
+
+
+def test_a_pipeline_cut_short_ends_silently_as_natively(tmp_path) -> None:
+    """``yes | head -n1``: the writer dies of SIGPIPE when head exits.  A
+    shell prints nothing for that, and neither may minikvm (the crash report
+    is for crashes); the status is still 128 + SIGPIPE (issue 11, item 6)."""
+    busybox = "/bin/busybox"
+    if not os.path.exists(busybox):
+        pytest.skip("no /bin/busybox (Debian's busybox-static)")
+    env = minikvm_environment()
+    for command in ([busybox, "yes"], minikvm_command(["--timeout", GUEST_TIMEOUT_SECONDS, "--",
+                                                        busybox, "yes"])):
+        writer = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  env=env, cwd=tmp_path)
+        first = writer.stdout.readline()
+        writer.stdout.close()                      # head -n1 exits: no reader left
+        status = writer.wait(timeout=60)
+        errors = writer.stderr.read()
+        assert (first, status, errors) == (b"y\n", -13 if command[0] == busybox else 141, b""), \
+            (command, first, status, errors)

@@ -178,7 +178,11 @@ class Process:
         except ProcessExit as done:
             return RunResult(done.status & 0xFF)
         except ProcessKilled as killed:
-            return RunResult(signal_status(killed.signal), f"{killed.signal.name}: {killed.reason}", signal=int(killed.signal))
+            # Death by SIGPIPE is how `cmd | head` ends: silent, as natively
+            # (shells say nothing for it either); the status still says it.
+            message = ("" if killed.signal == signal_module.SIGPIPE
+                       else f"{killed.signal.name}: {killed.reason}")
+            return RunResult(signal_status(killed.signal), message, signal=int(killed.signal))
         finally:
             self.fds.close_all()
         if stop.kind == StopKind.TIMEOUT:
