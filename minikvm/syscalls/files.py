@@ -50,13 +50,14 @@ import ctypes
 import errno
 import os
 import posixpath
+import re
 import select
 import stat as stat_module
 from typing import TYPE_CHECKING
 
 from minikvm.errors import SyscallError
 from minikvm.linux_abi import (AT_FDCWD, O_CREAT, O_PATH, O_TRUNC,
-                               O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_WRONLY)
+                               O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_RDONLY, O_WRONLY)
 from minikvm.process import threads
 from minikvm.process.fdtable import (AboveGrantDirectory, DeviceFile, EventFd, HostFile, OpenFile,
                                      PipeEnd)
@@ -160,6 +161,42 @@ def check_file_change(proc: Process, file: OpenFile, syscall: str) -> None:
 
 
 # -- opening and closing ---------------------------------------------------------
+#: The names by which a program opens a file it already has: ``/dev/stdin``
+#: (on Linux a link to ``/proc/self/fd/0``), ``/dev/stdout``, ``/dev/stderr``,
+#: ``/dev/fd/N`` and ``/proc/self/fd/N`` (``/proc/PID/fd/N`` with its own pid).
+OWN_FD_PATH = re.compile(r"/dev/(?P<stdio>stdin|stdout|stderr)|/dev/fd/(?P<devfd>\d+)"
+                         r"|/proc/(?P<pid>self|thread-self|\d+)/fd/(?P<fd>\d+)")
+STDIO_NUMBERS = {"stdin": 0, "stdout": 1, "stderr": 2}
+
+
+def own_open_file(proc: Process, path: str, flags: int) -> OpenFile | None:
+    """The file ``open(path)`` names when *path* is one of the guest's own
+    fds by name (:data:`OWN_FD_PATH`), or None for any other path.
+
+    ``echo x > /dev/stderr`` and bash's ``<(cmd)`` open these.  The host's
+    own ``/dev/stderr`` would be minikvm's, so the answer comes from the
+    guest's fd table: the same open file as that fd (as ``dup`` gives; Linux
+    makes a new open of the same file, which differs only for a regular
+    file's offset and ``O_TRUNC``).  It may not be opened for more than the
+    fd allows (EACCES: a read-only fd cannot become a writable one), and a
+    fd that is not open is ENOENT, as on Linux.
+    """
+    match = OWN_FD_PATH.fullmatch(posixpath.normpath(posixpath.join(proc.cwd, path)))
+    if match is None or match["pid"] not in (None, "self", "thread-self", str(proc.pid)):
+        return None
+    number = (STDIO_NUMBERS[match["stdio"]] if match["stdio"]
+              else int(match["devfd"] or match["fd"]))
+    entry = proc.fds.entries.get(number)
+    if entry is None:
+        raise SyscallError(errno.ENOENT, f"{path}: fd {number} is not open")
+    file = entry.file
+    wants = flags & O_ACCMODE
+    if (wants != O_WRONLY and not file.readable()) or (wants != O_RDONLY and not file.writable()):
+        raise SyscallError(errno.EACCES, f"{path}: fd {number} is not open for "
+                           f"{'writing' if wants != O_RDONLY else 'reading'}")
+    return file
+
+
 def sys_openat(proc: Process, dirfd: int, path_address: int, flags: int, mode: int) -> int:
     """openat(2): open a file through the policy, or one of its virtual devices.
 
@@ -169,6 +206,9 @@ def sys_openat(proc: Process, dirfd: int, path_address: int, flags: int, mode: i
     path = guest_path(proc, dirfd, read_path(proc, path_address))
     flags = signed32(flags)
     proc.fds.check_room()   # EMFILE before O_CREAT or O_TRUNC changes a file
+    own = own_open_file(proc, path, flags)
+    if own is not None:
+        return proc.fds.install(own, cloexec=bool(flags & O_CLOEXEC))
     device = proc.policy.is_virtual_device(path, proc.cwd)
     if device:
         file = DeviceFile(device, path, flags & (O_ACCMODE | O_APPEND | O_NONBLOCK))
