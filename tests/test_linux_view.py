@@ -64,3 +64,14 @@ def test_a_read_only_fd_cannot_be_reopened_for_writing_by_name(tmp_path):
     assert "wrote" not in sandboxed.stdout and "Permission denied" in sandboxed.stderr
     assert sandboxed.stdout == "kept\n"
     assert (grant / "f").read_text() == "kept\n"
+
+
+def test_dev_full_is_full_as_natively(tmp_path):
+    """``/dev/full``: writes fail with ENOSPC (programs test their write
+    error paths with it), reads give zeros."""
+    script = "echo x > /dev/full; echo status=$?; read -n 1 c < /dev/full; echo \"read: ${#c}\""
+    native = run([str(BUSYBOX), "sh", "-c", script], tmp_path)
+    sandboxed = run(minikvm_command(["--", BUSYBOX, "sh", "-c", script]), tmp_path)
+    assert (sandboxed.returncode, sandboxed.stdout, sandboxed.stderr) == \
+        (native.returncode, native.stdout, native.stderr)
+    assert "No space left on device" in native.stderr and "status=1" in native.stdout

@@ -173,10 +173,10 @@ class AboveGrantDirectory(HostFile):
 
 
 class DeviceFile(OpenFile):
-    """``/dev/null``, ``/dev/zero``, ``/dev/urandom`` and ``/dev/random``."""
+    """``/dev/null``, ``/dev/zero``, ``/dev/full``, ``/dev/urandom`` and ``/dev/random``."""
     kind = "device"
     #: st_rdev of the real devices (major 1, minors from devices.txt)
-    RDEV = {"null": os.makedev(1, 3), "zero": os.makedev(1, 5),
+    RDEV = {"null": os.makedev(1, 3), "zero": os.makedev(1, 5), "full": os.makedev(1, 7),
             "random": os.makedev(1, 8), "urandom": os.makedev(1, 9)}
 
     def __init__(self, name: str, path: str, status_flags: int) -> None:
@@ -187,9 +187,11 @@ class DeviceFile(OpenFile):
     def readv(self, views: list[memoryview]) -> int:
         if self.name == "null":
             return 0
-        return fill_views(views, bytes if self.name == "zero" else os.urandom)
+        return fill_views(views, bytes if self.name in ("zero", "full") else os.urandom)
 
     def writev(self, chunks: list[memoryview]) -> int:
+        if self.name == "full":   # the device that is always full: for testing ENOSPC paths
+            raise SyscallError(errno.ENOSPC, "/dev/full is always full")
         return sum(len(chunk) for chunk in chunks)
 
     def poll(self, events: int) -> int:

@@ -10,9 +10,9 @@ host file descriptor or raises :class:`PolicyDenied` (a
 Deny by default
 ---------------
 With no grant the guest has stdin, stdout and stderr (the syscall layer's
-business) and four *virtual* devices the syscall layer implements in Python —
-``/dev/null``, ``/dev/zero``, ``/dev/urandom`` and ``/dev/random`` (see
-:meth:`Policy.is_virtual_device`).  Everything else must be granted:
+business) and five *virtual* devices the syscall layer implements in Python —
+``/dev/null``, ``/dev/zero``, ``/dev/full``, ``/dev/urandom`` and
+``/dev/random`` (see :meth:`Policy.is_virtual_device`).  Everything else must be granted:
 ``read=[dirs]``, ``write=[dirs]`` (read and write) and ``connect=[endpoints]``.
 
 Outside the grants, nothing exists
@@ -127,6 +127,7 @@ T = TypeVar("T")
 VIRTUAL_DEVICES = {
     "/dev/null": "null",        # reads give EOF, writes vanish
     "/dev/zero": "zero",        # reads give zero bytes
+    "/dev/full": "full",        # reads give zero bytes, writes fail with ENOSPC
     "/dev/urandom": "urandom",  # reads give host getrandom() bytes
     "/dev/random": "random",    # same as urandom (Linux >= 5.6 behaves so too)
 }
