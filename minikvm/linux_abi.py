@@ -96,6 +96,9 @@ STACK_ALIGNMENT = 16
 TIMESPEC = struct.Struct("<qq")
 #: ``struct timeval`` (include/uapi/linux/time_types.h ``__kernel_old_timeval``).
 TIMEVAL = struct.Struct("<qq")
+#: ``struct itimerspec`` (include/uapi/linux/time_types.h ``__kernel_itimerspec``):
+#: it_interval, then it_value, each a timespec.
+ITIMERSPEC = struct.Struct("<qqqq")
 #: ``struct iovec`` (include/uapi/linux/uio.h): base, length.
 IOVEC = struct.Struct("<QQ")
 #: UIO_MAXIOV: the most iovecs one readv/writev/sendmsg takes (else EINVAL).
@@ -105,5 +108,6 @@ UIO_MAXIOV = 1024
 STRUCTS: dict[str, tuple[struct.Struct, str]] = {
     "TIMESPEC": (TIMESPEC, "struct __kernel_timespec"),
     "TIMEVAL": (TIMEVAL, "struct __kernel_old_timeval"),
+    "ITIMERSPEC": (ITIMERSPEC, "struct __kernel_itimerspec"),
     "IOVEC": (IOVEC, "struct iovec"),
 }

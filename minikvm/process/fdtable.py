@@ -99,6 +99,14 @@ class OpenFile:
             return None
         return DEFAULT_POLLMASK
 
+    def wakes_at(self) -> float | None:
+        """When (on the host's ``time.monotonic()``) this file's readiness
+        may change by itself, with no thread or host fd acting on it — a
+        timer's next expiration (:class:`~minikvm.syscalls.timerfd.TimerFd`);
+        None for files that only change when someone uses them.  A wait
+        (poll, epoll_wait, a blocking read) looks again at that time."""
+        return None
+
     def link_target(self) -> str:
         """What ``readlink("/proc/self/fd/N")`` shows for this file."""
         return self.path
@@ -467,6 +475,20 @@ class EpollFile(OpenFile):
         """Readable when one of the watched fds is ready now (an epoll
         inside a poll or another epoll)."""
         return POLLIN | POLLRDNORM if self._any_ready(set()) else 0
+
+    def wakes_at(self) -> float | None:
+        """The earliest time a watched file's readiness changes by itself
+        (nested epolls included, each asked once)."""
+        return self._earliest_wake(set())
+
+    def _earliest_wake(self, seen: set[int]) -> float | None:
+        if id(self) in seen:
+            return None
+        seen.add(id(self))
+        wakes = [item.file._earliest_wake(seen) if isinstance(item.file, EpollFile)
+                 else item.file.wakes_at()
+                 for item in self.interest.values() if not item.disabled]
+        return min((wake for wake in wakes if wake is not None), default=None)
 
     def _any_ready(self, seen: set[int]) -> bool:
         """Whether a watched fd is ready; *seen* holds the epolls already

@@ -158,8 +158,9 @@ class Thread:
     bitset: int = MATCH_ANY
     #: While WAITING or SLEEPING: when it gives up (``time.monotonic()``), or None.
     deadline: float | None = None
-    #: RAX when the deadline passes (``-ETIMEDOUT``, or 0 for a sleep).
-    timeout_result: int = 0
+    #: RAX when the deadline passes (``-ETIMEDOUT``, or 0 for a sleep); None
+    #: for a RETRYING call that is made again then (a timer expired).
+    timeout_result: int | None = 0
     #: RAX when it runs again after a wait: set by whoever ends the wait.
     result: int | None = None
     #: Its saved RIP is on its ``syscall`` instruction (RETRYING): it makes
@@ -504,19 +505,24 @@ def yield_cpu(proc: Process, sleep: Sleep) -> int:
 
 def retry_after_others(proc: Process, what: str, sleep: Sleep, *,
                        deadline: float | None = None, timeout_result: int = 0,
-                       watch: tuple[tuple[int, int], ...] = ()) -> int:
+                       watch: tuple[tuple[int, int], ...] = (),
+                       wake_at: float | None = None) -> int:
     """The current thread's call would block on something only another
     thread can change — an empty in-guest pipe, a full one — or on host fds
     (*watch*: ``(host fd, poll events)``).  Rather than track what each call
     waits for, the thread steps back onto its ``syscall`` instruction and
     makes the call again once another thread has run or a watched fd is
     ready.  At *deadline* the call returns *timeout_result* instead (poll's
-    0); a call made again asks :func:`kept_deadline` for it.  *what* names
-    the wait for a deadlock report."""
+    0); a call made again asks :func:`kept_deadline` for it.  At *wake_at*,
+    when it comes first, the call is made again (a timer it waits for
+    expired: :meth:`OpenFile.wakes_at <minikvm.process.fdtable.OpenFile.wakes_at>`).
+    *what* names the wait for a deadlock report."""
     me = proc.threads.running
     me.state, me.waiting_for = RETRYING, what
     me.watch = b"".join(WATCH_ENTRY.pack(host_fd, events) for host_fd, events in watch)
     me.deadline, me.timeout_result = deadline, timeout_result
+    if wake_at is not None and (deadline is None or wake_at < deadline):
+        me.deadline, me.timeout_result = wake_at, None
     me.kept_deadline = deadline
     return _switch_from_call(proc, me, sleep)
 

@@ -53,6 +53,7 @@ import posixpath
 import re
 import select
 import stat as stat_module
+import time
 from typing import TYPE_CHECKING
 
 from minikvm.errors import SyscallError
@@ -253,11 +254,31 @@ def sys_read(proc: Process, fd: int, buffer: int, count: int) -> int:
 def _read(proc: Process, file, views: list[memoryview]) -> int:
     if len(proc.threads) > 1 and isinstance(file, HostFile) and views:
         _wait_for_host_fd(proc, file)
-    try:
-        return file.readv(views)
-    except SyscallError as error:
-        _wait_for_pipe(proc, file, error, "read from an empty pipe")
-        raise
+    while True:
+        try:
+            return file.readv(views)
+        except SyscallError as error:
+            if error.errno != errno.EAGAIN or file.status_flags & O_NONBLOCK \
+                    or file.wakes_at() is None:
+                _wait_for_pipe(proc, file, error, "read from an empty pipe")
+                raise
+            _wait_for_time(proc, file)
+
+
+def _wait_for_time(proc: Process, file: OpenFile) -> None:
+    """A blocking read of a file that becomes readable by itself at a time
+    (a timerfd: :meth:`~minikvm.process.fdtable.OpenFile.wakes_at`) waits
+    until then: with other threads, they run meanwhile and the read is made
+    again at that time; alone, the host sleeps (the run's time limit ends
+    the sleep, and the read with EINTR; a signal's handler too)."""
+    wake = file.wakes_at()
+    if len(proc.threads) > 1:
+        threads.retry_after_others(proc, f"read from a {file.kind}",
+                                   lambda seconds: signals.sleep(proc, seconds), wake_at=wake)
+        return
+    signals.sleep(proc, max(0.0, wake - time.monotonic()))
+    if proc.machine.vcpu.run_state.immediate_exit:
+        raise SyscallError(errno.EINTR, "interrupted: the run is being stopped")
 
 
 def _wait_for_host_fd(proc: Process, file: HostFile) -> None:

@@ -84,14 +84,16 @@ def ready_events(proc: Process, requests: list[tuple[int, int]], timeout: float 
         now = time.monotonic()
         if deadline is not None and now >= deadline:
             return results
+        wake = _earliest_wake(proc, requests)
         if threaded:
             if before_wait is not None:
                 before_wait()
             threads.retry_after_others(proc, what, lambda seconds: sleep(proc, seconds),
-                                       deadline=deadline, watch=_host_watch(proc, requests))
+                                       deadline=deadline, watch=_host_watch(proc, requests),
+                                       wake_at=wake)
             return results                    # the deadline passed: nothing was ready
-        slice_seconds = WAIT_SLICE_SECONDS if deadline is None else \
-            min(WAIT_SLICE_SECONDS, deadline - now)
+        slice_seconds = min([WAIT_SLICE_SECONDS] + [max(0.0, t - now) for t in (deadline, wake)
+                                                    if t is not None])
         if host:
             host.poll(slice_seconds * 1000)   # returns early when one is ready
         else:
@@ -101,6 +103,20 @@ def ready_events(proc: Process, requests: list[tuple[int, int]], timeout: float 
             raise SyscallError(errno.EINTR, "interrupted by a signal with a handler")
         if proc.machine.vcpu.run_state.immediate_exit:
             raise SyscallError(errno.EINTR, "interrupted: the run is being stopped")
+
+
+def _earliest_wake(proc: Process, requests: list[tuple[int, int]]) -> float | None:
+    """The earliest time one of the files asked about changes its readiness
+    by itself (a timerfd's expiration: :meth:`OpenFile.wakes_at
+    <minikvm.process.fdtable.OpenFile.wakes_at>`), so a wait looks again
+    then rather than at the end of its slice."""
+    wakes = []
+    for fd, _ in requests:
+        entry = proc.fds.entries.get(fd) if fd >= 0 else None
+        wake = entry.file.wakes_at() if entry is not None else None
+        if wake is not None:
+            wakes.append(wake)
+    return min(wakes, default=None)
 
 
 def _host_watch(proc: Process, requests: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:

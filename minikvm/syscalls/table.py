@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from minikvm.syscalls import (attributes, descriptors, directories, epoll, files, info, memory,
                               metadata, net, poll, process, requests, signal_actions,
-                              signal_handlers, sync, time)
+                              signal_handlers, sync, time, timerfd)
 from minikvm.syscalls.base import Syscall
 
 FAMILIES = {
@@ -26,6 +26,7 @@ FAMILIES = {
     "info": info.SYSCALLS,
     "poll": poll.SYSCALLS,
     "epoll": epoll.SYSCALLS,
+    "timerfd": timerfd.SYSCALLS,
     "sync": sync.SYSCALLS,
     "net": net.SYSCALLS,
     "requests": requests.SYSCALLS,  # minikvm's own: 500-502
