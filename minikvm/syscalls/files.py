@@ -64,6 +64,7 @@ from minikvm.process.fdtable import (AboveGrantDirectory, DeviceFile, EventFd, H
                                      PipeEnd)
 from minikvm.syscalls import signals
 from minikvm.syscalls.base import Syscall, signed32, signed64
+from minikvm.syscalls.signalfd import SignalFd
 
 if TYPE_CHECKING:
     from minikvm.process.process import Process
@@ -301,7 +302,7 @@ def _wait_for_pipe(proc: Process, file, error: SyscallError, what: str) -> None:
     other threads that may write or read it, the calling thread waits for
     them (:func:`minikvm.process.threads.retry_after_others`).  Alone, it gets the
     EAGAIN (it would wait for ever)."""
-    if (error.errno == errno.EAGAIN and isinstance(file, (PipeEnd, EventFd))
+    if (error.errno == errno.EAGAIN and isinstance(file, (PipeEnd, EventFd, SignalFd))
             and not file.status_flags & O_NONBLOCK and len(proc.threads) > 1):
         threads.retry_after_others(proc, what, lambda seconds: signals.sleep(proc, seconds))
 
