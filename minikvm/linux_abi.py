@@ -65,6 +65,8 @@ F_OFD_SETLK = 37
 F_OFD_SETLKW = 38
 F_DUPFD_CLOEXEC = 1030
 F_GETPIPE_SZ = 1032
+F_ADD_SEALS = 1033
+F_GET_SEALS = 1034
 FD_CLOEXEC = 1
 
 # --- file modes (include/uapi/linux/stat.h) ----------------------------------

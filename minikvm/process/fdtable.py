@@ -161,6 +161,23 @@ class HostFile(OpenFile):
             return self.path
 
 
+class MemFd(HostFile):
+    """A ``memfd_create`` file: a host memfd (anonymous tmpfs memory), so
+    reads, writes, ``ftruncate``, ``lseek`` and seals (``F_ADD_SEALS``) are
+    the host kernel's own, seals enforced by it.  *name* is the guest's;
+    ``readlink("/proc/self/fd/N")`` shows ``/memfd:NAME (deleted)`` as on
+    Linux.  Its size counts against the process's memfd budget
+    (:mod:`minikvm.syscalls.memfd`), since it is host memory."""
+    kind = "memfd"
+
+    def __init__(self, host_fd: int, name: str, status_flags: int) -> None:
+        super().__init__(host_fd, f"<memfd:{name}>", status_flags)
+        self.name = name
+
+    def link_target(self) -> str:
+        return f"/memfd:{self.name} (deleted)"
+
+
 class AboveGrantDirectory(HostFile):
     """A directory above the grants (``/tmp`` for a grant ``/tmp/x``), opened
     by the guest for reading.

@@ -41,7 +41,7 @@ from minikvm.kvm.memory import GuestMemory
 from minikvm.machine.mm import AddressSpace
 from minikvm.machine.stops import StopKind
 from minikvm.process.elf import ElfImage
-from minikvm.process.fdtable import FdEntry
+from minikvm.process.fdtable import FdEntry, MemFd
 from minikvm.process.process import Process
 from minikvm.sandbox.policy import Policy
 from minikvm.snapshot.channel import Reply, RequestChannel, run_until_stop
@@ -100,6 +100,11 @@ class Snapshot:
         if len(process.threads) > 1:
             raise SnapshotError(f"the program has {len(process.threads)} threads: a snapshot "
                                 "can only be taken while it has one (before it starts threads)")
+        for fd, entry in sorted(process.fds.entries.items()):
+            if isinstance(entry.file, MemFd):
+                raise SnapshotError(f"fd {fd} is a memfd: the snapshot and the run would share "
+                                    "its data, so a reset could not put it back (close it "
+                                    "before the snapshot is taken)")
         machine = process.machine
         cpu = CpuState.capture(machine)
         fd = freeze_memory(machine.memory, process.mm)

@@ -19,14 +19,15 @@ import struct
 from typing import TYPE_CHECKING
 
 from minikvm.errors import SyscallError
-from minikvm.linux_abi import (F_DUPFD, F_DUPFD_CLOEXEC, F_GETFD, F_GETFL, F_GETLK, F_GETPIPE_SZ,
+from minikvm.linux_abi import (F_ADD_SEALS, F_DUPFD, F_DUPFD_CLOEXEC, F_GET_SEALS, F_GETFD, F_GETFL, F_GETLK, F_GETPIPE_SZ,
                                F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW, F_SETFD, F_SETFL, F_SETLK,
                                F_SETLKW, FD_CLOEXEC, O_APPEND, O_CLOEXEC, O_NONBLOCK)
-from minikvm.process.fdtable import (PIPE_CAPACITY, EventFd, OpenFile, Pipe,
+from minikvm.process.fdtable import (PIPE_CAPACITY, EventFd, MemFd, OpenFile, Pipe,
                                      PipeEnd)
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32, signed64
-
 from minikvm.syscalls.files import (MAX_IO, UINT_MASK, SEEK_SET, SEEK_CUR, check_file_size)
+from minikvm.syscalls.memfd import memfd_fcntl
+
 if TYPE_CHECKING:
     from minikvm.process.process import Process
 
@@ -215,6 +216,10 @@ def sys_fcntl(proc: Process, fd: int, command: int, argument: int) -> int:
         return 0
     if command in (F_GETLK, F_SETLK, F_SETLKW, F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW):
         return _record_lock(proc, file, command, argument)
+    if command in (F_ADD_SEALS, F_GET_SEALS):
+        if not isinstance(file, MemFd):
+            raise SyscallError(errno.EINVAL, f"fd {fd} is not a memfd: only memfds take seals")
+        return memfd_fcntl(file, command, argument)
     if command == F_GETPIPE_SZ:
         # bash asks, to choose between a pipe and a temporary file for a here-document
         if not isinstance(file, PipeEnd):
@@ -332,7 +337,7 @@ SYSCALLS = [
     Syscall(33, "dup2", sys_dup2, ("fd", "fd")),
     Syscall(292, "dup3", sys_dup3, ("fd", "fd", "hex")),
     Syscall(72, "fcntl", sys_fcntl, ("fd", "int", "hex"), PARTIAL,
-            "F_DUPFD, F_DUPFD_CLOEXEC, F_GETFD/SETFD, F_GETFL/SETFL, F_GETPIPE_SZ; record locks "
+            "F_DUPFD, F_DUPFD_CLOEXEC, F_GETFD/SETFD, F_GETFL/SETFL, F_GETPIPE_SZ, F_ADD/GET_SEALS; record locks "
             "(F_SETLK, F_OFD_SETLK …) always granted, F_GETLK finds none"),
     Syscall(40, "sendfile", sys_sendfile, ("fd", "fd", "ptr", "uint")),
     Syscall(326, "copy_file_range", sys_copy_file_range,

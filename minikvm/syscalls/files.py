@@ -60,10 +60,11 @@ from minikvm.errors import SyscallError
 from minikvm.linux_abi import (AT_FDCWD, O_CREAT, O_PATH, O_TRUNC,
                                O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_RDONLY, O_WRONLY)
 from minikvm.process import threads
-from minikvm.process.fdtable import (AboveGrantDirectory, DeviceFile, EventFd, HostFile, OpenFile,
-                                     PipeEnd)
+from minikvm.process.fdtable import (AboveGrantDirectory, DeviceFile, EventFd, HostFile, MemFd,
+                                     OpenFile, PipeEnd)
 from minikvm.syscalls import signals
 from minikvm.syscalls.base import Syscall, signed32, signed64
+from minikvm.syscalls.memfd import check_memfd_size
 from minikvm.syscalls.signalfd import SignalFd
 
 if TYPE_CHECKING:
@@ -154,6 +155,8 @@ def check_file_change(proc: Process, file: OpenFile, syscall: str) -> None:
     (fchmod, futimens, fchown): a granted file must be in a write grant
     where it really is, whatever path opened it; our stdio is the user's,
     not the guest's; devices are root's."""
+    if isinstance(file, MemFd):
+        return                               # the guest's own memory
     if isinstance(file, HostFile) and file.path.startswith("/"):
         proc.policy.check_may_change(file.host_fd, file.path, syscall=syscall)
     elif isinstance(file, HostFile):
@@ -361,7 +364,14 @@ def _write(proc: Process, file, views: list[memoryview]) -> int:
 def check_file_size(proc: Process, file, count: int, position: int | None = None,
                      syscall: str = "write") -> None:
     """EFBIG (from the policy) if writing *count* bytes at *position* (the
-    file's own position when None) would grow a granted file past the limit."""
+    file's own position when None) would grow a granted file past the limit;
+    ENOSPC if it would take a memfd past the memfd budget."""
+    if isinstance(file, MemFd):
+        if position is None:
+            position = os.fstat(file.host_fd).st_size if file.status_flags & O_APPEND else \
+                os.lseek(file.host_fd, 0, os.SEEK_CUR)
+        check_memfd_size(proc, file, position + count)
+        return
     limit = proc.policy.max_file_size
     if limit is None or not isinstance(file, HostFile) or file.path.startswith("<"):
         return

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from minikvm.syscalls import (attributes, descriptors, directories, epoll, files, info, memory,
                               metadata, net, poll, process, requests, signal_actions,
-                              signal_handlers, signalfd, sync, time, timerfd)
+                              signal_handlers, signalfd, sync, time, timerfd, memfd)
 from minikvm.syscalls.base import Syscall
 
 FAMILIES = {
@@ -28,6 +28,7 @@ FAMILIES = {
     "epoll": epoll.SYSCALLS,
     "timerfd": timerfd.SYSCALLS,
     "signalfd": signalfd.SYSCALLS,
+    "memfd": memfd.SYSCALLS,
     "sync": sync.SYSCALLS,
     "net": net.SYSCALLS,
     "requests": requests.SYSCALLS,  # minikvm's own: 500-502
