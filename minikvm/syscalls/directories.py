@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from minikvm.errors import SyscallError
 from minikvm.linux_abi import (AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_FOLLOW, MODE_BITS)
 from minikvm.process.fdtable import DIRECTORY_WINDOW, HostFile, OpenFile
-from minikvm.syscalls.base import PARTIAL, SUPPORTED, Syscall, signed32
+from minikvm.syscalls.base import PARTIAL, REFUSED, SUPPORTED, Syscall, signed32
 from minikvm.syscalls.files import UINT_MASK, final_name, guest_path, host_call, read_path
 
 if TYPE_CHECKING:
@@ -363,7 +363,30 @@ def sys_symlink(proc: Process, target: int, path: int) -> int:
     return _symlinkat(proc, target, AT_FDCWD, path, "symlink")
 
 
+#: Why inotify is ENOSYS.  A watch would be a host inotify on a granted
+#: directory, and its events name entries by the host's view — including
+#: a rename *out* of the grant, whose destination the guest must not learn
+#: — so each event would have to be filtered by the policy, and a watch on
+#: a directory above a grant (only the way down is visible) faked.  ENOSYS
+#: is what programs are written to handle: ``tail -f``, editors, build
+#: watchers and file managers fall back to polling (stat every second).
+INOTIFY_NOTE = ("ENOSYS: events would need filtering by the policy; programs fall back "
+                "to polling")
+
+
+def sys_inotify(proc: Process, *args: int) -> int:
+    """inotify_init, inotify_init1, inotify_add_watch, inotify_rm_watch:
+    ENOSYS (:data:`INOTIFY_NOTE` says why)."""
+    raise SyscallError(errno.ENOSYS, "inotify is not offered: " + INOTIFY_NOTE)
+
+
 SYSCALLS = [
+    Syscall(253, "inotify_init", sys_inotify, (), REFUSED, INOTIFY_NOTE, errno.ENOSYS),
+    Syscall(294, "inotify_init1", sys_inotify, ("hex",), REFUSED, INOTIFY_NOTE, errno.ENOSYS),
+    Syscall(254, "inotify_add_watch", sys_inotify, ("fd", "path", "hex"), REFUSED, INOTIFY_NOTE,
+            errno.ENOSYS),
+    Syscall(255, "inotify_rm_watch", sys_inotify, ("fd", "int"), REFUSED, INOTIFY_NOTE,
+            errno.ENOSYS),
     Syscall(217, "getdents64", sys_getdents64, ("fd", "ptr", "uint"), SUPPORTED,
             "the listing is read at the first call and after a rewind"),
     Syscall(78, "getdents", sys_getdents, ("fd", "ptr", "uint")),
