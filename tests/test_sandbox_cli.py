@@ -145,7 +145,9 @@ def test_allow_read_is_read_only(tree):
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["--allow-connect", "localhost:80"], "not a numeric IP address"),
+    (["--allow-connect", "bad!name:80"], "nor a host name"),
+    (["--allow-connect", "localhost:99999"], "not a number from 1 to 65535"),
+    (["--allow-listen", "unix:/tmp/x.sock"], "one port"),
     (["--allow-connect", "127.0.0.1"], "is not HOST:PORT"),
     (["--allow-read", "/no/such/directory"], "no such directory"),
     (["--allow-write", "/etc/passwd"], "not a directory"),

@@ -197,7 +197,8 @@ def spell_trace_file(argv: list[str]) -> list[str]:
     is neither an option nor an option's value (or after ``--``)."""
     if argv[:1] != ["run"]:
         return argv
-    takes_value = {"--allow-read", "--allow-write", "--allow-connect", "--memory", "--timeout",
+    takes_value = {"--allow-read", "--allow-write", "--allow-connect", "--allow-listen",
+                   "--memory", "--timeout",
                    "--max-fds", "--max-file-size", "--env", "--unsetenv", "--trace-file",
                    "--max-threads", "--policy"}
     rewritten = ["run"]

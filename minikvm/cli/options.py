@@ -114,14 +114,24 @@ def seconds(text: str) -> float:
 
 
 def endpoint(text: str) -> str:
-    """``--allow-connect``: an endpoint :func:`~minikvm.sandbox.endpoints.parse_endpoint`
-    accepts (checked while the options are parsed, so that a policy
-    file's bad endpoint is named with its file and key)."""
-    from minikvm.sandbox.endpoints import EndpointError, parse_endpoint
+    """``--allow-connect``: an endpoint — numeric, ``unix:PATH``, or a host
+    name (``NAME:PORT``, ``NAME:*``) — written correctly (checked while the
+    options are parsed, so that a policy file's bad endpoint is named with
+    its file and key).  A name is resolved later, when the policy is built."""
+    from minikvm.sandbox.endpoints import EndpointError, named_endpoint
     try:
-        parse_endpoint(text)
+        named_endpoint(text)
     except EndpointError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def listen_endpoint(text: str) -> str:
+    """``--allow-listen``: an IP address (or host name) and one port."""
+    text = endpoint(text)
+    if text.startswith("unix:") or text.endswith(":*"):
+        raise argparse.ArgumentTypeError(f"{text!r}: a listening endpoint is an IP address "
+                                         "and one port (0.0.0.0:8080, [::1]:8080)")
     return text
 
 
@@ -153,7 +163,16 @@ def add_sandbox_options(parser: argparse.ArgumentParser, timeout_help: str =
                         help="allow reading and writing DIR and below (repeatable)")
     parser.add_argument("--allow-connect", action="append", default=[], metavar="HOST:PORT",
                         type=endpoint,
-                        help="allow connecting to this endpoint (repeatable; unix:PATH too)")
+                        help="allow connecting to this endpoint (repeatable): 10.0.0.1:443, "
+                             "NAME:443 (every address NAME resolves to at start), HOST:* "
+                             "(every port), [::1]:80, unix:PATH")
+    parser.add_argument("--allow-net", action="store_true", default=False,
+                        help="allow connecting to any IP address but this machine's own "
+                             "(loopback) and link-local ones: the coarse choice")
+    parser.add_argument("--allow-listen", action="append", default=[], metavar="HOST:PORT",
+                        type=listen_endpoint,
+                        help="allow accepting connections on this address (repeatable; "
+                             "0.0.0.0:PORT for every local address)")
     parser.add_argument("--memory", type=parse_memory, default=None, metavar="SIZE",
                         help="guest memory (default 1G)")
     parser.add_argument("--timeout", type=seconds, default=None, metavar="SECONDS",
@@ -181,7 +200,8 @@ def policy_from(options: argparse.Namespace) -> Policy:
     if options.here:
         write.append(here_directory())
     return Policy(read=read, write=write, connect=options.allow_connect,
-                  max_fds=options.max_fds, max_file_size=options.max_file_size)
+                  max_fds=options.max_fds, max_file_size=options.max_file_size,
+                  listen=options.allow_listen, allow_net=options.allow_net)
 
 
 def here_directory() -> str:
@@ -221,13 +241,14 @@ def guest_environment(options: argparse.Namespace) -> dict[str, str]:
 # are the ones add_sandbox_options gives the parser).
 
 #: Keys that switch something on: ``true`` or ``false``.
-FLAG_KEYS = ("here", "clearenv")
+FLAG_KEYS = ("here", "clearenv", "allow-net")
 #: Keys whose value is a list of strings, each checked like the option's
 #: value (None: any string).
 LIST_KEYS: dict[str, Callable[[str], str] | None] = {
     "allow-read": None,
     "allow-write": None,
     "allow-connect": endpoint,
+    "allow-listen": listen_endpoint,
     "env": env_assignment,
     "unsetenv": None,
 }
@@ -332,10 +353,12 @@ def policy_toml(options: argparse.Namespace) -> str:
     lines = ["# minikvm policy: read it back with --policy FILE"]
     lists = {"allow-read": [absolute(path) for path in options.allow_read],
              "allow-write": write, "allow-connect": options.allow_connect,
+             "allow-listen": options.allow_listen,
              "env": options.env, "unsetenv": options.unsetenv}
     for key in LIST_KEYS:
         lines.append(f"{key} = [{', '.join(toml_string(item) for item in lists[key])}]")
     lines.append(f"clearenv = {'true' if options.clearenv else 'false'}")
+    lines.append(f"allow-net = {'true' if options.allow_net else 'false'}")
     lines.append(f"memory = {toml_string(format_size(options.memory or DEFAULT_MEMORY_SIZE))}")
     lines.append(f"max-fds = {options.max_fds}")
     if options.max_file_size is not None:

@@ -130,7 +130,8 @@ def confine(policy: Policy, *, use_landlock: bool = True,
     Call it once, from the main thread, after everything the run needs is
     open and before the guest runs.  Landlock grants the policy's read and
     write directories, read access to :func:`landlock_read_paths`, TCP
-    connect to the ports of the policy's IP endpoints and TCP bind to none;
+    connect to the ports of the policy's IP endpoints (any port when one
+    allows every port) and TCP bind to its listening ports;
     seccomp installs :func:`minikvm.sandbox.seccomp.build_filter`'s deny list
     (*allow_fork*: its variant for a supervisor that forks workers, each of
     which must then call :func:`confine_worker`).  Landlock also grants
@@ -149,7 +150,8 @@ def confine(policy: Policy, *, use_landlock: bool = True,
         try:
             landlock_status = landlock.restrict_self(
                 policy.read_paths, policy.write_paths,
-                connect_ports=policy.connect_ports, bind_ports=(),
+                connect_ports=policy.connect_ports, bind_ports=policy.listen_ports,
+                connect_any_port=policy.connect_any_port,
                 extra_read=landlock_read_paths(), devices=(KVM_DEVICE,),
                 scope_abstract_unix=not _abstract_unix_allowed(policy))
         except landlock.LandlockUnavailable as error:

@@ -27,6 +27,23 @@ connecting to the old one (``ECONNREFUSED``) until it is restarted too; a
 socket that did not exist when the sandbox started cannot be reached
 (``ENOENT``).  Both fail closed.
 
+Names, wildcards and the whole network
+--------------------------------------
+A user writes ``--allow-connect pypi.org:443``.  A name is resolved
+**once, when the policy is built** (:func:`resolve_endpoints`), and every
+address it resolves to becomes an endpoint: the guest's own lookups later
+cannot widen the grant, whatever a DNS server answers then.  The endpoint
+keeps the name it came from (:attr:`Endpoint.name`) for messages and
+``--print-policy``.  ``HOST:*`` allows every port of *HOST*
+(:data:`ANY_PORT`).  ``--allow-net`` (:func:`reaches_the_network`) allows
+every IP address *except* the host's own and its link's: loopback
+(``127.0.0.0/8``, ``::1``), the unspecified address (a connect to
+``0.0.0.0`` reaches the host), and link-local addresses (``169.254.0.0/16``,
+``fe80::/10``: among them a cloud's metadata service, which hands out
+credentials).  Services on the user's own machine — a database, a
+Docker API on ``127.0.0.1:2375``, an X server on TCP 6000 — must each be
+granted by name, never by the coarse switch.
+
 This module imports nothing above layer 0.
 """
 
@@ -38,14 +55,19 @@ import os
 import posixpath
 import socket
 import stat as stat_module
-from dataclasses import dataclass
-from typing import Optional, Union
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Union
 
 from minikvm.errors import MinikvmError
 from minikvm.linux_abi import O_CLOEXEC, O_PATH
 from minikvm.sandbox.grants import absolute_path
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+#: An endpoint's port that means "every port" (written ``HOST:*``).  No
+#: connection can be made to port 0, so it never names a real port.
+ANY_PORT = 0
+#: The most characters of a host name (RFC 1035: 253 in text form).
+HOST_NAME_MAX = 253
 
 
 class EndpointError(MinikvmError):
@@ -64,15 +86,34 @@ class Endpoint:
 
     family: int
     host: Optional[IPAddress] = None
-    port: int = 0
+    port: int = ANY_PORT
     path: str = ""
+    #: the host name it was resolved from ("" for a numeric one); not part of
+    #: its identity: two names for one address are one endpoint
+    name: str = field(default="", compare=False)
 
     def __str__(self) -> str:
         if self.family == socket.AF_UNIX:
             return f"unix:{self.path}"
+        port = "*" if self.port == ANY_PORT else str(self.port)
         if self.family == socket.AF_INET6:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
+            return f"[{self.host}]:{port}"
+        return f"{self.host}:{port}"
+
+    def describe(self) -> str:
+        """``pypi.org:443 (151.101.0.223)`` for one resolved from a name."""
+        if not self.name:
+            return str(self)
+        port = "*" if self.port == ANY_PORT else str(self.port)
+        return f"{self.name}:{port} ({self.host})"
+
+    def matches(self, wanted: "Endpoint") -> bool:
+        """Whether this allowed endpoint admits the guest's *wanted* one:
+        the same endpoint, or the same host when this one is ``HOST:*``."""
+        if self == wanted:
+            return True
+        return (self.port == ANY_PORT and self.family == wanted.family
+                and self.family != socket.AF_UNIX and self.host == wanted.host)
 
     @property
     def is_unix_path(self) -> bool:
@@ -81,10 +122,9 @@ class Endpoint:
 
 
 def parse_endpoint(text: str) -> Endpoint:
-    """Parse ``"127.0.0.1:8080"``, ``"[::1]:80"``, ``"unix:/path"`` or ``"unix:@abstract"``.
-
-    Hosts must be numeric: a name would be resolved once, here, while the
-    guest may later reach a different address under the same name.
+    """Parse ``"127.0.0.1:8080"``, ``"[::1]:80"``, ``"10.0.0.1:*"``,
+    ``"unix:/path"`` or ``"unix:@abstract"``: one endpoint, numeric.  Names
+    are :func:`resolve_endpoints`' job.
     """
     if text.startswith("unix:"):
         path = text[len("unix:"):]
@@ -105,15 +145,91 @@ def parse_endpoint(text: str) -> Endpoint:
         address = ipaddress.ip_address(host)
     except ValueError:
         raise EndpointError(f"endpoint {text!r}: {host!r} is not a numeric IP "
-                            "address (host names are not accepted: resolve it "
-                            "yourself and give the address)") from None
+                            "address (a host name is resolved by resolve_endpoints; "
+                            "on the command line, --allow-connect takes names)") from None
     if text.startswith("[") != (address.version == 6):
         raise EndpointError(f"endpoint {text!r}: write IPv6 addresses in brackets "
                             "([::1]:80) and IPv4 addresses without them")
+    return ip_endpoint(address, _parse_port(text, port))
+
+
+def _parse_port(text: str, port: str) -> int:
+    if port == "*":
+        return ANY_PORT
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise EndpointError(f"endpoint {text!r}: port {port!r} is not a number "
-                            "from 1 to 65535")
-    return ip_endpoint(address, int(port))
+                            "from 1 to 65535 (or * for every port)")
+    return int(port)
+
+
+Resolver = Callable[..., list]
+
+
+def named_endpoint(text: str) -> Optional[tuple[str, int]]:
+    """``(name, port)`` when *text* is ``NAME:PORT`` or ``NAME:*`` with a
+    host name (checked, not resolved); None when it is an endpoint
+    :func:`parse_endpoint` reads (numeric, unix).  EndpointError when it is
+    neither."""
+    if text.startswith("unix:") or text.startswith("["):
+        parse_endpoint(text)
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        parse_endpoint(text)                    # raises, with its message
+        return None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        parse_endpoint(text)
+        return None
+    if len(host) > HOST_NAME_MAX or not all(part and all(c.isalnum() or c in "-_" for c in part)
+                                             for part in host.rstrip(".").split(".")):
+        raise EndpointError(f"endpoint {text!r}: {host!r} is neither a numeric address "
+                            "nor a host name (letters, digits, '-' and '.')")
+    return host, _parse_port(text, port)
+
+
+def resolve_endpoints(text: str, resolver: Resolver = socket.getaddrinfo) -> tuple[Endpoint, ...]:
+    """The endpoints *text* names: one for a numeric endpoint or a unix
+    socket (:func:`parse_endpoint`), and for ``NAME:PORT`` (or ``NAME:*``)
+    one for every address *NAME* resolves to now, with *resolver*
+    (:func:`socket.getaddrinfo`, the host's resolver: ``/etc/hosts``, DNS).
+
+    A name that does not resolve is an :class:`EndpointError` that says so:
+    a grant that silently allows nothing would look like a network fault.
+    """
+    named = named_endpoint(text)
+    if named is None:
+        return (parse_endpoint(text),)
+    host, number = named
+    try:
+        answers = resolver(host, None, 0, socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise EndpointError(f"endpoint {text!r}: cannot resolve {host!r} ({reason}): "
+                            "check the name, or give a numeric address") from None
+    found: dict[Endpoint, None] = {}
+    for family, _, _, _, sockaddr in answers:
+        if family in (socket.AF_INET, socket.AF_INET6):
+            address = ipaddress.ip_address(str(sockaddr[0]).split("%")[0])
+            endpoint = ip_endpoint(address, number)
+            found.setdefault(Endpoint(endpoint.family, endpoint.host, number, name=host))
+    if not found:
+        raise EndpointError(f"endpoint {text!r}: {host!r} resolves to no IPv4 or IPv6 "
+                            "address")
+    return tuple(found)
+
+
+def reaches_the_network(endpoint: Endpoint) -> bool:
+    """Whether ``--allow-net`` admits *endpoint*: an IP address that is not
+    the host's own (loopback, unspecified) nor link-local (see the module
+    docstring)."""
+    if endpoint.family == socket.AF_UNIX or endpoint.host is None:
+        return False
+    host = endpoint.host
+    return not (host.is_loopback or host.is_unspecified or host.is_link_local)
 
 
 def ip_endpoint(address: IPAddress, port: int) -> Endpoint:
@@ -202,4 +318,5 @@ class PinnedSocket:
 
 
 __all__ = ["Endpoint", "EndpointError", "AddressError", "PinnedSocket", "parse_endpoint",
-           "ip_endpoint", "guest_endpoint"]
+           "resolve_endpoints", "named_endpoint", "reaches_the_network", "ip_endpoint", "guest_endpoint",
+           "ANY_PORT"]

@@ -304,6 +304,7 @@ def runtime_read_paths() -> list[str]:
 def restrict_self(read_paths: Iterable[PathArg], write_paths: Iterable[PathArg] = (),
                   connect_ports: Iterable[int] = (), bind_ports: Iterable[int] = (),
                   extra_read: Optional[Iterable[PathArg]] = None, *,
+                  connect_any_port: bool = False,
                   devices: Iterable[PathArg] = (),
                   scope_signals: bool = True,
                   scope_abstract_unix: bool = True) -> LandlockStatus:
@@ -315,7 +316,9 @@ def restrict_self(read_paths: Iterable[PathArg], write_paths: Iterable[PathArg] 
     *devices* (device files, e.g. ``/dev/kvm``) get :data:`DEVICE_ACCESS`,
     also skipped when missing.  Where
     the ABI is 4 or more, TCP ``connect`` is allowed only to *connect_ports*
-    and ``bind`` only to *bind_ports* (both empty: no TCP at all).  Where it
+    and ``bind`` only to *bind_ports* (both empty: no TCP at all);
+    *connect_any_port* leaves TCP ``connect`` to the policy alone (it
+    allows some host on every port, or the whole network).  Where it
     is 6 or more, signals to processes outside this sandbox are blocked
     (*scope_signals*) and so are abstract unix sockets created outside it
     (*scope_abstract_unix*; turn it off when the policy allows a
@@ -336,7 +339,8 @@ def restrict_self(read_paths: Iterable[PathArg], write_paths: Iterable[PathArg] 
     connect = tuple(sorted({_check_port(p, "connect") for p in connect_ports}))
     bind = tuple(sorted({_check_port(p, "bind") for p in bind_ports}))
     handled_fs = fs_access_for_abi(abi)
-    handled_net = (LANDLOCK_ACCESS_NET_BIND_TCP | LANDLOCK_ACCESS_NET_CONNECT_TCP
+    handled_net = (LANDLOCK_ACCESS_NET_BIND_TCP
+                   | (0 if connect_any_port else LANDLOCK_ACCESS_NET_CONNECT_TCP)
                    if abi >= 4 else 0)
     scoped = 0
     if abi >= 6:
@@ -375,9 +379,10 @@ def restrict_self(read_paths: Iterable[PathArg], write_paths: Iterable[PathArg] 
                 if not stat.S_ISDIR(os.fstat(fd).st_mode):
                     access &= FS_ACCESS_FILE   # directory rights are EINVAL on a file
                 _add_path_rule(ruleset_fd, path, fd, access)
-            if handled_net:
+            if handled_net & LANDLOCK_ACCESS_NET_CONNECT_TCP:
                 for port in connect:
                     _add_port_rule(ruleset_fd, port, LANDLOCK_ACCESS_NET_CONNECT_TCP)
+            if handled_net:
                 for port in bind:
                     _add_port_rule(ruleset_fd, port, LANDLOCK_ACCESS_NET_BIND_TCP)
             result, err = _syscall(SYS_landlock_restrict_self, ctypes.c_int(ruleset_fd),

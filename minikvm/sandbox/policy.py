@@ -111,8 +111,9 @@ from minikvm.linux_abi import (AT_EACCESS, AT_EMPTY_PATH, MODE_BITS, O_CLOEXEC, 
                                O_DIRECTORY, O_NOCTTY, O_NOFOLLOW, O_PATH, O_TMPFILE)
 from minikvm.sandbox.audit import (DENIED_ERRNO, HIDDEN_ERRNO, MAX_RECORDED_DENIALS, REFUSED_ERRNO,
                                    REFUSED_SYSCALLS, Denial, DenialLog, PolicyDenied)
-from minikvm.sandbox.endpoints import (AddressError, Endpoint, EndpointError, PinnedSocket,
-                                       guest_endpoint, parse_endpoint)
+from minikvm.sandbox.endpoints import (ANY_PORT, AddressError, Endpoint, EndpointError,
+                                       PinnedSocket, guest_endpoint, parse_endpoint,
+                                       reaches_the_network, resolve_endpoints)
 from minikvm.sandbox.grants import (Grant, GrantError, GrantTree, Parent, PathArg, Refusal,
                                     absolute_path as _absolute, check_openat2, identity,
                                     normalise_grant, open_grant)
@@ -149,7 +150,13 @@ class Policy:
 
     ``read`` and ``write`` are host directories (a write grant may also be
     read); the guest sees each at its host path.  ``connect`` holds endpoint
-    strings (see :meth:`parse_endpoint`) or :class:`Endpoint` objects.
+    strings (see :meth:`parse_endpoint`; a host name is resolved now, and
+    allows every address it resolves to) or :class:`Endpoint` objects;
+    ``allow_net`` allows every IP address but the host's own and link-local
+    ones (:func:`~minikvm.sandbox.endpoints.reaches_the_network`);
+    ``listen`` holds the IP endpoints the guest may ``bind`` and ``listen``
+    on, to accept connections (``0.0.0.0:8080`` admits any local address of
+    that port).
     ``max_fds`` caps the guest's open files; ``max_file_size`` (bytes, None
     for no cap) the size a guest write may grow a file to — it does not cap
     disk use (the guest can make many files); a size-limited file system for
@@ -162,7 +169,9 @@ class Policy:
     def __init__(self, read: Iterable[PathArg] = (), write: Iterable[PathArg] = (),
                  connect: Iterable[Union[str, Endpoint]] = (),
                  max_fds: int = DEFAULT_MAX_FDS,
-                 max_file_size: Optional[int] = None) -> None:
+                 max_file_size: Optional[int] = None, *,
+                 listen: Iterable[Union[str, Endpoint]] = (),
+                 allow_net: bool = False) -> None:
         if max_fds < 4:
             raise PolicyError(f"max_fds={max_fds} is too small: the guest needs at "
                               "least stdin, stdout, stderr and one more")
@@ -174,8 +183,20 @@ class Policy:
         if isinstance(connect, (str, Endpoint)):
             raise PolicyError(f"connect={connect!r}: give a list of endpoints, "
                               f"e.g. connect=[{str(connect)!r}]")
-        self.endpoints = tuple(e if isinstance(e, Endpoint) else self.parse_endpoint(e)
-                               for e in connect)
+        if isinstance(listen, (str, Endpoint)):
+            raise PolicyError(f"listen={listen!r}: give a list of endpoints, "
+                              f"e.g. listen=[{str(listen)!r}]")
+        self.endpoints = tuple(dict.fromkeys(
+            endpoint for e in connect
+            for endpoint in ((e,) if isinstance(e, Endpoint) else self.resolve_endpoint(e))))
+        self.listen_endpoints = tuple(dict.fromkeys(
+            endpoint for e in listen
+            for endpoint in ((e,) if isinstance(e, Endpoint) else self.resolve_endpoint(e))))
+        for endpoint in self.listen_endpoints:
+            if endpoint.family == socket.AF_UNIX or endpoint.port == ANY_PORT:
+                raise PolicyError(f"listen={str(endpoint)!r}: a listening endpoint is an IP "
+                                  "address and one port (0.0.0.0:8080, [::1]:8080)")
+        self.allow_net = bool(allow_net)
         self.denials = DenialLog()
         self.tree = GrantTree(())
         self.pinned: dict[str, PinnedSocket] = {}
@@ -509,6 +530,27 @@ class Policy:
         except EndpointError as error:
             raise PolicyError(str(error)) from None
 
+    @staticmethod
+    def resolve_endpoint(text: str) -> tuple[Endpoint, ...]:
+        """The endpoints *text* names, a host name resolved now (see
+        :func:`~minikvm.sandbox.endpoints.resolve_endpoints`)."""
+        try:
+            return resolve_endpoints(text)
+        except EndpointError as error:
+            raise PolicyError(str(error)) from None
+
+    def allows_endpoint(self, wanted: Endpoint) -> bool:
+        """Whether a connect to *wanted* is allowed: a ``connect`` endpoint
+        admits it (exactly, or ``HOST:*``), or ``allow_net`` does."""
+        if any(endpoint.matches(wanted) for endpoint in self.endpoints):
+            return True
+        return self.allow_net and reaches_the_network(wanted)
+
+    @property
+    def has_network(self) -> bool:
+        """Whether the guest may make a socket at all."""
+        return bool(self.endpoints or self.listen_endpoints or self.allow_net)
+
     def check_connect(self, family: int, address: object, cwd: str = "/", *,
                       syscall: str = "connect") -> object:
         """Allow a connect to *address* and return what the host must connect
@@ -530,9 +572,11 @@ class Policy:
         except AddressError as error:
             raise self._deny(syscall, repr(address), error.reason, error.errno) from None
         shown = str(wanted)
-        if wanted not in self.endpoints:
+        if not self.allows_endpoint(wanted):
+            hint = (" — --allow-net does not reach the host's own or link-local addresses"
+                    if self.allow_net and wanted.family != socket.AF_UNIX else "")
             raise self._deny(syscall, shown, "endpoint not allowed (allow it with "
-                             f"connect=[{shown!r}])")
+                             f"connect=[{shown!r}]){hint}")
         if wanted.is_unix_path:
             return self.pinned[wanted.path].address
         return address
@@ -549,7 +593,7 @@ class Policy:
         if family not in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6):
             raise self._deny(syscall, f"family {family}", f"socket family {family} is "
                              "not supported (only unix, IPv4 and IPv6)", errno.EAFNOSUPPORT)
-        if not self.endpoints:
+        if not self.has_network:
             raise self._deny(syscall, f"family {family}", "no network grant (allow an "
                              "endpoint with connect=[...], --allow-connect on the "
                              "command line)")
@@ -563,7 +607,62 @@ class Policy:
         ``raise policy.deny_listen("bind", address)``.
         """
         return self._deny(syscall, detail, "accepting connections is not allowed "
-                          "(the policy grants outgoing connections only)")
+                          "(grant a listening endpoint with listen=[...], --allow-listen "
+                          "HOST:PORT on the command line)")
+
+    def _listen_admits(self, wanted: Endpoint) -> bool:
+        """A listen endpoint is *wanted*, or is the unspecified address of
+        its family on the same port (``0.0.0.0:8080`` admits
+        ``127.0.0.1:8080``; ``127.0.0.1:8080`` does not admit ``0.0.0.0:8080``)."""
+        return any(endpoint == wanted
+                   or (endpoint.family == wanted.family and endpoint.port == wanted.port
+                       and endpoint.host is not None and endpoint.host.is_unspecified)
+                   for endpoint in self.listen_endpoints)
+
+    def _reaches_ip(self) -> bool:
+        return self.allow_net or any(e.family != socket.AF_UNIX
+                                     for e in self.endpoints + self.listen_endpoints)
+
+    def check_bind(self, family: int, address: object, cwd: str = "/", *,
+                   syscall: str = "bind") -> None:
+        """Allow ``bind`` of an IP socket to *address*, or raise :class:`PolicyDenied`.
+
+        Port 0 (the kernel picks a free port) is how a client chooses its
+        source address, and how musl's resolver opens its UDP socket: allowed
+        whenever the guest may reach an IP endpoint, since nobody can connect
+        to a socket that is not listening, and :meth:`check_listen` asks again.
+        Any other port must be admitted by a ``listen`` endpoint.  Unix
+        sockets are never bound (a socket file in a grant, or an abstract
+        name others could connect to)."""
+        try:
+            wanted = guest_endpoint(family, address, cwd)
+        except AddressError as error:
+            raise self._deny(syscall, repr(address), error.reason, error.errno) from None
+        if wanted.family == socket.AF_UNIX:
+            raise self.deny_listen(syscall, str(wanted))
+        if wanted.port == 0 and self._reaches_ip():
+            return
+        if not self._listen_admits(wanted):
+            raise self.deny_listen(syscall, _bound_text(wanted))
+
+    def check_listen(self, family: int, bound: object, *, syscall: str = "listen") -> None:
+        """Allow ``listen`` on a socket bound to *bound* (what the host says
+        it is bound to, so a bind to port 0 that got a free port is refused)."""
+        try:
+            wanted = guest_endpoint(family, bound, "/")
+        except AddressError as error:
+            raise self._deny(syscall, repr(bound), error.reason, error.errno) from None
+        if wanted.family == socket.AF_UNIX or not self._listen_admits(wanted):
+            raise self.deny_listen(syscall, _bound_text(wanted))
+
+    def receives_from_anyone(self, family: int, bound: object) -> bool:
+        """Whether an unconnected datagram socket bound to *bound* is a
+        server the policy allows (``listen``): then datagrams from any
+        source reach it; other sockets get only those from allowed endpoints."""
+        try:
+            return self._listen_admits(guest_endpoint(family, bound, "/"))
+        except AddressError:
+            return False
 
     # --- limits and refusals -------------------------------------------------------
 
@@ -608,7 +707,25 @@ class Policy:
     @property
     def connect_ports(self) -> tuple[int, ...]:
         """The TCP ports of the IP endpoints (Landlock can filter ports only)."""
-        return tuple(sorted({e.port for e in self.endpoints if e.family != socket.AF_UNIX}))
+        return tuple(sorted({e.port for e in self.endpoints
+                             if e.family != socket.AF_UNIX and e.port != ANY_PORT}))
+
+    @property
+    def connect_any_port(self) -> bool:
+        """Whether some connect may go to any port (``HOST:*``, ``allow_net``):
+        then Landlock cannot narrow TCP connects by port."""
+        return self.allow_net or any(e.port == ANY_PORT and e.family != socket.AF_UNIX
+                                     for e in self.endpoints)
+
+    @property
+    def listen_ports(self) -> tuple[int, ...]:
+        """The TCP ports the guest may bind (for Landlock): its listening
+        ports, and 0 — "any free port", a client choosing its source
+        (:meth:`check_bind`) — when it may reach an IP endpoint."""
+        ports = {e.port for e in self.listen_endpoints}
+        if self._reaches_ip():
+            ports.add(0)
+        return tuple(sorted(ports))
 
     def describe(self) -> str:
         """The policy in a few lines, for ``--audit`` and ``minikvm doctor``."""
@@ -620,10 +737,15 @@ class Policy:
             lines.append("  no file system access")
         devices = " ".join(sorted(VIRTUAL_DEVICES))
         lines.append(f"  devices     {devices} (virtual)")
-        connect = ", ".join(str(e) + (f" ({self.pinned[e.path].problem})"
-                                      if e.is_unix_path and self.pinned[e.path].problem else "")
+        connect = ", ".join(e.describe() + (f" ({self.pinned[e.path].problem})"
+                                           if e.is_unix_path and self.pinned[e.path].problem
+                                           else "")
                             for e in self.endpoints) or "none"
         lines.append(f"  connect     {connect}")
+        if self.allow_net:
+            lines.append("  network     every IP address but loopback and link-local (allow_net)")
+        if self.listen_endpoints:
+            lines.append("  listen      " + ", ".join(e.describe() for e in self.listen_endpoints))
         size = "unlimited" if self.max_file_size is None else f"{self.max_file_size} bytes"
         lines.append(f"  limits      {self.max_fds} open files; file size {size}")
         lines.append(f"  refused     {', '.join(REFUSED_SYSCALLS)} (EPERM)")
@@ -689,9 +811,19 @@ def _path_list(paths: Iterable[PathArg], name: str) -> list[PathArg]:
     return list(paths)
 
 
+def _bound_text(endpoint: Endpoint) -> str:
+    """A guest's bound address for a message: port 0 is "no port yet", not
+    the ``*`` of an allowed endpoint."""
+    if endpoint.family != socket.AF_UNIX and endpoint.port == ANY_PORT:
+        host = f"[{endpoint.host}]" if endpoint.family == socket.AF_INET6 else str(endpoint.host)
+        return f"{host}:0"
+    return str(endpoint)
+
+
 __all__ = [
     "Policy", "PolicyDenied", "PolicyError", "Denial", "Grant", "Endpoint", "Parent",
     "MAX_RECORDED_DENIALS", "VIRTUAL_DEVICES", "REFUSED_SYSCALLS", "REFUSED_ERRNO", "DENIED_ERRNO",
     "HIDDEN_ERRNO",
     "openat2", "faccessat2", "open_how",
 ]
+

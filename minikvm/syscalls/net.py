@@ -1,4 +1,4 @@
-"""Layer 6 — sockets: outgoing connections to the endpoints the policy allows.
+"""Layer 6 — sockets: connections to and from the endpoints the policy allows.
 
 A guest socket is a real host socket, made for the guest and kept in its
 fd table as a :class:`~minikvm.syscalls.sockets.SocketFile` (the socket
@@ -8,16 +8,21 @@ and ``fstat`` on it go through the ordinary fd-table calls.  What the policy
 (``proc.policy``) decides, and where::
 
     socket(AF_INET, SOCK_STREAM, 0)   policy.check_socket: EACCES when the policy
-                                      allows no endpoint at all ("no network grant")
+                                      allows no network at all ("no network grant")
     connect(fd, {127.0.0.1:8080})     the guest's sockaddr is decoded here, then
-                                      policy.check_connect: EACCES unless exactly
-                                      that endpoint is granted; then the host connect
+                                      policy.check_connect: EACCES unless that
+                                      endpoint is granted (exactly, HOST:*, or by
+                                      --allow-net); then the host connect
     sendto(fd, ..., {10.0.0.1:53})    the same check for each datagram's address
     recvfrom on an unconnected        datagrams from an address the policy does
       datagram socket                 not allow are dropped (like a firewall)
-    bind, listen, accept, accept4     policy.deny_listen: always EACCES, because
-                                      a grant names places to *reach*, never a
-                                      way to be reached
+    bind(fd, {0.0.0.0:8080})          policy.check_bind: an address a listening
+                                      endpoint admits (--allow-listen), or port 0
+                                      (a client's source); unix sockets never
+    listen(fd, n)                     policy.check_listen, on the address the host
+                                      really bound (so bind to port 0 + listen
+                                      is refused); accept then takes connections
+                                      from anyone: that is what listening means
 
 Only ``AF_UNIX``, ``AF_INET`` and ``AF_INET6`` with ``SOCK_STREAM`` or
 ``SOCK_DGRAM`` exist (other families ``EAFNOSUPPORT``, other types ``EPERM``,
@@ -56,7 +61,7 @@ from minikvm.syscalls.sockets import (AF_UNIX, FAMILY_NAMES, HostAddress, MAX_OP
                                       MSGHDR_CONTROLLEN_OFFSET, MSGHDR_FLAGS_OFFSET,
                                       MSGHDR_NAMELEN_OFFSET, MSG_DONTWAIT, MSG_PEEK, MSG_WAITFORONE,
                                       PROTOCOLS, SHUT_RDWR, SOCKADDR_MAX, SOCKET_OPTIONS,
-                                      SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_TYPE_MASK,
+                                      SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_STREAM, SOCK_TYPE_MASK,
                                       SOL_SOCKET, SocketFile, TIMEOUT_OPTIONS, TIMEVAL,
                                       decode_sockaddr, describe_address, encode_sockaddr,
                                       host_socket_call)
@@ -122,7 +127,11 @@ def _allowed_target(proc: Process, file: SocketFile, family: int, address: HostA
 
 
 def _source_allowed(proc: Process, file: SocketFile, source: HostAddress) -> bool:
-    """May a datagram from *source* reach an unconnected IP socket?"""
+    """May a datagram from *source* reach an unconnected IP socket?  From
+    anyone when the socket is bound to a listening endpoint (a server);
+    else only from an endpoint the guest could send to."""
+    if proc.policy.receives_from_anyone(file.family, file.sock.getsockname()):
+        return True
     try:
         proc.policy.check_connect(file.family, source, proc.cwd, syscall="recvfrom")
     except SyscallError:
@@ -402,28 +411,62 @@ def sys_getsockopt(proc: Process, fd: int, level: int, name: int, value: int,
 
 
 def sys_bind(proc: Process, fd: int, address: int, length: int) -> int:
-    """bind(2): refused with EACCES: a grant names places to reach, never a way
-    to be reached."""
-    _socket(proc, fd)
+    """bind(2): an IP address the policy's ``listen`` endpoints admit, or
+    port 0 for a client choosing its source (:meth:`Policy.check_bind
+    <minikvm.sandbox.policy.Policy.check_bind>`); EACCES otherwise, and
+    always for unix sockets."""
+    file = _socket(proc, fd)
     family, value = _read_sockaddr(proc, address, length)
-    shown = describe_address(family, value) if family in FAMILY_NAMES else f"family {family}"
-    raise proc.policy.deny_listen("bind", shown)
+    if family != file.family:
+        raise SyscallError(errno.EINVAL if file.family == AF_UNIX else errno.EAFNOSUPPORT,
+                           f"a {FAMILY_NAMES.get(family, family)} address for a "
+                           f"{FAMILY_NAMES[file.family]} socket")
+    proc.policy.check_bind(family, value, proc.cwd, syscall="bind")
+    host_socket_call(lambda: file.sock.bind(value))
+    return 0
 
 
 def sys_listen(proc: Process, fd: int, backlog: int) -> int:
-    """listen(2): refused with EACCES, as :func:`sys_bind`."""
-    _socket(proc, fd)
-    raise proc.policy.deny_listen("listen", f"fd {signed32(fd)}")
+    """listen(2): on a stream socket bound to an address a ``listen``
+    endpoint admits — the address the host bound it to, so a socket bound
+    to port 0, or not bound at all, is refused (EACCES)."""
+    file = _socket(proc, fd)
+    if file.type != SOCK_STREAM:
+        raise SyscallError(errno.EOPNOTSUPP, "listen is for stream sockets")
+    bound = file.sock.getsockname() if file.family != AF_UNIX else ""
+    proc.policy.check_listen(file.family, bound, syscall="listen")
+    backlog = max(0, min(signed32(backlog), socket.SOMAXCONN))
+    host_socket_call(lambda: file.sock.listen(backlog))
+    file.listening = True
+    return 0
 
 
 def sys_accept4(proc: Process, fd: int, address: int, length_address: int, flags: int) -> int:
-    """accept4(2): refused with EACCES, as :func:`sys_bind`."""
-    _socket(proc, fd)
-    raise proc.policy.deny_listen("accept", f"fd {signed32(fd)}")
+    """accept4(2): a connection on a socket the policy let listen, as a new
+    guest socket (``SOCK_NONBLOCK``, ``SOCK_CLOEXEC``); the peer's address
+    to *address* when not NULL.  EINVAL on a socket that is not listening,
+    as Linux; blocking waits as the other socket calls."""
+    file = _socket(proc, fd)
+    flags = signed32(flags)
+    if flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC):
+        raise SyscallError(errno.EINVAL, f"accept4 flags {flags:#x}")
+    if not file.listening:
+        raise SyscallError(errno.EINVAL, f"fd {signed32(fd)} is not listening")
+    if address:
+        proc.mm.views(length_address, 4, write=True)      # EFAULT before a connection is taken
+    proc.fds.check_room()                                # EMFILE before, too
+    sock, peer = file.accept()
+    connection = SocketFile(sock, file.family, file.type, bool(flags & SOCK_NONBLOCK),
+                            _stop_check(proc))
+    connection.connected = True
+    new_fd = _install(proc, connection, bool(flags & SOCK_CLOEXEC))
+    if address:
+        _write_sockaddr(proc, address, length_address, file.family, peer)
+    return new_fd
 
 
 def sys_accept(proc: Process, fd: int, address: int, length_address: int) -> int:
-    """accept(2): :func:`sys_accept4` without flags (EACCES)."""
+    """accept(2): :func:`sys_accept4` without flags."""
     return sys_accept4(proc, fd, address, length_address, 0)
 
 
@@ -431,7 +474,8 @@ SOCKET_NOTE = ("AF_UNIX/AF_INET/AF_INET6, SOCK_STREAM/SOCK_DGRAM; needs an --all
                "grant (EACCES otherwise)")
 SEND_NOTE = "datagram addresses are checked against the policy; no SIGPIPE"
 RECV_NOTE = "unconnected datagram sockets drop datagrams from addresses not allowed"
-LISTEN_NOTE = "the policy grants outgoing connections only"
+LISTEN_NOTE = ("only on the policy's listening endpoints (--allow-listen); port 0 for a "
+               "client's source; never unix sockets")
 
 SYSCALLS = [
     Syscall(41, "socket", sys_socket, ("int", "hex", "int"), PARTIAL, SOCKET_NOTE),
@@ -458,10 +502,9 @@ SYSCALLS = [
             "a safe subset (ENOPROTOOPT otherwise); SO_RCVTIMEO/SO_SNDTIMEO kept by minikvm"),
     Syscall(55, "getsockopt", sys_getsockopt, ("fd", "int", "int", "ptr", "ptr"), PARTIAL,
             "the same subset, plus SO_TYPE, SO_ERROR, SO_DOMAIN, SO_PROTOCOL"),
-    Syscall(49, "bind", sys_bind, ("fd", "ptr", "uint"), REFUSED, LISTEN_NOTE, errno.EACCES),
-    Syscall(50, "listen", sys_listen, ("fd", "int"), REFUSED, LISTEN_NOTE, errno.EACCES),
-    Syscall(43, "accept", sys_accept, ("fd", "ptr", "ptr"), REFUSED, LISTEN_NOTE,
-            errno.EACCES),
-    Syscall(288, "accept4", sys_accept4, ("fd", "ptr", "ptr", "hex"), REFUSED, LISTEN_NOTE,
-            errno.EACCES),
+    Syscall(49, "bind", sys_bind, ("fd", "ptr", "uint"), PARTIAL, LISTEN_NOTE),
+    Syscall(50, "listen", sys_listen, ("fd", "int"), PARTIAL, LISTEN_NOTE),
+    Syscall(43, "accept", sys_accept, ("fd", "ptr", "ptr"), PARTIAL, LISTEN_NOTE),
+    Syscall(288, "accept4", sys_accept4, ("fd", "ptr", "ptr", "hex"), PARTIAL,
+            LISTEN_NOTE),
 ]

@@ -216,6 +216,8 @@ class SocketFile(OpenFile):
         self.status_flags = O_RDWR | (O_NONBLOCK if nonblocking else 0)
         self.should_stop = should_stop
         self.connected = False
+        #: listen() succeeded (accept is EINVAL before)
+        self.listening = False
         self.timeouts = {SO_RCVTIMEO: 0.0, SO_SNDTIMEO: 0.0}   # 0: wait forever
 
     # -- the OpenFile interface (read, write, readv, writev, close) -------------
@@ -240,6 +242,14 @@ class SocketFile(OpenFile):
         if err:
             raise OSError(err, os.strerror(err))
         self.connected = True
+
+    def accept(self) -> tuple[socket.socket, HostAddress]:
+        """A connection from the queue (the policy allowed the listen),
+        waiting as the guest's socket blocks; the new host socket is
+        close-on-exec."""
+        sock, peer = self._retry(lambda: self.sock.accept(), select.POLLIN, SO_RCVTIMEO, 0)
+        sock.set_inheritable(False)
+        return sock, peer
 
     def send(self, chunks: list[memoryview], flags: int,
              address: Optional[HostAddress]) -> int:
