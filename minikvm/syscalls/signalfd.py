@@ -11,8 +11,8 @@ way.  ``signalfd4(fd, &mask, 8, 0)`` changes the mask of an existing one.
 Linux reads the pending signals of the *reading* task, not of the task
 that created the fd (fs/signalfd.c uses ``current``).  minikvm keeps the
 pending set on the :class:`~minikvm.process.process.Process`
-(:attr:`signal_pending`, bit n-1 for signal n, with each one's
-``siginfo_t`` in :attr:`signal_info`); a :class:`SignalFd` holds a *weak*
+(``signal_pending``, bit n-1 for signal n, with each one's
+``siginfo_t`` in ``signal_info``); a :class:`SignalFd` holds a *weak*
 reference to the process it serves: ``copy.deepcopy`` (the snapshots) keeps
 a weak reference as it is, so a snapshot's copy still serves the same
 process, and the fd does not keep a closed process alive.
