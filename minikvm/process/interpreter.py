@@ -41,6 +41,12 @@ from minikvm.linux_abi import O_RDONLY
 from minikvm.sandbox.grants import MAXSYMLINKS
 from minikvm.sandbox.policy import Policy, PolicyDenied
 
+class InterpreterNotFound(ElfError):
+    """The interpreter does not exist in the view: execve's ``ENOENT``, which
+    a shell reports as 127 ("No such file or directory"), as for a missing
+    program — the launch does the same."""
+
+
 #: The largest interpreter minikvm reads: ld.so is about 200 KiB; a larger
 #: "interpreter" is not a dynamic loader (and is refused before it fills
 #: host memory).
@@ -53,31 +59,32 @@ def read_interpreter(policy: Policy, path: str, cwd: str, program: str) -> tuple
 
     A relative *path* is taken from *cwd*, as Linux's ``open_exec`` takes
     it from the process's working directory."""
+    about = _about(program, path)
     resolved = resolve_in_view(policy, path, cwd, program)
     try:
         fd = policy.open(resolved, O_RDONLY, 0, "/", syscall="execve")
     except PolicyDenied as denied:
-        raise _outside_view(program, path, resolved, denied, directory=True) from None
+        raise _outside_view(about, resolved, denied, directory=True) from None
+    except IsADirectoryError:
+        raise ElfError(f"{about} is a directory (execve fails with EACCES)") from None
     except OSError as error:
-        raise ElfError(f"{program}: cannot open its interpreter {path} (PT_INTERP): "
+        raise ElfError(f"{about}: cannot open {_printable(resolved)}: "
                        f"{error.strerror}") from None
     try:
-        size = os.fstat(fd).st_size
-        if size > MAX_INTERPRETER_SIZE:
-            raise ElfError(f"{program}: its interpreter {resolved} is {size} bytes, more than "
-                           f"any dynamic loader ({MAX_INTERPRETER_SIZE >> 20} MiB): refused")
-        chunks = []
-        while len(chunk := os.read(fd, 1 << 20)):
+        if not stat_module.S_ISREG(os.fstat(fd).st_mode):
+            what = "a directory" if stat_module.S_ISDIR(os.fstat(fd).st_mode) else \
+                "not a regular file"
+            raise ElfError(f"{about} is {what} (execve fails with EACCES)")
+        chunks, size = [], 0
+        while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)
-            size -= len(chunk)
-            if size < -MAX_INTERPRETER_SIZE:
-                raise ElfError(f"{program}: its interpreter {resolved} keeps growing: refused")
+            size += len(chunk)
+            if size > MAX_INTERPRETER_SIZE:
+                raise ElfError(f"{about} is larger than any dynamic loader "
+                               f"({MAX_INTERPRETER_SIZE >> 20} MiB): refused")
         return resolved, b"".join(chunks)
-    except IsADirectoryError:
-        raise ElfError(f"{program}: its interpreter {resolved} (PT_INTERP) is a directory "
-                       f"(execve fails with EISDIR)") from None
     except OSError as error:
-        raise ElfError(f"{program}: cannot read its interpreter {resolved}: "
+        raise ElfError(f"{about}: cannot read {_printable(resolved)}: "
                        f"{error.strerror}") from None
     finally:
         os.close(fd)
@@ -88,6 +95,7 @@ def resolve_in_view(policy: Policy, path: str, cwd: str, program: str) -> str:
     it — absolute targets from the view's root — each step asked of the
     policy.  At most :data:`~minikvm.sandbox.grants.MAXSYMLINKS` links (more:
     ``ELOOP``, as the kernel's path walk)."""
+    about = _about(program, path)
     pending = posixpath.join(cwd, path).split("/")
     done = "/"
     links = 0
@@ -102,28 +110,40 @@ def resolve_in_view(policy: Policy, path: str, cwd: str, program: str) -> str:
         try:
             link = _symlink_target(policy, candidate)
         except PolicyDenied as denied:
-            raise _outside_view(program, path, candidate, denied,
-                                directory=not pending) from None
+            raise _outside_view(about, candidate, denied, directory=not pending) from None
         except FileNotFoundError:
-            raise _missing(program, path, candidate) from None
+            detail = "" if candidate == path else f" ({_printable(candidate)} does not exist)"
+            raise InterpreterNotFound(f"{about} was not found{detail}; execve fails with "
+                                      f"ENOENT: {os.strerror(errno.ENOENT)}") from None
         except NotADirectoryError:
-            raise ElfError(f"{program}: cannot run: its interpreter {path} (PT_INTERP): "
-                           f"{done} is not a directory (execve fails with ENOTDIR)") from None
+            raise ElfError(f"{about}: {_printable(done)} is not a directory (execve fails "
+                           f"with ENOTDIR)") from None
         except OSError as error:
-            raise ElfError(f"{program}: cannot run: its interpreter {path} (PT_INTERP): "
-                           f"{candidate}: {error.strerror}") from None
+            raise ElfError(f"{about}: {_printable(candidate)}: {error.strerror}") from None
         if link is None:
             done = candidate
             continue
         links += 1
         if links > MAXSYMLINKS:
-            raise ElfError(f"{program}: cannot run: its interpreter {path} (PT_INTERP) goes "
-                           f"through more than {MAXSYMLINKS} symlinks (execve fails with "
-                           f"ELOOP: {os.strerror(errno.ELOOP)})")
+            raise ElfError(f"{about} goes through more than {MAXSYMLINKS} symlinks (execve "
+                           f"fails with ELOOP: {os.strerror(errno.ELOOP)})")
         pending = link.split("/") + pending
         if link.startswith("/"):
             done = "/"
     return done
+
+
+def _about(program: str, path: str) -> str:
+    """The start of every message: which program, which interpreter."""
+    return f"{_printable(program)}: cannot run: its interpreter {_printable(path)} (PT_INTERP)"
+
+
+def _printable(text: str) -> str:
+    """*text* for a message: control characters and undecodable bytes of a
+    hostile path escaped (``\\x01``), so one error stays one readable line."""
+    if text.isprintable():
+        return text
+    return ascii(text)[1:-1]
 
 
 def _symlink_target(policy: Policy, path: str) -> str | None:
@@ -134,21 +154,11 @@ def _symlink_target(policy: Policy, path: str) -> str | None:
     return policy.readlink(path, "/", syscall="execve")
 
 
-def _missing(program: str, path: str, where: str) -> ElfError:
-    """execve's ENOENT for a program whose interpreter is not there."""
-    detail = "" if where == path else f" ({where} does not exist)"
-    return ElfError(f"{program}: cannot run: its interpreter {path} (PT_INTERP) was not "
-                    f"found{detail}; execve fails with ENOENT: "
-                    f"{os.strerror(errno.ENOENT)}")
-
-
-def _outside_view(program: str, path: str, where: str, denied: PolicyDenied, *,
-                  directory: bool) -> ElfError:
+def _outside_view(about: str, where: str, denied: PolicyDenied, *, directory: bool) -> ElfError:
     """The message for an interpreter the sandbox does not show: the path
     that is not in the view, and the grant that shows it (the directory of
     the file, or the missing directory itself when the walk stopped on the
     way)."""
     grant = (posixpath.dirname(where) or "/") if directory else where
-    return ElfError(f"{program}: cannot run: its interpreter {path} (PT_INTERP) is outside "
-                    f"the sandbox's view ({where}: {denied.detail}); grant it with "
-                    f"--allow-read {grant}")
+    return ElfError(f"{about} is outside the sandbox's view ({_printable(where)}: "
+                    f"{denied.detail}); grant it with --allow-read {_printable(grant)}")

@@ -17,6 +17,7 @@
 ``poll``              poll, ppoll, select
 ``epoll``             epoll_create1, epoll_ctl, epoll_wait: level, edge, one-shot
 ``timerfd``           timerfd_create, timerfd_settime, timerfd_gettime: timers as fds
+``xattr``             getxattr, listxattr and their l/f forms: read-only
 ``sync``              futex
 ``sockets``           the socket file: the guest's socket ABI, sockaddrs, the host socket
 ``net``               the socket calls, as far as the policy allows

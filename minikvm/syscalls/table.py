@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from minikvm.syscalls import (attributes, descriptors, directories, epoll, files, info, memory,
                               metadata, net, poll, process, requests, signal_actions,
-                              signal_handlers, sync, time, timerfd)
+                              signal_handlers, sync, time, timerfd, xattr)
 from minikvm.syscalls.base import Syscall
 
 FAMILIES = {
@@ -27,6 +27,7 @@ FAMILIES = {
     "poll": poll.SYSCALLS,
     "epoll": epoll.SYSCALLS,
     "timerfd": timerfd.SYSCALLS,
+    "xattr": xattr.SYSCALLS,
     "sync": sync.SYSCALLS,
     "net": net.SYSCALLS,
     "requests": requests.SYSCALLS,  # minikvm's own: 500-502
