@@ -89,6 +89,11 @@ SIGSET_SIZE = 8
 PR_SET_PDEATHSIG = 1
 PR_GET_PDEATHSIG = 2
 
+# --- paths (include/uapi/linux/limits.h) -------------------------------------
+#: The longest path a system call takes, with its NUL (longer: ENAMETOOLONG);
+#: also Linux's limit on a program's ``PT_INTERP`` (fs/binfmt_elf.c).
+PATH_MAX = 4096
+
 # --- the process ABI (System V x86-64 psABI §3.4.1, §3.2.2) ------------------
 #: RSP is a multiple of 16 at process entry and before every call.
 STACK_ALIGNMENT = 16

@@ -10,6 +10,7 @@ field of a valid file, so each test names exactly what is wrong.
 from __future__ import annotations
 
 import functools
+import os
 import random
 import re
 import platform
@@ -251,9 +252,22 @@ MALFORMED = {
                       r"entry point 0x401000 \(e_entry\) is not inside any executable"),
     "no executable segment": (lambda: patched_phdr(tiny_elf(), 0, p_flags=PF_R),
                               r"executable PT_LOAD segment \(there are none\)"),
-    "interpreter": (lambda: tiny_elf(interpreter=b"/lib64/ld-linux-x86-64.so.2"),
-                    r"^<bytes>: dynamically linked \(needs /lib64/ld-linux-x86-64\.so\.2\): "
-                    r"not supported yet, link with -static"),
+    # PT_INTERP is checked as load_elf_binary() checks it (execve's ENOEXEC)
+    "interpreter too long": (lambda: patched_phdr(tiny_elf(interpreter=b"/lib/ld.so"),
+                                                  INTERP_INDEX, p_filesz=4097),
+                             r"^<bytes>: PT_INTERP \(program header 3\) is 4097 bytes: an "
+                             r"interpreter path has 2 to 4096 \(PATH_MAX\) bytes"),
+    "interpreter empty": (lambda: tiny_elf(interpreter=b""),
+                          r"PT_INTERP \(program header 3\) is 1 bytes: an interpreter path"),
+    "interpreter not NUL-terminated": (
+        lambda: patched_phdr(tiny_elf(interpreter=b"/lib/ld.so"), INTERP_INDEX, p_filesz=10),
+        r"PT_INTERP \(program header 3\) is not NUL-terminated \(b'/lib/ld.so'"),
+    "interpreter outside the file": (
+        lambda: patched_phdr(tiny_elf(interpreter=b"/lib/ld.so"), INTERP_INDEX,
+                             p_offset=1 << 40),
+        r"truncated: segment 3 \(PT_INTERP\) needs file bytes"),
+    "interpreter starts with NUL": (lambda: tiny_elf(interpreter=b"\0garbage"),
+                                    r"PT_INTERP \(program header 3\) is an empty path"),
 }
 
 
@@ -271,9 +285,19 @@ def test_every_message_names_the_file(tmp_path: Path) -> None:
         load_elf(path)
 
 
-def test_interpreter_allowed_for_inspection() -> None:
-    image = load_elf(tiny_elf(interpreter=b"/lib/ld-musl-x86_64.so.1"), allow_interpreter=True)
+#: Where tiny_elf() puts its PT_INTERP header: after the two PT_LOADs and PT_GNU_STACK.
+INTERP_INDEX = 3
+
+
+def test_interpreter_path_is_read() -> None:
+    image = load_elf(tiny_elf(interpreter=b"/lib/ld-musl-x86_64.so.1"))
     assert image.interpreter == "/lib/ld-musl-x86_64.so.1"
+
+
+def test_interpreter_path_is_bytes_as_the_kernel_reads_them() -> None:
+    """Not UTF-8 is still a path (os.fsdecode keeps the bytes)."""
+    image = load_elf(tiny_elf(interpreter=b"/lib/\xff\xfe"))
+    assert os.fsencode(image.interpreter) == b"/lib/\xff\xfe"
 
 
 @pytest.mark.parametrize("target, message", [
@@ -495,13 +519,11 @@ def test_symbols_match_nm(variant: str) -> None:
         assert image.symbols.address_of(name) == nm[name] + image.load_bias, name
 
 
-def test_dynamically_linked_program_is_refused() -> None:
+def test_dynamically_linked_program_names_its_interpreter() -> None:
     path = program("hello", "glibc-dynamic")
-    with pytest.raises(ElfError) as caught:
-        load_elf(path)
-    assert str(caught.value) == (
-        f"{path}: dynamically linked (needs /lib64/ld-linux-x86-64.so.2): not supported "
-        f"yet, link with -static (or -static-pie)")
+    image = load_elf(path)
+    assert image.interpreter == "/lib64/ld-linux-x86-64.so.2"
+    assert image.is_pie and image.load_bias == PIE_LOAD_BIAS
 
 
 BUSYBOX = Path("/bin/busybox")

@@ -70,10 +70,10 @@ INTRODUCED_IN: dict[str, int] = {
     "minikvm.process.process": 13,    # Process.spawn and run, with our own handlers
     "minikvm.syscalls": 14,           # the system-call table, the Dispatcher, the Tracer
     "minikvm.sandbox.policy": 14,     # the sandbox policy (no grant, or a directory)
-    "minikvm.sandbox.confine": 16,    # Landlock + seccomp around minikvm itself
-    "minikvm.sandbox.openat2": 16,    # open flags for Policy.open
-    "minikvm.snapshot.snapshot": 17,  # snapshots, forks, resets, calls
-    "minikvm.snapshot.file": 17,      # snapshot files
+    "minikvm.sandbox.confine": 17,    # Landlock + seccomp around minikvm itself
+    "minikvm.sandbox.openat2": 17,    # open flags for Policy.open
+    "minikvm.snapshot.snapshot": 18,  # snapshots, forks, resets, calls
+    "minikvm.snapshot.file": 18,      # snapshot files
 }
 
 STEP_MARKER = re.compile(r"#\s*--- step: ([\w-]+) ---")

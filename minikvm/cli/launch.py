@@ -17,7 +17,8 @@ adds the snapshot at the first request for ``serve`` and ``snapshot save``;
 :func:`load_confined` is its counterpart for a snapshot file (open and check
 the file, raise the walls under the policy it records, then load it).
 A step that fails raises :class:`LaunchError`, which carries the exit
-status a shell would report (``127`` no such file, ``126`` cannot run it,
+status a shell would report (``127`` no such file — the program's, or its
+interpreter's —, ``126`` cannot run it,
 ``2`` a usage error) and one line that says why.
 
 Before step 1, :func:`find_program` finds the file as ``execvp`` does: a
@@ -178,7 +179,9 @@ def launch(options: argparse.Namespace, *, stdio: tuple[int, int, int] = (0, 1, 
         raise
     except MinikvmError as error:    # ElfError: not a program minikvm can run
         machine.close()
-        raise LaunchError(EXIT_CANNOT_RUN, str(error)) from None
+        from minikvm.process.interpreter import InterpreterNotFound
+        status = EXIT_NOT_FOUND if isinstance(error, InterpreterNotFound) else EXIT_CANNOT_RUN
+        raise LaunchError(status, str(error)) from None
     return Launched(process, policy, confinement)
 
 

@@ -17,17 +17,28 @@ bytes until then): most runs never need one, and importing pyelftools took
 a third of ``minikvm run``'s start-up (docs/explanation/performance.md).
 
 What minikvm runs is what Linux's ``load_elf_binary()`` (fs/binfmt_elf.c)
-runs *without an interpreter*:
+runs:
 
-* ``ET_EXEC``: a classic static executable (``cc -static``).  Its addresses
-  are fixed by the linker, typically from 0x400000.
+* ``ET_EXEC``: a classic executable, its addresses fixed by the linker
+  (typically from 0x400000): ``cc -static``, or ``cc -no-pie``.
 * ``ET_DYN`` without ``PT_INTERP``: a static-PIE executable
   (``cc -static-pie``).  It can run at any page-aligned address, the *load
   bias*, which is added to every address in the file; its own start-up code
   (glibc's ``_dl_relocate_static_pie``) applies its relocations.
-
-A file with ``PT_INTERP`` needs a dynamic loader (``ld-linux-x86-64.so.2``)
-that minikvm does not provide, and is refused.
+* Either kind *with* ``PT_INTERP``: a dynamically linked program — every
+  program in ``/usr/bin``.  ``PT_INTERP`` names its *interpreter*, the
+  dynamic loader (``/lib64/ld-linux-x86-64.so.2``), itself an ELF file
+  loaded the same way.  Linux maps both and starts the interpreter, which
+  finds the program through the auxiliary vector (``AT_PHDR``, ``AT_ENTRY``,
+  ``AT_BASE`` = where the interpreter itself went), opens and maps the
+  shared libraries with ``openat``/``mmap``, relocates everything and jumps
+  to ``AT_ENTRY``.  This module reads the path (:attr:`ElfImage.interpreter`,
+  checked as Linux checks it: NUL-terminated, at most ``PATH_MAX`` bytes)
+  and checks the interpreter's own file (:func:`check_interpreter`: an
+  executable that needs no interpreter itself); *reading* that file is the
+  sandbox's business — the guest's view decides what exists
+  (:mod:`minikvm.process.interpreter`) — and placing both is the loader's
+  (:meth:`minikvm.process.process.Process.spawn`).
 
 Default load bias for ``ET_DYN``: :data:`minikvm.cpu.layout.PIE_LOAD_BIAS`
 (0x5555_5555_4000), Linux's ``ELF_ET_DYN_BASE``: where a PIE with an
@@ -37,7 +48,8 @@ ELF_ET_DYN_BASE only for PIE", lets an interpreter-less ET_DYN fall into the
 mmap region instead; a fixed, recognisable base keeps minikvm deterministic
 and leaves the mmap region to the program.)  Like Linux, the bias is rounded
 down to the largest power-of-two ``p_align`` so that aligned segments stay
-aligned.
+aligned.  The interpreter goes where Linux puts it: in the mmap region,
+top down (:func:`span`, its size, is what the loader asks room for).
 
 Everything read from the file is checked before it is used, and every
 problem becomes one :class:`~minikvm.errors.ElfError` that says what is
@@ -59,6 +71,7 @@ from typing import NamedTuple
 
 from minikvm.cpu.layout import MMAP_MIN_ADDR, PIE_LOAD_BIAS, USER_SPACE_END
 from minikvm.errors import ElfError
+from minikvm.linux_abi import PATH_MAX
 from minikvm.process.symbols import PARSE_ERRORS, SymbolTable, read_symbols
 from minikvm.x86 import PAGE_SIZE
 
@@ -177,7 +190,8 @@ class ElfImage:
     loaded (for ``AT_PHDR``), or ``None`` if no segment contains them.
     ``stack_executable`` comes from ``PT_GNU_STACK``; without one it is
     ``False``, as on x86-64 Linux since 5.8.  ``interpreter`` is the
-    ``PT_INTERP`` path (only ever set with ``allow_interpreter=True``).
+    ``PT_INTERP`` path (decoded as ``os.fsdecode`` does), or ``None`` for a
+    static program.
     """
 
     name: str
@@ -249,8 +263,7 @@ class ElfImage:
 # --- the entry point -----------------------------------------------------------
 
 def load_elf(source: str | os.PathLike[str] | bytes | bytearray | memoryview, *,
-             bias: int | None = None, name: str | None = None,
-             allow_interpreter: bool = False) -> ElfImage:
+             bias: int | None = None, name: str | None = None) -> ElfImage:
     """Read and check a program file; return what to load where.
 
     *source* is a path, or the file's bytes.  *bias* is where to load a PIE
@@ -258,10 +271,10 @@ def load_elf(source: str | os.PathLike[str] | bytes | bytearray | memoryview, *,
     accepts only ``bias=0`` (or ``None``).  *name* is used in messages
     (default: the path, or ``"<bytes>"``).
 
-    Raises :class:`~minikvm.errors.ElfError` when the file is not a
-    static x86-64 Linux executable minikvm can load, including when it needs
-    a dynamic loader (``PT_INTERP``) unless *allow_interpreter* is set (for
-    tools that only inspect a file).
+    Raises :class:`~minikvm.errors.ElfError` when the file is not an
+    x86-64 Linux executable minikvm can load.  A dynamically linked program
+    loads like any other: its :attr:`~ElfImage.interpreter` says which
+    dynamic loader must be loaded beside it.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
@@ -270,9 +283,6 @@ def load_elf(source: str | os.PathLike[str] | bytes | bytearray | memoryview, *,
         name = name or os.fspath(source)
         data = read_program(source, name)
     image = _parse(data, name)
-    if image.interpreter is not None and not allow_interpreter:
-        raise ElfError(f"{name}: dynamically linked (needs {image.interpreter}): not "
-                       f"supported yet, link with -static (or -static-pie)")
     if bias is None:
         bias = default_bias(image)
     if bias == 0:
@@ -293,6 +303,32 @@ def default_bias(image: ElfImage) -> int:
         if segment.align > alignment and segment.align & (segment.align - 1) == 0:
             alignment = segment.align
     return PIE_LOAD_BIAS & ~(alignment - 1)
+
+
+def check_interpreter(interpreter: ElfImage, program: str) -> None:
+    """Refuse an interpreter Linux's ``load_elf_interp()`` would not start.
+
+    It must be an executable (checked by :func:`load_elf` already) that
+    needs no interpreter itself: the dynamic loader is what resolves the
+    others, so a ``PT_INTERP`` in it is a program naming another program —
+    or itself — as its loader.  (Linux does not look, and fails later, or
+    loops; a message now is kinder.)"""
+    if interpreter.interpreter is not None:
+        raise ElfError(f"{program}: its interpreter {interpreter.name} (PT_INTERP) is "
+                       f"itself dynamically linked (it names {interpreter.interpreter} as "
+                       f"its interpreter): an interpreter must be a self-contained "
+                       f"dynamic loader such as ld-linux-x86-64.so.2")
+
+
+def span(image: ElfImage) -> int:
+    """The page-aligned size of the address range *image* occupies, from its
+    first segment's page to its last one's end (Linux's
+    ``total_mapping_size()``): the room an interpreter is placed in."""
+    return _page_up(image.end) - (image.start & ~(PAGE_SIZE - 1))
+
+
+def _page_up(value: int) -> int:
+    return (value + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
 
 
 def read_program(path: str | os.PathLike[str], name: str | None = None) -> bytes:
@@ -337,7 +373,7 @@ def _check_identification(data: bytes, name: str) -> None:
             raise ElfError(f"{name}: a script ({script!r}), not an ELF program: run its "
                            f"interpreter with minikvm instead")
         raise ElfError(f"{name}: not an ELF file: it starts with {data[:4]!r} instead of "
-                       f"{ELF_MAGIC!r} (minikvm runs static x86-64 Linux executables)")
+                       f"{ELF_MAGIC!r} (minikvm runs x86-64 Linux executables)")
     if len(data) < EI_NIDENT:
         raise ElfError(f"{name}: truncated: {len(data)} bytes, shorter than the "
                        f"{EI_NIDENT}-byte ELF identification")
@@ -439,9 +475,8 @@ def _parse_elf64(data: bytes, name: str) -> ElfImage:
             segment = _load_segment(ph, index, data, name)
             if segment.memsz:       # elf_map() maps nothing for an empty segment
                 segments.append(segment)
-        elif kind == PT_INTERP:
-            interpreter = _file_range(data, ph, index, name).split(b"\0")[0].decode(
-                "utf-8", "replace")
+        elif kind == PT_INTERP and interpreter is None:   # Linux reads the first
+            interpreter = _interpreter_path(ph, index, data, name)
         elif kind == PT_PHDR:
             phdr_address = ph.p_vaddr
         elif kind == PT_TLS:
@@ -473,6 +508,25 @@ def _parse_elf64(data: bytes, name: str) -> ElfImage:
                     phnum=phnum, stack_executable=stack_executable, tls=tls,
                     interpreter=interpreter,
                     symbols=SymbolTable.deferred(lambda: read_symbols(data, name)))
+
+
+def _interpreter_path(ph: Elf64Phdr, index: int, data: bytes, name: str) -> str:
+    """The path in ``PT_INTERP``, checked as load_elf_binary() checks it:
+    between 2 and ``PATH_MAX`` bytes, the last one a NUL.  What follows a
+    NUL inside it is ignored, as the kernel's open of the path ignores it."""
+    if not 2 <= ph.p_filesz <= PATH_MAX:
+        raise ElfError(f"{name}: PT_INTERP (program header {index}) is {ph.p_filesz} bytes: "
+                       f"an interpreter path has 2 to {PATH_MAX} (PATH_MAX) bytes with its "
+                       f"NUL, so the file is corrupt (execve fails with ENOEXEC)")
+    raw = _file_range(data, ph, index, name)
+    if raw[-1] != 0:
+        raise ElfError(f"{name}: PT_INTERP (program header {index}) is not NUL-terminated "
+                       f"({raw[:40]!r}...): the file is corrupt (execve fails with ENOEXEC)")
+    path = raw.split(b"\0")[0]
+    if not path:
+        raise ElfError(f"{name}: PT_INTERP (program header {index}) is an empty path: the "
+                       f"file is corrupt (execve fails with ENOENT)")
+    return os.fsdecode(path)
 
 
 def _load_segment(ph: Elf64Phdr, index: int, data: bytes, name: str) -> LoadSegment:

@@ -1,9 +1,16 @@
 """Layer 5 — a process: a loaded program, its memory, files and state.
 
-:meth:`Process.spawn` does what Linux's ``execve`` does for a static
-program: load the ELF segments into a fresh address space, map a stack,
-build the initial stack (argv, envp, auxv), and point the vCPU at the
-entry.  :meth:`Process.run` then runs it until it exits, crashes or runs
+:meth:`Process.spawn` does what Linux's ``execve`` does: load the ELF
+segments into a fresh address space — and, for a dynamically linked
+program, its interpreter (``PT_INTERP``, the dynamic loader ``ld.so``)
+beside it, read through the sandbox's view
+(:mod:`minikvm.process.interpreter`) — map a stack, build the initial stack
+(argv, envp, auxv), and point the vCPU at the entry: the interpreter's, when
+there is one, which then loads the shared libraries itself with ``openat``
+and ``mmap`` and jumps to the program's (``AT_ENTRY``).  That is
+``load_elf_binary()`` in fs/binfmt_elf.c, step for step; not the shortcut of
+running ``ld.so`` as the program with the program as its argument, which
+would make ``argv[0]``, ``AT_EXECFN`` and ``/proc/self/exe`` name ``ld.so``.  :meth:`Process.run` then runs it until it exits, crashes or runs
 out of time, handing each system call to the dispatcher.
 
 The process also owns the host-side state the system calls change: the
@@ -22,14 +29,17 @@ from typing import Any, Callable
 
 from minikvm.cpu.layout import DEFAULT_MEMORY_SIZE, STACK_SIZE, STACK_TOP
 from minikvm.linux_abi import O_RDONLY, O_WRONLY
+from minikvm.errors import ElfError, MinikvmError
 from minikvm.machine.crash import CrashReport
 from minikvm.machine.machine import Machine
 from minikvm.machine.mm import PROT_EXEC, PROT_READ, PROT_WRITE, page_align_down, page_align_up
 from minikvm.machine.stops import (EXIT_TIMEOUT, ProcessExit, ProcessKilled, StopKind,
                                    SyscallHandler, signal_status)
-from minikvm.process.elf import ElfImage, default_bias, load_elf
+from minikvm.process.elf import ElfImage, check_interpreter, default_bias, load_elf, span
+from minikvm.process.interpreter import read_interpreter
 from minikvm.process.fdtable import FdTable, HostFile
-from minikvm.process.stack import build_initial_stack, standard_auxv
+from minikvm.process.stack import (PLATFORM, RANDOM_BYTES_SIZE, build_initial_stack,
+                                   standard_auxv)
 from minikvm.process.threads import DEFAULT_MAX_THREADS, ThreadTable
 from minikvm.sandbox.policy import Policy
 from minikvm.x86 import PAGE_SIZE, CPUID_FEATURES
@@ -55,6 +65,9 @@ class Process:
         self.machine = machine
         self.mm = machine.mm
         self.image = image
+        #: The dynamic loader named by the program's PT_INTERP, at its load
+        #: bias (``AT_BASE``), or None for a static program.
+        self.interpreter: ElfImage | None = None
         #: What the program may reach; None at creation means no grant at all.
         self.policy: Policy = policy if policy is not None else Policy()
         self.argv = argv
@@ -107,11 +120,13 @@ class Process:
               policy: Policy | None, *, memory_size: int = DEFAULT_MEMORY_SIZE, cwd: str | None = None,
               stdio: tuple[int, int, int] = (0, 1, 2), machine: Machine | None = None,
               program: bytes | None = None) -> "Process":
-        """Load the static program at *path* into a new machine, ready to run.
+        """Load the program at *path* into a new machine, ready to run.
         *program* is the file's bytes when the caller read them already
         (:func:`~minikvm.process.elf.read_program`, before confining itself); *path*
-        then only names the program.  Raises ElfError for a file that is not
-        a program minikvm can run."""
+        then only names the program.  Its interpreter, if it has one, is read
+        through *policy* (the guest's view).  Raises ElfError for a file that
+        is not a program minikvm can run, or whose interpreter cannot be
+        loaded."""
         image = load_elf(path if program is None else program, name=os.fspath(path))
         if image.is_pie:
             image = image.with_bias(default_bias(image))
@@ -123,36 +138,74 @@ class Process:
             env_bytes = list(env)
         process = cls(machine, image, policy, argv_bytes, env_bytes,
                       os.path.abspath(path), cwd or os.getcwd())
-        process._load_segments()
+        process._load_segments(image, process.exe_path)
+        process.mm.brk_start = process.mm.brk_end = page_align_up(image.end)
+        if image.interpreter is not None:
+            process._load_interpreter()
         process._setup_stack(os.fsencode(path))
         process._open_stdio(stdio)
         return process
 
-    def _load_segments(self) -> None:
-        """Map each PT_LOAD segment with its permissions and copy its bytes;
-        the rest of its memory (.bss) is fresh zeroed pages."""
+    def _load_interpreter(self) -> None:
+        """Read the program's PT_INTERP through the view and load it where
+        Linux's ``load_elf_interp()`` does: an ET_DYN loader in the mmap
+        region, top down, as the program's first mmap would land (an
+        ET_EXEC one at its own addresses, which must be free)."""
+        assert self.image.interpreter is not None
+        path, data = read_interpreter(self.policy, self.image.interpreter, self.cwd,
+                                      self.exe_path)
+        interpreter = load_elf(data, name=path)
+        check_interpreter(interpreter, self.exe_path)
+        if interpreter.is_pie:
+            # (as maximum_alignment() in fs/binfmt_elf.c: the largest
+            # power-of-two p_align, so aligned segments stay aligned)
+            alignment = max(PAGE_SIZE, *(s.align for s in interpreter.segments
+                                         if s.align & (s.align - 1) == 0))
+            first_page = (interpreter.start - interpreter.load_bias) & ~(PAGE_SIZE - 1)
+            try:
+                base = self.mm.find_free(span(interpreter), alignment)
+            except MinikvmError as error:
+                raise ElfError(f"{self.exe_path}: no room for its interpreter {path} "
+                               f"({span(interpreter):#x} bytes): {error}") from None
+            interpreter = interpreter.with_bias(base - first_page)
+        else:
+            for segment in interpreter.segments:
+                if not self.mm.is_free(page_align_down(segment.vaddr),
+                                       page_align_up(segment.end)):
+                    raise ElfError(f"{self.exe_path}: its interpreter {path} is an ET_EXEC "
+                                   f"whose segment at {segment.vaddr:#x} overlaps the "
+                                   f"program: they cannot both be loaded")
+        self._load_segments(interpreter, path)
+        self.interpreter = interpreter
+
+    def _load_segments(self, image: ElfImage, name: str) -> None:
+        """Map each PT_LOAD segment of *image* with its permissions and copy
+        its bytes; the rest of its memory (.bss) is fresh zeroed pages."""
         pages: dict[int, int] = {}  # page -> protection (segments may share a page)
-        for segment in self.image.segments:
+        for segment in image.segments:
             prot = ((PROT_READ if segment.readable else 0) | (PROT_WRITE if segment.writable else 0)
                     | (PROT_EXEC if segment.executable else 0))
             for page in range(page_align_down(segment.vaddr), page_align_up(segment.end), PAGE_SIZE):
                 pages[page] = pages.get(page, 0) | prot
         for start, end, prot in _runs(pages):
-            self.mm.map(start, end - start, prot, self.exe_path)
-        for segment in self.image.segments:
+            self.mm.map(start, end - start, prot, name)
+        for segment in image.segments:
             self.poke(segment.vaddr, segment.data)
-        self.mm.brk_start = self.mm.brk_end = page_align_up(self.image.end)
 
     def _setup_stack(self, execfn: bytes) -> None:
         self.mm.map(STACK_TOP - STACK_SIZE, STACK_SIZE, PROT_READ | PROT_WRITE, "[stack]")
         cpuid = self.machine.kvm.get_supported_cpuid()
         hwcap = next((e.edx for e in cpuid.entries[:cpuid.nent] if e.function == CPUID_FEATURES), 0)
+        interpreter = self.interpreter
         auxv = standard_auxv(self.image, page_size=PAGE_SIZE, hwcap=hwcap,
-                             uid=os.getuid(), gid=os.getgid())
+                             uid=os.getuid(), gid=os.getgid(),
+                             interpreter_base=0 if interpreter is None else
+                             interpreter.load_bias)
         image, stack_pointer = build_initial_stack(STACK_TOP, self.argv, self.env, auxv, execfn,
-                                                   b"x86_64", os.urandom(16))
+                                                   PLATFORM, os.urandom(RANDOM_BYTES_SIZE))
         self.poke(stack_pointer, image)
-        self.machine.set_entry(self.image.entry, stack_pointer)
+        entry = self.image.entry if interpreter is None else interpreter.entry
+        self.machine.set_entry(entry, stack_pointer)
 
     def _open_stdio(self, stdio: tuple[int, int, int]) -> None:
         for guest_fd, host_fd in enumerate(stdio):

@@ -121,13 +121,20 @@ MAX_ARG_STRLEN = 32 * 4096
 def standard_auxv(image: ElfImage, *, page_size: int = 4096, hwcap: int = 0,
                   hwcap2: int = 0, uid: int = 0, euid: int | None = None, gid: int = 0,
                   egid: int | None = None, secure: bool = False,
-                  minsigstksz: int = DEFAULT_MINSIGSTKSZ) -> list[tuple[int, int]]:
-    """The auxv entries Linux gives a static program, except the three that
-    point at strings (:data:`STRING_ENTRIES`, added by :func:`build_initial_stack`).
+                  minsigstksz: int = DEFAULT_MINSIGSTKSZ,
+                  interpreter_base: int = 0) -> list[tuple[int, int]]:
+    """The auxv entries Linux gives a program, except the three that point
+    at strings (:data:`STRING_ENTRIES`, added by :func:`build_initial_stack`).
 
     In the order of ``create_elf_tables()``.  No ``AT_SYSINFO_EHDR``: minikvm
     maps no vDSO, so the C library makes real system calls for the time.
-    ``AT_BASE`` is 0 because there is no interpreter.  ``AT_PHDR`` is 0 if
+    ``AT_PHDR``, ``AT_PHENT``, ``AT_PHNUM`` and ``AT_ENTRY`` describe the
+    *program* even when an interpreter runs first: that is how ``ld.so``
+    finds the program it is to link.  ``AT_BASE`` is where the interpreter
+    was loaded (*interpreter_base*), 0 for a static program.  ``AT_SECURE``
+    stays 0 unless *secure*: minikvm never raises privileges (a set-uid bit
+    on the file changes nothing), so ``ld.so`` honours ``LD_LIBRARY_PATH``
+    and ``LD_PRELOAD`` as for any ordinary program.  ``AT_PHDR`` is 0 if
     the program headers are not inside any loaded segment (libc then finds no
     TLS template; no normal linker output does this).  *euid*/*egid* default
     to *uid*/*gid*.  *hwcap* is CPUID.1:EDX, as the kernel reports it.
@@ -140,7 +147,7 @@ def standard_auxv(image: ElfImage, *, page_size: int = 4096, hwcap: int = 0,
         (AT_PHDR, image.phdr_address or 0),
         (AT_PHENT, image.phent),
         (AT_PHNUM, image.phnum),
-        (AT_BASE, 0),
+        (AT_BASE, interpreter_base),
         (AT_FLAGS, 0),
         (AT_ENTRY, image.entry),
         (AT_UID, uid),

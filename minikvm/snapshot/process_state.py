@@ -52,6 +52,8 @@ NOT_CAPTURED: dict[str, str] = {
     "fds": "the fd table: copied with host fds of their own (copy_fd_entries), "
            "rebuilt or rewound at every reset",
     "image": "the program's ELF image: read-only, shared by the snapshot and its forks",
+    "interpreter": "the ELF image of the program's ld.so (or None): read-only, shared "
+                   "by the snapshot and its forks",
     "policy": "the sandbox policy: the same for the snapshot and every fork; a guest "
               "changes nothing in it but the (bounded) log of its denials, for --audit",
     "random": "the entropy source: a fresh one in every fork and after every reset",

@@ -19,6 +19,7 @@
 ``timerfd``           timerfd_create, timerfd_settime, timerfd_gettime: timers as fds
 ``signalfd``          signalfd4: pending signals read as a file
 ``memfd``             memfd_create: a file that is only memory, with seals
+``xattr``             getxattr, listxattr and their l/f forms: read-only
 ``sync``              futex
 ``sockets``           the socket file: the guest's socket ABI, sockaddrs, the host socket
 ``net``               the socket calls, as far as the policy allows

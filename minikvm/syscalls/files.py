@@ -57,7 +57,7 @@ import time
 from typing import TYPE_CHECKING
 
 from minikvm.errors import SyscallError
-from minikvm.linux_abi import (AT_FDCWD, O_CREAT, O_PATH, O_TRUNC,
+from minikvm.linux_abi import (AT_FDCWD, PATH_MAX, O_CREAT, O_PATH, O_TRUNC,
                                O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_RDONLY, O_WRONLY)
 from minikvm.process import threads
 from minikvm.process.fdtable import (AboveGrantDirectory, DeviceFile, EventFd, HostFile, MemFd,
@@ -73,7 +73,6 @@ if TYPE_CHECKING:
 # -- record locks (fcntl(2), asm-generic/fcntl.h) --------------------------------------
 SEEK_SET = 0
 SEEK_CUR = 1
-PATH_MAX = 4096
 MAX_IO = 0x7FFF_F000  # Linux's MAX_RW_COUNT: one read or write moves at most this
 UINT_MASK = 0xFFFF_FFFF
 

@@ -108,7 +108,18 @@ def sys_brk(proc: Process, address: int) -> int:
 def sys_mmap(proc: Process, address: int, length: int, prot: int, flags: int, fd: int,
              offset: int) -> int:
     """Anonymous and private file mappings (the file is copied in: later
-    writes to the file are not seen — a documented difference)."""
+    writes to the file are not seen — a documented difference).
+
+    This is how ``ld.so`` loads each shared library (``--trace`` of any
+    dynamic program shows it): one ``mmap(NULL, span, PROT_READ,
+    MAP_PRIVATE|MAP_DENYWRITE, fd, 0)`` reserves the library's whole span
+    (and maps its headers); then one ``MAP_FIXED`` mapping per segment
+    replaces a part of that reservation at the segment's page offset —
+    text ``PROT_READ|PROT_EXEC``, data ``PROT_READ|PROT_WRITE`` — and an
+    anonymous ``MAP_FIXED`` one holds the ``.bss`` beyond the file's pages;
+    later ``mprotect(PROT_READ)`` seals the RELRO part.  ``MAP_DENYWRITE``
+    and ``MAP_EXECUTABLE`` are accepted and ignored, as Linux has ignored
+    them since 5.15; ``MAP_32BIT`` places the mapping in the first 2 GiB."""
     fd, flags, offset = signed32(fd), signed32(flags) & 0xFFFF_FFFF, signed64(offset)
     kind = flags & MAP_TYPE
     if kind not in (MAP_PRIVATE, MAP_SHARED, MAP_SHARED_VALIDATE):
@@ -146,7 +157,7 @@ def sys_mmap(proc: Process, address: int, length: int, prot: int, flags: int, fd
             # A file's contents go into pages that must exist even for
             # PROT_NONE, so map readable, fill, then apply the protection.
             vma = proc.mm.map(start, size, prot or PROT_READ, source.path)
-            _copy_file(proc, source.host_fd, offset, length, vma.physical(start))
+            _copy_file(proc, source.host_fd, offset, size, vma.physical(start))
             if prot == PROT_NONE:
                 proc.mm.protect(start, size, PROT_NONE)
     if source is None and prot & PROT_WRITE and size <= POPULATE_LIMIT:
@@ -192,8 +203,11 @@ def _choose_address(proc: Process, hint: int, size: int, low: bool) -> int:
 
 
 def _copy_file(proc: Process, host_fd: int, offset: int, length: int, phys: int) -> None:
-    """Read the file into the mapping's pages (beyond the end of the file
-    they stay zero, as Linux shows the rest of the last page)."""
+    """Read the file into the mapping's pages, whole pages as Linux maps
+    them: the last page holds the file's next bytes even past the length
+    asked for (ld.so maps a segment's last page and clears the tail beyond
+    ``p_filesz`` itself), and beyond the end of the file the pages stay zero,
+    as Linux shows the rest of the last page of a file."""
     done = 0
     while done < length:
         chunk = os.pread(host_fd, min(FILE_READ_CHUNK, length - done), offset + done)

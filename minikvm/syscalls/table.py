@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from minikvm.syscalls import (attributes, descriptors, directories, epoll, files, info, memory,
                               metadata, net, poll, process, requests, signal_actions,
-                              signal_handlers, signalfd, sync, time, timerfd, memfd)
+                              signal_handlers, signalfd, sync, time, timerfd, memfd, xattr)
 from minikvm.syscalls.base import Syscall
 
 FAMILIES = {
@@ -29,6 +29,7 @@ FAMILIES = {
     "timerfd": timerfd.SYSCALLS,
     "signalfd": signalfd.SYSCALLS,
     "memfd": memfd.SYSCALLS,
+    "xattr": xattr.SYSCALLS,
     "sync": sync.SYSCALLS,
     "net": net.SYSCALLS,
     "requests": requests.SYSCALLS,  # minikvm's own: 500-502

@@ -12,9 +12,10 @@ variant              command                     what comes out
 ``glibc-static``     ``cc -static -O2``          ET_EXEC at 0x400000
 ``glibc-static-pie`` ``cc -static-pie -O2``      ET_DYN, no interpreter
 ``musl-static``      ``musl-gcc -static -O2``    ET_EXEC, musl libc
-``glibc-dynamic``    ``cc -O2``                  ET_DYN *with* PT_INTERP: minikvm
-                                                 must refuse it (not in
-                                                 :func:`available_variants`)
+``glibc-dynamic``    ``cc -O2``                  ET_DYN *with* PT_INTERP: runs
+                                                 through the host's ld.so
+                                                 (tests/test_dynamic.py; not
+                                                 in :func:`available_variants`)
 ===================  ==========================  =============================
 
 Use :func:`program` from a test: it builds once per session into a cache

@@ -1,4 +1,4 @@
-"""Step 17 — snapshots: freeze a program at its first request, fork it, reset it.
+"""Step 18 — snapshots: freeze a program at its first request, fork it, reset it.
 
 A request handler does its start-up once and then calls
 ``minikvm_wait_request`` (``include/minikvm.h``).  That first call is the
@@ -13,7 +13,7 @@ The program counts its requests in a global and appends each to a heap
 buffer.  Without resets, the count climbs; with them, every request sees
 ``count=1``.
 
-Run it:  python tutorials/17_snapshots.py
+Run it:  python tutorials/18_snapshots.py
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def build(directory: Path) -> str:
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="minikvm-step17-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="minikvm-step18-") as scratch:
         program = build(Path(scratch))
 
         # --- step: snapshot ---

@@ -1,4 +1,4 @@
-"""Step 16 — the sandbox: a hostile program, the policy, and the wall behind it.
+"""Step 17 — the sandbox: a hostile program, the policy, and the wall behind it.
 
 A program is hostile here: it writes a file where it may, then tries to
 read ``/etc/shadow``, climb out with ``..``, follow a symlink planted in
@@ -26,7 +26,7 @@ program is compiled with ``cc -static`` (glibc).  The output below was
 made on a kernel with Landlock (Linux 5.13+) and seccomp; elsewhere minikvm
 warns that the second layer is missing, and this step says so.
 
-Run it:  python tutorials/16_sandbox.py
+Run it:  python tutorials/17_sandbox.py
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def main() -> int:
     if shutil.which(COMPILER[0]) is None:
         print(f"{COMPILER[0]} is not installed: apt-get install gcc libc6-dev")
         return 1
-    scratch = Path(tempfile.mkdtemp(prefix="minikvm-step16-"))
+    scratch = Path(tempfile.mkdtemp(prefix="minikvm-step17-"))
     try:
         executable = build(scratch)
         work = scratch / "work"
