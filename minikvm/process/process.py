@@ -29,8 +29,9 @@ from minikvm.machine.stops import (EXIT_TIMEOUT, ProcessExit, ProcessKilled, Sto
                                    SyscallHandler, signal_status)
 from minikvm.process.elf import ElfImage, default_bias, load_elf
 from minikvm.process.fdtable import FdTable, HostFile
-from minikvm.process.stack import build_initial_stack, standard_auxv
+from minikvm.process.stack import AT_SYSINFO_EHDR, build_initial_stack, standard_auxv
 from minikvm.process.threads import DEFAULT_MAX_THREADS, ThreadTable
+from minikvm.process.vdso import VDSO_AUTO, map_vdso
 from minikvm.sandbox.policy import Policy
 from minikvm.x86 import PAGE_SIZE, CPUID_FEATURES
 
@@ -99,6 +100,10 @@ class Process:
         #: Where ``minikvm_wait_request``/``minikvm_respond`` go: None under a
         #: plain run; a snapshot's fork (:mod:`minikvm.snapshot.fork`) sets it.
         self.requests: Any = None
+        #: The vDSO (:mod:`minikvm.process.vdso`): "auto", "syscall" or "off",
+        #: and the data page's sequence count, which the host advances.
+        self.vdso = VDSO_AUTO
+        self.vdso_seq = 0
         machine.symbolize = image.symbols.symbolize
 
     # -- creation ------------------------------------------------------------
@@ -106,12 +111,13 @@ class Process:
     def spawn(cls, path: str, argv: list[str] | list[bytes], env: dict[str, str] | list[bytes],
               policy: Policy | None, *, memory_size: int = DEFAULT_MEMORY_SIZE, cwd: str | None = None,
               stdio: tuple[int, int, int] = (0, 1, 2), machine: Machine | None = None,
-              program: bytes | None = None) -> "Process":
+              program: bytes | None = None, vdso: str = VDSO_AUTO) -> "Process":
         """Load the static program at *path* into a new machine, ready to run.
         *program* is the file's bytes when the caller read them already
         (:func:`~minikvm.process.elf.read_program`, before confining itself); *path*
         then only names the program.  Raises ElfError for a file that is not
-        a program minikvm can run."""
+        a program minikvm can run.  *vdso* is the process's vDSO
+        (:data:`~minikvm.process.vdso.VDSO_MODES`)."""
         image = load_elf(path if program is None else program, name=os.fspath(path))
         if image.is_pie:
             image = image.with_bias(default_bias(image))
@@ -123,6 +129,7 @@ class Process:
             env_bytes = list(env)
         process = cls(machine, image, policy, argv_bytes, env_bytes,
                       os.path.abspath(path), cwd or os.getcwd())
+        process.vdso = vdso
         process._load_segments()
         process._setup_stack(os.fsencode(path))
         process._open_stdio(stdio)
@@ -149,6 +156,9 @@ class Process:
         hwcap = next((e.edx for e in cpuid.entries[:cpuid.nent] if e.function == CPUID_FEATURES), 0)
         auxv = standard_auxv(self.image, page_size=PAGE_SIZE, hwcap=hwcap,
                              uid=os.getuid(), gid=os.getgid())
+        vdso_address = map_vdso(self)
+        if vdso_address is not None:
+            auxv.append((AT_SYSINFO_EHDR, vdso_address))
         image, stack_pointer = build_initial_stack(STACK_TOP, self.argv, self.env, auxv, execfn,
                                                    b"x86_64", os.urandom(16))
         self.poke(stack_pointer, image)

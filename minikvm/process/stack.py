@@ -125,8 +125,8 @@ def standard_auxv(image: ElfImage, *, page_size: int = 4096, hwcap: int = 0,
     """The auxv entries Linux gives a static program, except the three that
     point at strings (:data:`STRING_ENTRIES`, added by :func:`build_initial_stack`).
 
-    In the order of ``create_elf_tables()``.  No ``AT_SYSINFO_EHDR``: minikvm
-    maps no vDSO, so the C library makes real system calls for the time.
+    In the order of ``create_elf_tables()``.  ``AT_SYSINFO_EHDR`` is added by
+    the caller once it has mapped the vDSO (:mod:`minikvm.process.vdso`).
     ``AT_BASE`` is 0 because there is no interpreter.  ``AT_PHDR`` is 0 if
     the program headers are not inside any loaded segment (libc then finds no
     TLS template; no normal linker output does this).  *euid*/*egid* default
