@@ -116,8 +116,7 @@ class Process:
         *program* is the file's bytes when the caller read them already
         (:func:`~minikvm.process.elf.read_program`, before confining itself); *path*
         then only names the program.  Raises ElfError for a file that is not
-        a program minikvm can run.  *vdso* is the process's vDSO
-        (:data:`~minikvm.process.vdso.VDSO_MODES`)."""
+        a program minikvm can run.  *vdso*: one of ``vdso.VDSO_MODES``."""
         image = load_elf(path if program is None else program, name=os.fspath(path))
         if image.is_pie:
             image = image.with_bias(default_bias(image))

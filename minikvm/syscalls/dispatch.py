@@ -140,8 +140,6 @@ class Dispatcher:
             entry = self.entries[number]
             args = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9)[:len(entry.args)]
             regs.rax = self._call_observed(entry, args) & MASK64
-            if time.monotonic_ns() >= self.clock_refresh_due:
-                self._refresh_clock()
             if self.process.signal_work:
                 deliver_on_return(self.process, regs)
             return
@@ -191,6 +189,8 @@ class Dispatcher:
             stats[2] += result < 0
         if self.tracer:
             self.tracer.after(self.process, entry, args, before, result, reason)
+        if time.monotonic_ns() >= self.clock_refresh_due:
+            self._refresh_clock()
         return result
 
     def _unknown(self, regs: "kvm_regs", number: int) -> None:
