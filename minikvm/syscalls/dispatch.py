@@ -30,6 +30,7 @@ from minikvm.syscalls.signal_handlers import (deliver_fault, deliver_on_return,
                                               deliver_switched_in)
 from minikvm.syscalls.table import TABLE_BY_NUMBER
 from minikvm.syscalls.trace import Tracer
+from minikvm.syscalls.vsyscall import emulate_vsyscall
 
 if TYPE_CHECKING:
     from minikvm.ioctl import kvm_regs
@@ -104,7 +105,9 @@ class Dispatcher:
         if process is not None:
             # A CPU exception in the program goes to its signal handler, if any;
             # a thread put on the vCPU runs the handlers of signals sent to it.
-            process.machine.on_fault = lambda frame: deliver_fault(process, frame)
+            # (A fetch in the legacy vsyscall page is a call, emulated first.)
+            process.machine.on_fault = lambda frame: (emulate_vsyscall(self, frame)
+                                                      or deliver_fault(process, frame))
             process.machine.on_switch_in = lambda: deliver_switched_in(process)
 
     def add(self, entry: Syscall, *, replace: bool = False) -> None:
