@@ -238,6 +238,17 @@ class kvm_xcr(ctypes.Structure):
     ]
 
 
+class kvm_device_attr(ctypes.Structure):
+    """Argument of KVM_GET_DEVICE_ATTR: one attribute of a device or vCPU,
+    read into the u64 at ``addr`` (e.g. the vCPU's TSC offset)."""
+    _fields_ = [
+        ("flags", u32),
+        ("group", u32),
+        ("attr", u64),
+        ("addr", u64),
+    ]
+
+
 class kvm_xcrs(ctypes.Structure):
     """The extended control registers (KVM_GET_XCRS / KVM_SET_XCRS)."""
     _fields_ = [
@@ -601,6 +612,10 @@ KVM_GUESTDBG_SINGLESTEP = 0x00000002
 KVM_GUESTDBG_USE_SW_BP = 0x00010000
 KVM_GUESTDBG_USE_HW_BP = 0x00020000
 
+# vCPU attributes (arch/x86/include/uapi/asm/kvm.h)
+KVM_VCPU_TSC_CTRL = 0      # the group of the TSC's attributes
+KVM_VCPU_TSC_OFFSET = 0    # guest TSC = host TSC + this offset (a u64, two's complement)
+
 # kvm_cpuid_entry2.flags
 KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1 << 0  # sic: the kernel's spelling
 
@@ -644,6 +659,8 @@ KVM_GET_XSAVE = _IOR(KVMIO, 0xA4, kvm_xsave)                   # KVM_CAP_XSAVE
 KVM_SET_XSAVE = _IOW(KVMIO, 0xA5, kvm_xsave)                   # KVM_CAP_XSAVE
 KVM_GET_XCRS = _IOR(KVMIO, 0xA6, kvm_xcrs)                     # KVM_CAP_XCRS
 KVM_SET_XCRS = _IOW(KVMIO, 0xA7, kvm_xcrs)                     # KVM_CAP_XCRS
+KVM_GET_TSC_KHZ = _IO(KVMIO, 0xA3)                             # KVM_CAP_GET_TSC_KHZ; returns kHz
+KVM_GET_DEVICE_ATTR = _IOW(KVMIO, 0xE2, kvm_device_attr)       # KVM_CAP_VCPU_ATTRIBUTES
 
 
 # ---------------------------------------------------------------------------
@@ -696,7 +713,7 @@ _VCPU_IOCTLS = ("KVM_RUN", "KVM_GET_REGS", "KVM_SET_REGS", "KVM_GET_SREGS", "KVM
                 "KVM_TRANSLATE", "KVM_GET_MSRS", "KVM_SET_MSRS", "KVM_GET_FPU", "KVM_SET_FPU",
                 "KVM_SET_CPUID2", "KVM_GET_CPUID2", "KVM_SET_GUEST_DEBUG",
                 "KVM_GET_VCPU_EVENTS", "KVM_SET_VCPU_EVENTS", "KVM_GET_XSAVE", "KVM_SET_XSAVE",
-                "KVM_GET_XCRS", "KVM_SET_XCRS")
+                "KVM_GET_XCRS", "KVM_SET_XCRS", "KVM_GET_TSC_KHZ", "KVM_GET_DEVICE_ATTR")
 #: Every ioctl defined here, by the fd kind it is issued on (the docs' table).
 IOCTLS_BY_FD = {"system": _SYSTEM_IOCTLS, "vm": _VM_IOCTLS, "vcpu": _VCPU_IOCTLS}
 IOCTL_NAMES = {globals()[name]: name for names in IOCTLS_BY_FD.values() for name in names}

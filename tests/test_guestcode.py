@@ -21,6 +21,7 @@ from minikvm.cpu.guestcode import (CALL_RETURN_OFFSET, EXCEPTION_STUB_SIZE, OUT_
                                    SYSCALL_EXIT_OFFSET, Instruction, assemble, call_return,
                                    exception_stub, exception_stubs, syscall_entry)
 from minikvm.cpu.layout import EXCEPTION_PORT_BASE, SYSCALL_PORT
+from minikvm.process import vdso_code
 from minikvm.x86 import NUM_EXCEPTION_VECTORS, VECTORS_WITH_ERROR_CODE
 
 OBJDUMP = shutil.which("objdump")
@@ -37,7 +38,9 @@ def disassemble(code: bytes, tmp_path: Path) -> list[tuple[int, bytes, str]]:
     instruction, text with runs of blanks collapsed."""
     path = tmp_path / "code.bin"
     path.write_bytes(code)
-    result = subprocess.run([OBJDUMP, "-D", "-b", "binary", "-m", "i386:x86-64", str(path)],
+    # --insn-width: a long instruction on one line, not its tail on the next.
+    result = subprocess.run([OBJDUMP, "-D", "--insn-width=15", "-b", "binary", "-m",
+                             "i386:x86-64", str(path)],
                             capture_output=True, text=True, timeout=30, check=True)
     found = []
     for line in result.stdout.splitlines():
@@ -77,6 +80,14 @@ def test_call_return_disassembles_as_documented(tmp_path: Path) -> None:
 def test_exception_stub_disassembles_as_documented(vector: int, tmp_path: Path) -> None:
     stub = exception_stub(vector)
     assert disassemble(assemble(stub), tmp_path) == documented(stub)
+
+
+@needs_objdump
+def test_vdso_code_disassembles_as_documented(tmp_path: Path) -> None:
+    """All the vDSO's routines as one blob: their jump and call targets are
+    offsets from its start, as the listings write them."""
+    listing = vdso_code.read_clock() + [i for f in vdso_code.FUNCTIONS.values() for i in f()]
+    assert disassemble(vdso_code.code(), tmp_path) == documented(listing)
 
 
 # --- layout: no objdump needed --------------------------------------------------------
@@ -123,3 +134,29 @@ def test_ports_do_not_collide() -> None:
     """No exception port is the syscall port, so an exit says what it is."""
     exception_ports = range(EXCEPTION_PORT_BASE, EXCEPTION_PORT_BASE + NUM_EXCEPTION_VECTORS)
     assert SYSCALL_PORT not in exception_ports
+
+
+def test_vdso_functions_reach_the_data_page() -> None:
+    """Each exported function starts with ``lea disp(%rip),%r8``: the data page
+    one page below the image, wherever the function sits in the code."""
+    for name, (offset, _) in vdso_code.layout().items():
+        if name == "read_clock":
+            continue
+        first = vdso_code.FUNCTIONS[name]()[0][0]
+        assert first[:3] == bytes([0x4C, 0x8D, 0x05]), name      # lea disp32(%rip),%r8
+        displacement = int.from_bytes(first[3:7], "little", signed=True)
+        assert offset + len(first) + displacement == vdso_code.DATA_PAGE_FROM_CODE, name
+
+
+def test_vdso_code_uses_the_data_page_layout() -> None:
+    """The displacements the code reads are the documented field offsets."""
+    import struct
+    code = vdso_code.assemble(vdso_code.read_clock())
+    assert bytes([0x49, 0x2B, 0x40, vdso_code.DATA_TSC_BASE]) in code     # sub tsc_base
+    assert bytes([0x49, 0xF7, 0x60, vdso_code.DATA_MULT]) in code         # mulq mult
+    assert bytes([0x41, 0x8B, 0x48, vdso_code.DATA_SHIFT]) in code        # mov shift,%ecx
+    clock = vdso_code.assemble(vdso_code.clock_gettime())
+    for field in (vdso_code.DATA_REALTIME, vdso_code.DATA_MONOTONIC, vdso_code.DATA_BOOTTIME):
+        assert bytes([0x41, 0xB9, field, 0, 0, 0]) in clock               # mov $field,%r9d
+    assert bytes([0x41, 0x83, 0x78, vdso_code.DATA_MODE, 0]) in clock     # cmpl $0,mode
+    assert struct.calcsize(vdso_code.DATA_FORMAT) == vdso_code.DATA_NODE + 4

@@ -284,11 +284,9 @@ def tree(root: Path) -> dict[str, tuple]:
 
 #: Cases that fail for a known reason: expected to fail (strictly, so the
 #: day they pass the mark must go).
-KNOWN_FAILURES = {
-    "mksh-dietlibc-script": "dietlibc's gettimeofday looks the call up in the vDSO and has "
-                            "no fallback; minikvm maps no vDSO (no AT_SYSINFO_EHDR), so "
-                            "mksh faults at start-up",
-}
+#: (mksh-dietlibc-script was one until the vDSO: dietlibc's gettimeofday
+#: looks its function up in the vDSO, or calls the vsyscall page without one.)
+KNOWN_FAILURES: dict[str, str] = {}
 
 
 def _params(cases: list[Case]) -> list:

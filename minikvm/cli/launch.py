@@ -173,7 +173,8 @@ def launch(options: argparse.Namespace, *, stdio: tuple[int, int, int] = (0, 1, 
                                   verbose=getattr(options, "verbose", False))
         process = Process.spawn(path, [options.program, *options.args],
                                 guest_environment(options), policy,
-                                machine=machine, program=program, stdio=stdio)
+                                machine=machine, program=program, stdio=stdio,
+                                vdso=getattr(options, "vdso", "auto"))
     except LaunchError:
         machine.close()
         raise

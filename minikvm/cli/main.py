@@ -54,6 +54,12 @@ def build_parser(policy: dict[str, object] | None = None) -> argparse.ArgumentPa
                      metavar="N",
                      help=f"most threads the program may have at once (default "
                           f"{DEFAULT_MAX_THREADS}; pthread_create fails with EAGAIN beyond)")
+    run.add_argument("--vdso", choices=("auto", "syscall", "off"), default="auto",
+                     help="the vDSO's clock: from the TSC without a VM exit where the host "
+                          "allows it (auto), always by system call (syscall), or no vDSO "
+                          "at all (off)")
+    run.add_argument("--no-vdso", dest="vdso", action="store_const", const="off",
+                     help="map no vDSO (the same as --vdso off)")
     run.add_argument("program", nargs="?",
                      help="the static executable to run (looked up in PATH if it has no /)")
     run.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
@@ -200,7 +206,7 @@ def spell_trace_file(argv: list[str]) -> list[str]:
     takes_value = {"--allow-read", "--allow-write", "--allow-connect", "--allow-listen",
                    "--memory", "--timeout",
                    "--max-fds", "--max-file-size", "--env", "--unsetenv", "--trace-file",
-                   "--max-threads", "--policy"}
+                   "--max-threads", "--policy", "--vdso"}
     rewritten = ["run"]
     expecting_value = False
     for position, word in enumerate(argv[1:], start=1):

@@ -34,8 +34,15 @@ Guest-virtual memory of a program (x86-64 user half, 47 bits)::
     0x5555_5555_4000  static-PIE programs are loaded here (like Linux)
           ...         mmap area, allocated top-down from MMAP_TOP
     0x7fff_0000_0000  MMAP_TOP
+    0x7fff_f7ff_e000  [vvar]: the data page the vDSO reads (read-only)
+    0x7fff_f7ff_f000  [vdso]: the vDSO's ELF image (read + execute)
     0x7fff_ff7f_f000  stack (8 MiB), growing down from STACK_TOP
     0x7fff_ffff_f000  STACK_TOP
+
+Above the user half, in the kernel's half, one fixed page that the guest
+never sees mapped: the legacy vsyscall page at ``0xffff_ffff_ff60_0000``.
+Linux places it there (``VSYSCALL_ADDR``); minikvm's own "kernel" lives in
+the low kernel area above, so nothing else is in the upper half.
 """
 
 from __future__ import annotations
@@ -83,6 +90,16 @@ STACK_SIZE = 8 * 1024 * 1024
 MMAP_TOP = 0x7FFF_0000_0000
 #: Where a static-PIE (``ET_DYN``) program is loaded, as Linux does (``ELF_ET_DYN_BASE``).
 PIE_LOAD_BIAS = 0x5555_5555_4000
+#: The vDSO's ELF image (``AT_SYSINFO_EHDR``): one page, read + execute.
+#: Fixed (Linux randomizes it near the stack), a gap of 128 MiB below the
+#: stack's lowest page and far above the top-down mmap area.
+VDSO_ADDRESS = 0x7FFF_F7FF_F000
+#: The data page the vDSO reads (Linux's ``[vvar]``), right below the image:
+#: the vDSO's code reaches it RIP-relative.  Read-only for the guest.
+VVAR_ADDRESS = VDSO_ADDRESS - PAGE_SIZE
+#: The legacy vsyscall page (Linux's ``VSYSCALL_ADDR``): never mapped; an
+#: instruction fetch at one of its three entries is emulated by the host.
+VSYSCALL_ADDRESS = 0xFFFF_FFFF_FF60_0000
 
 # --- I/O ports the stubs use to reach the host -------------------------------
 #: The port of the syscall stub's ``out``: an exit on it is a system call.

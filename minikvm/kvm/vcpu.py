@@ -218,6 +218,24 @@ class Vcpu:
             index = list(values)[done]
             raise KvmError("KVM_SET_MSRS", 22, f"MSR {index:#x} = {values[index]:#x} was refused")
 
+    def get_tsc_khz(self) -> int:
+        """KVM_GET_TSC_KHZ (KVM_CAP_GET_TSC_KHZ): the frequency of the
+        guest's TSC in kHz (the host's, unless scaled)."""
+        return ioctl(self.fd, k.KVM_GET_TSC_KHZ)
+
+    def get_tsc_offset(self) -> int | None:
+        """KVM_GET_DEVICE_ATTR of ``KVM_VCPU_TSC_OFFSET`` (Linux 5.16+): what
+        KVM adds to the host's TSC to make the guest's, as a signed number;
+        None where the kernel does not offer the attribute (PVM does)."""
+        value = ctypes.c_uint64()
+        attr = k.kvm_device_attr(group=k.KVM_VCPU_TSC_CTRL, attr=k.KVM_VCPU_TSC_OFFSET,
+                                 addr=ctypes.addressof(value))
+        try:
+            ioctl(self.fd, k.KVM_GET_DEVICE_ATTR, attr)
+        except KvmError:
+            return None
+        return value.value - (1 << 64) if value.value >> 63 else value.value
+
     def set_cpuid2(self, cpuid: ctypes.Structure) -> None:
         """KVM_SET_CPUID2: the CPUID leaves the guest sees (usually those of
         :meth:`Kvm.get_supported_cpuid`).  Set it before the first KVM_RUN."""

@@ -40,6 +40,7 @@ from minikvm.cpu.segments import KERNEL_CODE64, KERNEL_DATA64, USER_CODE64, USER
 from minikvm.cpu.tss import Tss
 from minikvm.kvm.memory import GuestMemory
 from minikvm.kvm.system import Kvm
+from minikvm.machine.guest_clock import GuestClock
 from minikvm.machine.crash import ExceptionFrame, Symbolizer, describe_exception
 from minikvm.machine.mm import AddressSpace
 from minikvm.machine.stops import (RegistersLoaded, Stop, StopKind, SyscallHandler, ThreadSwitched,
@@ -148,6 +149,9 @@ class Machine:
             self.vcpu.set_cpuid2(cpuid if cpuid is not None else self.kvm.get_supported_cpuid())
         self.vcpu.enable_sync_regs(k.KVM_SYNC_X86_REGS | k.KVM_SYNC_X86_SREGS)
         self.symbolize: Symbolizer | None = None
+        #: The guest TSC's clock line (:mod:`minikvm.machine.guest_clock`), made
+        #: by the vDSO of the first process that has one.
+        self.guest_clock: GuestClock | None = None
         self.exits = 0
         self._timed_out = False
         #: Called at an exception exit from user mode with the CPU's frame;

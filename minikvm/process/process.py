@@ -38,9 +38,10 @@ from minikvm.machine.stops import (EXIT_TIMEOUT, ProcessExit, ProcessKilled, Sto
 from minikvm.process.elf import ElfImage, check_interpreter, default_bias, load_elf, span
 from minikvm.process.interpreter import read_interpreter
 from minikvm.process.fdtable import FdTable, HostFile
-from minikvm.process.stack import (PLATFORM, RANDOM_BYTES_SIZE, build_initial_stack,
-                                   standard_auxv)
+from minikvm.process.stack import (AT_SYSINFO_EHDR, PLATFORM, RANDOM_BYTES_SIZE,
+                                   build_initial_stack, standard_auxv)
 from minikvm.process.threads import DEFAULT_MAX_THREADS, ThreadTable
+from minikvm.process.vdso import VDSO_AUTO, map_vdso
 from minikvm.sandbox.policy import Policy
 from minikvm.x86 import PAGE_SIZE, CPUID_FEATURES
 
@@ -112,6 +113,10 @@ class Process:
         #: Where ``minikvm_wait_request``/``minikvm_respond`` go: None under a
         #: plain run; a snapshot's fork (:mod:`minikvm.snapshot.fork`) sets it.
         self.requests: Any = None
+        #: The vDSO (:mod:`minikvm.process.vdso`): "auto", "syscall" or "off",
+        #: and the data page's sequence count, which the host advances.
+        self.vdso = VDSO_AUTO
+        self.vdso_seq = 0
         machine.symbolize = image.symbols.symbolize
 
     # -- creation ------------------------------------------------------------
@@ -119,14 +124,14 @@ class Process:
     def spawn(cls, path: str, argv: list[str] | list[bytes], env: dict[str, str] | list[bytes],
               policy: Policy | None, *, memory_size: int = DEFAULT_MEMORY_SIZE, cwd: str | None = None,
               stdio: tuple[int, int, int] = (0, 1, 2), machine: Machine | None = None,
-              program: bytes | None = None) -> "Process":
+              program: bytes | None = None, vdso: str = VDSO_AUTO) -> "Process":
         """Load the program at *path* into a new machine, ready to run.
         *program* is the file's bytes when the caller read them already
         (:func:`~minikvm.process.elf.read_program`, before confining itself); *path*
         then only names the program.  Its interpreter, if it has one, is read
-        through *policy* (the guest's view).  Raises ElfError for a file that
-        is not a program minikvm can run, or whose interpreter cannot be
-        loaded."""
+        through *policy* (the guest's view).  *vdso*: one of ``vdso.VDSO_MODES``.
+        Raises ElfError for a file that is not a program minikvm can run, or
+        whose interpreter cannot be loaded."""
         image = load_elf(path if program is None else program, name=os.fspath(path))
         if image.is_pie:
             image = image.with_bias(default_bias(image))
@@ -138,6 +143,7 @@ class Process:
             env_bytes = list(env)
         process = cls(machine, image, policy, argv_bytes, env_bytes,
                       os.path.abspath(path), cwd or os.getcwd())
+        process.vdso = vdso
         process._load_segments(image, process.exe_path)
         process.mm.brk_start = process.mm.brk_end = page_align_up(image.end)
         if image.interpreter is not None:
@@ -201,6 +207,9 @@ class Process:
                              uid=os.getuid(), gid=os.getgid(),
                              interpreter_base=0 if interpreter is None else
                              interpreter.load_bias)
+        vdso_address = map_vdso(self)
+        if vdso_address is not None:
+            auxv.append((AT_SYSINFO_EHDR, vdso_address))
         image, stack_pointer = build_initial_stack(STACK_TOP, self.argv, self.env, auxv, execfn,
                                                    PLATFORM, os.urandom(RANDOM_BYTES_SIZE))
         self.poke(stack_pointer, image)

@@ -126,8 +126,8 @@ def standard_auxv(image: ElfImage, *, page_size: int = 4096, hwcap: int = 0,
     """The auxv entries Linux gives a program, except the three that point
     at strings (:data:`STRING_ENTRIES`, added by :func:`build_initial_stack`).
 
-    In the order of ``create_elf_tables()``.  No ``AT_SYSINFO_EHDR``: minikvm
-    maps no vDSO, so the C library makes real system calls for the time.
+    In the order of ``create_elf_tables()``.  ``AT_SYSINFO_EHDR`` is added by
+    the caller once it has mapped the vDSO (:mod:`minikvm.process.vdso`).
     ``AT_PHDR``, ``AT_PHENT``, ``AT_PHNUM`` and ``AT_ENTRY`` describe the
     *program* even when an interpreter runs first: that is how ``ld.so``
     finds the program it is to link.  ``AT_BASE`` is where the interpreter

@@ -55,6 +55,7 @@ from minikvm.kvm.memory import GuestMemory
 from minikvm.linux_abi import STACK_ALIGNMENT
 from minikvm.machine.machine import CALL_RETURN_ADDRESS, SYSCALL_EXIT_RIP, USER_RFLAGS_MASK, Machine
 from minikvm.machine.stops import StopKind
+from minikvm.process import vdso
 from minikvm.process.fdtable import FdEntry
 from minikvm.process.process import Process
 from minikvm.snapshot.channel import RESPONSE_TOO_LARGE, Reply, RequestChannel, run_until_stop
@@ -170,13 +171,15 @@ class Fork:
         every captured attribute (:func:`~minikvm.snapshot.process_state.restore_process_state`:
         signal state, alarm, cwd, umask, the thread table …), the machine's
         time slices (there are none for one thread), the fd table, and a
-        fresh entropy source."""
+        fresh entropy source; and the vDSO's data page, which the memory's
+        reset put back as it was at the snapshot, made current again."""
         process = self.process
         restore_process_state(process, self.snapshot.process_state)
         if len(process.threads) < 2:
             self.machine.stop_time_slices()
         self._restore_files()
         process.random = os.urandom  # fresh entropy in every fork, after every reset
+        vdso.after_restore(process)
 
     def _restore_files(self) -> None:
         """The fd table as in the snapshot.  When the request left it as the

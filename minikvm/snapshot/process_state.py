@@ -72,6 +72,9 @@ NOT_RESTORED: dict[str, str] = {
     "machine.vcpu": _HANDLE,
     "machine.memory": _HANDLE,
     "machine.mm": "the same object as mm, compared there",
+    "machine.guest_clock": "the host's measurement of the fork's own vCPU's TSC against the "
+                           "host's clocks (minikvm.machine.guest_clock): a fact about the host, "
+                           "not the guest; every reset writes it into the vDSO's data page",
     "machine.exits": "a count of VM exits since the machine was made: a statistic",
     "machine._timed_out": _RUN_BOOKKEEPING,
     "machine._may_interrupt": _RUN_BOOKKEEPING,
