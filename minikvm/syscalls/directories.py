@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from minikvm.errors import SyscallError
 from minikvm.linux_abi import (AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_FOLLOW, MODE_BITS)
-from minikvm.process.fdtable import DIRECTORY_WINDOW, HostFile, OpenFile
+from minikvm.process.fdtable import DIRECTORY_WINDOW, HostFile, OpenFile, SyntheticDirectory
 from minikvm.syscalls.base import PARTIAL, SUPPORTED, Syscall, signed32
 from minikvm.syscalls.files import UINT_MASK, final_name, guest_path, host_call, read_path
 
@@ -132,9 +132,11 @@ def _getdents(proc: Process, fd: int, address: int, count: int, pack) -> int:
     the directory.
     """
     file = proc.fds.get(signed32(fd))
+    count &= UINT_MASK
+    if isinstance(file, SyntheticDirectory):
+        return _getdents_synthesized(proc, file, address, count, pack)
     if not isinstance(file, HostFile):
         raise SyscallError(errno.ENOTDIR, f"a {file.kind} is not a directory")
-    count &= UINT_MASK
     index = file.directory_offset
     buffer = bytearray()
     while True:
@@ -152,6 +154,26 @@ def _getdents(proc: Process, fd: int, address: int, count: int, pack) -> int:
         buffer += record
         index += 1
     if not buffer and index < base + len(entries):
+        raise SyscallError(errno.EINVAL, f"a {count}-byte buffer cannot hold one entry")
+    proc.mm.write(address, bytes(buffer))
+    file.directory_offset = index
+    return len(buffer)
+
+
+def _getdents_synthesized(proc: Process, file: SyntheticDirectory, address: int, count: int,
+                          pack) -> int:
+    """getdents of a /proc directory: its listing was made at open; whole
+    records from :attr:`~SyntheticDirectory.directory_offset`, EINVAL when
+    not even one fits, 0 at the end (or past it, after an lseek)."""
+    buffer = bytearray()
+    index = file.directory_offset
+    while index < len(file.entries):
+        record = pack(*file.entries[index], index + 1)
+        if len(buffer) + len(record) > count:
+            break
+        buffer += record
+        index += 1
+    if not buffer and index < len(file.entries):
         raise SyscallError(errno.EINVAL, f"a {count}-byte buffer cannot hold one entry")
     proc.mm.write(address, bytes(buffer))
     file.directory_offset = index

@@ -25,8 +25,10 @@ opens or follows it   ``policy.open`` / ``policy.stat``: the kernel resolves it
 acts on the entry     ``policy.resolve_parent``: the directory that holds it,
                       opened beneath its grant, and one name the host call looks
                       up there (mkdir, unlink, rmdir, rename, link, symlink)
-names a virtual one   ``/dev/null`` & co., ``/proc/self/exe``, ``/proc/self/fd/N``
-                      and ``/proc/self/cwd``: answered here, never by the host
+names a virtual one   ``/dev/null`` & co., ``/dev/tty``, and all of ``/proc``
+                      (:mod:`minikvm.syscalls.procfs`): answered here, never by
+                      the host; a link out of /proc (``/proc/self/root/x``)
+                      leads to a guest path that goes to the policy
 ====================  ==========================================================
 
 The guest's ``.`` and ``..`` are taken lexically by the policy, so the calls
@@ -57,20 +59,19 @@ import time
 from typing import TYPE_CHECKING
 
 from minikvm.errors import SyscallError
-from minikvm.linux_abi import (AT_FDCWD, O_CREAT, O_PATH, O_TRUNC,
+from minikvm.linux_abi import (AT_FDCWD, O_CREAT, O_NOFOLLOW, O_PATH, O_TRUNC,
                                O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_RDONLY, O_WRONLY)
 from minikvm.process import threads
-from minikvm.process.fdtable import (AboveGrantDirectory, DeviceFile, EventFd, HostFile, OpenFile,
-                                     PipeEnd)
-from minikvm.syscalls import signals
+from minikvm.process.fdtable import (SEEK_CUR, SEEK_SET, AboveGrantDirectory, DeviceFile, EventFd,
+                                     HostFile, OpenFile, PipeEnd, SyntheticDirectory,
+                                     SyntheticFile)
+from minikvm.syscalls import procfs, signals
 from minikvm.syscalls.base import Syscall, signed32, signed64
 
 if TYPE_CHECKING:
     from minikvm.process.process import Process
 
 # -- record locks (fcntl(2), asm-generic/fcntl.h) --------------------------------------
-SEEK_SET = 0
-SEEK_CUR = 1
 PATH_MAX = 4096
 MAX_IO = 0x7FFF_F000  # Linux's MAX_RW_COUNT: one read or write moves at most this
 UINT_MASK = 0xFFFF_FFFF
@@ -107,6 +108,8 @@ def guest_path(proc: Process, dirfd: int, path: bytes) -> str:
 
 def _directory_path(proc: Process, dirfd: int) -> str:
     file = proc.fds.get(dirfd)
+    if isinstance(file, SyntheticDirectory):
+        return file.path
     if not isinstance(file, HostFile) or not file.path.startswith("/"):
         raise SyscallError(errno.ENOTDIR, "not a directory fd")
     return file.path
@@ -176,17 +179,23 @@ def own_open_file(proc: Process, path: str, flags: int) -> OpenFile | None:
 
     ``echo x > /dev/stderr`` and bash's ``<(cmd)`` open these.  The host's
     own ``/dev/stderr`` would be minikvm's, so the answer comes from the
-    guest's fd table: the same open file as that fd (as ``dup`` gives; Linux
-    makes a new open of the same file, which differs only for a regular
-    file's offset and ``O_TRUNC``).  It may not be opened for more than the
-    fd allows (EACCES: a read-only fd cannot become a writable one), and a
-    fd that is not open is ENOENT, as on Linux.
+    guest's fd table (:func:`own_fd_file`).
     """
     match = OWN_FD_PATH.fullmatch(posixpath.normpath(posixpath.join(proc.cwd, path)))
     if match is None or match["pid"] not in (None, "self", "thread-self", str(proc.pid)):
         return None
     number = (STDIO_NUMBERS[match["stdio"]] if match["stdio"]
               else int(match["devfd"] or match["fd"]))
+    return own_fd_file(proc, number, path, flags)
+
+
+def own_fd_file(proc: Process, number: int, path: str, flags: int) -> OpenFile:
+    """The open file guest fd *number* holds, opened again by its name
+    *path*: the same open file as that fd (as ``dup`` gives; Linux makes a
+    new open of the same file, which differs only for a regular file's
+    offset and ``O_TRUNC``).  It may not be opened for more than the fd
+    allows (EACCES: a read-only fd cannot become a writable one), and a fd
+    that is not open is ENOENT, as on Linux."""
     entry = proc.fds.entries.get(number)
     if entry is None:
         raise SyscallError(errno.ENOENT, f"{path}: fd {number} is not open")
@@ -198,20 +207,81 @@ def own_open_file(proc: Process, path: str, flags: int) -> OpenFile | None:
     return file
 
 
+#: The name of the controlling terminal, whatever it is (tty(4)).
+CONTROLLING_TERMINAL = "/dev/tty"
+
+
+def controlling_terminal(proc: Process, flags: int) -> OpenFile:
+    """``open("/dev/tty")``: the sandbox's controlling terminal, when one
+    of the stdio minikvm was given is it (``tcgetsid`` succeeds only on
+    the caller's controlling terminal), opened again with the guest's
+    access mode; ENXIO without one, as Linux answers a process that has no
+    controlling terminal.  The host's /dev/tty is never opened by name."""
+    for entry in list(proc.fds.entries.values()):
+        file = entry.file
+        if not (isinstance(file, HostFile) and file.path.startswith("<stdio")
+                and file.host_fd is not None and os.isatty(file.host_fd)):
+            continue
+        try:
+            os.tcgetsid(file.host_fd)
+        except OSError:
+            continue                    # a terminal, but not the controlling one
+        mode = flags & (O_ACCMODE | O_NONBLOCK)
+        try:
+            host_fd = os.open(f"/proc/self/fd/{file.host_fd}", mode | os.O_NOCTTY | O_CLOEXEC)
+        except OSError:
+            host_fd = os.dup(file.host_fd)      # the same terminal, the same open mode
+        return HostFile(host_fd, "<controlling terminal>", mode | (flags & O_APPEND))
+    raise SyscallError(errno.ENXIO, "/dev/tty: the sandbox has no controlling terminal")
+
+
+def synthesized_open(proc: Process, path: str, flags: int) -> tuple[OpenFile | None, str]:
+    """A file of the synthesized /proc (:mod:`minikvm.syscalls.procfs`) or
+    /dev/tty for ``open(path, flags)``; otherwise None and the guest path
+    the policy must open (a link out of /proc leads to another)."""
+    absolute = posixpath.normpath(path) + ("/" if path.endswith("/") else "")
+    if absolute.rstrip("/") == CONTROLLING_TERMINAL:
+        return controlling_terminal(proc, flags), path
+    try:
+        found = procfs.lookup(proc, absolute, follow=not flags & O_NOFOLLOW)
+    except SyscallError as error:
+        parent = posixpath.dirname(absolute.rstrip("/"))
+        if error.errno == errno.ENOENT and flags & O_CREAT and procfs.owns(parent):
+            if isinstance(procfs.lookup(proc, parent), procfs.Node):
+                raise SyscallError(errno.EACCES, f"{path}: nothing can be created in "
+                                   f"{parent}") from None
+        raise
+    if found is None:
+        return None, path
+    if isinstance(found, procfs.Redirect):
+        return None, found.path
+    if isinstance(found, procfs.OwnFd):
+        return own_fd_file(proc, found.fd, path, flags), path
+    if path.endswith("/") and found.kind != procfs.DIRECTORY:
+        raise SyscallError(errno.ENOTDIR, f"{path}: not a directory")
+    return procfs.open_node(found, flags), path
+
+
 def sys_openat(proc: Process, dirfd: int, path_address: int, flags: int, mode: int) -> int:
     """openat(2): open a file through the policy, or one of its virtual devices.
 
     The path is resolved by the kernel beneath a grant (:mod:`minikvm.sandbox.policy`):
     ENOENT outside the grants (they do not exist for the guest), EACCES for a
-    write in a read-only grant; EMFILE past ``--max-fds``."""
+    write in a read-only grant; EMFILE past ``--max-fds``.  The synthesized
+    /proc and /dev/tty are answered first, never by the host."""
     path = guest_path(proc, dirfd, read_path(proc, path_address))
     flags = signed32(flags)
     proc.fds.check_room()   # EMFILE before O_CREAT or O_TRUNC changes a file
     own = own_open_file(proc, path, flags)
     if own is not None:
         return proc.fds.install(own, cloexec=bool(flags & O_CLOEXEC))
+    file, path = synthesized_open(proc, path, flags)
+    if file is not None and id(file) in proc.fds.references:
+        return proc.fds.install(file, cloexec=bool(flags & O_CLOEXEC))   # an fd's own file
     device = proc.policy.is_virtual_device(path, proc.cwd)
-    if device:
+    if file is not None:
+        pass                                # made for this open: /proc, /dev/tty
+    elif device:
         file = DeviceFile(device, path, flags & (O_ACCMODE | O_APPEND | O_NONBLOCK))
     else:
         host_fd = proc.policy.open(path, flags, mode & ~proc.umask & 0o7777, proc.cwd,
@@ -382,7 +452,11 @@ def _host_fd(proc: Process, fd: int) -> int:
 
 
 def sys_pread64(proc: Process, fd: int, buffer: int, count: int, offset: int) -> int:
-    """pread64(2): read at an offset, without moving the file position (host files)."""
+    """pread64(2): read at an offset, without moving the file position (host
+    files and the synthesized /proc's)."""
+    file = proc.fds.get(signed32(fd))
+    if isinstance(file, SyntheticFile):
+        return file.pread(proc.mm.views(buffer, min(count, MAX_IO), write=True), signed64(offset))
     host_fd = _host_fd(proc, fd)
     return os.preadv(host_fd, proc.mm.views(buffer, min(count, MAX_IO), write=True),
                      signed64(offset))
@@ -392,6 +466,8 @@ def sys_pwrite64(proc: Process, fd: int, buffer: int, count: int, offset: int) -
     """pwrite64(2): write at an offset, without moving the file position.
 
     EBADF for an fd not open for writing; EFBIG past ``--max-file-size``."""
+    if isinstance(proc.fds.get(signed32(fd)), SyntheticFile):
+        raise SyscallError(errno.EBADF, "a /proc file is not open for writing")
     host_fd = _host_fd(proc, fd)
     file = proc.fds.get(signed32(fd))
     if not file.writable():
@@ -408,6 +484,8 @@ def sys_lseek(proc: Process, fd: int, offset: int, whence: int) -> int:
     file = proc.fds.get(signed32(fd))
     if isinstance(file, DeviceFile):
         return 0
+    if isinstance(file, (SyntheticFile, SyntheticDirectory)):
+        return file.seek(signed64(offset), signed32(whence))
     if file.host_fd is None:
         raise SyscallError(errno.ESPIPE, "pipes cannot seek")
     if isinstance(file, HostFile) and file.is_directory():
