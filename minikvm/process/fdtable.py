@@ -284,15 +284,16 @@ class SyntheticFile(OpenFile):
 
 
 class SyntheticDirectory(OpenFile):
-    """A directory of the synthesized ``/proc``, listed when it was opened:
-    ``(name, inode, d_type)`` entries, ``.`` and ``..`` first, that
-    getdents hands out from :attr:`directory_offset`."""
+    """A directory of the synthesized ``/proc``.  Its listing —
+    ``(name, inode, d_type)`` entries, ``.`` and ``..`` first — is made at
+    the first getdents (and again after a rewind), as Linux lists /proc
+    when it is read: ``/proc/self/fd`` then shows the fd reading it.
+    getdents hands the entries out from :attr:`directory_offset`."""
     kind = "synthesized directory"
 
-    def __init__(self, path: str, entries: list[tuple[bytes, int, int]], status_flags: int,
-                 stat: os.stat_result) -> None:
+    def __init__(self, path: str, status_flags: int, stat: os.stat_result) -> None:
         self.path = path
-        self.entries = entries
+        self.entries: list[tuple[bytes, int, int]] | None = None
         self.status_flags = status_flags
         self.stat = stat
         self.directory_offset = 0
@@ -309,6 +310,8 @@ class SyntheticDirectory(OpenFile):
             self.directory_offset + offset if whence == SEEK_CUR else -1
         if position < 0:
             raise SyscallError(errno.EINVAL, f"directory offset {offset} whence {whence}")
+        if position == 0:
+            self.entries = None         # rewinddir: list it again
         self.directory_offset = position
         return position
 

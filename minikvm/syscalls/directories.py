@@ -25,8 +25,10 @@ from typing import TYPE_CHECKING
 from minikvm.errors import SyscallError
 from minikvm.linux_abi import (AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_FOLLOW, MODE_BITS)
 from minikvm.process.fdtable import DIRECTORY_WINDOW, HostFile, OpenFile, SyntheticDirectory
+from minikvm.syscalls import procfs
 from minikvm.syscalls.base import PARTIAL, SUPPORTED, Syscall, signed32
-from minikvm.syscalls.files import UINT_MASK, final_name, guest_path, host_call, read_path
+from minikvm.syscalls.files import (UINT_MASK, entry_path, final_name, guest_path, host_call,
+                                    read_path)
 
 if TYPE_CHECKING:
     from minikvm.process.process import Process
@@ -165,6 +167,8 @@ def _getdents_synthesized(proc: Process, file: SyntheticDirectory, address: int,
     """getdents of a /proc directory: its listing was made at open; whole
     records from :attr:`~SyntheticDirectory.directory_offset`, EINVAL when
     not even one fits, 0 at the end (or past it, after an lseek)."""
+    if file.entries is None:
+        file.entries = procfs.list_directory(proc, file)
     buffer = bytearray()
     index = file.directory_offset
     while index < len(file.entries):
@@ -198,7 +202,7 @@ def _mkdirat(proc: Process, dirfd: int, path_address: int, mode: int, syscall: s
     raw = read_path(proc, path_address)
     if final_name(raw) in (b".", b"..", b"/"):
         raise SyscallError(errno.EEXIST, "the directory exists")
-    path = guest_path(proc, dirfd, raw)
+    path = entry_path(proc, guest_path(proc, dirfd, raw))
     if proc.policy.is_virtual_device(path, proc.cwd):
         raise SyscallError(errno.EEXIST, "a device exists there")
     with proc.policy.resolve_parent(path, proc.cwd, write=True, syscall=syscall) as parent:
@@ -230,7 +234,7 @@ def _unlinkat(proc: Process, dirfd: int, path_address: int, flags: int, syscall:
         dots = {dot: (errno.EISDIR, "a directory") for dot in (b".", b"..", b"/")}
     if name in dots:
         raise SyscallError(*dots[name])
-    path = guest_path(proc, dirfd, raw)
+    path = entry_path(proc, guest_path(proc, dirfd, raw))
     with proc.policy.resolve_parent(path, proc.cwd, write=True, syscall=syscall) as parent:
         if flags & AT_REMOVEDIR:
             os.rmdir(parent.name, dir_fd=parent.dirfd)
@@ -273,8 +277,8 @@ def _renameat2(proc: Process, old_dirfd: int, old_address: int, new_dirfd: int, 
     old_raw, new_raw = read_path(proc, old_address), read_path(proc, new_address)
     if final_name(old_raw) in (b".", b"..", b"/") or final_name(new_raw) in (b".", b"..", b"/"):
         raise SyscallError(errno.EBUSY, "cannot rename '.', '..' or '/'")
-    old = guest_path(proc, old_dirfd, old_raw)
-    new = guest_path(proc, new_dirfd, new_raw)
+    old = entry_path(proc, guest_path(proc, old_dirfd, old_raw))
+    new = entry_path(proc, guest_path(proc, new_dirfd, new_raw))
     policy = proc.policy
     with policy.resolve_parent(old, proc.cwd, write=True, syscall=syscall) as source, \
             policy.resolve_parent(new, proc.cwd, write=True, syscall=syscall) as target:
@@ -324,8 +328,8 @@ def _linkat(proc: Process, old_dirfd: int, old_address: int, new_dirfd: int, new
         raise SyscallError(errno.EEXIST, "the name exists")
     if final_name(old_raw) in (b".", b"..", b"/"):
         raise SyscallError(errno.EPERM, "directories cannot be hard-linked")
-    old = guest_path(proc, old_dirfd, old_raw)
-    new = guest_path(proc, new_dirfd, new_raw)
+    old = entry_path(proc, guest_path(proc, old_dirfd, old_raw))
+    new = entry_path(proc, guest_path(proc, new_dirfd, new_raw))
     policy = proc.policy
     with policy.resolve_parent(old, proc.cwd, write=True, syscall=syscall) as source, \
             policy.resolve_parent(new, proc.cwd, write=True, syscall=syscall) as target:
@@ -366,7 +370,7 @@ def _symlinkat(proc: Process, target_address: int, dirfd: int, path_address: int
     raw = read_path(proc, path_address)
     if final_name(raw) in (b".", b"..", b"/"):
         raise SyscallError(errno.EEXIST, "the name exists")
-    path = guest_path(proc, dirfd, raw)
+    path = entry_path(proc, guest_path(proc, dirfd, raw))
     with proc.policy.resolve_parent(path, proc.cwd, write=True, syscall=syscall) as parent:
         os.symlink(os.fsdecode(target), parent.name, dir_fd=parent.dirfd)
     return 0

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import posixpath
 import re
@@ -131,6 +132,35 @@ def final_name(raw: bytes) -> bytes:
     return stripped.rsplit(b"/", 1)[-1] if stripped else b"/"
 
 
+def entry_path(proc: Process, path: str, follow: bool = False,
+               refusal: int = errno.EACCES) -> str:
+    """The guest path a call that changes something acts on: *path*
+    itself, or where a /proc link leads (``mkdir("/proc/self/cwd/d")``
+    makes ``<cwd>/d``; with *follow*, ``chmod("/proc/self/fd/3")`` changes
+    the file fd 3 was opened by).  The synthesized /proc itself is never
+    changed: *refusal* (EACCES for entries and contents, EPERM for
+    metadata, as Linux answers an unprivileged user)."""
+    absolute = posixpath.normpath(path)
+    if not procfs.owns(absolute):
+        return path
+    if follow:
+        found = procfs.lookup(proc, absolute, follow=True)
+    else:
+        parent, name = posixpath.split(absolute)
+        found = procfs.lookup(proc, parent, follow=True)
+        if isinstance(found, procfs.Redirect):
+            return posixpath.join(found.path, name)
+    if isinstance(found, procfs.Redirect):
+        return found.path
+    if isinstance(found, procfs.OwnFd):
+        file = proc.fds.get(found.fd)
+        if follow and isinstance(file, HostFile) and file.path.startswith("/"):
+            return file.path
+        if not follow:
+            raise SyscallError(errno.ENOTDIR, f"{path}: fd {found.fd} is not a directory")
+    raise SyscallError(refusal, f"{path}: the synthesized /proc cannot be changed")
+
+
 def check_writable_entry(proc: Process, path: str, syscall: str) -> None:
     """Raise unless *path*'s directory entry lies in a write grant.
 
@@ -139,7 +169,8 @@ def check_writable_entry(proc: Process, path: str, syscall: str) -> None:
     removing it needs.  A grant directory itself is refused: the sandbox does
     not let the guest change the roots it was given.
     """
-    with proc.policy.resolve_parent(path, proc.cwd, write=True, syscall=syscall):
+    with proc.policy.resolve_parent(entry_path(proc, path), proc.cwd, write=True,
+                                    syscall=syscall):
         pass
 
 
@@ -148,7 +179,8 @@ def open_to_change(proc: Process, path: str, follow: bool, syscall: str) -> int:
     is followed beneath the grant when *follow*, and the rights are those of
     where it leads (:meth:`~minikvm.sandbox.policy.Policy.open_to_change`).
     The caller closes it."""
-    return proc.policy.open_to_change(path, proc.cwd, follow, syscall=syscall)
+    return proc.policy.open_to_change(entry_path(proc, path, follow, errno.EPERM), proc.cwd,
+                                      follow, syscall=syscall)
 
 
 def check_file_change(proc: Process, file: OpenFile, syscall: str) -> None:
@@ -207,13 +239,16 @@ def own_fd_file(proc: Process, number: int, path: str, flags: int) -> OpenFile:
     return file
 
 
+#: ioctl asking a terminal for its session (asm-generic/ioctls.h); it fails
+#: with ENOTTY on a terminal that is not the caller's controlling terminal.
+TIOCGSID = 0x5429
 #: The name of the controlling terminal, whatever it is (tty(4)).
 CONTROLLING_TERMINAL = "/dev/tty"
 
 
 def controlling_terminal(proc: Process, flags: int) -> OpenFile:
     """``open("/dev/tty")``: the sandbox's controlling terminal, when one
-    of the stdio minikvm was given is it (``tcgetsid`` succeeds only on
+    of the stdio minikvm was given is it (``TIOCGSID`` succeeds only on
     the caller's controlling terminal), opened again with the guest's
     access mode; ENXIO without one, as Linux answers a process that has no
     controlling terminal.  The host's /dev/tty is never opened by name."""
@@ -223,7 +258,7 @@ def controlling_terminal(proc: Process, flags: int) -> OpenFile:
                 and file.host_fd is not None and os.isatty(file.host_fd)):
             continue
         try:
-            os.tcgetsid(file.host_fd)
+            fcntl.ioctl(file.host_fd, TIOCGSID, bytes(4))
         except OSError:
             continue                    # a terminal, but not the controlling one
         mode = flags & (O_ACCMODE | O_NONBLOCK)

@@ -506,10 +506,16 @@ def _filesystem_of(fd: int) -> str:
 def _mount_table(proc: Process) -> list[tuple[str, str, str, str]]:
     """(mount point, type, options, source) of the view: a read-only root
     that holds only the way down to the grants, /proc, /dev, and each grant
-    as a bind mount (read-only ones ``ro``), shortest path first."""
+    as a bind mount (read-only ones ``ro``), shortest path first.  A mount
+    point the view does not hold (``/`` with no grant at all) is left out,
+    so ``df`` finds every mount it is told of."""
+    def in_view(point: str) -> bool:         # in a grant, or above one
+        return any(grant.contains(point) or grant.path.startswith(point.rstrip("/") + "/")
+                   for grant in proc.policy.grants)
     table = [("/", "tmpfs", "ro,nosuid,nodev", "minikvm"),
              ("/proc", "proc", "ro,nosuid,nodev,noexec,relatime", "proc"),
              ("/dev", "devtmpfs", "ro,nosuid,noexec", "minikvm")]
+    table = [mount for mount in table if mount[0] == "/proc" or in_view(mount[0])]
     for grant in sorted(proc.policy.grants, key=lambda grant: (len(grant.path), grant.path)):
         table.append((grant.path, _filesystem_of(grant.dirfd),
                       ("rw" if grant.writable else "ro") + ",nosuid,nodev,relatime", "minikvm"))
@@ -542,7 +548,7 @@ def mountinfo(proc: Process) -> bytes:
             if other != index and (table[other][0] == "/" or
                                    point.startswith(table[other][0] + "/")):
                 parent = FIRST_MOUNT_ID + other
-        root = point if index > 2 else "/"
+        root = point if source == "minikvm" and kind not in ("tmpfs", "devtmpfs") else "/"
         vfs = options.split(",")[0]
         lines.append(f"{FIRST_MOUNT_ID + index} {parent} 0:{FIRST_MOUNT_ID + index} "
                      f"{_escape(root)} {_escape(point)} {options} - {kind} {source} {vfs}\n")
@@ -708,8 +714,7 @@ def open_node(node: Node, flags: int) -> OpenFile:
     if node.kind == DIRECTORY:
         if writes and not path_only:
             raise SyscallError(errno.EISDIR, f"{node.path} is a directory")
-        return SyntheticDirectory(node.path, [] if path_only else listing(node),
-                                  O_RDONLY, node.stat())
+        return SyntheticDirectory(node.path, O_RDONLY, node.stat())
     if writes and not path_only:
         raise SyscallError(errno.EACCES, f"{node.path} is read-only")
     data = b"" if path_only or node.contents is None else node.contents()
@@ -726,6 +731,16 @@ def listing(node: Node) -> list[tuple[bytes, int, int]]:
         if child.listed:
             entries.append((os.fsencode(name), inode(child.path), child.kind >> 12))
     return entries
+
+
+def list_directory(proc: Process, file: SyntheticDirectory) -> list[tuple[bytes, int, int]]:
+    """The listing of an open /proc directory, made now from its path (a
+    directory that is gone since — a thread's that ended — lists nothing)."""
+    try:
+        node = lookup(proc, file.path, follow=False)
+    except SyscallError:
+        return []
+    return listing(node) if isinstance(node, Node) and node.kind == DIRECTORY else []
 
 
 def check_access(node: Node, mode: int) -> None:
