@@ -23,7 +23,7 @@ from minikvm.linux_abi import (F_DUPFD, F_DUPFD_CLOEXEC, F_GETFD, F_GETFL, F_GET
                                F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW, F_SETFD, F_SETFL, F_SETLK,
                                F_SETLKW, FD_CLOEXEC, O_APPEND, O_CLOEXEC, O_NONBLOCK)
 from minikvm.process.fdtable import (PIPE_CAPACITY, EventFd, OpenFile, Pipe,
-                                     PipeEnd)
+                                     PipeEnd, SyntheticFile)
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32, signed64
 
 from minikvm.syscalls.files import (MAX_IO, UINT_MASK, SEEK_SET, SEEK_CUR, check_file_size)
@@ -77,7 +77,9 @@ def _copy_through_python(proc: Process, source: OpenFile, target: OpenFile, offs
             raise SyscallError(errno.EAGAIN, "pipe full")
         count = min(count, room)
     chunk = bytearray(min(count, COPY_CHUNK))
-    if offset is not None:
+    if offset is not None and isinstance(source, SyntheticFile):
+        got = source.pread([memoryview(chunk)], offset)       # a /proc file
+    elif offset is not None:
         if source.host_fd is None:
             raise SyscallError(errno.ESPIPE, "an offset on a file that cannot seek")
         got = os.preadv(source.host_fd, [chunk], offset)

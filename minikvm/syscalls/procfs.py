@@ -417,7 +417,8 @@ def status(proc: Process, tid: int) -> bytes:
         "CapInh:\t0000000000000000", "CapPrm:\t0000000000000000",
         "CapEff:\t0000000000000000", "CapBnd:\t0000000000000000",
         "CapAmb:\t0000000000000000", "NoNewPrivs:\t1", "Seccomp:\t0",
-        f"Cpus_allowed:\t{ONLY_CPU:x}", "Cpus_allowed_list:\t0",
+        f"Cpus_allowed:\t{ONLY_CPU:x}",
+        f"Cpus_allowed_list:\t{','.join(map(str, guest_cpus()))}",
         "Mems_allowed:\t1", "Mems_allowed_list:\t0",
         "voluntary_ctxt_switches:\t0", "nonvoluntary_ctxt_switches:\t0",
     ]
@@ -615,6 +616,13 @@ def _text(*registers: int) -> str:
         "ascii", "replace").strip()
 
 
+def guest_cpus() -> list[int]:
+    """The guest's CPUs: those of the affinity mask sched_getaffinity
+    returns (:data:`~minikvm.syscalls.info.ONLY_CPU`), so /proc/cpuinfo,
+    /proc/stat and status's Cpus_allowed agree with it."""
+    return [cpu for cpu in range(ONLY_CPU.bit_length()) if ONLY_CPU >> cpu & 1]
+
+
 def cpuinfo(proc: Process) -> bytes:
     """``/proc/cpuinfo``: one processor (the guest's one vCPU, as
     ``sched_getaffinity`` says), described by the CPUID the guest sees."""
@@ -634,17 +642,23 @@ def cpuinfo(proc: Process) -> bytes:
     flags = [name for leaf, register, bit, name in CPU_FLAGS
              if leaves.get(leaf, zero)[registers[register]] >> bit & 1]
     address_sizes = leaves.get(0x80000008, zero)[0]
-    lines = [
-        "processor\t: 0", f"vendor_id\t: {_text(ebx0, edx0, ecx0)}",
+    block = [
+        f"vendor_id\t: {_text(ebx0, edx0, ecx0)}",
         f"cpu family\t: {family}", f"model\t\t: {model}", f"model name\t: {brand or 'unknown'}",
-        f"stepping\t: {signature & 0xF}", "physical id\t: 0", "siblings\t: 1",
-        "core id\t\t: 0", "cpu cores\t: 1", "apicid\t\t: 0", "initial apicid\t: 0",
-        "fpu\t\t: yes", "fpu_exception\t: yes", f"cpuid level\t: {eax0}", "wp\t\t: yes",
-        f"flags\t\t: {' '.join(flags)}", "bugs\t\t:", "clflush size\t: 64",
-        "cache_alignment\t: 64",
-        f"address sizes\t: {address_sizes & 0xFF} bits physical, "
-        f"{(address_sizes >> 8) & 0xFF} bits virtual",
-        "power management:", "", ""]
+        f"stepping\t: {signature & 0xF}", "physical id\t: 0",
+        f"siblings\t: {len(guest_cpus())}"]
+    lines: list[str] = []
+    for cpu in guest_cpus():
+        lines += [f"processor\t: {cpu}", *block,
+                  f"core id\t\t: {cpu}", f"cpu cores\t: {len(guest_cpus())}",
+                  f"apicid\t\t: {cpu}", f"initial apicid\t: {cpu}",
+                  "fpu\t\t: yes", "fpu_exception\t: yes", f"cpuid level\t: {eax0}", "wp\t\t: yes",
+                  f"flags\t\t: {' '.join(flags)}", "bugs\t\t:", "clflush size\t: 64",
+                  "cache_alignment\t: 64",
+                  f"address sizes\t: {address_sizes & 0xFF} bits physical, "
+                  f"{(address_sizes >> 8) & 0xFF} bits virtual",
+                  "power management:", ""]
+    lines.append("")
     return "\n".join(lines).encode()
 
 
@@ -685,7 +699,8 @@ def system_stat(proc: Process) -> bytes:
     idle = max(0, int(up * CLOCK_TICKS) - user - system)
     cpu = f"{user} 0 {system} {idle} 0 0 0 0 0 0"
     boot = int(time.time() - up)
-    return (f"cpu  {cpu}\ncpu0 {cpu}\nintr 0\nctxt 0\nbtime {boot}\nprocesses 1\n"
+    each = "".join(f"cpu{number} {cpu}\n" for number in guest_cpus())
+    return (f"cpu  {cpu}\n{each}intr 0\nctxt 0\nbtime {boot}\nprocesses 1\n"
             f"procs_running 1\nprocs_blocked 0\nsoftirq 0\n").encode()
 
 
