@@ -14,6 +14,8 @@ table, which says what the number refers to.
   full one) reports EAGAIN here; the system call then makes the calling
   thread wait for the program's other threads, or, with none, returns the
   EAGAIN, since a lone thread would block forever — documented as partial.
+* :class:`SyntheticFile` and :class:`SyntheticDirectory` — the files and
+  directories of the synthesized ``/proc``, made at open from the process.
 * :class:`EventFd` — an ``eventfd2`` counter, for threads to wake each other.
 * :class:`EpollFile` — an ``epoll_create1`` instance: the fds it watches
   (:class:`EpollInterest`); :mod:`minikvm.syscalls.epoll` waits on them.
@@ -222,6 +224,113 @@ class DeviceFile(OpenFile):
     def poll(self, events: int) -> int:
         """Always ready, as the real devices are."""
         return DEFAULT_POLLMASK
+
+
+SEEK_SET, SEEK_CUR = 0, 1
+
+
+class SyntheticFile(OpenFile):
+    """A read-only file whose contents minikvm made at open: the files of
+    the synthesized ``/proc`` (:mod:`minikvm.syscalls.procfs`).
+
+    Like Linux's seq files, the text is generated when the file is opened
+    and read from that copy, so a program reading ``/proc/self/maps`` in
+    small pieces sees one consistent picture.  Reads at any offset (or past
+    the end) give what is there, or 0 bytes; ``lseek`` takes SEEK_SET and
+    SEEK_CUR (EINVAL for SEEK_END, as ``seq_lseek``), never a negative
+    position; an ``O_PATH`` open can neither read nor write.
+    """
+    kind = "synthesized file"
+
+    def __init__(self, path: str, data: bytes, status_flags: int, stat: os.stat_result,
+                 path_only: bool = False) -> None:
+        self.path = path
+        self.data = data
+        self.status_flags = status_flags
+        self.stat = stat
+        self.path_only = path_only
+        self.position = 0
+
+    def readable(self) -> bool:
+        return not self.path_only and super().readable()
+
+    def writable(self) -> bool:
+        return False
+
+    def pread(self, views: list[memoryview], offset: int) -> int:
+        """Copy from *offset* into *views*; the bytes copied."""
+        if not self.readable():
+            raise SyscallError(errno.EBADF, f"{self.path} is not open for reading")
+        if offset < 0:
+            raise SyscallError(errno.EINVAL, f"negative offset {offset}")
+        total = 0
+        for view in views:
+            piece = self.data[offset + total:offset + total + len(view)]
+            view[:len(piece)] = piece
+            total += len(piece)
+            if len(piece) < len(view):
+                break
+        return total
+
+    def readv(self, views: list[memoryview]) -> int:
+        count = self.pread(views, self.position)
+        self.position += count
+        self.activity += 1
+        return count
+
+    def writev(self, chunks: list[memoryview]) -> int:
+        raise SyscallError(errno.EBADF, f"{self.path} is not open for writing")
+
+    def seek(self, offset: int, whence: int) -> int:
+        """lseek(2) as Linux's ``seq_lseek``: SEEK_SET and SEEK_CUR only."""
+        if whence == SEEK_SET:
+            position = offset
+        elif whence == SEEK_CUR:
+            position = self.position + offset
+        else:
+            raise SyscallError(errno.EINVAL, f"whence {whence} on {self.path} "
+                               f"(only SEEK_SET and SEEK_CUR)")
+        if position < 0:
+            raise SyscallError(errno.EINVAL, f"offset {position} is negative")
+        self.position = position
+        return position
+
+    def poll(self, events: int) -> int:
+        """Always ready, as a regular file is."""
+        return DEFAULT_POLLMASK
+
+
+class SyntheticDirectory(OpenFile):
+    """A directory of the synthesized ``/proc``.  Its listing —
+    ``(name, inode, d_type)`` entries, ``.`` and ``..`` first — is made at
+    the first getdents (and again after a rewind), as Linux lists /proc
+    when it is read: ``/proc/self/fd`` then shows the fd reading it.
+    getdents hands the entries out from :attr:`directory_offset`."""
+    kind = "synthesized directory"
+
+    def __init__(self, path: str, status_flags: int, stat: os.stat_result) -> None:
+        self.path = path
+        self.entries: list[tuple[bytes, int, int]] | None = None
+        self.status_flags = status_flags
+        self.stat = stat
+        self.directory_offset = 0
+
+    def readv(self, views: list[memoryview]) -> int:
+        raise SyscallError(errno.EISDIR, f"{self.path} is a directory")
+
+    def writev(self, chunks: list[memoryview]) -> int:
+        raise SyscallError(errno.EBADF, f"{self.path} is a directory")
+
+    def seek(self, offset: int, whence: int) -> int:
+        """lseek in the listing: the index of the next entry."""
+        position = offset if whence == SEEK_SET else \
+            self.directory_offset + offset if whence == SEEK_CUR else -1
+        if position < 0:
+            raise SyscallError(errno.EINVAL, f"directory offset {offset} whence {whence}")
+        if position == 0:
+            self.entries = None         # rewinddir: list it again
+        self.directory_offset = position
+        return position
 
 
 #: The most bytes :func:`fill_views` makes at once.

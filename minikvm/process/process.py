@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import signal as signal_module
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -76,6 +77,9 @@ class Process:
         self.exe_path = exe_path
         self.cwd = cwd
         self.umask = 0o022
+        #: When the sandbox came up (``time.monotonic()``): its uptime counts
+        #: from here (/proc/uptime, sysinfo), never the host's boot.
+        self.start_time = time.monotonic()
         self.pid = 1000
         self.fds = FdTable(self.policy.max_fds)
         #: signal -> (handler, flags, restorer, mask), as rt_sigaction set it

@@ -23,8 +23,8 @@ from minikvm.linux_abi import (O_NONBLOCK, O_WRONLY, AT_EMPTY_PATH, AT_FDCWD, AT
 from minikvm.process.fdtable import HostFile
 from minikvm.syscalls.base import PARTIAL, SUPPORTED, Syscall, signed32, signed64
 from minikvm.syscalls.files import (PATH_MAX, check_file_change, check_file_size,
-                                    check_writable_entry, guest_path, host_call, open_to_change,
-                                    read_path)
+                                    check_writable_entry, entry_path, guest_path, host_call,
+                                    open_to_change, read_path)
 from minikvm.syscalls.metadata import stat_of_file, stat_of_path
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def sys_truncate(proc: Process, path_address: int, length: int) -> int:
     """Opened for writing beneath its grant (so a write grant and write
     permission are needed, as Linux wants), then cut."""
     length = signed64(length)
-    path = guest_path(proc, AT_FDCWD, read_path(proc, path_address))
+    path = entry_path(proc, guest_path(proc, AT_FDCWD, read_path(proc, path_address)), True)
     if length < 0:
         raise SyscallError(errno.EINVAL, f"negative length {length}")
     if proc.policy.is_virtual_device(path, proc.cwd):

@@ -19,13 +19,13 @@ import struct
 from typing import TYPE_CHECKING
 
 from minikvm.errors import SyscallError
-from minikvm.linux_abi import (F_ADD_SEALS, F_DUPFD, F_DUPFD_CLOEXEC, F_GET_SEALS, F_GETFD, F_GETFL, F_GETLK, F_GETPIPE_SZ,
-                               F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW, F_SETFD, F_SETFL, F_SETLK,
+from minikvm.linux_abi import (F_ADD_SEALS, F_DUPFD, F_DUPFD_CLOEXEC, F_GET_SEALS, F_GETFD,
+                               F_GETFL, F_GETLK, F_GETPIPE_SZ, F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW, F_SETFD, F_SETFL, F_SETLK,
                                F_SETLKW, FD_CLOEXEC, O_APPEND, O_CLOEXEC, O_NONBLOCK)
-from minikvm.process.fdtable import (PIPE_CAPACITY, EventFd, MemFd, OpenFile, Pipe,
-                                     PipeEnd)
+from minikvm.process.fdtable import (PIPE_CAPACITY, SEEK_CUR, SEEK_SET, EventFd, MemFd,
+                                     OpenFile, Pipe, PipeEnd, SyntheticFile)
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32, signed64
-from minikvm.syscalls.files import (MAX_IO, UINT_MASK, SEEK_SET, SEEK_CUR, check_file_size)
+from minikvm.syscalls.files import MAX_IO, UINT_MASK, check_file_size
 from minikvm.syscalls.memfd import memfd_fcntl
 
 if TYPE_CHECKING:
@@ -78,7 +78,9 @@ def _copy_through_python(proc: Process, source: OpenFile, target: OpenFile, offs
             raise SyscallError(errno.EAGAIN, "pipe full")
         count = min(count, room)
     chunk = bytearray(min(count, COPY_CHUNK))
-    if offset is not None:
+    if offset is not None and isinstance(source, SyntheticFile):
+        got = source.pread([memoryview(chunk)], offset)       # a /proc file
+    elif offset is not None:
         if source.host_fd is None:
             raise SyscallError(errno.ESPIPE, "an offset on a file that cannot seek")
         got = os.preadv(source.host_fd, [chunk], offset)

@@ -24,9 +24,11 @@ from typing import TYPE_CHECKING
 
 from minikvm.errors import SyscallError
 from minikvm.linux_abi import (AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_FOLLOW, MODE_BITS)
-from minikvm.process.fdtable import DIRECTORY_WINDOW, HostFile, OpenFile
+from minikvm.process.fdtable import DIRECTORY_WINDOW, HostFile, OpenFile, SyntheticDirectory
+from minikvm.syscalls import procfs
 from minikvm.syscalls.base import PARTIAL, REFUSED, SUPPORTED, Syscall, signed32
-from minikvm.syscalls.files import UINT_MASK, final_name, guest_path, host_call, read_path
+from minikvm.syscalls.files import (UINT_MASK, entry_path, final_name, guest_path, host_call,
+                                    read_path)
 
 if TYPE_CHECKING:
     from minikvm.process.process import Process
@@ -132,9 +134,11 @@ def _getdents(proc: Process, fd: int, address: int, count: int, pack) -> int:
     the directory.
     """
     file = proc.fds.get(signed32(fd))
+    count &= UINT_MASK
+    if isinstance(file, SyntheticDirectory):
+        return _getdents_synthesized(proc, file, address, count, pack)
     if not isinstance(file, HostFile):
         raise SyscallError(errno.ENOTDIR, f"a {file.kind} is not a directory")
-    count &= UINT_MASK
     index = file.directory_offset
     buffer = bytearray()
     while True:
@@ -152,6 +156,28 @@ def _getdents(proc: Process, fd: int, address: int, count: int, pack) -> int:
         buffer += record
         index += 1
     if not buffer and index < base + len(entries):
+        raise SyscallError(errno.EINVAL, f"a {count}-byte buffer cannot hold one entry")
+    proc.mm.write(address, bytes(buffer))
+    file.directory_offset = index
+    return len(buffer)
+
+
+def _getdents_synthesized(proc: Process, file: SyntheticDirectory, address: int, count: int,
+                          pack) -> int:
+    """getdents of a /proc directory: its listing was made at open; whole
+    records from :attr:`~SyntheticDirectory.directory_offset`, EINVAL when
+    not even one fits, 0 at the end (or past it, after an lseek)."""
+    if file.entries is None:
+        file.entries = procfs.list_directory(proc, file)
+    buffer = bytearray()
+    index = file.directory_offset
+    while index < len(file.entries):
+        record = pack(*file.entries[index], index + 1)
+        if len(buffer) + len(record) > count:
+            break
+        buffer += record
+        index += 1
+    if not buffer and index < len(file.entries):
         raise SyscallError(errno.EINVAL, f"a {count}-byte buffer cannot hold one entry")
     proc.mm.write(address, bytes(buffer))
     file.directory_offset = index
@@ -176,7 +202,7 @@ def _mkdirat(proc: Process, dirfd: int, path_address: int, mode: int, syscall: s
     raw = read_path(proc, path_address)
     if final_name(raw) in (b".", b"..", b"/"):
         raise SyscallError(errno.EEXIST, "the directory exists")
-    path = guest_path(proc, dirfd, raw)
+    path = entry_path(proc, guest_path(proc, dirfd, raw))
     if proc.policy.is_virtual_device(path, proc.cwd):
         raise SyscallError(errno.EEXIST, "a device exists there")
     with proc.policy.resolve_parent(path, proc.cwd, write=True, syscall=syscall) as parent:
@@ -208,7 +234,7 @@ def _unlinkat(proc: Process, dirfd: int, path_address: int, flags: int, syscall:
         dots = {dot: (errno.EISDIR, "a directory") for dot in (b".", b"..", b"/")}
     if name in dots:
         raise SyscallError(*dots[name])
-    path = guest_path(proc, dirfd, raw)
+    path = entry_path(proc, guest_path(proc, dirfd, raw))
     with proc.policy.resolve_parent(path, proc.cwd, write=True, syscall=syscall) as parent:
         if flags & AT_REMOVEDIR:
             os.rmdir(parent.name, dir_fd=parent.dirfd)
@@ -251,8 +277,8 @@ def _renameat2(proc: Process, old_dirfd: int, old_address: int, new_dirfd: int, 
     old_raw, new_raw = read_path(proc, old_address), read_path(proc, new_address)
     if final_name(old_raw) in (b".", b"..", b"/") or final_name(new_raw) in (b".", b"..", b"/"):
         raise SyscallError(errno.EBUSY, "cannot rename '.', '..' or '/'")
-    old = guest_path(proc, old_dirfd, old_raw)
-    new = guest_path(proc, new_dirfd, new_raw)
+    old = entry_path(proc, guest_path(proc, old_dirfd, old_raw))
+    new = entry_path(proc, guest_path(proc, new_dirfd, new_raw))
     policy = proc.policy
     with policy.resolve_parent(old, proc.cwd, write=True, syscall=syscall) as source, \
             policy.resolve_parent(new, proc.cwd, write=True, syscall=syscall) as target:
@@ -302,8 +328,8 @@ def _linkat(proc: Process, old_dirfd: int, old_address: int, new_dirfd: int, new
         raise SyscallError(errno.EEXIST, "the name exists")
     if final_name(old_raw) in (b".", b"..", b"/"):
         raise SyscallError(errno.EPERM, "directories cannot be hard-linked")
-    old = guest_path(proc, old_dirfd, old_raw)
-    new = guest_path(proc, new_dirfd, new_raw)
+    old = entry_path(proc, guest_path(proc, old_dirfd, old_raw))
+    new = entry_path(proc, guest_path(proc, new_dirfd, new_raw))
     policy = proc.policy
     with policy.resolve_parent(old, proc.cwd, write=True, syscall=syscall) as source, \
             policy.resolve_parent(new, proc.cwd, write=True, syscall=syscall) as target:
@@ -344,7 +370,7 @@ def _symlinkat(proc: Process, target_address: int, dirfd: int, path_address: int
     raw = read_path(proc, path_address)
     if final_name(raw) in (b".", b"..", b"/"):
         raise SyscallError(errno.EEXIST, "the name exists")
-    path = guest_path(proc, dirfd, raw)
+    path = entry_path(proc, guest_path(proc, dirfd, raw))
     with proc.policy.resolve_parent(path, proc.cwd, write=True, syscall=syscall) as parent:
         os.symlink(os.fsdecode(target), parent.name, dir_fd=parent.dirfd)
     return 0

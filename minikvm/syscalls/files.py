@@ -25,8 +25,10 @@ opens or follows it   ``policy.open`` / ``policy.stat``: the kernel resolves it
 acts on the entry     ``policy.resolve_parent``: the directory that holds it,
                       opened beneath its grant, and one name the host call looks
                       up there (mkdir, unlink, rmdir, rename, link, symlink)
-names a virtual one   ``/dev/null`` & co., ``/proc/self/exe``, ``/proc/self/fd/N``
-                      and ``/proc/self/cwd``: answered here, never by the host
+names a virtual one   ``/dev/null`` & co., ``/dev/tty``, and all of ``/proc``
+                      (:mod:`minikvm.syscalls.procfs`): answered here, never by
+                      the host; a link out of /proc (``/proc/self/root/x``)
+                      leads to a guest path that goes to the policy
 ====================  ==========================================================
 
 The guest's ``.`` and ``..`` are taken lexically by the policy, so the calls
@@ -48,6 +50,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import posixpath
 import re
@@ -57,12 +60,13 @@ import time
 from typing import TYPE_CHECKING
 
 from minikvm.errors import SyscallError
-from minikvm.linux_abi import (AT_FDCWD, PATH_MAX, O_CREAT, O_PATH, O_TRUNC,
+from minikvm.linux_abi import (AT_FDCWD, PATH_MAX, O_CREAT, O_NOFOLLOW, O_PATH, O_TRUNC,
                                O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_RDONLY, O_WRONLY)
 from minikvm.process import threads
-from minikvm.process.fdtable import (AboveGrantDirectory, DeviceFile, EventFd, HostFile, MemFd,
-                                     OpenFile, PipeEnd)
-from minikvm.syscalls import signals
+from minikvm.process.fdtable import (SEEK_CUR, SEEK_SET, AboveGrantDirectory, DeviceFile, EventFd,
+                                     HostFile, MemFd, OpenFile, PipeEnd, SyntheticDirectory,
+                                     SyntheticFile)
+from minikvm.syscalls import procfs, signals
 from minikvm.syscalls.base import Syscall, signed32, signed64
 from minikvm.syscalls.memfd import check_memfd_size
 from minikvm.syscalls.signalfd import SignalFd
@@ -71,8 +75,6 @@ if TYPE_CHECKING:
     from minikvm.process.process import Process
 
 # -- record locks (fcntl(2), asm-generic/fcntl.h) --------------------------------------
-SEEK_SET = 0
-SEEK_CUR = 1
 MAX_IO = 0x7FFF_F000  # Linux's MAX_RW_COUNT: one read or write moves at most this
 UINT_MASK = 0xFFFF_FFFF
 
@@ -108,6 +110,8 @@ def guest_path(proc: Process, dirfd: int, path: bytes) -> str:
 
 def _directory_path(proc: Process, dirfd: int) -> str:
     file = proc.fds.get(dirfd)
+    if isinstance(file, SyntheticDirectory):
+        return file.path
     if not isinstance(file, HostFile) or not file.path.startswith("/"):
         raise SyscallError(errno.ENOTDIR, "not a directory fd")
     return file.path
@@ -129,6 +133,35 @@ def final_name(raw: bytes) -> bytes:
     return stripped.rsplit(b"/", 1)[-1] if stripped else b"/"
 
 
+def entry_path(proc: Process, path: str, follow: bool = False,
+               refusal: int = errno.EACCES) -> str:
+    """The guest path a call that changes something acts on: *path*
+    itself, or where a /proc link leads (``mkdir("/proc/self/cwd/d")``
+    makes ``<cwd>/d``; with *follow*, ``chmod("/proc/self/fd/3")`` changes
+    the file fd 3 was opened by).  The synthesized /proc itself is never
+    changed: *refusal* (EACCES for entries and contents, EPERM for
+    metadata, as Linux answers an unprivileged user)."""
+    absolute = posixpath.normpath(path)
+    if not procfs.owns(absolute):
+        return path
+    if follow:
+        found = procfs.lookup(proc, absolute, follow=True)
+    else:
+        parent, name = posixpath.split(absolute)
+        found = procfs.lookup(proc, parent, follow=True)
+        if isinstance(found, procfs.Redirect):
+            return posixpath.join(found.path, name)
+    if isinstance(found, procfs.Redirect):
+        return found.path
+    if isinstance(found, procfs.OwnFd):
+        file = proc.fds.get(found.fd)
+        if follow and isinstance(file, HostFile) and file.path.startswith("/"):
+            return file.path
+        if not follow:
+            raise SyscallError(errno.ENOTDIR, f"{path}: fd {found.fd} is not a directory")
+    raise SyscallError(refusal, f"{path}: the synthesized /proc cannot be changed")
+
+
 def check_writable_entry(proc: Process, path: str, syscall: str) -> None:
     """Raise unless *path*'s directory entry lies in a write grant.
 
@@ -137,7 +170,8 @@ def check_writable_entry(proc: Process, path: str, syscall: str) -> None:
     removing it needs.  A grant directory itself is refused: the sandbox does
     not let the guest change the roots it was given.
     """
-    with proc.policy.resolve_parent(path, proc.cwd, write=True, syscall=syscall):
+    with proc.policy.resolve_parent(entry_path(proc, path), proc.cwd, write=True,
+                                    syscall=syscall):
         pass
 
 
@@ -146,7 +180,8 @@ def open_to_change(proc: Process, path: str, follow: bool, syscall: str) -> int:
     is followed beneath the grant when *follow*, and the rights are those of
     where it leads (:meth:`~minikvm.sandbox.policy.Policy.open_to_change`).
     The caller closes it."""
-    return proc.policy.open_to_change(path, proc.cwd, follow, syscall=syscall)
+    return proc.policy.open_to_change(entry_path(proc, path, follow, errno.EPERM), proc.cwd,
+                                      follow, syscall=syscall)
 
 
 def check_file_change(proc: Process, file: OpenFile, syscall: str) -> None:
@@ -179,17 +214,23 @@ def own_open_file(proc: Process, path: str, flags: int) -> OpenFile | None:
 
     ``echo x > /dev/stderr`` and bash's ``<(cmd)`` open these.  The host's
     own ``/dev/stderr`` would be minikvm's, so the answer comes from the
-    guest's fd table: the same open file as that fd (as ``dup`` gives; Linux
-    makes a new open of the same file, which differs only for a regular
-    file's offset and ``O_TRUNC``).  It may not be opened for more than the
-    fd allows (EACCES: a read-only fd cannot become a writable one), and a
-    fd that is not open is ENOENT, as on Linux.
+    guest's fd table (:func:`own_fd_file`).
     """
     match = OWN_FD_PATH.fullmatch(posixpath.normpath(posixpath.join(proc.cwd, path)))
     if match is None or match["pid"] not in (None, "self", "thread-self", str(proc.pid)):
         return None
     number = (STDIO_NUMBERS[match["stdio"]] if match["stdio"]
               else int(match["devfd"] or match["fd"]))
+    return own_fd_file(proc, number, path, flags)
+
+
+def own_fd_file(proc: Process, number: int, path: str, flags: int) -> OpenFile:
+    """The open file guest fd *number* holds, opened again by its name
+    *path*: the same open file as that fd (as ``dup`` gives; Linux makes a
+    new open of the same file, which differs only for a regular file's
+    offset and ``O_TRUNC``).  It may not be opened for more than the fd
+    allows (EACCES: a read-only fd cannot become a writable one), and a fd
+    that is not open is ENOENT, as on Linux."""
     entry = proc.fds.entries.get(number)
     if entry is None:
         raise SyscallError(errno.ENOENT, f"{path}: fd {number} is not open")
@@ -201,20 +242,84 @@ def own_open_file(proc: Process, path: str, flags: int) -> OpenFile | None:
     return file
 
 
+#: ioctl asking a terminal for its session (asm-generic/ioctls.h); it fails
+#: with ENOTTY on a terminal that is not the caller's controlling terminal.
+TIOCGSID = 0x5429
+#: The name of the controlling terminal, whatever it is (tty(4)).
+CONTROLLING_TERMINAL = "/dev/tty"
+
+
+def controlling_terminal(proc: Process, flags: int) -> OpenFile:
+    """``open("/dev/tty")``: the sandbox's controlling terminal, when one
+    of the stdio minikvm was given is it (``TIOCGSID`` succeeds only on
+    the caller's controlling terminal), opened again with the guest's
+    access mode; ENXIO without one, as Linux answers a process that has no
+    controlling terminal.  The host's /dev/tty is never opened by name."""
+    for entry in list(proc.fds.entries.values()):
+        file = entry.file
+        if not (isinstance(file, HostFile) and file.path.startswith("<stdio")
+                and file.host_fd is not None and os.isatty(file.host_fd)):
+            continue
+        try:
+            fcntl.ioctl(file.host_fd, TIOCGSID, bytes(4))
+        except OSError:
+            continue                    # a terminal, but not the controlling one
+        mode = flags & (O_ACCMODE | O_NONBLOCK)
+        try:
+            host_fd = os.open(f"/proc/self/fd/{file.host_fd}", mode | os.O_NOCTTY | O_CLOEXEC)
+        except OSError:
+            host_fd = os.dup(file.host_fd)      # the same terminal, the same open mode
+        return HostFile(host_fd, "<controlling terminal>", mode | (flags & O_APPEND))
+    raise SyscallError(errno.ENXIO, "/dev/tty: the sandbox has no controlling terminal")
+
+
+def synthesized_open(proc: Process, path: str, flags: int) -> tuple[OpenFile | None, str]:
+    """A file of the synthesized /proc (:mod:`minikvm.syscalls.procfs`) or
+    /dev/tty for ``open(path, flags)``; otherwise None and the guest path
+    the policy must open (a link out of /proc leads to another)."""
+    absolute = posixpath.normpath(path) + ("/" if path.endswith("/") else "")
+    if absolute.rstrip("/") == CONTROLLING_TERMINAL:
+        return controlling_terminal(proc, flags), path
+    try:
+        found = procfs.lookup(proc, absolute, follow=not flags & O_NOFOLLOW)
+    except SyscallError as error:
+        parent = posixpath.dirname(absolute.rstrip("/"))
+        if error.errno == errno.ENOENT and flags & O_CREAT and procfs.owns(parent):
+            if isinstance(procfs.lookup(proc, parent), procfs.Node):
+                raise SyscallError(errno.EACCES, f"{path}: nothing can be created in "
+                                   f"{parent}") from None
+        raise
+    if found is None:
+        return None, path
+    if isinstance(found, procfs.Redirect):
+        return None, found.path
+    if isinstance(found, procfs.OwnFd):
+        return own_fd_file(proc, found.fd, path, flags), path
+    if path.endswith("/") and found.kind != procfs.DIRECTORY:
+        raise SyscallError(errno.ENOTDIR, f"{path}: not a directory")
+    return procfs.open_node(found, flags), path
+
+
 def sys_openat(proc: Process, dirfd: int, path_address: int, flags: int, mode: int) -> int:
     """openat(2): open a file through the policy, or one of its virtual devices.
 
     The path is resolved by the kernel beneath a grant (:mod:`minikvm.sandbox.policy`):
     ENOENT outside the grants (they do not exist for the guest), EACCES for a
-    write in a read-only grant; EMFILE past ``--max-fds``."""
+    write in a read-only grant; EMFILE past ``--max-fds``.  The synthesized
+    /proc and /dev/tty are answered first, never by the host."""
     path = guest_path(proc, dirfd, read_path(proc, path_address))
     flags = signed32(flags)
     proc.fds.check_room()   # EMFILE before O_CREAT or O_TRUNC changes a file
     own = own_open_file(proc, path, flags)
     if own is not None:
         return proc.fds.install(own, cloexec=bool(flags & O_CLOEXEC))
+    file, path = synthesized_open(proc, path, flags)
+    if file is not None and id(file) in proc.fds.references:
+        return proc.fds.install(file, cloexec=bool(flags & O_CLOEXEC))   # an fd's own file
     device = proc.policy.is_virtual_device(path, proc.cwd)
-    if device:
+    if file is not None:
+        pass                                # made for this open: /proc, /dev/tty
+    elif device:
         file = DeviceFile(device, path, flags & (O_ACCMODE | O_APPEND | O_NONBLOCK))
     else:
         host_fd = proc.policy.open(path, flags, mode & ~proc.umask & 0o7777, proc.cwd,
@@ -392,7 +497,11 @@ def _host_fd(proc: Process, fd: int) -> int:
 
 
 def sys_pread64(proc: Process, fd: int, buffer: int, count: int, offset: int) -> int:
-    """pread64(2): read at an offset, without moving the file position (host files)."""
+    """pread64(2): read at an offset, without moving the file position (host
+    files and the synthesized /proc's)."""
+    file = proc.fds.get(signed32(fd))
+    if isinstance(file, SyntheticFile):
+        return file.pread(proc.mm.views(buffer, min(count, MAX_IO), write=True), signed64(offset))
     host_fd = _host_fd(proc, fd)
     return os.preadv(host_fd, proc.mm.views(buffer, min(count, MAX_IO), write=True),
                      signed64(offset))
@@ -402,6 +511,8 @@ def sys_pwrite64(proc: Process, fd: int, buffer: int, count: int, offset: int) -
     """pwrite64(2): write at an offset, without moving the file position.
 
     EBADF for an fd not open for writing; EFBIG past ``--max-file-size``."""
+    if isinstance(proc.fds.get(signed32(fd)), SyntheticFile):
+        raise SyscallError(errno.EBADF, "a /proc file is not open for writing")
     host_fd = _host_fd(proc, fd)
     file = proc.fds.get(signed32(fd))
     if not file.writable():
@@ -418,6 +529,8 @@ def sys_lseek(proc: Process, fd: int, offset: int, whence: int) -> int:
     file = proc.fds.get(signed32(fd))
     if isinstance(file, DeviceFile):
         return 0
+    if isinstance(file, (SyntheticFile, SyntheticDirectory)):
+        return file.seek(signed64(offset), signed32(whence))
     if file.host_fd is None:
         raise SyscallError(errno.ESPIPE, "pipes cannot seek")
     if isinstance(file, HostFile) and file.is_directory():

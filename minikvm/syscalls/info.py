@@ -24,6 +24,8 @@ from minikvm.syscalls.signals import sleep
 if TYPE_CHECKING:
     from minikvm.process.process import Process
 
+#: The sandbox's host name: uname's nodename, /proc/sys/kernel/hostname.
+NODE_NAME = "minikvm"
 UTSNAME_FIELD = 65  # each field of struct utsname is char[65]
 GRND_NONBLOCK = 1
 GRND_RANDOM = 2
@@ -51,7 +53,7 @@ def sys_uname(proc: Process, address: int) -> int:
     """The host's kernel release, so libc's version checks pass; the node
     name is the sandbox's own."""
     host = os.uname()
-    fields = ["Linux", "minikvm", host.release, host.version, "x86_64", "(none)"]
+    fields = ["Linux", NODE_NAME, host.release, host.version, "x86_64", "(none)"]
     proc.mm.write(address, b"".join(os.fsencode(f)[:UTSNAME_FIELD - 1].ljust(UTSNAME_FIELD, b"\0")
                                     for f in fields))
     return 0
@@ -73,11 +75,12 @@ def sys_getrandom(proc: Process, buffer: int, count: int, flags: int) -> int:
 
 
 def sys_sysinfo(proc: Process, address: int) -> int:
-    """The guest's memory limit as its RAM, one process, no swap, no load."""
+    """The guest's memory limit as its RAM, one process, no swap, no load;
+    the uptime is the sandbox's (since its process was made), never the host's."""
     pool = proc.mm.user_pool
     total = pool.end - pool.start
     free = total - pool.used
-    uptime = int(time.monotonic())
+    uptime = int(time.monotonic() - proc.start_time)   # the sandbox's, as /proc/uptime
     loads = (0, 0, 0)
     proc.mm.write_struct(address, SYSINFO_FORMAT, uptime, *loads, total, free, 0, 0, 0, 0,
                          1, 0, 0, 1)
@@ -92,7 +95,9 @@ def _only_self(proc: Process, pid: int) -> None:
 
 
 def sys_sched_getaffinity(proc: Process, pid: int, size: int, mask: int) -> int:
-    """One CPU: the guest has one vCPU.  Returns the bytes written, like Linux."""
+    """One CPU: the guest has one vCPU.  Returns the bytes written, like Linux.
+    /proc/cpuinfo, /proc/stat and /proc/<pid>/status list the CPUs of the
+    same mask (:func:`minikvm.syscalls.procfs.guest_cpus`)."""
     _only_self(proc, pid)
     if size < CPU_MASK_UNIT or size % CPU_MASK_UNIT:
         raise SyscallError(errno.EINVAL, f"mask size {size} is not a positive multiple of 8")

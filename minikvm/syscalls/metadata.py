@@ -4,9 +4,10 @@ None of these opens a file for the guest or changes one: they answer what
 a path is (``stat``, ``statx``, ``statfs``), where a link points
 (``readlink``), whether the guest could use it (``access``), and where the
 guest is (``getcwd``, ``chdir``).  Paths go through the policy like every
-other (:mod:`minikvm.syscalls.files` has the path helpers); the virtual
-links ``/proc/self/exe``, ``/proc/self/cwd`` and ``/proc/self/fd/N`` are
-answered here from the process, never by the host.
+other (:mod:`minikvm.syscalls.files` has the path helpers); the synthesized
+/proc (:mod:`minikvm.syscalls.procfs`) is asked first: its files,
+directories and links (``/proc/self/exe``, ``/proc/self/fd/N``…) are
+answered from the process, never by the host.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import ctypes
 import errno
 import os
 import posixpath
-import re
 import stat as stat_module
 import struct
 from typing import TYPE_CHECKING
@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING
 from minikvm.errors import SyscallError
 from minikvm.linux_abi import (AT_EMPTY_PATH, AT_FDCWD, AT_NO_AUTOMOUNT, AT_SYMLINK_NOFOLLOW,
                                NSEC_PER_SEC, O_PATH)
-from minikvm.process.fdtable import (DeviceFile, HostFile, OpenFile, PipeEnd)
+from minikvm.process.fdtable import (DeviceFile, HostFile, OpenFile, PipeEnd, SyntheticDirectory,
+                                     SyntheticFile)
+from minikvm.syscalls import procfs
 from minikvm.syscalls.base import PARTIAL, SUPPORTED, Syscall, signed32
 
 from minikvm.syscalls.files import (PATH_MAX, UINT_MASK, host_call, guest_path, read_path, _directory_path)
@@ -54,11 +56,6 @@ SYS_fstatfs = 138
 
 #: the ``st_dev`` of files minikvm makes up (devices, pipes): no host device
 VIRTUAL_DEV = 0
-#: the /proc links a program reads about itself: ``/proc/self/fd/3``,
-#: ``/proc/1000/cwd``, ``/dev/fd/1`` (a link to /proc/self/fd on Linux)
-PROC_SELF_LINK = re.compile(r"/proc/(?P<pid>self|thread-self|\d+)/(?P<what>exe|cwd|fd/(?P<fd>\d+))"
-                            r"|/dev/fd/(?P<devfd>\d+)")
-
 
 # -- metadata ---------------------------------------------------------------------
 def pack_stat(st: os.stat_result) -> bytes:
@@ -83,6 +80,8 @@ def stat_of_file(file) -> os.stat_result:
     1,3 for /dev/null …); an in-guest pipe as the program's own FIFO."""
     if file.host_fd is not None:
         return os.fstat(file.host_fd)
+    if isinstance(file, (SyntheticFile, SyntheticDirectory)):
+        return file.stat
     if isinstance(file, DeviceFile):
         return synthetic_stat(stat_module.S_IFCHR | 0o666, 0, 0, DeviceFile.RDEV[file.name])
     number = file.pipe.number if isinstance(file, PipeEnd) else 0
@@ -102,10 +101,18 @@ def stat_of_path(proc: Process, dirfd: int, path_address: int, flags: int,
     if not raw:
         raise SyscallError(errno.ENOENT, "empty path")
     path = guest_path(proc, dirfd, raw)
+    follow = not flags & AT_SYMLINK_NOFOLLOW
+    found = procfs.lookup(proc, _spelled(path), follow)
+    if isinstance(found, procfs.Node):
+        return found.stat()
+    if isinstance(found, procfs.OwnFd):
+        return stat_of_file(proc.fds.get(found.fd))
+    if isinstance(found, procfs.Redirect):
+        path = found.path
     device = proc.policy.is_virtual_device(path, proc.cwd)
     if device:
         return stat_of_file(DeviceFile(device, path, 0))
-    return proc.policy.stat(path, proc.cwd, not flags & AT_SYMLINK_NOFOLLOW, syscall=syscall)
+    return proc.policy.stat(path, proc.cwd, follow, syscall=syscall)
 
 
 def sys_fstat(proc: Process, fd: int, address: int) -> int:
@@ -170,7 +177,9 @@ def _statfs_of_file(file: OpenFile) -> bytes:
         buffer = ctypes.create_string_buffer(STATFS_SIZE)
         host_call(SYS_fstatfs, ctypes.c_int(file.host_fd), buffer)
         return buffer.raw
-    magic = PIPEFS_MAGIC if isinstance(file, PipeEnd) else TMPFS_MAGIC
+    magic = PIPEFS_MAGIC if isinstance(file, PipeEnd) else \
+        procfs.PROC_SUPER_MAGIC if isinstance(file, (SyntheticFile, SyntheticDirectory)) \
+        else TMPFS_MAGIC
     return struct.pack(STATFS_FORMAT, magic, VIRTUAL_BLOCK_SIZE, 0, 0, 0, 0, 0, 0, 0, NAME_MAX,
                        VIRTUAL_BLOCK_SIZE, 0)
 
@@ -184,6 +193,14 @@ def sys_fstatfs(proc: Process, fd: int, address: int) -> int:
 def sys_statfs(proc: Process, path_address: int, address: int) -> int:
     """statfs(2): the file system of a path, resolved through the policy."""
     path = guest_path(proc, AT_FDCWD, read_path(proc, path_address))
+    found = procfs.lookup(proc, posixpath.normpath(path))
+    if isinstance(found, (procfs.Node, procfs.OwnFd)):
+        file = proc.fds.get(found.fd) if isinstance(found, procfs.OwnFd) else \
+            SyntheticFile(found.path, b"", 0, found.stat())
+        proc.mm.write(address, _statfs_of_file(file))
+        return 0
+    if isinstance(found, procfs.Redirect):
+        path = found.path
     device = proc.policy.is_virtual_device(path, proc.cwd)
     if device:
         proc.mm.write(address, _statfs_of_file(DeviceFile(device, path, 0)))
@@ -212,6 +229,16 @@ def sys_chdir(proc: Process, path_address: int) -> int:
 
     ENOTDIR for a file; the directories above a grant may be entered."""
     path = posixpath.normpath(guest_path(proc, AT_FDCWD, read_path(proc, path_address)))
+    found = procfs.lookup(proc, path)
+    if isinstance(found, procfs.Node):
+        if found.kind != procfs.DIRECTORY:
+            raise SyscallError(errno.ENOTDIR, f"{path} is not a directory")
+        proc.cwd = found.path
+        return 0
+    if isinstance(found, procfs.OwnFd):
+        raise SyscallError(errno.ENOTDIR, f"{path} is not a directory")
+    if isinstance(found, procfs.Redirect):
+        path = found.path
     st = proc.policy.stat(path, proc.cwd, True, syscall="chdir")
     if not stat_module.S_ISDIR(st.st_mode):
         raise SyscallError(errno.ENOTDIR, "not a directory")
@@ -225,20 +252,34 @@ def sys_fchdir(proc: Process, fd: int) -> int:
     return 0
 
 
+def _spelled(path: str) -> str:
+    """*path* normalised, keeping a trailing slash: ``"/proc/self/"`` names
+    the directory the link leads to, as the kernel follows a final link
+    spelled with a slash."""
+    normal = posixpath.normpath(path)
+    return normal + "/" if path.endswith("/") and normal != "/" else normal
+
+
 def virtual_link(proc: Process, path: str) -> str | None:
-    """The target of a /proc link about the process itself, answered from
-    its own state (None when *path* is not one): the host's /proc would
-    describe minikvm, not the guest."""
-    match = PROC_SELF_LINK.fullmatch(posixpath.normpath(path))
-    if match is None or match["pid"] not in (None, "self", "thread-self", str(proc.pid)):
-        return None
-    fd = match["fd"] or match["devfd"]
-    if fd is None:
-        return proc.exe_path if match["what"] == "exe" else proc.cwd
-    entry = proc.fds.entries.get(int(fd))
-    if entry is None:
-        raise SyscallError(errno.ENOENT, f"fd {fd} is not open")
-    return entry.file.link_target()
+    """The target of a link in the synthesized /proc (``/proc/self/exe``,
+    ``/proc/self/fd/3``, ``/dev/stdin``…), answered from the process's own
+    state; None when the policy must answer (a path outside /proc, or one
+    a link led out of).  EINVAL for a /proc name that is not a link."""
+    found = procfs.lookup(proc, _spelled(path), follow=False)
+    if isinstance(found, procfs.Node):
+        if found.kind != procfs.LINK:
+            raise SyscallError(errno.EINVAL, f"{path} is not a symbolic link")
+        assert found.target is not None
+        return found.target()
+    return None
+
+
+def _redirected(proc: Process, path: str) -> str:
+    """*path*, or the guest path a /proc link leads to when its directory
+    is reached through one (``/proc/self/cwd/link``)."""
+    parent, name = posixpath.split(posixpath.normpath(path))
+    found = procfs.lookup(proc, parent)
+    return posixpath.join(found.path, name) if isinstance(found, procfs.Redirect) else path
 
 
 def _readlinkat(proc: Process, dirfd: int, path_address: int, buffer: int, size: int,
@@ -248,7 +289,7 @@ def _readlinkat(proc: Process, dirfd: int, path_address: int, buffer: int, size:
         raise SyscallError(errno.EINVAL, "buffer size")
     target_text = virtual_link(proc, path)
     if target_text is None:
-        target_text = proc.policy.readlink(path, proc.cwd, syscall=syscall)
+        target_text = proc.policy.readlink(_redirected(proc, path), proc.cwd, syscall=syscall)
     target = os.fsencode(target_text)[:size]
     proc.mm.write(buffer, target)
     return len(target)
@@ -273,10 +314,23 @@ def sys_faccessat2(proc: Process, dirfd: int, path_address: int, mode: int, flag
     Asked of the host kernel beneath the grant (faccessat2); a write in a
     read-only grant is EACCES."""
     path = guest_path(proc, dirfd, read_path(proc, path_address))
+    follow = not signed32(flags) & AT_SYMLINK_NOFOLLOW
+    if signed32(mode) & ~(os.R_OK | os.W_OK | os.X_OK):
+        raise SyscallError(errno.EINVAL, f"access mode {signed32(mode):#o} has unknown bits")
+    found = procfs.lookup(proc, _spelled(path), follow)
+    if isinstance(found, procfs.Node):
+        procfs.check_access(found, signed32(mode))
+        return 0
+    if isinstance(found, procfs.OwnFd):
+        file = proc.fds.get(found.fd)
+        if (mode & os.W_OK and not file.writable()) or (mode & os.R_OK and not file.readable()):
+            raise SyscallError(errno.EACCES, f"{path}: fd {found.fd} does not allow it")
+        return 0
+    if isinstance(found, procfs.Redirect):
+        path = found.path
     if proc.policy.is_virtual_device(path, proc.cwd):
         return 0
-    proc.policy.access(path, signed32(mode), proc.cwd,
-                       follow=not signed32(flags) & AT_SYMLINK_NOFOLLOW, syscall="faccessat2")
+    proc.policy.access(path, signed32(mode), proc.cwd, follow=follow, syscall="faccessat2")
     return 0
 
 
@@ -305,11 +359,11 @@ SYSCALLS = [
     Syscall(80, "chdir", sys_chdir, ("path",)),
     Syscall(81, "fchdir", sys_fchdir, ("fd",)),
     Syscall(89, "readlink", sys_readlink, ("path", "ptr", "uint"), SUPPORTED,
-            "/proc/self/exe, /proc/self/cwd and /proc/self/fd/N describe the guest"),
+            "the synthesized /proc's links (exe, cwd, root, fd/N) describe the guest"),
     Syscall(95, "umask", sys_umask, ("mode",)),
     Syscall(262, "newfstatat", sys_newfstatat, ("dirfd", "path", "ptr", "hex")),
     Syscall(267, "readlinkat", sys_readlinkat, ("dirfd", "path", "ptr", "uint"), SUPPORTED,
-            "/proc/self/exe, /proc/self/cwd and /proc/self/fd/N describe the guest"),
+            "the synthesized /proc's links (exe, cwd, root, fd/N) describe the guest"),
     Syscall(269, "faccessat", sys_faccessat, ("dirfd", "path", "int")),
     Syscall(439, "faccessat2", sys_faccessat2, ("dirfd", "path", "int", "hex")),
     Syscall(332, "statx", sys_statx, ("dirfd", "path", "hex", "hex", "ptr"), PARTIAL,

@@ -445,6 +445,23 @@ def sys_personality(proc: Process, persona: int) -> int:
 
 
 # -- limits and priority --------------------------------------------------------------
+def resource_limits(proc: Process) -> list[tuple[int, int]]:
+    """(soft, hard) of every RLIMIT_* resource, by number: the limits the
+    sandbox enforces (fds, memory, file size), the usual stack limit, and
+    unlimited for the rest.  getrlimit and /proc/<pid>/limits both show these."""
+    memory = proc.mm.user_pool.end - proc.mm.user_pool.start
+    file_size = proc.policy.max_file_size or RLIM_INFINITY
+    values = {
+        RLIMIT_NOFILE: (proc.fds.max_fds, proc.fds.max_fds),
+        RLIMIT_STACK: (STACK_LIMIT, RLIM_INFINITY),
+        RLIMIT_AS: (memory, memory),
+        RLIMIT_DATA: (memory, memory),
+        RLIMIT_FSIZE: (file_size, file_size),
+    }
+    return [values.get(resource, (RLIM_INFINITY, RLIM_INFINITY))
+            for resource in range(RLIM_NLIMITS)]
+
+
 def sys_prlimit64(proc: Process, pid: int, resource: int, new: int, old: int) -> int:
     """Report the limits the sandbox enforces; refuse to change them."""
     _only_self(proc, pid)
@@ -452,16 +469,7 @@ def sys_prlimit64(proc: Process, pid: int, resource: int, new: int, old: int) ->
     if not 0 <= resource < RLIM_NLIMITS:
         raise SyscallError(errno.EINVAL, f"resource {resource}")
     if old:
-        memory = proc.mm.user_pool.end - proc.mm.user_pool.start
-        file_size = proc.policy.max_file_size or RLIM_INFINITY
-        values = {
-            RLIMIT_NOFILE: (proc.fds.max_fds, proc.fds.max_fds),
-            RLIMIT_STACK: (STACK_LIMIT, RLIM_INFINITY),
-            RLIMIT_AS: (memory, memory),
-            RLIMIT_DATA: (memory, memory),
-            RLIMIT_FSIZE: (file_size, file_size),
-        }.get(resource, (RLIM_INFINITY, RLIM_INFINITY))
-        proc.mm.write_struct(old, "<QQ", *values)
+        proc.mm.write_struct(old, "<QQ", *resource_limits(proc)[resource])
     if new:
         soft, hard = proc.mm.read_struct(new, "<QQ")
         if soft > hard:
