@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 from minikvm.errors import SyscallError
 from minikvm.linux_abi import (F_ADD_SEALS, F_DUPFD, F_DUPFD_CLOEXEC, F_GET_SEALS, F_GETFD,
-                               F_GETFL, F_GETLK, F_GETPIPE_SZ, F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW, F_SETFD, F_SETFL, F_SETLK,
-                               F_SETLKW, FD_CLOEXEC, O_APPEND, O_CLOEXEC, O_NONBLOCK)
+                               F_GETFL, F_GETLK, F_GETPIPE_SZ, F_OFD_GETLK, F_OFD_SETLK,
+                               F_OFD_SETLKW, F_SETFD, F_SETFL, F_SETLK, F_SETLKW, FD_CLOEXEC, O_APPEND, O_CLOEXEC, O_NONBLOCK)
 from minikvm.process.fdtable import (PIPE_CAPACITY, SEEK_CUR, SEEK_SET, EventFd, MemFd,
                                      OpenFile, Pipe, PipeEnd, SyntheticFile)
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32, signed64
