@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable
 
 from minikvm.errors import SyscallError
 from minikvm.syscalls.base import MASK64, Syscall
-from minikvm.syscalls.signal_handlers import (deliver_fault, deliver_on_return,
+from minikvm.syscalls.signal_handlers import (deliver_fault, deliver_on_return, deliver_outside,
                                               deliver_switched_in)
 from minikvm.syscalls.table import TABLE_BY_NUMBER
 from minikvm.syscalls.trace import Tracer
@@ -100,6 +100,8 @@ class Dispatcher:
             # a thread put on the vCPU runs the handlers of signals sent to it.
             process.machine.on_fault = lambda frame: deliver_fault(process, frame)
             process.machine.on_switch_in = lambda: deliver_switched_in(process)
+            # A signal sent to minikvm from outside, noticed at an interrupted KVM_RUN.
+            process.machine.on_outside_signal = lambda: deliver_outside(process)
 
     def add(self, entry: Syscall, *, replace: bool = False) -> None:
         """Handle one more system call in this dispatcher only (the table
@@ -135,7 +137,7 @@ class Dispatcher:
             args = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9)[:len(entry.args)]
             regs.rax = self._call_observed(entry, args) & MASK64
             if self.process.signal_work:
-                deliver_on_return(self.process, regs)
+                deliver_on_return(self.process, regs, number)
             return
         try:
             result = caller(self.process, regs)
@@ -147,7 +149,7 @@ class Dispatcher:
             result = self._handler_bug(self.entries[number], error)
         regs.rax = result & MASK64
         if self.process.signal_work:   # a signal's handler to run, or an alarm set
-            deliver_on_return(self.process, regs)
+            deliver_on_return(self.process, regs, number)
 
     def _call_observed(self, entry: Syscall, args: tuple[int, ...]) -> int:
         """The same call, traced and/or timed (``--trace``, ``--summary``)."""
