@@ -10,7 +10,11 @@ the program's own; 128+N when signal N ended it (with a one-line report on
 stderr); 124 on timeout; 126 when the file is not a program minikvm can
 run (a directory, no execute permission, not an ELF it loads); 127 when it
 does not exist or is not found in ``PATH``; 2 for a usage error (a bad
-option or ``--policy`` file, ``--here`` in ``/`` or ``$HOME``).
+option or ``--policy`` file, ``--here`` in ``/`` or ``$HOME``).  When a
+signal sent to minikvm from outside (Ctrl-C, ``kill``) kills the program,
+minikvm says nothing and ends by that same signal, after restoring the
+terminal: the shell sees what it sees for a native program
+(:func:`~minikvm.machine.outside.raise_on_self`).
 """
 
 from __future__ import annotations
