@@ -98,6 +98,46 @@ PATH_MAX = 4096
 #: RSP is a multiple of 16 at process entry and before every call.
 STACK_ALIGNMENT = 16
 
+# --- terminal ioctls (include/uapi/asm-generic/ioctls.h) ------------------------
+# The requests a shell and an editor make on a terminal (minikvm.syscalls.terminal).
+TCGETS = 0x5401
+TCSETS = 0x5402
+TCSETSW = 0x5403
+TCSETSF = 0x5404
+TCXONC = 0x540A
+TCFLSH = 0x540B
+TIOCSCTTY = 0x540E
+TIOCGPGRP = 0x540F
+TIOCSPGRP = 0x5410
+TIOCOUTQ = 0x5411
+#: Push a byte into the terminal's *input*, as if typed: refused, always.
+TIOCSTI = 0x5412
+TIOCGWINSZ = 0x5413
+TIOCSWINSZ = 0x5414
+FIONREAD = 0x541B
+#: The Linux console's multiplexer (selection paste into the input among
+#: its subcodes): refused, always.
+TIOCLINUX = 0x541C
+#: Redirect the system console's output to this terminal: refused, always.
+TIOCCONS = 0x541D
+FIONBIO = 0x5421
+TIOCNOTTY = 0x5422
+TCGETS2 = 0x802C542A      # _IOR('T', 0x2A, struct termios2)
+TCSETS2 = 0x402C542B      # _IOW('T', 0x2B, struct termios2)
+TCSETSW2 = 0x402C542C
+TCSETSF2 = 0x402C542D
+TIOCGSID = 0x5429
+FIONCLEX = 0x5450
+FIOCLEX = 0x5451
+# tcflush(3)'s and tcflow(3)'s arguments (include/uapi/asm-generic/termbits.h)
+TCIFLUSH = 0
+TCOFLUSH = 1
+TCIOFLUSH = 2
+TCOOFF = 0
+TCOON = 1
+TCIOFF = 2
+TCION = 3
+
 # --- struct layouts, x86-64 ---------------------------------------------------
 #: ``struct timespec`` (include/uapi/linux/time_types.h ``__kernel_timespec``).
 TIMESPEC = struct.Struct("<qq")
@@ -111,10 +151,22 @@ IOVEC = struct.Struct("<QQ")
 #: UIO_MAXIOV: the most iovecs one readv/writev/sendmsg takes (else EINVAL).
 UIO_MAXIOV = 1024
 
+#: ``struct termios`` as the *kernel* has it (include/uapi/asm-generic/termbits.h):
+#: c_iflag, c_oflag, c_cflag, c_lflag, c_line, c_cc[NCCS = 19] — not glibc's,
+#: which has 32 control characters and two speeds.
+TERMIOS = struct.Struct("<IIIIB19s")
+#: ``struct termios2``: :data:`TERMIOS`, then c_ispeed and c_ospeed.
+TERMIOS2 = struct.Struct("<IIIIB19sII")
+#: ``struct winsize`` (include/uapi/asm-generic/termios.h): rows, columns, x and y pixels.
+WINSIZE = struct.Struct("<HHHH")
+
 #: Struct name → (layout, the C type ``tests/test_linux_abi.py`` compares its size with).
 STRUCTS: dict[str, tuple[struct.Struct, str]] = {
     "TIMESPEC": (TIMESPEC, "struct __kernel_timespec"),
     "TIMEVAL": (TIMEVAL, "struct __kernel_old_timeval"),
     "ITIMERSPEC": (ITIMERSPEC, "struct __kernel_itimerspec"),
     "IOVEC": (IOVEC, "struct iovec"),
+    "TERMIOS": (TERMIOS, "struct termios"),
+    "TERMIOS2": (TERMIOS2, "struct termios2"),
+    "WINSIZE": (WINSIZE, "struct winsize"),
 }

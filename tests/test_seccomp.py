@@ -92,15 +92,19 @@ def test_socket_families():
 def test_terminal_injection_ioctls_are_denied_and_kvm_ioctls_are_not():
     assert run_bpf(PROGRAM, NR["ioctl"], args=(0, S.TIOCSTI)) == EPERM
     assert run_bpf(PROGRAM, NR["ioctl"], args=(0, S.TIOCLINUX)) == EPERM
+    assert run_bpf(PROGRAM, NR["ioctl"], args=(0, S.TIOCCONS)) == EPERM
+    # only the low 32 bits are the request (an unsigned int to the kernel)
+    assert run_bpf(PROGRAM, NR["ioctl"], args=(0, S.TIOCSTI | 1 << 32)) == EPERM
+    assert run_bpf(PROGRAM, NR["ioctl"], args=(0, 0x5401)) == S.SECCOMP_RET_ALLOW  # TCGETS
     assert run_bpf(PROGRAM, NR["ioctl"], args=(5, KVM_RUN)) == S.SECCOMP_RET_ALLOW
 
 
 def test_structure_via_the_disassembly():
     lines = S.disassemble(PROGRAM).splitlines()
     extra_families = len(S.ALLOWED_SOCKET_FAMILIES)
-    # 4 (arch, x32) + one per denied call + 5 dispatches + 3 clone + 3 ioctl
+    # 4 (arch, x32) + one per denied call + 5 dispatches + 3 clone + 4 ioctl
     # + 1 load and one per family + 4 returns
-    assert len(PROGRAM) == 4 + len(S.DENIED_SYSCALLS) + 5 + 3 + 3 + 1 + extra_families + 4
+    assert len(PROGRAM) == 4 + len(S.DENIED_SYSCALLS) + 5 + 3 + 4 + 1 + extra_families + 4
     assert len(lines) == len(PROGRAM)
     assert lines[0].endswith("A = seccomp_data.arch")
     assert "AUDIT_ARCH_X86_64" in lines[1]

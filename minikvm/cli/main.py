@@ -10,7 +10,11 @@ the program's own; 128+N when signal N ended it (with a one-line report on
 stderr); 124 on timeout; 126 when the file is not a program minikvm can
 run (a directory, no execute permission, not an ELF it loads); 127 when it
 does not exist or is not found in ``PATH``; 2 for a usage error (a bad
-option or ``--policy`` file, ``--here`` in ``/`` or ``$HOME``).
+option or ``--policy`` file, ``--here`` in ``/`` or ``$HOME``).  When a
+signal sent to minikvm from outside (Ctrl-C, ``kill``) kills the program,
+minikvm says nothing and ends by that same signal, after restoring the
+terminal: the shell sees what it sees for a native program
+(:func:`~minikvm.machine.outside.raise_on_self`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 from minikvm.cli import __version__
 from minikvm.cli.options import (EXIT_USAGE, PolicyFileError, add_sandbox_options,
@@ -225,9 +229,9 @@ def spell_trace_file(argv: list[str]) -> list[str]:
 def run_command(options: argparse.Namespace) -> int:
     """``minikvm run``: the launch sequence (:mod:`minikvm.cli.launch`),
     then the program's run to its end, reported as a shell would."""
-    from minikvm.cli.launch import LaunchError, launch
-    from minikvm.syscalls.dispatch import Dispatcher
-    from minikvm.syscalls.trace import Tracer
+    from minikvm.cli.launch import LaunchError
+    from minikvm.cli.terminal import SavedTerminals
+    from minikvm.machine.outside import raise_on_self
 
     trace_stream = None
 
@@ -242,24 +246,50 @@ def run_command(options: argparse.Namespace) -> int:
                 raise LaunchError(EXIT_USAGE, f"cannot write the trace to {options.trace}: "
                                               f"{error.strerror}") from None
 
+    terminals = SavedTerminals.save()
+    try:
+        status, signalled = _run_to_end(options, open_trace, lambda: trace_stream)
+    finally:
+        terminals.restore()      # however the run ended (see minikvm.cli.terminal)
+        if trace_stream is not None and trace_stream is not sys.stderr:
+            trace_stream.close()
+    if signalled:
+        # Killed by a signal the user sent (Ctrl-C, kill): end by it too, as
+        # the native program would — a shell script then stops at a Ctrl-C.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        raise_on_self(signalled)
+    return status
+
+
+def _run_to_end(options: argparse.Namespace, open_trace: Callable[[], None],
+                trace_stream: Callable[[], object]) -> tuple[int, int]:
+    """The launch, the run with the signals from outside forwarded to the
+    program, and the report of its end (:func:`run_command`): the exit
+    status, and the signal from outside that killed the program (0: none)."""
+    from minikvm.cli.launch import LaunchError, launch
+    from minikvm.syscalls.dispatch import Dispatcher
+    from minikvm.syscalls.trace import Tracer
+
     try:
         launched = launch(options, before_walls=open_trace)
     except LaunchError as error:
         print(f"minikvm: {error}", file=sys.stderr)
-        return error.status
+        return error.status, 0
     process, policy = launched.process, launched.policy
     process.threads.max_threads = options.max_threads
-    dispatcher = Dispatcher(process, Tracer(trace_stream) if trace_stream else None,
+    stream = trace_stream()
+    dispatcher = Dispatcher(process, Tracer(stream) if stream else None,  # type: ignore[arg-type]
                             count=options.summary)
     try:
+        process.machine.forward_outside_signals()
         result = process.run(dispatcher, timeout=options.timeout)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:    # a Ctrl-C before the handlers were in place
         sys.stdout.flush()
         print("minikvm: interrupted (Ctrl-C)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED, 0
     finally:
-        if trace_stream is not None and trace_stream is not sys.stderr:
-            trace_stream.close()
+        process.machine.stop_forwarding()
     if result.message:
         sys.stdout.flush()
         print(result.message, file=sys.stderr)
@@ -271,7 +301,7 @@ def run_command(options: argparse.Namespace) -> int:
     if options.audit:
         print(policy.summary(), file=sys.stderr)
     process.close()
-    return result.exit_status
+    return result.exit_status, (result.signal or 0) if result.outside else 0
 
 
 def format_summary(counts: dict[str, list[float]]) -> str:

@@ -43,6 +43,7 @@ from minikvm.kvm.system import Kvm
 from minikvm.machine.guest_clock import GuestClock
 from minikvm.machine.crash import ExceptionFrame, Symbolizer, describe_exception
 from minikvm.machine.mm import AddressSpace
+from minikvm.machine.outside import OutsideSignals
 from minikvm.machine.stops import (RegistersLoaded, Stop, StopKind, SyscallHandler, ThreadSwitched,
                                    TimeLimitReached)
 from minikvm.paging import pte_flags
@@ -169,6 +170,12 @@ class Machine:
         #: the guest has one thread; the function that switches threads.
         self.time_slice: float | None = None
         self.on_preempt: Callable[[], None] | None = None
+        #: Signals sent to minikvm from outside (:meth:`forward_outside_signals`),
+        #: None when they act on minikvm itself; and the signal code's function
+        #: that hands them to the guest, called at an interrupted KVM_RUN
+        #: (wired by the dispatcher, as :attr:`on_switch_in`).
+        self.outside: OutsideSignals | None = None
+        self.on_outside_signal: Callable[[], None] | None = None
         self._slice_over = False
         self._slices_armed = False
         self._previous_profiler: object = None
@@ -348,6 +355,7 @@ class Machine:
         :class:`~minikvm.machine.stops.RunLoopExit`; other than the two the
         loop handles itself, it propagates out of here.
         """
+        self._timed_out = False
         if timeout is not None:
             self._arm_timer(timeout)
         if self.time_slice is not None:
@@ -432,6 +440,9 @@ class Machine:
             if self._slice_over and self.on_preempt is not None:
                 self._slice_over = False
                 self.on_preempt()   # may load another thread's registers
+            if self.outside is not None and self.on_outside_signal is not None \
+                    and self.outside.pending():
+                self.on_outside_signal()   # may run a handler, end or stop the run
             return None  # some other signal: its Python handler has run; resume
         # Imported here: building its dataclasses costs ~4 ms of start-up
         # that a run which never crashes should not pay.
@@ -480,6 +491,28 @@ class Machine:
             return None  # the program's signal handler runs instead
         report = describe_exception(frame, self.symbolize)
         return Stop(StopKind.CRASH, report.one_line(), report)
+
+    # -- signals from outside ------------------------------------------------------
+    def forward_outside_signals(self) -> OutsideSignals:
+        """Catch the signals a user sends ``minikvm run`` (Ctrl-C, SIGTERM,
+        a window resize …: :data:`~minikvm.machine.outside.FORWARDED`) for
+        the guest, until :meth:`stop_forwarding`; see
+        :mod:`minikvm.machine.outside`."""
+        if self.outside is None:
+            self.outside = OutsideSignals(self.vcpu.run_state, lambda: self._timed_out)
+            self.outside.install()
+        return self.outside
+
+    def stop_forwarding(self) -> None:
+        """Let the signals of :meth:`forward_outside_signals` act on minikvm again."""
+        if self.outside is not None:
+            self.outside.uninstall()
+            self.outside = None
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the run is being stopped (its time limit passed)."""
+        return self._timed_out
 
     # -- the time limit ----------------------------------------------------------
     def _arm_timer(self, seconds: float) -> None:

@@ -140,12 +140,17 @@ class ProcessExit(RunLoopExit):
 
 class ProcessKilled(RunLoopExit):
     """The program got a signal whose action is to terminate it
-    (``abort()``, ``raise(SIGTERM)``, ``kill(getpid(), …)``)."""
+    (``abort()``, ``raise(SIGTERM)``, ``kill(getpid(), …)``).  *outside*:
+    the signal was sent to minikvm from outside (Ctrl-C, ``kill``), which
+    ``minikvm run`` then ends by, as a native program would
+    (:func:`minikvm.machine.outside.raise_on_self`)."""
 
-    def __init__(self, signal: signal_module.Signals, reason: str = "") -> None:
+    def __init__(self, signal: signal_module.Signals, reason: str = "",
+                 outside: bool = False) -> None:
         super().__init__(signal)
         self.signal = signal
         self.reason = reason
+        self.outside = outside
 
 
 class WaitingForRequest(RunLoopExit):

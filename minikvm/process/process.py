@@ -57,6 +57,9 @@ class RunResult:
     crash: CrashReport | None = None
     timed_out: bool = False
     signal: int | None = None
+    #: The signal was sent to minikvm from outside (Ctrl-C, ``kill``):
+    #: nothing is reported, and ``minikvm run`` ends by the same signal.
+    outside: bool = False
 
 
 class Process:
@@ -246,9 +249,12 @@ class Process:
         except ProcessKilled as killed:
             # Death by SIGPIPE is how `cmd | head` ends: silent, as natively
             # (shells say nothing for it either); the status still says it.
-            message = ("" if killed.signal == signal_module.SIGPIPE
+            # So is death by a signal the user sent: the user knows why, and
+            # the shell reports it as for a native program (raise_on_self).
+            message = ("" if killed.signal == signal_module.SIGPIPE or killed.outside
                        else f"{killed.signal.name}: {killed.reason}")
-            return RunResult(signal_status(killed.signal), message, signal=int(killed.signal))
+            return RunResult(signal_status(killed.signal), message, signal=int(killed.signal),
+                             outside=killed.outside)
         finally:
             self.fds.close_all()
         if stop.kind == StopKind.TIMEOUT:

@@ -355,10 +355,13 @@ def _retry_others(table: ThreadTable, me: Thread, machine: Machine) -> None:
             _make_runnable(thread, None)
 
 
-def _poll_host(watchers: list[Thread], seconds: float) -> None:
+def _poll_host(watchers: list[Thread], seconds: float, wakeup_fd: int | None = None) -> None:
     """Wait up to *seconds* for a host fd one of *watchers* polls; those
-    whose fds are ready make their calls again."""
+    whose fds are ready make their calls again.  A byte on *wakeup_fd* (a
+    signal from outside: :mod:`minikvm.machine.outside`) ends the wait too."""
     poller = select.poll()
+    if wakeup_fd is not None:
+        poller.register(wakeup_fd, select.POLLIN)
     for thread in watchers:
         for host_fd, events in WATCH_ENTRY.iter_unpack(thread.watch):
             poller.register(host_fd, events)
@@ -399,11 +402,13 @@ def _choose(proc: Process, me: Thread, sleep: Sleep) -> Thread | None:
         watchers = [t for t in table.threads.values() if t.watch]
         if not wakes and not watchers:
             raise _deadlock(table)
-        if run_state.immediate_exit:
+        if proc.machine.stopping:
             return None
         try:
             if watchers:
-                _poll_host(watchers, min([now + HOST_POLL_SLICE_SECONDS, *wakes]) - now)
+                outside = proc.machine.outside
+                _poll_host(watchers, min([now + HOST_POLL_SLICE_SECONDS, *wakes]) - now,
+                           None if outside is None else outside.wakeup_fd)
                 sleep(0)                        # the alarm, a handler, the time limit
             else:
                 sleep(max(0.0, min(wakes) - now))   # delivers the alarm when it is due
@@ -412,7 +417,7 @@ def _choose(proc: Process, me: Thread, sleep: Sleep) -> Thread | None:
                 raise
             _make_runnable(next(iter(table.threads.values())), -errno.EINTR)
             continue
-        if run_state.immediate_exit:
+        if proc.machine.stopping:
             return None
 
 
@@ -615,6 +620,23 @@ def exit_thread(proc: Process, status: int, sleep: Sleep) -> int:
 
 
 # -- preemption -----------------------------------------------------------------------------------
+def at_user_instruction(machine: Machine) -> bool:
+    """Whether the vCPU, stopped by an interruption of KVM_RUN, is exactly
+    between two instructions of the program: at CPL 3, outside minikvm's
+    stub page, with no exception or interrupt being delivered — so that
+    the registers in ``kvm_run`` are the program's whole user state, which
+    may be saved (a thread switch) or interrupted by a signal handler."""
+    state = machine.vcpu.run_state
+    if state.s.regs.sregs.cs.dpl != USER_CPL:
+        return False
+    rip = state.s.regs.regs.rip
+    if SYSCALL_STUB_ADDRESS <= rip < SYSCALL_STUB_ADDRESS + PAGE_SIZE:
+        return False
+    events = machine.vcpu.get_vcpu_events()
+    return not (events.exception.injected or events.exception.pending
+                or events.interrupt.injected or events.nmi.injected)
+
+
 def preempt(proc: Process) -> None:
     """At the end of a time slice: give the vCPU to the next runnable thread,
     if the current one stopped in a state that can be saved as it is — at
@@ -622,15 +644,8 @@ def preempt(proc: Process) -> None:
     being delivered.  Otherwise it keeps running until the next slice."""
     table: ThreadTable = proc.threads
     machine = proc.machine
-    state = machine.vcpu.run_state
-    regs = state.s.regs.regs
-    if len(table) < 2 or state.s.regs.sregs.cs.dpl != USER_CPL:
-        return
-    if SYSCALL_STUB_ADDRESS <= regs.rip < SYSCALL_STUB_ADDRESS + PAGE_SIZE:
-        return
-    events = machine.vcpu.get_vcpu_events()
-    if (events.exception.injected or events.exception.pending or events.interrupt.injected
-            or events.nmi.injected):
+    regs = machine.vcpu.run_state.s.regs.regs
+    if len(table) < 2 or not at_user_instruction(machine):
         return
     _expire(table, time.monotonic())
     me = table.running

@@ -679,12 +679,14 @@ class Policy:
             raise self._deny(syscall, path, f"file would grow to {size} bytes, "
                              f"over the {self.max_file_size}-byte limit", errno.EFBIG)
 
-    def refuse(self, syscall: str, detail: str = "") -> PolicyDenied:
-        """Record and return the ``EPERM`` for a call in :data:`REFUSED_SYSCALLS`.
+    def refuse(self, syscall: str, detail: str = "", reason: str | None = None) -> PolicyDenied:
+        """Record and return the ``EPERM`` for a call in :data:`REFUSED_SYSCALLS`
+        (or a request refused whatever the grants, saying why in *reason*:
+        ``TIOCSTI``).
 
         Use it as ``raise policy.refuse("execve", path)``.
         """
-        reason = REFUSED_SYSCALLS.get(syscall, "refused by the sandbox")
+        reason = reason or REFUSED_SYSCALLS.get(syscall, "refused by the sandbox")
         return self._deny(syscall, detail, reason, REFUSED_ERRNO)
 
     # --- what the policy is, and what it refused --------------------------------------

@@ -37,7 +37,8 @@ outline (``python -m minikvm.sandbox.seccomp`` prints every instruction with
     check_clone:  threads (CLONE_THREAD) yes, namespaces (CLONE_NEW*) no
                   (with allow_fork: any clone without CLONE_NEW*)
     check_family: AF_UNIX, AF_INET, AF_INET6 only
-    check_ioctl:  TIOCSTI and TIOCLINUX no (they type into the user's terminal)
+    check_ioctl:  TIOCSTI, TIOCLINUX no (they type into the user's terminal),
+                  TIOCCONS no (it takes the console's output)
     allow: ret ALLOW   deny: ret ERRNO(EPERM)   enosys: ret ERRNO(ENOSYS)
     kill:  ret KILL_PROCESS
 
@@ -78,6 +79,8 @@ from dataclasses import dataclass
 from typing import Iterable, NamedTuple, Sequence, Union
 
 from minikvm.errors import MinikvmError
+# terminal ioctls that type into the user's terminal or take the console
+from minikvm.linux_abi import TIOCCONS, TIOCLINUX, TIOCSTI
 
 # --- classic BPF, as in <linux/filter.h> and <linux/bpf_common.h> ---------------
 
@@ -147,9 +150,6 @@ CLONE_NEWNET = 0x40000000
 CLONE_NEW_ANY = (CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC
                  | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET)
 
-# terminal ioctls that inject input, from <asm-generic/ioctls.h>
-TIOCSTI = 0x5412
-TIOCLINUX = 0x541C
 
 #: x86-64 numbers of every call the filter names
 #: (arch/x86/entry/syscalls/syscall_64.tbl; pinned by a test against unistd_64.h).
@@ -380,7 +380,8 @@ def build_filter(denied: Iterable[str] = tuple(DENIED_SYSCALLS),
         _Label("check_ioctl"),                      # ioctl(fd, request, ...)
         load_field(seccomp_data_arg(1)),
         _Jump(BPF_JEQ, TIOCSTI, "deny", "next"),
-        _Jump(BPF_JEQ, TIOCLINUX, "deny", "allow"),
+        _Jump(BPF_JEQ, TIOCLINUX, "deny", "next"),
+        _Jump(BPF_JEQ, TIOCCONS, "deny", "allow"),
 
         _Label("check_family"),                     # socket(domain, ...)
         load_field(seccomp_data_arg(0)),
@@ -411,7 +412,7 @@ _JUMP_NAMES = {BPF_JA: "ja", BPF_JEQ: "jeq", BPF_JGT: "jgt", BPF_JGE: "jge",
 _SYSCALL_NAMES = {number: name for name, number in SYSCALL_NUMBERS.items()}
 _FAMILY_NAMES = {int(f): f.name for f in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6)}
 _CLONE_NAMES = {CLONE_THREAD: "CLONE_THREAD", CLONE_NEW_ANY: "CLONE_NEW*"}
-_IOCTL_NAMES = {TIOCSTI: "TIOCSTI", TIOCLINUX: "TIOCLINUX"}
+_IOCTL_NAMES = {TIOCSTI: "TIOCSTI", TIOCLINUX: "TIOCLINUX", TIOCCONS: "TIOCCONS"}
 
 
 def describe_action(action: int) -> str:

@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import errno
 import os
-import struct
 from typing import TYPE_CHECKING
 
 from minikvm.errors import SyscallError
 from minikvm.linux_abi import (F_ADD_SEALS, F_DUPFD, F_DUPFD_CLOEXEC, F_GET_SEALS, F_GETFD,
                                F_GETFL, F_GETLK, F_GETPIPE_SZ, F_OFD_GETLK, F_OFD_SETLK,
-                               F_OFD_SETLKW, F_SETFD, F_SETFL, F_SETLK, F_SETLKW, FD_CLOEXEC, O_APPEND, O_CLOEXEC, O_NONBLOCK)
+                               F_OFD_SETLKW, F_SETFD, F_SETFL, F_SETLK, F_SETLKW, FD_CLOEXEC,
+                               FIONREAD, O_APPEND, O_CLOEXEC, O_NONBLOCK)
 from minikvm.process.fdtable import (PIPE_CAPACITY, SEEK_CUR, SEEK_SET, EventFd, MemFd,
                                      OpenFile, Pipe, PipeEnd, SyntheticFile)
+from minikvm.syscalls import terminal
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32, signed64
 from minikvm.syscalls.files import MAX_IO, UINT_MASK, check_file_size
 from minikvm.syscalls.memfd import memfd_fcntl
@@ -34,10 +35,6 @@ if TYPE_CHECKING:
 F_RDLCK, F_WRLCK, F_UNLCK = 0, 1, 2
 #: ``struct flock`` on x86-64: l_type, l_whence (short); l_start, l_len (off_t); l_pid
 FLOCK_FORMAT = "<hh4xqqi4x"
-TCGETS = 0x5401
-TIOCGWINSZ = 0x5413
-TIOCGPGRP = 0x540F
-FIONREAD = 0x541B
 SEEK_END = 2
 CLOSE_RANGE_UNSHARE = 2
 CLOSE_RANGE_CLOEXEC = 4
@@ -261,29 +258,22 @@ def _record_lock(proc: Process, file: OpenFile, command: int, address: int) -> i
 
 
 def sys_ioctl(proc: Process, fd: int, request: int, argument: int) -> int:
-    """Terminal queries: answered from the host fd when it is a terminal,
-    ENOTTY otherwise.  No other ioctl reaches the host."""
-    file = proc.fds.get(signed32(fd))
+    """ioctl(2): the terminal requests on a terminal
+    (:mod:`minikvm.syscalls.terminal`: TCGETS, TCSETS*, TIOCGWINSZ …; TIOCSTI
+    refused), the requests every fd has (FIONBIO, FIOCLEX, FIONREAD), and
+    FIONREAD on in-guest pipes; ENOTTY otherwise.  No other ioctl reaches
+    the host.  The request is an ``unsigned int``, as the kernel reads it."""
+    fd = signed32(fd)
+    file = proc.fds.get(fd)
     request &= 0xFFFF_FFFF
-    if request in (TCGETS, TIOCGWINSZ, TIOCGPGRP):
-        if file.host_fd is None or not os.isatty(file.host_fd):
-            raise SyscallError(errno.ENOTTY, "not a terminal")
-        if request == TIOCGWINSZ:
-            size = os.get_terminal_size(file.host_fd)
-            proc.mm.write_struct(argument, "<HHHH", size.lines, size.columns, 0, 0)
-            return 0
-        if request == TIOCGPGRP:
-            proc.mm.write_struct(argument, "<i", proc.pid)
-            return 0
-        import termios
-        attributes = termios.tcgetattr(file.host_fd)
-        iflag, oflag, cflag, lflag = attributes[:4]
-        control = bytes(c if isinstance(c, int) else c[0] for c in attributes[6])[:19]
-        proc.mm.write(argument, struct.pack("<IIIIB19s", iflag, oflag, cflag, lflag, 0, control))
-        return 0
+    if terminal.handles(request):
+        return terminal.terminal_ioctl(proc, fd, file, request, argument)
     if request == FIONREAD and isinstance(file, PipeEnd):
         proc.mm.write_struct(argument, "<i", len(file.pipe.data))
         return 0
+    answer = terminal.generic_ioctl(proc, fd, file, request, argument)
+    if answer is not None:
+        return answer
     raise SyscallError(errno.ENOTTY, f"ioctl {request:#x} is not supported")
 
 
@@ -326,7 +316,11 @@ def sys_pipe(proc: Process, address: int) -> int:
 
 SYSCALLS = [
     Syscall(16, "ioctl", sys_ioctl, ("fd", "hex", "ptr"), PARTIAL,
-            "terminal queries (TCGETS, TIOCGWINSZ, TIOCGPGRP) and FIONREAD on pipes"),
+            "on a terminal: TCGETS, TCSETS, TCSETSW, TCSETSF (and the termios2 forms), "
+            "TIOCGWINSZ, TIOCSWINSZ, TIOCGPGRP, TIOCSPGRP, TIOCGSID, TIOCSCTTY, TIOCNOTTY, "
+            "TCFLSH, TCXONC, TIOCOUTQ, FIONREAD; on every fd: FIONBIO, FIOCLEX, FIONCLEX, "
+            "FIONREAD (pipes, host files); TIOCSTI, TIOCLINUX, TIOCCONS refused (EPERM); "
+            "other requests ENOTTY"),
     Syscall(22, "pipe", sys_pipe, ("ptr",), PARTIAL,
             "in-guest pipes; an empty pipe gives EAGAIN unless another thread may fill it"),
     Syscall(293, "pipe2", sys_pipe2, ("ptr", "hex"), PARTIAL,

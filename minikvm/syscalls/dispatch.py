@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable
 from minikvm.errors import SyscallError
 from minikvm.process.vdso import refresh_if_due
 from minikvm.syscalls.base import MASK64, Syscall
-from minikvm.syscalls.signal_handlers import (deliver_fault, deliver_on_return,
+from minikvm.syscalls.signal_handlers import (deliver_fault, deliver_on_return, deliver_outside,
                                               deliver_switched_in)
 from minikvm.syscalls.table import TABLE_BY_NUMBER
 from minikvm.syscalls.trace import Tracer
@@ -109,6 +109,8 @@ class Dispatcher:
             process.machine.on_fault = lambda frame: (emulate_vsyscall(self, frame)
                                                       or deliver_fault(process, frame))
             process.machine.on_switch_in = lambda: deliver_switched_in(process)
+            # A signal sent to minikvm from outside, noticed at an interrupted KVM_RUN.
+            process.machine.on_outside_signal = lambda: deliver_outside(process)
 
     def add(self, entry: Syscall, *, replace: bool = False) -> None:
         """Handle one more system call in this dispatcher only (the table
@@ -144,7 +146,7 @@ class Dispatcher:
             args = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9)[:len(entry.args)]
             regs.rax = self._call_observed(entry, args) & MASK64
             if self.process.signal_work:
-                deliver_on_return(self.process, regs)
+                deliver_on_return(self.process, regs, number)
             return
         try:
             result = caller(self.process, regs)
@@ -158,7 +160,7 @@ class Dispatcher:
         if time.monotonic_ns() >= self.clock_refresh_due:
             self._refresh_clock()
         if self.process.signal_work:   # a signal's handler to run, or an alarm set
-            deliver_on_return(self.process, regs)
+            deliver_on_return(self.process, regs, number)
 
     def _refresh_clock(self) -> None:
         """Measure the vDSO's clock line again (:func:`minikvm.process.vdso.refresh_if_due`):

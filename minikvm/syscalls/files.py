@@ -360,8 +360,13 @@ def sys_read(proc: Process, fd: int, buffer: int, count: int) -> int:
 
 
 def _read(proc: Process, file, views: list[memoryview]) -> int:
-    if len(proc.threads) > 1 and isinstance(file, HostFile) and views:
-        _wait_for_host_fd(proc, file)
+    if isinstance(file, HostFile) and views and may_wait(file):
+        if file.status_flags & O_NONBLOCK:
+            _check_ready_now(file, select.POLLIN)
+        elif len(proc.threads) > 1:
+            _wait_for_host_fd(proc, file)
+        else:
+            signals.wait_for_host_fd(proc, file.host_fd, select.POLLIN)
     while True:
         try:
             return file.readv(views)
@@ -371,6 +376,30 @@ def _read(proc: Process, file, views: list[memoryview]) -> int:
                 _wait_for_pipe(proc, file, error, "read from an empty pipe")
                 raise
             _wait_for_time(proc, file)
+
+
+def may_wait(file: HostFile) -> bool:
+    """Whether a read or write of this host fd may wait: a terminal, a pipe
+    or FIFO, a socket — not a regular file or a directory, which the host
+    answers at once.  Asked of the host each time (one ``fstat``): a
+    cached answer would be state a snapshot must compare."""
+    if file.host_fd is None:
+        return False
+    mode = os.fstat(file.host_fd).st_mode
+    return (stat_module.S_ISFIFO(mode) or stat_module.S_ISCHR(mode)
+            or stat_module.S_ISSOCK(mode))
+
+
+def _check_ready_now(file: HostFile, events: int) -> None:
+    """A non-blocking (``O_NONBLOCK``, ``FIONBIO``) read or write of a host
+    fd that would wait: EAGAIN, as Linux answers.  The host fd itself stays
+    blocking — it is the user's terminal, shared with the shell — so the
+    guest's flag is honoured here."""
+    poller = select.poll()
+    poller.register(file.host_fd, events)
+    if not poller.poll(0):
+        raise SyscallError(errno.EAGAIN, f"{file.link_target()}: not ready, and the fd is "
+                                         "non-blocking")
 
 
 def _wait_for_time(proc: Process, file: OpenFile) -> None:
@@ -385,7 +414,7 @@ def _wait_for_time(proc: Process, file: OpenFile) -> None:
                                    lambda seconds: signals.sleep(proc, seconds), wake_at=wake)
         return
     signals.sleep(proc, max(0.0, wake - time.monotonic()))
-    if proc.machine.vcpu.run_state.immediate_exit:
+    if proc.machine.stopping:
         raise SyscallError(errno.EINTR, "interrupted: the run is being stopped")
 
 
@@ -454,7 +483,14 @@ def sys_writev(proc: Process, fd: int, iov: int, count: int) -> int:
 
 def _write(proc: Process, file, views: list[memoryview]) -> int:
     """Write, and on EPIPE (no reader left) send SIGPIPE first, as Linux
-    does: ``yes | head -1`` ends ``yes`` with status 141."""
+    does: ``yes | head -1`` ends ``yes`` with status 141.  A write to a
+    host pipe or terminal that is full waits as :func:`_read` does (a
+    signal from outside interrupts it)."""
+    if isinstance(file, HostFile) and views and file.writable() and may_wait(file):
+        if file.status_flags & O_NONBLOCK:
+            _check_ready_now(file, select.POLLOUT)
+        elif len(proc.threads) == 1:
+            signals.wait_for_host_fd(proc, file.host_fd, select.POLLOUT)
     try:
         return file.writev(views)
     except (BrokenPipeError, SyscallError) as error:

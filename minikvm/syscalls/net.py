@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from minikvm.errors import SyscallError
 from minikvm.linux_abi import UIO_MAXIOV, USEC_PER_SEC
+from minikvm.syscalls import signals
 from minikvm.syscalls.base import PARTIAL, REFUSED, Syscall, signed32
 from minikvm.syscalls.files import MAX_IO
 from minikvm.syscalls.sockets import (AF_UNIX, FAMILY_NAMES, HostAddress, MAX_OPTION_LENGTH,
@@ -81,9 +82,10 @@ def _socket(proc: Process, fd: int) -> SocketFile:
 
 
 def _stop_check(proc: Process) -> Callable[[], bool]:
-    """``kvm_run.immediate_exit``: set by the run loop's time limit."""
-    run_state = proc.machine.vcpu.run_state
-    return lambda: bool(run_state.immediate_exit)
+    """Whether a socket's wait must end: the run's time limit passed, or a
+    signal's handler must run (one sent from outside is delivered here:
+    :func:`minikvm.syscalls.signals.interrupted`)."""
+    return lambda: signals.interrupted(proc)
 
 
 def _read_sockaddr(proc: Process, address: int, length: int) -> tuple[int, HostAddress]:

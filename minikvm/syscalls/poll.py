@@ -37,7 +37,7 @@ from minikvm.process import threads
 from minikvm.process.fdtable import (ALWAYS_REPORTED, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT,
                                      POLLPRI, POLLRDNORM, POLLWRNORM)
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32
-from minikvm.syscalls.signals import deliver_due_alarm, ready, sleep
+from minikvm.syscalls.signals import deliver_due_alarm, ready, sleep, take_outside_signals
 from minikvm.syscalls.timeouts import (read_select_timeout, read_timeout, write_timespec,
                                        write_timeval)
 
@@ -94,14 +94,19 @@ def ready_events(proc: Process, requests: list[tuple[int, int]], timeout: float 
             return results                    # the deadline passed: nothing was ready
         slice_seconds = min([WAIT_SLICE_SECONDS] + [max(0.0, t - now) for t in (deadline, wake)
                                                     if t is not None])
+        outside = proc.machine.outside
+        if outside is not None:               # a signal from outside ends the slice
+            host = host or select.poll()
+            host.register(outside.wakeup_fd, select.POLLIN)
         if host:
             host.poll(slice_seconds * 1000)   # returns early when one is ready
         else:
             time.sleep(slice_seconds)
+        take_outside_signals(proc, woken=outside is not None)
         deliver_due_alarm(proc)               # usually ends the run
         if ready(proc):
             raise SyscallError(errno.EINTR, "interrupted by a signal with a handler")
-        if proc.machine.vcpu.run_state.immediate_exit:
+        if proc.machine.stopping:
             raise SyscallError(errno.EINTR, "interrupted: the run is being stopped")
 
 

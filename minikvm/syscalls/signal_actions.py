@@ -157,7 +157,7 @@ def sys_rt_sigtimedwait(proc: Process, address: int, info: int, timeout: int, si
         now = time.monotonic()
         if deadline is not None and now >= deadline:
             raise SyscallError(errno.EAGAIN, "no signal arrived in time")
-        if proc.machine.vcpu.run_state.immediate_exit:
+        if proc.machine.stopping:
             raise SyscallError(errno.EINTR, "the run's time limit interrupted the wait")
         # sleep() wakes for the alarm and delivers it: blocked, it becomes
         # pending; a handled signal that is not blocked interrupts (EINTR)

@@ -54,11 +54,14 @@ from minikvm.machine.crash import ExceptionFrame, describe_exception
 from minikvm.machine.machine import USER_RFLAGS_MASK
 from minikvm.machine.stops import RegistersLoaded, ProcessKilled
 from minikvm.process import sigframe
-from minikvm.syscalls.base import PARTIAL, Syscall
-from minikvm.syscalls.signals import (SA_NODEFER, SA_ONSTACK, SA_RESETHAND, SA_RESTORER,
-                                      SI_KERNEL, SIG_DFL, SIGINFO_SIZE, UNBLOCKABLE, action_of,
-                                      bit, deliver, deliver_due_alarm, has_handler, ready,
-                                      refresh_work, sent_info, signal_number)
+from minikvm.process import threads
+from minikvm.process.threads import SYSCALL_INSTRUCTION_SIZE
+from minikvm.syscalls.base import MASK64, PARTIAL, Syscall
+from minikvm.syscalls.signals import (ERESTARTSYS, SA_NODEFER, SA_ONSTACK, SA_RESETHAND,
+                                      SA_RESTART, SA_RESTORER, SI_KERNEL, SIG_DFL, SIGINFO_SIZE,
+                                      UNBLOCKABLE, action_of, bit, deliver, deliver_due_alarm,
+                                      has_handler, ready, refresh_work, sent_info, signal_number,
+                                      take_outside_signals)
 from minikvm.x86 import CANONICAL_LIMIT, CPUID_XSAVE_STATE
 
 if TYPE_CHECKING:
@@ -109,7 +112,19 @@ def deliver_switched_in(proc: Process) -> None:
     refresh_work(proc)
 
 
-def deliver_on_return(proc: Process, regs: k.kvm_regs) -> None:
+def deliver_outside(proc: Process) -> None:
+    """KVM_RUN was interrupted and a signal came from outside (Ctrl-C, a
+    resize …: :mod:`minikvm.machine.outside`): deliver it, and run its
+    handler now if the vCPU stopped between two of the program's
+    instructions — a program in a loop that makes no system call gets it
+    at once.  Otherwise (it stopped in minikvm's stub, say) the handler
+    waits for the next system call's return."""
+    take_outside_signals(proc, woken=True)
+    if ready(proc) and threads.at_user_instruction(proc.machine):
+        deliver_switched_in(proc)
+
+
+def deliver_on_return(proc: Process, regs: k.kvm_regs, number: int = -1) -> None:
     """Run the handlers of the ready signals as a system call returns.
 
     The dispatcher calls this after the result is in RAX, when
@@ -118,8 +133,16 @@ def deliver_on_return(proc: Process, regs: k.kvm_regs) -> None:
     handler is entered the same way the program would have been returned
     to — RCX and R11 say where and with which flags — so the run loop
     (PVM) or the stub's ``sysretq`` (hardware) does the rest; RCX and R11
-    are scratch registers at a handler's entry anyway."""
+    are scratch registers at a handler's entry anyway.
+
+    A result of ``-ERESTARTSYS`` (a wait a signal interrupted, call
+    *number*) becomes what Linux's ``handle_signal`` makes of it: EINTR
+    when the first handler to run lacks ``SA_RESTART``; otherwise the call
+    is made again — RIP back onto the ``syscall`` instruction, RAX its
+    number — after the handler returns, or at once when no handler runs."""
     deliver_due_alarm(proc)
+    if regs.rax == -ERESTARTSYS & MASK64:
+        _restart_or_eintr(proc, regs, number)
     if ready(proc):
         context = sigframe.sigcontext_64()
         for field, name in sigframe.REGISTERS:
@@ -134,6 +157,18 @@ def deliver_on_return(proc: Process, regs: k.kvm_regs) -> None:
             regs.r11 = entry.flags
     _restore_suspended_mask(proc)
     refresh_work(proc)
+
+
+def _restart_or_eintr(proc: Process, regs: k.kvm_regs, number: int) -> None:
+    """Turn an ``-ERESTARTSYS`` result into EINTR or a restart of call *number*."""
+    waiting = ready(proc)
+    first = (waiting & -waiting).bit_length()
+    handler, flags = action_of(proc, first)[:2] if first else (SIG_DFL, 0)
+    if (has_handler(handler) and not flags & SA_RESTART) or number < 0:
+        regs.rax = -errno.EINTR & MASK64
+        return
+    regs.rax = number
+    regs.rcx = (regs.rcx - SYSCALL_INSTRUCTION_SIZE) & MASK64
 
 
 def _restore_suspended_mask(proc: Process) -> None:

@@ -33,12 +33,26 @@ Signals follow Linux, because C libraries and programs lean on them:
   waits) is done by :func:`sleep`, which delivers a due alarm and returns
   EINTR when a signal with a handler is ready.
 
+* Signals sent to ``minikvm run`` from outside — Ctrl-C, ``kill -TERM``, a
+  window resize, Ctrl-Z, ``fg`` (:data:`minikvm.machine.outside.FORWARDED`)
+  — are the program's: :func:`take_outside_signals` delivers each as
+  above, with ``si_pid`` 0 (the sender is outside the sandbox, as a
+  process outside a pid namespace shows).  A default *stop* action
+  (SIGTSTP, SIGTTIN, SIGTTOU, SIGSTOP) stops minikvm itself, so the
+  user's shell sees the job stopped, and ``fg`` continues it with SIGCONT.
+* A wait on a host fd (a read of a terminal or of a pipe from the host:
+  :func:`wait_for_host_fd`) that a signal with a handler interrupts is
+  *restarted* after the handler when its action has ``SA_RESTART``, and
+  fails with EINTR otherwise; one interrupted by a signal with no handler
+  (it stopped the program, say) is restarted — Linux's ``-ERESTARTSYS``
+  (:data:`ERESTARTSYS`, turned into one or the other by
+  :func:`~minikvm.syscalls.signal_handlers.deliver_on_return`).  Sleeps,
+  ``poll`` and futex waits return EINTR, as they do on Linux.
+
 Limits, each a difference a program could see: the alarm is noticed at
 system calls and while waiting, not in a loop that makes none (there is no
-timer interrupt into the guest); an interrupted call is never restarted
-(SA_RESTART changes nothing: the calls that can be interrupted here —
-sleeps and waits — return EINTR on Linux too); and a realtime signal does
-not queue (one instance pends, like a standard signal).
+timer interrupt into the guest); and a realtime signal does not queue (one
+instance pends, like a standard signal).
 
 Signal *n* is bit ``n - 1`` of a 64-bit set (``sigset_t`` in the kernel's
 x86-64 ABI is 8 bytes).
@@ -48,6 +62,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import signal as signal_module
 import time
 from typing import TYPE_CHECKING, Union
@@ -78,10 +93,22 @@ SI_KERNEL = 0x80     # the kernel: alarm timers, #GP, int3
 SI_TKILL = -6        # tkill()/tgkill(), so raise()
 #: Signals whose default action is to do nothing (signal(7)).
 IGNORED_BY_DEFAULT = frozenset({17, 18, 23, 28})     # SIGCHLD SIGCONT SIGURG SIGWINCH
-#: Signals whose default action is to stop the process.  There is no job
-#: control in a sandbox, so stopping is a no-op: the program continues.
+#: Signals whose default action is to stop the process: under ``minikvm
+#: run`` it stops minikvm (job control, :func:`deliver`); elsewhere (a
+#: library's run, ``serve``) there is nobody to continue it, and the program
+#: goes on.
 STOP_BY_DEFAULT = frozenset({19, 20, 21, 22})        # SIGSTOP SIGTSTP SIGTTIN SIGTTOU
+STOP_BITS = sum(1 << (sig - 1) for sig in STOP_BY_DEFAULT)
 UNBLOCKABLE = (1 << (SIGKILL - 1)) | (1 << (SIGSTOP - 1))
+#: SIGCONT, which ends a stop and discards the stop signals still pending.
+SIGCONT = 18
+#: The kernel's "interrupted: restart the call if the handler allows"
+#: (include/linux/errno.h, never seen by a program): a handler raises it as
+#: an errno, and :func:`~minikvm.syscalls.signal_handlers.deliver_on_return`
+#: turns it into EINTR or a restart before the program sees it.
+ERESTARTSYS = 512
+#: What a report says of a signal sent to minikvm from outside.
+OUTSIDE_SENDER = "sent to minikvm from outside"
 #: How long one slice of a guest's sleep lasts: the granularity with which a
 #: sleeping guest notices the run's time limit.
 SLEEP_SLICE_SECONDS = 0.05
@@ -146,7 +173,7 @@ def sent_info(proc: Process, sig: int, code: int = SI_USER) -> bytes:
 
 # -- the action of a signal ------------------------------------------------------
 def deliver(proc: Process, sig: int, sender: str = "sent by the program itself",
-            info: bytes | None = None) -> int:
+            info: bytes | None = None, *, outside: bool = False) -> int:
     """Apply signal *sig* to the process (0 for a signal that was ignored,
     left pending, or is 0 itself — kill's "does it exist?" probe).  A
     signal with a handler is left pending: the handler starts when the
@@ -157,6 +184,8 @@ def deliver(proc: Process, sig: int, sender: str = "sent by the program itself",
         return 0
     signum = signal_number(sig)
     handler = action_of(proc, sig)[0]
+    if sig == SIGCONT:      # it continues the process: the stops still pending are void
+        proc.signal_pending &= ~STOP_BITS
     unstoppable = sig in (SIGKILL, SIGSTOP)
     if not unstoppable and (handler == SIG_IGN
                             or handler == SIG_DFL and sig in IGNORED_BY_DEFAULT):
@@ -168,8 +197,10 @@ def deliver(proc: Process, sig: int, sender: str = "sent by the program itself",
         refresh_work(proc)
         return 0
     if sig in STOP_BY_DEFAULT and (handler == SIG_DFL or unstoppable):
+        if proc.machine.outside is not None:   # job control: the user's shell sees it stop
+            proc.machine.outside.stop_self(sig)
         return 0
-    _die(proc, signum, sender)
+    _die(proc, signum, sender, outside=outside)
     return 0  # not reached
 
 
@@ -193,7 +224,7 @@ def deliver_to_thread(proc: Process, tid: int, sig: int, sender: str, info: byte
     return 0
 
 
-def _die(proc: Process, signum: SignalNumber, sender: str) -> None:
+def _die(proc: Process, signum: SignalNumber, sender: str, outside: bool = False) -> None:
     """End the run as if *signum* had killed the process."""
     regs = proc.machine.vcpu.run_state.s.regs.regs
     # At a system-call exit RCX holds where the program's ``syscall`` returns
@@ -202,7 +233,8 @@ def _die(proc: Process, signum: SignalNumber, sender: str) -> None:
     symbol = proc.image.symbols.symbolize(regs.rcx)
     if symbol:
         where += f" <{symbol}>"
-    raise ProcessKilled(signum, f"{sender} at {where}")  # type: ignore[arg-type]
+    raise ProcessKilled(signum, f"{sender} at {where}",  # type: ignore[arg-type]
+                        outside=outside)
 
 
 def deliver_pending(proc: Process) -> None:
@@ -254,20 +286,94 @@ def sleep(proc: Process, seconds: float | None) -> None:
     """Sleep *seconds* (None: until a signal ends the program or its handler
     must run).
 
-    A due alarm is delivered on the way; EINTR when a signal with a handler
-    is ready (the handler runs as the call returns).  The sleep stops early
-    when the run's time limit is reached — the machine then stops before
-    the guest resumes.  Python retries a sleep its own SIGALRM handler
-    interrupts, so the sleep is cut into slices to notice the limit.
+    A due alarm, and the signals sent from outside, are delivered on the
+    way; EINTR when a signal with a handler is ready (the handler runs as
+    the call returns).  The sleep stops early when the run's time limit is
+    reached — the machine then stops before the guest resumes.  Python
+    retries a sleep its own SIGALRM handler interrupts, so the sleep is cut
+    into slices to notice the limit; a signal from outside ends a slice at
+    once (it writes to the wakeup fd the slice waits on).
     """
     deadline = None if seconds is None else time.monotonic() + seconds
-    run_state = proc.machine.vcpu.run_state
+    machine = proc.machine
+    woken = False
     while True:
         now = time.monotonic()
+        take_outside_signals(proc, woken)
         deliver_due_alarm(proc, now)
         if ready(proc):
             raise SyscallError(errno.EINTR, "interrupted by a signal with a handler")
-        if run_state.immediate_exit or deadline is not None and now >= deadline:
+        if machine.stopping or deadline is not None and now >= deadline:
             return
         wake = [t for t in (deadline, proc.alarm_deadline) if t is not None]
-        time.sleep(max(0.0, min([now + SLEEP_SLICE_SECONDS, *wake]) - now))
+        woken = _wait_for_wakeup(proc, max(0.0, min([now + SLEEP_SLICE_SECONDS, *wake]) - now))
+
+
+def _wait_for_wakeup(proc: Process, seconds: float) -> bool:
+    """Sleep up to *seconds*, less if a signal comes from outside (True then)."""
+    outside = proc.machine.outside
+    if outside is None:
+        time.sleep(seconds)
+        return False
+    poller = select.poll()
+    poller.register(outside.wakeup_fd, select.POLLIN)
+    return bool(poller.poll(seconds * 1000))
+
+
+# -- signals from outside ----------------------------------------------------------
+def take_outside_signals(proc: Process, woken: bool = False) -> None:
+    """Deliver the signals sent to minikvm from outside since the last look
+    (:class:`minikvm.machine.outside.OutsideSignals`) as the program's own:
+    with ``si_code`` SI_USER and ``si_pid`` 0, the sender being outside
+    the sandbox.  *woken*: a wait just saw the wakeup fd readable (the
+    flags may not be set yet: look anyway).  Nothing to do — one look at a
+    flag — when minikvm does not forward signals or none came."""
+    outside = proc.machine.outside
+    if outside is None or not (woken or outside.pending()):
+        return
+    for sig in outside.take():
+        deliver(proc, sig, OUTSIDE_SENDER, sigframe.siginfo(sig, SI_USER), outside=True)
+    refresh_work(proc)
+
+
+def interrupted(proc: Process) -> bool:
+    """For a host wait that looks between slices (a socket's): deliver what
+    came from outside, then whether the wait must end — a signal's handler
+    must run (EINTR), or the run is being stopped."""
+    take_outside_signals(proc)
+    return proc.machine.stopping or bool(ready(proc))
+
+
+def wait_for_host_fd(proc: Process, host_fd: int, events: int) -> None:
+    """Wait until *host_fd* is ready for *events* (``select.POLLIN``,
+    ``POLLOUT``), as a blocking read or write of a terminal or of a host
+    pipe waits in Linux — without blocking the host for good: the wait
+    watches the wakeup fd of the signals from outside too, and looks at the
+    alarm and the time limit every :data:`SLEEP_SLICE_SECONDS`.
+
+    A signal whose handler must run ends it with :data:`ERESTARTSYS` (EINTR,
+    or the call made again after the handler with ``SA_RESTART``); the
+    time limit with EINTR.  A signal that is ignored, or stops and then
+    continues the program, does not end it: the call goes on waiting, as a
+    restarted call does on Linux.  Data that is ready counts before a
+    signal that came at the same time, as on Linux."""
+    outside = proc.machine.outside
+    poller = select.poll()
+    poller.register(host_fd, events)
+    if outside is not None:
+        poller.register(outside.wakeup_fd, select.POLLIN)
+    milliseconds = 0.0
+    while True:
+        woken = False
+        for fd, _ in poller.poll(milliseconds):
+            if fd == host_fd:
+                return
+            woken = True
+        take_outside_signals(proc, woken)
+        deliver_due_alarm(proc)
+        if ready(proc):
+            proc.signal_work = True        # so that the dispatcher turns ERESTARTSYS around
+            raise SyscallError(ERESTARTSYS, "interrupted by a signal with a handler")
+        if proc.machine.stopping:
+            raise SyscallError(errno.EINTR, "interrupted: the run is being stopped")
+        milliseconds = SLEEP_SLICE_SECONDS * 1000
