@@ -87,6 +87,10 @@ PIE_LOAD_BIAS = 0x5555_5555_4000
 # --- I/O ports the stubs use to reach the host -------------------------------
 #: The port of the syscall stub's ``out``: an exit on it is a system call.
 SYSCALL_PORT = 0xE0
+#: The port of a *patched* system-call site: the program's own two-byte
+#: ``syscall`` rewritten as ``out %al,$0xe1`` by
+#: :mod:`minikvm.machine.syscall_sites`, so that it leaves the guest once.
+PATCHED_SYSCALL_PORT = 0xE1
 #: The exception stub for vector *v* does ``out`` to port ``0xC0 + v``.
 EXCEPTION_PORT_BASE = 0xC0
 
