@@ -18,7 +18,12 @@
  * A second mode, "out", runs a bare CPL 0 loop `out %al,$0xe0; jmp` — the
  * cheapest exit there is on this host.
  *
- * Usage:  exit_floor syscall|out ITERATIONS REPETITIONS
+ * A third, "patched", is the one-exit path of minikvm/machine/syscall_sites.py:
+ * a CPL 3 loop on `out %al,$0xe1; jmp` (a patched `syscall` site, allowed by
+ * the TSS I/O bitmap), the host doing what a `syscall` would have (RCX = the
+ * next instruction, R11 = RFLAGS) before returning the guest to RCX.
+ *
+ * Usage:  exit_floor syscall|out|patched ITERATIONS REPETITIONS
  * Prints one line per repetition: microseconds per exit.
  * Exit status 0, or 1 with a message naming what failed.
  */
@@ -47,6 +52,7 @@
 #define PAGE_TABLE_POOL_START 0x10000ULL
 #define USER_POOL_START 0x800000ULL
 #define SYSCALL_PORT 0xE0
+#define PATCHED_SYSCALL_PORT 0xE1
 #define EXCEPTION_PORT_BASE 0xC0
 #define NUM_EXCEPTION_VECTORS 32
 #define MEMORY_SIZE (16ULL << 20)
@@ -182,6 +188,7 @@ static void write_tss(void)
     memcpy(tss + TSS_IOMAP_BASE_OFFSET, &iomap, sizeof iomap);
     memset(tss + TSS_HEADER_SIZE, 0xFF, IO_BITMAP_SIZE + 1);   /* 1 = denied */
     tss[TSS_HEADER_SIZE + SYSCALL_PORT / 8] &= ~(1 << (SYSCALL_PORT % 8));
+    tss[TSS_HEADER_SIZE + PATCHED_SYSCALL_PORT / 8] &= ~(1 << (PATCHED_SYSCALL_PORT % 8));
 }
 
 /* IDT gate v -> exception stub v, which does `out 0xC0+v`: a fault in the
@@ -255,11 +262,13 @@ static double now_us(void)
 
 int main(int argc, char **argv)
 {
-    if (argc != 4 || (strcmp(argv[1], "syscall") && strcmp(argv[1], "out"))) {
-        fprintf(stderr, "usage: exit_floor syscall|out ITERATIONS REPETITIONS\n");
+    if (argc != 4 || (strcmp(argv[1], "syscall") && strcmp(argv[1], "out")
+                      && strcmp(argv[1], "patched"))) {
+        fprintf(stderr, "usage: exit_floor syscall|out|patched ITERATIONS REPETITIONS\n");
         return 2;
     }
-    int user_mode = !strcmp(argv[1], "syscall");
+    int patched = !strcmp(argv[1], "patched");
+    int user_mode = patched || !strcmp(argv[1], "syscall");
     long iterations = atol(argv[2]), repetitions = atol(argv[3]);
 
     int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
@@ -281,7 +290,9 @@ int main(int argc, char **argv)
     /* The program: CPL 3 `syscall; jmp loop`, or CPL 0 `out; jmp loop`. */
     uint8_t syscall_loop[] = {0x0F, 0x05, 0xEB, 0xFC};
     uint8_t out_loop[] = {OUT_IMM8_AL, SYSCALL_PORT, 0xEB, 0xFC};
-    memcpy(memory + USER_CODE_PHYS, user_mode ? syscall_loop : out_loop, sizeof syscall_loop);
+    uint8_t patched_loop[] = {OUT_IMM8_AL, PATCHED_SYSCALL_PORT, 0xEB, 0xFC};
+    memcpy(memory + USER_CODE_PHYS,
+           patched ? patched_loop : user_mode ? syscall_loop : out_loop, sizeof syscall_loop);
 
     int vcpu = kvm_ioctl(vm, KVM_CREATE_VCPU, 0, "KVM_CREATE_VCPU");
     int run_size = kvm_ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0, "KVM_GET_VCPU_MMAP_SIZE");
@@ -341,10 +352,15 @@ int main(int argc, char **argv)
         }
         if (ioctl(vcpu, KVM_RUN, 0) < 0)
             die("KVM_RUN");
-        if (run->exit_reason != KVM_EXIT_IO || run->io.port != SYSCALL_PORT) {
+        unsigned expected_port = patched ? PATCHED_SYSCALL_PORT : SYSCALL_PORT;
+        if (run->exit_reason != KVM_EXIT_IO || run->io.port != expected_port) {
             fprintf(stderr, "exit_floor: unexpected exit %u (port %#x) at rip %#llx\n",
                     run->exit_reason, run->io.port, (unsigned long long)synced->rip);
             return 1;
+        }
+        if (patched) {       /* what the replaced `syscall` would have done */
+            synced->rcx = synced->rip;
+            synced->r11 = synced->rflags;
         }
         if (user_mode && run->s.regs.sregs.cs.dpl == 3) {
             synced->rip = synced->rcx;

@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from minikvm.cpu.guestcode import (CALL_RETURN_OFFSET, EXCEPTION_STUB_SIZE, OUT_IMM8_AL,
+                                   SYSCALL_INSTRUCTION, patched_syscall_site,
                                    SYSCALL_EXIT_OFFSET, Instruction, assemble, call_return,
                                    exception_stub, exception_stubs, syscall_entry)
-from minikvm.cpu.layout import EXCEPTION_PORT_BASE, SYSCALL_PORT
+from minikvm.cpu.layout import EXCEPTION_PORT_BASE, PATCHED_SYSCALL_PORT, SYSCALL_PORT
 from minikvm.process import vdso_code
 from minikvm.x86 import NUM_EXCEPTION_VECTORS, VECTORS_WITH_ERROR_CODE
 
@@ -67,6 +68,16 @@ def documented(instructions: list[Instruction]) -> list[tuple[int, bytes, str]]:
 def test_syscall_entry_disassembles_as_documented(tmp_path: Path) -> None:
     stub = syscall_entry()
     assert disassemble(assemble(stub), tmp_path) == documented(stub)
+
+
+@needs_objdump
+def test_patched_syscall_site_disassembles_as_documented(tmp_path: Path) -> None:
+    site = patched_syscall_site()
+    assert disassemble(assemble(site), tmp_path) == documented(site)
+
+
+def test_a_patched_site_is_as_long_as_the_syscall_it_replaces() -> None:
+    assert len(assemble(patched_syscall_site())) == len(SYSCALL_INSTRUCTION) == 2
 
 
 @needs_objdump
@@ -134,6 +145,7 @@ def test_ports_do_not_collide() -> None:
     """No exception port is the syscall port, so an exit says what it is."""
     exception_ports = range(EXCEPTION_PORT_BASE, EXCEPTION_PORT_BASE + NUM_EXCEPTION_VECTORS)
     assert SYSCALL_PORT not in exception_ports
+    assert PATCHED_SYSCALL_PORT not in exception_ports and PATCHED_SYSCALL_PORT != SYSCALL_PORT
 
 
 def test_vdso_functions_reach_the_data_page() -> None:

@@ -30,6 +30,12 @@ the host through a minikvm-specific system call::
     syscall             ; the host sees an ordinary system call
     ud2                 ; never reached: the host does not resume it
 
+A patched system-call site (:mod:`minikvm.machine.syscall_sites`): the
+program's own ``syscall`` (``0f 05``), two bytes, rewritten in place as an
+``out`` of the same length that exits on its own port::
+
+    out  %al,$0xe1      ; exit to the host straight from the program's code
+
 One exception stub per vector (the IDT points vector *v* at stub *v*)::
 
     push $0x0           ; (only for vectors without a CPU error code) so the
@@ -41,7 +47,7 @@ One exception stub per vector (the IDT points vector *v* at stub *v*)::
 
 from __future__ import annotations
 
-from minikvm.cpu.layout import EXCEPTION_PORT_BASE, SYSCALL_PORT
+from minikvm.cpu.layout import EXCEPTION_PORT_BASE, PATCHED_SYSCALL_PORT, SYSCALL_PORT
 from minikvm.x86 import NUM_EXCEPTION_VECTORS, VECTORS_WITH_ERROR_CODE
 
 Instruction = tuple[bytes, str]  # (encoding, objdump mnemonic with operands)
@@ -58,6 +64,16 @@ def syscall_entry() -> list[Instruction]:
         (bytes([OUT_IMM8_AL, SYSCALL_PORT]), f"out    %al,${SYSCALL_PORT:#x}"),
         (bytes([0x48, 0x0F, 0x07]), "sysretq"),
     ]
+
+
+#: The encoding of ``syscall`` (Intel SDM Vol. 2B "SYSCALL"), which a
+#: patched site replaces.
+SYSCALL_INSTRUCTION = bytes([0x0F, 0x05])
+
+
+def patched_syscall_site() -> list[Instruction]:
+    """What a patched site holds instead of ``syscall``: the same length."""
+    return [(bytes([OUT_IMM8_AL, PATCHED_SYSCALL_PORT]), f"out    %al,${PATCHED_SYSCALL_PORT:#x}")]
 
 
 #: Offset of the instruction after the syscall stub's ``out``: the RIP the

@@ -104,6 +104,10 @@ VSYSCALL_ADDRESS = 0xFFFF_FFFF_FF60_0000
 # --- I/O ports the stubs use to reach the host -------------------------------
 #: The port of the syscall stub's ``out``: an exit on it is a system call.
 SYSCALL_PORT = 0xE0
+#: The port of a *patched* system-call site: the program's own two-byte
+#: ``syscall`` rewritten as ``out %al,$0xe1`` by
+#: :mod:`minikvm.machine.syscall_sites`, so that it leaves the guest once.
+PATCHED_SYSCALL_PORT = 0xE1
 #: The exception stub for vector *v* does ``out`` to port ``0xC0 + v``.
 EXCEPTION_PORT_BASE = 0xC0
 

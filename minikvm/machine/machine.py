@@ -35,7 +35,8 @@ from minikvm.cpu.guestcode import (CALL_RETURN_OFFSET, EXCEPTION_STUB_SIZE, SYSC
 from minikvm.cpu.idt import IDT_LIMIT, Gate, build_idt
 from minikvm.cpu.layout import (DEFAULT_MEMORY_SIZE, EXCEPTION_PORT_BASE, EXCEPTION_STUBS_ADDRESS,
                                 GDT_ADDRESS, IDT_ADDRESS, IST_STACK_BOTTOM, IST_STACK_TOP,
-                                SYSCALL_PORT, SYSCALL_STUB_ADDRESS, TSS_ADDRESS)
+                                PATCHED_SYSCALL_PORT, SYSCALL_PORT, SYSCALL_STUB_ADDRESS,
+                                TSS_ADDRESS)
 from minikvm.cpu.segments import KERNEL_CODE64, KERNEL_DATA64, USER_CODE64, USER_DATA64
 from minikvm.cpu.tss import Tss
 from minikvm.kvm.memory import GuestMemory
@@ -46,6 +47,7 @@ from minikvm.machine.mm import AddressSpace
 from minikvm.machine.outside import OutsideSignals
 from minikvm.machine.stops import (RegistersLoaded, Stop, StopKind, SyscallHandler, ThreadSwitched,
                                    TimeLimitReached)
+from minikvm.machine.syscall_sites import SyscallSites, patching_enabled
 from minikvm.paging import pte_flags
 from minikvm.x86 import (PAGE_SIZE, CPUID_EBX_FSGSBASE, CPUID_ECX_XSAVE, CPUID_EXTENDED_FEATURES,
                          CPUID_FEATURES, CPUID_XSAVE_STATE)
@@ -153,6 +155,9 @@ class Machine:
         #: The guest TSC's clock line (:mod:`minikvm.machine.guest_clock`), made
         #: by the vDSO of the first process that has one.
         self.guest_clock: GuestClock | None = None
+        #: The program's system-call sites, patched to exit once
+        #: (:mod:`minikvm.machine.syscall_sites`); not over a snapshot's memory.
+        self.syscall_sites = SyscallSites(enabled=mm is None and patching_enabled())
         self.exits = 0
         self._timed_out = False
         #: Called at an exception exit from user mode with the CPU's frame;
@@ -198,7 +203,7 @@ class Machine:
         """Write GDT, IDT, TSS and stubs, and map them (supervisor-only,
         except the syscall stub, which CPL 3 must be able to execute on PVM)."""
         tss = Tss(rsp0=IST_STACK_TOP, ist=[IST_STACK_TOP] + [0] * 6,
-                  user_ports=frozenset({SYSCALL_PORT}))
+                  user_ports=frozenset({SYSCALL_PORT, PATCHED_SYSCALL_PORT}))
         self.tss_size = tss.size
         self.memory.write(GDT_ADDRESS, build_long_mode_gdt(TSS_ADDRESS, tss.size))
         gates = {vector: Gate(offset=EXCEPTION_STUBS_ADDRESS + vector * EXCEPTION_STUB_SIZE,
@@ -396,6 +401,12 @@ class Machine:
         handle = getattr(on_syscall, "__call__", None)
         if not isinstance(handle, MethodType):
             handle = on_syscall
+        sites = self.syscall_sites
+        consider = sites.consider if sites.enabled else None
+        patched_port = PATCHED_SYSCALL_PORT
+        rflags_resume = x86.RFLAGS_RF
+        rflags_interrupts = x86.RFLAGS_IF
+        syscall_mask = SYSCALL_MASK
         while True:
             if mm.stale_translations:
                 self.flush_translations()
@@ -412,10 +423,26 @@ class Machine:
                 # the stub at CPL 3 make the host "return" later CPL 0
                 # system calls to its own RCX — in ring 0.
                 host_returns = cs.dpl == USER_CPL
+                if host_returns and consider is not None:
+                    consider(mm, regs.rcx)      # this site exits once from now on
                 handle(regs)
                 if host_returns:  # syscall stayed in CPL 3; return for the stub
                     regs.rip = regs.rcx
                     regs.rflags = (regs.r11 & USER_RFLAGS_MASK) | rflags_fixed
+                state.kvm_dirty_regs = sync_regs_dirty
+                continue
+            if reason == exit_io and io.port == patched_port and cs.dpl == USER_CPL:
+                # A patched site: do what the ``syscall`` it replaced does
+                # (RCX = the next instruction, R11 = RFLAGS without RF, the
+                # SFMASK bits cleared), then the same as above.  User mode
+                # always runs with IF set; PVM reports it clear at this exit,
+                # so R11 gets it back.
+                regs.rcx = regs.rip
+                regs.r11 = (regs.rflags & ~rflags_resume) | rflags_interrupts
+                regs.rflags &= ~syscall_mask
+                handle(regs)
+                regs.rip = regs.rcx
+                regs.rflags = (regs.r11 & USER_RFLAGS_MASK) | rflags_fixed
                 state.kvm_dirty_regs = sync_regs_dirty
                 continue
             stop = self._unusual_exit(reason)

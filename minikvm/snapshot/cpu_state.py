@@ -77,8 +77,11 @@ class CpuState:
 
     @property
     def at_syscall(self) -> bool:
-        """True when taken at a system call's exit (RIP after the stub's ``out``)."""
-        return k.kvm_regs.from_buffer_copy(self.regs).rip == SYSCALL_EXIT_RIP
+        """True when taken at a system call's exit: RIP after the stub's
+        ``out``, or after a patched site's, where the run loop set RCX to RIP
+        (:mod:`minikvm.machine.syscall_sites`)."""
+        regs = k.kvm_regs.from_buffer_copy(self.regs)
+        return regs.rip in (SYSCALL_EXIT_RIP, regs.rcx)
 
     @functools.cached_property
     def _loadable(self) -> _Loadable:

@@ -55,6 +55,7 @@ from minikvm.kvm.memory import GuestMemory
 from minikvm.linux_abi import STACK_ALIGNMENT
 from minikvm.machine.machine import CALL_RETURN_ADDRESS, SYSCALL_EXIT_RIP, USER_RFLAGS_MASK, Machine
 from minikvm.machine.stops import StopKind
+from minikvm.machine.syscall_sites import after_patched_site
 from minikvm.process import vdso
 from minikvm.process.fdtable import FdEntry
 from minikvm.process.process import Process
@@ -469,7 +470,11 @@ class Fork:
         state.kvm_dirty_regs |= k.KVM_SYNC_X86_REGS
 
     def _at_syscall(self) -> bool:
-        return self.machine.vcpu.run_state.s.regs.regs.rip == SYSCALL_EXIT_RIP
+        """Stopped at a system call's exit: after the stub's ``out``, or
+        after a patched site's (:mod:`minikvm.machine.syscall_sites`)."""
+        regs = self.machine.vcpu.run_state.s.regs.regs
+        return regs.rip == SYSCALL_EXIT_RIP or after_patched_site(self.machine.mm, regs.rip,
+                                                                  regs.rcx)
 
     def _function_address(self, symbol: str | int) -> int:
         if isinstance(symbol, int):
