@@ -38,8 +38,11 @@ Signals follow Linux, because C libraries and programs lean on them:
   — are the program's: :func:`take_outside_signals` delivers each as
   above, with ``si_pid`` 0 (the sender is outside the sandbox, as a
   process outside a pid namespace shows).  A default *stop* action
-  (SIGTSTP, SIGTTIN, SIGTTOU, SIGSTOP) stops minikvm itself, so the
-  user's shell sees the job stopped, and ``fg`` continues it with SIGCONT.
+  (SIGTSTP, SIGTTIN, SIGTTOU, SIGSTOP) of a signal from outside stops
+  minikvm itself, so the user's shell sees the job stopped, and ``fg``
+  continues it with SIGCONT.  A stop the program sends *itself* is
+  discarded (Linux does the same for an orphaned process group): stopping
+  minikvm would stop the clock of its ``--timeout`` too.
 * A wait on a host fd (a read of a terminal or of a pipe from the host:
   :func:`wait_for_host_fd`) that a signal with a handler interrupts is
   *restarted* after the handler when its action has ``SA_RESTART``, and
@@ -197,7 +200,10 @@ def deliver(proc: Process, sig: int, sender: str = "sent by the program itself",
         refresh_work(proc)
         return 0
     if sig in STOP_BY_DEFAULT and (handler == SIG_DFL or unstoppable):
-        if proc.machine.outside is not None:   # job control: the user's shell sees it stop
+        # Job control: the user's shell sees it stop.  Only a stop sent from
+        # outside stops minikvm; one the program sends itself is discarded,
+        # or a guest could freeze its own --timeout (it runs in minikvm).
+        if outside and proc.machine.outside is not None:
             proc.machine.outside.stop_self(sig)
         return 0
     _die(proc, signum, sender, outside=outside)
