@@ -58,7 +58,7 @@ from minikvm.errors import SyscallError
 from minikvm.linux_abi import (O_ACCMODE, O_CLOEXEC, O_CREAT, O_DIRECTORY, O_EXCL, O_PATH,
                                O_RDONLY, O_TRUNC)
 from minikvm.machine.mm import PROT_EXEC, PROT_READ, PROT_WRITE
-from minikvm.process.fdtable import (HostFile, OpenFile, SyntheticDirectory, SyntheticFile)
+from minikvm.process.fdtable import HostFile, MemFd, OpenFile, SyntheticDirectory, SyntheticFile
 from minikvm.syscalls.info import NODE_NAME, ONLY_CPU
 from minikvm.syscalls.process import PARENT_PID_OFFSET, RLIM_INFINITY, resource_limits
 from minikvm.x86 import PAGE_SIZE
@@ -322,9 +322,11 @@ def fd_target(proc: Process, file: OpenFile) -> str:
     """What readlink of ``/proc/self/fd/N`` shows: the guest's view of the
     file — ``pipe:[N]``, ``anon_inode:[eventfd]``, the guest path it was
     opened by — and for the stdio minikvm was given, the host's name only
-    when the guest's view holds it (a terminal, a granted file)."""
+    when the guest's view holds it (a terminal, a granted file).  A memfd's
+    ``/memfd:NAME (deleted)`` is minikvm's own text, never a host name."""
     target = file.link_target()
-    if (isinstance(file, HostFile) and not file.path.startswith("/") and target.startswith("/")
+    if (isinstance(file, HostFile) and not isinstance(file, MemFd)
+            and not file.path.startswith("/") and target.startswith("/")
             and not target.startswith(SHOWN_DEVICES)
             and not any(grant.contains(target) for grant in proc.policy.grants)):
         return HIDDEN_TARGET
