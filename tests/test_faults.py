@@ -42,7 +42,7 @@ from minikvm.cpu.guestcode import Instruction, assemble, exception_stubs, syscal
 from minikvm.cpu.idt import GATE_SIZE, IDT_ENTRIES, decode_gate
 from minikvm.cpu.layout import (EXCEPTION_STUBS_ADDRESS, GDT_ADDRESS, IDT_ADDRESS, IST_STACK_BOTTOM,
                                 IST_STACK_TOP, KERNEL_AREA_END, PAGE_TABLE_POOL_END,
-                                PAGE_TABLE_POOL_START, STACK_TOP, SYSCALL_PORT,
+                                PAGE_TABLE_POOL_START, PATCHED_SYSCALL_PORT, STACK_TOP, SYSCALL_PORT,
                                 SYSCALL_STUB_ADDRESS, TSS_ADDRESS, USER_SPACE_END)
 from minikvm.cpu.segments import KERNEL_CODE64
 from minikvm.cpu.tss import decode_tss
@@ -338,11 +338,12 @@ def test_privileged_state_cannot_be_replaced(program: list[Instruction]) -> None
         assert machine.vcpu.get_msrs([x86.MSR_LSTAR]) == {x86.MSR_LSTAR: SYSCALL_STUB_ADDRESS}
 
 
-@pytest.mark.parametrize("port", [SYSCALL_PORT + 1, 0x80, 0xC0 + x86.VECTOR_PF])
+@pytest.mark.parametrize("port", [PATCHED_SYSCALL_PORT + 1, 0x80, 0xC0 + x86.VECTOR_PF])
 def test_only_the_syscall_port_is_open(port: int) -> None:
-    """The TSS I/O bitmap allows CPL 3 exactly port 0xE0: any other ``out``
-    is a #GP from the CPU — so a guest cannot fake an exception report by
-    writing to an exception port."""
+    """The TSS I/O bitmap allows CPL 3 exactly ports 0xE0 (the stub's) and
+    0xE1 (a patched system-call site's): any other ``out`` is a #GP from
+    the CPU — so a guest cannot fake an exception report by writing to an
+    exception port."""
     crash = crash_of([out_al(port)]).crash
     assert crash.frame.vector == x86.VECTOR_GP
     assert crash.what == "general protection fault"
@@ -526,7 +527,7 @@ def test_kernel_area_as_installed() -> None:
     with Machine(MEMORY_SIZE) as machine:
         memory, tables = machine.memory, machine.mm.page_tables
         tss = decode_tss(memory.read(TSS_ADDRESS, machine.tss_size))
-        assert tss.user_ports == frozenset({SYSCALL_PORT})
+        assert tss.user_ports == frozenset({SYSCALL_PORT, PATCHED_SYSCALL_PORT})
         assert tss.ist[IST_INDEX - 1] == IST_STACK_TOP
         assert memory.read(GDT_ADDRESS, GDT_LIMIT + 1) == build_long_mode_gdt(
             TSS_ADDRESS, machine.tss_size)

@@ -47,7 +47,7 @@ from minikvm.machine.mm import AddressSpace
 from minikvm.machine.outside import OutsideSignals
 from minikvm.machine.stops import (RegistersLoaded, Stop, StopKind, SyscallHandler, ThreadSwitched,
                                    TimeLimitReached)
-from minikvm.machine.syscall_sites import SyscallSites, patching_enabled
+from minikvm.machine.syscall_sites import PATCH_SIZE, SyscallSites, patching_enabled
 from minikvm.paging import pte_flags
 from minikvm.x86 import (PAGE_SIZE, CPUID_EBX_FSGSBASE, CPUID_ECX_XSAVE, CPUID_EXTENDED_FEATURES,
                          CPUID_FEATURES, CPUID_XSAVE_STATE)
@@ -404,6 +404,7 @@ class Machine:
         sites = self.syscall_sites
         consider = sites.consider if sites.enabled else None
         patched_port = PATCHED_SYSCALL_PORT
+        exit_io_out = k.KVM_EXIT_IO_OUT
         rflags_resume = x86.RFLAGS_RF
         rflags_interrupts = x86.RFLAGS_IF
         syscall_mask = SYSCALL_MASK
@@ -431,7 +432,9 @@ class Machine:
                     regs.rflags = (regs.r11 & USER_RFLAGS_MASK) | rflags_fixed
                 state.kvm_dirty_regs = sync_regs_dirty
                 continue
-            if reason == exit_io and io.port == patched_port and cs.dpl == USER_CPL:
+            if (reason == exit_io and io.port == patched_port and cs.dpl == USER_CPL
+                    and io.direction == exit_io_out and io.count == 1
+                    and regs.rip - PATCH_SIZE in mm.patched_sites):
                 # A patched site: do what the ``syscall`` it replaced does
                 # (RCX = the next instruction, R11 = RFLAGS without RF, the
                 # SFMASK bits cleared), then the same as above.  User mode

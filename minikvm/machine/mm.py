@@ -145,6 +145,11 @@ class AddressSpace:
         #: the host writes as plain memory): a snapshot's reset compares it
         #: to know whether the page tables need restoring too.
         self.mapping_changes = 0
+        #: The ``syscall`` sites the host rewrote to exit directly
+        #: (:mod:`minikvm.machine.syscall_sites`): only an ``out`` at one of
+        #: these is a system call.  Part of the address space because the
+        #: patched bytes are: a snapshot and its forks carry both.
+        self.patched_sites: set[int] = set()
         #: The all-or-nothing change in progress, or None.
         self._change: _Change | None = None
 
@@ -173,6 +178,8 @@ class AddressSpace:
                 continue
             if name in ("vmas", "_starts"):
                 value = list(value)  # of frozen Vmas and ints: a shallow copy is a copy
+            elif isinstance(value, set):
+                value = set(value)   # of ints: cheaper than a deepcopy at every reset
             elif isinstance(value, PagePool):
                 pool = copy.copy(value)
                 pool.free_runs = list(value.free_runs)

@@ -29,8 +29,13 @@ What a program could notice, and why it is safe:
   ``mprotect`` keeps the patch (the bytes are still a working system call).
   ``MINIKVM_SYSCALL_PATCH=0`` in minikvm's environment turns patching off
   (the test suite runs with it both ways).
-* **Anyone may ``out`` to the port.**  A guest that writes ``out %al,$0xe1``
-  itself gets a system call — what ``syscall`` already gives it.
+* **Only a patched site is a system call.**  The run loop takes an exit
+  on the port as one only for a one-byte ``out`` whose site is in the
+  address space's record (``AddressSpace.patched_sites``); a program's own
+  ``out`` or ``in`` on the port, anywhere else, is a fault with a crash
+  report, as on any other port.  (A site whose mapping is later unmapped
+  stays in the record: an ``out`` there again is at most a system call,
+  which ``syscall`` gives any program anyway.)
 * **Hardware VMX/SVM hosts.**  There ``syscall`` is not a VM exit (only the
   stub's ``out`` is), so a patch saves two instructions: the run loop
   patches only when the stub exit came from CPL 3, i.e. on PVM.
@@ -57,6 +62,8 @@ PATCH_ENVIRONMENT = "MINIKVM_SYSCALL_PATCH"
 #: The most sites one machine looks at (~4 MiB of host memory at most).
 MAX_SITES = 65536
 PATCH = assemble(patched_syscall_site())
+#: Its length, the same as ``syscall``'s: the site is ``RIP - PATCH_SIZE`` at its exit.
+PATCH_SIZE = len(PATCH)
 
 
 def patching_enabled() -> bool:
@@ -91,6 +98,7 @@ class SyscallSites:
             return
         code[:] = PATCH
         mm.memory.note_written(phys, len(PATCH))
+        mm.patched_sites.add(site)
         self.patched += 1
 
 
