@@ -14,7 +14,9 @@ exits with 128+N when its guest dies of signal N, as a shell reports it,
 while ``subprocess`` gives a native signal death as -N.
 
 This is a helper module, not a conftest: import it as
-``from tests.guest_runs import run_minikvm, run_native, shell_status``.
+``from tests.guest_runs import run_minikvm, run_native, shell_status``;
+:func:`assert_parts_same_as_native` is the whole comparison for a program
+that prints its parts as headings.
 """
 
 from __future__ import annotations
@@ -80,3 +82,21 @@ def minikvm_environment(env: dict[str, str] | None = None) -> dict[str, str]:
     """*env* (None: this process's environment) with ``PYTHONPATH`` set to
     :data:`ROOT`, so that ``-m minikvm`` imports this checkout."""
     return dict(os.environ if env is None else env, PYTHONPATH=str(ROOT))
+
+
+def assert_parts_same_as_native(executable: Path, parts: list[str], cwd: Path, *,
+                                guest_timeout: float = 60, backstop: float = 90) -> None:
+    """Run a test program that prints ``PART:`` headings (and indented lines
+    under each) natively and under ``minikvm run --here``: natively it must
+    succeed and print exactly *parts*, so a program that skipped a part
+    cannot pass; in the sandbox stdout, stderr and the status must be the
+    same bytes."""
+    host = run_native([executable], cwd=cwd, timeout=backstop)
+    assert host.returncode == 0, host.stdout.decode() + host.stderr.decode()
+    headings = [line for line in host.stdout.decode().splitlines() if not line.startswith(" ")]
+    assert headings == [f"{part}:" for part in parts]
+    guest = run_minikvm(["--here", f"--timeout={guest_timeout}", "--", executable],
+                        cwd=cwd, timeout=backstop)
+    assert guest.stdout.decode() == host.stdout.decode()
+    assert guest.stderr.decode() == host.stderr.decode()
+    assert shell_status(guest.returncode) == shell_status(host.returncode)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.guest_runs import run_minikvm, run_native, shell_status
+from tests.guest_runs import assert_parts_same_as_native, run_minikvm
 from tests.programs.build import STATIC_VARIANTS, program
 
 GUEST_TIMEOUT_SECONDS = 60
@@ -28,16 +28,9 @@ pytestmark = pytest.mark.kvm
 
 @pytest.mark.parametrize("variant", STATIC_VARIANTS)
 def test_memfd_same_as_native(variant: str, tmp_path: Path) -> None:
-    executable = program("memfd", variant)
-    host = run_native([executable], cwd=tmp_path, timeout=SUBPROCESS_TIMEOUT_SECONDS)
-    assert host.returncode == 0, host.stdout.decode() + host.stderr.decode()
-    assert [line for line in host.stdout.decode().splitlines()
-            if not line.startswith(" ")] == ["create:", "data:", "seals:"]
-    guest = run_minikvm(["--here", f"--timeout={GUEST_TIMEOUT_SECONDS}", "--", executable],
-                        cwd=tmp_path, timeout=SUBPROCESS_TIMEOUT_SECONDS)
-    assert guest.stdout.decode() == host.stdout.decode()
-    assert guest.stderr.decode() == host.stderr.decode()
-    assert shell_status(guest.returncode) == shell_status(host.returncode)
+    assert_parts_same_as_native(program("memfd", variant), ["create", "data", "seals"], tmp_path,
+                                guest_timeout=GUEST_TIMEOUT_SECONDS,
+                                backstop=SUBPROCESS_TIMEOUT_SECONDS)
 
 
 def test_memfds_hold_at_most_the_guest_memory(tmp_path: Path) -> None:

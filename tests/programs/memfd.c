@@ -17,17 +17,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-static const char *err(long r) {
-    if (r >= 0) return "ok";
-    switch (errno) {
-    case EINVAL: return "EINVAL";
-    case EBADF: return "EBADF";
-    case EFAULT: return "EFAULT";
-    case EPERM: return "EPERM";
-    case EACCES: return "EACCES";
-    default: return strerror(errno);
-    }
-}
+#include "errnames.h"
 
 static long raw_memfd(const void *name, unsigned flags) {
     return syscall(SYS_memfd_create, name, flags);

@@ -18,15 +18,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-static const char *err(int r) {
-    if (r >= 0) return "ok";
-    switch (errno) {
-    case EACCES: return "EACCES";
-    case EINVAL: return "EINVAL";
-    case ECONNREFUSED: return "ECONNREFUSED";
-    default: return strerror(errno);
-    }
-}
+#include "errnames.h"
 
 static struct sockaddr_in loopback(int port) {
     struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = htons(port)};

@@ -26,16 +26,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
-static const char *err(long r) {
-    if (r >= 0) return "ok";
-    switch (errno) {
-    case EINVAL: return "EINVAL";
-    case EBADF: return "EBADF";
-    case EFAULT: return "EFAULT";
-    case EAGAIN: return "EAGAIN";
-    default: return strerror(errno);
-    }
-}
+#include "errnames.h"
 
 static long raw_signalfd4(int fd, const void *mask, size_t size, int flags) {
     return syscall(SYS_signalfd4, fd, mask, size, flags);

@@ -28,17 +28,7 @@
 
 #define MS 1000000L
 
-static const char *err(long r) {
-    if (r >= 0) return "ok";
-    switch (errno) {
-    case EINVAL: return "EINVAL";
-    case EBADF: return "EBADF";
-    case EFAULT: return "EFAULT";
-    case EPERM: return "EPERM";
-    case EAGAIN: return "EAGAIN";
-    default: return strerror(errno);
-    }
-}
+#include "errnames.h"
 
 static struct itimerspec spec(long interval_ns, long value_ns) {
     struct itimerspec s;
