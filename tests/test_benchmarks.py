@@ -25,8 +25,9 @@ RUN_PY = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
 #: several times slower, and a wedged guest must not hang the suite.
 SMOKE_TIMEOUT_SECONDS = 600
 
-ALWAYS = ("exit_floor_us", "out_floor_us", "syscall_us", "syscall_native_us", "syscall_ratio",
-          "compute_native_s", "compute_minikvm_s", "compute_ratio",
+ALWAYS = ("exit_floor_us", "exit_floor_one_us", "out_floor_us", "syscall_us", "syscall_native_us",
+          "syscall_ratio", "compute_native_s", "compute_minikvm_s", "compute_ratio",
+          "memtouch_native_s", "memtouch_minikvm_s", "memtouch_ratio",
           "io_native_s", "io_minikvm_s", "io_ratio", "io_rw_native_s", "io_rw_minikvm_s",
           "io_rw_ratio",
           "hello_ms", "hello_native_ms", "python_startup_ms", "hello_ratio")
@@ -59,6 +60,13 @@ def test_every_figure_is_reported_and_positive(report: dict) -> None:
         assert report[key] > 0, f"{key} = {report[key]}"
         if not key.endswith("_ratio"):
             assert 0 < report[f"{key}_min"] <= report[key], key
+
+
+def test_pythons_share_of_a_syscall_is_reported(report: dict) -> None:
+    """getpid minus the C floor of the same path: a difference of two
+    medians, so noise may make it tiny, but it is a finite number of µs."""
+    assert isinstance(report["python_share_us"], float)
+    assert abs(report["python_share_us"]) < report["syscall_us"]
 
 
 def test_snapshot_figures_or_a_reason(report: dict) -> None:
