@@ -22,6 +22,7 @@ temporary directory, from the sources beside this file:
 ``exit_floor.c``      the floor: minikvm's own syscall exit path on
                       /dev/kvm, driven from C with nothing else
 ``getpid_bench.c``    one system call, timed by the guest's own clock
+``clock_bench.c``     one clock_gettime, answered by the vDSO without an exit
 ``compute.c``         fill, hash and sort a buffer (CPU and memory)
 ``memtouch.c``        malloc, write every page of, and free 256 MiB (first touches)
 ``hello.c``           the smallest program: what starting costs
@@ -66,7 +67,7 @@ from typing import Callable
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCHMARKS_DIR.parent
 BUSYBOX = "/bin/busybox"
-C_PROGRAMS = ("exit_floor", "getpid_bench", "compute", "memtouch", "hello", "snapshot_guest",
+C_PROGRAMS = ("exit_floor", "getpid_bench", "clock_bench", "compute", "memtouch", "hello", "snapshot_guest",
               "echo_handler")
 COMPILE_COMMAND = ("cc", "-static", "-O2", "-Wall", f"-I{REPO_ROOT / 'include'}")
 MIB = 1 << 20
@@ -75,7 +76,7 @@ MIB = 1 << 20
 PROCESS_TIMEOUT_SECONDS = 600
 
 #: The moonshot goals (docs/explanation/performance.md): ratio key -> (goal, "≤"/"≥").
-GOALS = {"syscall_ratio": (1.3, "≤"), "compute_ratio": (0.97, "≥"), "memtouch_ratio": (0.7, "≥"),
+GOALS = {"syscall_ratio": (1.3, "≤"), "vdso_clock_ratio": (3.0, "≤"), "compute_ratio": (0.97, "≥"), "memtouch_ratio": (0.7, "≥"),
          "hello_ratio": (2.0, "≤")}
 
 
@@ -233,6 +234,18 @@ def make_runners(scratch: Path, results: Results) -> dict[str, Runner]:
     else:
         results.skipped["qemu_user"] = ("qemu-x86_64 is not installed "
                                         "(Debian: apt-get install qemu-user)")
+    bwrap = shutil.which("bwrap")
+    # bubblewrap: the namespace sandbox, its cost a floor for any sandbox that
+    # runs the program on the host kernel (read-only root, no network).
+    sandbox = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+               "--unshare-all", "--die-with-parent"] if bwrap else []
+    problem = peer_problem(sandbox) if bwrap else ""
+    if bwrap and not problem:
+        runners["bwrap"] = Runner("bwrap", lambda data: sandbox)
+    elif bwrap:
+        results.skipped["bwrap"] = f"bwrap is installed but cannot start a sandbox here: {problem}"
+    else:
+        results.skipped["bwrap"] = "bwrap is not installed (Debian: apt-get install bubblewrap)"
     runsc = shutil.which("runsc")
     gvisor = [runsc, "--rootless", "--network=none", "do"] if runsc else []
     problem = peer_problem(gvisor) if runsc else ""
@@ -292,6 +305,14 @@ def bench_syscall(programs: dict[str, Path], sizes: Sizes, runners: dict[str, Ru
                                                 data=data), runner.env)
             figure = "syscall_native_us" if name == "native" else key(name, "syscall_us")
             samples.setdefault(figure, []).extend(numbers(output))
+            # Ten times getpid's count: if the vDSO fell back to a system
+            # call, minikvm's run would still end in reasonable time.
+            clock_iterations = (10 * sizes.syscall_iterations if name == "minikvm"
+                                else sizes.native_syscall_iterations)
+            _, output = run_process(runner.argv(programs["clock_bench"], clock_iterations, 1,
+                                                data=data), runner.env)
+            figure = "vdso_clock_native_ns" if name == "native" else key(name, "vdso_clock_ns")
+            samples.setdefault(figure, []).extend(numbers(output))
     for figure, values in samples.items():
         results.add(figure, Samples(values))
     # minikvm patches a site after its first call (minikvm.machine.syscall_sites),
@@ -300,6 +321,7 @@ def bench_syscall(programs: dict[str, Path], sizes: Sizes, runners: dict[str, Ru
     patching = os.environ.get("MINIKVM_SYSCALL_PATCH", "1") != "0"   # as minikvm reads it
     floor = "exit_floor_one_us" if patching else "exit_floor_us"
     results.ratio("syscall_ratio", "syscall_us", floor)
+    results.ratio("vdso_clock_ratio", "vdso_clock_ns", "vdso_clock_native_ns")
     if "syscall_us" in results.figures and floor in results.figures:
         results.derived["python_share_us"] = (results.figures["syscall_us"].median
                                               - results.figures[floor].median)
@@ -402,6 +424,46 @@ def bench_hello(programs: dict[str, Path], sizes: Sizes, runners: dict[str, Runn
                   "minikvm": "hello_ms"}.get(name) or key(name, "hello_ms")
         results.add(figure, Samples(values))
     results.ratio("hello_ratio", "hello_ms", "python_startup_ms")
+
+
+#: The host's dynamically linked programs timed end to end (issue 12, item 6):
+#: figure prefix -> argv.  ``true`` is ld.so and libc's start-up alone;
+#: ``python3 -c pass`` adds libpython and the interpreter's own imports.
+DYNAMIC_PROGRAMS = {"dyn_true": ("/usr/bin/true",), "dyn_python": ("/usr/bin/python3", "-c", "pass")}
+#: What ld.so and Python read, granted read-only to minikvm's runs of them.
+DYNAMIC_VIEW = ("/usr", "/lib", "/lib64", "/etc")
+
+
+def bench_dynamic(sizes: Sizes, runners: dict[str, Runner], data: Path, scratch: Path,
+                  results: Results) -> None:
+    """``/usr/bin/true`` and ``python3 -c pass`` end to end under every
+    runner: ``dyn_true_ms``, ``dyn_python_ms`` (minikvm), ``dyn_true_native_ms``
+    …, ``bwrap_dyn_true_ms``, ``gvisor_dyn_true_ms``.  ``dyn_true_syscalls``
+    and ``dyn_python_syscalls`` count the system calls minikvm handled for
+    each (``--summary``): ld.so's start-up is many small calls."""
+    flags = [argument for path in DYNAMIC_VIEW if os.path.exists(path)
+             for argument in ("--allow-read", path)]
+    minikvm = Runner("minikvm", lambda data: [*runners["minikvm"].prefix(data), *flags],
+                     runners["minikvm"].env)
+    dynamic_runners = dict(runners, minikvm=minikvm)
+    for prefix, argv in DYNAMIC_PROGRAMS.items():
+        if not os.access(argv[0], os.X_OK):
+            results.skipped[prefix] = f"{argv[0]} is not installed"
+            continue
+        summary = subprocess.run([*minikvm.prefix(data), "--summary", *argv], env=minikvm.env,
+                                 capture_output=True, text=True, timeout=PROCESS_TIMEOUT_SECONDS)
+        totals = [line.split() for line in summary.stderr.splitlines() if line.endswith(" total")]
+        if summary.returncode != 0 or not totals:
+            sys.exit(f"benchmarks: minikvm run {' '.join(argv)} failed:\n{summary.stderr}")
+        results.derived[f"{prefix}_syscalls"] = float(totals[-1][3])
+        samples: dict[str, list[float]] = {name: [] for name in dynamic_runners}
+        for _ in range(sizes.repetitions):
+            for name, runner in dynamic_runners.items():
+                seconds, _ = run_process(runner.argv(argv[0], *argv[1:], data=data), runner.env)
+                samples[name].append(seconds * 1000)
+        for name, values in samples.items():
+            figure = f"{prefix}_native_ms" if name == "native" else key(name, f"{prefix}_ms")
+            results.add(figure, Samples(values))
 
 
 def bench_snapshot(programs: dict[str, Path], sizes: Sizes, scratch: Path,
@@ -546,6 +608,8 @@ def format_table(results: Results, mode: str) -> str:
         ("Python's share", f"{results.derived.get('python_share_us', float('nan')):.2f} µs",
          "getpid minus its floor"),
         ("", "", "native " + show("syscall_native_us", "µs")),
+        ("clock_gettime (vDSO)", show("vdso_clock_ns", "ns"),
+         "native " + show("vdso_clock_native_ns", "ns")),
         ("compute", show("compute_minikvm_s", "s"), "native " + show("compute_native_s", "s")),
         ("memtouch (first touches)", show("memtouch_minikvm_s", "s"),
          "native " + show("memtouch_native_s", "s")),
@@ -555,6 +619,12 @@ def format_table(results: Results, mode: str) -> str:
         ("hello, end to end", show("hello_ms", "ms"),
          "python3 -c pass " + show("python_startup_ms", "ms")),
         ("", "", "native " + show("hello_native_ms", "ms")),
+        ("dynamic /usr/bin/true", show("dyn_true_ms", "ms"),
+         "native " + show("dyn_true_native_ms", "ms")),
+        ("", f"{results.derived.get('dyn_true_syscalls', 0):.0f} system calls", ""),
+        ("dynamic python3 -c pass", show("dyn_python_ms", "ms"),
+         "native " + show("dyn_python_native_ms", "ms")),
+        ("", f"{results.derived.get('dyn_python_syscalls', 0):.0f} system calls", ""),
     ]
     derived = results.derived
     if "fork_us" in figures:
@@ -589,6 +659,8 @@ def format_table(results: Results, mode: str) -> str:
     lines += ["", "ratios:",
               ratio("syscall_ratio", "minikvm syscall / C floor of the same path (one exit "
                     "when sites are patched): lower is better, 1 = no Python cost"),
+              ratio("vdso_clock_ratio", "minikvm clock_gettime / native: lower is better, "
+                    "1 = native (no exit)"),
               ratio("compute_ratio", "native time / minikvm time: higher is better, 1 = native"),
               ratio("memtouch_ratio", "the same, for first touches of fresh memory"),
               ratio("io_ratio", "native time / minikvm time (start-up included): higher "
@@ -600,14 +672,17 @@ def format_table(results: Results, mode: str) -> str:
         lines.append(ratio(f"serve{level}_rps_ratio",
                            f"serve / CGI requests per second, {clients} client"
                            f"{'s' if clients > 1 else ''}: higher is better"))
-    peers = [name for name in ("qemu_user", "gvisor") if f"{name}_syscall_us" in figures]
+    peers = [name for name in ("qemu_user", "bwrap", "gvisor") if f"{name}_syscall_us" in figures]
     for name in peers:
         lines += ["", f"{name} (same workloads):",
                   f"  syscall {show(f'{name}_syscall_us', 'µs')}   "
+                  f"clock_gettime {show(f'{name}_vdso_clock_ns', 'ns')}   "
                   f"compute {show(f'{name}_compute_s', 's')}   "
                   f"memtouch {show(f'{name}_memtouch_s', 's')}",
                   f"  io {show(f'{name}_io_s', 's')}   io_rw {show(f'{name}_io_rw_s', 's')}",
-                  f"  hello {show(f'{name}_hello_ms', 'ms')}"]
+                  f"  hello {show(f'{name}_hello_ms', 'ms')}   "
+                  f"dynamic true {show(f'{name}_dyn_true_ms', 'ms')}   "
+                  f"python3 -c pass {show(f'{name}_dyn_python_ms', 'ms')}"]
     if results.skipped:
         lines += ["", "not measured:"] + [f"  {name}: {why}" for name, why in
                                           results.skipped.items()]
@@ -644,6 +719,7 @@ def main(argv: list[str] | None = None) -> int:
         bench_memtouch(programs, MEMTOUCH_MIB[mode], sizes.repetitions, runners, data, results)
         bench_io(sizes, runners, data, results)
         bench_hello(programs, sizes, runners, data, scratch, results)
+        bench_dynamic(sizes, runners, data, scratch, results)
         bench_snapshot(programs, sizes, scratch, results)
         bench_serve(programs, sizes, scratch, results)
     results.facts["load_average_at_end"] = round(os.getloadavg()[0], 2)

@@ -26,11 +26,13 @@ RUN_PY = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
 SMOKE_TIMEOUT_SECONDS = 600
 
 ALWAYS = ("exit_floor_us", "exit_floor_one_us", "out_floor_us", "syscall_us", "syscall_native_us",
-          "syscall_ratio", "compute_native_s", "compute_minikvm_s", "compute_ratio",
+          "syscall_ratio", "vdso_clock_ns", "vdso_clock_native_ns", "vdso_clock_ratio",
+          "compute_native_s", "compute_minikvm_s", "compute_ratio",
           "memtouch_native_s", "memtouch_minikvm_s", "memtouch_ratio",
           "io_native_s", "io_minikvm_s", "io_ratio", "io_rw_native_s", "io_rw_minikvm_s",
           "io_rw_ratio",
-          "hello_ms", "hello_native_ms", "python_startup_ms", "hello_ratio")
+          "hello_ms", "hello_native_ms", "python_startup_ms", "hello_ratio",
+          "dyn_true_ms", "dyn_true_native_ms", "dyn_python_ms", "dyn_python_native_ms")
 PAGE_COUNTS = (0, 1, 16, 256, 4096)
 SNAPSHOT = ("fork_us", "fork_prepared_us", "reset_us_0", "reset_copy_us_0", "snapshot_save_ms",
             "snapshot_load_ms",
@@ -67,6 +69,12 @@ def test_pythons_share_of_a_syscall_is_reported(report: dict) -> None:
     medians, so noise may make it tiny, but it is a finite number of µs."""
     assert isinstance(report["python_share_us"], float)
     assert abs(report["python_share_us"]) < report["syscall_us"]
+
+
+def test_dynamic_programs_count_their_system_calls(report: dict) -> None:
+    """ld.so's start-up alone is dozens of calls; Python's hundreds."""
+    assert report["dyn_true_syscalls"] >= 10
+    assert report["dyn_python_syscalls"] > report["dyn_true_syscalls"]
 
 
 def test_snapshot_figures_or_a_reason(report: dict) -> None:
