@@ -329,22 +329,35 @@ def bench_syscall(programs: dict[str, Path], sizes: Sizes, runners: dict[str, Ru
 
 def bench_compute(programs: dict[str, Path], sizes: Sizes, runners: dict[str, Runner],
                   data: Path, results: Results) -> None:
-    """compute.c, timed inside the program, the runners taking turns; every
-    runner must compute the same checksum."""
-    samples: dict[str, list[float]] = {name: [] for name in runners}
+    """compute.c: ``compute_native_s``, ``compute_minikvm_s``, a peer's
+    ``gvisor_compute_s``…, and ``compute_ratio`` (native / minikvm)."""
+    timed_in_program("compute", (sizes.compute_mib, 1), programs, sizes.repetitions, runners,
+                     data, results)
+
+
+def timed_in_program(name: str, arguments: tuple[object, ...], programs: dict[str, Path],
+                     repetitions: int, runners: dict[str, Runner], data: Path,
+                     results: Results) -> None:
+    """Run the benchmark program *name* (which times itself and ends with a
+    ``checksum N`` line) *repetitions* times under each runner, the runners
+    taking turns; every runner must print the same checksum.  Figures
+    ``NAME_native_s``, ``NAME_minikvm_s``, ``PEER_NAME_s``; ``NAME_ratio`` is
+    native time / minikvm time (higher is better, 1 = native)."""
+    samples: dict[str, list[float]] = {runner: [] for runner in runners}
     sums = {}
-    for _ in range(sizes.repetitions):
-        for name, runner in runners.items():
-            _, output = run_process(runner.argv(programs["compute"], sizes.compute_mib, 1,
-                                                data=data), runner.env)
-            sums[name] = checksum(output)
-            samples[name].extend(numbers(output))
+    for _ in range(repetitions):
+        for runner_name, runner in runners.items():
+            _, output = run_process(runner.argv(programs[name], *arguments, data=data),
+                                    runner.env)
+            sums[runner_name] = checksum(output)
+            samples[runner_name].extend(numbers(output))
     if len(set(sums.values())) != 1:
-        sys.exit(f"benchmarks: compute.c computed different results: {sums}")
-    for name, values in samples.items():
-        figure = f"compute_{name}_s" if name in ("native", "minikvm") else key(name, "compute_s")
+        sys.exit(f"benchmarks: {name}.c computed different results: {sums}")
+    for runner_name, values in samples.items():
+        figure = (f"{name}_{runner_name}_s" if runner_name in ("native", "minikvm")
+                  else key(runner_name, f"{name}_s"))
         results.add(figure, Samples(values))
-    results.ratio("compute_ratio", "compute_native_s", "compute_minikvm_s")
+    results.ratio(f"{name}_ratio", f"{name}_native_s", f"{name}_minikvm_s")
 
 
 #: memtouch.c's buffer per mode, MiB: the issue's 256 MiB in a full run.
@@ -353,23 +366,9 @@ MEMTOUCH_MIB = {"full": 256, "quick": 64, "smoke": 4}
 
 def bench_memtouch(programs: dict[str, Path], mebibytes: int, repetitions: int,
                    runners: dict[str, Runner], data: Path, results: Results) -> None:
-    """memtouch.c, timed inside the program, the runners taking turns; every
-    runner must read back the same checksum.  ``memtouch_ratio`` is native
-    time / minikvm time (higher is better, 1 = memory at native speed)."""
-    samples: dict[str, list[float]] = {name: [] for name in runners}
-    sums = {}
-    for _ in range(repetitions):
-        for name, runner in runners.items():
-            _, output = run_process(runner.argv(programs["memtouch"], mebibytes, 1, data=data),
-                                    runner.env)
-            sums[name] = checksum(output)
-            samples[name].extend(numbers(output))
-    if len(set(sums.values())) != 1:
-        sys.exit(f"benchmarks: memtouch.c read back different results: {sums}")
-    for name, values in samples.items():
-        figure = f"memtouch_{name}_s" if name in ("native", "minikvm") else key(name, "memtouch_s")
-        results.add(figure, Samples(values))
-    results.ratio("memtouch_ratio", "memtouch_native_s", "memtouch_minikvm_s")
+    """memtouch.c: ``memtouch_native_s``, ``memtouch_minikvm_s``, a peer's
+    ``gvisor_memtouch_s``…, and ``memtouch_ratio`` (native / minikvm)."""
+    timed_in_program("memtouch", (mebibytes, 1), programs, repetitions, runners, data, results)
 
 
 #: The I/O workloads: JSON prefix -> busybox arguments (FILE is the big file).
