@@ -298,6 +298,18 @@ class kvm_dirty_log(ctypes.Structure):
     ]
 
 
+class kvm_clear_dirty_log(ctypes.Structure):
+    """Argument of KVM_CLEAR_DIRTY_LOG: write-protect again the pages whose
+    bits are set in the bitmap, from *first_page* (a multiple of 64) for
+    *num_pages* (a multiple of 64, or up to the slot's end)."""
+    _fields_ = [
+        ("slot", u32),
+        ("num_pages", u32),
+        ("first_page", u64),
+        ("dirty_bitmap", u64),  # a ``void *`` in a union with __u64 padding2
+    ]
+
+
 class kvm_enable_cap(ctypes.Structure):
     """Argument of KVM_ENABLE_CAP: a capability and up to four arguments."""
     _fields_ = [
@@ -602,6 +614,10 @@ KVM_CAP_IMMEDIATE_EXIT = 136
 KVM_CAP_X86_DISABLE_EXITS = 143
 KVM_CAP_GET_MSR_FEATURES = 153
 KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 = 168
+#: KVM_ENABLE_CAP(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2) argument: KVM_GET_DIRTY_LOG
+#: no longer clears the bitmap nor write-protects the pages it reports;
+#: KVM_CLEAR_DIRTY_LOG does, for the pages the caller names.
+KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE = 1 << 0
 KVM_CAP_DIRTY_LOG_RING = 192
 KVM_CAP_EXIT_HYPERCALL = 201
 KVM_CAP_XSAVE2 = 208
@@ -634,6 +650,7 @@ KVM_GET_SUPPORTED_CPUID = _IOWR(KVMIO, 0x05, kvm_cpuid2)       # KVM_CAP_EXT_CPU
 # VM ioctls: on the fd KVM_CREATE_VM returned.
 KVM_CREATE_VCPU = _IO(KVMIO, 0x41)                             # returns a vCPU fd
 KVM_GET_DIRTY_LOG = _IOW(KVMIO, 0x42, kvm_dirty_log)
+KVM_CLEAR_DIRTY_LOG = _IOWR(KVMIO, 0xC0, kvm_clear_dirty_log)
 KVM_SET_USER_MEMORY_REGION = _IOW(KVMIO, 0x46, kvm_userspace_memory_region)  # KVM_CAP_USER_MEMORY
 KVM_SET_TSS_ADDR = _IO(KVMIO, 0x47)                            # KVM_CAP_SET_TSS_ADDR
 KVM_SET_IDENTITY_MAP_ADDR = _IOW(KVMIO, 0x48, u64)             # KVM_CAP_SET_IDENTITY_MAP_ADDR
@@ -707,7 +724,8 @@ def exit_reason_name(reason: int) -> str:
 
 _SYSTEM_IOCTLS = ("KVM_GET_API_VERSION", "KVM_CREATE_VM", "KVM_GET_MSR_INDEX_LIST",
                   "KVM_CHECK_EXTENSION", "KVM_GET_VCPU_MMAP_SIZE", "KVM_GET_SUPPORTED_CPUID")
-_VM_IOCTLS = ("KVM_CREATE_VCPU", "KVM_GET_DIRTY_LOG", "KVM_SET_USER_MEMORY_REGION",
+_VM_IOCTLS = ("KVM_CREATE_VCPU", "KVM_GET_DIRTY_LOG", "KVM_CLEAR_DIRTY_LOG",
+              "KVM_SET_USER_MEMORY_REGION",
               "KVM_SET_TSS_ADDR", "KVM_SET_IDENTITY_MAP_ADDR", "KVM_ENABLE_CAP")
 _VCPU_IOCTLS = ("KVM_RUN", "KVM_GET_REGS", "KVM_SET_REGS", "KVM_GET_SREGS", "KVM_SET_SREGS",
                 "KVM_TRANSLATE", "KVM_GET_MSRS", "KVM_SET_MSRS", "KVM_GET_FPU", "KVM_SET_FPU",

@@ -90,14 +90,27 @@ class Vm:
 
     def get_dirty_log(self, slot: int) -> bytes:
         """KVM_GET_DIRTY_LOG: a bitmap, one bit per page of *slot*, of the
-        pages written since the last call (which also clears it).  The slot
-        must have been added with ``KVM_MEM_LOG_DIRTY_PAGES``."""
+        pages written since the last call (which also clears it and
+        write-protects them again; with manual protection, see
+        :meth:`clear_dirty_log`, since the last clear).  The slot must have
+        been added with ``KVM_MEM_LOG_DIRTY_PAGES``."""
         memory = self.slots[slot]
         pages = memory.size // 4096
         bitmap = (ctypes.c_uint64 * ((pages + 63) // 64))()
         log = k.kvm_dirty_log(slot=slot, dirty_bitmap=ctypes.addressof(bitmap))
         ioctl(self.fd, k.KVM_GET_DIRTY_LOG, log)
         return bytes(bitmap)
+
+    def clear_dirty_log(self, slot: int, bitmap: bytes) -> None:
+        """KVM_CLEAR_DIRTY_LOG over the whole of *slot*: clear the bits set
+        in *bitmap* and write-protect those pages again, so that their next
+        write is logged.  Only with ``KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2``
+        enabled; otherwise :meth:`get_dirty_log` does this itself."""
+        memory = self.slots[slot]
+        buffer = ctypes.create_string_buffer(bytes(bitmap), len(bitmap))
+        log = k.kvm_clear_dirty_log(slot=slot, num_pages=memory.size // 4096, first_page=0,
+                                    dirty_bitmap=ctypes.addressof(buffer))
+        ioctl(self.fd, k.KVM_CLEAR_DIRTY_LOG, log)
 
     def enable_cap(self, cap: int, *args: int) -> None:
         """KVM_ENABLE_CAP on the VM: switch on an optional VM-wide behaviour."""

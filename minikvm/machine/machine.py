@@ -127,16 +127,25 @@ class Machine:
     """A VM, its memory and one vCPU, set up to run a 64-bit user program."""
 
     def __init__(self, memory_size: int = DEFAULT_MEMORY_SIZE, *, kvm: Kvm | None = None,
-                 dirty_logging: bool = False, memory: GuestMemory | None = None,
+                 dirty_logging: bool = False, manual_protect: bool = False,
+                 memory: GuestMemory | None = None,
                  mm: AddressSpace | None = None, cpuid: object | None = None) -> None:
         """A fresh machine; or, given *memory* and *mm* (a snapshot's copy,
         see :mod:`minikvm.snapshot.snapshot`), a machine over memory that already
         holds the kernel area and page tables: only CPUID is set, and the
-        caller loads the registers.  *cpuid* saves asking KVM again."""
+        caller loads the registers.  *cpuid* saves asking KVM again.
+        *dirty_logging* logs the guest's writes (:meth:`take_dirty_log`);
+        *manual_protect* also leaves the logged pages writable until
+        :meth:`protect_again` names them (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2)."""
         self.kvm = kvm or Kvm()
         self.vm = self.kvm.create_vm()
         self.memory = memory or GuestMemory(memory_size)
         self.slot_flags = k.KVM_MEM_LOG_DIRTY_PAGES if dirty_logging else 0
+        self.manual_protect = dirty_logging and manual_protect
+        if self.manual_protect:
+            # Before the slot exists, so that it is created in this mode.
+            self.vm.enable_cap(k.KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+                               k.KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE)
         #: Dirty bitmaps read early because the slot had to be re-added
         #: (:meth:`flush_translations`); :meth:`take_dirty_log` merges them.
         self._dirty_carried: list[bytes] = []
@@ -285,7 +294,7 @@ class Machine:
         """Set GS.base (``arch_prctl(ARCH_SET_GS)``)."""
         self.vcpu.set_msrs({x86.MSR_GS_BASE: value})
 
-    def flush_translations(self) -> None:
+    def flush_translations(self, carry_dirty_log: bool = True) -> None:
         """Make the vCPU forget every cached translation.
 
         After the host removes or weakens a mapping, KVM's copy of it (the
@@ -293,9 +302,11 @@ class Machine:
         allow the old access.  Removing the memory slot and adding it back
         makes KVM drop everything it derived from guest memory.  Measured
         here: ~0.1 ms, paid only on munmap/mprotect/mremap that take
-        access away.
+        access away.  The dirty log the slot held is carried over to the
+        next :meth:`take_dirty_log`, unless *carry_dirty_log* is False (a
+        reset that has just restored every page in it).
         """
-        if self.slot_flags & k.KVM_MEM_LOG_DIRTY_PAGES:
+        if self.slot_flags & k.KVM_MEM_LOG_DIRTY_PAGES and carry_dirty_log:
             # Deleting the slot drops its dirty bitmap: keep what it knew.
             bitmap = self.vm.get_dirty_log(MEMORY_SLOT)
             if bitmap.strip(b"\0"):
@@ -307,8 +318,10 @@ class Machine:
     def take_dirty_log(self) -> bytes:
         """The pages the *guest* wrote since the last call: a bitmap, bit
         ``n`` for guest-physical page ``n`` (KVM_GET_DIRTY_LOG; needs
-        ``dirty_logging=True``).  Reading it clears it.  Writes the host
-        makes are not in it: KVM only sees the guest's own stores."""
+        ``dirty_logging=True``).  Reading it clears it — with
+        *manual_protect*, only :meth:`protect_again` does, so the bitmap
+        holds every page written since then.  Writes the host makes are
+        not in it: KVM only sees the guest's own stores."""
         bitmap = self.vm.get_dirty_log(MEMORY_SLOT)
         if self._dirty_carried:
             merged = int.from_bytes(bitmap, "little")
@@ -317,6 +330,12 @@ class Machine:
             bitmap = merged.to_bytes(len(bitmap), "little")
             self._dirty_carried.clear()
         return bitmap
+
+    def protect_again(self, bitmap: bytes) -> None:
+        """With *manual_protect*: clear the pages of *bitmap* from the dirty
+        log and write-protect them, so that the guest's next write to one
+        is logged (KVM_CLEAR_DIRTY_LOG)."""
+        self.vm.clear_dirty_log(MEMORY_SLOT, bitmap)
 
     def return_from_syscall(self) -> None:
         """Finish a system call outside :meth:`run`, exactly as the run loop
