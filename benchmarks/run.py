@@ -493,7 +493,7 @@ def bench_snapshot(programs: dict[str, Path], sizes: Sizes, scratch: Path,
     results.add("fork_us", Samples(found["fork_us"]))
     results.add("fork_prepared_us", Samples(found["fork_prepared_us"]))
     largest = max(RESET_PAGE_COUNTS)
-    for mechanism, prefix in (("cow", "reset"), ("copy", "reset_copy")):
+    for mechanism, prefix in (("cow", "reset"), ("copy", "reset_copy"), ("keep", "reset_keep")):
         for pages in RESET_PAGE_COUNTS:
             results.add(f"reset_{mechanism}_us_{pages}",
                         Samples(found[f"{mechanism}_reset_us_{pages}"]))
@@ -507,6 +507,15 @@ def bench_snapshot(programs: dict[str, Path], sizes: Sizes, scratch: Path,
                  - found[f"{mechanism}_restored_pages_0"])
         results.add(f"{prefix}_us_0", zero)
         results.derived[f"{prefix}_us_per_page"] = (many.median - zero.median) / max(pages, 1)
+        # Issue 14's measure of a request's cost growing with its pages: the
+        # request alone, and the request and its reset together.
+        requests = [results.figures[f"request_{mechanism}_us_{count}"].median
+                    for count in (0, largest)]
+        resets = [zero.median, many.median]
+        results.derived[f"request_{mechanism}_us_per_page"] = \
+            (requests[1] - requests[0]) / largest
+        results.derived[f"cycle_{mechanism}_us_per_page"] = \
+            (requests[1] + resets[1] - requests[0] - resets[0]) / largest
     results.add("snapshot_save_ms", Samples(found["save_ms"]))
     results.add("snapshot_load_ms", Samples(found["load_ms"]))
     results.derived["snapshot_file_kib"] = found["file_bytes"] / 1024
@@ -640,6 +649,13 @@ def format_table(results: Results, mode: str) -> str:
                          show(f"request_copy_us_{pages}", "µs")))
         rows.append(("reset, per dirty page", f"{derived['reset_us_per_page']:.3f} µs",
                      f"{derived['reset_copy_us_per_page']:.3f} µs (slope of the medians)"))
+        for mechanism in ("cow", "copy", "keep"):
+            rows.append((f"per page, {mechanism}" if mechanism != "cow" else
+                         "per page dirtied, cow",
+                         f"request {derived[f'request_{mechanism}_us_per_page']:.3f} µs",
+                         f"request + reset {derived[f'cycle_{mechanism}_us_per_page']:.3f} µs"))
+        rows.append(("", show("request_keep_us_4096", "µs"),
+                     "keep: the request dirtying 4096 pages"))
         rows.append(("snapshot file save", show("snapshot_save_ms", "ms"),
                      f"({derived['snapshot_file_kib']:,.0f} KiB)"))
         rows.append(("snapshot file load", show("snapshot_load_ms", "ms"), ""))

@@ -37,7 +37,7 @@ PAGE_COUNTS = (0, 1, 16, 256, 4096)
 SNAPSHOT = ("fork_us", "fork_prepared_us", "reset_us_0", "reset_copy_us_0", "snapshot_save_ms",
             "snapshot_load_ms",
             *(f"{figure}_{mechanism}_us_{pages}" for figure in ("reset", "request")
-              for mechanism in ("cow", "copy") for pages in PAGE_COUNTS))
+              for mechanism in ("cow", "copy", "keep") for pages in PAGE_COUNTS))
 SERVE = tuple(f"{backend}{level}_{figure}" for backend in ("serve", "cgi")
               for level in ("", "_c4") for figure in ("p50_ms", "p99_ms", "rps")) + \
     ("serve_rps_ratio", "serve_c4_rps_ratio")
@@ -85,7 +85,9 @@ def test_snapshot_figures_or_a_reason(report: dict) -> None:
         assert report[key] > 0, f"{key} = {report.get(key)}"
         assert 0 < report[f"{key}_min"] <= report[key], key
     assert "reset_us_per_page" in report and "reset_copy_us_per_page" in report
-    for mechanism in ("cow", "copy"):
+    for mechanism in ("cow", "copy", "keep"):
+        assert f"request_{mechanism}_us_per_page" in report
+        assert f"cycle_{mechanism}_us_per_page" in report
         # Each reset restored at least the pages its request dirtied.
         for pages in PAGE_COUNTS:
             assert report[f"reset_{mechanism}_pages_{pages}"] >= pages, (mechanism, pages)

@@ -22,7 +22,7 @@ from minikvm.process.process import Process
 from minikvm.sandbox.policy import Policy
 from minikvm.snapshot import process_state
 from minikvm.snapshot.file import FORMAT_VERSION, load, read_header, save
-from minikvm.snapshot.fork import MECHANISMS
+from minikvm.snapshot.fork import MECHANISMS, effective_mechanism
 from minikvm.snapshot.frozen import bitmap_runs, page_runs
 from minikvm.snapshot.process_state import NOT_CAPTURED, NOT_RESTORED, state_differences
 from minikvm.snapshot.snapshot import Snapshot, snapshot_at_ready_point
@@ -206,6 +206,24 @@ def test_prepared_forks_are_handed_out_as_new_ones(snapshot: Snapshot) -> None:
     with snapshot.fork() as third:                      # none left: a new one
         assert id(third) not in prepared
         assert third.request(b"peek").response == pristine(b"peek")
+
+
+def test_a_prepared_keep_fork_serves_only_keep(snapshot: Snapshot) -> None:
+    """A "keep" fork's VM logs dirty pages in manual-protect mode, so a
+    spare made for it is not handed out for "cow", nor a "cow" one for it."""
+    if effective_mechanism("keep") != "keep":
+        pytest.skip("KVM here lacks KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: 'keep' runs as 'copy'")
+    snapshot.prepare_forks(1, "keep")
+    (spare,) = snapshot.spare_forks
+    with snapshot.fork("cow") as other:
+        assert other is not spare and snapshot.spare_forks == [spare]
+    with snapshot.fork("keep") as fork:
+        assert fork is spare and snapshot.spare_forks == []
+        for i in range(40):      # past RELEARN_RESETS: the set is relearned
+            assert fork.request(b"poke%d" % (i + 1), reset=False).response.endswith(
+                b"poked=%d" % (i + 1))
+            fork.reset()
+            assert fork.request(b"peek").response == pristine(b"peek")
 
 
 def test_closing_a_snapshot_closes_its_spare_forks(snapshot: Snapshot) -> None:

@@ -110,9 +110,11 @@ def add_snapshot_commands(commands: argparse._SubParsersAction,
                        help="answer 504 when a request runs longer (default 30)")
     # The values of snapshot.fork.ResetMechanism, spelled here so that
     # building the parser does not import the snapshot layer (run needs none of it).
-    serve.add_argument("--reset", choices=("cow", "copy"), default="cow",
+    serve.add_argument("--reset", choices=("cow", "copy", "keep"), default="keep",
                        help="how memory is reset between requests: drop the copy-on-write "
-                            "copies, or copy the dirty pages back (default cow)")
+                            "copies, copy the dirty pages back, or copy the working set back "
+                            "and keep it writable (default keep: fastest when requests write "
+                            "the same pages; 'copy' where KVM cannot)")
     serve.add_argument("--from-snapshot", metavar="FILE", default=None,
                        help="serve a file from 'minikvm snapshot save' instead of PROGRAM")
     serve.add_argument("program", nargs="?", help="the static executable to serve")

@@ -7,7 +7,7 @@ kernel gives the fork its own copy.  Starting one is mostly the host
 kernel's work (a VM, its memory slot, a vCPU: ~1 ms on a PVM host);
 :meth:`Snapshot.prepare_forks` does it ahead of time, on request.  After a
 request, :meth:`Fork.reset` puts the fork back to the snapshot with work
-proportional to the pages the request dirtied, by one of two mechanisms
+proportional to the pages the request dirtied, by one of three mechanisms
 (``mechanism=``):
 
 ``"cow"`` — copy-on-write
@@ -17,7 +17,18 @@ proportional to the pages the request dirtied, by one of two mechanisms
 ``"copy"`` — dirty log
     the dirtied pages are copied back from the snapshot, in place.
 
-Both need to know *which* pages were dirtied.  The guest's own stores are
+``"keep"`` — a working set, left writable
+    as ``"copy"``, but the pages stay writable after the reset
+    (``KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2``: reading the dirty log does not
+    write-protect them again), so the next request writes them at full
+    speed instead of taking a logged fault on each; the price is that the
+    reset copies the whole working set back every time, since KVM can no
+    longer say which of its pages were written.  Every
+    :data:`RELEARN_RESETS` resets the set is write-protected again and
+    relearned from the requests that follow.  Best for a handler that
+    writes the same pages on every request.
+
+All three need to know *which* pages were dirtied.  The guest's own stores are
 in KVM's dirty log (``KVM_GET_DIRTY_LOG`` on a slot added with
 ``KVM_MEM_LOG_DIRTY_PAGES``).  Stores the *host* makes into guest memory —
 a ``read()`` copying file data out, ``getrandom``, zeroing on ``munmap``,
@@ -42,6 +53,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import functools
 import ctypes
 import os
 import stat as stat_module
@@ -52,6 +64,7 @@ from minikvm import ioctl as k, x86
 from minikvm.cpu.segments import USER_CODE64, USER_DATA64
 from minikvm.errors import SnapshotError, SyscallError
 from minikvm.kvm.memory import GuestMemory
+from minikvm.kvm.system import Kvm
 from minikvm.linux_abi import STACK_ALIGNMENT
 from minikvm.machine.machine import CALL_RETURN_ADDRESS, SYSCALL_EXIT_RIP, USER_RFLAGS_MASK, Machine
 from minikvm.machine.stops import StopKind
@@ -79,15 +92,39 @@ class ResetMechanism(str, enum.Enum):
     """How a fork's reset puts memory back (see the module docstring)."""
     COW = "cow"      # drop the fork's copy-on-write pages
     COPY = "copy"    # copy the dirty pages back from the frozen memory
+    KEEP = "keep"    # copy the working set back, left writable between requests
 
 
 #: The mechanisms' names, for command-line choices and messages.
 MECHANISMS = tuple(mechanism.value for mechanism in ResetMechanism)
+#: ``"keep"`` write-protects its working set again every this many resets,
+#: so that pages a request stopped writing leave it: a page dirtied once
+#: is copied back at most this many times, and a page written by every
+#: request costs one logged write fault per this many requests.
+RELEARN_RESETS = 16
 #: Bytes below RSP that a function may use without moving RSP (System V
 #: ABI §3.2.2); a host call puts its arguments below it.
 RED_ZONE = 128
 MAX_REGISTER_ARGUMENTS = 6
 MADV_DONTNEED = 4
+
+def effective_mechanism(mechanism: str) -> str:
+    """*mechanism* checked, as this host runs it: ``"keep"`` needs
+    ``KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`` (Linux 5.8 on; PVM has it) and
+    is ``"copy"`` without it, which restores the same pages, only slower."""
+    if mechanism not in MECHANISMS:
+        raise ValueError(f"reset mechanism {mechanism!r}: expected one of {MECHANISMS}")
+    if mechanism == ResetMechanism.KEEP and not _manual_protect_available():
+        return ResetMechanism.COPY.value
+    return str(ResetMechanism(mechanism).value)
+
+
+@functools.cache
+def _manual_protect_available() -> bool:
+    with Kvm() as kvm:
+        supported = kvm.check_extension(k.KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2)
+    return bool(supported & k.KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE)
+
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
@@ -129,8 +166,7 @@ class Fork:
 
     def __init__(self, snapshot: Snapshot, mechanism: str = ResetMechanism.COW,
                  tracer: Tracer | None = None) -> None:
-        if mechanism not in MECHANISMS:
-            raise ValueError(f"reset mechanism {mechanism!r}: expected one of {MECHANISMS}")
+        mechanism = effective_mechanism(mechanism)
         if snapshot.memory is None:
             raise SnapshotError("this snapshot is closed")
         self.snapshot = snapshot
@@ -140,10 +176,13 @@ class Fork:
         try:
             mm = snapshot.mm.clone(memory)
             self.machine = Machine(memory=memory, mm=mm, dirty_logging=True,
+                                   manual_protect=mechanism == ResetMechanism.KEEP,
                                    cpuid=snapshot.cpuid)
         except BaseException:
             memory.close()
             raise
+        #: Resets since ``"keep"`` last write-protected its working set.
+        self._resets_since_protect = 0
         memory.host_writes = set()
         try:
             snapshot.cpu.restore(self.machine)
@@ -231,7 +270,8 @@ class Fork:
         # Only pages below the highest one allocated (now or at the snapshot)
         # can be dirty: above it every page is free, and freeing zeroes.
         limit = max(allocated_end(mm.user_pool), allocated_end(snapshot.mm.user_pool))
-        runs = bitmap_runs(machine.take_dirty_log()[:-(-limit // (PAGE_SIZE * 8))])
+        dirty_log = machine.take_dirty_log()
+        runs = bitmap_runs(dirty_log[:-(-limit // (PAGE_SIZE * 8))])
         stats.guest_pages = sum(count for _, count in runs)
         if memory.host_writes:
             host = page_runs(memory.host_writes)
@@ -255,12 +295,18 @@ class Fork:
         else:
             for first, count in merged:
                 self._copy_back(first * PAGE_SIZE, (first + count) * PAGE_SIZE)
+        if self.mechanism == ResetMechanism.KEEP:
+            self._resets_since_protect += 1
+            if self._resets_since_protect >= RELEARN_RESETS:
+                machine.protect_again(dirty_log)
+                self._resets_since_protect = 0
         flush = tables_changed or mm.stale_translations
         # The record always (VMAs, pools, the break: a break moved inside its
         # page changes no mapping); it is a few short lists.
         mm.assign(snapshot.mm)
         if flush:
-            machine.flush_translations()
+            # Every page the log held was restored above: nothing to carry.
+            machine.flush_translations(carry_dirty_log=False)
             stats.flushed = True
         if stats.full:
             snapshot.cpu.restore(machine)

@@ -46,7 +46,7 @@ from minikvm.process.process import Process
 from minikvm.sandbox.policy import Policy
 from minikvm.snapshot.channel import Reply, RequestChannel, run_until_stop
 from minikvm.snapshot.cpu_state import CpuState
-from minikvm.snapshot.fork import MECHANISMS, Fork, ResetMechanism
+from minikvm.snapshot.fork import Fork, ResetMechanism, effective_mechanism
 from minikvm.snapshot.frozen import data_extents, freeze_memory, seal_frozen
 from minikvm.snapshot.process_state import (capture_process_state, close_fd_entries,
                                             copy_fd_entries)
@@ -133,17 +133,21 @@ class Snapshot:
         If :meth:`prepare_forks` started some ahead of time, one of those is
         handed out instead of starting one now: it has never run, so it is
         the same as a new one."""
-        if self.spare_forks:
-            if mechanism not in MECHANISMS:
-                raise ValueError(f"reset mechanism {mechanism!r}: expected one of {MECHANISMS}")
-            fork = self.spare_forks.pop()
-            fork.mechanism = mechanism
-            if tracer is not None:
-                fork.dispatcher = Dispatcher(fork.process, tracer)
-            return fork
+        wanted = effective_mechanism(mechanism)
+        keep = ResetMechanism.KEEP.value
+        for index, spare in enumerate(self.spare_forks):
+            # "keep" sets its VM up differently (the dirty log's manual
+            # protection): a spare made for it serves only it; "cow" and
+            # "copy" differ only in how the reset works, so serve each other.
+            if spare.mechanism == wanted or keep not in (spare.mechanism, wanted):
+                fork = self.spare_forks.pop(index)
+                fork.mechanism = wanted
+                if tracer is not None:
+                    fork.dispatcher = Dispatcher(fork.process, tracer)
+                return fork
         return Fork(self, mechanism, tracer)
 
-    def prepare_forks(self, count: int) -> None:
+    def prepare_forks(self, count: int, mechanism: str = ResetMechanism.COW) -> None:
         """Start forks now so that the next *count* calls of :meth:`fork`
         return at once.
 
@@ -159,7 +163,7 @@ class Snapshot:
         if self.memory is None:
             raise SnapshotError("this snapshot is closed")
         while len(self.spare_forks) < count:
-            self.spare_forks.append(Fork(self))
+            self.spare_forks.append(Fork(self, mechanism))
 
     @property
     def memory_size(self) -> int:
