@@ -21,6 +21,7 @@ temporary directory, from the sources beside this file:
 ====================  =====================================================
 ``exit_floor.c``      the floor: minikvm's own syscall exit path on
                       /dev/kvm, driven from C with nothing else
+``fork_floor.c``      a new VM, memory slot and vCPU in C: the floor under a fork
 ``getpid_bench.c``    one system call, timed by the guest's own clock
 ``clock_bench.c``     one clock_gettime, answered by the vDSO without an exit
 ``compute.c``         fill, hash and sort a buffer (CPU and memory)
@@ -67,7 +68,7 @@ from typing import Callable
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCHMARKS_DIR.parent
 BUSYBOX = "/bin/busybox"
-C_PROGRAMS = ("exit_floor", "getpid_bench", "clock_bench", "compute", "memtouch", "hello", "snapshot_guest",
+C_PROGRAMS = ("exit_floor", "fork_floor", "getpid_bench", "clock_bench", "compute", "memtouch", "hello", "snapshot_guest",
               "echo_handler")
 COMPILE_COMMAND = ("cc", "-static", "-O2", "-Wall", f"-I{REPO_ROOT / 'include'}")
 MIB = 1 << 20
@@ -100,6 +101,9 @@ QUICK = Sizes(repetitions=5, exit_iterations=10_000, syscall_iterations=4_000,
 SMOKE = Sizes(repetitions=2, exit_iterations=1_000, syscall_iterations=500,
               native_syscall_iterations=10_000, compute_mib=1, io_mib=1, serve_requests=40)
 
+#: The guest memory fork_floor.c gives its VMs, MiB: minikvm's default
+#: (DEFAULT_MEMORY_SIZE in minikvm/cpu/layout.py), which snapshot_guest runs with.
+FORK_FLOOR_MIB = 1024
 #: Pages a request dirties before a timed reset (snapshot_bench.py): every
 #: mode measures all of them, each with both reset mechanisms.
 RESET_PAGE_COUNTS = (0, 1, 16, 256, 4096)
@@ -492,6 +496,10 @@ def bench_snapshot(programs: dict[str, Path], sizes: Sizes, scratch: Path,
     found = json.loads(output)
     results.add("fork_us", Samples(found["fork_us"]))
     results.add("fork_prepared_us", Samples(found["fork_prepared_us"]))
+    _, output = run_process([str(programs["fork_floor"]), str(FORK_FLOOR_MIB),
+                             str(sizes.repetitions)])
+    results.add("fork_floor_us", Samples(numbers(output)))
+    results.ratio("fork_floor_ratio", "fork_us", "fork_floor_us")
     largest = max(RESET_PAGE_COUNTS)
     for mechanism, prefix in (("cow", "reset"), ("copy", "reset_copy"), ("keep", "reset_keep")):
         for pages in RESET_PAGE_COUNTS:
@@ -638,6 +646,7 @@ def format_table(results: Results, mode: str) -> str:
     if "fork_us" in figures:
         rows.append(("snapshot fork", show("fork_us", "µs"),
                      "prepared " + show("fork_prepared_us", "µs")))
+        rows.append(("", "", "C floor (VM, 1 GiB slot, vCPU) " + show("fork_floor_us", "µs")))
         rows.append(("reset, P pages dirty", "mechanism cow", "mechanism copy"))
         for pages in RESET_PAGE_COUNTS:
             restored = f"{derived[f'reset_cow_pages_{pages}']:.0f} restored"
@@ -681,7 +690,9 @@ def format_table(results: Results, mode: str) -> str:
               ratio("io_ratio", "native time / minikvm time (start-up included): higher "
                     "is better"),
               ratio("io_rw_ratio", "the same, for dd's 64 KiB reads and writes"),
-              ratio("hello_ratio", "minikvm hello / python3 -c pass: lower is better")]
+              ratio("hello_ratio", "minikvm hello / python3 -c pass: lower is better"),
+              ratio("fork_floor_ratio", "snapshot fork / its C floor: lower is better, "
+                    "1 = no Python cost")]
     for clients in SERVE_CLIENTS:
         level = "" if clients == 1 else f"_c{clients}"
         lines.append(ratio(f"serve{level}_rps_ratio",

@@ -34,7 +34,7 @@ ALWAYS = ("exit_floor_us", "exit_floor_one_us", "out_floor_us", "syscall_us", "s
           "hello_ms", "hello_native_ms", "python_startup_ms", "hello_ratio",
           "dyn_true_ms", "dyn_true_native_ms", "dyn_python_ms", "dyn_python_native_ms")
 PAGE_COUNTS = (0, 1, 16, 256, 4096)
-SNAPSHOT = ("fork_us", "fork_prepared_us", "reset_us_0", "reset_copy_us_0", "snapshot_save_ms",
+SNAPSHOT = ("fork_us", "fork_prepared_us", "fork_floor_us", "reset_us_0", "reset_copy_us_0", "snapshot_save_ms",
             "snapshot_load_ms",
             *(f"{figure}_{mechanism}_us_{pages}" for figure in ("reset", "request")
               for mechanism in ("cow", "copy", "keep") for pages in PAGE_COUNTS))
@@ -85,6 +85,7 @@ def test_snapshot_figures_or_a_reason(report: dict) -> None:
         assert report[key] > 0, f"{key} = {report.get(key)}"
         assert 0 < report[f"{key}_min"] <= report[key], key
     assert "reset_us_per_page" in report and "reset_copy_us_per_page" in report
+    assert report["fork_floor_ratio"] > 0
     for mechanism in ("cow", "copy", "keep"):
         assert f"request_{mechanism}_us_per_page" in report
         assert f"cycle_{mechanism}_us_per_page" in report
