@@ -210,7 +210,8 @@ def spell_trace_file(argv: list[str]) -> list[str]:
     takes_value = {"--allow-read", "--allow-write", "--allow-connect", "--allow-listen",
                    "--memory", "--timeout",
                    "--max-fds", "--max-file-size", "--env", "--unsetenv", "--trace-file",
-                   "--max-threads", "--policy", "--vdso"}
+                   "--max-threads", "--policy", "--vdso", "--system-root", "--keep-tmp",
+                   "--resolv-conf"}
     rewritten = ["run"]
     expecting_value = False
     for position, word in enumerate(argv[1:], start=1):
