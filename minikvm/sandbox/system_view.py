@@ -36,17 +36,18 @@ from typing import Iterable, Optional
 
 from minikvm.sandbox.grants import Mount
 
-#: Directories shown whole: the loader and libraries (``/lib``, ``/lib64``
-#: are symlinks into ``/usr`` on a merged-/usr system: both spellings are
-#: granted, since ``PT_INTERP`` and ``/etc/ld.so.cache`` use the short
-#: ones), the programs of ``PATH``, and ``/usr/share`` (zoneinfo, locale,
-#: terminfo, misc/magic, ca-certificates …).  An entry beneath another
-#: (``/lib/x86_64-linux-gnu`` beneath ``/lib``) is shown by it already.
+#: Directories shown whole: ``/usr`` (the libraries, the programs of
+#: ``PATH``, ``/usr/share``'s zoneinfo, locale, terminfo, misc/magic …;
+#: whole, as bubblewrap's ``--ro-bind /usr /usr``, since its parts link to
+#: each other: ``/usr/share/misc/magic.mgc -> ../../lib/file/magic.mgc``),
+#: and the loader's and programs' short spellings, symlinks into ``/usr``
+#: on a merged-/usr system (``PT_INTERP`` is ``/lib64/ld-linux-x86-64.so.2``,
+#: ``/etc/ld.so.cache`` names ``/lib/x86_64-linux-gnu``): both spellings are
+#: granted.  An entry beneath another (``/lib/x86_64-linux-gnu`` beneath
+#: ``/lib``) is shown by it already.
 SYSTEM_DIRECTORIES = (
-    "/lib", "/lib64", "/lib32", "/libx32", "/lib/x86_64-linux-gnu",
-    "/usr/lib", "/usr/lib64", "/usr/lib32", "/usr/lib/x86_64-linux-gnu", "/usr/libexec",
-    "/bin", "/sbin", "/usr/bin", "/usr/sbin",
-    "/usr/share",
+    "/usr", "/lib", "/lib64", "/lib32", "/libx32", "/lib/x86_64-linux-gnu",
+    "/bin", "/sbin",
 )
 
 #: ``/etc`` files that carry no secret: users and groups (no hashes: those
