@@ -259,6 +259,8 @@ def run_command(options: argparse.Namespace) -> int:
         # the native program would — a shell script then stops at a Ctrl-C.
         sys.stdout.flush()
         sys.stderr.flush()
+        from minikvm.sandbox.private_tmp import finish_all
+        finish_all()            # atexit does not run for a death by signal
         raise_on_self(signalled)
     return status
 

@@ -97,6 +97,7 @@ class PrivateTmp:
         os.set_inheritable(write_end, False)
         self._watcher_pipe, self._watcher_pid = write_end, pid
         atexit.register(self.finish)
+        _WATCHED.append(self)
 
     def finish(self) -> None:
         """Have the directory removed now and wait until it is (at minikvm's
@@ -111,6 +112,18 @@ class PrivateTmp:
                 pass
         elif not self.kept:
             shutil.rmtree(self.path, ignore_errors=True)
+
+
+#: The private directories whose watcher runs (for :func:`finish_all`).
+_WATCHED: list[PrivateTmp] = []
+
+
+def finish_all() -> None:
+    """:meth:`PrivateTmp.finish` for every private ``/tmp`` of this process:
+    for a minikvm about to end by a signal of its own (``atexit`` does not
+    run then), so that the directory is gone first."""
+    while _WATCHED:
+        _WATCHED.pop().finish()
 
 
 def _watch(read_end: int, path: str) -> None:
@@ -163,4 +176,4 @@ def _prepare_kept(path: str) -> str:
     return path
 
 
-__all__ = ["PrivateTmp", "PrivateTmpError", "TMP_PATHS"]
+__all__ = ["PrivateTmp", "PrivateTmpError", "TMP_PATHS", "finish_all"]
