@@ -22,6 +22,7 @@ temporary directory, from the sources beside this file:
 ``exit_floor.c``      the floor: minikvm's own syscall exit path on
                       /dev/kvm, driven from C with nothing else
 ``getpid_bench.c``    one system call, timed by the guest's own clock
+``stat_bench.c``      one ``stat`` of a path: the policy's path lookup
 ``compute.c``         fill, hash and sort a buffer (CPU and memory)
 ``memtouch.c``        malloc, write every page of, and free 256 MiB (first touches)
 ``hello.c``           the smallest program: what starting costs
@@ -66,8 +67,12 @@ from typing import Callable
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCHMARKS_DIR.parent
 BUSYBOX = "/bin/busybox"
-C_PROGRAMS = ("exit_floor", "getpid_bench", "compute", "memtouch", "hello", "snapshot_guest",
-              "echo_handler")
+C_PROGRAMS = ("exit_floor", "getpid_bench", "stat_bench", "compute", "memtouch", "hello",
+              "snapshot_guest", "echo_handler")
+#: stat_bench's paths: one missing and outside every grant (the policy
+#: answers ENOENT, hidden), one found in the default system view.
+STAT_HIDDEN_PATH = "/minikvm-bench-missing/file"
+STAT_VIEW_PATH = "/usr/bin/env"
 COMPILE_COMMAND = ("cc", "-static", "-O2", "-Wall", f"-I{REPO_ROOT / 'include'}")
 MIB = 1 << 20
 #: A guest that loops forever must not hang the benchmark: every process
@@ -291,6 +296,17 @@ def bench_syscall(programs: dict[str, Path], sizes: Sizes, runners: dict[str, Ru
             _, output = run_process(runner.argv(programs["getpid_bench"], iterations, 1,
                                                 data=data), runner.env)
             figure = "syscall_native_us" if name == "native" else key(name, "syscall_us")
+            samples.setdefault(figure, []).extend(numbers(output))
+        # The view's cost: a stat the policy answers "hidden", one it
+        # resolves in the system view, and the latter natively.
+        for name, path, figure in (("minikvm", STAT_HIDDEN_PATH, "stat_hidden_us"),
+                                   ("minikvm", STAT_VIEW_PATH, "stat_view_us"),
+                                   ("native", STAT_VIEW_PATH, "stat_native_us")):
+            runner = runners[name]
+            iterations = (sizes.syscall_iterations if name == "minikvm"
+                          else sizes.native_syscall_iterations)
+            _, output = run_process(runner.argv(programs["stat_bench"], path, iterations, 1,
+                                                data=data), runner.env)
             samples.setdefault(figure, []).extend(numbers(output))
     for figure, values in samples.items():
         results.add(figure, Samples(values))
@@ -546,6 +562,10 @@ def format_table(results: Results, mode: str) -> str:
         ("Python's share", f"{results.derived.get('python_share_us', float('nan')):.2f} µs",
          "getpid minus its floor"),
         ("", "", "native " + show("syscall_native_us", "µs")),
+        ("stat, missing and hidden", show("stat_hidden_us", "µs"),
+         "getpid " + show("syscall_us", "µs")),
+        ("stat, in the system view", show("stat_view_us", "µs"),
+         "native " + show("stat_native_us", "µs")),
         ("compute", show("compute_minikvm_s", "s"), "native " + show("compute_native_s", "s")),
         ("memtouch (first touches)", show("memtouch_minikvm_s", "s"),
          "native " + show("memtouch_native_s", "s")),

@@ -183,6 +183,31 @@ class GrantTree:
         # from /lib -> usr/lib, whose ".." is /usr).
         self.at_own_path: frozenset[str] = frozenset(
             g.path for g in self.grants if g.up_fd is None and names[g.path] == g.path)
+        # Every lookup asks "which grant?" and "is it above one?": by a walk
+        # up the path's own prefixes in these two tables, a few dict lookups
+        # whatever the number of grants (the system view has some thirty).
+        self.by_path: dict[str, Grant] = {}
+        for grant in reversed(self.grants):     # the first of a path wins, as in a scan
+            self.by_path[grant.path] = grant
+        above: dict[str, set[str]] = {}
+        for grant in self.grants:
+            parts = grant.path.strip("/").split("/") if grant.path != "/" else []
+            for depth in range(len(parts)):
+                above.setdefault("/" + "/".join(parts[:depth]), set()).add(parts[depth])
+        self.above: dict[str, frozenset[str]] = {path: frozenset(names_)
+                                                 for path, names_ in above.items()}
+
+    def find(self, absolute: str) -> Optional[Grant]:
+        """The most specific grant containing normalised absolute *absolute*
+        (the longest prefix), or None."""
+        path = absolute
+        while True:
+            grant = self.by_path.get(path)
+            if grant is not None and grant.contains(absolute):
+                return grant
+            if path == "/":
+                return None
+            path = posixpath.dirname(path)
 
     def uniform(self, root: Grant) -> bool:
         """True if every grant inside *root* has *root*'s rights (no check needed)."""
@@ -209,15 +234,12 @@ class GrantTree:
     def is_above(self, absolute: str) -> bool:
         """True if normalised absolute *absolute* is a directory *above* a grant
         (``/`` and ``/tmp`` for a grant ``/tmp/x``) and inside none."""
-        return (not any(grant.contains(absolute) for grant in self.grants)
-                and bool(self.entries_above(absolute)))
+        return absolute in self.above and self.find(absolute) is None
 
     def entries_above(self, absolute: str) -> frozenset[str]:
         """The names a directory above the grants shows: the next component of
         the way down to each grant below it (empty if it is above none)."""
-        prefix = absolute.rstrip("/") + "/"
-        return frozenset(grant.path[len(prefix):].split("/", 1)[0]
-                         for grant in self.grants if grant.path.startswith(prefix))
+        return self.above.get(absolute, frozenset())
 
     def open_above(self, absolute: str) -> Optional[int]:
         """An ``O_PATH`` fd on the directory *above* a grant that *absolute*
@@ -226,7 +248,7 @@ class GrantTree:
         Reached by ``..`` steps from the grant's fd, so what is opened is the
         directory really above the grant, whatever the path string says.
         """
-        if any(grant.contains(absolute) for grant in self.grants):
+        if absolute not in self.above or self.find(absolute) is not None:
             return None
         # A grant seen at its own path is climbed from first: it is the
         # directory really above; a mount or a file is climbed from the

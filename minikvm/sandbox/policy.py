@@ -813,9 +813,9 @@ class Policy:
 
     def _grant_for(self, absolute: str, syscall: str, shown: str = "") -> Grant:
         """The most specific grant containing *absolute*, or ``ENOENT`` (hidden)."""
-        for grant in self.grants:
-            if grant.contains(absolute):
-                return grant
+        grant = self.tree.find(absolute)
+        if grant is not None:
+            return grant
         raise self._deny(syscall, shown or absolute, "outside allowed paths", hidden=True)
 
     def _open_path(self, path: PathArg, cwd: str, follow: bool, syscall: str) -> int:
