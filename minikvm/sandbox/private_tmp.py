@@ -12,9 +12,11 @@ one thing to clean).
 
 It is removed when the sandbox ends, *however* it ends — an exit, a crash,
 a signal, even ``SIGKILL`` of minikvm — by a small watcher process forked
-before the walls go up (:meth:`PrivateTmp.watch`): it waits for the
-end-of-file of a pipe whose only writer is minikvm, then removes the
-directory.  minikvm itself could not remove it: once Landlock is up, the
+before the walls go up (:meth:`PrivateTmp.watch`; forked twice, so that
+it is not minikvm's child: a server's count of its workers, and the check
+that every child is confined, do not see it): it waits for the
+end-of-file of a pipe whose writers are minikvm and the processes it
+forks, then removes the directory.  minikvm itself could not remove it: once Landlock is up, the
 parent of the directory is outside its rules.  At a normal exit minikvm
 closes the pipe and waits for the watcher (:meth:`PrivateTmp.finish`), so
 the directory is gone when minikvm is.  ``--keep-tmp DIR`` uses
@@ -56,7 +58,8 @@ class PrivateTmp:
         else:
             self.path = _prepare_kept(keep)
         self._watcher_pipe: Optional[int] = None
-        self._watcher_pid = 0
+        self._done_pipe = -1
+        self._owner = 0
 
     def mounts(self, shown: tuple[str, ...] = TMP_PATHS,
                grants: Iterable[str] = ()) -> list[Mount]:
@@ -85,17 +88,25 @@ class PrivateTmp:
         and before the walls: it is a fork of this process."""
         if self.kept or self._watcher_pipe is not None:
             return
-        read_end, write_end = os.pipe()
+        alive_read, alive_write = os.pipe()     # minikvm -> watcher: EOF when it is gone
+        done_read, done_write = os.pipe()       # watcher -> minikvm: EOF when it is removed
         pid = os.fork()
-        if pid == 0:                                # the watcher
+        if pid == 0:                                # the go-between
             try:
-                os.close(write_end)
-                _watch(read_end, self.path)
+                os.close(alive_write)
+                os.close(done_read)
+                if os.fork() == 0:                  # the watcher, a child of init
+                    try:
+                        _watch(alive_read, done_write, self.path)
+                    finally:
+                        os._exit(0)
             finally:
                 os._exit(0)
-        os.close(read_end)
-        os.set_inheritable(write_end, False)
-        self._watcher_pipe, self._watcher_pid = write_end, pid
+        os.close(alive_read)
+        os.close(done_write)
+        os.waitpid(pid, 0)                          # the go-between is gone at once
+        self._watcher_pipe, self._done_pipe = alive_write, done_read
+        self._owner = os.getpid()
         atexit.register(self.finish)
         _WATCHED.append(self)
 
@@ -103,13 +114,21 @@ class PrivateTmp:
         """Have the directory removed now and wait until it is (at minikvm's
         normal exit, so that the directory is gone when minikvm is; a
         minikvm killed outright leaves it to the watcher alone)."""
-        if self._watcher_pipe is not None:
+        if self._watcher_pipe is not None and os.getpid() != self._owner:
+            # a forked worker: let go of the pipes, the supervisor waits
+            os.close(self._watcher_pipe)
+            os.close(self._done_pipe)
+            self._watcher_pipe = None
+        elif self._watcher_pipe is not None:
             os.close(self._watcher_pipe)
             self._watcher_pipe = None
-            try:
-                os.waitpid(self._watcher_pid, 0)
-            except ChildProcessError:
-                pass
+            while True:                             # the watcher's end closes when done
+                try:
+                    if not os.read(self._done_pipe, 1):
+                        break
+                except InterruptedError:
+                    continue
+            os.close(self._done_pipe)
         elif not self.kept:
             shutil.rmtree(self.path, ignore_errors=True)
 
@@ -126,22 +145,28 @@ def finish_all() -> None:
         _WATCHED.pop().finish()
 
 
-def _watch(read_end: int, path: str) -> None:
-    """In the watcher: outlive minikvm's signals, wait for the pipe's end,
-    remove *path*.  Its stdio are /dev/null: a caller that reads minikvm's
-    output to its end must not wait for the watcher."""
+def _watch(alive: int, done: int, path: str) -> None:
+    """In the watcher: outlive minikvm's signals, wait for the end of the
+    *alive* pipe, remove *path*, then let *done*'s reader know by exiting
+    (which closes it).  Its stdio are /dev/null and it has a session of its
+    own: a caller that reads minikvm's output to its end, or signals
+    minikvm's process group, does not reach it."""
     for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                    signal.SIGTSTP, signal.SIGPIPE):
         signal.signal(number, signal.SIG_IGN)
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
-    os.closerange(3, read_end)
-    os.closerange(read_end + 1, _max_fd())
-    os.setsid()                      # no terminal, no process group of minikvm's
+    keep = sorted({alive, done})
+    start = 3
+    for fd in keep:
+        os.closerange(start, fd)
+        start = fd + 1
+    os.closerange(start, _max_fd())
+    os.setsid()
     while True:
         try:
-            if not os.read(read_end, 1):
+            if not os.read(alive, 1):
                 break
         except InterruptedError:
             continue
