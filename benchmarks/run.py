@@ -24,6 +24,7 @@ temporary directory, from the sources beside this file:
 ``fork_floor.c``      a new VM, memory slot and vCPU in C: the floor under a fork
 ``getpid_bench.c``    one system call, timed by the guest's own clock
 ``clock_bench.c``     one clock_gettime, answered by the vDSO without an exit
+``stat_bench.c``      one ``stat`` of a path: the policy's path lookup
 ``compute.c``         fill, hash and sort a buffer (CPU and memory)
 ``memtouch.c``        malloc, write every page of, and free 256 MiB (first touches)
 ``hello.c``           the smallest program: what starting costs
@@ -68,8 +69,12 @@ from typing import Callable
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCHMARKS_DIR.parent
 BUSYBOX = "/bin/busybox"
-C_PROGRAMS = ("exit_floor", "fork_floor", "getpid_bench", "clock_bench", "compute", "memtouch", "hello", "snapshot_guest",
-              "echo_handler")
+C_PROGRAMS = ("exit_floor", "fork_floor", "getpid_bench", "clock_bench", "stat_bench",
+              "compute", "memtouch", "hello", "snapshot_guest", "echo_handler")
+#: stat_bench's paths: one missing and outside every grant (the policy
+#: answers ENOENT, hidden), one found in the default system view.
+STAT_HIDDEN_PATH = "/minikvm-bench-missing/file"
+STAT_VIEW_PATH = "/usr/bin/env"
 COMPILE_COMMAND = ("cc", "-static", "-O2", "-Wall", f"-I{REPO_ROOT / 'include'}")
 MIB = 1 << 20
 #: A guest that loops forever must not hang the benchmark: every process
@@ -317,6 +322,17 @@ def bench_syscall(programs: dict[str, Path], sizes: Sizes, runners: dict[str, Ru
                                                 data=data), runner.env)
             figure = "vdso_clock_native_ns" if name == "native" else key(name, "vdso_clock_ns")
             samples.setdefault(figure, []).extend(numbers(output))
+        # The view's cost: a stat the policy answers "hidden", one it
+        # resolves in the system view, and the latter natively.
+        for name, path, figure in (("minikvm", STAT_HIDDEN_PATH, "stat_hidden_us"),
+                                   ("minikvm", STAT_VIEW_PATH, "stat_view_us"),
+                                   ("native", STAT_VIEW_PATH, "stat_native_us")):
+            runner = runners[name]
+            iterations = (sizes.syscall_iterations if name == "minikvm"
+                          else sizes.native_syscall_iterations)
+            _, output = run_process(runner.argv(programs["stat_bench"], path, iterations, 1,
+                                                data=data), runner.env)
+            samples.setdefault(figure, []).extend(numbers(output))
     for figure, values in samples.items():
         results.add(figure, Samples(values))
     # minikvm patches a site after its first call (minikvm.machine.syscall_sites),
@@ -433,8 +449,6 @@ def bench_hello(programs: dict[str, Path], sizes: Sizes, runners: dict[str, Runn
 #: figure prefix -> argv.  ``true`` is ld.so and libc's start-up alone;
 #: ``python3 -c pass`` adds libpython and the interpreter's own imports.
 DYNAMIC_PROGRAMS = {"dyn_true": ("/usr/bin/true",), "dyn_python": ("/usr/bin/python3", "-c", "pass")}
-#: What ld.so and Python read, granted read-only to minikvm's runs of them.
-DYNAMIC_VIEW = ("/usr", "/lib", "/lib64", "/etc")
 
 
 def bench_dynamic(sizes: Sizes, runners: dict[str, Runner], data: Path, scratch: Path,
@@ -443,12 +457,10 @@ def bench_dynamic(sizes: Sizes, runners: dict[str, Runner], data: Path, scratch:
     runner: ``dyn_true_ms``, ``dyn_python_ms`` (minikvm), ``dyn_true_native_ms``
     …, ``bwrap_dyn_true_ms``, ``gvisor_dyn_true_ms``.  ``dyn_true_syscalls``
     and ``dyn_python_syscalls`` count the system calls minikvm handled for
-    each (``--summary``): ld.so's start-up is many small calls."""
-    flags = [argument for path in DYNAMIC_VIEW if os.path.exists(path)
-             for argument in ("--allow-read", path)]
-    minikvm = Runner("minikvm", lambda data: [*runners["minikvm"].prefix(data), *flags],
-                     runners["minikvm"].env)
-    dynamic_runners = dict(runners, minikvm=minikvm)
+    each (``--summary``): ld.so's start-up is many small calls.  What they
+    read (ld.so, the libraries, Python's modules) is in minikvm's default
+    system view: no grant is added."""
+    minikvm = runners["minikvm"]
     for prefix, argv in DYNAMIC_PROGRAMS.items():
         if not os.access(argv[0], os.X_OK):
             results.skipped[prefix] = f"{argv[0]} is not installed"
@@ -459,9 +471,9 @@ def bench_dynamic(sizes: Sizes, runners: dict[str, Runner], data: Path, scratch:
         if summary.returncode != 0 or not totals:
             sys.exit(f"benchmarks: minikvm run {' '.join(argv)} failed:\n{summary.stderr}")
         results.derived[f"{prefix}_syscalls"] = float(totals[-1][3])
-        samples: dict[str, list[float]] = {name: [] for name in dynamic_runners}
+        samples: dict[str, list[float]] = {name: [] for name in runners}
         for _ in range(sizes.repetitions):
-            for name, runner in dynamic_runners.items():
+            for name, runner in runners.items():
                 seconds, _ = run_process(runner.argv(argv[0], *argv[1:], data=data), runner.env)
                 samples[name].append(seconds * 1000)
         for name, values in samples.items():
@@ -626,6 +638,10 @@ def format_table(results: Results, mode: str) -> str:
         ("", "", "native " + show("syscall_native_us", "µs")),
         ("clock_gettime (vDSO)", show("vdso_clock_ns", "ns"),
          "native " + show("vdso_clock_native_ns", "ns")),
+        ("stat, missing and hidden", show("stat_hidden_us", "µs"),
+         "getpid " + show("syscall_us", "µs")),
+        ("stat, in the system view", show("stat_view_us", "µs"),
+         "native " + show("stat_native_us", "µs")),
         ("compute", show("compute_minikvm_s", "s"), "native " + show("compute_native_s", "s")),
         ("memtouch (first touches)", show("memtouch_minikvm_s", "s"),
          "native " + show("memtouch_native_s", "s")),

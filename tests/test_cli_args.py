@@ -326,18 +326,23 @@ def test_policy_keys_use_the_command_lines_checks() -> None:
     """The file's table and the parser must not drift apart: every key is
     an option of ``run``, with the same check function."""
     from minikvm.cli.main import build_parser
-    from minikvm.cli.options import FLAG_KEYS, LIST_KEYS, VALUE_KEYS
+    from minikvm.cli.options import FLAG_KEYS, LIST_KEYS, ON_BY_DEFAULT_KEYS, VALUE_KEYS
     run = build_parser()._subparsers._group_actions[0].choices["run"]
     actions = {option: action for action in run._actions for option in action.option_strings}
     for key in FLAG_KEYS:
         assert actions[f"--{key}"].const is True, key
+    for key, option in ON_BY_DEFAULT_KEYS.items():
+        assert (actions[option].const, actions[option].dest, actions[option].default) == \
+            (False, key, True), key
     for key, check in {**LIST_KEYS, **VALUE_KEYS}.items():
         assert actions[f"--{key}"].type is check, key
     sandbox = {action.dest for action in run._actions if action.dest in {
         "here", "allow_read", "allow_write", "allow_connect", "allow_listen", "allow_net",
         "memory", "timeout", "max_fds",
-        "max_file_size", "env", "unsetenv", "clearenv"}}
-    assert sandbox == {key.replace("-", "_") for key in [*FLAG_KEYS, *LIST_KEYS, *VALUE_KEYS]}
+        "max_file_size", "env", "unsetenv", "clearenv", "system", "tmp", "allow_dns",
+        "system_root", "keep_tmp", "resolv_conf"}}
+    assert sandbox == {key.replace("-", "_") for key in
+                       [*FLAG_KEYS, *ON_BY_DEFAULT_KEYS, *LIST_KEYS, *VALUE_KEYS]}
 
 
 def test_without_a_toml_reader_policy_is_refused(tmp_path: Path,

@@ -19,9 +19,10 @@ against a native run of the same program:
   fresh directory under ``--here``: exit status, stdout and the files they
   wrote.  A program that is not installed is skipped, named.
 
-What ``ld.so`` needs to see (``/usr``, ``/lib64``, ``/etc``) is granted by
-:func:`view_flags`, the one place to change when the sandbox shows a
-system view by default.
+What ``ld.so`` needs to see (``/usr/lib``, ``/lib64``, ``/etc/ld.so.cache``)
+is in minikvm's default system view; :func:`view_flags` is the one place
+to grant more.  The tests of an interpreter outside the view turn the
+system view off (``--no-system``).
 """
 
 from __future__ import annotations
@@ -50,14 +51,15 @@ INTERPRETER = "/lib64/ld-linux-x86-64.so.2"
 
 
 def view_flags() -> list[str]:
-    """What a dynamic program needs to see, granted read-only: ``/usr`` (the
-    libraries, Python's modules, ``file``'s magic), ``/lib64`` and ``/lib``
-    (the spellings of ``PT_INTERP`` and of ``/etc/ld.so.cache``'s entries:
-    symlinks into ``/usr``, matched by their own names) and ``/etc``
-    (``ld.so.cache``, ``nsswitch.conf`` and ``passwd`` for ``ls -l``'s owner
-    names).  The one place to switch to minikvm's default system view."""
-    return ["--allow-read", "/usr", "--allow-read", "/lib", "--allow-read", "/lib64",
-            "--allow-read", "/etc"]
+    """What a dynamic program needs to see: nothing to grant, minikvm's
+    default system view (:mod:`minikvm.sandbox.system_view`) shows it —
+    ``/usr/lib`` and ``/usr/share`` (the libraries, Python's modules,
+    ``file``'s magic), ``/lib64`` and ``/lib`` (the spellings of
+    ``PT_INTERP`` and of ``/etc/ld.so.cache``'s entries: symlinks into
+    ``/usr``, matched by their own names) and the ``/etc`` files
+    ``ld.so.cache``, ``nsswitch.conf`` and ``passwd`` (for ``ls -l``'s
+    owner names).  The one place to grant more, should a test need it."""
+    return []
 
 
 def guest_run(arguments: list[object], cwd: Path, env: dict[str, str] | None = None,
@@ -205,8 +207,9 @@ def test_missing_library_is_ld_so_own_message(built: Path) -> None:
 
 
 def test_interpreter_outside_the_view(built: Path) -> None:
-    """No grant shows /lib64: the message names the path and the flag."""
-    guest = run_minikvm(["--here", "--", "./hello"], cwd=built,
+    """No grant shows /lib64 (and no system view): the message names the
+    path and the flag."""
+    guest = run_minikvm(["--no-system", "--here", "--", "./hello"], cwd=built,
                         timeout=SUBPROCESS_TIMEOUT_SECONDS, text=True)
     assert guest.returncode == 126
     assert guest.stderr == (
@@ -217,7 +220,8 @@ def test_interpreter_outside_the_view(built: Path) -> None:
 
 def test_interpreter_target_outside_the_view(built: Path) -> None:
     """/lib64 is granted but the file it leads to (in /usr/lib) is not."""
-    guest = run_minikvm(["--allow-read", "/lib64", "--here", "--", "./hello"], cwd=built,
+    guest = run_minikvm(["--no-system", "--allow-read", "/lib64", "--here", "--", "./hello"],
+                        cwd=built,
                         timeout=SUBPROCESS_TIMEOUT_SECONDS, text=True)
     assert guest.returncode == 126
     assert "is outside the sandbox's view (/lib: outside allowed paths); grant it with " \

@@ -271,11 +271,11 @@ def bash(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_the_here_function_grants_only_the_current_directory(tmp_path):
     (tmp_path / "notes.txt").write_text("one\ntwo\n")
     run = bash("here busybox wc -l notes.txt\n"
-               "here busybox cat /etc/passwd; echo \"status $?\"\n"
+               "here busybox cat /etc/shadow; echo \"status $?\"\n"
                "here busybox sh -c 'exec /usr/bin/id'; echo \"status $?\"\n"
                "here no-such-program; echo \"status $?\"\n", tmp_path)
     assert run.stdout.splitlines() == ["2 notes.txt", "status 1", "status 126", "status 127"]
-    assert "cat: can't open '/etc/passwd': No such file or directory" in run.stderr
+    assert "cat: can't open '/etc/shadow': No such file or directory" in run.stderr
     assert "/usr/bin/id: Operation not permitted" in run.stderr     # execve: EPERM
     assert "Traceback" not in run.stderr
 
@@ -286,7 +286,7 @@ def test_here_on_sandboxes_the_commands_typed_and_here_off_stops(tmp_path):
     with socket_listener() as port:
         run = bash("here_on cat wc wget\n"
                    "cat notes.txt | wc -l\n"
-                   "cat /etc/passwd; echo \"status $?\"\n"
+                   "cat /etc/shadow; echo \"status $?\"\n"
                    f"wget -q -O - http://127.0.0.1:{port}/; echo \"status $?\"\n"
                    "here_off\n"
                    "type -t cat\n", tmp_path)

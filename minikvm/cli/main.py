@@ -212,7 +212,8 @@ def spell_trace_file(argv: list[str]) -> list[str]:
     takes_value = {"--allow-read", "--allow-write", "--allow-connect", "--allow-listen",
                    "--memory", "--timeout",
                    "--max-fds", "--max-file-size", "--env", "--unsetenv", "--trace-file",
-                   "--max-threads", "--policy", "--vdso"}
+                   "--max-threads", "--policy", "--vdso", "--system-root", "--keep-tmp",
+                   "--resolv-conf"}
     rewritten = ["run"]
     expecting_value = False
     for position, word in enumerate(argv[1:], start=1):
@@ -260,6 +261,8 @@ def run_command(options: argparse.Namespace) -> int:
         # the native program would — a shell script then stops at a Ctrl-C.
         sys.stdout.flush()
         sys.stderr.flush()
+        from minikvm.sandbox.private_tmp import finish_all
+        finish_all()            # atexit does not run for a death by signal
         raise_on_self(signalled)
     return status
 

@@ -25,6 +25,7 @@ import sys
 from typing import Any, Callable
 
 from minikvm.cpu.layout import MAX_MEMORY_SIZE, MIN_MEMORY_SIZE
+from minikvm.sandbox.grants import Mount
 from minikvm.sandbox.policy import Policy
 from minikvm.x86 import PAGE_SIZE
 
@@ -157,6 +158,21 @@ def add_sandbox_options(parser: argparse.ArgumentParser, timeout_help: str =
     parser.add_argument("--here", action="store_true",
                         help="allow reading and writing the current directory and below "
                              "(refused in / and in $HOME)")
+    parser.add_argument("--no-system", dest="system", action="store_false", default=True,
+                        help="do not show the read-only system view (the loader and "
+                             "libraries, /usr/bin, /usr/share and /etc files without secrets; "
+                             "--print-policy lists it)")
+    parser.add_argument("--system-root", metavar="DIR", default="/", type=str,
+                        help="take the system view from DIR instead of / (a chroot or a "
+                             "test's fake root); the program still sees it at /")
+    parser.add_argument("--no-tmp", dest="tmp", action="store_false", default=True,
+                        help="no private /tmp and /var/tmp (the program then sees /tmp "
+                             "only where a grant shows it)")
+    parser.add_argument("--keep-tmp", metavar="DIR", default=None, type=str,
+                        help="use DIR (created if missing, or empty) as the program's private "
+                             "/tmp and /var/tmp and keep it, with the files the program left "
+                             "there; without it the private /tmp is a fresh directory that is "
+                             "removed when the sandbox ends")
     parser.add_argument("--allow-read", action="append", default=[], metavar="DIR",
                         help="allow reading DIR and below (repeatable)")
     parser.add_argument("--allow-write", action="append", default=[], metavar="DIR",
@@ -169,6 +185,13 @@ def add_sandbox_options(parser: argparse.ArgumentParser, timeout_help: str =
     parser.add_argument("--allow-net", action="store_true", default=False,
                         help="allow connecting to any IP address but this machine's own "
                              "(loopback) and link-local ones: the coarse choice")
+    parser.add_argument("--allow-dns", action="store_true", default=False,
+                        help="let the system resolver work: show /etc/resolv.conf and allow "
+                             "UDP and TCP to its name servers' port 53")
+    parser.add_argument("--resolv-conf", metavar="FILE", default=None, type=str,
+                        help="with --allow-dns: the resolver configuration the program sees "
+                             "as /etc/resolv.conf, and whose name servers it may reach "
+                             "(default: the system view's /etc/resolv.conf)")
     parser.add_argument("--allow-listen", action="append", default=[], metavar="HOST:PORT",
                         type=listen_endpoint,
                         help="allow accepting connections on this address (repeatable; "
@@ -192,16 +215,93 @@ def add_sandbox_options(parser: argparse.ArgumentParser, timeout_help: str =
         parser.set_defaults(**policy)
 
 
-def policy_from(options: argparse.Namespace) -> Policy:
+def policy_from(options: argparse.Namespace, *, private_tmp: bool = True) -> Policy:
     """The policy the options ask for: ``--here`` is a write grant of the
-    current directory.  Raises PolicyError, ValueError or OSError for a
-    grant or endpoint that cannot be had."""
+    current directory; the system view (unless ``--no-system``), the
+    private ``/tmp`` (made here, and its watcher forked, unless
+    *private_tmp* is false or a grant of the user's holds ``/tmp``) and
+    ``--allow-dns``'s name servers are added.  Raises PolicyError,
+    ValueError or OSError for a grant or endpoint that cannot be had."""
+    from minikvm.sandbox.private_tmp import TMP_PATHS, PrivateTmp
     read, write = list(options.allow_read), list(options.allow_write)
     if options.here:
         write.append(here_directory())
-    return Policy(read=read, write=write, connect=options.allow_connect,
-                  max_fds=options.max_fds, max_file_size=options.max_file_size,
-                  listen=options.allow_listen, allow_net=options.allow_net)
+    mounts = view_mounts(options)
+    connect = list(options.allow_connect)
+    if getattr(options, "allow_dns", False):
+        connect += dns_endpoints(resolv_conf(options))
+    tmp = None
+    shown = tuple(path for path in TMP_PATHS if not covered(path, read + write))
+    if private_tmp and getattr(options, "tmp", True) and shown:
+        tmp = PrivateTmp(getattr(options, "keep_tmp", None))
+        try:
+            mounts += tmp.mounts(shown, [os.path.normpath(os.path.join(os.getcwd(), path))
+                                         for path in read + write])
+        except OSError as error:
+            tmp.finish()
+            raise ValueError(f"private /tmp {tmp.path}: cannot make the way down to a "
+                             f"grant: {error.strerror}") from None
+    try:
+        policy = Policy(read=read, write=write, connect=connect,
+                        max_fds=options.max_fds, max_file_size=options.max_file_size,
+                        listen=options.allow_listen, allow_net=options.allow_net,
+                        mounts=mounts)
+    except BaseException:
+        if tmp is not None:
+            tmp.finish()
+        raise
+    if tmp is not None:
+        tmp.watch()
+    return policy
+
+
+def view_mounts(options: argparse.Namespace) -> list[Mount]:
+    """The read-only system view the options ask for (none with
+    ``--no-system``), with ``/etc/resolv.conf`` under ``--allow-dns``."""
+    from minikvm.sandbox.system_view import RESOLV_CONF, system_mounts
+    dns = getattr(options, "allow_dns", False)
+    mounts: list[Mount] = []
+    if getattr(options, "system", True):
+        mounts = system_mounts(getattr(options, "system_root", "/"),
+                               dns=dns and getattr(options, "resolv_conf", None) is None)
+    if dns and getattr(options, "resolv_conf", None) is not None:
+        mounts.append(Mount(RESOLV_CONF, os.path.abspath(options.resolv_conf), False))
+    elif dns and not any(mount.guest == RESOLV_CONF for mount in mounts):
+        # --no-system --allow-dns: the resolver still needs its file.
+        mounts.append(Mount(RESOLV_CONF, resolv_conf(options), False))
+    return mounts
+
+
+def resolv_conf(options: argparse.Namespace) -> str:
+    """The host file the program sees as ``/etc/resolv.conf``."""
+    if getattr(options, "resolv_conf", None) is not None:
+        return os.path.abspath(options.resolv_conf)
+    root = getattr(options, "system_root", "/")
+    return os.path.join(root, "etc/resolv.conf")
+
+
+def dns_endpoints(path: str) -> list[str]:
+    """``HOST:53`` for each ``nameserver`` line of resolv.conf *path* (TCP
+    and UDP both go to an allowed endpoint); with none, glibc's default
+    127.0.0.1.  Raises ValueError for a file that cannot be read."""
+    from minikvm.sandbox.endpoints import parse_nameservers
+    try:
+        with open(path, "rb") as file:
+            text = file.read(1 << 16).decode("utf-8", "replace")
+    except OSError as error:
+        raise ValueError(f"--allow-dns: cannot read {path}: {error.strerror} (give "
+                         f"--resolv-conf FILE)") from None
+    return parse_nameservers(text)
+
+
+def covered(path: str, grants: list[str]) -> bool:
+    """Whether one of the user's *grants* holds guest *path* (then the
+    user's grant is what the guest sees there)."""
+    for grant in grants:
+        top = os.path.normpath(os.path.join(os.getcwd(), grant))
+        if top == "/" or path == top or path.startswith(top + "/"):
+            return True
+    return False
 
 
 def here_directory() -> str:
@@ -241,7 +341,10 @@ def guest_environment(options: argparse.Namespace) -> dict[str, str]:
 # are the ones add_sandbox_options gives the parser).
 
 #: Keys that switch something on: ``true`` or ``false``.
-FLAG_KEYS = ("here", "clearenv", "allow-net")
+FLAG_KEYS = ("here", "clearenv", "allow-net", "allow-dns")
+#: Keys for what is on unless an option turns it off (``system = false``
+#: is ``--no-system``): the key, and that option.
+ON_BY_DEFAULT_KEYS = {"system": "--no-system", "tmp": "--no-tmp"}
 #: Keys whose value is a list of strings, each checked like the option's
 #: value (None: any string).
 LIST_KEYS: dict[str, Callable[[str], str] | None] = {
@@ -254,6 +357,9 @@ LIST_KEYS: dict[str, Callable[[str], str] | None] = {
 }
 #: Keys with one value: a string or a number, checked like the option's.
 VALUE_KEYS: dict[str, Callable[[str], Any]] = {
+    "system-root": str,
+    "keep-tmp": str,
+    "resolv-conf": str,
     "memory": parse_memory,
     "timeout": seconds,
     "max-fds": fd_limit,
@@ -300,11 +406,11 @@ def read_policy_file(name: str) -> dict[str, Any]:
     by attribute name, values checked and converted as on the command
     line).  Raises PolicyFileError naming the file, the key and the value."""
     document = load_toml(name)
-    known = sorted([*FLAG_KEYS, *LIST_KEYS, *VALUE_KEYS])
+    known = sorted([*FLAG_KEYS, *ON_BY_DEFAULT_KEYS, *LIST_KEYS, *VALUE_KEYS])
     defaults: dict[str, Any] = {}
     for key, value in document.items():
         where = f"{name}: {key}"
-        if key in FLAG_KEYS:
+        if key in FLAG_KEYS or key in ON_BY_DEFAULT_KEYS:
             if not isinstance(value, bool):
                 raise PolicyFileError(f"{where}: {value!r} is not true or false")
             defaults[dest(key)] = value
@@ -359,13 +465,47 @@ def policy_toml(options: argparse.Namespace) -> str:
         lines.append(f"{key} = [{', '.join(toml_string(item) for item in lists[key])}]")
     lines.append(f"clearenv = {'true' if options.clearenv else 'false'}")
     lines.append(f"allow-net = {'true' if options.allow_net else 'false'}")
+    lines.append(f"system = {'true' if options.system else 'false'}")
+    lines.append(f"allow-dns = {'true' if options.allow_dns else 'false'}")
+    lines.append(f"tmp = {'true' if options.tmp else 'false'}")
+    if options.system_root != "/":
+        lines.append(f"system-root = {toml_string(absolute(options.system_root))}")
+    if options.resolv_conf is not None:
+        lines.append(f"resolv-conf = {toml_string(absolute(options.resolv_conf))}")
+    if options.keep_tmp is not None:
+        lines.append(f"keep-tmp = {toml_string(absolute(options.keep_tmp))}")
     lines.append(f"memory = {toml_string(format_size(options.memory or DEFAULT_MEMORY_SIZE))}")
     lines.append(f"max-fds = {options.max_fds}")
     if options.max_file_size is not None:
         lines.append(f"max-file-size = {toml_string(format_size(options.max_file_size))}")
     if options.timeout is not None:
         lines.append(f"timeout = {options.timeout!r}")
+    lines.extend(view_comment(options))
     return "\n".join(lines) + "\n"
+
+
+def view_comment(options: argparse.Namespace) -> list[str]:
+    """The complete view these options give, as TOML comments: each
+    read-only entry of the system view and the private ``/tmp``."""
+    from minikvm.sandbox.private_tmp import TMP_PATHS
+    lines = ["#", "# The program sees (besides the grants above, /proc and /dev):"]
+    try:
+        mounts = view_mounts(options)
+    except ValueError as error:
+        mounts = []
+        lines.append(f"#   (no DNS: {error})")
+    for mount in mounts:
+        where = "" if mount.host == mount.guest else f"  (from {mount.host})"
+        lines.append(f"#   read-only   {mount.guest}{where}")
+    if not mounts:
+        lines.append("#   no system view (system = false)")
+    write = [*options.allow_read, *options.allow_write] + (["."] if options.here else [])
+    for path in TMP_PATHS if options.tmp else ():
+        if not covered(path, write):
+            kept = (f"kept in {options.keep_tmp}" if options.keep_tmp
+                    else "a new empty directory, removed at the end")
+            lines.append(f"#   read-write  {path}  (private: {kept})")
+    return lines
 
 
 def format_size(size: int) -> str:

@@ -317,6 +317,34 @@ class PinnedSocket:
             self.fd = None
 
 
-__all__ = ["Endpoint", "EndpointError", "AddressError", "PinnedSocket", "parse_endpoint",
+#: How many ``nameserver`` lines glibc's resolver uses (``MAXNS`` in
+#: <resolv.h>); the rest are ignored, by it and by :func:`parse_nameservers`.
+MAXNS = 3
+#: The port of the domain name service, for UDP and TCP alike (RFC 1035).
+DNS_PORT = 53
+
+
+def parse_nameservers(text: str) -> list[str]:
+    """The endpoints ``--allow-dns`` allows for resolv.conf *text*: port 53
+    of the first :data:`MAXNS` ``nameserver`` addresses (a bad address is
+    skipped, as glibc does; an IPv6 zone ``%eth0`` is cut off), and with
+    none glibc's default, the local host (``127.0.0.1``)."""
+    found: list[str] = []
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) < 2 or words[0] != "nameserver":
+            continue
+        try:
+            address = ipaddress.ip_address(words[1].split("%", 1)[0])
+        except ValueError:
+            continue
+        shown = f"[{address}]" if address.version == 6 else str(address)
+        found.append(f"{shown}:{DNS_PORT}")
+        if len(found) == MAXNS:
+            break
+    return found or [f"127.0.0.1:{DNS_PORT}"]
+
+
+__all__ = ["parse_nameservers", "MAXNS", "DNS_PORT", "Endpoint", "EndpointError", "AddressError", "PinnedSocket", "parse_endpoint",
            "resolve_endpoints", "named_endpoint", "reaches_the_network", "ip_endpoint", "guest_endpoint",
            "ANY_PORT"]

@@ -79,14 +79,36 @@ class Refusal(Exception):
 
 @dataclass(frozen=True)
 class Grant:
-    """A directory the guest may use, and the fd it is held open by."""
+    """A directory (or one file) the guest may use, and the fd it is held open by.
+
+    Most grants show a host directory at its own host path.  A *mount*
+    (:class:`Mount`) shows one elsewhere — the private ``/tmp`` is a host
+    temporary directory shown at ``/tmp`` — and the system view grants
+    single files (``/etc/passwd``) as well as directories.  Both need to
+    know what the directory *above* them is, since climbing ``..`` from
+    the fd would reach the host's parent of the host directory (or fail,
+    from a file): *up_fd* holds it.
+    """
 
     path: str        # absolute and lexically normal: the prefix guest paths match
     writable: bool
-    dirfd: int       # O_PATH|O_DIRECTORY|O_CLOEXEC, opened once
+    dirfd: int       # O_PATH|O_DIRECTORY|O_CLOEXEC, opened once (O_PATH on the file itself
+                     # for a file grant: the object the host name led to when granted)
+    is_file: bool = False
+    host: Optional[str] = None   # the host path when it is not *path* (a mount)
+    up_fd: Optional[int] = None  # O_PATH|O_DIRECTORY on the host directory shown as
+                                 # posixpath.dirname(path) (mounts and file grants)
+
+    @property
+    def host_path(self) -> str:
+        """Where the granted object is on the host (for Landlock, and to say so)."""
+        return self.host or self.path
 
     def contains(self, path: str) -> bool:
-        """True if normalised absolute *path* is this directory or beneath it."""
+        """True if normalised absolute *path* is this directory or beneath it
+        (for a file grant: is the file)."""
+        if self.is_file:
+            return path == self.path
         return _beneath(path, self.path)
 
     def relative(self, path: str) -> str:
@@ -138,8 +160,11 @@ class GrantTree:
         self.root: dict[str, Grant] = {}
         self.from_root: dict[str, str] = {}
         for grant in self.grants:
-            roots = [other for other in self.grants
-                     if _beneath(names[grant.path], names[other.path])]
+            # A file grant is its own root: it shows the object it holds,
+            # never a name looked up again beneath another grant.
+            roots = [grant] if grant.is_file else [
+                other for other in self.grants
+                if not other.is_file and _beneath(names[grant.path], names[other.path])]
             root = min(roots, key=lambda other: len(names[other.path]))
             self.root[grant.path] = root
             rest = names[grant.path][len(names[root.path]):].lstrip("/")
@@ -153,6 +178,36 @@ class GrantTree:
             ident for grant in self.grants if self.root[grant.path] is not grant
             for ident in self._directories_up_to_root(grant))
         self.roots: frozenset[Identity] = frozenset(identity(g.dirfd) for g in self.grants)
+        # The grants whose host directory is at their guest path: climbing
+        # ".." from those reaches the directories really above them (not so
+        # from /lib -> usr/lib, whose ".." is /usr).
+        self.at_own_path: frozenset[str] = frozenset(
+            g.path for g in self.grants if g.up_fd is None and names[g.path] == g.path)
+        # Every lookup asks "which grant?" and "is it above one?": by a walk
+        # up the path's own prefixes in these two tables, a few dict lookups
+        # whatever the number of grants (the system view has some thirty).
+        self.by_path: dict[str, Grant] = {}
+        for grant in reversed(self.grants):     # the first of a path wins, as in a scan
+            self.by_path[grant.path] = grant
+        above: dict[str, set[str]] = {}
+        for grant in self.grants:
+            parts = grant.path.strip("/").split("/") if grant.path != "/" else []
+            for depth in range(len(parts)):
+                above.setdefault("/" + "/".join(parts[:depth]), set()).add(parts[depth])
+        self.above: dict[str, frozenset[str]] = {path: frozenset(names_)
+                                                 for path, names_ in above.items()}
+
+    def find(self, absolute: str) -> Optional[Grant]:
+        """The most specific grant containing normalised absolute *absolute*
+        (the longest prefix), or None."""
+        path = absolute
+        while True:
+            grant = self.by_path.get(path)
+            if grant is not None and grant.contains(absolute):
+                return grant
+            if path == "/":
+                return None
+            path = posixpath.dirname(path)
 
     def uniform(self, root: Grant) -> bool:
         """True if every grant inside *root* has *root*'s rights (no check needed)."""
@@ -179,15 +234,12 @@ class GrantTree:
     def is_above(self, absolute: str) -> bool:
         """True if normalised absolute *absolute* is a directory *above* a grant
         (``/`` and ``/tmp`` for a grant ``/tmp/x``) and inside none."""
-        return (not any(grant.contains(absolute) for grant in self.grants)
-                and bool(self.entries_above(absolute)))
+        return absolute in self.above and self.find(absolute) is None
 
     def entries_above(self, absolute: str) -> frozenset[str]:
         """The names a directory above the grants shows: the next component of
         the way down to each grant below it (empty if it is above none)."""
-        prefix = absolute.rstrip("/") + "/"
-        return frozenset(grant.path[len(prefix):].split("/", 1)[0]
-                         for grant in self.grants if grant.path.startswith(prefix))
+        return self.above.get(absolute, frozenset())
 
     def open_above(self, absolute: str) -> Optional[int]:
         """An ``O_PATH`` fd on the directory *above* a grant that *absolute*
@@ -196,13 +248,22 @@ class GrantTree:
         Reached by ``..`` steps from the grant's fd, so what is opened is the
         directory really above the grant, whatever the path string says.
         """
-        if any(grant.contains(absolute) for grant in self.grants):
+        if absolute not in self.above or self.find(absolute) is not None:
             return None
-        for grant in self.grants:
-            if grant.path.startswith(absolute.rstrip("/") + "/"):
-                levels = grant.path.count("/") - (0 if absolute == "/" else absolute.count("/"))
-                return os.open("/".join([".."] * levels), O_PATH | O_DIRECTORY | O_CLOEXEC,
-                               dir_fd=grant.dirfd)
+        # A grant seen at its own path is climbed from first: it is the
+        # directory really above; a mount or a file is climbed from the
+        # host directory it was told stands above it.
+        below = sorted((grant for grant in self.grants
+                        if grant.path.startswith(absolute.rstrip("/") + "/")),
+                       key=lambda grant: (grant.path not in self.at_own_path,
+                                          grant.up_fd is None))
+        for grant in below:
+            start, top = grant.dirfd, grant.path
+            if grant.up_fd is not None:
+                start, top = grant.up_fd, posixpath.dirname(grant.path)
+            levels = _depth(top) - _depth(absolute)
+            return os.open("/".join([".."] * levels) or ".", O_PATH | O_DIRECTORY | O_CLOEXEC,
+                           dir_fd=start)
         return None
 
     def stat_above(self, absolute: str) -> Optional[os.stat_result]:
@@ -419,6 +480,57 @@ def normalise_grant(path: PathArg) -> str:
     return normal
 
 
+class Mount(NamedTuple):
+    """A host file or directory shown to the guest at a path of its own.
+
+    *guest* is where the guest sees it, *host* where it is (the same path
+    for the system view on the real root; another for the private ``/tmp``
+    or a system view read from a test's fake root); *above* is the host
+    directory shown as the guest path's parent (default: the host's own
+    directory of that name), what ``stat("/")`` and ``stat("/etc")`` see.
+    """
+
+    guest: str
+    host: str
+    writable: bool = False
+    above: Optional[str] = None
+
+
+def open_mount(mount: Mount) -> Grant:
+    """Open *mount*'s host object (a directory, or a regular file reached
+    through its symlinks as they are now) and the directory above it."""
+    guest = normalise_grant(mount.guest)
+    try:
+        st = os.stat(mount.host)
+    except OSError as error:
+        raise GrantError(f"{mount.guest}: cannot use {mount.host}: {error.strerror}") from None
+    if stat_module.S_ISDIR(st.st_mode):
+        fd, is_file = open_grant(mount.host), False
+    elif stat_module.S_ISREG(st.st_mode) and not mount.writable:
+        fd, is_file = os.open(mount.host, O_PATH | O_CLOEXEC), True
+    else:
+        raise GrantError(f"{mount.guest}: {mount.host} is not a directory or (read-only) "
+                         "regular file: only those can be shown")
+    if not is_file and guest == normalise_grant(mount.host) and mount.above is None:
+        return Grant(guest, mount.writable, fd)
+    above = mount.above or posixpath.dirname(guest)
+    try:
+        up_fd = os.open(above, O_PATH | O_DIRECTORY | O_CLOEXEC)
+    except OSError as error:
+        os.close(fd)
+        raise GrantError(f"{mount.guest}: cannot open {above}, the directory shown above "
+                         f"it: {error.strerror}") from None
+    host = None if guest == normalise_grant(mount.host) else os.path.abspath(mount.host)
+    return Grant(guest, mount.writable, fd, is_file=is_file, host=host, up_fd=up_fd)
+
+
+def close_grant(grant: Grant) -> None:
+    """Close the fds *grant* holds."""
+    os.close(grant.dirfd)
+    if grant.up_fd is not None:
+        os.close(grant.up_fd)
+
+
 def open_grant(path: str) -> int:
     """Open a grant directory ``O_PATH|O_DIRECTORY|O_CLOEXEC``, or say why not."""
     try:
@@ -455,6 +567,11 @@ def is_symlink(dirfd: int, name: str) -> bool:
         return False
 
 
+def _depth(path: str) -> int:
+    """How many components absolute normal *path* has (``/`` has none)."""
+    return 0 if path == "/" else path.count("/")
+
+
 def _beneath(path: str, directory: str) -> bool:
     """True if *path* is *directory* or inside it (both absolute and normal)."""
     if directory == "/":
@@ -462,7 +579,7 @@ def _beneath(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory + "/")
 
 
-__all__ = ["Grant", "GrantTree", "Parent", "GrantError", "Refusal", "reopen", "MAXSYMLINKS",
+__all__ = ["Grant", "GrantTree", "Parent", "Mount", "open_mount", "close_grant", "GrantError", "Refusal", "reopen", "MAXSYMLINKS",
            "absolute_path",
            "normalise_grant",
            "open_grant", "check_openat2", "real_path", "identity", "is_symlink"]

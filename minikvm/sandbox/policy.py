@@ -114,9 +114,11 @@ from minikvm.sandbox.audit import (DENIED_ERRNO, HIDDEN_ERRNO, MAX_RECORDED_DENI
 from minikvm.sandbox.endpoints import (ANY_PORT, AddressError, Endpoint, EndpointError,
                                        PinnedSocket, guest_endpoint, parse_endpoint,
                                        reaches_the_network, resolve_endpoints)
-from minikvm.sandbox.grants import (Grant, GrantError, GrantTree, Parent, PathArg, Refusal,
-                                    absolute_path as _absolute, check_openat2, identity,
-                                    normalise_grant, open_grant)
+from minikvm.sandbox.grants import (MAXSYMLINKS, Grant, GrantError, GrantTree, Mount, Parent,
+                                    PathArg,
+                                    Refusal, absolute_path as _absolute, check_openat2,
+                                    close_grant, identity, normalise_grant, open_grant,
+                                    open_mount, reopen)
 from minikvm.sandbox.openat2 import (O_PATH_FLAGS, VALID_OPEN_FLAGS, faccessat2, open_how,
                                      open_writes, openat2)
 
@@ -162,6 +164,12 @@ class Policy:
     disk use (the guest can make many files); a size-limited file system for
     the write grant does.
 
+    ``mounts`` (:class:`~minikvm.sandbox.grants.Mount`) show host files and
+    directories at guest paths of their own: the read-only system view
+    (:mod:`minikvm.sandbox.system_view`) and the private ``/tmp``.  A mount
+    inside one of ``read`` or ``write`` is left out (the user's grant
+    decides there); :attr:`mounts` keeps those in effect.
+
     The grant directories are opened here and held until :meth:`close`;
     use the policy as a context manager to close them.
     """
@@ -171,7 +179,7 @@ class Policy:
                  max_fds: int = DEFAULT_MAX_FDS,
                  max_file_size: Optional[int] = None, *,
                  listen: Iterable[Union[str, Endpoint]] = (),
-                 allow_net: bool = False) -> None:
+                 allow_net: bool = False, mounts: Iterable[Mount] = ()) -> None:
         if max_fds < 4:
             raise PolicyError(f"max_fds={max_fds} is too small: the guest needs at "
                               "least stdin, stdout, stderr and one more")
@@ -199,6 +207,7 @@ class Policy:
         self.allow_net = bool(allow_net)
         self.denials = DenialLog()
         self.tree = GrantTree(())
+        self.mounts: tuple[Mount, ...] = ()
         self.pinned: dict[str, PinnedSocket] = {}
         try:
             writable = {normalise_grant(p) for p in _path_list(write, "write")}
@@ -207,15 +216,23 @@ class Policy:
             try:
                 for path in sorted(writable | readable):
                     opened.append(Grant(path, path in writable, open_grant(path)))
+                # A mount inside a grant of the user's is left out: what the
+                # user granted there is what the guest sees.
+                self.mounts = tuple(
+                    mount for mount in dict.fromkeys(mounts)
+                    if not any(grant.contains(normalise_grant(mount.guest)) for grant in opened))
+                for mount in self.mounts:
+                    opened.append(open_mount(mount))
             except BaseException:
                 for grant in opened:
-                    os.close(grant.dirfd)
+                    close_grant(grant)
                 raise
             # Longest first, so the first grant that contains a path is the
             # longest prefix: the grant the guest's spelling names.
             self.grants = tuple(sorted(opened, key=lambda g: len(g.path), reverse=True))
-            if self.grants:
-                check_openat2(self.grants[0])
+            directories = [grant for grant in self.grants if not grant.is_file]
+            if directories:
+                check_openat2(directories[0])
         except GrantError as error:
             self.close()
             raise PolicyError(str(error)) from None
@@ -249,7 +266,7 @@ class Policy:
         """Close the grant directory and pinned socket fds; the policy denies
         everything after."""
         for grant in self.grants:
-            os.close(grant.dirfd)
+            close_grant(grant)
         self.grants = ()
         for pinned in self.pinned.values():
             pinned.close()
@@ -305,11 +322,17 @@ class Policy:
                              "a grant (those are read-only)")
         grant = self._grant_for(absolute, syscall)
         root, relative = self.tree.beneath_root(grant, absolute)
+        if root.is_file:
+            return self._open_file_grant(root, absolute, flags, writes, trailing_slash, syscall)
         if trailing_slash and relative != ".":
             relative += "/"     # "file/" is ENOTDIR, "dir/" with O_CREAT is EISDIR
         if not writes:
             return self._lookup(syscall, absolute, self.tree.openat2, root, relative,
-                                flags, mode, absolute)
+                                flags, mode, absolute,
+                                retry=lambda resolved: self.open(
+                                    resolved + ("/" if trailing_slash else ""), flags, mode,
+                                    "/", syscall=syscall),
+                                follow=not flags & O_NOFOLLOW)
         if self.tree.uniform(root):
             if not root.writable:
                 raise self._deny(syscall, absolute,
@@ -318,6 +341,18 @@ class Policy:
                                 flags, mode, absolute)
         return self._lookup(syscall, absolute, self.tree.open_for_writing, root, relative,
                             flags, mode, absolute)
+
+    def _open_file_grant(self, grant: Grant, absolute: str, flags: int, writes: bool,
+                         trailing_slash: bool, syscall: str) -> int:
+        """Open the one file a file grant shows (read-only: the system view's
+        ``/etc/passwd``): the object held since the policy was built is
+        reopened through ``/proc/self/fd``, so no name is looked up again —
+        a symlink the host has there was followed once, when granted."""
+        if writes:
+            raise self._deny(syscall, absolute, f"opening for writing read-only file {absolute}")
+        if trailing_slash:
+            raise OSError(errno.ENOTDIR, "not a directory", absolute)
+        return reopen(grant.dirfd, flags & ~(O_CREAT | O_NOFOLLOW), 0, absolute)
 
     def _open_above(self, absolute: str, flags: int, writes: bool, syscall: str) -> int:
         """Open a directory above a grant, read-only: an ``O_PATH`` fd always.
@@ -699,12 +734,12 @@ class Policy:
     @property
     def read_paths(self) -> tuple[str, ...]:
         """The read-only grant directories (for :mod:`minikvm.sandbox.landlock`)."""
-        return tuple(sorted(g.path for g in self.grants if not g.writable))
+        return tuple(sorted(g.host_path for g in self.grants if not g.writable))
 
     @property
     def write_paths(self) -> tuple[str, ...]:
         """The read-write grant directories (for :mod:`minikvm.sandbox.landlock`)."""
-        return tuple(sorted(g.path for g in self.grants if g.writable))
+        return tuple(sorted(g.host_path for g in self.grants if g.writable))
 
     @property
     def connect_ports(self) -> tuple[int, ...]:
@@ -734,7 +769,8 @@ class Policy:
         lines = ["sandbox policy (deny by default):"]
         for grant in sorted(self.grants, key=lambda g: g.path):
             kind = "read-write" if grant.writable else "read-only "
-            lines.append(f"  {kind}  {grant.path}")
+            shown = f" (host {grant.host})" if grant.host else ""
+            lines.append(f"  {kind}  {grant.path}{shown}")
         if not self.grants:
             lines.append("  no file system access")
         devices = " ".join(sorted(VIRTUAL_DEVICES))
@@ -773,21 +809,31 @@ class Policy:
                                    f"hidden: {reason}" if hidden else reason))
         return PolicyDenied(err, reason, path, hidden=hidden)
 
-    def _lookup(self, syscall: str, shown: str, lookup: Callable[..., T], *args: object) -> T:
-        """Call one of the grant tree's lookups, recording a refusal as a denial."""
+    def _lookup(self, syscall: str, shown: str, lookup: Callable[..., T], *args: object,
+                retry: Optional[Callable[[str], T]] = None, follow: bool = True) -> T:
+        """Call one of the grant tree's lookups, recording a refusal as a denial.
+
+        With *retry*, a read whose path a symlink leads out of its grant is
+        looked up again in the whole view (:meth:`_follow_in_view`): *retry*
+        is called with the path that has no symlink left to leave by."""
         try:
             return lookup(*args)
         except Refusal as refusal:
+            if retry is not None and refusal.hidden:
+                resolved = self._follow_in_view(shown, follow, syscall)
+                if resolved != shown:
+                    return retry(resolved)
             raise self._deny(syscall, shown, refusal.reason, hidden=refusal.hidden) from None
 
     def _grant_for(self, absolute: str, syscall: str, shown: str = "") -> Grant:
         """The most specific grant containing *absolute*, or ``ENOENT`` (hidden)."""
-        for grant in self.grants:
-            if grant.contains(absolute):
-                return grant
+        grant = self.tree.find(absolute)
+        if grant is not None:
+            return grant
         raise self._deny(syscall, shown or absolute, "outside allowed paths", hidden=True)
 
-    def _open_path(self, path: PathArg, cwd: str, follow: bool, syscall: str) -> int:
+    def _open_path(self, path: PathArg, cwd: str, follow: bool, syscall: str, *,
+                   walk: bool = True) -> int:
         """An ``O_PATH`` fd for *path* beneath its grant (any grant will do), or
         on the directory above a grant it names."""
         absolute, trailing_slash = _absolute(path, cwd)
@@ -796,11 +842,55 @@ class Policy:
             return above
         grant = self._grant_for(absolute, syscall)
         root, relative = self.tree.beneath_root(grant, absolute)
+        if root.is_file:
+            if trailing_slash:
+                raise OSError(errno.ENOTDIR, "not a directory", absolute)
+            return os.dup(root.dirfd)
         if trailing_slash and relative != ".":
             relative += "/"
         flags = O_PATH | O_CLOEXEC | (0 if follow else O_NOFOLLOW)
         return self._lookup(syscall, absolute, self.tree.openat2, root, relative, flags, 0,
-                            absolute)
+                            absolute,
+                            retry=(lambda resolved: self._open_path(
+                                resolved + ("/" if trailing_slash else ""), "/", follow,
+                                syscall, walk=False)) if walk else None,
+                            follow=follow)
+
+    def _follow_in_view(self, absolute: str, follow: bool, syscall: str) -> str:
+        """*absolute* with its symlinks followed in the guest's view, as the
+        guest's kernel would follow them from the guest's root: the
+        final one only when *follow*.
+
+        For a lookup the kernel refused beneath its grant because a symlink
+        leads out of it (``/etc/ssl/certs/X.pem ->
+        /usr/share/ca-certificates/…``, ``/usr/bin/editor ->
+        /etc/alternatives/editor``): each component is looked up here
+        through the policy (``lstat``, ``readlink``), so every step is the
+        view's and what no grant shows stays hidden.  A relative target is
+        joined to the link's directory, which has no symlink left in it,
+        so ``..`` taken lexically is the kernel's ``..``.  At most
+        :data:`~minikvm.sandbox.grants.MAXSYMLINKS` links (``ELOOP``)."""
+        pending = [part for part in absolute.split("/") if part]
+        resolved, links = "/", 0
+        while pending:
+            candidate = posixpath.join(resolved, pending.pop(0))
+            if not pending and not follow:
+                return candidate
+            fd = self._open_path(candidate, "/", False, syscall, walk=False)
+            try:
+                if not stat_module.S_ISLNK(os.fstat(fd).st_mode):
+                    resolved = candidate
+                    continue
+                target = os.readlink("", dir_fd=fd)
+            finally:
+                os.close(fd)
+            links += 1
+            if links > MAXSYMLINKS:
+                raise OSError(errno.ELOOP, "too many levels of symbolic links", absolute)
+            followed = posixpath.normpath(posixpath.join(resolved, target))
+            pending = [part for part in followed.split("/") if part] + pending
+            resolved = "/"
+        return resolved
 
 # --- helpers ---------------------------------------------------------------------
 
@@ -823,7 +913,7 @@ def _bound_text(endpoint: Endpoint) -> str:
 
 
 __all__ = [
-    "Policy", "PolicyDenied", "PolicyError", "Denial", "Grant", "Endpoint", "Parent",
+    "Policy", "PolicyDenied", "PolicyError", "Denial", "Grant", "Endpoint", "Parent", "Mount",
     "MAX_RECORDED_DENIALS", "VIRTUAL_DEVICES", "REFUSED_SYSCALLS", "REFUSED_ERRNO", "DENIED_ERRNO",
     "HIDDEN_ERRNO",
     "openat2", "faccessat2", "open_how",

@@ -28,6 +28,7 @@ from minikvm.machine.pages import PagePool
 from minikvm.process.elf import load_elf
 from minikvm.process.fdtable import DeviceFile, FdEntry, HostFile, OpenFile, Pipe, PipeEnd
 from minikvm.process.threads import Thread, ThreadTable
+from minikvm.sandbox.grants import Mount
 from minikvm.sandbox.policy import Policy
 from minikvm.snapshot.cpu_state import CpuState
 from minikvm.snapshot.frozen import copy_range, data_extents, new_memfd, seal_frozen
@@ -256,8 +257,12 @@ def _reopen_fds(records: list[dict[str, Any]], pipes: list[dict[str, Any]], poli
 def _policy_record(policy: Policy | None) -> dict[str, Any] | None:
     if policy is None:
         return None
-    return {"read": [g.path for g in policy.grants if not g.writable],
-            "write": [g.path for g in policy.grants if g.writable],
+    # The system view is recorded as the mounts it is; a private /tmp (a
+    # writable mount) is not: its directory is gone when its run ends.
+    mounted = {mount.guest for mount in policy.mounts}
+    return {"read": [g.path for g in policy.grants if not g.writable and g.path not in mounted],
+            "write": [g.path for g in policy.grants if g.writable and g.path not in mounted],
+            "mounts": [list(mount) for mount in policy.mounts if not mount.writable],
             "connect": [str(e) for e in policy.endpoints],
             "max_fds": policy.max_fds,
             "max_file_size": policy.max_file_size}
@@ -493,4 +498,5 @@ def saved_policy(header: dict[str, Any]) -> Policy | None:
     if record is None:
         return None
     return Policy(read=record["read"], write=record["write"], connect=record["connect"],
-                  max_fds=record["max_fds"], max_file_size=record["max_file_size"])
+                  max_fds=record["max_fds"], max_file_size=record["max_file_size"],
+                  mounts=[Mount(*mount) for mount in record.get("mounts", [])])

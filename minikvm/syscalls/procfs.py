@@ -328,7 +328,10 @@ def fd_target(proc: Process, file: OpenFile) -> str:
     if (isinstance(file, HostFile) and not isinstance(file, MemFd)
             and not file.path.startswith("/") and target.startswith("/")
             and not target.startswith(SHOWN_DEVICES)
-            and not any(grant.contains(target) for grant in proc.policy.grants)):
+            and not any(grant.host is None and grant.contains(target)
+                        for grant in proc.policy.grants)):
+        # (A mount — the private /tmp — shows a host directory at another
+        # name: the host's name of a file is not the guest's there.)
         return HIDDEN_TARGET
     return target
 

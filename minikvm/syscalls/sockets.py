@@ -68,6 +68,12 @@ TCP_KEEPCNT = 6
 IP_TOS = 1
 IP_TTL = 2
 IPV6_V6ONLY = 26
+# Errors (ICMP "port unreachable") reported at once, not after a timeout;
+# glibc's resolver sets them on its UDP socket and gives up if it cannot.
+# <linux/in.h>, <linux/in6.h>.  The error queue itself is never read
+# (MSG_ERRQUEUE is dropped below): the host only reports the error sooner.
+IP_RECVERR = 11
+IPV6_RECVERR = 25
 
 #: (level, option) -> may the guest set it?  Options here reach the host
 #: socket unchanged: they tune this one connection and nothing else.  Not
@@ -84,6 +90,7 @@ SOCKET_OPTIONS = {
     (IPPROTO_TCP, TCP_KEEPINTVL): True, (IPPROTO_TCP, TCP_KEEPCNT): True,
     (IPPROTO_IP, IP_TOS): True, (IPPROTO_IP, IP_TTL): True,
     (IPPROTO_IPV6, IPV6_V6ONLY): True,
+    (IPPROTO_IP, IP_RECVERR): True, (IPPROTO_IPV6, IPV6_RECVERR): True,
 }
 #: Options this module keeps itself (the host socket is non-blocking).
 TIMEOUT_OPTIONS = (SO_RCVTIMEO, SO_SNDTIMEO)
