@@ -274,9 +274,9 @@ def test_the_here_function_grants_only_the_current_directory(tmp_path):
                "here busybox cat /etc/passwd; echo \"status $?\"\n"
                "here busybox sh -c 'exec /usr/bin/id'; echo \"status $?\"\n"
                "here no-such-program; echo \"status $?\"\n", tmp_path)
-    assert run.stdout.splitlines() == ["2 notes.txt", "status 1", "status 126", "status 127"]
+    assert run.stdout.splitlines() == ["2 notes.txt", "status 1", "status 127", "status 127"]
     assert "cat: can't open '/etc/passwd': No such file or directory" in run.stderr
-    assert "/usr/bin/id: Operation not permitted" in run.stderr     # execve: EPERM
+    assert "/usr/bin/id: not found" in run.stderr     # execve: ENOENT, outside the grants
     assert "Traceback" not in run.stderr
 
 
