@@ -129,6 +129,13 @@ def test_caught_signals_reset_ignored_and_blocked_stay(tmp_path):
     assert "SIGUSR1 default\nSIGUSR2 ignored\nSIGTERM blocked\n" in out
 
 
+@pytest.mark.parametrize("variant", ("glibc-static", "musl-static"))
+def test_exec_from_a_second_thread_makes_it_the_only_one_with_the_pid(variant, tmp_path):
+    cwd = workdir(tmp_path, variant)
+    out = assert_same(["./exectest", "thread"], cwd)
+    assert "argv[0]=from-thread\n" in out and "pid is tid: yes\n" in out
+
+
 def test_execveat_runs_an_open_fd(tmp_path):
     cwd = workdir(tmp_path)
     out = assert_same(["./exectest", "at", "./exectest", "show", "at"], cwd)

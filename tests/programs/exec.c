@@ -10,12 +10,14 @@
  *   exec at FILE ARGS...     execveat(open(FILE), "", ..., AT_EMPTY_PATH)
  *   exec fds FILE            open FILE twice (one O_CLOEXEC), exec "show-fds"
  *   exec signals             catch SIGUSR1, ignore SIGUSR2, block SIGTERM, exec "show"
+ *   exec thread              a second thread execs "show" while the first waits
  *   exec fails DIR           every failing execve the test's DIR prepares; the
  *                            program goes on after each and says "still here"
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +48,7 @@ static int show(int argc, char **argv)
     printf("comm=%s\n", name);
     const char *execfn = (const char *)getauxval(AT_EXECFN);
     printf("execfn=%s\n", execfn ? execfn : "(none)");
+    printf("pid is tid: %s\n", getpid() == syscall(SYS_gettid) ? "yes" : "no");
     struct sigaction action;
     sigaction(SIGUSR1, NULL, &action);
     printf("SIGUSR1 %s\n", action.sa_handler == SIG_DFL ? "default" : "not default");
@@ -110,6 +113,15 @@ static int fails(const char *dir)
     return 0;
 }
 
+static void *exec_from_thread(void *unused)
+{
+    (void)unused;
+    char *args[] = {"from-thread", "show", "thread", NULL};
+    execve(self, args, child_env);
+    printf("execve from a thread: %s\n", err(-1));
+    exit(1);
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IONBF, 0);
@@ -153,8 +165,15 @@ int main(int argc, char **argv)
         printf("execve: %s\n", err(-1));
         return 1;
     }
+    if (strcmp(mode, "thread") == 0) {     /* de_thread: the caller becomes the leader */
+        pthread_t thread;
+        pthread_create(&thread, NULL, exec_from_thread, NULL);
+        pthread_join(thread, NULL);          /* waits for ever: the exec ends this thread */
+        return 3;
+    }
     if (strcmp(mode, "fails") == 0 && argc >= 3)
         return fails(argv[2]);
-    fprintf(stderr, "usage: exec show|run PATH ARGS|at FILE ARGS|fds FILE|signals|fails DIR\n");
+    fprintf(stderr, "usage: exec show|run PATH ARGS|at FILE ARGS|fds FILE|signals|thread|"
+            "fails DIR\n");
     return 2;
 }
