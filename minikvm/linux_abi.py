@@ -51,6 +51,13 @@ AT_SYMLINK_FOLLOW = 0x400
 AT_NO_AUTOMOUNT = 0x800
 AT_EMPTY_PATH = 0x1000
 
+# --- execve(2) (include/uapi/linux/binfmts.h) ---------------------------------
+#: How much of a program file the kernel reads to choose its format
+#: (``bprm->buf``): a ``#!`` line longer than this is cut.
+BINPRM_BUF_SIZE = 256
+#: The most strings argv or envp may hold.
+MAX_ARG_STRINGS = 0x7FFF_FFFF
+
 # --- fcntl(2) commands (include/uapi/asm-generic/fcntl.h, linux/fcntl.h) -----
 F_DUPFD = 0
 F_GETFD = 1

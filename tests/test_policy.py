@@ -447,11 +447,11 @@ def test_limits():
 
 def test_refused_operations_are_eperm_and_logged():
     with Policy() as p:
-        error = p.refuse("execve", "/bin/sh")
+        error = p.refuse("ptrace", "1")
         assert isinstance(error, SyscallError) and error.errno == errno.EPERM
         assert error.errno == P.REFUSED_ERRNO
-        assert p.denials[-1].syscall == "execve"
-    for name in ("execve", "fork", "clone", "ptrace", "mount", "kill"):
+        assert p.denials[-1].syscall == "ptrace"
+    for name in ("fork", "clone", "ptrace", "mount", "kill"):
         assert name in P.REFUSED_SYSCALLS
 
 

@@ -270,13 +270,18 @@ def bash(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 @pytest.mark.skipif(BUSYBOX is None, reason="needs a static busybox (busybox-static)")
 def test_the_here_function_grants_only_the_current_directory(tmp_path):
     (tmp_path / "notes.txt").write_text("one\ntwo\n")
+    # An executable beside the directory: it exists on the host, but not
+    # for the sandbox, which sees only the directory and the system view.
+    outside = tmp_path.parent / f"{tmp_path.name}-outside-tool"
+    outside.write_text("#!/bin/sh\necho escaped\n")
+    outside.chmod(0o755)
     run = bash("here busybox wc -l notes.txt\n"
                "here busybox cat /etc/shadow; echo \"status $?\"\n"
-               "here busybox sh -c 'exec /usr/bin/id'; echo \"status $?\"\n"
+               f"here busybox sh -c 'exec {outside}'; echo \"status $?\"\n"
                "here no-such-program; echo \"status $?\"\n", tmp_path)
-    assert run.stdout.splitlines() == ["2 notes.txt", "status 1", "status 126", "status 127"]
+    assert run.stdout.splitlines() == ["2 notes.txt", "status 1", "status 127", "status 127"]
     assert "cat: can't open '/etc/shadow': No such file or directory" in run.stderr
-    assert "/usr/bin/id: Operation not permitted" in run.stderr     # execve: EPERM
+    assert f"{outside}: not found" in run.stderr     # execve: ENOENT, outside the grants
     assert "Traceback" not in run.stderr
 
 

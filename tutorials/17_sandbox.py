@@ -9,8 +9,8 @@ answers each attempt in two layers:
    reach.  Every path is resolved by the kernel beneath a grant directory
    (``openat2`` with ``RESOLVE_BENEATH``), so ``..`` and symlinks cannot
    lead out: outside the grants nothing exists, and the guest gets
-   ``ENOENT``.  Refused operations (``execve``,
-   ``fork``) get ``EPERM``.  Denials are logged for ``--audit``.
+   ``ENOENT`` — a program to ``execve`` too.  Refused operations
+   (``fork``) get ``EPERM``.  Denials are logged for ``--audit``.
 2. **Confinement** (``minikvm.sandbox.confine.confine``) asks the host kernel to
    hold the minikvm process itself to the same grants — Landlock for files
    and TCP ports, seccomp for system calls like ``execve`` and ``fork`` —
@@ -94,7 +94,7 @@ def errno_name(number: int) -> str:
 EXPECTED = {
     "write notes.txt here": 0, "read /etc/shadow": errno.ENOENT,
     "read ../../../../etc/passwd": errno.ENOENT, "follow the planted symlink": errno.ENOENT,
-    "make a TCP socket": errno.EACCES, "execve /bin/sh": errno.EPERM, "fork": errno.EPERM,
+    "make a TCP socket": errno.EACCES, "execve /bin/sh": errno.ENOENT, "fork": errno.EPERM,
 }
 
 

@@ -41,10 +41,23 @@ from minikvm.linux_abi import O_RDONLY
 from minikvm.sandbox.grants import MAXSYMLINKS
 from minikvm.sandbox.policy import Policy, PolicyDenied
 
-class InterpreterNotFound(ElfError):
+class InterpreterError(ElfError):
+    """The interpreter cannot be loaded; ``errno`` is what ``execve`` of the
+    program fails with (a guest's ``execve`` returns it,
+    :mod:`minikvm.process.exec`)."""
+
+    def __init__(self, message: str, err: int) -> None:
+        super().__init__(message)
+        self.errno = err
+
+
+class InterpreterNotFound(InterpreterError):
     """The interpreter does not exist in the view: execve's ``ENOENT``, which
     a shell reports as 127 ("No such file or directory"), as for a missing
     program — the launch does the same."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, errno.ENOENT)
 
 
 #: The largest interpreter minikvm reads: ld.so is about 200 KiB; a larger
@@ -66,36 +79,43 @@ def read_interpreter(policy: Policy, path: str, cwd: str, program: str) -> tuple
     except PolicyDenied as denied:
         raise _outside_view(about, resolved, denied, directory=True) from None
     except IsADirectoryError:
-        raise ElfError(f"{about} is a directory (execve fails with EACCES)") from None
+        raise InterpreterError(f"{about} is a directory (execve fails with EACCES)",
+                               errno.EACCES) from None
     except OSError as error:
-        raise ElfError(f"{about}: cannot open {_printable(resolved)}: "
-                       f"{error.strerror}") from None
+        raise InterpreterError(f"{about}: cannot open {_printable(resolved)}: "
+                               f"{error.strerror}", error.errno or errno.EIO) from None
     try:
         if not stat_module.S_ISREG(os.fstat(fd).st_mode):
             what = "a directory" if stat_module.S_ISDIR(os.fstat(fd).st_mode) else \
                 "not a regular file"
-            raise ElfError(f"{about} is {what} (execve fails with EACCES)")
+            raise InterpreterError(f"{about} is {what} (execve fails with EACCES)",
+                                   errno.EACCES)
         chunks, size = [], 0
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)
             size += len(chunk)
             if size > MAX_INTERPRETER_SIZE:
-                raise ElfError(f"{about} is larger than any dynamic loader "
-                               f"({MAX_INTERPRETER_SIZE >> 20} MiB): refused")
+                raise InterpreterError(f"{about} is larger than any dynamic loader "
+                                       f"({MAX_INTERPRETER_SIZE >> 20} MiB): refused",
+                                       errno.ELIBBAD)
         return resolved, b"".join(chunks)
     except OSError as error:
-        raise ElfError(f"{about}: cannot read {_printable(resolved)}: "
-                       f"{error.strerror}") from None
+        raise InterpreterError(f"{about}: cannot read {_printable(resolved)}: "
+                               f"{error.strerror}", error.errno or errno.EIO) from None
     finally:
         os.close(fd)
 
 
-def resolve_in_view(policy: Policy, path: str, cwd: str, program: str) -> str:
+def resolve_in_view(policy: Policy, path: str, cwd: str, program: str, *,
+                    about: str | None = None, follow_last: bool = True) -> str:
     """*path* with every symlink followed as the guest's kernel would follow
     it — absolute targets from the view's root — each step asked of the
     policy.  At most :data:`~minikvm.sandbox.grants.MAXSYMLINKS` links (more:
-    ``ELOOP``, as the kernel's path walk)."""
-    about = _about(program, path)
+    ``ELOOP``, as the kernel's path walk).  The guest's own ``execve`` walks
+    its path here too (:mod:`minikvm.process.exec`): *about* starts its
+    messages instead of the interpreter's, and without *follow_last* a
+    final symlink is ``ELOOP`` (``AT_SYMLINK_NOFOLLOW``)."""
+    about = about or _about(program, path)
     pending = posixpath.join(cwd, path).split("/")
     done = "/"
     links = 0
@@ -116,17 +136,22 @@ def resolve_in_view(policy: Policy, path: str, cwd: str, program: str) -> str:
             raise InterpreterNotFound(f"{about} was not found{detail}; execve fails with "
                                       f"ENOENT: {os.strerror(errno.ENOENT)}") from None
         except NotADirectoryError:
-            raise ElfError(f"{about}: {_printable(done)} is not a directory (execve fails "
-                           f"with ENOTDIR)") from None
+            raise InterpreterError(f"{about}: {_printable(done)} is not a directory (execve "
+                                   f"fails with ENOTDIR)", errno.ENOTDIR) from None
         except OSError as error:
-            raise ElfError(f"{about}: {_printable(candidate)}: {error.strerror}") from None
+            raise InterpreterError(f"{about}: {_printable(candidate)}: {error.strerror}",
+                                   error.errno or errno.EIO) from None
         if link is None:
             done = candidate
             continue
+        if not pending and not follow_last:
+            raise InterpreterError(f"{about}: {_printable(candidate)} is a symlink and "
+                                   f"AT_SYMLINK_NOFOLLOW was given (ELOOP)", errno.ELOOP)
         links += 1
         if links > MAXSYMLINKS:
-            raise ElfError(f"{about} goes through more than {MAXSYMLINKS} symlinks (execve "
-                           f"fails with ELOOP: {os.strerror(errno.ELOOP)})")
+            raise InterpreterError(f"{about} goes through more than {MAXSYMLINKS} symlinks "
+                                   f"(execve fails with ELOOP: {os.strerror(errno.ELOOP)})",
+                                   errno.ELOOP)
         pending = link.split("/") + pending
         if link.startswith("/"):
             done = "/"
@@ -154,11 +179,13 @@ def _symlink_target(policy: Policy, path: str) -> str | None:
     return policy.readlink(path, "/", syscall="execve")
 
 
-def _outside_view(about: str, where: str, denied: PolicyDenied, *, directory: bool) -> ElfError:
+def _outside_view(about: str, where: str, denied: PolicyDenied, *,
+                  directory: bool) -> InterpreterError:
     """The message for an interpreter the sandbox does not show: the path
     that is not in the view, and the grant that shows it (the directory of
     the file, or the missing directory itself when the walk stopped on the
     way)."""
     grant = (posixpath.dirname(where) or "/") if directory else where
-    return ElfError(f"{about} is outside the sandbox's view ({_printable(where)}: "
-                    f"{denied.detail}); grant it with --allow-read {_printable(grant)}")
+    return InterpreterError(f"{about} is outside the sandbox's view ({_printable(where)}: "
+                            f"{denied.detail}); grant it with --allow-read {_printable(grant)}",
+                            denied.errno)

@@ -139,9 +139,7 @@ class Process:
         through *policy* (the guest's view).  *vdso*: one of ``vdso.VDSO_MODES``.
         Raises ElfError for a file that is not a program minikvm can run, or
         whose interpreter cannot be loaded."""
-        image = load_elf(path if program is None else program, name=os.fspath(path))
-        if image.is_pie:
-            image = image.with_bias(default_bias(image))
+        image = parse_program(path if program is None else program, os.fspath(path))
         machine = machine or Machine(memory_size)
         argv_bytes = [os.fsencode(a) for a in argv]
         if isinstance(env, dict):
@@ -151,22 +149,38 @@ class Process:
         process = cls(machine, image, policy, argv_bytes, env_bytes,
                       os.path.abspath(path), cwd or os.getcwd())
         process.vdso = vdso
-        process._load_segments(image, process.exe_path)
-        process.mm.brk_start = process.mm.brk_end = page_align_up(image.end)
-        if image.interpreter is not None:
-            process._load_interpreter()
-        process._setup_stack(os.fsencode(path))
+        entry, stack_pointer = process.load(image, os.fsencode(path))
+        machine.set_entry(entry, stack_pointer)
         process._open_stdio(stdio)
         return process
 
-    def _load_interpreter(self) -> None:
-        """Read the program's PT_INTERP through the view and load it where
-        Linux's ``load_elf_interp()`` does: an ET_DYN loader in the mmap
-        region, top down, as the program's first mmap would land (an
+    def load(self, image: ElfImage, execfn: bytes,
+             interpreter_file: tuple[str, bytes] | None = None) -> tuple[int, int]:
+        """The loader :meth:`spawn` and ``execve`` (:mod:`minikvm.process.exec`)
+        share: map *image* (biased already) into this process's empty address
+        space — and its interpreter, read through the view unless the caller
+        read it already (*interpreter_file*: its resolved path and bytes, as
+        execve reads it before its point of no return) — then the stack with
+        argv, envp and auxv (``AT_EXECFN`` = *execfn*) and the vDSO.
+        Returns the entry (the interpreter's, when there is one) and the
+        initial stack pointer; the caller puts them in the registers."""
+        self.image = image
+        self.interpreter = None
+        self._load_segments(image, self.exe_path)
+        self.mm.brk_start = self.mm.brk_end = page_align_up(image.end)
+        if image.interpreter is not None:
+            self._load_interpreter(interpreter_file)
+        self.machine.symbolize = image.symbols.symbolize
+        return self._setup_stack(execfn)
+
+    def _load_interpreter(self, interpreter_file: tuple[str, bytes] | None = None) -> None:
+        """Read the program's PT_INTERP through the view (unless given) and
+        load it where Linux's ``load_elf_interp()`` does: an ET_DYN loader in
+        the mmap region, top down, as the program's first mmap would land (an
         ET_EXEC one at its own addresses, which must be free)."""
         assert self.image.interpreter is not None
-        path, data = read_interpreter(self.policy, self.image.interpreter, self.cwd,
-                                      self.exe_path)
+        path, data = interpreter_file or read_interpreter(
+            self.policy, self.image.interpreter, self.cwd, self.exe_path)
         interpreter = load_elf(data, name=path)
         check_interpreter(interpreter, self.exe_path)
         if interpreter.is_pie:
@@ -205,7 +219,7 @@ class Process:
         for segment in image.segments:
             self.poke(segment.vaddr, segment.data)
 
-    def _setup_stack(self, execfn: bytes) -> None:
+    def _setup_stack(self, execfn: bytes) -> tuple[int, int]:
         self.mm.map(STACK_TOP - STACK_SIZE, STACK_SIZE, PROT_READ | PROT_WRITE, "[stack]")
         cpuid = self.machine.kvm.get_supported_cpuid()
         hwcap = next((e.edx for e in cpuid.entries[:cpuid.nent] if e.function == CPUID_FEATURES), 0)
@@ -221,7 +235,7 @@ class Process:
                                                    PLATFORM, os.urandom(RANDOM_BYTES_SIZE))
         self.poke(stack_pointer, image)
         entry = self.image.entry if interpreter is None else interpreter.entry
-        self.machine.set_entry(entry, stack_pointer)
+        return entry, stack_pointer
 
     def _open_stdio(self, stdio: tuple[int, int, int]) -> None:
         for guest_fd, host_fd in enumerate(stdio):
@@ -269,6 +283,14 @@ class Process:
         """Free the machine."""
         self.fds.close_all()
         self.machine.close()
+
+
+def parse_program(source: str | bytes, name: str) -> ElfImage:
+    """The program file *source* (a host path, or its bytes) parsed and, for
+    a PIE, placed at Linux's default bias (``ELF_ET_DYN_BASE``).  ElfError
+    for a file that is not a program minikvm can run."""
+    image = load_elf(source, name=name)
+    return image.with_bias(default_bias(image)) if image.is_pie else image
 
 
 def _runs(pages: dict[int, int]) -> list[tuple[int, int, int]]:

@@ -30,8 +30,6 @@ REFUSED_ERRNO = errno.EPERM
 #: raises them with :meth:`Policy.refuse` so they appear in the audit log.
 #: (kill, tkill and tgkill are refused only when aimed at another process.)
 REFUSED_SYSCALLS = {
-    "execve":            "running another program would leave the emulated process",
-    "execveat":          "running another program would leave the emulated process",
     "fork":              "minikvm runs exactly one guest process",
     "vfork":             "minikvm runs exactly one guest process",
     "clone":             "minikvm runs exactly one guest process",

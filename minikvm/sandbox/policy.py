@@ -80,7 +80,7 @@ The errno contract
            directory above a grant, or the endpoint is not allowed
            ("denied: …")
 ``EPERM``  the operation is refused outright, whatever its arguments
-           (:data:`REFUSED_SYSCALLS`: execve, fork, ptrace, mount …)
+           (:data:`REFUSED_SYSCALLS`: fork, ptrace, mount …)
 others     the host kernel's own answer, raised as the ``OSError`` it raised
            (``ENOENT``, ``EISDIR``, ``ELOOP``, ``ENOTDIR`` …)
 ========== ================================================================

@@ -7,7 +7,7 @@ number, and the docs' support matrix is generated from it.
 
 from __future__ import annotations
 
-from minikvm.syscalls import (attributes, descriptors, directories, epoll, files, info, memory,
+from minikvm.syscalls import (attributes, descriptors, directories, epoll, exec, files, info, memory,
                               metadata, net, poll, process, requests, signal_actions,
                               signal_handlers, signalfd, sync, time, timerfd, memfd, xattr)
 from minikvm.syscalls.base import Syscall
@@ -20,6 +20,7 @@ FAMILIES = {
     "attributes": attributes.SYSCALLS,
     "memory": memory.SYSCALLS,
     "process": process.SYSCALLS,
+    "exec": exec.SYSCALLS,
     "time": time.SYSCALLS,
     "signal_actions": signal_actions.SYSCALLS,
     "signal_handlers": signal_handlers.SYSCALLS,

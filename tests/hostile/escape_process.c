@@ -3,8 +3,8 @@
  * Usage: escape_process
  *
  * Prints "NAME: 0" or "NAME: ERRNO" for each attempt; the sandbox must
- * answer EPERM (1) to every one: minikvm runs exactly one guest process
- * and nothing else.  After each attempt the program goes on, so a refusal
+ * answer EPERM (1) to every one but execve, whose programs (/bin/sh, this
+ * program) are outside the grants: ENOENT (2).  After each attempt the program goes on, so a refusal
  * that killed the guest instead would show as missing lines.
  */
 #define _GNU_SOURCE

@@ -14,6 +14,11 @@ static const char *err(long result) {
     if (result >= 0) return "ok";
     switch (errno) {
     case EPERM: return "EPERM";
+    case ENOENT: return "ENOENT";
+    case E2BIG: return "E2BIG";
+    case ENOEXEC: return "ENOEXEC";
+    case ENOTDIR: return "ENOTDIR";
+    case ELOOP: return "ELOOP";
     case EBADF: return "EBADF";
     case EAGAIN: return "EAGAIN";
     case EACCES: return "EACCES";
