@@ -271,3 +271,59 @@ def test_a_symlink_in_a_grant_reaches_the_view_and_nothing_more(tmp_path: Path) 
     assert guest.stdout == Path("/etc/passwd").read_text()
     assert guest.stderr.splitlines() == [f"cat: can't open '{name}': No such file or directory"
                                          for name in ("shadow", "beside", "up")]
+
+
+# --- the grant machinery the view needs: files and mounts -----------------------------------
+
+
+def test_a_file_grant_shows_one_file_read_only(tmp_path: Path) -> None:
+    """A read-only mount of one file (``/etc/passwd`` in the view): readable,
+    stat-able, listed in the directory above; not writable, not a directory,
+    and its siblings do not exist."""
+    from minikvm.errors import SyscallError
+    from minikvm.sandbox.grants import Mount
+    from minikvm.sandbox.policy import Policy
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "passwd").write_text("fake\n")
+    (etc / "shadow").write_text("SECRET\n")
+    guest = "/etc/passwd"
+    with Policy(mounts=[Mount(guest, str(etc / "passwd"), False, str(etc))]) as policy:
+        fd = policy.open(guest, os.O_RDONLY, 0, "/")
+        try:
+            assert os.read(fd, 100) == b"fake\n"
+        finally:
+            os.close(fd)
+        assert policy.stat(guest, "/").st_size == 5
+        assert policy.visible_entries("/etc") == {"passwd"}
+        assert policy.stat("/etc", "/").st_ino == etc.stat().st_ino
+        for flags, wanted in ((os.O_WRONLY, errno.EACCES), (os.O_RDWR | os.O_TRUNC, errno.EACCES),
+                              (os.O_RDONLY | os.O_DIRECTORY, errno.ENOTDIR)):
+            with pytest.raises((OSError, SyscallError)) as raised:
+                os.close(policy.open(guest, flags, 0, "/"))
+            assert raised.value.errno == wanted, flags
+        for path in ("/etc/shadow", "/etc/passwd/x"):
+            with pytest.raises((OSError, SyscallError)) as raised:
+                policy.stat(path, "/")
+            assert raised.value.errno == errno.ENOENT, path
+        with pytest.raises((OSError, SyscallError)) as raised:
+            policy.resolve_parent("/etc/passwd", "/", write=True)
+        assert raised.value.errno == errno.EACCES
+        assert policy.read_paths == (str(etc / "passwd"),)
+
+
+def test_a_mount_shows_a_host_directory_at_another_path(tmp_path: Path) -> None:
+    """The private /tmp's machinery: a host directory shown at /tmp,
+    writable, its host path what Landlock is given."""
+    from minikvm.sandbox.grants import Mount
+    from minikvm.sandbox.policy import Policy
+    host = tmp_path / "private"
+    host.mkdir()
+    with Policy(mounts=[Mount("/tmp", str(host), True, "/")]) as policy:
+        fd = policy.open("/tmp/made", os.O_WRONLY | os.O_CREAT, 0o600, "/")
+        os.close(fd)
+        assert (host / "made").exists()
+        assert policy.write_paths == (str(host),)
+        assert policy.visible_entries("/") == {"tmp"}
+        assert policy.stat("/", "/").st_ino == os.stat("/").st_ino
+        assert "/tmp (host " in policy.describe()

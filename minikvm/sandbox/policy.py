@@ -13,7 +13,10 @@ With no grant the guest has stdin, stdout and stderr (the syscall layer's
 business) and five *virtual* devices the syscall layer implements in Python —
 ``/dev/null``, ``/dev/zero``, ``/dev/full``, ``/dev/urandom`` and
 ``/dev/random`` (see :meth:`Policy.is_virtual_device`).  Everything else must be granted:
-``read=[dirs]``, ``write=[dirs]`` (read and write) and ``connect=[endpoints]``.
+``read=[dirs]``, ``write=[dirs]`` (read and write) and ``connect=[endpoints]``, or
+shown as a ``mount`` — how the command line adds the read-only system view
+(:mod:`minikvm.sandbox.system_view`) and the private ``/tmp``
+(:mod:`minikvm.sandbox.private_tmp`), which a bare ``Policy()`` does not have.
 
 Outside the grants, nothing exists
 ----------------------------------
