@@ -229,50 +229,6 @@ def test_every_never_shown_entry_is_absolute() -> None:
     assert all(path.startswith("/") for path in NEVER_SHOWN)
 
 
-# --- symlinks across the view's entries ----------------------------------------------------
-
-
-@pytest.mark.kvm
-def test_absolute_symlinks_are_followed_inside_the_view(tmp_path: Path) -> None:
-    """``/etc/ssl/certs/*.pem -> /usr/share/ca-certificates/…`` and
-    ``/usr/bin/awk -> /etc/alternatives/awk -> /usr/bin/mawk`` lead from one
-    entry of the view to another, as from the root of a bind-mounted view."""
-    certs = sorted(p for p in Path("/etc/ssl/certs").glob("*.pem")
-                   if p.is_symlink() and os.readlink(p).startswith("/usr/share/"))
-    links = [str(certs[0])] if certs else []
-    awk = Path("/usr/bin/awk")
-    if awk.is_symlink() and os.readlink(awk).startswith("/etc/alternatives/"):
-        links.append(str(awk))
-    if not links:
-        pytest.skip("no absolute symlink between the view's entries on this host")
-    for program, arguments in (("head", ["-c", "64"]), ("readlink", ["-f"]), ("ls", ["-lL"])):
-        command = [host_program(program), *arguments, *links]
-        native = run_native(command, cwd=tmp_path, timeout=RUN_TIMEOUT_SECONDS)
-        guest = run_minikvm(["--", *command], cwd=tmp_path, timeout=RUN_TIMEOUT_SECONDS)
-        assert native.returncode == 0, native.stderr
-        assert (guest.stdout, guest.stderr, guest.returncode) == \
-            (native.stdout, native.stderr, native.returncode)
-
-
-@pytest.mark.kvm
-@pytest.mark.skipif(BUSYBOX is None, reason="needs a static busybox (busybox-static)")
-def test_a_symlink_in_a_grant_reaches_the_view_and_nothing_more(tmp_path: Path) -> None:
-    """A link in the user's grant to ``/etc/passwd`` reads the view's file; one
-    to ``/etc/shadow``, or to a file beside the grant, stays hidden."""
-    grant = tmp_path / "grant"
-    grant.mkdir()
-    (tmp_path / "beside").write_text("SECRET\n")
-    (grant / "passwd").symlink_to("/etc/passwd")
-    (grant / "shadow").symlink_to("/etc/shadow")
-    (grant / "beside").symlink_to(tmp_path / "beside")
-    (grant / "up").symlink_to("../beside")
-    guest = run_minikvm(["--allow-read", grant, "--", BUSYBOX, "cat", "passwd", "shadow",
-                         "beside", "up"], cwd=grant, text=True, timeout=RUN_TIMEOUT_SECONDS)
-    assert guest.stdout == Path("/etc/passwd").read_text()
-    assert guest.stderr.splitlines() == [f"cat: can't open '{name}': No such file or directory"
-                                         for name in ("shadow", "beside", "up")]
-
-
 # --- the grant machinery the view needs: files and mounts -----------------------------------
 
 
