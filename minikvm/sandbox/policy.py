@@ -13,7 +13,10 @@ With no grant the guest has stdin, stdout and stderr (the syscall layer's
 business) and five *virtual* devices the syscall layer implements in Python —
 ``/dev/null``, ``/dev/zero``, ``/dev/full``, ``/dev/urandom`` and
 ``/dev/random`` (see :meth:`Policy.is_virtual_device`).  Everything else must be granted:
-``read=[dirs]``, ``write=[dirs]`` (read and write) and ``connect=[endpoints]``.
+``read=[dirs]``, ``write=[dirs]`` (read and write) and ``connect=[endpoints]``, or
+shown as a ``mount`` — how the command line adds the read-only system view
+(:mod:`minikvm.sandbox.system_view`) and the private ``/tmp``
+(:mod:`minikvm.sandbox.private_tmp`), which a bare ``Policy()`` does not have.
 
 Outside the grants, nothing exists
 ----------------------------------
@@ -114,8 +117,7 @@ from minikvm.sandbox.audit import (DENIED_ERRNO, HIDDEN_ERRNO, MAX_RECORDED_DENI
 from minikvm.sandbox.endpoints import (ANY_PORT, AddressError, Endpoint, EndpointError,
                                        PinnedSocket, guest_endpoint, parse_endpoint,
                                        reaches_the_network, resolve_endpoints)
-from minikvm.sandbox.grants import (MAXSYMLINKS, Grant, GrantError, GrantTree, Mount, Parent,
-                                    PathArg,
+from minikvm.sandbox.grants import (Grant, GrantError, GrantTree, Mount, Parent, PathArg,
                                     Refusal, absolute_path as _absolute, check_openat2,
                                     close_grant, identity, normalise_grant, open_grant,
                                     open_mount, reopen)
@@ -328,11 +330,7 @@ class Policy:
             relative += "/"     # "file/" is ENOTDIR, "dir/" with O_CREAT is EISDIR
         if not writes:
             return self._lookup(syscall, absolute, self.tree.openat2, root, relative,
-                                flags, mode, absolute,
-                                retry=lambda resolved: self.open(
-                                    resolved + ("/" if trailing_slash else ""), flags, mode,
-                                    "/", syscall=syscall),
-                                follow=not flags & O_NOFOLLOW)
+                                flags, mode, absolute)
         if self.tree.uniform(root):
             if not root.writable:
                 raise self._deny(syscall, absolute,
@@ -809,20 +807,11 @@ class Policy:
                                    f"hidden: {reason}" if hidden else reason))
         return PolicyDenied(err, reason, path, hidden=hidden)
 
-    def _lookup(self, syscall: str, shown: str, lookup: Callable[..., T], *args: object,
-                retry: Optional[Callable[[str], T]] = None, follow: bool = True) -> T:
-        """Call one of the grant tree's lookups, recording a refusal as a denial.
-
-        With *retry*, a read whose path a symlink leads out of its grant is
-        looked up again in the whole view (:meth:`_follow_in_view`): *retry*
-        is called with the path that has no symlink left to leave by."""
+    def _lookup(self, syscall: str, shown: str, lookup: Callable[..., T], *args: object) -> T:
+        """Call one of the grant tree's lookups, recording a refusal as a denial."""
         try:
             return lookup(*args)
         except Refusal as refusal:
-            if retry is not None and refusal.hidden:
-                resolved = self._follow_in_view(shown, follow, syscall)
-                if resolved != shown:
-                    return retry(resolved)
             raise self._deny(syscall, shown, refusal.reason, hidden=refusal.hidden) from None
 
     def _grant_for(self, absolute: str, syscall: str, shown: str = "") -> Grant:
@@ -832,8 +821,7 @@ class Policy:
             return grant
         raise self._deny(syscall, shown or absolute, "outside allowed paths", hidden=True)
 
-    def _open_path(self, path: PathArg, cwd: str, follow: bool, syscall: str, *,
-                   walk: bool = True) -> int:
+    def _open_path(self, path: PathArg, cwd: str, follow: bool, syscall: str) -> int:
         """An ``O_PATH`` fd for *path* beneath its grant (any grant will do), or
         on the directory above a grant it names."""
         absolute, trailing_slash = _absolute(path, cwd)
@@ -850,47 +838,7 @@ class Policy:
             relative += "/"
         flags = O_PATH | O_CLOEXEC | (0 if follow else O_NOFOLLOW)
         return self._lookup(syscall, absolute, self.tree.openat2, root, relative, flags, 0,
-                            absolute,
-                            retry=(lambda resolved: self._open_path(
-                                resolved + ("/" if trailing_slash else ""), "/", follow,
-                                syscall, walk=False)) if walk else None,
-                            follow=follow)
-
-    def _follow_in_view(self, absolute: str, follow: bool, syscall: str) -> str:
-        """*absolute* with its symlinks followed in the guest's view, as the
-        guest's kernel would follow them from the guest's root: the
-        final one only when *follow*.
-
-        For a lookup the kernel refused beneath its grant because a symlink
-        leads out of it (``/etc/ssl/certs/X.pem ->
-        /usr/share/ca-certificates/…``, ``/usr/bin/editor ->
-        /etc/alternatives/editor``): each component is looked up here
-        through the policy (``lstat``, ``readlink``), so every step is the
-        view's and what no grant shows stays hidden.  A relative target is
-        joined to the link's directory, which has no symlink left in it,
-        so ``..`` taken lexically is the kernel's ``..``.  At most
-        :data:`~minikvm.sandbox.grants.MAXSYMLINKS` links (``ELOOP``)."""
-        pending = [part for part in absolute.split("/") if part]
-        resolved, links = "/", 0
-        while pending:
-            candidate = posixpath.join(resolved, pending.pop(0))
-            if not pending and not follow:
-                return candidate
-            fd = self._open_path(candidate, "/", False, syscall, walk=False)
-            try:
-                if not stat_module.S_ISLNK(os.fstat(fd).st_mode):
-                    resolved = candidate
-                    continue
-                target = os.readlink("", dir_fd=fd)
-            finally:
-                os.close(fd)
-            links += 1
-            if links > MAXSYMLINKS:
-                raise OSError(errno.ELOOP, "too many levels of symbolic links", absolute)
-            followed = posixpath.normpath(posixpath.join(resolved, target))
-            pending = [part for part in followed.split("/") if part] + pending
-            resolved = "/"
-        return resolved
+                            absolute)
 
 # --- helpers ---------------------------------------------------------------------
 
