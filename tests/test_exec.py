@@ -85,6 +85,18 @@ def test_a_static_program_execs_another_with_args_and_env(variant, tmp_path):
     out = assert_same(["./exectest", "run", "./exectest", "show", "a", "b c", ""], cwd)
     assert "argv[3]=b c\n" in out and "env EXEC_TWO=two words\n" in out
     assert "comm=exectest\n" in out and "execfn=./exectest\n" in out
+    assert f"exe={cwd}/exectest\n" in out and "cmdline=./exectest|show|a|b c||\n" in out
+    assert "/proc/self/comm=exectest\n" in out
+
+
+def test_each_exec_gives_the_old_image_s_memory_back(tmp_path):
+    # 300 images in a row, each touching 1 MiB it never frees, in 64 MiB:
+    # only if every exec frees what the last image had
+    cwd = workdir(tmp_path)
+    guest = run_minikvm(["--memory", "64M", "--here", "--", "./exectest", "chain", "300"],
+                        cwd=cwd, timeout=3 * TIMEOUT)
+    assert guest.returncode == 0, guest.stdout.decode() + guest.stderr.decode()
+    assert guest.stdout == b"" and guest.stderr == b""
 
 
 def test_dynamic_host_programs_are_exec_d_through_their_ld_so(tmp_path):
@@ -102,6 +114,7 @@ def test_scripts_run_by_their_interpreter_as_the_kernel_builds_their_argv(tmp_pa
     assert out == "script: ./script.sh a b\n"
     out = assert_same(["./exectest", "run", "./argscript", "x", "y"], cwd)
     assert "argv[1]=show  two  words\n" in out and "argv[2]=./argscript\n" in out
+    assert "comm=argscript\n" in out and f"exe={cwd}/exectest\n" in out
     out = assert_same(["./exectest", "run", "./nested", "z"], cwd)
     assert f"argv[2]={cwd}/argscript\n" in out and "argv[3]=./nested\n" in out
 

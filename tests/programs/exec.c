@@ -11,6 +11,7 @@
  *   exec fds FILE            open FILE twice (one O_CLOEXEC), exec "show-fds"
  *   exec signals             catch SIGUSR1, ignore SIGUSR2, block SIGTERM, exec "show"
  *   exec thread              a second thread execs "show" while the first waits
+ *   exec chain N             exec itself N times, then exit 0 (a measure of exec)
  *   exec fails DIR           every failing execve the test's DIR prepares; the
  *                            program goes on after each and says "still here"
  */
@@ -49,6 +50,22 @@ static int show(int argc, char **argv)
     const char *execfn = (const char *)getauxval(AT_EXECFN);
     printf("execfn=%s\n", execfn ? execfn : "(none)");
     printf("pid is tid: %s\n", getpid() == syscall(SYS_gettid) ? "yes" : "no");
+    char exe[4096] = {0};
+    printf("exe=%s\n", readlink("/proc/self/exe", exe, sizeof exe - 1) > 0 ? exe : "?");
+    char buffer[4096];
+    int fd = open("/proc/self/cmdline", O_RDONLY);
+    ssize_t got = fd >= 0 ? read(fd, buffer, sizeof buffer) : -1;
+    printf("cmdline=");
+    for (ssize_t i = 0; i < got; i++)
+        putchar(buffer[i] ? buffer[i] : '|');
+    putchar('\n');
+    if (fd >= 0)
+        close(fd);
+    fd = open("/proc/self/comm", O_RDONLY);
+    got = fd >= 0 ? read(fd, buffer, sizeof buffer - 1) : -1;
+    printf("/proc/self/comm=%.*s", got > 0 ? (int)got : 0, buffer);
+    if (fd >= 0)
+        close(fd);
     struct sigaction action;
     sigaction(SIGUSR1, NULL, &action);
     printf("SIGUSR1 %s\n", action.sa_handler == SIG_DFL ? "default" : "not default");
@@ -170,6 +187,19 @@ int main(int argc, char **argv)
         pthread_create(&thread, NULL, exec_from_thread, NULL);
         pthread_join(thread, NULL);          /* waits for ever: the exec ends this thread */
         return 3;
+    }
+    if (strcmp(mode, "chain") == 0 && argc >= 3) {  /* exec itself N times, then exit */
+        int left = atoi(argv[2]);
+        if (left <= 0)
+            return 0;
+        char *touched = malloc(1 << 20);   /* memory the next image must not keep */
+        memset(touched, 1, 1 << 20);
+        char next[16];
+        snprintf(next, sizeof next, "%d", left - 1);
+        char *args[] = {argv[0], "chain", next, NULL};
+        execve(self, args, child_env);
+        printf("execve: %s\n", err(-1));
+        return 1;
     }
     if (strcmp(mode, "fails") == 0 && argc >= 3)
         return fails(argv[2]);
