@@ -170,10 +170,15 @@ def test_failures_return_the_errno_linux_does_and_the_program_goes_on(variant, t
 
 
 def test_a_program_outside_the_grants_does_not_exist(tmp_path):
+    """An executable beside the granted directory exists on the host, not
+    for the sandbox (which sees the directory and the system view)."""
     cwd = workdir(tmp_path)
-    guest = run_minikvm(["--here", "--", "./exectest", "run", "/usr/bin/true"], cwd=cwd,
+    outside = tmp_path.parent / f"{tmp_path.name}-outside-true"
+    outside.write_bytes(Path("/usr/bin/true").read_bytes())
+    outside.chmod(0o755)
+    guest = run_minikvm(["--here", "--", "./exectest", "run", str(outside)], cwd=cwd,
                         timeout=TIMEOUT)
-    assert guest.stdout.decode() == "execve /usr/bin/true: ENOENT\n"
+    assert guest.stdout.decode() == f"execve {outside}: ENOENT\n"
     assert guest.returncode == 1
 
 

@@ -25,7 +25,7 @@ import pytest
 from minikvm import linux_abi
 
 HEADERS = ("linux/fcntl.h", "linux/limits.h", "linux/stat.h", "linux/time_types.h", "linux/uio.h", "linux/prctl.h",
-           "asm/termbits.h", "asm/ioctls.h", "asm/termios.h")
+           "linux/binfmts.h", "asm/termbits.h", "asm/ioctls.h", "asm/termios.h")
 #: Names whose C spelling is an expression rather than the same macro.
 EXPRESSIONS = {
     "MODE_BITS": "(S_ISUID | S_ISGID | S_ISVTX | S_IRWXU | S_IRWXG | S_IRWXO)",

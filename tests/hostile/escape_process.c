@@ -4,7 +4,8 @@
  *
  * Prints "NAME: 0" or "NAME: ERRNO" for each attempt; the sandbox must
  * answer EPERM (1) to every one but execve, whose programs (/bin/sh, this
- * program) are outside the grants: ENOENT (2).  After each attempt the program goes on, so a refusal
+ * program) are outside the grants when the test runs it with --no-system:
+ * ENOENT (2).  After each attempt the program goes on, so a refusal
  * that killed the guest instead would show as missing lines.
  */
 #define _GNU_SOURCE
