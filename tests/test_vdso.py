@@ -44,8 +44,9 @@ RUN_TIMEOUT_SECONDS = 60
 EXPORTED = ["__vdso_clock_gettime", "__vdso_gettimeofday", "__vdso_time", "__vdso_getcpu",
             "__vdso_clock_getres", "clock_gettime", "gettimeofday", "time", "getcpu",
             "clock_getres"]
-#: The libcs whose static programs look the clock up in the vDSO.
-VDSO_LIBCS = ("glibc-static", "glibc-static-pie", "musl-static")
+#: The libcs whose programs look the clock up in the vDSO (static, and dynamic
+#: through the host's ld.so, which finds it by AT_SYSINFO_EHDR).
+VDSO_LIBCS = ("glibc-static", "glibc-static-pie", "musl-static", "glibc-dynamic")
 
 
 # -- the image ----------------------------------------------------------------------
