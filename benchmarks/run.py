@@ -56,6 +56,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -76,6 +77,11 @@ C_PROGRAMS = ("exit_floor", "fork_floor", "getpid_bench", "clock_bench", "stat_b
 STAT_HIDDEN_PATH = "/minikvm-bench-missing/file"
 STAT_VIEW_PATH = "/usr/bin/env"
 COMPILE_COMMAND = ("cc", "-static", "-O2", "-Wall", f"-I{REPO_ROOT / 'include'}")
+#: Programs that need ld.so itself (dlopen), so are linked dynamically.
+DYNAMIC_C_PROGRAMS = ("dlopen",)
+#: The big shared library dlopen.c loads (issue 12, item 2), by its soname:
+#: ld.so finds it through /etc/ld.so.cache, in minikvm's system view.
+DLOPEN_LIBRARY = "libpython3.11.so.1.0"
 MIB = 1 << 20
 #: A guest that loops forever must not hang the benchmark: every process
 #: gets this long (seconds) before it is killed and the run fails loudly.
@@ -165,9 +171,11 @@ def build_programs(directory: Path) -> dict[str, Path]:
     if shutil.which(COMPILE_COMMAND[0]) is None:
         sys.exit("benchmarks: cc not found (apt-get install gcc libc6-dev)")
     built = {}
-    for name in C_PROGRAMS:
+    for name in (*C_PROGRAMS, *DYNAMIC_C_PROGRAMS):
         output = directory / name
-        command = [*COMPILE_COMMAND, "-o", str(output), str(BENCHMARKS_DIR / f"{name}.c")]
+        compile_command = [part for part in COMPILE_COMMAND
+                           if not (part == "-static" and name in DYNAMIC_C_PROGRAMS)]
+        command = [*compile_command, "-o", str(output), str(BENCHMARKS_DIR / f"{name}.c")]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             sys.exit(f"benchmarks: compiling {name}.c failed:\n{result.stderr}"
@@ -481,6 +489,41 @@ def bench_dynamic(sizes: Sizes, runners: dict[str, Runner], data: Path, scratch:
             results.add(figure, Samples(values))
 
 
+def find_library(soname: str) -> Path | None:
+    """Where ld.so would find *soname* among the host's library directories."""
+    for directory in ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib", "/lib"):
+        if (Path(directory) / soname).is_file():
+            return Path(directory) / soname
+    return None
+
+
+def bench_dlopen(programs: dict[str, Path], sizes: Sizes, runners: dict[str, Runner],
+                 data: Path, results: Results) -> None:
+    """dlopen.c loading libpython3.11 (issue 12, item 2): ``dlopen_native_s``,
+    ``dlopen_minikvm_s``, peers', ``dlopen_ratio`` (native / minikvm), and
+    where minikvm's time goes: ``dlopen_mmap_share``, the part of the time
+    minikvm spent in system calls that went to ``mmap`` (``--summary``) —
+    a file mapping is a copy into guest memory (minikvm/syscalls/memory.py),
+    so it grows with the library's size (``dlopen_library_mib``)."""
+    library = find_library(DLOPEN_LIBRARY)
+    if library is None:
+        results.skipped["dlopen"] = (f"{DLOPEN_LIBRARY} is not installed "
+                                     "(apt-get install libpython3.11)")
+        return
+    results.derived["dlopen_library_mib"] = library.stat().st_size / MIB
+    timed_in_program("dlopen", (DLOPEN_LIBRARY,), programs, sizes.repetitions, runners, data,
+                     results)
+    minikvm = runners["minikvm"]
+    summary = subprocess.run([*minikvm.prefix(data), "--summary", str(programs["dlopen"]),
+                              DLOPEN_LIBRARY], env=minikvm.env, capture_output=True, text=True,
+                             timeout=PROCESS_TIMEOUT_SECONDS)
+    seconds = {line.split()[-1]: float(line.split()[1]) for line in summary.stderr.splitlines()
+               if re.match(r"^\s*[\d.]+\s+[\d.]+\s", line)}
+    if summary.returncode != 0 or not seconds.get("total"):
+        sys.exit(f"benchmarks: minikvm run dlopen failed:\n{summary.stderr}")
+    results.derived["dlopen_mmap_share"] = seconds.get("mmap", 0.0) / seconds["total"]
+
+
 def bench_snapshot(programs: dict[str, Path], sizes: Sizes, scratch: Path,
                    results: Results) -> None:
     """Fork, reset and snapshot files through minikvm/snapshot/ (in
@@ -657,6 +700,10 @@ def format_table(results: Results, mode: str) -> str:
         ("dynamic python3 -c pass", show("dyn_python_ms", "ms"),
          "native " + show("dyn_python_native_ms", "ms")),
         ("", f"{results.derived.get('dyn_python_syscalls', 0):.0f} system calls", ""),
+        (f"dlopen {DLOPEN_LIBRARY}", show("dlopen_minikvm_s", "s"),
+         "native " + show("dlopen_native_s", "s")),
+        ("", f"{results.derived.get('dlopen_mmap_share', 0):.0%} of it in mmap (copies)",
+         f"{results.derived.get('dlopen_library_mib', 0):.1f} MiB file"),
     ]
     derived = results.derived
     if "fork_us" in figures:
@@ -762,6 +809,7 @@ def main(argv: list[str] | None = None) -> int:
         bench_io(sizes, runners, data, results)
         bench_hello(programs, sizes, runners, data, scratch, results)
         bench_dynamic(sizes, runners, data, scratch, results)
+        bench_dlopen(programs, sizes, runners, data, results)
         bench_snapshot(programs, sizes, scratch, results)
         bench_serve(programs, sizes, scratch, results)
     results.facts["load_average_at_end"] = round(os.getloadavg()[0], 2)

@@ -78,6 +78,17 @@ def test_dynamic_programs_count_their_system_calls(report: dict) -> None:
     assert report["dyn_python_syscalls"] > report["dyn_true_syscalls"]
 
 
+def test_loading_a_big_library_is_measured_or_skipped_with_a_reason(report: dict) -> None:
+    """dlopen of libpython3.11: timed natively and in minikvm, and the share
+    of minikvm's system-call time that went to copying it in by mmap."""
+    if "dlopen" in report["skipped"]:
+        assert "not installed" in report["skipped"]["dlopen"]
+        return
+    for key in ("dlopen_native_s", "dlopen_minikvm_s", "dlopen_ratio", "dlopen_library_mib"):
+        assert report[key] > 0, key
+    assert 0 < report["dlopen_mmap_share"] <= 1
+
+
 def test_snapshot_figures_or_a_reason(report: dict) -> None:
     if "snapshot" in report["skipped"]:
         assert "snapshot.py" in report["skipped"]["snapshot"]
