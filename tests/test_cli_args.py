@@ -58,6 +58,7 @@ BAD_VALUES = [
     (["run", "--max-threads", "0"], "--max-threads", "0"),
     (["serve", "--workers", "0"], "--workers", "0"),
     (["serve", "--workers", "100000"], "--workers", "100000"),
+    (["serve", "--workers", "autox"], "--workers", "autox"),
     (["serve", "--request-timeout", "nan"], "--request-timeout", "nan"),
     (["serve", "--listen", "127.0.0.1:99999"], "--listen", "127.0.0.1:99999"),
     (["serve", "--listen", "nowhere"], "--listen", "nowhere"),

@@ -59,14 +59,18 @@ def test_listen_addresses() -> None:
 
 # -- a real server ------------------------------------------------------------------------
 
-def start_server(program: Path, workers: int, request_timeout: float):
-    """``minikvm serve`` of *program* on an ephemeral port: ``(port, process, log)``."""
+def start_server(program: Path, workers: int | str, request_timeout: float,
+                 cores: set[int] | None = None):
+    """``minikvm serve`` of *program* on an ephemeral port: ``(port, process, log)``;
+    on *cores* only when given (as ``taskset`` would)."""
     command = [sys.executable, "-m", "minikvm", "serve", "--listen", "127.0.0.1:0",
                "--workers", str(workers), "--request-timeout", str(request_timeout), "--",
                str(program)]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=pin)
     port = None
     log: list[str] = []
     deadline = time.monotonic() + START_TIMEOUT
@@ -235,6 +239,34 @@ def test_workers_die_with_a_killed_supervisor() -> None:
     while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(alive(pid) for pid in workers), f"workers {workers} outlived the supervisor"
+
+
+def wait_for_workers(supervisor: int, count: int) -> set[int]:
+    """The supervisor's workers once *count* have started (or what there is
+    after START_TIMEOUT), then a moment more: a count too high shows too."""
+    deadline = time.monotonic() + START_TIMEOUT
+    workers = worker_pids(supervisor)
+    while len(workers) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+        workers = worker_pids(supervisor)
+    time.sleep(0.5)
+    return worker_pids(supervisor)
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("narrowed", [False, True], ids=["every-core", "one-core"])
+def test_workers_auto_is_one_per_core_the_server_may_use(narrowed: bool) -> None:
+    """``--workers auto`` (the default) follows the CPU affinity, so
+    ``taskset -c 0 minikvm serve`` starts one worker and an unpinned server
+    one per core."""
+    cores = {min(os.sched_getaffinity(0))} if narrowed else None
+    expected = 1 if narrowed else len(os.sched_getaffinity(0))
+    port, process, _ = start_server(guest("handler"), "auto", 5, cores=cores)
+    try:
+        assert len(wait_for_workers(process.pid, expected)) == expected
+        assert get(port, "/hello")[0] == 200
+    finally:
+        stop_server(process)
 
 
 def peak_kib(pid: int) -> int:

@@ -20,6 +20,7 @@ terminal: the shell sees what it sees for a native program
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from typing import Callable, Sequence
@@ -76,9 +77,21 @@ def build_parser(policy: dict[str, object] | None = None) -> argparse.ArgumentPa
 MAX_WORKERS = 64
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a
+    container or ``taskset`` narrows), at most :data:`MAX_WORKERS`."""
+    return min(len(os.sched_getaffinity(0)), MAX_WORKERS)
+
+
 def worker_count(text: str) -> int:
-    """``serve --workers``: 1 to :data:`MAX_WORKERS`."""
-    value = positive_int(text)
+    """``serve --workers``: 1 to :data:`MAX_WORKERS`, or ``auto``: one per
+    core (:func:`available_cores`), so that each core runs a VM of its own."""
+    if text == "auto":
+        return available_cores()
+    try:
+        value = positive_int(text)
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(f"{error} (or auto: one worker per core)") from None
     if value > MAX_WORKERS:
         raise argparse.ArgumentTypeError(f"{value} is more than {MAX_WORKERS} workers (each "
                                          f"is a process with its own VM)")
@@ -104,8 +117,9 @@ def add_snapshot_commands(commands: argparse._SubParsersAction,
     serve.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT", type=listen_address,
                        help="where to listen (default 127.0.0.1:8080; port 0 picks a free "
                             "port, printed at start)")
-    serve.add_argument("--workers", type=worker_count, default=1, metavar="N",
-                       help="worker processes, each with its own VM (default 1)")
+    serve.add_argument("--workers", type=worker_count, default="auto", metavar="N",
+                       help="worker processes, each with its own VM (default auto: one per "
+                            "core this process may run on)")
     serve.add_argument("--request-timeout", type=seconds, default=30.0, metavar="SECONDS",
                        help="answer 504 when a request runs longer (default 30)")
     # The values of snapshot.fork.ResetMechanism, spelled here so that
