@@ -119,7 +119,9 @@ FORK_FLOOR_MIB = 1024
 #: mode measures all of them, each with both reset mechanisms.
 RESET_PAGE_COUNTS = (0, 1, 16, 256, 4096)
 #: Concurrent clients of the serve benchmark: one, and more than the cores.
-SERVE_CLIENTS = (1, 4)
+SERVE_CLIENTS = (1, 2, 4)
+#: serve_bench.py's servers: minikvm serve and its two native baselines.
+SERVE_BACKENDS = ("serve", "cgi", "persistent")
 
 
 @dataclass
@@ -586,15 +588,18 @@ def bench_snapshot(programs: dict[str, Path], sizes: Sizes, scratch: Path,
 
 def bench_serve(programs: dict[str, Path], sizes: Sizes, scratch: Path,
                 results: Results) -> None:
-    """``minikvm serve --workers 1`` under a load generator, beside the same
-    handler run natively per request behind the same HTTP front end (CGI
-    style), in ``serve_bench.py``; both servers up at once, taking turns.
+    """``minikvm serve`` (one worker per core) under a load generator, beside
+    the same handler run natively behind the same HTTP front end with as
+    many workers: started per request (CGI style, ``cgi_``) and kept running
+    (``persistent_``, the floor), in ``serve_bench.py``; the servers up at
+    once, taking turns.
 
     For each concurrency C in SERVE_CLIENTS (C = 1 has no ``_cC`` in its
     keys): ``serve_p50_ms``, ``serve_p99_ms``, ``serve_rps`` and the same
-    for ``cgi_``; ``serve_rps_ratio`` = serve / cgi requests per second
-    (higher is better).  A server that cannot start is a skip, with its
-    reason, not a failed run."""
+    for ``cgi_`` and ``persistent_``; ``serve_rps_ratio`` = serve / cgi
+    requests per second (higher is better), ``serve_floor_rps_ratio`` =
+    serve / persistent (1 = a reset costs nothing).  A server that cannot
+    start is a skip, with its reason, not a failed run."""
     if not (REPO_ROOT / "minikvm" / "cli" / "serve.py").exists():
         results.skipped["serve"] = "minikvm/cli/serve.py does not exist yet"
         return
@@ -618,7 +623,7 @@ def bench_serve(programs: dict[str, Path], sizes: Sizes, scratch: Path,
         return
     for clients in SERVE_CLIENTS:
         level = "" if clients == 1 else f"_c{clients}"
-        for backend in ("serve", "cgi"):
+        for backend in SERVE_BACKENDS:
             figures = found[f"{backend}_c{clients}"]
             for figure in ("p50_ms", "p99_ms", "rps"):
                 results.derived[f"{backend}{level}_{figure}"] = figures[figure]
@@ -626,6 +631,8 @@ def bench_serve(programs: dict[str, Path], sizes: Sizes, scratch: Path,
                                                      / results.derived[f"cgi{level}_rps"])
         results.ratios[f"serve{level}_p50_ratio"] = (results.derived[f"serve{level}_p50_ms"]
                                                      / results.derived[f"cgi{level}_p50_ms"])
+        results.ratios[f"serve{level}_floor_rps_ratio"] = (
+            results.derived[f"serve{level}_rps"] / results.derived[f"persistent{level}_rps"])
     results.facts["serve_requests"] = found[f"serve_c{SERVE_CLIENTS[0]}"]["requests"]
 
 
@@ -732,7 +739,8 @@ def format_table(results: Results, mode: str) -> str:
                      f"({derived['snapshot_file_kib']:,.0f} KiB)"))
         rows.append(("snapshot file load", show("snapshot_load_ms", "ms"), ""))
     if "serve_rps" in derived:
-        rows.append(("serve (HTTP)", "minikvm serve --workers 1", "native CGI (fork+exec)"))
+        rows.append(("serve (HTTP), a worker", "minikvm serve", "native CGI (fork+exec)"))
+        rows.append(("  per core", "", "native persistent handler (the floor)"))
         for clients in SERVE_CLIENTS:
             level = "" if clients == 1 else f"_c{clients}"
 
@@ -742,6 +750,7 @@ def format_table(results: Results, mode: str) -> str:
                         f"{derived[f'{backend}{level}_rps']:.0f}/s")
             rows.append((f"  {clients} client{'s' if clients > 1 else ''}", latency("serve"),
                          latency("cgi")))
+            rows.append(("", "", latency("persistent")))
     lines += [f"{a:26} {b:34} {c}" for a, b, c in rows]
     lines += ["", "ratios:",
               ratio("syscall_ratio", "minikvm syscall / C floor of the same path (one exit "
@@ -761,6 +770,9 @@ def format_table(results: Results, mode: str) -> str:
         lines.append(ratio(f"serve{level}_rps_ratio",
                            f"serve / CGI requests per second, {clients} client"
                            f"{'s' if clients > 1 else ''}: higher is better"))
+        lines.append(ratio(f"serve{level}_floor_rps_ratio",
+                           f"serve / persistent requests per second, {clients} client"
+                           f"{'s' if clients > 1 else ''}: 1 = a reset costs nothing"))
     peers = [name for name in ("qemu_user", "bwrap", "gvisor") if f"{name}_syscall_us" in figures]
     for name in peers:
         lines += ["", f"{name} (same workloads):",

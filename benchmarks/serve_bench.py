@@ -1,32 +1,39 @@
-"""``minikvm serve`` under load, beside a native CGI server (run by run.py).
+"""``minikvm serve`` under load, beside two native servers (run by run.py).
 
 ::
 
     python benchmarks/serve_bench.py HANDLER REQUESTS ROUNDS CLIENTS[,CLIENTS...]
-    python benchmarks/serve_bench.py --cgi-server HANDLER    # the baseline alone
+    python benchmarks/serve_bench.py --native-server cgi|persistent HANDLER WORKERS
 
-*HANDLER* is ``echo_handler.c`` built statically.  Two servers are started
-on ephemeral loopback ports and kept up for the whole run:
+*HANDLER* is ``echo_handler.c`` built statically.  Three servers are
+started on ephemeral loopback ports and kept up for the whole run, each
+with one worker per core (:func:`minikvm.cli.main.available_cores`):
 
 ``serve``
-    ``python -m minikvm serve --listen 127.0.0.1:0 --workers 1 -- HANDLER``:
+    ``python -m minikvm serve --listen 127.0.0.1:0 --workers N -- HANDLER``:
     the handler is snapshotted once at its first ``minikvm_wait_request``;
     each request runs in a fork reset to that snapshot;
 ``cgi``
-    the native baseline: the same HTTP front end (minikvm.cli.serve's
-    ``worker_loop`` and request handler, one connection at a time, like one
-    serve worker) in a process of its own, where each request starts the
+    a native baseline: the same HTTP front end (minikvm.cli.serve's
+    ``run_workers``, ``worker_loop`` and request handler, one connection at
+    a time per worker, like serve's workers), where each request starts the
     same handler binary as a fresh native process (``fork``+``exec``, CGI
     style): the request on its stdin, the response from its stdout (the
     request calls fail natively with ENOSYS and ``include/minikvm.h`` falls
-    back to stdin and stdout).  No sandbox.
+    back to stdin and stdout).  No sandbox;
+``persistent``
+    the floor of any per-request design: the same front end, where each
+    worker keeps one native handler process (``echo_handler --persistent``)
+    and passes it request after request through a pipe.  Nothing is
+    started or reset per request, so what is left is the front end, the
+    pipe and the handler's own work.
 
 A load generator (threads, raw sockets: one connection per request, as both
 servers answer ``Connection: close``) sends *REQUESTS* requests to each
 server at each concurrency in *CLIENTS*, split into *ROUNDS* rounds in which
 the servers take turns, so a load that comes and goes moves both.  Every
 answer must be a 200 with the body the handler builds.  Prints one JSON
-object: for each ``serve`` / ``cgi`` and concurrency C, ``BACKEND_cC``
+object: for each ``serve`` / ``cgi`` / ``persistent`` and concurrency C, ``BACKEND_cC``
 holds ``p50_ms``, ``p99_ms`` (of every request's latency, connect to last
 byte) and ``rps`` (requests over the wall time of its rounds).  When a
 server cannot start, prints ``{"error": REASON}`` instead.
@@ -40,14 +47,16 @@ import re
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+from minikvm.cli.main import available_cores
 from minikvm.cli.serve import STATUS_BAD_GATEWAY, Backend, Outcome, open_listener, parse_response, \
-    worker_loop
+    run_workers
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_SECONDS = 60.0
@@ -57,6 +66,8 @@ LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)/")
 RECEIVE_CHUNK = 65536
 #: Requests sent to each server before any is timed (start-up, caches).
 WARM_UP_REQUESTS = 5
+#: echo_handler --persistent's frames: a 4-byte length in host byte order.
+FRAME_LENGTH = struct.Struct("=I")
 
 
 class ServerError(Exception):
@@ -83,14 +94,44 @@ class CgiBackend(Backend):
         return parse_response(result.stdout)
 
 
-def cgi_server(handler: str) -> int:
-    """Serve HTTP on an ephemeral loopback port until SIGTERM, announcing
-    the port on stderr in the words ``minikvm serve`` uses."""
+class PersistentBackend(Backend):
+    """One native handler process per worker, started at the worker's first
+    request (after the fork, so workers never share it), answering every
+    request through its stdin and stdout in frames."""
+
+    def __init__(self, handler: str) -> None:
+        self.handler = handler
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def handle(self, request: bytes) -> Outcome:
+        if self.process is None or self.process.poll() is not None:
+            self.process = subprocess.Popen([self.handler, "--persistent"],
+                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert self.process.stdin is not None and self.process.stdout is not None
+        try:
+            self.process.stdin.write(FRAME_LENGTH.pack(len(request)) + request)
+            self.process.stdin.flush()
+            header = self.process.stdout.read(FRAME_LENGTH.size)
+            (size,) = FRAME_LENGTH.unpack(header)
+            response = self.process.stdout.read(size)
+        except (OSError, struct.error):
+            self.process.kill()
+            return Outcome(STATUS_BAD_GATEWAY, [], b"persistent: the handler failed\n",
+                           "the persistent handler died")
+        return parse_response(response)
+
+
+NATIVE_BACKENDS = {"cgi": CgiBackend, "persistent": PersistentBackend}
+
+
+def native_server(kind: str, handler: str, workers: int) -> int:
+    """Serve HTTP on an ephemeral loopback port with *workers* workers until
+    SIGTERM, announcing the port on stderr in the words ``minikvm serve`` uses."""
     listener = open_listener(("127.0.0.1", 0))
     host, port = listener.getsockname()[:2]
-    print(f"cgi: listening on http://{host}:{port}/", file=sys.stderr, flush=True)
+    print(f"{kind}: listening on http://{host}:{port}/", file=sys.stderr, flush=True)
     try:
-        return worker_loop(listener, CgiBackend(handler), "cgi")
+        return run_workers(listener, workers, lambda: NATIVE_BACKENDS[kind](handler))
     finally:
         listener.close()
 
@@ -203,11 +244,15 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def measure(handler: str, requests: int, rounds: int, clients: list[int]) -> dict[str, object]:
+    workers = str(available_cores())
     servers = {"serve": Server("minikvm serve", [sys.executable, "-m", "minikvm", "serve",
-                                                 "--listen", "127.0.0.1:0", "--workers", "1",
+                                                 "--listen", "127.0.0.1:0", "--workers", workers,
                                                  "--", handler]),
-               "cgi": Server("the CGI server", [sys.executable, __file__, "--cgi-server",
-                                                handler])}
+               "cgi": Server("the CGI server", [sys.executable, __file__, "--native-server",
+                                                "cgi", handler, workers]),
+               "persistent": Server("the persistent server",
+                                    [sys.executable, __file__, "--native-server", "persistent",
+                                     handler, workers])}
     try:
         ports = {name: server.wait_ready() for name, server in servers.items()}
         for name, port in ports.items():
@@ -243,11 +288,11 @@ def measure(handler: str, requests: int, rounds: int, clients: list[int]) -> dic
 
 
 def main() -> int:
-    if len(sys.argv) == 3 and sys.argv[1] == "--cgi-server":
-        return cgi_server(sys.argv[2])
-    if len(sys.argv) != 5:
+    if len(sys.argv) == 5 and sys.argv[1] == "--native-server" and sys.argv[2] in NATIVE_BACKENDS:
+        return native_server(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    if len(sys.argv) != 5 or sys.argv[1].startswith("--"):
         sys.exit("usage: serve_bench.py HANDLER REQUESTS ROUNDS CLIENTS[,CLIENTS...]\n"
-                 "       serve_bench.py --cgi-server HANDLER")
+                 "       serve_bench.py --native-server cgi|persistent HANDLER WORKERS")
     clients = [int(count) for count in sys.argv[4].split(",")]
     try:
         results = measure(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), clients)

@@ -39,9 +39,10 @@ SNAPSHOT = ("fork_us", "fork_prepared_us", "fork_floor_us", "reset_us_0", "reset
             "snapshot_load_ms",
             *(f"{figure}_{mechanism}_us_{pages}" for figure in ("reset", "request")
               for mechanism in ("cow", "copy", "keep") for pages in PAGE_COUNTS))
-SERVE = tuple(f"{backend}{level}_{figure}" for backend in ("serve", "cgi")
-              for level in ("", "_c4") for figure in ("p50_ms", "p99_ms", "rps")) + \
-    ("serve_rps_ratio", "serve_c4_rps_ratio")
+SERVE = tuple(f"{backend}{level}_{figure}" for backend in ("serve", "cgi", "persistent")
+              for level in ("", "_c2", "_c4") for figure in ("p50_ms", "p99_ms", "rps")) + \
+    tuple(f"serve{level}_{ratio}" for level in ("", "_c2", "_c4")
+          for ratio in ("rps_ratio", "floor_rps_ratio"))
 QEMU = ("qemu_user_syscall_us", "qemu_user_compute_s", "qemu_user_io_s", "qemu_user_io_rw_s",
         "qemu_user_hello_ms")
 
@@ -107,14 +108,16 @@ def test_snapshot_figures_or_a_reason(report: dict) -> None:
     assert report["snapshot_file_kib"] > 0
 
 
-def test_serve_and_its_cgi_baseline_or_a_reason(report: dict) -> None:
+def test_serve_and_its_native_baselines_or_a_reason(report: dict) -> None:
+    """minikvm serve beside the CGI and the persistent native servers, at
+    1, 2 and 4 clients."""
     if "serve" in report["skipped"]:
         assert report["skipped"]["serve"], "skipped without a reason"
         return
     for key in SERVE:
         assert report[key] > 0, f"{key} = {report.get(key)}"
-    for level in ("", "_c4"):
-        for backend in ("serve", "cgi"):
+    for level in ("", "_c2", "_c4"):
+        for backend in ("serve", "cgi", "persistent"):
             assert report[f"{backend}{level}_p50_ms"] <= report[f"{backend}{level}_p99_ms"]
 
 
