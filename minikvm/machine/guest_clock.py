@@ -150,6 +150,19 @@ class GuestClock:
         self.refresh_due = time.monotonic_ns() + REFRESH_INTERVAL_NS
         return line
 
+    def read(self) -> tuple[int, int, int] | None:
+        """``(MONOTONIC, REALTIME, BOOTTIME)`` as the vDSO would read them at
+        this instant (the vCPU's TSC, by one ``KVM_GET_MSRS``); None in
+        :data:`MODE_SYSCALL`.  The system calls answer no earlier than this,
+        so a program that mixes the vDSO and the system call never sees the
+        clock go back: the line may run a few µs ahead of the host's clock,
+        since a new measurement never moves it back (see the module docstring)."""
+        line = self.line
+        if line is None:
+            return None
+        elapsed = line.elapsed(self.vcpu.get_msrs([x86.MSR_IA32_TSC])[x86.MSR_IA32_TSC])
+        return line.monotonic + elapsed, line.realtime + elapsed, line.boottime + elapsed
+
     def refresh(self) -> ClockLine | None:
         """Measure the line again (see the module docstring); None in
         :data:`MODE_SYSCALL`.  Never moves MONOTONIC or BOOTTIME back."""

@@ -69,10 +69,28 @@ def _clock(clock_id: int) -> int:
     return clock
 
 
+#: The clocks the vDSO reads from its line (clock id -> index in
+#: :meth:`GuestClock.read <minikvm.machine.guest_clock.GuestClock.read>`).
+VDSO_CLOCKS = {1: 0, 0: 1, 7: 2}   # MONOTONIC, REALTIME, BOOTTIME
+
+
+def _vdso_time_ns(proc: Process, clock_id: int) -> int:
+    """What the vDSO would answer now for *clock_id*, or 0 when it does not
+    read that clock itself (the system calls then need no agreeing with it)."""
+    clock = proc.machine.guest_clock
+    index = VDSO_CLOCKS.get(clock_id)
+    if clock is None or index is None:
+        return 0
+    values = clock.read()
+    return values[index] if values is not None else 0
+
+
 def sys_clock_gettime(proc: Process, clock_id: int, address: int) -> int:
-    """clock_gettime(2): the host's clocks; the CPU-time clocks measure the
-    minikvm host process (guest and emulation together)."""
-    ns = time.clock_gettime_ns(_clock(clock_id))
+    """clock_gettime(2): the host's clocks — no earlier than the vDSO's own
+    reading of the same clock, so that mixing the two never goes back; the
+    CPU-time clocks measure the minikvm host process (guest and emulation
+    together)."""
+    ns = max(time.clock_gettime_ns(_clock(clock_id)), _vdso_time_ns(proc, signed32(clock_id)))
     proc.mm.write_struct(address, TIMESPEC_FORMAT, ns // NSEC_PER_SEC, ns % NSEC_PER_SEC)
     return 0
 
@@ -99,8 +117,9 @@ def sys_settimeofday(proc: Process, address: int, zone: int) -> int:
 
 
 def sys_gettimeofday(proc: Process, address: int, zone: int) -> int:
-    """gettimeofday(2): the host's wall clock; the time zone is UTC, no DST."""
-    ns = time.time_ns()
+    """gettimeofday(2): the host's wall clock (no earlier than the vDSO's);
+    the time zone is UTC, no DST."""
+    ns = max(time.time_ns(), _vdso_time_ns(proc, 0))
     if address:
         proc.mm.write_struct(address, TIMEVAL_FORMAT, ns // NSEC_PER_SEC,
                              ns % NSEC_PER_SEC // 1000)
