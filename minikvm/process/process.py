@@ -107,7 +107,9 @@ class Process:
         # prctl(PR_GET_NAME): the file name, cut like Linux's comm
         self.name = os.fsencode(os.path.basename(exe_path))[:TASK_COMM_LEN - 1]
         self.personality = 0           # PER_LINUX
-        self.nice = 0
+        # A child inherits its parent's nice value: minikvm's own, so that
+        # `nice -n 10 minikvm run …` shows 10 to the program as natively.
+        self.nice = os.getpriority(os.PRIO_PROCESS, 0)
         #: The threads (:mod:`minikvm.process.threads`); the main thread's tid is the pid.
         self.threads = ThreadTable(self.pid, DEFAULT_MAX_THREADS)
         self.fs_base = 0
