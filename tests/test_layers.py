@@ -35,7 +35,7 @@ LAYERS: dict[int, tuple[str, tuple[str, ...]]] = {
     4: ("the sandbox: policy and the host's walls", ("sandbox",)),
     5: ("a Linux process: ELF, stack, files, threads", ("process",)),
     6: ("the system calls", ("syscalls",)),
-    7: ("snapshots: fork, reset, files", ("snapshot",)),
+    7: ("snapshots and debugging: fork, reset, files, gdb", ("snapshot", "debug")),
     8: ("the command line", ("cli", "__main__")),
 }
 LAYER_OF = {unit: layer for layer, (_, units) in LAYERS.items() for unit in units}
