@@ -227,7 +227,7 @@ def spell_trace_file(argv: list[str]) -> list[str]:
                    "--memory", "--timeout",
                    "--max-fds", "--max-file-size", "--env", "--unsetenv", "--trace-file",
                    "--max-threads", "--policy", "--vdso", "--system-root", "--keep-tmp",
-                   "--resolv-conf"}
+                   "--resolv-conf", "--x11-size"}
     rewritten = ["run"]
     expecting_value = False
     for position, word in enumerate(argv[1:], start=1):
@@ -237,6 +237,9 @@ def spell_trace_file(argv: list[str]) -> list[str]:
             return rewritten + argv[position:]
         elif word.startswith("--trace="):
             word = "--trace-file=" + word[len("--trace="):]
+        elif word.startswith("--x11="):      # --x11 alone must not take the program name
+            rewritten.append("--x11")
+            word = "--x11-server=" + word[len("--x11="):]
         else:
             expecting_value = word in takes_value
         rewritten.append(word)
@@ -290,11 +293,51 @@ def _run_to_end(options: argparse.Namespace, open_trace: Callable[[], None],
     from minikvm.syscalls.dispatch import Dispatcher
     from minikvm.syscalls.trace import Tracer
 
+    nested = None
     try:
+        nested = start_x11(options)
         launched = launch(options, before_walls=open_trace)
     except LaunchError as error:
+        if nested is not None:
+            nested.close()
         print(f"minikvm: {error}", file=sys.stderr)
         return error.status, 0
+    try:
+        return _run_launched(options, launched, trace_stream)
+    finally:
+        if nested is not None:
+            nested.close()      # the server goes with the sandbox (minikvm.cli.x11)
+
+
+def start_x11(options: argparse.Namespace) -> "NestedDisplay | None":
+    """``--x11``: start the private server and give the program DISPLAY,
+    XAUTHORITY, a connect grant for that server's socket and a read grant
+    for its cookie (:mod:`minikvm.cli.x11`).  None without ``--x11``."""
+    from minikvm.cli.launch import LaunchError
+    from minikvm.cli.options import endpoint
+    from minikvm.cli.x11 import DEFAULT_SIZE, X11Error, choose_mode, start_nested_display
+    from minikvm.machine.stops import EXIT_CANNOT_RUN
+    if not getattr(options, "x11", False):
+        if getattr(options, "x11_size", None) is not None:
+            raise LaunchError(EXIT_USAGE, "--x11-size needs --x11")
+        return None
+    try:
+        mode = choose_mode(options.x11_server or "auto", dict(os.environ))
+        nested = start_nested_display(mode, options.x11_size or DEFAULT_SIZE)
+    except X11Error as error:
+        raise LaunchError(EXIT_CANNOT_RUN, str(error)) from None
+    options.allow_connect = [*options.allow_connect, endpoint(f"unix:{nested.socket_path}")]
+    options.allow_read = [*options.allow_read, nested.directory]
+    options.env = [*options.env, f"DISPLAY=:{nested.display}",
+                   f"XAUTHORITY={nested.auth_file}"]
+    return nested
+
+
+def _run_launched(options: argparse.Namespace, launched: "Launched",
+                  trace_stream: Callable[[], object]) -> tuple[int, int]:
+    """The run of a launched program to its end (:func:`_run_to_end`)."""
+    from minikvm.syscalls.dispatch import Dispatcher
+    from minikvm.syscalls.trace import Tracer
     process, policy = launched.process, launched.policy
     process.threads.max_threads = options.max_threads
     stream = trace_stream()

@@ -136,6 +136,15 @@ def listen_endpoint(text: str) -> str:
     return text
 
 
+def x11_size(text: str) -> tuple[int, int]:
+    """``--x11-size WxH`` (:func:`minikvm.cli.x11.parse_x11_size`)."""
+    from minikvm.cli.x11 import parse_x11_size
+    try:
+        return parse_x11_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--x11-size ")) from None
+
+
 def env_assignment(text: str) -> str:
     """``--env NAME=VALUE``: a name that is not empty and has no ``=``."""
     name, equals, _ = text.partition("=")
@@ -182,6 +191,14 @@ def add_sandbox_options(parser: argparse.ArgumentParser, timeout_help: str =
                         help="allow connecting to this endpoint (repeatable): 10.0.0.1:443, "
                              "NAME:443 (every address NAME resolves to at start), HOST:* "
                              "(every port), [::1]:80, unix:PATH")
+    parser.add_argument("--x11", action="store_true", default=False,
+                        help="give the program a private nested X server (Xephyr in a window "
+                             "on $DISPLAY; --x11=headless: Xvfb) and DISPLAY pointing at it; "
+                             "the user's own display stays unreachable")
+    parser.add_argument("--x11-server", choices=("auto", "xephyr", "headless"), default=None,
+                        help=argparse.SUPPRESS)   # what --x11=MODE is rewritten to
+    parser.add_argument("--x11-size", type=x11_size, default=None, metavar="WxH",
+                        help="with --x11: the nested screen's size in pixels (default 1024x768)")
     parser.add_argument("--allow-net", action="store_true", default=False,
                         help="allow connecting to any IP address but this machine's own "
                              "(loopback) and link-local ones: the coarse choice")

@@ -608,8 +608,14 @@ class Policy:
         if not self.allows_endpoint(wanted):
             hint = (" — --allow-net does not reach the host's own or link-local addresses"
                     if self.allow_net and wanted.family != socket.AF_UNIX else "")
+            # An abstract name that is not allowed is refused as Linux refuses
+            # one nobody listens on (ECONNREFUSED), not EACCES: a client that
+            # tries the abstract name first (libxcb's X11 connect) then falls
+            # back to the path socket, as it does on a host without one.
+            err = (errno.ECONNREFUSED if wanted.family == socket.AF_UNIX
+                   and wanted.path.startswith("@") else DENIED_ERRNO)
             raise self._deny(syscall, shown, "endpoint not allowed (allow it with "
-                             f"connect=[{shown!r}]){hint}")
+                             f"connect=[{shown!r}]){hint}", err)
         if wanted.is_unix_path:
             return self.pinned[wanted.path].address
         return address

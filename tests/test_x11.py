@@ -1,0 +1,145 @@
+"""``run --x11=headless``: X clients on a private Xvfb, never the user's display.
+
+Real /usr/bin X clients (x11-apps, x11-utils) run in the sandbox against
+the nested server minikvm starts; the host side looks at that server with
+its cookie to see the client's window.  Skips when Xvfb or the clients
+are missing (apt-get install xvfb x11-apps x11-utils).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from minikvm.cli.x11 import parse_x11_size, xauthority_entry
+
+NEEDED = ["Xvfb", "xclock", "xdpyinfo", "xwininfo"]
+MISSING = [name for name in NEEDED if shutil.which(name) is None]
+needs_x = pytest.mark.skipif(bool(MISSING), reason=f"{', '.join(MISSING)} missing "
+                             "(apt-get install xvfb x11-apps x11-utils)")
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def minikvm(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=HERE)
+    return subprocess.run([sys.executable, "-m", "minikvm", "run", *args], env=env,
+                          capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def nested_dirs() -> set[str]:
+    return set(glob.glob("/tmp/minikvm-x11-*"))
+
+
+def test_sizes():
+    assert parse_x11_size("800x600") == (800, 600)
+    for bad in ["800", "x600", "0x10", "800x600x24", "99999x10", "-1x5", "axb"]:
+        with pytest.raises(ValueError, match="--x11-size"):
+            parse_x11_size(bad)
+
+
+def test_the_cookie_record_is_the_xauth_format():
+    record = xauthority_entry(7, bytes(range(16)))
+    # family FamilyWild, empty address, display "7", scheme, 16 bytes of cookie
+    assert record == (b"\xff\xff" + b"\0\0" + b"\0\x017"
+                      + b"\0\x12MIT-MAGIC-COOKIE-1" + b"\0\x10" + bytes(range(16)))
+
+
+def test_a_bad_size_is_a_clear_error():
+    result = minikvm("--x11=headless", "--x11-size", "640by480", "--", "/usr/bin/true")
+    assert result.returncode == 2
+    assert "--x11-size: '640by480': not WIDTHxHEIGHT" in result.stderr
+
+
+@needs_x
+def test_a_client_sees_only_the_nested_display_and_it_is_gone_after():
+    before = nested_dirs()
+    result = minikvm("--x11=headless", "--x11-size", "640x480", "--", "/usr/bin/xdpyinfo")
+    assert result.returncode == 0, result.stderr
+    name = next(line for line in result.stdout.splitlines() if line.startswith("name of display"))
+    display = name.split()[-1]
+    assert display.startswith(":")
+    assert "dimensions:    640x480 pixels" in result.stdout
+    assert "MIT-SHM" not in result.stdout            # clients use the wire protocol
+    assert not os.path.exists(f"/tmp/.X11-unix/X{display[1:]}")   # server gone
+    assert nested_dirs() == before                   # cookie directory gone
+
+
+@needs_x
+def test_xclock_makes_a_window_and_goes_at_the_time_limit():
+    before = nested_dirs()
+    env = dict(os.environ, PYTHONPATH=HERE)
+    run = subprocess.Popen([sys.executable, "-m", "minikvm", "run", "--x11=headless",
+                            "--timeout", "20", "--", "/usr/bin/xclock"], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        found = ""
+        for _ in range(300):                       # the window, from the host side
+            new = nested_dirs() - before
+            auth = [os.path.join(d, "Xauthority") for d in new]
+            auth = [a for a in auth if os.path.exists(a)]
+            if auth:
+                for sock in os.listdir("/tmp/.X11-unix"):   # the cookie picks ours
+                    tree = subprocess.run(["xwininfo", "-root", "-tree"],
+                                          env=dict(os.environ, DISPLAY=":" + sock[1:],
+                                                   XAUTHORITY=auth[0]),
+                                          capture_output=True, text=True)
+                    if '"xclock"' in tree.stdout:
+                        found = tree.stdout
+                if found:
+                    break
+            time.sleep(0.1)
+        assert '"xclock"' in found
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert "time limit" in stderr, stderr
+    assert nested_dirs() == before
+
+
+@needs_x
+def test_without_x11_the_users_display_is_unreachable():
+    """A host-side Xvfb stands for the user's display: natively a client
+    opens it, in the sandbox it does not (path nor abstract socket), and
+    with --x11 the program's DISPLAY is the nested one whatever was asked."""
+    read_end, write_end = os.pipe()
+    user = subprocess.Popen(["Xvfb", "-displayfd", str(write_end), "-nolisten", "tcp",
+                             "-screen", "0", "320x200x24"], pass_fds=(write_end,),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write_end)
+    try:
+        with os.fdopen(read_end) as ready:
+            display = ":" + ready.readline().strip()
+        assert subprocess.run(["xdpyinfo"], env=dict(os.environ, DISPLAY=display),
+                              capture_output=True).returncode == 0    # natively it opens
+        result = minikvm("--trace", "--env", f"DISPLAY={display}", "--", "/usr/bin/xdpyinfo")
+        assert result.returncode == 1
+        assert f'unable to open display "{display}"' in result.stderr
+        assert "socket(1, 0x80001, 0) = -1 EACCES" in result.stderr   # no grant, no socket
+        # inside --x11, asking for the user's display by name: the abstract
+        # socket is refused as absent, the path socket is not allowed
+        result = minikvm("--trace", "--x11=headless", "--", "/usr/bin/xdpyinfo",
+                         "-display", display)
+        assert result.returncode == 1
+        connects = [line for line in result.stderr.splitlines() if line.startswith("connect(")]
+        assert connects and all(" = -1 E" in line for line in connects), connects
+        number = display[1:]
+        tried = {"abstract": f"'unix:@/tmp/.X11-unix/X{number}'",
+                 "path": f"'unix:/tmp/.X11-unix/X{number}'", "tcp": f":{6000 + int(number)}']"}
+        refusals = {kind: [line.split(" = ")[1].split()[1] for line in connects if name in line]
+                    for kind, name in tried.items()}
+        assert refusals["abstract"] == ["ECONNREFUSED"], connects
+        assert refusals["path"] and set(refusals["path"]) == {"EACCES"}, connects
+        assert refusals["tcp"] and set(refusals["tcp"]) == {"EACCES"}, connects
+        result = minikvm("--x11=headless", "--env", f"DISPLAY={display}", "--",
+                         "/usr/bin/xdpyinfo")
+        assert result.returncode == 0, result.stderr
+        assert f"name of display:    {display}\n" not in result.stdout
+    finally:
+        user.terminate()
+        user.wait()
