@@ -26,7 +26,8 @@ import sys
 from typing import Callable, Sequence
 
 from minikvm.cli import __version__
-from minikvm.cli.options import (EXIT_USAGE, PolicyFileError, add_sandbox_options,
+from minikvm.cli.options import (EXIT_USAGE, PolicyFileError, add_display_options,
+                                 add_sandbox_options,
                                  here_directory, policy_toml, positive_int, read_policy_file,
                                  seconds)
 from minikvm.machine.stops import signal_status
@@ -39,13 +40,14 @@ def build_parser(policy: dict[str, object] | None = None) -> argparse.ArgumentPa
     """The whole command line; *policy* holds the options read from a
     ``--policy`` file, which become the defaults of the sandbox options
     (the command line adds to their lists and overrides their values)."""
-    parser = argparse.ArgumentParser(prog="minikvm", description="Run static x86-64 Linux "
+    parser = argparse.ArgumentParser(prog="minikvm", description="Run x86-64 Linux "
                                      "programs in a KVM sandbox.")
     parser.add_argument("--version", action="version", version=f"minikvm {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run a static program in a sandbox")
+    run = commands.add_parser("run", help="run a program in a sandbox")
     add_sandbox_options(run, timeout_help="stop the program after this much wall-clock "
                                           "time (exit 124)", policy=policy)
+    add_display_options(run)
     run.add_argument("--trace", action="store_const", const="-", default=None,
                      help="print each system call, strace-style, to stderr "
                           "(--trace=FILE writes them to FILE)")

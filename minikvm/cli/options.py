@@ -153,6 +153,20 @@ def env_assignment(text: str) -> str:
     return text
 
 
+def add_display_options(parser: argparse.ArgumentParser) -> None:
+    """``run``'s ``--x11`` options (:mod:`minikvm.cli.x11`): only ``run``
+    starts a nested display, so ``serve`` and ``snapshot save`` do not take
+    them (an option accepted and ignored would be a surprise)."""
+    parser.add_argument("--x11", action="store_true", default=False,
+                        help="give the program a private nested X server (Xephyr in a window "
+                             "on $DISPLAY; --x11=headless: Xvfb) and DISPLAY pointing at it; "
+                             "the user's own display stays unreachable")
+    parser.add_argument("--x11-server", choices=("auto", "xephyr", "headless"), default=None,
+                        help=argparse.SUPPRESS)   # what --x11=MODE is rewritten to
+    parser.add_argument("--x11-size", type=x11_size, default=None, metavar="WxH",
+                        help="with --x11: the nested screen's size in pixels (default 1024x768)")
+
+
 def add_sandbox_options(parser: argparse.ArgumentParser, timeout_help: str =
                         "time limit for the program's start-up (to its first request)",
                         policy: dict[str, Any] | None = None) -> None:
@@ -191,14 +205,6 @@ def add_sandbox_options(parser: argparse.ArgumentParser, timeout_help: str =
                         help="allow connecting to this endpoint (repeatable): 10.0.0.1:443, "
                              "NAME:443 (every address NAME resolves to at start), HOST:* "
                              "(every port), [::1]:80, unix:PATH")
-    parser.add_argument("--x11", action="store_true", default=False,
-                        help="give the program a private nested X server (Xephyr in a window "
-                             "on $DISPLAY; --x11=headless: Xvfb) and DISPLAY pointing at it; "
-                             "the user's own display stays unreachable")
-    parser.add_argument("--x11-server", choices=("auto", "xephyr", "headless"), default=None,
-                        help=argparse.SUPPRESS)   # what --x11=MODE is rewritten to
-    parser.add_argument("--x11-size", type=x11_size, default=None, metavar="WxH",
-                        help="with --x11: the nested screen's size in pixels (default 1024x768)")
     parser.add_argument("--allow-net", action="store_true", default=False,
                         help="allow connecting to any IP address but this machine's own "
                              "(loopback) and link-local ones: the coarse choice")
