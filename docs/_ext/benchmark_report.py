@@ -37,7 +37,7 @@ from minikvm_diagrams import evaluate, wrap
 
 #: Units by the word of a key that names them (``reset_cow_us_256`` is in µs),
 #: and how many decimals a figure in each gets.
-UNITS = {"us": ("µs", 1), "ms": ("ms", 1), "s": ("s", 3), "rps": ("/s", 0),
+UNITS = {"ns": ("ns", 1), "us": ("µs", 1), "ms": ("ms", 1), "s": ("s", 3), "rps": ("/s", 0),
          "kib": ("KiB", 0)}
 #: The segments' colours, in order (readable under black or white text).
 SEGMENT_COLOURS = ("#8fb3de", "#f2c57c", "#e58f8f", "#9fd19f", "#c5a3d9")
