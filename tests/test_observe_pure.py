@@ -84,3 +84,24 @@ def test_speedscope_shape() -> None:
               for sample, weight in zip(profile["samples"], profile["weights"])}
     assert stacks == {("main", "hot_a"): 0.004, ("main", "[syscall write]"): 0.001}
     assert profile["endValue"] == pytest.approx(0.005)
+
+
+def test_svg_parses_and_titles_name_the_functions() -> None:
+    import xml.etree.ElementTree as ElementTree
+
+    from minikvm.observe.svg import format_svg
+
+    counts = Counter({("main", "hot_a"): 20, ("main", "hot_b"): 10,
+                      ("main", "[syscall write]"): 3, ("main", "<&>\"odd"): 1})
+    root = ElementTree.fromstring(format_svg(counts, "prog <1>"))
+    namespace = "{http://www.w3.org/2000/svg}"
+    titles = [title.text for title in root.iter(f"{namespace}title")]
+    assert "hot_a (20 samples, 58.82%)" in titles
+    assert "hot_b (10 samples, 29.41%)" in titles
+    assert "main (34 samples, 100.00%)" in titles
+    assert "[syscall write] (3 samples, 8.82%)" in titles
+    assert '<&>"odd (1 samples, 2.94%)' in titles
+    widths = {title.text.split(" (")[0]: float(group.find(f"{namespace}rect").get("width"))
+              for group in root.iter(f"{namespace}g")
+              for title in [group.find(f"{namespace}title")]}
+    assert widths["hot_a"] == pytest.approx(2 * widths["hot_b"], abs=0.2)
