@@ -105,3 +105,27 @@ def test_svg_parses_and_titles_name_the_functions() -> None:
               for group in root.iter(f"{namespace}g")
               for title in [group.find(f"{namespace}title")]}
     assert widths["hot_a"] == pytest.approx(2 * widths["hot_b"], abs=0.2)
+
+
+def test_names_come_from_the_real_symbol_table(tmp_path) -> None:
+    """flame_hot.c built as the flame graph tests build it: frames name its functions."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from minikvm.observe.names import UNKNOWN, stack_names
+    from minikvm.process.symbols import read_symbols
+
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed (apt-get install gcc)")
+    source = Path(__file__).parent / "programs" / "flame_hot.c"
+    binary = tmp_path / "flame_hot"
+    subprocess.run(["gcc", "-static", "-O1", "-fno-omit-frame-pointer", "-o", str(binary),
+                    str(source)], check=True)
+    table = read_symbols(binary.read_bytes(), str(binary))
+    main, _ = table.lookup(table.address_of("main"))
+    hot_a = table.address_of("hot_a")
+    # The CPU inside hot_a; a return address one past main's last byte (a call
+    # that was main's last instruction) still names main; then nowhere.
+    pcs = [hot_a + 4, main.address + main.size, 0x10]
+    assert stack_names(pcs, [table]) == [UNKNOWN, "main", "hot_a"]

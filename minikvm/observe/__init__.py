@@ -4,7 +4,8 @@ It sits beside snapshots and debugging because a sampler reads a whole
 thread's state (RIP, the RBP chain through the process's own record of
 mappings) from outside, as they do.  So far it holds the pure parts: the
 frame-pointer walk over a memory-reading callable
-(:mod:`minikvm.observe.stack_walk`), collapsed stacks
+(:mod:`minikvm.observe.stack_walk`), its addresses as function names
+(:mod:`minikvm.observe.names`), collapsed stacks
 (:mod:`minikvm.observe.folded`), the flame graph SVG
 (:mod:`minikvm.observe.svg`) and the speedscope file
 (:mod:`minikvm.observe.speedscope`); the sampler that interrupts KVM_RUN
