@@ -35,7 +35,8 @@ LAYERS: dict[int, tuple[str, tuple[str, ...]]] = {
     4: ("the sandbox: policy and the host's walls", ("sandbox",)),
     5: ("a Linux process: ELF, stack, files, threads", ("process",)),
     6: ("the system calls", ("syscalls",)),
-    7: ("snapshots and debugging: fork, reset, files, gdb", ("snapshot", "debug")),
+    7: ("snapshots, debugging and profiling: fork, reset, files, gdb, flame graphs",
+        ("snapshot", "debug", "observe")),
     8: ("the command line", ("cli", "__main__")),
 }
 LAYER_OF = {unit: layer for layer, (_, units) in LAYERS.items() for unit in units}
