@@ -365,6 +365,31 @@ def bench_compute(programs: dict[str, Path], sizes: Sizes, runners: dict[str, Ru
                      data, results)
 
 
+def bench_profiled(programs: dict[str, Path], sizes: Sizes, runners: dict[str, Runner],
+                   data: Path, scratch: Path, results: Results) -> None:
+    """compute.c under ``--flamegraph`` at the default rate (997 Hz) beside
+    plain minikvm, in turns: ``compute_profiled_s``, the samples it took
+    (``compute_profiled_samples``), and ``profile_overhead_ratio`` = plain /
+    profiled time (1 = sampling costs nothing; issue 16, item 2)."""
+    minikvm = runners["minikvm"]
+    folded = scratch / "compute.folded"
+    plain: list[float] = []
+    profiled: list[float] = []
+    arguments = (sizes.compute_mib, 1)
+    for _ in range(sizes.repetitions):
+        _, output = run_process(minikvm.argv(programs["compute"], *arguments, data=data),
+                                minikvm.env)
+        plain.extend(numbers(output))
+        _, output = run_process([*minikvm.prefix(data), "--flamegraph", str(folded),
+                                 str(programs["compute"]), *map(str, arguments)], minikvm.env)
+        profiled.extend(numbers(output))
+    results.add("compute_profiled_s", Samples(profiled))
+    results.add("compute_unprofiled_s", Samples(plain))
+    results.derived["compute_profiled_samples"] = float(sum(
+        int(line.rsplit(" ", 1)[1]) for line in folded.read_text().splitlines() if line))
+    results.ratio("profile_overhead_ratio", "compute_unprofiled_s", "compute_profiled_s")
+
+
 def timed_in_program(name: str, arguments: tuple[object, ...], programs: dict[str, Path],
                      repetitions: int, runners: dict[str, Runner], data: Path,
                      results: Results) -> None:
@@ -693,6 +718,9 @@ def format_table(results: Results, mode: str) -> str:
         ("stat, in the system view", show("stat_view_us", "µs"),
          "native " + show("stat_native_us", "µs")),
         ("compute", show("compute_minikvm_s", "s"), "native " + show("compute_native_s", "s")),
+        ("compute, --flamegraph", show("compute_profiled_s", "s"),
+         f"{results.derived.get('compute_profiled_samples', 0):.0f} samples; without "
+         + show("compute_unprofiled_s", "s")),
         ("memtouch (first touches)", show("memtouch_minikvm_s", "s"),
          "native " + show("memtouch_native_s", "s")),
         ("io (busybox cat)", show("io_minikvm_s", "s"), "native " + show("io_native_s", "s")),
@@ -759,6 +787,8 @@ def format_table(results: Results, mode: str) -> str:
                     "1 = native (no exit)"),
               ratio("compute_ratio", "native time / minikvm time: higher is better, 1 = native"),
               ratio("memtouch_ratio", "the same, for first touches of fresh memory"),
+              ratio("profile_overhead_ratio", "compute without / with --flamegraph at 997 Hz: "
+                    "1 = sampling is free"),
               ratio("io_ratio", "native time / minikvm time (start-up included): higher "
                     "is better"),
               ratio("io_rw_ratio", "the same, for dd's 64 KiB reads and writes"),
@@ -817,6 +847,7 @@ def main(argv: list[str] | None = None) -> int:
         runners = make_runners(scratch, results)
         bench_syscall(programs, sizes, runners, data, results)
         bench_compute(programs, sizes, runners, data, results)
+        bench_profiled(programs, sizes, runners, data, scratch, results)
         bench_memtouch(programs, MEMTOUCH_MIB[mode], sizes.repetitions, runners, data, results)
         bench_io(sizes, runners, data, results)
         bench_hello(programs, sizes, runners, data, scratch, results)

@@ -29,6 +29,7 @@ ALWAYS = ("exit_floor_us", "exit_floor_one_us", "out_floor_us", "syscall_us", "s
           "syscall_ratio", "vdso_clock_ns", "vdso_clock_native_ns", "vdso_clock_ratio",
           "stat_hidden_us", "stat_view_us", "stat_native_us",
           "compute_native_s", "compute_minikvm_s", "compute_ratio",
+          "compute_profiled_s", "compute_unprofiled_s", "profile_overhead_ratio",
           "memtouch_native_s", "memtouch_minikvm_s", "memtouch_ratio",
           "io_native_s", "io_minikvm_s", "io_ratio", "io_rw_native_s", "io_rw_minikvm_s",
           "io_rw_ratio",

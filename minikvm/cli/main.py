@@ -23,6 +23,7 @@ import argparse
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from minikvm.cli import __version__
@@ -55,6 +56,11 @@ def build_parser(policy: dict[str, object] | None = None) -> argparse.ArgumentPa
     run.add_argument("--summary", action="store_true",
                      help="print counts and host time per system call at exit")
     run.add_argument("--audit", action="store_true", help="print the denials at exit")
+    run.add_argument("--flamegraph", type=flamegraph_path, default=None, metavar="FILE",
+                     help="sample the guest and write a flame graph: FILE.svg (interactive), "
+                          "FILE.folded (collapsed stacks) or FILE.json (speedscope)")
+    run.add_argument("--sample-hz", type=sample_rate, default=None, metavar="N",
+                     help="with --flamegraph: samples per second (default 997)")
     run.add_argument("--verbose", action="store_true", help="register dump on a crash")
     from minikvm.process.threads import DEFAULT_MAX_THREADS   # run loads it anyway
     run.add_argument("--max-threads", type=positive_int, default=DEFAULT_MAX_THREADS,
@@ -77,6 +83,25 @@ def build_parser(policy: dict[str, object] | None = None) -> argparse.ArgumentPa
 
 #: The most ``serve --workers``: each is a host process with its own VM.
 MAX_WORKERS = 64
+
+
+def flamegraph_path(text: str) -> Path:
+    """``run --flamegraph FILE`` (:func:`minikvm.observe.flamegraph.check_output_path`)."""
+    from minikvm.observe.flamegraph import check_output_path
+    try:
+        return check_output_path(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def sample_rate(text: str) -> int:
+    """``run --sample-hz N``: 1 to :data:`~minikvm.observe.sampler.MAX_SAMPLE_HZ`."""
+    from minikvm.observe.sampler import MAX_SAMPLE_HZ
+    value = positive_int(text)
+    if value > MAX_SAMPLE_HZ:
+        raise argparse.ArgumentTypeError(f"{value} Hz is more than {MAX_SAMPLE_HZ} (each "
+                                         "sample stops the guest for tens of µs)")
+    return value
 
 
 def available_cores() -> int:
@@ -229,7 +254,7 @@ def spell_trace_file(argv: list[str]) -> list[str]:
                    "--memory", "--timeout",
                    "--max-fds", "--max-file-size", "--env", "--unsetenv", "--trace-file",
                    "--max-threads", "--policy", "--vdso", "--system-root", "--keep-tmp",
-                   "--resolv-conf", "--x11-size"}
+                   "--resolv-conf", "--x11-size", "--flamegraph", "--sample-hz"}
     rewritten = ["run"]
     expecting_value = False
     for position, word in enumerate(argv[1:], start=1):
@@ -267,6 +292,17 @@ def run_command(options: argparse.Namespace) -> int:
             except OSError as error:
                 raise LaunchError(EXIT_USAGE, f"cannot write the trace to {options.trace}: "
                                               f"{error.strerror}") from None
+        # The flame graph's file too: after the walls minikvm itself may
+        # write nothing outside the grants.
+        options.flamegraph_file = None
+        if options.sample_hz is not None and options.flamegraph is None:
+            raise LaunchError(EXIT_USAGE, "--sample-hz needs --flamegraph FILE")
+        if options.flamegraph is not None:
+            try:
+                options.flamegraph_file = open(options.flamegraph, "w")
+            except OSError as error:
+                raise LaunchError(EXIT_USAGE, f"cannot write the flame graph to "
+                                              f"{options.flamegraph}: {error.strerror}") from None
 
     terminals = SavedTerminals.save()
     try:
@@ -345,15 +381,34 @@ def _run_launched(options: argparse.Namespace, launched: "Launched",
     stream = trace_stream()
     dispatcher = Dispatcher(process, Tracer(stream) if stream else None,  # type: ignore[arg-type]
                             count=options.summary)
+    sampler = None
+    if options.flamegraph is not None:
+        from minikvm.observe.sampler import DEFAULT_SAMPLE_HZ, Sampler
+        sampler = Sampler(process, options.sample_hz or DEFAULT_SAMPLE_HZ)
     try:
         process.machine.forward_outside_signals()
+        if sampler is not None:
+            sampler.start()
         result = process.run(dispatcher, timeout=options.timeout)
     except KeyboardInterrupt:    # a Ctrl-C before the handlers were in place
         sys.stdout.flush()
         print("minikvm: interrupted (Ctrl-C)", file=sys.stderr)
         return EXIT_INTERRUPTED, 0
     finally:
+        if sampler is not None:
+            sampler.stop()
         process.machine.stop_forwarding()
+    if sampler is not None:
+        from minikvm.observe.flamegraph import write_flamegraph
+        with options.flamegraph_file as stream:
+            try:
+                summary = write_flamegraph(options.flamegraph, stream, sampler,
+                                           f"minikvm run {' '.join([options.program, *options.args])}")
+            except OSError as error:
+                summary = (f"minikvm: the flame graph could not be written to "
+                           f"{options.flamegraph}: {error.strerror}")
+        sys.stdout.flush()
+        print(summary, file=sys.stderr)
     if result.message:
         sys.stdout.flush()
         print(result.message, file=sys.stderr)
