@@ -61,6 +61,13 @@ def build_parser(policy: dict[str, object] | None = None) -> argparse.ArgumentPa
                           "FILE.folded (collapsed stacks) or FILE.json (speedscope)")
     run.add_argument("--sample-hz", type=sample_rate, default=None, metavar="N",
                      help="with --flamegraph: samples per second (default 997)")
+    run.add_argument("--gdb", default=None, metavar="HOST:PORT",
+                     help="stop before the first instruction and wait for gdb on this "
+                          "loopback address (gdb PROG -ex 'target remote HOST:PORT'); "
+                          "port 0 picks a free one")
+    run.add_argument("--gdb-any-address", action="store_true",
+                     help="let --gdb listen on an address other machines can reach "
+                          "(anyone who connects can read and change the program)")
     run.add_argument("--verbose", action="store_true", help="register dump on a crash")
     from minikvm.process.threads import DEFAULT_MAX_THREADS   # run loads it anyway
     run.add_argument("--max-threads", type=positive_int, default=DEFAULT_MAX_THREADS,
@@ -254,7 +261,7 @@ def spell_trace_file(argv: list[str]) -> list[str]:
                    "--memory", "--timeout",
                    "--max-fds", "--max-file-size", "--env", "--unsetenv", "--trace-file",
                    "--max-threads", "--policy", "--vdso", "--system-root", "--keep-tmp",
-                   "--resolv-conf", "--x11-size", "--flamegraph", "--sample-hz"}
+                   "--resolv-conf", "--x11-size", "--flamegraph", "--sample-hz", "--gdb"}
     rewritten = ["run"]
     expecting_value = False
     for position, word in enumerate(argv[1:], start=1):
@@ -291,6 +298,22 @@ def run_command(options: argparse.Namespace) -> int:
                 trace_stream = open(options.trace, "w")
             except OSError as error:
                 raise LaunchError(EXIT_USAGE, f"cannot write the trace to {options.trace}: "
+                                              f"{error.strerror}") from None
+        # gdb's listening socket, bound while the walls are down (Landlock
+        # may refuse a bind after them); the connection is accepted later.
+        options.gdb_server = None
+        if options.gdb_any_address and options.gdb is None:
+            raise LaunchError(EXIT_USAGE, "--gdb-any-address needs --gdb HOST:PORT")
+        if options.gdb is not None:
+            from minikvm.debug.address import GdbAddressError, parse_gdb_address
+            from minikvm.debug.session import listen
+            try:
+                host, port = parse_gdb_address(options.gdb, any_address=options.gdb_any_address)
+                options.gdb_server = listen(host, port)
+            except GdbAddressError as error:
+                raise LaunchError(EXIT_USAGE, str(error)) from None
+            except OSError as error:
+                raise LaunchError(EXIT_USAGE, f"--gdb {options.gdb}: cannot listen there: "
                                               f"{error.strerror}") from None
         # The flame graph's file too: after the walls minikvm itself may
         # write nothing outside the grants.
@@ -387,9 +410,17 @@ def _run_launched(options: argparse.Namespace, launched: "Launched",
         sampler = Sampler(process, options.sample_hz or DEFAULT_SAMPLE_HZ)
     try:
         process.machine.forward_outside_signals()
+        session = None
+        if options.gdb_server is not None:
+            from minikvm.debug.session import DebugSession, accept
+            session = DebugSession(process, dispatcher, accept(options.gdb_server,
+                                                               options.program))
         if sampler is not None:
             sampler.start()
-        result = process.run(dispatcher, timeout=options.timeout)
+        if session is not None:
+            result = session.run(timeout=options.timeout)
+        else:
+            result = process.run(dispatcher, timeout=options.timeout)
     except KeyboardInterrupt:    # a Ctrl-C before the handlers were in place
         sys.stdout.flush()
         print("minikvm: interrupted (Ctrl-C)", file=sys.stderr)
