@@ -409,12 +409,14 @@ def _run_launched(options: argparse.Namespace, launched: "Launched",
         from minikvm.observe.sampler import DEFAULT_SAMPLE_HZ, Sampler
         sampler = Sampler(process, options.sample_hz or DEFAULT_SAMPLE_HZ)
     try:
-        process.machine.forward_outside_signals()
         session = None
         if options.gdb_server is not None:
+            # Before the signals are forwarded: a Ctrl-C while waiting for
+            # gdb ends minikvm, as it would any command that waits.
             from minikvm.debug.session import DebugSession, accept
             session = DebugSession(process, dispatcher, accept(options.gdb_server,
                                                                options.program))
+        process.machine.forward_outside_signals()
         if sampler is not None:
             sampler.start()
         if session is not None:

@@ -195,9 +195,19 @@ class GdbStub:
             if event is None:
                 break
             if isinstance(event, Packet):
-                self._send(b"OK" if event.data[:1] in (b"k", b"D") or
-                           event.data.startswith(b"vKill") else b"E01")
+                self._send(self._after_end(event.data, stop))
         self.close()
+
+    @staticmethod
+    def _after_end(data: bytes, stop: bytes) -> bytes:
+        """The reply to a packet that comes after the program ended (the
+        time limit ended it while gdb held it stopped, say): a resume is
+        answered with the end, kill and detach with OK."""
+        if data[:1] in (b"c", b"s", b"C", b"S") or data.startswith(b"vCont;"):
+            return stop
+        if data == b"?":
+            return stop
+        return b"OK" if data[:1] in (b"k", b"D") or data.startswith(b"vKill") else b"E01"
 
     def close(self) -> None:
         self.connected = False
