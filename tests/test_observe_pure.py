@@ -107,6 +107,30 @@ def test_svg_parses_and_titles_name_the_functions() -> None:
     assert widths["hot_a"] == pytest.approx(2 * widths["hot_b"], abs=0.2)
 
 
+def test_svg_carries_the_zoom_and_search_script_and_what_it_reads() -> None:
+    import xml.etree.ElementTree as ElementTree
+
+    from minikvm.observe.svg import SCRIPT, format_svg
+
+    counts = Counter({("main", "hot_a"): 20, ("main", "<&>\"odd"): 1})
+    root = ElementTree.fromstring(format_svg(counts, "prog"))
+    namespace = "{http://www.w3.org/2000/svg}"
+    script = root.find(f"{namespace}script")
+    assert script is not None and script.text.strip() == SCRIPT.read_text().strip()
+    controls = {text.get("id"): text.text for text in root.iter(f"{namespace}text")
+                if text.get("id")}
+    assert controls == {"reset-zoom": "Reset Zoom", "search": "Search", "matched": None}
+    frames = [group for group in root.iter(f"{namespace}g") if group.get("class") == "frame"]
+    assert {group.get("data-name") for group in frames} == {"all", "main", "hot_a", '<&>"odd'}
+    for group in frames:
+        rect = group.find(f"{namespace}rect")
+        assert float(group.get("data-x")) == float(rect.get("x"))
+        assert float(group.get("data-width")) == float(rect.get("width"))
+        assert int(group.get("data-samples")) > 0 and int(group.get("data-level")) >= 0
+    hot_a = next(group for group in frames if group.get("data-name") == "hot_a")
+    assert (hot_a.get("data-samples"), hot_a.get("data-level")) == ("20", "2")
+
+
 def test_names_come_from_the_real_symbol_table(tmp_path) -> None:
     """flame_hot.c built as the flame graph tests build it: frames name its functions."""
     import shutil
