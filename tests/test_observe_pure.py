@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import struct
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -153,3 +154,22 @@ def test_names_come_from_the_real_symbol_table(tmp_path) -> None:
     # that was main's last instruction) still names main; then nowhere.
     pcs = [hot_a + 4, main.address + main.size, 0x10]
     assert stack_names(pcs, [table]) == [UNKNOWN, "main", "hot_a"]
+
+
+def test_a_stripped_library_is_named_from_its_dynsym() -> None:
+    """Debian's libc.so.6 has no .symtab: with dynamic=True its exports name
+    addresses; a file that is not ELF gives no load address (so no table)."""
+    from minikvm.observe.libraries import lowest_load_vaddr
+    from minikvm.process.symbols import read_symbols
+
+    libc = Path("/lib/x86_64-linux-gnu/libc.so.6")
+    if not libc.exists():
+        pytest.skip("no /lib/x86_64-linux-gnu/libc.so.6 on this host")
+    data = libc.read_bytes()
+    table = read_symbols(data, str(libc), dynamic=True)
+    assert table.description.startswith((".symtab of", ".dynsym of"))
+    rand = table.address_of("rand")
+    assert table.shifted(0x7f0000000000).symbolize(0x7f0000000000 + rand + 1) == "rand+1"
+    assert lowest_load_vaddr(data) == 0
+    assert lowest_load_vaddr(b"not an ELF file") is None
+    assert lowest_load_vaddr(b"\x7fELF" + b"\xff" * 60) is None
