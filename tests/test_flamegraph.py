@@ -3,7 +3,8 @@
 tests/programs/flame_hot.c is built -O0 (every function keeps its frame),
 static and dynamic.  What must hold: the hot function that runs twice as
 long gets more samples, under main; time the host spends in a system call
-shows as a ``[syscall NAME]`` frame; a guest whose RBP points nowhere is
+shows as a ``[syscall NAME]`` frame; time in libc is named from libc's
+``.dynsym``; a guest whose RBP points nowhere is
 still sampled, with no traceback; the three formats are what their readers
 expect (XML with a ``<title>`` per frame, speedscope's document, folded
 lines).  Bad option values are tests/test_cli_args.py's.
@@ -69,6 +70,22 @@ def test_the_longer_function_gets_more_samples(built: dict[str, Path], variant: 
     hot_a, hot_b = samples_under(counts, "main", "hot_a"), samples_under(counts, "main", "hot_b")
     assert hot_b > 0, output.read_text()
     assert hot_a > 1.3 * hot_b, output.read_text()        # 2x as long, with noise
+
+
+@pytest.mark.kvm
+def test_frames_in_libc_are_named_from_its_dynsym(built: dict[str, Path],
+                                                 tmp_path: Path) -> None:
+    """The dynamic build spends its time in libc.so.6's rand → random →
+    random_r, exported in .dynsym (the main program's table does not cover
+    them).  Debian's libc has no frame pointers, so the walk from inside it
+    goes from libc's frame straight to main: hot_libc, whose frame RBP
+    still points at, is the one skipped."""
+    output = tmp_path / "libc.folded"
+    flame(built["dynamic"], output, "libc", "20")
+    counts = parse_folded(output.read_text())
+    in_libc = sum(samples_under(counts, "main", name) for name in ("rand", "random", "random_r"))
+    unknown = samples_under(counts, "main", "[unknown]")
+    assert in_libc > 0 and in_libc > unknown, output.read_text()
 
 
 @pytest.mark.kvm

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import struct
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -107,6 +108,30 @@ def test_svg_parses_and_titles_name_the_functions() -> None:
     assert widths["hot_a"] == pytest.approx(2 * widths["hot_b"], abs=0.2)
 
 
+def test_svg_carries_the_zoom_and_search_script_and_what_it_reads() -> None:
+    import xml.etree.ElementTree as ElementTree
+
+    from minikvm.observe.svg import SCRIPT, format_svg
+
+    counts = Counter({("main", "hot_a"): 20, ("main", "<&>\"odd"): 1})
+    root = ElementTree.fromstring(format_svg(counts, "prog"))
+    namespace = "{http://www.w3.org/2000/svg}"
+    script = root.find(f"{namespace}script")
+    assert script is not None and script.text.strip() == SCRIPT.read_text().strip()
+    controls = {text.get("id"): text.text for text in root.iter(f"{namespace}text")
+                if text.get("id")}
+    assert controls == {"reset-zoom": "Reset Zoom", "search": "Search", "matched": None}
+    frames = [group for group in root.iter(f"{namespace}g") if group.get("class") == "frame"]
+    assert {group.get("data-name") for group in frames} == {"all", "main", "hot_a", '<&>"odd'}
+    for group in frames:
+        rect = group.find(f"{namespace}rect")
+        assert float(group.get("data-x")) == float(rect.get("x"))
+        assert float(group.get("data-width")) == float(rect.get("width"))
+        assert int(group.get("data-samples")) > 0 and int(group.get("data-level")) >= 0
+    hot_a = next(group for group in frames if group.get("data-name") == "hot_a")
+    assert (hot_a.get("data-samples"), hot_a.get("data-level")) == ("20", "2")
+
+
 def test_names_come_from_the_real_symbol_table(tmp_path) -> None:
     """flame_hot.c built as the flame graph tests build it: frames name its functions."""
     import shutil
@@ -129,3 +154,22 @@ def test_names_come_from_the_real_symbol_table(tmp_path) -> None:
     # that was main's last instruction) still names main; then nowhere.
     pcs = [hot_a + 4, main.address + main.size, 0x10]
     assert stack_names(pcs, [table]) == [UNKNOWN, "main", "hot_a"]
+
+
+def test_a_stripped_library_is_named_from_its_dynsym() -> None:
+    """Debian's libc.so.6 has no .symtab: with dynamic=True its exports name
+    addresses; a file that is not ELF gives no load address (so no table)."""
+    from minikvm.observe.libraries import lowest_load_vaddr
+    from minikvm.process.symbols import read_symbols
+
+    libc = Path("/lib/x86_64-linux-gnu/libc.so.6")
+    if not libc.exists():
+        pytest.skip("no /lib/x86_64-linux-gnu/libc.so.6 on this host")
+    data = libc.read_bytes()
+    table = read_symbols(data, str(libc), dynamic=True)
+    assert table.description.startswith((".symtab of", ".dynsym of"))
+    rand = table.address_of("rand")
+    assert table.shifted(0x7f0000000000).symbolize(0x7f0000000000 + rand + 1) == "rand+1"
+    assert lowest_load_vaddr(data) == 0
+    assert lowest_load_vaddr(b"not an ELF file") is None
+    assert lowest_load_vaddr(b"\x7fELF" + b"\xff" * 60) is None

@@ -6,10 +6,10 @@ The file's suffix chooses the format: ``.svg`` an interactive flame graph
 (:mod:`minikvm.observe.speedscope`).  The suffix is checked before the
 program starts (:func:`check_output_path`), so a typo costs no run.
 
-Names come from the program's own symbol table (``.symtab``, or
-``.dynsym``); a dynamic program's libraries are not looked up yet, so
-their frames are ``[unknown]`` — still counted under the program's
-frame that called into them.
+Names come from the program's own symbol table (``.symtab``) and, for a
+dynamic program, from those of the libraries it mapped and of its
+interpreter (:mod:`minikvm.observe.libraries`); an address in none of them
+is ``[unknown]`` — still counted under the frame that called into it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from minikvm.observe.folded import count_stacks, format_folded
+from minikvm.observe.libraries import library_tables
 from minikvm.observe.names import stack_names
 from minikvm.observe.sampler import IN_HOST
 from minikvm.observe.speedscope import format_speedscope
@@ -55,7 +56,7 @@ def syscall_frame(number: int) -> str:
 
 def stack_counts(sampler: Sampler) -> Counter[tuple[str, ...]]:
     """Samples per stack of function names, outermost first."""
-    tables = [sampler.proc.image.symbols]
+    tables = [sampler.proc.image.symbols, *library_tables(sampler.proc)]
     stacks = []
     for pcs, syscall in sampler.samples:
         names = stack_names(pcs, tables)

@@ -7,12 +7,20 @@ than :data:`MIN_WIDTH` pixels are left out, as flamegraph.pl does, so a
 profile with many rare stacks stays a small file.  Colours are a warm hue
 picked from the frame's name, so a function keeps its colour across
 graphs; ``[syscall NAME]`` frames are blue so time in emulation stands out.
+
+Like flamegraph.pl's, the file is interactive in a browser: a small script
+(``flamegraph.js`` beside this module, embedded in the SVG) zooms to a
+frame on click, "Reset Zoom" undoes it, and "Search" highlights the frames
+whose name matches a regular expression and shows their share of the
+samples.  Each frame's ``<g>`` carries its name, sample count and unzoomed
+geometry as ``data-`` attributes, so the script needs no other state.
 """
 
 from __future__ import annotations
 
 import zlib
 from collections import Counter
+from pathlib import Path
 from xml.sax.saxutils import escape
 
 WIDTH = 1200          #: pixels across the whole graph
@@ -20,6 +28,7 @@ FRAME_HEIGHT = 16     #: pixels per stack level
 MIN_WIDTH = 0.1       #: frames narrower than this many pixels are not drawn
 FONT_SIZE = 12
 CHAR_WIDTH = 0.59 * FONT_SIZE   #: average glyph width of Verdana, to fit labels
+SCRIPT = Path(__file__).with_name("flamegraph.js")   #: zoom and search, embedded
 
 
 class _Node:
@@ -52,6 +61,23 @@ def _colour(name: str) -> str:
     return f"rgb({205 + hash_ % 50},{(hash_ >> 8) % 230},{(hash_ >> 16) % 55})"
 
 
+_QUOTE = {'"': "&quot;"}   #: escape() entities for a double-quoted attribute
+
+
+def _controls(height: int) -> list[str]:
+    """The "Reset Zoom" and "Search" buttons (top corners) and the line where
+    the script shows the matched share (bottom right)."""
+    style = f'font-family="Verdana" font-size="{FONT_SIZE}" cursor="pointer"'
+    return [
+        f'<text id="reset-zoom" x="10" y="{FRAME_HEIGHT - 2}" opacity="0" {style}>'
+        f'Reset Zoom</text>\n',
+        f'<text id="search" x="{WIDTH - 10}" y="{FRAME_HEIGHT - 2}" text-anchor="end" '
+        f'{style}>Search</text>\n',
+        f'<text id="matched" x="{WIDTH - 10}" y="{height - 2}" text-anchor="end" '
+        f'font-family="Verdana" font-size="{FONT_SIZE}"></text>\n',
+    ]
+
+
 def format_svg(counts: Counter[tuple[str, ...]], title: str) -> str:
     """The SVG document for *counts* (stack, outermost first → samples)."""
     root = _tree(counts)
@@ -62,10 +88,12 @@ def format_svg(counts: Counter[tuple[str, ...]], title: str) -> str:
     parts = [
         '<?xml version="1.0" standalone="no"?>\n',
         f'<svg version="1.1" width="{WIDTH}" height="{height}" '
-        f'viewBox="0 0 {WIDTH} {height}" xmlns="http://www.w3.org/2000/svg">\n',
+        f'viewBox="0 0 {WIDTH} {height}" data-char-width="{CHAR_WIDTH:.2f}" '
+        f'xmlns="http://www.w3.org/2000/svg">\n',
         f'<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="#f8f8f8"/>\n',
         f'<text x="{WIDTH / 2}" y="{FRAME_HEIGHT - 2}" text-anchor="middle" '
         f'font-family="Verdana" font-size="{FONT_SIZE + 2}">{escape(title)}</text>\n',
+        *_controls(height),
     ]
 
     def draw(name: str, node: _Node, x: float, level: int) -> None:
@@ -76,7 +104,9 @@ def format_svg(counts: Counter[tuple[str, ...]], title: str) -> str:
         share = 100 * node.total / total
         label = escape(name)
         parts.append(
-            f'<g><title>{label} ({node.total} samples, {share:.2f}%)</title>'
+            f'<g class="frame" data-name="{escape(name, _QUOTE)}" data-samples="{node.total}" '
+            f'data-x="{x:.1f}" data-width="{width:.1f}" data-level="{level}">'
+            f'<title>{label} ({node.total} samples, {share:.2f}%)</title>'
             f'<rect x="{x:.1f}" y="{y}" width="{width:.1f}" height="{FRAME_HEIGHT - 1}" '
             f'fill="{_colour(name)}" rx="2" ry="2"/>')
         fits = int((width - 6) / CHAR_WIDTH)
@@ -92,5 +122,8 @@ def format_svg(counts: Counter[tuple[str, ...]], title: str) -> str:
             child_x += child.total * scale
 
     draw("all", root, 0.0, 0)
+    # CDATA keeps the script's "<" and "&&" out of the XML parser's way.
+    script = SCRIPT.read_text(encoding="utf-8").replace("]]>", "]]]]><![CDATA[>")
+    parts.append(f'<script type="text/ecmascript"><![CDATA[\n{script}]]></script>\n')
     parts.append("</svg>\n")
     return "".join(parts)

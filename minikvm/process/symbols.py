@@ -210,9 +210,13 @@ def _preference(symbol: Symbol) -> tuple[int, int, int, str]:
     return (underscores, rank, len(symbol.name), symbol.name)
 
 
-def read_symbols(data: bytes, name: str) -> SymbolTable:
+def read_symbols(data: bytes, name: str, *, dynamic: bool = False) -> SymbolTable:
     """Functions and objects from ``.symtab`` (the section headers read with
     pyelftools, imported here: see the module docstring).
+
+    With *dynamic*, a file without ``.symtab`` gives its ``.dynsym`` instead:
+    the exported functions, all a distribution's stripped shared library
+    keeps (Debian's libc.so.6), which is enough to name a profile's frames.
 
     The kernel never reads sections, so a damaged section table must not stop
     a program that would run: it gives an empty table whose ``description``
@@ -232,6 +236,9 @@ def read_symbols(data: bytes, name: str) -> SymbolTable:
     try:
         elf = ELFFile(io.BytesIO(data))
         found = _find_symtab(elf, data)
+        section_name = ".symtab"
+        if found is None and dynamic:
+            found, section_name = _find_symtab(elf, data, "SHT_DYNSYM"), ".dynsym"
         if found is None:
             return SymbolTable(description="no .symtab: the program is stripped")
         section, code_sections = found
@@ -258,14 +265,16 @@ def read_symbols(data: bytes, name: str) -> SymbolTable:
             binding = binding_names.get(info >> 4, f"STB_{info >> 4}")
             symbols.append(Symbol(name=symbol_name, address=value, size=size, kind=kind,
                                   binding=binding.removeprefix("STB_").lower()))
-        return SymbolTable(symbols, f".symtab of {name}")
+        return SymbolTable(symbols, f"{section_name} of {name}")
     except parse_errors as error:
-        return SymbolTable(description=f"no symbols: .symtab is malformed "
+        return SymbolTable(description=f"no symbols: the symbol table is malformed "
                                        f"({type(error).__name__}: {error})")
 
 
-def _find_symtab(elf: ELFFile, data: bytes) -> tuple[SymbolTableSection, set[int]] | None:
-    """The SHT_SYMTAB section and the indexes of the sections holding code.
+def _find_symtab(elf: ELFFile, data: bytes, kind: str = "SHT_SYMTAB",
+                 ) -> tuple[SymbolTableSection, set[int]] | None:
+    """The symbol table section of type *kind* (SHT_SYMTAB or SHT_DYNSYM)
+    and the indexes of the sections holding code.
 
     Bounds are checked first — the symbol table's and its string table's
     bytes must be inside the file — so a corrupt size cannot make us read
@@ -284,13 +293,13 @@ def _find_symtab(elf: ELFFile, data: bytes) -> tuple[SymbolTableSection, set[int
     code_sections = {index for index, sh in enumerate(headers)
                      if sh["sh_flags"] & SHF_EXECINSTR}
     for index, sh in enumerate(headers):
-        if sh["sh_type"] != "SHT_SYMTAB":
+        if sh["sh_type"] != kind:
             continue
         if sh["sh_entsize"] != ELF64_SYM_SIZE or sh["sh_offset"] + sh["sh_size"] > len(data):
-            raise ValueError(f"section {index} (SHT_SYMTAB) is not inside the file")
+            raise ValueError(f"section {index} ({kind}) is not inside the file")
         link = sh["sh_link"]
         if link >= shnum:
-            raise ValueError(f"section {index} (SHT_SYMTAB) links to section {link}, "
+            raise ValueError(f"section {index} ({kind}) links to section {link}, "
                              f"of {shnum}")
         strtab = headers[link]
         if strtab["sh_offset"] + strtab["sh_size"] > len(data):

@@ -9,6 +9,10 @@
  *   sleep     main sleeps 300 ms in nanosleep: time in a system call
  *   wild-rbp  spins for ~0.2 s with RBP pointing nowhere: the stack walk
  *             must give up quietly
+ *   libc      hot_libc calls libc's rand() ROUNDS million times: built
+ *             dynamic, the time is in libc.so.6 (rand, random, random_r
+ *             are plain exported functions, unlike memset's IFUNC variants,
+ *             so .dynsym names them)
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +27,10 @@ __attribute__((noinline)) void hot_a(unsigned long n) {
 
 __attribute__((noinline)) void hot_b(unsigned long n) {
     for (unsigned long i = 0; i < n; i++) sink += i;
+}
+
+__attribute__((noinline)) void hot_libc(unsigned long n) {
+    for (unsigned long i = 0; i < n; i++) sink += (unsigned long)rand();
 }
 
 __attribute__((noinline)) static void wild_rbp(void) {
@@ -45,6 +53,8 @@ int main(int argc, char **argv) {
         nanosleep(&pause, NULL);
     } else if (strcmp(mode, "wild-rbp") == 0) {
         wild_rbp();
+    } else if (strcmp(mode, "libc") == 0) {
+        hot_libc((unsigned long)rounds * 1000000);
     } else {
         for (int round = 0; round < rounds; round++) {
             hot_a(1000000);
