@@ -124,6 +124,17 @@ def test_break_two_calls_deep_backtrace_step_and_exit(built: dict[str, Path],
 
 
 @pytest.mark.kvm
+def test_software_watchpoint_and_writing_a_variable(built: dict[str, Path]) -> None:
+    output, status, _, _ = debug(
+        built["static"], "break outer", "continue", "set can-use-hw-watchpoints 0",
+        "watch counter", "continue", "delete", "set var counter = 100", "print counter",
+        "continue")
+    assert "Old value = 7\nNew value = 47" in output, output      # counter += 40 in inner
+    assert re.search(r"^inner \(x=40\)", output, re.MULTILINE), output
+    assert "$1 = 100" in output and status == EXIT_STATUS, output
+
+
+@pytest.mark.kvm
 def test_a_crash_stops_at_the_faulting_instruction(built: dict[str, Path]) -> None:
     binary = built["static"]
     output, status, _, err = debug(binary, "continue", "bt", "x/i $pc", "continue",

@@ -74,6 +74,9 @@ INTRODUCED_IN: dict[str, int] = {
     "minikvm.sandbox.openat2": 17,    # open flags for Policy.open
     "minikvm.snapshot.snapshot": 18,  # snapshots, forks, resets, calls
     "minikvm.snapshot.file": 18,      # snapshot files
+    "minikvm.debug.packets": 19,      # the GDB remote protocol's framing
+    "minikvm.debug.session": 19,      # stops from int3 and TF, resumes
+    "minikvm.debug.target": 19,       # the registers gdb is told of, in order
 }
 
 STEP_MARKER = re.compile(r"#\s*--- step: ([\w-]+) ---")
