@@ -188,6 +188,18 @@ def test_dynamic_program_libraries_are_found_through_auxv(built: dict[str, Path]
 
 
 @pytest.mark.kvm
+def test_ctrl_c_in_gdb_stops_a_looping_program(built: dict[str, Path]) -> None:
+    # gdb turns its own SIGINT into the protocol's Ctrl-C (a lone 0x03);
+    # the shell's $PPID is gdb.
+    output, status, _, _ = debug(built["static"], "shell (sleep 1 && kill -INT $PPID) &",
+                                 "continue", "bt", "kill", arguments=("loop",))
+    assert "Program received signal SIGINT" in output, output
+    assert re.search(r"^#0 .* in spin_forever \(", output, re.MULTILINE), output
+    assert re.search(r"^#1 .* in main \(", output, re.MULTILINE), output
+    assert status == 128 + 9
+
+
+@pytest.mark.kvm
 def test_kill_from_gdb_ends_the_program(built: dict[str, Path]) -> None:
     output, status, out, _ = debug(built["static"], "break inner", "continue", "kill")
     assert "Breakpoint 1, inner" in output, output

@@ -43,9 +43,11 @@ minikvm's user segments, and only the program itself can be killed."""
 from __future__ import annotations
 
 import ctypes
+import select
 import signal as signal_module
 import socket
 import sys
+import threading
 from typing import Callable
 
 from minikvm import ioctl as k, x86
@@ -71,6 +73,12 @@ SYSCALL_INSTRUCTION = b"\x0f\x05"
 #: 13.4.2 "XSAVE Header").  A clear bit means "in its initial state".
 XSTATE_BV_OFFSET = 512
 XSTATE_X87, XSTATE_SSE = 1, 2
+#: The signal the Ctrl-C watcher sends minikvm's main thread to make
+#: KVM_RUN return (one minikvm does not otherwise use or forward).
+INTERRUPT_SIGNAL = signal_module.SIGURG
+#: How often the watcher looks for gdb's Ctrl-C, and kicks again while the
+#: stop it asked for has not happened (the vCPU was in a stub, at CPL 0).
+INTERRUPT_POLL_SECONDS = 0.05
 #: The most auxv entries read from the initial stack (Linux has ~25).
 MAX_AUXV_ENTRIES = 64
 #: The most argv + envp pointers skipped on the initial stack to reach it.
@@ -97,6 +105,8 @@ class DebugSession:
         self._auxv: bytes | None = None
         self._deliver_fault: Callable[[ExceptionFrame], bool] | None = self.machine.on_fault
         self.machine.on_fault = self._on_fault
+        self.machine.on_interrupted = self._on_interrupted
+        self.interrupts = InterruptWatch(connection, self.machine.vcpu.run_state)
         # gdb must see the program's own code: no site may be rewritten to
         # exit once (minikvm.machine.syscall_sites), and breakpoint bytes
         # must stay where gdb put them.
@@ -119,7 +129,11 @@ class DebugSession:
                                f"{killed.reason}", signal=int(killed.signal))
             self.stub.report_end(b"X%02x" % to_gdb(killed.signal))
             return result
-        result = self.process.run(self._on_syscall, timeout)
+        self.interrupts.start()
+        try:
+            result = self.process.run(self._on_syscall, timeout)
+        finally:
+            self.interrupts.stop()
         if result.signal is not None:
             self.stub.report_end(b"X%02x" % to_gdb(result.signal))
         else:
@@ -149,6 +163,7 @@ class DebugSession:
             return signal
         thread = self.current_thread()
         reason = b"swbreak:;" if breakpoint else b""
+        self.interrupts.pause()             # the stub reads the socket now
         resume = self.stub.wait_for_resume(b"T%02xthread:%x;%s" % (to_gdb(signal), thread, reason))
         if resume.action == "kill":
             self._remove_all_breakpoints()
@@ -161,6 +176,7 @@ class DebugSession:
         if resume.action == "step":
             self._start_step(resume.thread if resume.thread in self.threads()
                              else thread)
+        self.interrupts.resume()
         return resume.signal
 
     def _on_fault(self, frame: ExceptionFrame) -> bool:
@@ -187,6 +203,16 @@ class DebugSession:
             return True                     # gdb dropped it: the instruction runs again
         # Passed on: the program's handler, or the crash report.
         return deliver(frame) if deliver is not None else False
+
+    def _on_interrupted(self) -> None:
+        """The machine's ``on_interrupted``: gdb's Ctrl-C stops the program
+        where it is, if it is in user mode (else the watcher kicks again)."""
+        state = self.machine.vcpu.run_state
+        if not self.attached or not self.interrupts.requested \
+                or state.s.regs.sregs.cs.dpl != 3:
+            return
+        self.interrupts.requested = False
+        self._stop(signal_module.SIGINT)
 
     def _on_syscall(self, regs: k.kvm_regs) -> None:
         """The run's system-call handler: the dispatcher, plus the stops
@@ -353,6 +379,81 @@ class DebugSession:
             if entries[end:end + 8] == bytes(8):                # AT_NULL
                 return entries[:end + 16]
         return b""
+
+
+class InterruptWatch:
+    """gdb's Ctrl-C while the program runs: a lone 0x03 on the connection.
+
+    While the program runs nobody reads the socket, so a host thread
+    watches it; when gdb sends something, the thread sets
+    :attr:`requested`, sets ``kvm_run.immediate_exit`` and signals the
+    main thread, so that KVM_RUN returns (or the host's system call
+    finishes and the next KVM_RUN returns at once) and the machine calls
+    :meth:`DebugSession._on_interrupted`.  While the program is stopped
+    the stub reads the socket itself, so the watch is paused under a
+    lock: a byte the stub will read is never taken for a Ctrl-C."""
+
+    def __init__(self, connection: socket.socket, run_state: k.kvm_run) -> None:
+        self.connection = connection
+        self.run_state = run_state
+        self.requested = False
+        self._lock = threading.Lock()
+        self._running = False
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._main = threading.get_ident()
+        self._previous: object = None
+
+    def start(self) -> None:
+        self._previous = signal_module.signal(INTERRUPT_SIGNAL, lambda signum, frame: None)
+        self._running = True
+        self._thread = threading.Thread(target=self._watch, name="gdb-interrupt", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.pause()
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+            signal_module.signal(INTERRUPT_SIGNAL, self._previous)  # type: ignore[arg-type]
+
+    def pause(self) -> None:
+        with self._lock:
+            self._running = False
+            self.requested = False
+
+    def resume(self) -> None:
+        with self._lock:
+            self._running = True
+
+    def _watch(self) -> None:
+        while not self._done.is_set():
+            with self._lock:
+                watching = self._running and not self.requested
+            if not watching:
+                with self._lock:
+                    kick = self._running and self.requested
+                if kick:                     # asked, but no stop yet: again
+                    self._kick()
+                self._done.wait(INTERRUPT_POLL_SECONDS)
+                continue
+            try:
+                readable, _, _ = select.select([self.connection], [], [],
+                                               INTERRUPT_POLL_SECONDS)
+            except (OSError, ValueError):
+                return                       # the connection was closed
+            if readable:
+                with self._lock:
+                    if self._running:
+                        self.requested = True
+                        self._kick()
+
+    def _kick(self) -> None:
+        self.run_state.immediate_exit = 1
+        try:
+            signal_module.pthread_kill(self._main, INTERRUPT_SIGNAL)
+        except (OSError, ValueError):
+            pass
 
 
 def _fxsave_of_saved(state: bytes) -> bytearray:

@@ -190,6 +190,10 @@ class Machine:
         #: (wired by the dispatcher, as :attr:`on_switch_in`).
         self.outside: OutsideSignals | None = None
         self.on_outside_signal: Callable[[], None] | None = None
+        #: Called at every interrupted KVM_RUN, after the above: a debugger
+        #: that asked to stop the program (:mod:`minikvm.debug.session`)
+        #: stops it there, where ``kvm_run`` holds its registers.
+        self.on_interrupted: Callable[[], None] | None = None
         self._slice_over = False
         self._slices_armed = False
         self._previous_profiler: object = None
@@ -492,6 +496,8 @@ class Machine:
             if self.outside is not None and self.on_outside_signal is not None \
                     and self.outside.pending():
                 self.on_outside_signal()   # may run a handler, end or stop the run
+            if self.on_interrupted is not None:
+                self.on_interrupted()
             return None  # some other signal: its Python handler has run; resume
         # Imported here: building its dataclasses costs ~4 ms of start-up
         # that a run which never crashes should not pay.

@@ -7,6 +7,7 @@
  *   gdb_target segv     writes through a null pointer in crash()
  *   gdb_target abort    abort() in inner()
  *   gdb_target threads  a second thread waits in spin_here() while main joins
+ *   gdb_target loop     spins in spin_forever() until gdb interrupts it
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -35,6 +36,11 @@ __attribute__((noinline)) void spin_here(void) {
         ;
 }
 
+__attribute__((noinline)) void spin_forever(void) {
+    for (;;)
+        counter++;
+}
+
 static void *worker(void *arg) {
     (void)arg;
     spin_here();
@@ -49,6 +55,8 @@ int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "abort") == 0) {
         abort();
     }
+    if (argc > 1 && strcmp(argv[1], "loop") == 0)
+        spin_forever();
     if (argc > 1 && strcmp(argv[1], "threads") == 0) {
         pthread_t thread;
         pthread_create(&thread, NULL, worker, NULL);
