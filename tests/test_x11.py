@@ -143,3 +143,84 @@ def test_without_x11_the_users_display_is_unreachable():
     finally:
         user.terminate()
         user.wait()
+
+
+def window_on_nested_display(before: set[str], name: str) -> dict[str, str] | None:
+    """The environment (DISPLAY, XAUTHORITY) of the nested display that has
+    a window called *name*, looked at from the host with its cookie; None
+    if none has one yet."""
+    for directory in nested_dirs() - before:
+        auth = os.path.join(directory, "Xauthority")
+        if not os.path.exists(auth):
+            continue
+        for sock in os.listdir("/tmp/.X11-unix"):    # the cookie picks ours
+            env = dict(os.environ, DISPLAY=":" + sock[1:], XAUTHORITY=auth)
+            tree = subprocess.run(["xwininfo", "-root", "-tree"], env=env,
+                                  capture_output=True, text=True)
+            if f'"{name}"' in tree.stdout:
+                return env
+    return None
+
+
+def start_client(*argv: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "minikvm", "run", "--x11=headless",
+                             "--timeout", "20", "--", *argv],
+                            env=dict(os.environ, PYTHONPATH=HERE), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_window(before: set[str], name: str) -> dict[str, str]:
+    for _ in range(300):
+        env = window_on_nested_display(before, name)
+        if env is not None:
+            return env
+        time.sleep(0.1)
+    raise AssertionError(f"no window {name!r} appeared on the nested display")
+
+
+@needs_x
+@pytest.mark.skipif(shutil.which("xeyes") is None, reason="xeyes missing (apt-get install "
+                    "x11-apps)")
+def test_xeyes_makes_a_window_that_follows_the_pointer():
+    before = nested_dirs()
+    run = start_client("/usr/bin/xeyes")
+    try:
+        env = wait_for_window(before, "xeyes")
+        tree = subprocess.run(["xwininfo", "-root", "-tree"], env=env, capture_output=True,
+                              text=True).stdout
+        assert '"xeyes"' in tree
+        run.terminate()                       # SIGTERM goes on to xeyes, which ends
+        run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == -15             # ended by it, as minikvm re-raises it
+    for _ in range(50):                       # the keeper takes the server down
+        if nested_dirs() == before:
+            break
+        time.sleep(0.1)
+    assert nested_dirs() == before
+
+
+@needs_x
+@pytest.mark.skipif(shutil.which("xev") is None or shutil.which("xdotool") is None,
+                    reason="xev or xdotool missing (apt-get install x11-utils xdotool)")
+def test_keys_typed_on_the_nested_display_reach_the_sandboxed_client():
+    # xdotool types through the XTEST extension, as a user's keyboard would:
+    # real key events (synthetic NO), delivered to the window under the pointer.
+    before = nested_dirs()
+    run = start_client("/usr/bin/xev", "-event", "keyboard")
+    try:
+        env = wait_for_window(before, "Event Tester")
+        window = subprocess.run(["xdotool", "search", "--name", "Event Tester"], env=env,
+                                capture_output=True, text=True, check=True).stdout.split()[0]
+        subprocess.run(["xdotool", "mousemove", "--window", window, "20", "20", "type", "hi"],
+                       env=env, check=True, timeout=30)
+        time.sleep(1)
+        run.terminate()
+        out, _ = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert "KeyPress event" in out and "synthetic NO" in out, out
+    keys = [line.split("keysym ")[1].split(")")[0] for line in out.splitlines()
+            if "KeyPress" not in line and "keysym" in line]
+    assert "0x68, h" in keys and "0x69, i" in keys, out
