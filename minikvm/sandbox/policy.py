@@ -121,6 +121,7 @@ from minikvm.sandbox.grants import (Grant, GrantError, GrantTree, Mount, Parent,
                                     Refusal, absolute_path as _absolute, check_openat2,
                                     close_grant, identity, normalise_grant, open_grant,
                                     open_mount, reopen)
+from minikvm.sandbox.links import follow_between_grants
 from minikvm.sandbox.openat2 import (O_PATH_FLAGS, VALID_OPEN_FLAGS, faccessat2, open_how,
                                      open_writes, openat2)
 
@@ -282,7 +283,7 @@ class Policy:
     # --- paths -------------------------------------------------------------------
 
     def open(self, path: PathArg, flags: int, mode: int, cwd: str, *,
-             syscall: str = "open") -> int:
+             syscall: str = "open", across: bool = True) -> int:
         """Open a guest path beneath its grant; return a host fd the caller owns.
 
         *flags* are the guest's open(2) flags (``O_NOFOLLOW``, ``O_DIRECTORY``,
@@ -307,6 +308,7 @@ class Policy:
         pass ``O_NONBLOCK`` if that matters.
         """
         absolute, trailing_slash = _absolute(path, cwd)
+        asked_flags, asked_mode = flags, mode
         flags &= VALID_OPEN_FLAGS
         if flags & O_PATH:
             flags &= O_PATH_FLAGS
@@ -329,8 +331,15 @@ class Policy:
         if trailing_slash and relative != ".":
             relative += "/"     # "file/" is ENOTDIR, "dir/" with O_CREAT is EISDIR
         if not writes:
-            return self._lookup(syscall, absolute, self.tree.openat2, root, relative,
-                                flags, mode, absolute)
+            try:
+                return self.tree.openat2(root, relative, flags, mode, absolute)
+            except Refusal as refusal:
+                other = self._in_another_grant(absolute, refusal, across,
+                                               not flags & O_NOFOLLOW, trailing_slash)
+                if other is None:
+                    raise self._deny(syscall, absolute, refusal.reason,
+                                     hidden=refusal.hidden) from None
+            return self.open(other, asked_flags, asked_mode, "/", syscall=syscall, across=False)
         if self.tree.uniform(root):
             if not root.writable:
                 raise self._deny(syscall, absolute,
@@ -827,7 +836,20 @@ class Policy:
             return grant
         raise self._deny(syscall, shown or absolute, "outside allowed paths", hidden=True)
 
-    def _open_path(self, path: PathArg, cwd: str, follow: bool, syscall: str) -> int:
+    def _in_another_grant(self, absolute: str, refusal: Refusal, across: bool, follow: bool,
+                          trailing_slash: bool) -> Optional[str]:
+        """Where a lookup that a symlink led out of its grant lands in the
+        guest's view, if in another grant (:mod:`minikvm.sandbox.links`);
+        None to keep it hidden.  *across* is False on the second lookup."""
+        if not across or not refusal.hidden:
+            return None
+        resolved = follow_between_grants(self.tree, absolute, follow)
+        if resolved is None or resolved == absolute:
+            return None
+        return resolved + "/" if trailing_slash and resolved != "/" else resolved
+
+    def _open_path(self, path: PathArg, cwd: str, follow: bool, syscall: str,
+                   across: bool = True) -> int:
         """An ``O_PATH`` fd for *path* beneath its grant (any grant will do), or
         on the directory above a grant it names."""
         absolute, trailing_slash = _absolute(path, cwd)
@@ -843,8 +865,14 @@ class Policy:
         if trailing_slash and relative != ".":
             relative += "/"
         flags = O_PATH | O_CLOEXEC | (0 if follow else O_NOFOLLOW)
-        return self._lookup(syscall, absolute, self.tree.openat2, root, relative, flags, 0,
-                            absolute)
+        try:
+            return self.tree.openat2(root, relative, flags, 0, absolute)
+        except Refusal as refusal:
+            other = self._in_another_grant(absolute, refusal, across, follow, trailing_slash)
+            if other is None:
+                raise self._deny(syscall, absolute, refusal.reason,
+                                 hidden=refusal.hidden) from None
+        return self._open_path(other, "/", follow, syscall, across=False)
 
 # --- helpers ---------------------------------------------------------------------
 

@@ -64,10 +64,12 @@ SYSTEM_ETC_FILES = (
 
 #: ``/etc`` directories shown whole: the loader's extra paths, public CA
 #: certificates (never ``/etc/ssl/private``), the alternatives symlink
-#: farm ``/usr/bin`` points into, terminal descriptions.
+#: farm ``/usr/bin`` points into, terminal descriptions, fontconfig's
+#: configuration (its ``conf.d`` links point into ``/usr/share/fontconfig``:
+#: :mod:`minikvm.sandbox.links` follows them there).
 SYSTEM_ETC_DIRECTORIES = (
     "/etc/ld.so.conf.d", "/etc/ssl/certs", "/etc/ca-certificates", "/etc/alternatives",
-    "/etc/terminfo",
+    "/etc/terminfo", "/etc/fonts",
 )
 
 #: Paths never shown, nor any directory that holds one (granting ``/etc``
