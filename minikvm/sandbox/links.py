@@ -38,6 +38,13 @@ from minikvm.sandbox.grants import MAXSYMLINKS, GrantTree, Refusal
 
 
 
+#: The most components one walk looks at.  A path is at most PATH_MAX
+#: (4096) bytes, so ~2048 components, and each of the MAXSYMLINKS links
+#: may splice in as many again; a walk longer than this is a guest making
+#: the host work, and ends hidden.
+MAX_STEPS = 8192
+
+
 def _look(tree: GrantTree, absolute: str) -> Optional[int]:
     """An ``O_PATH | O_NOFOLLOW`` fd on *absolute*, a path with no symlink
     before its last component, or None where the guest sees nothing."""
@@ -65,8 +72,11 @@ def follow_between_grants(tree: GrantTree, absolute: str, follow_last: bool) -> 
     if not pending:
         return None
     resolved = "/"
-    links = 0
+    links = steps = 0
     while pending:
+        steps += 1
+        if steps > MAX_STEPS:
+            return None
         name = pending.pop(0)
         if name == ".":
             continue
