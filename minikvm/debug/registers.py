@@ -29,7 +29,7 @@ import struct
 from dataclasses import dataclass, field
 
 from minikvm import ioctl as k
-from minikvm.debug.target import NUMBER, REGISTERS
+from minikvm.debug.target import REGISTERS
 
 #: FXSAVE area offsets (SDM Vol. 1, Table 10-2, 64-bit format).
 FXSAVE_FCW, FXSAVE_FSW, FXSAVE_FTW, FXSAVE_FOP = 0, 2, 4, 6

@@ -56,7 +56,7 @@ from minikvm.debug.memory import read_memory, write_memory
 from minikvm.debug.registers import (FXSAVE_SIZE, RegisterFile, fxsave_from_kvm_fpu,
                                      kvm_fpu_from_fxsave)
 from minikvm.debug.signals import to_gdb
-from minikvm.debug.stub import GdbStub, Resume
+from minikvm.debug.stub import GdbStub
 from minikvm.machine.crash import ExceptionFrame, describe_exception
 from minikvm.machine.machine import USER_RFLAGS_MASK
 from minikvm.machine.stops import ProcessKilled, RegistersLoaded, signal_status
