@@ -181,7 +181,7 @@ def wait_for_window(before: set[str], name: str) -> dict[str, str]:
 @needs_x
 @pytest.mark.skipif(shutil.which("xeyes") is None, reason="xeyes missing (apt-get install "
                     "x11-apps)")
-def test_xeyes_makes_a_window_that_follows_the_pointer():
+def test_xeyes_makes_a_window_and_a_sigterm_ends_it_and_its_server():
     before = nested_dirs()
     run = start_client("/usr/bin/xeyes")
     try:
