@@ -408,13 +408,21 @@ def _run_launched(options: argparse.Namespace, launched: "Launched",
     from minikvm.syscalls.trace import Tracer
     process, policy = launched.process, launched.policy
     process.threads.max_threads = options.max_threads
+    stream = trace_stream()
+    dispatcher = Dispatcher(process, Tracer(stream) if stream else None,  # type: ignore[arg-type]
+                            count=options.summary)
     from minikvm.tree.family import Family
     family = Family.start(options.max_processes, process.pgid, process.sid)
     process.family = family
     process.new_id = family.table.new_id
-    stream = trace_stream()
-    dispatcher = Dispatcher(process, Tracer(stream) if stream else None,  # type: ignore[arg-type]
-                            count=options.summary)
+    if dispatcher.tracer is not None:
+        # Once there are two processes, each line says whose it is (strace -f).
+        tracer = dispatcher.tracer
+
+        def name_the_pid() -> None:
+            tracer.prefix = f"[pid {process.pid}] "
+        family.on_fork.append(name_the_pid)
+        family.in_child.append(name_the_pid)
     sampler = None
     if options.flamegraph is not None:
         from minikvm.observe.sampler import DEFAULT_SAMPLE_HZ, Sampler
@@ -427,6 +435,7 @@ def _run_launched(options: argparse.Namespace, launched: "Launched",
             from minikvm.debug.session import DebugSession, accept
             session = DebugSession(process, dispatcher, accept(options.gdb_server,
                                                                options.program))
+            family.in_child.append(session.let_child_go)   # gdb follows the first process
         process.machine.forward_outside_signals().mailbox = family.mail
         if sampler is not None:
             sampler.start()

@@ -81,6 +81,8 @@ NSIG = 64
 SIG_DFL, SIG_IGN = 0, 1
 SIGKILL, SIGSEGV, SIGPIPE, SIGALRM, SIGSTOP = 9, 11, 13, 14, 19
 # sa_flags (include/uapi/asm-generic/signal-defs.h, arch/x86/include/uapi/asm/signal.h)
+SA_NOCLDSTOP = 0x0000_0001
+SA_NOCLDWAIT = 0x0000_0002
 SA_SIGINFO = 0x0000_0004
 SA_RESTORER = 0x0400_0000
 SA_ONSTACK = 0x0800_0000

@@ -28,8 +28,8 @@ import errno
 import os
 import signal
 import threading
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
 
 from minikvm.errors import SyscallError
 from minikvm.machine.outside import MAILBOX_SIGNAL
@@ -55,6 +55,12 @@ class Family:
     #: In a child made by vfork: the write end of the pipe its parent waits
     #: on, closed when it execs or ends; -1 otherwise.
     vfork_done: int = -1
+    #: Called in every new child, once its machine runs on its own VM: what
+    #: the parent's tools must undo there (a debugger's breakpoints).
+    in_child: list[Callable[[], None]] = field(default_factory=list)
+    #: Called at each fork in the parent and the child (with the parent's
+    #: pid), e.g. so that the trace starts naming pids.
+    on_fork: list[Callable[[], None]] = field(default_factory=list)
 
     @classmethod
     def start(cls, max_processes: int, pgid: int, sid: int) -> "Family":
@@ -91,6 +97,11 @@ class Family:
         watcher = threading.Thread(target=_end_with_the_first, args=(self.lifeline_read,),
                                    name="minikvm-lifeline", daemon=True)
         watcher.start()
+
+    def note_fork(self, parent: int) -> None:
+        """Run the :attr:`on_fork` hooks (just before the host's fork)."""
+        for hook in self.on_fork:
+            hook()
 
     def executed(self) -> None:
         """The process ran a new program (execve): if it is a vfork child,

@@ -51,6 +51,7 @@ from minikvm.process.threads import ThreadTable
 from minikvm.snapshot.cpu_state import CpuState
 from minikvm.snapshot.frozen import freeze_memory
 from minikvm.syscalls.signals import take_outside_signals
+from minikvm.tree.wait import children_reaped_by_themselves, reap_quietly
 
 if TYPE_CHECKING:
     from minikvm.process.process import Process, RunResult
@@ -75,6 +76,8 @@ def fork(proc: Process, *, stack: int = 0, vfork: bool = False, tls: int | None 
     family: Family | None = proc.family
     if family is None:
         raise proc.policy.refuse("fork")
+    if children_reaped_by_themselves(proc):
+        reap_quietly(family, proc)     # their records are free again, as Linux frees them
     pid = family.table.reserve(proc.pid, proc.pgid, proc.sid)
     frozen = done_read = done_write = -1
     try:
@@ -94,6 +97,7 @@ def fork(proc: Process, *, stack: int = 0, vfork: bool = False, tls: int | None 
             if fd >= 0:
                 os.close(fd)
         raise
+    family.note_fork(proc.pid)
     if host_pid == 0:
         if done_read >= 0:
             os.close(done_read)
@@ -152,6 +156,8 @@ def _become_child(proc: Process, pid: int, frozen: int, cpu: CpuState, cpuid: ob
         proc.alarm_deadline = None     # alarm(2) and setitimer(2) are not inherited
         proc.alarm_interval = 0.0
         proc.end_hook = lambda result: end_child(proc, result)
+        for hook in family.in_child:
+            hook()                     # a debugger lets the child go (minikvm.debug.session)
         vdso.write_data_page(proc)     # the new vCPU's TSC: a new clock line
         regs = machine.vcpu.run_state.s.regs.regs
         regs.rax = 0
