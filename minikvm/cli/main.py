@@ -412,9 +412,13 @@ def _run_launched(options: argparse.Namespace, launched: "Launched",
     dispatcher = Dispatcher(process, Tracer(stream) if stream else None,  # type: ignore[arg-type]
                             count=options.summary)
     from minikvm.tree.family import Family
-    family = Family.start(options.max_processes, process.pgid, process.sid)
+    from minikvm.tree.table import DEFAULT_SANDBOX_MEMORY
+    pool = process.mm.user_pool
+    family = Family.start(options.max_processes, process.pgid, process.sid, pool.used,
+                          options.memory or DEFAULT_SANDBOX_MEMORY)
     process.family = family
     process.new_id = family.table.new_id
+    pool.charge = family.charge     # --memory bounds the sandbox's processes together
     if dispatcher.tracer is not None:
         # Once there are two processes, each line says whose it is (strace -f).
         tracer = dispatcher.tracer

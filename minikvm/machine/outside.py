@@ -109,6 +109,23 @@ class OutsideSignals:
             os.close(self.wakeup_fd)
             self._write_fd = self.wakeup_fd = -1
 
+    def renew_after_fork(self, run_state: "kvm_run") -> None:
+        """In a host process just forked (:mod:`minikvm.tree.fork`): the
+        handlers stay — a signal arriving now must find them, never the
+        default action — but the wakeup pipe was the parent's, so a signal
+        to one would wake the other: this process gets a pipe of its own.
+        *run_state* is the new vCPU's ``kvm_run``.  What arrived before the
+        fork was the parent's; the mailbox is looked at once, in case a
+        signal was posted before this process knew its own pid."""
+        os.close(self._write_fd)
+        os.close(self.wakeup_fd)
+        self.wakeup_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        self.run_state = run_state
+        self.arrived[:] = bytes(len(self.arrived))
+        self.arrived[MAILBOX_SIGNAL] = 1
+        run_state.immediate_exit = 1
+
     @property
     def installed(self) -> bool:
         return self._write_fd >= 0

@@ -63,13 +63,13 @@ class Family:
     on_fork: list[Callable[[], None]] = field(default_factory=list)
 
     @classmethod
-    def start(cls, max_processes: int, pgid: int, sid: int) -> "Family":
+    def start(cls, max_processes: int, pgid: int, sid: int, memory: int,
+              memory_limit: int) -> "Family":
         """The tree of a new sandbox, with the calling process as its first
-        (pid :data:`~minikvm.tree.table.FIRST_PID`).  Before the walls go up:
-        ``prctl`` and the memfd need nothing from them, but a reader should
-        see the whole tree made in one place."""
+        (pid :data:`~minikvm.tree.table.FIRST_PID`), whose page pool holds
+        *memory* bytes; all processes together may hold *memory_limit*."""
         table = ProcessTable.create(max_processes, Record(FIRST_PID, os.getpid(), FIRST_PID - 1,
-                                                          pgid, sid))
+                                                          pgid, sid), memory, memory_limit)
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         return cls(table, FIRST_PID, FIRST_PID, read_end, write_end)
@@ -162,6 +162,11 @@ class Family:
                 os.kill(record.host_pid, MAILBOX_SIGNAL)
         except ProcessLookupError:
             pass                # it ended a moment ago
+
+    def charge(self, delta: int) -> bool:
+        """This process's page pool took or gave back *delta* bytes
+        (:attr:`PagePool.charge <minikvm.machine.pages.PagePool.charge>`)."""
+        return self.table.charge(self.pid, delta)
 
     def mail(self) -> int:
         """The signals others sent this process (for OutsideSignals.mailbox)."""

@@ -78,7 +78,7 @@ def fork(proc: Process, *, stack: int = 0, vfork: bool = False, tls: int | None 
         raise proc.policy.refuse("fork")
     if children_reaped_by_themselves(proc):
         reap_quietly(family, proc)     # their records are free again, as Linux frees them
-    pid = family.table.reserve(proc.pid, proc.pgid, proc.sid)
+    pid = family.table.reserve(proc.pid, proc.pgid, proc.sid, proc.mm.user_pool.used)
     frozen = done_read = done_write = -1
     try:
         share_pipes(proc)
@@ -128,18 +128,13 @@ def _become_child(proc: Process, pid: int, frozen: int, cpu: CpuState, cpuid: ob
     """The child's side of :func:`fork` (in the new host process)."""
     try:
         machine = proc.machine
-        # The wakeup pipe of the signals from outside is shared with the
-        # parent: a signal to one would wake the other.  Each has its own.
-        forwarding = machine.outside is not None
-        mailbox = machine.outside.mailbox if machine.outside is not None else None
-        machine.stop_forwarding()
         family: Family = proc.family
         family.become_child(pid)
         family.vfork_done = vfork_done
         machine.start_over_after_fork(frozen, cpuid)
         cpu.restore(machine)
-        if forwarding:
-            machine.forward_outside_signals().mailbox = mailbox
+        if machine.outside is not None:
+            machine.outside.renew_after_fork(machine.vcpu.run_state)
         proc.pid = pid
         # Only the calling thread goes on in the child, its tid the new pid.
         proc.threads = ThreadTable(pid, proc.threads.max_threads)
