@@ -88,6 +88,9 @@ class OutsideSignals:
         #: signals in it as a mask (bit n-1 for signal n); None when the
         #: process is alone (no process table).
         self.mailbox: Callable[[], int] | None = None
+        #: The signals the last :meth:`take` found in the mailbox (sent by
+        #: the sandbox's processes, not by the terminal or the user).
+        self.from_mailbox: list[int] = []
 
     # -- installing -------------------------------------------------------------------
     def install(self) -> None:
@@ -155,11 +158,12 @@ class OutsideSignals:
             if self.arrived[sig]:
                 self.arrived[sig] = 0   # a new one arriving now sets it again: not lost
                 taken.append(int(sig))
+        self.from_mailbox = []
         if self.arrived[MAILBOX_SIGNAL]:
             self.arrived[MAILBOX_SIGNAL] = 0
             mail = self.mailbox() if self.mailbox is not None else 0
-            taken += [sig for sig in range(1, signal.NSIG)
-                      if mail >> (sig - 1) & 1 and sig not in taken]
+            self.from_mailbox = [sig for sig in range(1, signal.NSIG) if mail >> (sig - 1) & 1]
+            taken += [sig for sig in self.from_mailbox if sig not in taken]
             taken.sort()
         return taken
 

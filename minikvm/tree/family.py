@@ -55,6 +55,9 @@ class Family:
     #: In a child made by vfork: the write end of the pipe its parent waits
     #: on, closed when it execs or ends; -1 otherwise.
     vfork_done: int = -1
+    #: The first process's process group: the terminal's foreground until a
+    #: process of the sandbox makes another one the foreground (tcsetpgrp).
+    root_group: int = FIRST_PID
     #: Called in every new child, once its machine runs on its own VM: what
     #: the parent's tools must undo there (a debugger's breakpoints).
     in_child: list[Callable[[], None]] = field(default_factory=list)
@@ -72,7 +75,7 @@ class Family:
                                                           pgid, sid), memory, memory_limit)
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-        return cls(table, FIRST_PID, FIRST_PID, read_end, write_end)
+        return cls(table, FIRST_PID, FIRST_PID, read_end, write_end, root_group=pgid)
 
     @property
     def is_root(self) -> bool:
@@ -157,11 +160,31 @@ class Family:
             return
         try:
             if sig in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT):
+                if sig == signal.SIGSTOP:
+                    self.table.note_stop(record.pid, sig)
                 os.kill(record.host_pid, sig)
             elif self.table.post(record.pid, sig) is not None:
                 os.kill(record.host_pid, MAILBOX_SIGNAL)
         except ProcessLookupError:
             pass                # it ended a moment ago
+
+    def in_background(self, pgid: int) -> bool:
+        """Whether a process of group *pgid* is not the terminal's foreground
+        group: Ctrl-C, Ctrl-\\ and Ctrl-Z are the foreground's only."""
+        foreground = self.table.foreground()
+        return foreground != 0 and foreground != pgid
+
+    def stop(self, sig: int) -> None:
+        """A child's guest stops by *sig* (SIGTSTP, SIGTTIN, SIGTTOU,
+        SIGSTOP): its host process stops until a SIGCONT.  By SIGSTOP,
+        whatever *sig* was: the sandbox's host processes form one host
+        process group whose leader's parent may be in another session (a
+        terminal emulator's shell), which makes it "orphaned", and Linux
+        discards the other stop signals in an orphaned group.  The table
+        keeps *sig* for the parent's wait4 (WSTOPSIG)."""
+        self.table.note_stop(self.pid, sig)
+        os.kill(os.getpid(), signal.SIGSTOP)      # returns once continued
+        self.table.note_stop(self.pid, 0)
 
     def charge(self, delta: int) -> bool:
         """This process's page pool took or gave back *delta* bytes

@@ -16,11 +16,13 @@ The layout is one header and :data:`RECORD` records, little-endian::
              u32 capacity      how many records (--max-processes)
              u64 memory_used   what the processes' guest memory pools hold together
              u64 memory_limit  the most they may hold together (--memory)
+             i32 foreground    the terminal's foreground group (0: the first process's)
+             u32 (padding)
     record   i32 pid           0: a free record
              i32 host_pid      the host process that runs it (0 until the fork returned)
              i32 ppid          its parent's pid, as getppid(2) reports it
              i32 pgid, sid     its process group and session
-             u32 (padding)
+             u32 stop_signal   the signal it last stopped by (SIGTSTP …; see Family.stop)
              u64 mailbox       signals other processes sent it, bit n-1 for signal n
              u64 memory        what its guest memory pool holds (part of memory_used)
 
@@ -50,9 +52,9 @@ from dataclasses import dataclass
 
 from minikvm.errors import SyscallError
 
-#: next_id, capacity, memory_used, memory_limit
-HEADER = struct.Struct("<IIQQ")
-#: pid, host_pid, ppid, pgid, sid, padding, mailbox, memory
+#: next_id, capacity, memory_used, memory_limit, foreground, padding
+HEADER = struct.Struct("<IIQQiI")
+#: pid, host_pid, ppid, pgid, sid, stop_signal, mailbox, memory
 RECORD = struct.Struct("<iiiiiIQQ")
 #: The first process's pid (what :class:`~minikvm.process.process.Process` gives it).
 FIRST_PID = 1000
@@ -99,7 +101,7 @@ class ProcessTable:
         fd = os.memfd_create("minikvm-processes", os.MFD_CLOEXEC)
         os.ftruncate(fd, HEADER.size + capacity * RECORD.size)
         table = cls(fd, capacity)
-        HEADER.pack_into(table._map, 0, first.pid + 1, capacity, memory, memory_limit)
+        HEADER.pack_into(table._map, 0, first.pid + 1, capacity, memory, memory_limit, 0, 0)
         table._write(0, first)
         table._set_field(0, 7, memory)
         return table
@@ -124,7 +126,7 @@ class ProcessTable:
         """Write *record*'s fields, keeping the mailbox and the memory."""
         fields = list(RECORD.unpack_from(self._map, self._offset(index)))
         if fields[0] != record.pid:
-            fields[6] = fields[7] = 0          # a new record starts empty
+            fields[5] = fields[6] = fields[7] = 0          # a new record starts empty
         fields[:5] = record.pid, record.host_pid, record.ppid, record.pgid, record.sid
         RECORD.pack_into(self._map, self._offset(index), *fields)
 
@@ -139,10 +141,11 @@ class ProcessTable:
     def _add_memory(self, delta: int) -> bool:
         """Add *delta* to the total (the lock is held); False, changing
         nothing, when a positive one would pass the limit."""
-        next_id, capacity, used, limit = HEADER.unpack_from(self._map, 0)
-        if delta > 0 and used + delta > limit:
+        fields = list(HEADER.unpack_from(self._map, 0))
+        if delta > 0 and fields[2] + delta > fields[3]:
             return False
-        HEADER.pack_into(self._map, 0, next_id, capacity, max(0, used + delta), limit)
+        fields[2] = max(0, fields[2] + delta)
+        HEADER.pack_into(self._map, 0, *fields)
         return True
 
     def _index(self, pid: int) -> int | None:
@@ -157,11 +160,13 @@ class ProcessTable:
 
     def _new_id(self) -> int:
         """The next free pid/tid (the lock is held): one no record uses."""
-        next_id, capacity, used, limit = HEADER.unpack_from(self._map, 0)
+        fields = list(HEADER.unpack_from(self._map, 0))
+        next_id = fields[0]
         in_use = {record.pid for record in self._records()}
         while next_id in in_use or next_id <= FIRST_PID:
             next_id = next_id + 1 if FIRST_PID < next_id < PID_MAX else FIRST_PID + 1
-        HEADER.pack_into(self._map, 0, next_id + 1, capacity, used, limit)
+        fields[0] = next_id + 1
+        HEADER.pack_into(self._map, 0, *fields)
         return next_id
 
     # -- what the processes ask ---------------------------------------------------------
@@ -238,6 +243,31 @@ class ProcessTable:
                 return False
             self._set_field(index, 7, max(0, self._field(index, 7) + delta))
             return True
+
+    def note_stop(self, pid: int, sig: int) -> None:
+        """*pid* is stopping by *sig* (its host process stops by SIGSTOP)."""
+        with self:
+            index = self._index(pid)
+            if index is not None:
+                self._set_field(index, 5, sig)
+
+    def stop_signal(self, pid: int) -> int:
+        """The signal *pid* last stopped by, as :meth:`note_stop` noted it (0: none)."""
+        with self:
+            index = self._index(pid)
+            return 0 if index is None else self._field(index, 5)
+
+    def foreground(self) -> int:
+        """The terminal's foreground process group as the guest set it
+        (``tcsetpgrp``); 0 until a process sets one."""
+        with self:
+            return HEADER.unpack_from(self._map, 0)[4]
+
+    def set_foreground(self, pgid: int) -> None:
+        with self:
+            fields = list(HEADER.unpack_from(self._map, 0))
+            fields[4] = pgid
+            HEADER.pack_into(self._map, 0, *fields)
 
     def memory_used(self) -> int:
         """What the sandbox's pools hold together."""

@@ -131,6 +131,15 @@ def _nap(proc: Process) -> None:
         raise SyscallError(errno.EINTR, "interrupted: the run is being stopped")
 
 
+def _reported_status(family: Family, record: Record, info: os.waitid_result) -> int:
+    """The host's si_status, except for a stop: a child stops its host
+    process by SIGSTOP whatever the guest's signal was
+    (:meth:`Family.stop <minikvm.tree.family.Family.stop>`), which the table kept."""
+    if info.si_code == CLD_STOPPED:
+        return family.table.stop_signal(record.pid) or info.si_status
+    return info.si_status
+
+
 def children_reaped_by_themselves(proc: Process) -> bool:
     """Whether the caller's children leave no zombie: SIGCHLD is ignored
     (SIG_IGN) or its action has SA_NOCLDWAIT, as POSIX.1-2001 says."""
@@ -170,7 +179,8 @@ def wait4(family: Family, proc: Process, pid: int, status: int, options: int,
         return 0
     record, info = found
     if status:
-        proc.mm.write_struct(status, "<i", status_word(info.si_code, info.si_status))
+        proc.mm.write_struct(status, "<i", status_word(info.si_code,
+                                                       _reported_status(family, record, info)))
     if usage:
         proc.mm.write(usage, bytes(RUSAGE_SIZE))
     return record.pid
@@ -195,7 +205,8 @@ def waitid(family: Family, proc: Process, kind: int, ident: int, info: int, opti
         else:
             record, result = found
             proc.mm.write(info, SIGINFO_CHLD.pack(signal.SIGCHLD, 0, result.si_code, 0,
-                                                  record.pid, os.getuid(), result.si_status,
+                                                  record.pid, os.getuid(),
+                                                  _reported_status(family, record, result),
                                                   0, 0, 0).ljust(SIGINFO_SIZE, b"\0"))
     if usage:
         proc.mm.write(usage, bytes(RUSAGE_SIZE))
