@@ -419,6 +419,19 @@ def _run_launched(options: argparse.Namespace, launched: "Launched",
     process.family = family
     process.new_id = family.table.new_id
     pool.charge = family.charge     # --memory bounds the sandbox's processes together
+    tree_summary = None
+    if dispatcher.counts is not None:
+        from minikvm.tree.summary import TreeSummary
+        tree_summary = TreeSummary()
+        counts = dispatcher.counts
+
+        def count_anew() -> None:
+            counts.clear()          # a child counts its own calls only
+
+        def hand_on_counts() -> None:
+            tree_summary.add(counts)
+        family.in_child.append(count_anew)
+        family.at_end.append(hand_on_counts)
     if dispatcher.tracer is not None:
         # Once there are two processes, each line says whose it is (strace -f).
         tracer = dispatcher.tracer
@@ -474,6 +487,8 @@ def _run_launched(options: argparse.Namespace, launched: "Launched",
             from minikvm.machine.crash import register_dump
             print(register_dump(process.machine.vcpu.run_state.s.regs.regs), file=sys.stderr)
     if options.summary and dispatcher.counts is not None:
+        if tree_summary is not None:
+            tree_summary.merge_into(dispatcher.counts)     # the children's calls too
         print(format_summary(dispatcher.counts), file=sys.stderr)
     if options.audit:
         print(policy.summary(), file=sys.stderr)

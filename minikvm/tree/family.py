@@ -61,6 +61,9 @@ class Family:
     #: Called in every new child, once its machine runs on its own VM: what
     #: the parent's tools must undo there (a debugger's breakpoints).
     in_child: list[Callable[[], None]] = field(default_factory=list)
+    #: Called in a child whose guest ended, before its host process ends
+    #: (what it must hand on: its part of ``--summary``).
+    at_end: list[Callable[[], None]] = field(default_factory=list)
     #: Called at each fork in the parent and the child (with the parent's
     #: pid), e.g. so that the trace starts naming pids.
     on_fork: list[Callable[[], None]] = field(default_factory=list)

@@ -172,6 +172,8 @@ def end_child(proc: Process, result: RunResult) -> NoReturn:
     try:
         family: Family = proc.family
         family.table.reparent(proc.pid, family.root_pid)
+        for hook in family.at_end:
+            hook()
         sys.stdout.flush()
         sys.stderr.flush()
         if result.signal is not None:
