@@ -83,9 +83,12 @@ def main() -> int:
         # --- step: family ---
         policy = Policy(read=[scratch])              # execve needs to reach the program
         process = Process.spawn(program, [program], {}, policy)
-        family = Family.start(max_processes=8, pgid=process.pgid, sid=process.sid)
+        pool = process.mm.user_pool
+        family = Family.start(max_processes=8, pgid=process.pgid, sid=process.sid,
+                              memory=pool.used, memory_limit=256 << 20)
         process.family = family                      # now fork makes a second process
         process.new_id = family.table.new_id         # pids unique in the whole sandbox
+        pool.charge = family.charge                  # all processes share one memory budget
         process.machine.forward_outside_signals().mailbox = family.mail   # SIGCHLD wakes wait
         # --- end: family ---
 
