@@ -38,6 +38,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+import signal
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
@@ -176,7 +177,9 @@ def end_child(proc: Process, result: RunResult) -> NoReturn:
             hook()
         sys.stdout.flush()
         sys.stderr.flush()
-        if result.signal is not None:
+        if result.signal in (signal.SIGKILL, signal.SIGSTOP):
+            os.kill(os.getpid(), signal.SIGKILL)    # no handler to put back first
+        elif result.signal is not None:
             raise_on_self(result.signal)
     finally:
         os._exit(result.exit_status & 0xFF)
@@ -209,8 +212,9 @@ def share_pipes(proc: Process) -> None:
             read_fd, write_fd = pipes[id(pipe)]
             host_fd = os.dup(write_fd if end.writing else read_fd)
             replaced[id(end)] = HostFile(host_fd, f"pipe:[{pipe.number}]", end.status_flags)
-        references = proc.fds.references.pop(id(end), 0)
-        proc.fds.references[id(replaced[id(end)])] = references
+            # dup'd fds share the end: its count of fds moves once, whole
+            count = proc.fds.references.pop(id(end))
+            proc.fds.references[id(replaced[id(end)])] = count
         entry.file = replaced[id(end)]
     for read_fd, write_fd in pipes.values():
         os.close(read_fd)

@@ -24,11 +24,13 @@ import os
 import select
 import signal
 import struct
+import time
 from typing import TYPE_CHECKING
 
 from minikvm.errors import SyscallError
-from minikvm.syscalls.signals import (ERESTARTSYS, SA_NOCLDWAIT, SIG_IGN, action_of, deliver_due_alarm, ready,
-                                      take_outside_signals)
+from minikvm.process import threads
+from minikvm.syscalls.signals import (ERESTARTSYS, SA_NOCLDWAIT, SIG_IGN, action_of,
+                                      deliver_due_alarm, ready, sleep, take_outside_signals)
 from minikvm.tree.table import Record
 
 if TYPE_CHECKING:
@@ -107,7 +109,23 @@ def wait_child(family: Family, proc: Process, kind: int,
             return record, info
         if options & WNOHANG:
             return None
-        _nap(proc)
+        if len(proc.threads) > 1:
+            _wait_beside_threads(proc)
+        else:
+            _nap(proc)
+
+
+def _wait_beside_threads(proc: Process) -> None:
+    """With other threads, a wait must not stop the host: they may be what
+    the child waits for (Go feeds a child's stdin from one goroutine while
+    another waits for it).  The calling thread waits as a read of a host fd
+    does (:func:`~minikvm.process.threads.retry_after_others`): it makes the
+    call again when the wakeup fd says a signal came — a child's SIGCHLD —
+    or a slice has passed (a stop or a continue sends no byte there either)."""
+    outside = proc.machine.outside
+    watch = ((outside.wakeup_fd, select.POLLIN),) if outside is not None else ()
+    threads.retry_after_others(proc, "wait for a child", lambda seconds: sleep(proc, seconds),
+                               watch=watch, wake_at=time.monotonic() + WAIT_SLICE_SECONDS)
 
 
 def _nap(proc: Process) -> None:
