@@ -12,8 +12,10 @@
  *   processes echo WORDS...   print WORDS, exit 0
  *   processes exit N          exit N
  *   processes term            kill itself with SIGTERM
+ *   processes kill9           kill itself with SIGKILL
  *   processes wait-fd FD N    read FD until end of file, then exit N
  *   processes sum             read stdin to its end, print "COUNT SUM"
+ *   processes count           read stdin to its end, exit with the count of bytes
  *   processes produce N       write N bytes (i * 7 % 251) to stdout
  *
  * stdout is unbuffered, so that no fork copies unwritten output and a
@@ -21,6 +23,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -89,6 +92,10 @@ static int child_main(int argc, char **argv)
         kill(getpid(), SIGTERM);
         return 99;                    /* not reached: SIGTERM's default ends it */
     }
+    if (strcmp(mode, "kill9") == 0) {
+        kill(getpid(), SIGKILL);
+        return 99;                    /* not reached */
+    }
     if (strcmp(mode, "wait-fd") == 0 && argc > 3) {
         char c;
         while (read(atoi(argv[2]), &c, 1) > 0)
@@ -104,6 +111,13 @@ static int child_main(int argc, char **argv)
                 sum = sum * 31 + buffer[i];
         printf("%lu %lu\n", count, sum);
         return 0;
+    }
+    if (strcmp(mode, "count") == 0) {
+        char c;
+        int count = 0;
+        while (read(0, &c, 1) > 0)
+            count++;
+        return count & 0xff;
     }
     if (strcmp(mode, "produce") == 0 && argc > 2) {
         long total = atol(argv[2]);
@@ -155,6 +169,8 @@ static void spawn_statuses(void)
     wait_for(spawn(seven, NULL), "exit 7");
     char *term[] = {self, "term", NULL};
     wait_for(spawn(term, NULL), "SIGTERM");
+    char *kill9[] = {self, "kill9", NULL};
+    wait_for(spawn(kill9, NULL), "SIGKILL (itself)");
     /* the child's stdout made a pipe by the file actions */
     int fds[2];
     if (pipe(fds) < 0)
@@ -404,6 +420,46 @@ static void large_pipes(void)
     wait_for(pid, "producing child");
 }
 
+/* The main thread waits for a child that reads its stdin to the end,
+ * while a second thread is still to write it: the wait must leave the
+ * other thread running (Go's os/exec feeds a child's stdin this way). */
+static int feed_fd;
+static void *feeder(void *unused)
+{
+    (void)unused;
+    sleep_ms(100);
+    for (int i = 0; i < 3; i++)
+        if (write(feed_fd, "abc", 3) != 3)
+            break;
+    close(feed_fd);
+    return NULL;
+}
+
+static void wait_in_a_thread(void)
+{
+    printf("wait-beside-a-thread:\n");
+    int in[2];
+    if (pipe(in) < 0)
+        fail("pipe");
+    pid_t pid = fork();
+    if (pid < 0)
+        fail("fork");
+    if (pid == 0) {
+        dup2(in[0], 0);
+        close(in[0]);
+        close(in[1]);
+        execl(self, self, "count", (char *)NULL);
+        _exit(127);
+    }
+    close(in[0]);
+    feed_fd = in[1];
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, feeder, NULL) != 0)
+        fail("pthread_create");
+    wait_for(pid, "child fed by the other thread");
+    pthread_join(thread, NULL);
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IONBF, 0);
@@ -417,5 +473,6 @@ int main(int argc, char **argv)
     signal_child();
     vfork_exec();
     large_pipes();
+    wait_in_a_thread();
     return 0;
 }
