@@ -16,9 +16,11 @@ archive, ``make``'s targets, ``gcc``'s ``a.out``):
   (``busybox-static``), static bash (``bash-static``), Debian's dash
   (``/bin/sh``) and dynamic ``/bin/bash``;
 * ``tests/programs/processes.c`` built for glibc and musl: ``posix_spawn``
-  (``CLONE_VM|CLONE_VFORK``), exit and signal statuses, fork + exec +
-  ``wait4(WNOHANG)``, ``waitid(P_ALL)``, ``getppid``, ``kill`` of a child
-  with a handler, ``vfork``, pipes carrying more than 64 KiB;
+  (``CLONE_VM|CLONE_VFORK``), exit and signal statuses (a child's own
+  SIGKILL included), fork + exec + ``wait4(WNOHANG)``, ``waitid(P_ALL)``,
+  ``getppid``, ``kill`` of a child with a handler, ``vfork``, pipes
+  carrying more than 64 KiB, and a wait in one thread while another
+  thread feeds the child (what Go's ``os/exec`` does);
 * Go's ``os/exec`` (``tests/programs/go/exec.go``), ``make`` with a
   two-rule Makefile, ``gcc -O1`` compiling and running a program inside
   the sandbox, Python's ``subprocess.run``.
@@ -189,8 +191,8 @@ SHELLS = {
     "dash": ([DASH, "-c"], DASH, "dash"),
     "bash": ([BASH, "-c"], BASH, "bash"),
 }
-#: What every shell runs; the dynamic shells the lot too, but in fewer
-#: runs: each script is one minikvm start and a few forks.
+#: Every script under every shell: each is one minikvm start and a few
+#: forks (about a second in all, native run included).
 SHELL_CASES = [(shell, script) for shell in SHELLS for script in SCRIPTS]
 
 
