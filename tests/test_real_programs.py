@@ -26,6 +26,7 @@ A missing package skips its cases and names the package.
 
 from __future__ import annotations
 
+import re
 import shutil
 import stat
 import subprocess

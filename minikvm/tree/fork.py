@@ -47,7 +47,7 @@ from minikvm.errors import SyscallError
 from minikvm.machine.outside import raise_on_self
 from minikvm.machine.stops import RegistersLoaded
 from minikvm.process import vdso
-from minikvm.process.fdtable import HostFile, PipeEnd
+from minikvm.process.fdtable import EpollFile, PipeEnd, SharedPipeEnd
 from minikvm.process.threads import ThreadTable
 from minikvm.snapshot.cpu_state import CpuState
 from minikvm.snapshot.frozen import freeze_memory
@@ -211,7 +211,8 @@ def share_pipes(proc: Process) -> None:
                 pipes[id(pipe)] = (read_fd, write_fd)
             read_fd, write_fd = pipes[id(pipe)]
             host_fd = os.dup(write_fd if end.writing else read_fd)
-            replaced[id(end)] = HostFile(host_fd, f"pipe:[{pipe.number}]", end.status_flags)
+            replaced[id(end)] = SharedPipeEnd(host_fd, f"pipe:[{pipe.number}]",
+                                              end.status_flags)
             # dup'd fds share the end: its count of fds moves once, whole
             count = proc.fds.references.pop(id(end))
             proc.fds.references[id(replaced[id(end)])] = count
@@ -219,6 +220,11 @@ def share_pipes(proc: Process) -> None:
     for read_fd, write_fd in pipes.values():
         os.close(read_fd)
         os.close(write_fd)
+    # An epoll watches files, not numbers (Linux's epitem holds the struct file).
+    for entry in proc.fds.entries.values():
+        if isinstance(entry.file, EpollFile):
+            for item in entry.file.interest.values():
+                item.file = replaced.get(id(item.file), item.file)
 
 
 def _fill(write_fd: int, data: bytes) -> None:
