@@ -345,9 +345,7 @@ def test_snapshot_save_of_a_malformed_elf_leaves_the_output_alone(tmp_path, outs
     output.write_bytes(b"an older snapshot")
     status, _, stderr = finish(python(SNAPSHOT_WITH_PROBE, outside, tmp_path,
                                       "save", "-o", output, path))
-    # fork=allowed: a guest process's fork is a host fork (minikvm.tree.fork);
-    # execve stays refused (tests/test_seccomp.py)
-    assert stderr.splitlines() == ["probe parse: seccomp=2 landlock=denied fork=allowed",
+    assert stderr.splitlines() == ["probe parse: seccomp=2 landlock=denied fork=denied",
                                    f"minikvm: {expected.value}"]
     assert status == 1
     assert [p.name for p in output.parent.iterdir()] == ["kept.snap"]

@@ -28,6 +28,7 @@ import errno
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
     from minikvm.process.process import Process
 
 PR_SET_CHILD_SUBREAPER = 36     # linux/prctl.h
+#: end_all's rounds, and the pause after a round that found a fork under way.
+END_ALL_ROUNDS = 100
+END_ALL_PAUSE_SECONDS = 0.002
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -214,20 +218,31 @@ class Family:
     def end_all(self) -> None:
         """The first process ended: every other process of the sandbox ends
         too, at once (SIGKILL, as ``bwrap --die-with-parent`` does), and is
-        reaped, so that nothing of the sandbox outlives ``minikvm run``."""
-        for record in self.others():
-            if record.host_pid > 0:
-                try:
-                    os.kill(record.host_pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        for record in self.others():
-            if record.host_pid > 0:
+        reaped, so that nothing of the sandbox outlives ``minikvm run``.
+        No new process may start meanwhile (:meth:`ProcessTable.close_doors`);
+        one whose fork was under way when the doors closed is waited for
+        until its host pid is known — briefly: the lifeline ends it anyway."""
+        self.table.close_doors()
+        for _ in range(END_ALL_ROUNDS):
+            others = self.others()
+            if not others:
+                break
+            for record in others:
+                if record.host_pid > 0:
+                    try:
+                        os.kill(record.host_pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            for record in others:
+                if record.host_pid <= 0:
+                    continue
                 try:
                     os.waitpid(record.host_pid, 0)
                 except ChildProcessError:
-                    pass        # another process's child that we could not adopt yet
-            self.table.remove(record.pid)
+                    pass    # another process's child, not adopted yet: it dies all the same
+                self.table.remove(record.pid)
+            if any(record.host_pid <= 0 for record in others):
+                time.sleep(END_ALL_PAUSE_SECONDS)
         if self.lifeline_write >= 0:
             os.close(self.lifeline_write)
             self.lifeline_write = -1

@@ -17,7 +17,7 @@ The layout is one header and :data:`RECORD` records, little-endian::
              u64 memory_used   what the processes' guest memory pools hold together
              u64 memory_limit  the most they may hold together (--memory)
              i32 foreground    the terminal's foreground group (0: the first process's)
-             u32 (padding)
+             u32 closed        1 once the sandbox is ending: no new process
     record   i32 pid           0: a free record
              i32 host_pid      the host process that runs it (0 until the fork returned)
              i32 ppid          its parent's pid, as getppid(2) reports it
@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 from minikvm.errors import SyscallError
 
-#: next_id, capacity, memory_used, memory_limit, foreground, padding
+#: next_id, capacity, memory_used, memory_limit, foreground, closed
 HEADER = struct.Struct("<IIQQiI")
 #: pid, host_pid, ppid, pgid, sid, stop_signal, mailbox, memory
 RECORD = struct.Struct("<iiiiiIQQ")
@@ -182,6 +182,8 @@ class ProcessTable:
         EAGAIN when every record is in use (``--max-processes``), ENOMEM
         when the copy would pass the memory limit."""
         with self:
+            if HEADER.unpack_from(self._map, 0)[5]:
+                raise SyscallError(errno.EAGAIN, "the sandbox is ending: no new process")
             for index in range(self.capacity):
                 if self._read(index) is None:
                     if not self._add_memory(memory):
@@ -256,6 +258,14 @@ class ProcessTable:
         with self:
             index = self._index(pid)
             return 0 if index is None else self._field(index, 5)
+
+    def close_doors(self) -> None:
+        """The sandbox is ending: from now on :meth:`reserve` refuses
+        (EAGAIN), so that no process is made while the others are killed."""
+        with self:
+            fields = list(HEADER.unpack_from(self._map, 0))
+            fields[5] = 1
+            HEADER.pack_into(self._map, 0, *fields)
 
     def foreground(self) -> int:
         """The terminal's foreground process group as the guest set it
