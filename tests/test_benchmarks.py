@@ -122,6 +122,24 @@ def test_serve_and_its_native_baselines_or_a_reason(report: dict) -> None:
             assert report[f"{backend}{level}_p50_ms"] <= report[f"{backend}{level}_p99_ms"]
 
 
+def test_processes_are_measured_beside_native_and_the_peers(report: dict) -> None:
+    """fork+exec+wait and the shell loop (issue 13) natively and under every
+    sandbox that can start a child; one that cannot says why."""
+    runners = ["native", "minikvm"] + [peer for peer in ("bwrap", "gvisor")
+                                       if peer not in report["skipped"]]
+    for runner in runners:
+        for measure in ("fork_exec_wait", "shell_loop", "shell_loop_total"):
+            figure = (f"{measure}_native_ms" if runner == "native" else
+                      f"{measure}_ms" if runner == "minikvm" else f"{runner}_{measure}_ms")
+            if figure not in report:
+                reason = report["skipped"].get(figure.replace("_total", ""), "")
+                assert "fork" in reason, f"{figure} is missing without a reason: {reason!r}"
+                continue
+            assert isinstance(report[figure], float), figure
+            if measure != "shell_loop":   # a difference of two wall times may be noise
+                assert report[figure] > 0, f"{figure} = {report[figure]}"
+
+
 def test_peers_are_measured_or_skipped_with_a_reason(report: dict) -> None:
     if shutil.which("qemu-x86_64"):
         for key in QEMU:
