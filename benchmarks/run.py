@@ -44,7 +44,8 @@ after requests dirtying 0, 1, 16, 256 and 4096 pages, with both reset
 mechanisms; a snapshot file's save and load) and ``minikvm serve`` by
 ``serve_bench.py`` (a load generator at 1 and 4 concurrent clients, against
 a native CGI server running the same handler in the same run), each in a
-process of its own.
+process of its own.  Where a guest's fork+exec+wait spends its time, step by
+step, is ``fork_breakdown.py``'s to say (a profile, not part of this run).
 
 Peers, when installed: Debian's qemu-user (``qemu-x86_64``; install it with
 ``apt-get install qemu-user``) and gVisor (``runsc``).  Neither is
