@@ -2,7 +2,7 @@
 
 ::
 
-    python benchmarks/fork_breakdown.py [ITERATIONS]     # default 50
+    python benchmarks/fork_breakdown.py [--json] [ITERATIONS]     # default 50
 
 Builds ``fork_exec_wait.c`` and ``true_static.c`` (as run.py does), runs
 ``minikvm run fork_exec_wait true_static ITERATIONS 1`` in a process of
@@ -21,11 +21,14 @@ the host pid.  The first fork (the program's warm-up) is left out.
 
 This is a profile for reading, not a benchmark: run.py's
 ``fork_exec_wait_ms`` is the figure, measured beside native and gVisor.
+run.py runs it once (``--json``) for the steps' means, ``fork_step_KEY_ms``
+with the keys of :data:`TIMELINE`, that the performance page draws.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import statistics
 import subprocess
@@ -58,16 +61,16 @@ MOMENTS = (
     ("wait4 returned", "minikvm.tree.family", "Family.wait4", "end"),
 )
 #: The stretches between consecutive moments (the last one: from wait4's
-#: return to the next fork).
+#: return to the next fork): (key, what).
 TIMELINE = (
-    "parent: the fork's copies (pipes, vCPU state, memory)",
-    "host fork, until the child runs",
-    "child: join the tree, a VM of its own, registers, vDSO",
-    "child: the guest until execve, execve's arguments",
-    "child: exec (find, check, parse, load)",
-    "child: true_static runs in the sandbox",
-    "child's host process ends; the parent's wait4 wakes",
-    "parent: back in the guest, to the next fork",
+    ("copies", "parent: the fork's copies (pipes, vCPU state, memory)"),
+    ("host_fork", "host fork, until the child runs"),
+    ("child_vm", "child: join the tree, a VM of its own, registers, vDSO"),
+    ("to_exec", "child: the guest until execve, execve's arguments"),
+    ("exec", "child: exec (find, check, parse, load)"),
+    ("child_run", "child: true_static runs in the sandbox"),
+    ("child_exit", "child's host process ends; the parent's wait4 wakes"),
+    ("back", "parent: back in the guest, to the next fork"),
 )
 #: Calls timed on their own: (what, module, function or Class.method, and
 #: the call they are counted within — "" for every call).
@@ -194,7 +197,11 @@ def stretches(moments: dict[str, list[tuple[float, str]]]) -> list[list[float]]:
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--inside":
         return inside(sys.argv[2:])
-    iterations = int(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_ITERATIONS
+    arguments = sys.argv[1:]
+    as_json = "--json" in arguments
+    arguments = [argument for argument in arguments if argument != "--json"]
+    # Three at least: the warm-up and the last fork are not counted.
+    iterations = max(3, int(arguments[0])) if arguments else DEFAULT_ITERATIONS
     with tempfile.TemporaryDirectory(prefix="minikvm-fork-breakdown-") as directory:
         scratch = Path(directory)
         data = scratch / "data"
@@ -223,9 +230,13 @@ def main() -> int:
     rows = stretches(moments)
     steps = [statistics.mean(column) * 1000 for column in zip(*rows)]
     whole = measured[0]
+    if as_json:
+        print(json.dumps({"fork_exec_wait_ms": whole, "forks": len(rows),
+                          "steps_ms": {key: value for (key, _), value in zip(TIMELINE, steps)}}))
+        return 0
     print(f"minikvm run fork_exec_wait true_static {iterations} 1: {whole:.3f} ms per "
           f"fork+exec+wait; the steps of {len(rows)} of them, mean ms (share of the sum):")
-    for what, milliseconds in zip(TIMELINE, steps):
+    for (_, what), milliseconds in zip(TIMELINE, steps):
         print(f"  {what:58} {milliseconds:8.3f}  {milliseconds / sum(steps):6.1%}")
     print(f"  {'the sum':58} {sum(steps):8.3f}")
     print("calls within the steps, mean ms per call (calls):")

@@ -673,6 +673,33 @@ def bench_processes(programs: dict[str, Path], sizes: Sizes, runners: dict[str, 
         results.ratio(f"{measure}_gvisor_ratio", f"{measure}_ms", f"gvisor_{measure}_ms")
 
 
+#: fork_breakdown.py's steps of a fork+exec+wait, in order (its TIMELINE's keys).
+FORK_STEPS = ("copies", "host_fork", "child_vm", "to_exec", "exec", "child_run", "child_exit",
+              "back")
+
+
+def bench_fork_steps(sizes: Sizes, scratch: Path, results: Results) -> None:
+    """Where minikvm's fork+exec+wait goes: ``fork_breakdown.py`` once, over
+    ``spawn_iterations`` forks, gives ``fork_step_KEY_ms`` for each key of
+    FORK_STEPS — the mean of each step of the relay between the two host
+    processes (its docstring says which is which); they add up to about
+    ``fork_exec_wait_ms``.  Skipped, with the reason, when minikvm did not
+    fork, or when the profile cannot run (its timers name minikvm's
+    functions: a renamed one is a skip, not a failed run)."""
+    if "fork_exec_wait_ms" not in results.figures:
+        results.skipped["fork_steps"] = "minikvm did not fork (see fork_exec_wait_ms)"
+        return
+    _, output, problem = attempt([sys.executable, str(BENCHMARKS_DIR / "fork_breakdown.py"),
+                                  "--json", str(sizes.spawn_iterations)],
+                                 minikvm_environment(scratch))
+    if problem:
+        results.skipped["fork_steps"] = f"fork_breakdown.py failed: {problem}"
+        return
+    steps = json.loads(output)["steps_ms"]
+    for step in FORK_STEPS:
+        results.derived[f"fork_step_{step}_ms"] = steps[step]
+
+
 def bench_snapshot(programs: dict[str, Path], sizes: Sizes, scratch: Path,
                    results: Results) -> None:
     """Fork, reset and snapshot files through minikvm/snapshot/ (in
@@ -872,6 +899,9 @@ def format_table(results: Results, mode: str) -> str:
         ("shell loop, whole script", show("shell_loop_total_ms", "ms"),
          "gVisor " + show("gvisor_shell_loop_total_ms", "ms")),
     ]
+    rows += [(f"  fork step: {step}", f"{results.derived[f'fork_step_{step}_ms']:.3f} ms",
+              "mean (fork_breakdown.py)") for step in FORK_STEPS
+             if f"fork_step_{step}_ms" in results.derived]
     derived = results.derived
     if "fork_us" in figures:
         rows.append(("snapshot fork", show("fork_us", "µs"),
@@ -990,6 +1020,7 @@ def main(argv: list[str] | None = None) -> int:
         bench_dynamic(sizes, runners, data, scratch, results)
         bench_dlopen(programs, sizes, runners, data, results)
         bench_processes(programs, sizes, runners, data, results)
+        bench_fork_steps(sizes, scratch, results)
         bench_snapshot(programs, sizes, scratch, results)
         bench_serve(programs, sizes, scratch, results)
     results.facts["load_average_at_end"] = round(os.getloadavg()[0], 2)

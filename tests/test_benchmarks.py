@@ -140,6 +140,21 @@ def test_processes_are_measured_beside_native_and_the_peers(report: dict) -> Non
                 assert report[figure] > 0, f"{figure} = {report[figure]}"
 
 
+FORK_STEPS = ("copies", "host_fork", "child_vm", "to_exec", "exec", "child_run", "child_exit",
+              "back")
+
+
+def test_a_forks_steps_are_timed_when_minikvm_forks(report: dict) -> None:
+    """fork_breakdown.py's steps follow one another in the relay between the
+    two host processes, so each lasts some time: a step of zero or less
+    means the moments came out of order (the profile misreads the code)."""
+    if "fork_exec_wait_ms" not in report:
+        assert "did not fork" in report["skipped"]["fork_steps"]
+        return
+    for step in FORK_STEPS:
+        assert report[f"fork_step_{step}_ms"] > 0, step
+
+
 def test_peers_are_measured_or_skipped_with_a_reason(report: dict) -> None:
     if shutil.which("qemu-x86_64"):
         for key in QEMU:
