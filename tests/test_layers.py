@@ -35,8 +35,8 @@ LAYERS: dict[int, tuple[str, tuple[str, ...]]] = {
     4: ("the sandbox: policy and the host's walls", ("sandbox",)),
     5: ("a Linux process: ELF, stack, files, threads", ("process",)),
     6: ("the system calls", ("syscalls",)),
-    7: ("snapshots, debugging and profiling: fork, reset, files, gdb, flame graphs",
-        ("snapshot", "debug", "observe")),
+    7: ("snapshots, processes, debugging and profiling: fork, reset, files, the process "
+        "tree, gdb, flame graphs", ("snapshot", "tree", "debug", "observe")),
     8: ("the command line", ("cli", "__main__")),
 }
 LAYER_OF = {unit: layer for layer, (_, units) in LAYERS.items() for unit in units}

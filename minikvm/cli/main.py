@@ -74,6 +74,12 @@ def build_parser(policy: dict[str, object] | None = None) -> argparse.ArgumentPa
                      metavar="N",
                      help=f"most threads the program may have at once (default "
                           f"{DEFAULT_MAX_THREADS}; pthread_create fails with EAGAIN beyond)")
+    from minikvm.tree.table import DEFAULT_MAX_PROCESSES
+    run.add_argument("--max-processes", type=positive_int, default=DEFAULT_MAX_PROCESSES,
+                     metavar="N",
+                     help=f"most processes the sandbox may hold at once, the first one "
+                          f"included (default {DEFAULT_MAX_PROCESSES}; fork fails with EAGAIN "
+                          f"beyond); 1 allows no second process")
     run.add_argument("--vdso", choices=("auto", "syscall", "off"), default="auto",
                      help="the vDSO's clock: from the TSC without a VM exit where the host "
                           "allows it (auto), always by system call (syscall), or no vDSO "
@@ -260,7 +266,7 @@ def spell_trace_file(argv: list[str]) -> list[str]:
     takes_value = {"--allow-read", "--allow-write", "--allow-connect", "--allow-listen",
                    "--memory", "--timeout",
                    "--max-fds", "--max-file-size", "--env", "--unsetenv", "--trace-file",
-                   "--max-threads", "--policy", "--vdso", "--system-root", "--keep-tmp",
+                   "--max-threads", "--max-processes", "--policy", "--vdso", "--system-root", "--keep-tmp",
                    "--resolv-conf", "--x11-size", "--flamegraph", "--sample-hz", "--gdb"}
     rewritten = ["run"]
     expecting_value = False
@@ -357,7 +363,8 @@ def _run_to_end(options: argparse.Namespace, open_trace: Callable[[], None],
     nested = None
     try:
         nested = start_x11(options)
-        launched = launch(options, before_walls=open_trace)
+        # allow_fork: guest processes are host processes (minikvm.tree.fork).
+        launched = launch(options, before_walls=open_trace, allow_fork=True)
     except LaunchError as error:
         if nested is not None:
             nested.close()
@@ -401,6 +408,10 @@ def _run_launched(options: argparse.Namespace, launched: "Launched",
     from minikvm.syscalls.trace import Tracer
     process, policy = launched.process, launched.policy
     process.threads.max_threads = options.max_threads
+    from minikvm.tree.family import Family
+    family = Family.start(options.max_processes, process.pgid, process.sid)
+    process.family = family
+    process.new_id = family.table.new_id
     stream = trace_stream()
     dispatcher = Dispatcher(process, Tracer(stream) if stream else None,  # type: ignore[arg-type]
                             count=options.summary)
@@ -416,7 +427,7 @@ def _run_launched(options: argparse.Namespace, launched: "Launched",
             from minikvm.debug.session import DebugSession, accept
             session = DebugSession(process, dispatcher, accept(options.gdb_server,
                                                                options.program))
-        process.machine.forward_outside_signals()
+        process.machine.forward_outside_signals().mailbox = family.mail
         if sampler is not None:
             sampler.start()
         if session is not None:
@@ -428,6 +439,7 @@ def _run_launched(options: argparse.Namespace, launched: "Launched",
         print("minikvm: interrupted (Ctrl-C)", file=sys.stderr)
         return EXIT_INTERRUPTED, 0
     finally:
+        family.end_all()         # the first process ended: the sandbox's others end too
         if sampler is not None:
             sampler.stop()
         process.machine.stop_forwarding()

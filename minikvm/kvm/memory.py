@@ -27,6 +27,7 @@ from minikvm.x86 import PAGE_SIZE
 #: mmap(2) flag: do not reserve swap for the whole region (the guest touches
 #: little of it).  Python's mmap module only exports it from 3.13 on.
 MAP_NORESERVE = 0x4000
+MAP_FIXED = 0x10            # asm-generic/mman-common.h (mmap module: 3.12+)
 FALLOC_FL_KEEP_SIZE = 0x01   # linux/falloc.h
 FALLOC_FL_PUNCH_HOLE = 0x02
 MADV_POPULATE_WRITE = 23     # asm-generic/mman-common.h, Linux 5.14
@@ -85,6 +86,33 @@ class GuestMemory:
         self._map = None
         if self.owns_fd:
             os.close(self.fd)
+
+    def take_over(self, fd: int) -> None:
+        """Map the memfd *fd* — a copy of this memory's contents — over this
+        memory's own host addresses (``MAP_FIXED``), and own it from now on.
+
+        A forked host process does this (:mod:`minikvm.tree.fork`): after
+        ``fork`` it still maps its parent's memfd ``MAP_SHARED``, so every
+        store would land in the parent's pages.  Mapping the copy at the
+        *same* addresses keeps every view of this memory valid — the page
+        tables' word view, the buffers a system call holds — because each
+        is a pointer into this range, which now shows the copy."""
+        flags = mmap.MAP_SHARED | MAP_FIXED | MAP_NORESERVE
+        _libc.mmap.restype = ctypes.c_void_p
+        _libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                               ctypes.c_int, ctypes.c_long)
+        placed = _libc.mmap(self.host_address, self.size, mmap.PROT_READ | mmap.PROT_WRITE,
+                            flags, fd, 0)
+        if placed != self.host_address:
+            error = ctypes.get_errno()
+            raise GuestMemoryError(f"cannot map the copied guest memory (fd {fd}) at "
+                                   f"{self.host_address:#x}: {os.strerror(error)}")
+        if self.owns_fd:
+            os.close(self.fd)
+        self.fd = fd
+        self.owns_fd = True
+        self.shared = True
+        self.host_writes = None
 
     def __enter__(self) -> "GuestMemory":
         return self

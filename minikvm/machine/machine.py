@@ -205,6 +205,32 @@ class Machine:
         self.memory.close()
         self.kvm.close()
 
+    def start_over_after_fork(self, memory_fd: int, cpuid: object) -> None:
+        """In a host process just forked from this machine's owner: run on a
+        VM and vCPU of its own, over *memory_fd*, a copy of the memory.
+
+        KVM ties a VM to the host process that made it (every ioctl of it
+        from another address space fails with EIO), so a child cannot go on
+        with its parent's.  The memory moves onto the copy at the same host
+        addresses (:meth:`GuestMemory.take_over`); the new VM gets the same
+        memory slot and the new vCPU the same CPUID — the caller then loads
+        the registers (the vCPU starts in reset state).  The parent's fds
+        are only closed here: the parent's VM goes on in the parent."""
+        self.memory.take_over(memory_fd)
+        self.vm.close()
+        self.vm = self.kvm.create_vm()
+        self._dirty_carried = []
+        self.vm.set_user_memory_region(MEMORY_SLOT, self.memory, self.slot_flags)
+        self.vcpu = self.vm.create_vcpu(0)
+        self.vcpu.set_cpuid2(cpuid)
+        self.vcpu.enable_sync_regs(k.KVM_SYNC_X86_REGS | k.KVM_SYNC_X86_SREGS)
+        # Facts about the parent's vCPU and timers: measured again, armed again.
+        self.guest_clock = None
+        self.time_slice = None
+        self.on_preempt = None
+        self._slices_armed = False
+        self._timed_out = False
+
     def __enter__(self) -> "Machine":
         return self
 

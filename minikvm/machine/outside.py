@@ -52,8 +52,16 @@ if TYPE_CHECKING:
 #: caught and act on minikvm itself, which is what they do to a native
 #: program too; SIGPIPE of minikvm's own writes is Python's (ignored: the
 #: write fails with EPIPE, and the guest gets *its* SIGPIPE from that).
+#: SIGCHLD too: a guest process's child runs in a host child of minikvm
+#: (:mod:`minikvm.tree`), whose end or stop the host reports so.
 FORWARDED = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
-             signal.SIGTERM, signal.SIGTSTP, signal.SIGCONT, signal.SIGWINCH)
+             signal.SIGTERM, signal.SIGCHLD, signal.SIGTSTP, signal.SIGCONT, signal.SIGWINCH)
+#: The signal another process of the sandbox sends to say "look in your
+#: mailbox" (:class:`minikvm.tree.table.ProcessTable`): the guest signal it
+#: carries may be one the host must not get for real (SIGSEGV, SIGALRM, which
+#: minikvm's own timer uses), so it travels in the table and this wakes the
+#: receiver, whatever it is doing, as the signals above do.
+MAILBOX_SIGNAL = signal.SIGRTMIN + 3
 #: The most bytes :meth:`OutsideSignals.take` reads from the wakeup pipe at once.
 WAKEUP_DRAIN = 4096
 
@@ -76,13 +84,17 @@ class OutsideSignals:
         self._write_fd = -1
         self._previous: dict[int, Any] = {}
         self._previous_wakeup = -1
+        #: Empties this process's mailbox (:data:`MAILBOX_SIGNAL`), giving the
+        #: signals in it as a mask (bit n-1 for signal n); None when the
+        #: process is alone (no process table).
+        self.mailbox: Callable[[], int] | None = None
 
     # -- installing -------------------------------------------------------------------
     def install(self) -> None:
         """Catch :data:`FORWARDED` (from the main thread, as Python requires)."""
         self.wakeup_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._previous_wakeup = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
-        for sig in FORWARDED:
+        for sig in (*FORWARDED, MAILBOX_SIGNAL):
             self._previous[sig] = signal.signal(sig, self._on_signal)
 
     def uninstall(self) -> None:
@@ -126,6 +138,12 @@ class OutsideSignals:
             if self.arrived[sig]:
                 self.arrived[sig] = 0   # a new one arriving now sets it again: not lost
                 taken.append(int(sig))
+        if self.arrived[MAILBOX_SIGNAL]:
+            self.arrived[MAILBOX_SIGNAL] = 0
+            mail = self.mailbox() if self.mailbox is not None else 0
+            taken += [sig for sig in range(1, signal.NSIG)
+                      if mail >> (sig - 1) & 1 and sig not in taken]
+            taken.sort()
         return taken
 
     def pending(self) -> bool:

@@ -34,8 +34,8 @@ from minikvm.errors import ElfError, MinikvmError
 from minikvm.machine.crash import CrashReport
 from minikvm.machine.machine import Machine
 from minikvm.machine.mm import PROT_EXEC, PROT_READ, PROT_WRITE, page_align_down, page_align_up
-from minikvm.machine.stops import (EXIT_TIMEOUT, ProcessExit, ProcessKilled, StopKind,
-                                   SyscallHandler, signal_status)
+from minikvm.machine.stops import (EXIT_CANNOT_RUN, EXIT_TIMEOUT, ProcessExit, ProcessKilled,
+                                   StopKind, SyscallHandler, signal_status)
 from minikvm.process.elf import ElfImage, check_interpreter, default_bias, load_elf, span
 from minikvm.process.interpreter import read_interpreter
 from minikvm.process.fdtable import FdTable, HostFile
@@ -126,6 +126,18 @@ class Process:
         #: and the data page's sequence count, which the host advances.
         self.vdso = VDSO_AUTO
         self.vdso_seq = 0
+        #: The sandbox's tree of processes this one belongs to
+        #: (:class:`minikvm.tree.family.Family`); None when it is alone — a
+        #: library's process, a snapshot's fork — and then ``fork`` is refused.
+        self.family: Any = None
+        #: Hands out pids and tids unique in the whole sandbox once there is
+        #: a tree (the process table's); None: the thread table counts alone.
+        self.new_id: Callable[[], int] | None = None
+        #: Called with the result when a run ends, instead of returning it:
+        #: a forked child's host process must end there
+        #: (:func:`minikvm.tree.fork.end_child`), not go back into the
+        #: code its parent was running when it forked.
+        self.end_hook: Callable[[RunResult], None] | None = None
         machine.symbolize = image.symbols.symbolize
 
     # -- creation ------------------------------------------------------------
@@ -258,6 +270,17 @@ class Process:
     # -- running ---------------------------------------------------------------
     def run(self, on_syscall: SyscallHandler, timeout: float | None = None) -> RunResult:
         """Run until exit, crash, fatal signal or timeout."""
+        try:
+            result = self._run(on_syscall, timeout)
+        except BaseException:
+            if self.end_hook is not None:   # never unwind into the parent's code
+                self.end_hook(RunResult(EXIT_CANNOT_RUN, "minikvm: the process failed"))
+            raise
+        if self.end_hook is not None:
+            self.end_hook(result)
+        return result
+
+    def _run(self, on_syscall: SyscallHandler, timeout: float | None) -> RunResult:
         try:
             stop = self.machine.run(on_syscall, timeout)
         except ProcessExit as done:

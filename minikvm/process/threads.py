@@ -303,10 +303,12 @@ def create(proc: Process, stack: int, tls: int | None, clear_child_tid: int) -> 
     if stack:
         regs.rsp = stack
     sregs = machine.vcpu.run_state.s.regs.sregs
-    thread = Thread(table.next_tid, regs=bytes(regs), fpu=_save_fpu(table, machine),
+    # In a tree of processes, tids come from the sandbox's one pid space.
+    tid = proc.new_id() if proc.new_id is not None else table.next_tid
+    thread = Thread(tid, regs=bytes(regs), fpu=_save_fpu(table, machine),
                     fs_base=sregs.fs.base if tls is None else tls, gs_base=sregs.gs.base,
                     clear_child_tid=clear_child_tid, signal_mask=proc.signal_mask)
-    table.next_tid += 1
+    table.next_tid = max(table.next_tid, tid) + 1
     table.threads[thread.tid] = thread
     if len(table) == 2:
         machine.start_time_slices(TIME_SLICE_SECONDS, lambda: preempt(proc))

@@ -28,18 +28,18 @@ REFUSED_ERRNO = errno.EPERM
 #: Operations the syscall layer refuses with :data:`REFUSED_ERRNO`, and why.
 #: This table is the one place the documentation cites; the syscall layer
 #: raises them with :meth:`Policy.refuse` so they appear in the audit log.
-#: (kill, tkill and tgkill are refused only when aimed at another process.)
+#: (kill, tkill and tgkill are refused only when aimed outside the sandbox.)
 REFUSED_SYSCALLS = {
-    "fork":              "minikvm runs exactly one guest process",
-    "vfork":             "minikvm runs exactly one guest process",
-    "clone":             "minikvm runs exactly one guest process",
-    "clone3":            "minikvm runs exactly one guest process",
+    "fork":              "a process alone has no tree of processes (only minikvm run gives one)",
+    "vfork":             "a process alone has no tree of processes (only minikvm run gives one)",
+    "clone":             "a process alone has no tree of processes (only minikvm run gives one)",
+    "clone3":            "a process alone has no tree of processes (only minikvm run gives one)",
     "ptrace":            "there is no other process to trace",
     "process_vm_readv":  "there is no other process to read",
     "process_vm_writev": "there is no other process to write",
-    "kill":              "signals may go only to the guest itself",
-    "tkill":             "signals may go only to the guest itself",
-    "tgkill":            "signals may go only to the guest itself",
+    "kill":              "signals may go only to the sandbox's own processes",
+    "tkill":             "signals may go only to the sandbox's own processes",
+    "tgkill":            "signals may go only to the sandbox's own processes",
     "mount":             "the guest cannot change the host's mounts",
     "umount2":           "the guest cannot change the host's mounts",
     "pivot_root":        "the guest cannot change the host's mounts",

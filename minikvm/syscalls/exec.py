@@ -130,6 +130,8 @@ def sys_execveat(proc: Process, dirfd: int, path: int, argv: int, envp: int, fla
     # -- the point of no return --
     entry, stack_pointer = exec_image.replace_image(proc, new)
     reset_signal_handlers(proc)
+    if proc.family is not None:
+        proc.family.executed()     # a vfork parent goes on (minikvm.tree.family)
     machine = proc.machine
     machine.enter_user_mode()
     regs = machine.vcpu.run_state.s.regs.regs

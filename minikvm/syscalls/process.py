@@ -30,7 +30,7 @@ from minikvm.process import threads
 from minikvm.process.process import TASK_COMM_LEN
 from minikvm.sandbox.audit import REFUSED_SYSCALLS
 from minikvm.syscalls.base import MASK64, PARTIAL, REFUSED, Syscall, signed32
-from minikvm.syscalls.signals import SI_TKILL, deliver, deliver_to_thread, sent_info, sleep
+from minikvm.syscalls.signals import NSIG, SI_TKILL, deliver, deliver_to_thread, sent_info, sleep
 from minikvm.x86 import PAGE_SIZE, CANONICAL_LIMIT
 
 if TYPE_CHECKING:
@@ -65,6 +65,7 @@ CLONE_FS = 0x0000_0200
 CLONE_FILES = 0x0000_0400
 CLONE_SIGHAND = 0x0000_0800
 CLONE_PIDFD = 0x0000_1000
+CLONE_VFORK = 0x0000_4000
 CLONE_THREAD = 0x0001_0000
 CLONE_SYSVSEM = 0x0004_0000
 CLONE_SETTLS = 0x0008_0000
@@ -118,7 +119,10 @@ def sys_getpid(proc: Process) -> int:
 
 
 def sys_getppid(proc: Process) -> int:
-    """getppid(2): a fixed parent, the pid minus one (there is no other process)."""
+    """getppid(2): the parent in the sandbox's tree; for the first process
+    (or one alone), a parent outside: the pid minus one."""
+    if proc.family is not None:
+        return proc.family.parent_pid()
     return proc.pid - PARENT_PID_OFFSET
 
 
@@ -217,9 +221,28 @@ def sys_setgroups(proc: Process, size: int, address: int) -> int:
 
 # -- process groups and sessions ------------------------------------------------------
 def _only_self(proc: Process, pid: int) -> None:
+    """ESRCH unless *pid* names the caller (0 or its pid): for the calls
+    that act on one process's own attributes (prlimit64, the priorities)."""
     pid = signed32(pid)
     if pid not in (0, proc.pid):
         raise SyscallError(errno.ESRCH, f"no process {pid} in this sandbox")
+
+
+def _other(proc: Process, pid: int):
+    """The table's record of *pid* when it is another process of the
+    sandbox; None for the caller itself (0 or its own pid); ESRCH otherwise."""
+    pid = signed32(pid)
+    if pid in (0, proc.pid):
+        return None
+    if proc.family is None:
+        raise SyscallError(errno.ESRCH, f"no process {pid} in this sandbox")
+    return proc.family.find(pid)
+
+
+def _own_group_changed(proc: Process) -> None:
+    """Tell the sandbox's table the caller's group and session changed."""
+    if proc.family is not None:
+        proc.family.table.update(proc.pid, pgid=proc.pgid, sid=proc.sid)
 
 
 def sys_getpgrp(proc: Process) -> int:
@@ -228,29 +251,44 @@ def sys_getpgrp(proc: Process) -> int:
 
 
 def sys_getpgid(proc: Process, pid: int) -> int:
-    """getpgid(2): the guest's process group; ESRCH for another process."""
-    _only_self(proc, pid)
-    return proc.pgid
+    """getpgid(2): the process group of the caller or of another process of
+    the sandbox (ESRCH for any other pid)."""
+    record = _other(proc, pid)
+    return proc.pgid if record is None else record.pgid
+
+
+def _group_exists(proc: Process, pgid: int) -> bool:
+    if proc.family is None:
+        return False
+    return any(record.pgid == pgid and record.sid == proc.sid
+               for record in proc.family.table.records())
 
 
 def sys_setpgid(proc: Process, pid: int, pgid: int) -> int:
-    """Only into a group of its own: the only group it could join."""
-    _only_self(proc, pid)
+    """setpgid(2): the caller, or one of its children (as a shell puts each
+    job in a group), into a group of its own or an existing group of the
+    same session."""
+    record = _other(proc, pid)
     pgid = signed32(pgid)
     if pgid < 0:
         raise SyscallError(errno.EINVAL, f"process group {pgid}")
-    if pgid not in (0, proc.pid):
+    target = proc.pid if record is None else record.pid
+    if pgid not in (0, target) and not _group_exists(proc, pgid):
         raise SyscallError(errno.EPERM, f"no process group {pgid} in this session")
+    if record is not None:
+        proc.family.set_group(proc, record.pid, pgid)
+        return 0
     if proc.sid == proc.pid:
         raise SyscallError(errno.EPERM, "a session leader cannot change its process group")
-    proc.pgid = proc.pid
+    proc.pgid = pgid or proc.pid
+    _own_group_changed(proc)
     return 0
 
 
 def sys_getsid(proc: Process, pid: int) -> int:
-    """getsid(2): the guest's session; ESRCH for another process."""
-    _only_self(proc, pid)
-    return proc.sid
+    """getsid(2): the session of the caller or of another process of the sandbox."""
+    record = _other(proc, pid)
+    return proc.sid if record is None else record.sid
 
 
 def sys_setsid(proc: Process) -> int:
@@ -258,18 +296,65 @@ def sys_setsid(proc: Process) -> int:
     if proc.pgid == proc.pid:
         raise SyscallError(errno.EPERM, "a process group leader cannot start a session")
     proc.sid = proc.pgid = proc.pid
+    _own_group_changed(proc)
     return proc.sid
 
 
-# -- children: there are none --------------------------------------------------------------
+# -- children: the sandbox's tree (minikvm.tree) -----------------------------------------
 def sys_wait4(proc: Process, pid: int, status: int, options: int, usage: int) -> int:
-    """wait4(2): the guest has no children: always ECHILD."""
-    raise SyscallError(errno.ECHILD, "the sandboxed process has no children")
+    """wait4(2): a child's end, stop or continuation (:mod:`minikvm.tree.wait`);
+    ECHILD for a process alone."""
+    if proc.family is None:
+        raise SyscallError(errno.ECHILD, "the sandboxed process has no children")
+    return proc.family.wait4(proc, signed32(pid), status, signed32(options), usage)
 
 
 def sys_waitid(proc: Process, kind: int, pid: int, info: int, options: int, usage: int) -> int:
-    """waitid(2): the guest has no children: always ECHILD."""
-    raise SyscallError(errno.ECHILD, "the sandboxed process has no children")
+    """waitid(2): as :func:`sys_wait4`, with waitid's id types and siginfo_t."""
+    if proc.family is None:
+        raise SyscallError(errno.ECHILD, "the sandboxed process has no children")
+    return proc.family.waitid(proc, signed32(kind), signed32(pid), info,
+                              signed32(options), usage)
+
+
+def _new_process(proc: Process, flags: int, stack: int, parent_tid: int, child_tid: int,
+                 tls: int, name: str) -> int:
+    """fork, vfork, and clone without CLONE_THREAD: a new process in the
+    sandbox's tree (:meth:`minikvm.tree.family.Family.fork`), refused (EPERM)
+    for a process alone.  Each process has a VM of its own, so one that
+    would share its parent's memory, files or handlers for good (CLONE_VM,
+    CLONE_FILES, CLONE_SIGHAND without CLONE_VFORK's "until exec") cannot
+    be made: EINVAL, saying so."""
+    if proc.family is None or flags & CLONE_NEW_ANY:
+        raise proc.policy.refuse(name)
+    shares = CLONE_FILES | CLONE_SIGHAND | CLONE_FS
+    if flags & CLONE_VM and not flags & CLONE_VFORK or flags & shares:
+        raise SyscallError(errno.EINVAL, f"{name} flags {flags:#x}: a process that shares its "
+                                         "parent's memory, files or signal handlers is not "
+                                         "supported (each process has a VM of its own); "
+                                         "CLONE_VM|CLONE_VFORK, as posix_spawn uses, is")
+    if flags & CLONE_PIDFD:
+        raise SyscallError(errno.EINVAL, f"{name}: CLONE_PIDFD is not supported")
+    pid = proc.family.fork(proc, stack=stack, vfork=bool(flags & CLONE_VFORK),
+                           tls=tls if flags & CLONE_SETTLS else None,
+                           set_child_tid=child_tid if flags & CLONE_CHILD_SETTID else 0,
+                           clear_child_tid=child_tid if flags & CLONE_CHILD_CLEARTID else 0)
+    if flags & CLONE_PARENT_SETTID:
+        try:
+            proc.mm.write_struct(parent_tid, "<I", pid)
+        except SyscallError:
+            pass
+    return pid
+
+
+def sys_fork(proc: Process) -> int:
+    """fork(2): a copy of the process, in a VM of its own (:mod:`minikvm.tree.fork`)."""
+    return _new_process(proc, 0, 0, 0, 0, 0, "fork")
+
+
+def sys_vfork(proc: Process) -> int:
+    """vfork(2): as fork, and the caller waits until the child execs or ends."""
+    return _new_process(proc, CLONE_VM | CLONE_VFORK, 0, 0, 0, 0, "vfork")
 
 
 # -- thread setup -------------------------------------------------------------------
@@ -337,7 +422,9 @@ def _new_thread(proc: Process, flags: int, stack: int, parent_tid: int, child_ti
     """What clone and clone3 share: check *flags*, start the thread, write
     the tids.  A new *process* (fork, vfork, posix_spawn: no CLONE_THREAD)
     is refused by the policy with EPERM."""
-    if not flags & CLONE_THREAD or flags & CLONE_NEW_ANY:    # a process, or namespaces
+    if not flags & CLONE_THREAD:
+        return _new_process(proc, flags, stack, parent_tid, child_tid, tls, name)
+    if flags & CLONE_NEW_ANY:                                # namespaces
         raise proc.policy.refuse(name)
     if flags & THREAD_NEEDS != THREAD_NEEDS:
         raise SyscallError(errno.EINVAL, f"flags {flags:#x}: a thread shares its memory, "
@@ -513,19 +600,35 @@ def sys_setpriority(proc: Process, which: int, who: int, nice: int) -> int:
     return 0
 
 
-# -- signals sent to itself ------------------------------------------------------------
+# -- signals ----------------------------------------------------------------------------
 def sys_kill(proc: Process, pid: int, sig: int) -> int:
-    """Signals to itself (or its group): the signal's action is taken.
-    Other pids do not exist for the guest."""
+    """kill(2) to the caller, to another process of the sandbox, to a
+    process group (0: the caller's, -N: group N) or to all of the sandbox
+    (-1) — never to a host process: a pid the sandbox's table does not
+    hold is ESRCH.  When the caller is among those named, the signal's
+    action is taken on it last (it may end it)."""
     pid, sig = signed32(pid), signed32(sig)
-    if pid not in (0, -1, proc.pid, -proc.pgid):
-        raise SyscallError(errno.ESRCH, f"no process {pid} in this sandbox")
-    return deliver(proc, sig, "sent by the program itself (kill)")
+    if not 0 <= sig <= NSIG:
+        raise SyscallError(errno.EINVAL, f"signal {sig}")
+    if proc.family is None:
+        if pid not in (0, -1, proc.pid, -proc.pgid):
+            raise SyscallError(errno.ESRCH, f"no process {pid} in this sandbox")
+        return deliver(proc, sig, "sent by the program itself (kill)")
+    others, itself = proc.family.targets(proc, pid)
+    for record in others:
+        proc.family.send(record, sig)
+    if itself:
+        return deliver(proc, sig, "sent by the program itself (kill)")
+    return 0
 
 
 def sys_tgkill(proc: Process, tgid: int, tid: int, sig: int) -> int:
     """To one thread of the process: a handler runs in that thread
     (:func:`~minikvm.syscalls.signals.deliver_to_thread`)."""
+    if (proc.family is not None and signed32(tgid) == signed32(tid) != proc.pid
+            and signed32(tid) > 0):
+        # The main thread of another process: its tid is its pid.
+        return sys_kill(proc, tid, sig)
     if signed32(tgid) != proc.pid or signed32(tid) not in proc.threads.threads:
         raise SyscallError(errno.ESRCH, "no such thread in this sandbox")
     return deliver_to_thread(proc, signed32(tid), signed32(sig),
@@ -554,9 +657,11 @@ def refused(name: str):
     return handler
 
 
-ONE_PROCESS = "one process per sandbox"
+PROCESSES = ("a new process in a VM and host process of its own (minikvm.tree), up to "
+             "--max-processes (EAGAIN beyond)")
 THREADS_ONLY = ("threads (CLONE_THREAD, sharing memory, files and signal handlers), "
-                "scheduled on one vCPU; a new process is refused (EPERM)")
+                "scheduled on one vCPU; a process without CLONE_VM, or CLONE_VM|CLONE_VFORK "
+                "(posix_spawn): " + PROCESSES)
 FIXED_IDENTITY = "succeeds only when it changes nothing (EPERM otherwise)"
 
 SYSCALLS = [
@@ -622,8 +727,9 @@ SYSCALLS = [
             "only the process's own threads; a handler runs in the thread named"),
     Syscall(234, "tgkill", sys_tgkill, ("int", "int", "int"), PARTIAL,
             "only the process's own threads; a handler runs in the thread named"),
-    Syscall(57, "fork", refused("fork"), (), REFUSED, ONE_PROCESS, errno.EPERM),
-    Syscall(58, "vfork", refused("vfork"), (), REFUSED, ONE_PROCESS, errno.EPERM),
+    Syscall(57, "fork", sys_fork, (), PARTIAL, PROCESSES),
+    Syscall(58, "vfork", sys_vfork, (), PARTIAL, PROCESSES + "; the parent waits until the "
+                                                 "child execs or ends"),
     Syscall(56, "clone", sys_clone, ("hex", "ptr", "ptr", "ptr", "hex"), PARTIAL, THREADS_ONLY),
     Syscall(435, "clone3", sys_clone3, ("ptr", "uint"), PARTIAL, THREADS_ONLY),
     Syscall(101, "ptrace", refused("ptrace"), ("int", "int", "ptr", "ptr"), REFUSED,

@@ -1,0 +1,208 @@
+"""Layer 7 — one host process's place in the sandbox's tree, and the tree's lifetime.
+
+A :class:`Family` is what a guest process needs to live among others: the
+shared :class:`~minikvm.tree.table.ProcessTable`, its own pid, the first
+process's pid (the sandbox's reaper, like ``init`` in a pid namespace), and
+the **lifeline** — the pipe that ends every process of the tree when the
+first one's host process goes, however it goes.
+
+Why a pipe and not ``PR_SET_PDEATHSIG``: the parent-death signal fires when
+the *parent* dies, which would kill every orphan, and a process that
+outlives its parent is ordinary Linux (``(sleep 1; echo late) &`` in a
+subshell).  The first process keeps the only write end; every other host
+process has the read end and a thread blocked reading it.  When the first
+process's host process ends — it exited, it was killed with SIGKILL, it
+crashed — the kernel closes the write end, the read returns end-of-file
+in every process at once, and each ends itself with SIGKILL.
+
+The first process is also the host's **child subreaper**
+(``PR_SET_CHILD_SUBREAPER``): a host process whose parent ended is
+re-parented to it, as the table re-parents the guest process, so that it
+can still be waited for and is never a zombie of some unrelated host process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from minikvm.errors import SyscallError
+from minikvm.machine.outside import MAILBOX_SIGNAL
+from minikvm.tree import fork as forking, wait as waiting
+from minikvm.tree.table import FIRST_PID, ProcessTable, Record
+
+if TYPE_CHECKING:
+    from minikvm.process.process import Process
+
+PR_SET_CHILD_SUBREAPER = 36     # linux/prctl.h
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@dataclass
+class Family:
+    """This host process's guest process among the sandbox's: see the module docstring."""
+    table: ProcessTable
+    pid: int
+    root_pid: int
+    lifeline_read: int
+    #: The write end; held by the first process only (-1 in the others).
+    lifeline_write: int
+    #: In a child made by vfork: the write end of the pipe its parent waits
+    #: on, closed when it execs or ends; -1 otherwise.
+    vfork_done: int = -1
+
+    @classmethod
+    def start(cls, max_processes: int, pgid: int, sid: int) -> "Family":
+        """The tree of a new sandbox, with the calling process as its first
+        (pid :data:`~minikvm.tree.table.FIRST_PID`).  Before the walls go up:
+        ``prctl`` and the memfd need nothing from them, but a reader should
+        see the whole tree made in one place."""
+        table = ProcessTable.create(max_processes, Record(FIRST_PID, os.getpid(), FIRST_PID - 1,
+                                                          pgid, sid))
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        return cls(table, FIRST_PID, FIRST_PID, read_end, write_end)
+
+    @property
+    def is_root(self) -> bool:
+        return self.pid == self.root_pid
+
+    def parent_pid(self) -> int:
+        """getppid(2): the parent as the table says, which becomes the first
+        process when the real parent ended (the first process's own parent
+        is the one outside the sandbox: its pid minus one, as before there
+        were trees)."""
+        record = self.table.find(self.pid)
+        return record.ppid if record is not None else self.root_pid
+
+    def become_child(self, pid: int) -> None:
+        """In a new host child: drop the lifeline's write end (only the
+        first process may hold it) and watch its read end."""
+        self.pid = pid
+        if self.lifeline_write >= 0:
+            os.close(self.lifeline_write)
+            self.lifeline_write = -1
+        self.table.update(pid, host_pid=os.getpid())
+        watcher = threading.Thread(target=_end_with_the_first, args=(self.lifeline_read,),
+                                   name="minikvm-lifeline", daemon=True)
+        watcher.start()
+
+    def executed(self) -> None:
+        """The process ran a new program (execve): if it is a vfork child,
+        its parent goes on now."""
+        if self.vfork_done >= 0:
+            os.close(self.vfork_done)
+            self.vfork_done = -1
+
+    # -- what the system calls ask (minikvm.syscalls.process calls these) -----------------
+    def fork(self, proc: Process, *, stack: int = 0, vfork: bool = False,
+             tls: int | None = None, set_child_tid: int = 0, clear_child_tid: int = 0) -> int:
+        """A new process (:func:`minikvm.tree.fork.fork`); its pid."""
+        return forking.fork(proc, stack=stack, vfork=vfork, tls=tls,
+                            set_child_tid=set_child_tid, clear_child_tid=clear_child_tid)
+
+    def wait4(self, proc: Process, pid: int, status: int, options: int, usage: int) -> int:
+        return waiting.wait4(self, proc, pid, status, options, usage)
+
+    def waitid(self, proc: Process, kind: int, ident: int, info: int, options: int,
+               usage: int) -> int:
+        return waiting.waitid(self, proc, kind, ident, info, options, usage)
+
+    def find(self, pid: int) -> Record:
+        """The record of *pid*; ESRCH when it is no process of the sandbox."""
+        record = self.table.find(pid) if pid > 0 else None
+        if record is None:
+            raise SyscallError(errno.ESRCH, f"no process {pid} in this sandbox")
+        return record
+
+    def targets(self, proc: Process, pid: int) -> tuple[list[Record], bool]:
+        """Whom kill(2)'s *pid* names: the other processes, and whether the
+        caller is among them.  ESRCH when it names no one."""
+        records = self.table.records()
+        if pid > 0:
+            chosen = [record for record in records if record.pid == pid]
+        elif pid == -1:      # every process it may signal: all of the sandbox's but itself
+            chosen = [record for record in records if record.pid != proc.pid]
+        else:
+            group = proc.pgid if pid == 0 else -pid
+            chosen = [record for record in records if record.pgid == group]
+        if not chosen:
+            raise SyscallError(errno.ESRCH, f"no process {pid} in this sandbox")
+        return ([record for record in chosen if record.pid != proc.pid],
+                any(record.pid == proc.pid for record in chosen))
+
+    def send(self, record: Record, sig: int) -> None:
+        """Signal *sig* to another process of the sandbox.  SIGKILL and
+        SIGSTOP act on its host process itself, as they cannot be caught;
+        SIGCONT too (it must wake a stopped host process; the receiver's
+        forwarding gives it to the guest).  Any other signal travels in the
+        table's mailbox, and :data:`MAILBOX_SIGNAL` tells the receiver."""
+        if sig == 0 or record.host_pid <= 0:
+            return
+        try:
+            if sig in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT):
+                os.kill(record.host_pid, sig)
+            elif self.table.post(record.pid, sig) is not None:
+                os.kill(record.host_pid, MAILBOX_SIGNAL)
+        except ProcessLookupError:
+            pass                # it ended a moment ago
+
+    def mail(self) -> int:
+        """The signals others sent this process (for OutsideSignals.mailbox)."""
+        return self.table.take_mail(self.pid)
+
+    def set_group(self, proc: Process, pid: int, pgid: int) -> None:
+        """setpgid(2) on a child (the caller's own group is the caller's to change)."""
+        record = self.find(pid)
+        if record.ppid != proc.pid:
+            raise SyscallError(errno.ESRCH, f"process {pid} is not a child of the caller")
+        if record.sid != proc.sid:
+            raise SyscallError(errno.EPERM, f"process {pid} is in another session")
+        self.table.update(pid, pgid=pgid or pid)
+
+    def others(self) -> list[Record]:
+        """Every other process of the sandbox."""
+        return [record for record in self.table.records() if record.pid != self.pid]
+
+    def end_all(self) -> None:
+        """The first process ended: every other process of the sandbox ends
+        too, at once (SIGKILL, as ``bwrap --die-with-parent`` does), and is
+        reaped, so that nothing of the sandbox outlives ``minikvm run``."""
+        for record in self.others():
+            if record.host_pid > 0:
+                try:
+                    os.kill(record.host_pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for record in self.others():
+            if record.host_pid > 0:
+                try:
+                    os.waitpid(record.host_pid, 0)
+                except ChildProcessError:
+                    pass        # another process's child that we could not adopt yet
+            self.table.remove(record.pid)
+        if self.lifeline_write >= 0:
+            os.close(self.lifeline_write)
+            self.lifeline_write = -1
+
+
+def _end_with_the_first(read_end: int) -> None:
+    """The lifeline's watcher thread: blocks until the first process's host
+    process is gone, then ends this one."""
+    while True:
+        try:
+            if not os.read(read_end, 1):
+                break
+        except InterruptedError:
+            continue
+        except OSError:
+            break
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+__all__ = ["Family"]
