@@ -118,7 +118,7 @@ FULL = Sizes(repetitions=7, exit_iterations=50_000, syscall_iterations=20_000,
              serve_requests=1400, spawn_iterations=100, shell_iterations=50)
 QUICK = Sizes(repetitions=5, exit_iterations=10_000, syscall_iterations=4_000,
               native_syscall_iterations=200_000, compute_mib=8, io_mib=16, serve_requests=500,
-              spawn_iterations=30, shell_iterations=20)
+              spawn_iterations=30, shell_iterations=50)
 SMOKE = Sizes(repetitions=2, exit_iterations=1_000, syscall_iterations=500,
               native_syscall_iterations=10_000, compute_mib=1, io_mib=1, serve_requests=40,
               spawn_iterations=3, shell_iterations=3)
