@@ -100,6 +100,7 @@ ACTIVE: set[str] = set()
 
 
 def report(kind: str, what: str, value: float) -> None:
+    """One timer's line: a "moment" (a clock reading) or a "call" (seconds)."""
     os.write(2, f"{MARK}\t{os.getpid()}\t{kind}\t{what}\t{value:.9f}\n".encode())
 
 
@@ -162,6 +163,7 @@ def inside(argv: list[str]) -> int:
 
 
 def build(directory: Path) -> dict[str, Path]:
+    """The two C programs, compiled into *directory* as run.py compiles them."""
     built = {}
     for name in ("fork_exec_wait", "true_static"):
         built[name] = directory / name
@@ -176,18 +178,18 @@ def stretches(moments: dict[str, list[tuple[float, str]]]) -> list[list[float]]:
     whose host fork returned i-th."""
     names = [moment for moment, *_ in MOMENTS]
     children = sorted(pid for _, pid in moments["child: host fork returned"])
-    by_child = {pid: {name: time for name in names if name.startswith("child")
-                      for time, owner in moments[name] if owner == pid}
+    by_child = {pid: {name: at for name in names if name.startswith("child")
+                      for at, owner in moments[name] if owner == pid}
                 for pid in children}
     order = sorted(children, key=lambda pid: by_child[pid]["child: host fork returned"])
-    forks = [time for time, _ in moments["fork called"]]
-    calls = [time for time, _ in moments["host fork called"]]
-    waits = sorted(time for time, _ in moments["wait4 returned"])
+    forks = [at for at, _ in moments["fork called"]]
+    calls = [at for at, _ in moments["host fork called"]]
+    waits = sorted(at for at, _ in moments["wait4 returned"])
     rows = []
     for index, pid in enumerate(order[:-1]):
         child = by_child[pid]
         ended = child["child: guest ended"]
-        woke = min(time for time in waits if time > ended)
+        woke = min(at for at in waits if at > ended)
         points = [forks[index], calls[index], *(child[name] for name in names[2:-1]), woke,
                   forks[index + 1]]
         rows.append([later - earlier for earlier, later in zip(points, points[1:])])
