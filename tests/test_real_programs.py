@@ -26,6 +26,7 @@ A missing package skips its cases and names the package.
 
 from __future__ import annotations
 
+import re
 import shutil
 import stat
 import subprocess
@@ -317,22 +318,43 @@ def test_real_program_matches_native(real_case: Case, tmp_path: Path) -> None:
 
 #: shell -> (how to run one command line, what it prints when fork fails)
 FORKING_SHELLS = {
-    "bash": (("-c",), "fork: Operation not permitted"),
-    "zsh": (("-fc",), "fork failed: operation not permitted"),
-    "busybox": (("sh", "-c"), "can't fork: Operation not permitted"),
-    "mksh-musl": (("-c",), "can't fork - try again: Operation not permitted"),
+    "bash": (("-c",), "fork: Resource temporarily unavailable"),
+    "zsh": (("-fc",), "fork failed: resource temporarily unavailable"),
+    "busybox": (("sh", "-c"), "can't fork: Resource temporarily unavailable"),
+    "mksh-musl": (("-c",), "can't fork - try again: Resource temporarily unavailable"),
 }
+#: A line that needs second processes: a substitution, a pipeline, a
+#: subshell's status, a child killed by a signal.
+FORKING_LINE = ("echo before; x=$(echo substituted); echo after $x; "
+                "printf 'b\\na\\n' | sort | head -1; (exit 3); echo $?; "
+                "sh -c 'kill -9 $$'; echo $?")
 
 
 @pytest.mark.parametrize("shell", sorted(FORKING_SHELLS))
-def test_shell_says_fork_was_refused(shell: str, tmp_path: Path) -> None:
-    """A command that needs a second process: the shell gets EPERM from
-    clone, says so in its own words, and stops with a failure status —
-    no hang, no crash report, nothing from minikvm itself."""
+def test_shell_runs_commands_that_fork(shell: str, tmp_path: Path) -> None:
+    """Each static shell's children are processes of the sandbox
+    (minikvm.tree): the same output and status as natively."""
+    options, _ = FORKING_SHELLS[shell]
+    command = [str(executable(shell, "")), *options, FORKING_LINE]
+    native = run_native(command, b"", tmp_path, {})
+    guest = run_guest(command, b"", tmp_path, {})
+    # bash names the killed child by its pid, the guest's own (1006) or the host's
+    def unpid(text: bytes) -> bytes:
+        return re.sub(rb"\d+ Killed", b"PID Killed", text)
+    assert (guest.stdout, unpid(guest.stderr), guest.status) == \
+        (native.stdout, unpid(native.stderr), native.status)
+    assert b"substituted" in guest.stdout
+
+
+@pytest.mark.parametrize("shell", sorted(FORKING_SHELLS))
+def test_shell_says_fork_failed_at_the_process_limit(shell: str, tmp_path: Path) -> None:
+    """With --max-processes 1 the shell's fork gets EAGAIN, as at
+    RLIMIT_NPROC: it says so in its own words and stops with a failure
+    status — no hang, no crash report, nothing from minikvm itself."""
     options, message = FORKING_SHELLS[shell]
     command = [str(executable(shell, "")), *options,
                "echo before; x=$(echo substituted); echo after $x"]
-    guest = run_guest(command, b"", tmp_path, {})
+    guest = run_guest(command, b"", tmp_path, {}, ("--max-processes", "1"))
     assert guest.stdout == b"before\n"
     assert message in guest.stderr.decode(), guest.stderr
     assert guest.status not in (0, 124), guest.status

@@ -77,6 +77,7 @@ INTRODUCED_IN: dict[str, int] = {
     "minikvm.debug.packets": 19,      # the GDB remote protocol's framing
     "minikvm.debug.session": 19,      # stops from int3 and TF, resumes
     "minikvm.debug.target": 19,       # the registers gdb is told of, in order
+    "minikvm.tree.family": 20,        # a sandbox's tree of processes: fork, wait, the table
 }
 
 STEP_MARKER = re.compile(r"#\s*--- step: ([\w-]+) ---")

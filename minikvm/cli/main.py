@@ -408,13 +408,38 @@ def _run_launched(options: argparse.Namespace, launched: "Launched",
     from minikvm.syscalls.trace import Tracer
     process, policy = launched.process, launched.policy
     process.threads.max_threads = options.max_threads
-    from minikvm.tree.family import Family
-    family = Family.start(options.max_processes, process.pgid, process.sid)
-    process.family = family
-    process.new_id = family.table.new_id
     stream = trace_stream()
     dispatcher = Dispatcher(process, Tracer(stream) if stream else None,  # type: ignore[arg-type]
                             count=options.summary)
+    from minikvm.tree.family import Family
+    from minikvm.tree.table import DEFAULT_SANDBOX_MEMORY
+    pool = process.mm.user_pool
+    family = Family.start(options.max_processes, process.pgid, process.sid, pool.used,
+                          options.memory or DEFAULT_SANDBOX_MEMORY)
+    process.family = family
+    process.new_id = family.table.new_id
+    pool.charge = family.charge     # --memory bounds the sandbox's processes together
+    tree_summary = None
+    if dispatcher.counts is not None:
+        from minikvm.tree.summary import TreeSummary
+        tree_summary = TreeSummary()
+        counts = dispatcher.counts
+
+        def count_anew() -> None:
+            counts.clear()          # a child counts its own calls only
+
+        def hand_on_counts() -> None:
+            tree_summary.add(counts)
+        family.in_child.append(count_anew)
+        family.at_end.append(hand_on_counts)
+    if dispatcher.tracer is not None:
+        # Once there are two processes, each line says whose it is (strace -f).
+        tracer = dispatcher.tracer
+
+        def name_the_pid() -> None:
+            tracer.prefix = f"[pid {process.pid}] "
+        family.on_fork.append(name_the_pid)
+        family.in_child.append(name_the_pid)
     sampler = None
     if options.flamegraph is not None:
         from minikvm.observe.sampler import DEFAULT_SAMPLE_HZ, Sampler
@@ -427,6 +452,7 @@ def _run_launched(options: argparse.Namespace, launched: "Launched",
             from minikvm.debug.session import DebugSession, accept
             session = DebugSession(process, dispatcher, accept(options.gdb_server,
                                                                options.program))
+            family.in_child.append(session.let_child_go)   # gdb follows the first process
         process.machine.forward_outside_signals().mailbox = family.mail
         if sampler is not None:
             sampler.start()
@@ -461,6 +487,8 @@ def _run_launched(options: argparse.Namespace, launched: "Launched",
             from minikvm.machine.crash import register_dump
             print(register_dump(process.machine.vcpu.run_state.s.regs.regs), file=sys.stderr)
     if options.summary and dispatcher.counts is not None:
+        if tree_summary is not None:
+            tree_summary.merge_into(dispatcher.counts)     # the children's calls too
         print(format_summary(dispatcher.counts), file=sys.stderr)
     if options.audit:
         print(policy.summary(), file=sys.stderr)

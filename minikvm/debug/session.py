@@ -355,6 +355,22 @@ class DebugSession:
             write_memory(self.process.mm, address, bytes([original]))
         return True
 
+    def let_child_go(self) -> None:
+        """In a child process (:mod:`minikvm.tree.fork`): gdb follows the
+        parent only, as gdb's own ``follow-fork-mode parent`` with
+        ``detach-on-fork on`` does.  The child's copy of the memory loses
+        the breakpoints, its registers the trap flag, its machine the
+        debugger's hooks; the connection is the parent's (this process's
+        copy of the socket is closed, the parent's stays open)."""
+        self._remove_all_breakpoints()
+        regs = self.machine.vcpu.run_state.s.regs.regs
+        regs.rflags &= ~x86.RFLAGS_TF
+        self.stepping = self.stepping_syscall = None
+        self.machine.on_fault = self._deliver_fault
+        self.machine.on_interrupted = None
+        self.stub.connected = False
+        self.stub.connection.close()
+
     def _remove_all_breakpoints(self) -> None:
         for address in list(self.breakpoints):
             self.remove_breakpoint(address)

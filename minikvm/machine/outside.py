@@ -88,6 +88,9 @@ class OutsideSignals:
         #: signals in it as a mask (bit n-1 for signal n); None when the
         #: process is alone (no process table).
         self.mailbox: Callable[[], int] | None = None
+        #: The signals the last :meth:`take` found in the mailbox (sent by
+        #: the sandbox's processes, not by the terminal or the user).
+        self.from_mailbox: list[int] = []
 
     # -- installing -------------------------------------------------------------------
     def install(self) -> None:
@@ -108,6 +111,23 @@ class OutsideSignals:
             os.close(self._write_fd)
             os.close(self.wakeup_fd)
             self._write_fd = self.wakeup_fd = -1
+
+    def renew_after_fork(self, run_state: "kvm_run") -> None:
+        """In a host process just forked (:mod:`minikvm.tree.fork`): the
+        handlers stay — a signal arriving now must find them, never the
+        default action — but the wakeup pipe was the parent's, so a signal
+        to one would wake the other: this process gets a pipe of its own.
+        *run_state* is the new vCPU's ``kvm_run``.  What arrived before the
+        fork was the parent's; the mailbox is looked at once, in case a
+        signal was posted before this process knew its own pid."""
+        os.close(self._write_fd)
+        os.close(self.wakeup_fd)
+        self.wakeup_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        self.run_state = run_state
+        self.arrived[:] = bytes(len(self.arrived))
+        self.arrived[MAILBOX_SIGNAL] = 1
+        run_state.immediate_exit = 1
 
     @property
     def installed(self) -> bool:
@@ -138,11 +158,12 @@ class OutsideSignals:
             if self.arrived[sig]:
                 self.arrived[sig] = 0   # a new one arriving now sets it again: not lost
                 taken.append(int(sig))
+        self.from_mailbox = []
         if self.arrived[MAILBOX_SIGNAL]:
             self.arrived[MAILBOX_SIGNAL] = 0
             mail = self.mailbox() if self.mailbox is not None else 0
-            taken += [sig for sig in range(1, signal.NSIG)
-                      if mail >> (sig - 1) & 1 and sig not in taken]
+            self.from_mailbox = [sig for sig in range(1, signal.NSIG) if mail >> (sig - 1) & 1]
+            taken += [sig for sig in self.from_mailbox if sig not in taken]
             taken.sort()
         return taken
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import errno
+from typing import Callable
 
 from minikvm.errors import SyscallError
 from minikvm.x86 import PAGE_SIZE
@@ -35,14 +36,22 @@ class PagePool:
         #: given back ("free"), so the change can be undone step by step
         #: instead of copying the whole free list before each change
         self.journal: list[tuple[str, int, int]] | None = None
+        #: A budget this pool shares with others — the sandbox's processes
+        #: (:meth:`minikvm.tree.family.Family.charge`): called with each
+        #: size taken (False: refused, ENOMEM) and given back (negative).
+        #: None: the pool's own size is the only limit.
+        self.charge: Callable[[int], bool] | None = None
 
     def allocate(self, size: int, align: int = PAGE_SIZE) -> int:
         """A run of *size* bytes whose address is a multiple of *align*."""
+        self._charge(size)
         for i, (address, length) in enumerate(self.free_runs):
             aligned = -(-address // align) * align
             if aligned + size <= address + length:
                 self._take(i, aligned, size)
                 return aligned
+        if self.charge is not None:
+            self.charge(-size)
         raise SyscallError(errno.ENOMEM, f"guest memory exhausted: {size:#x} bytes wanted, "
                                          f"{self.used >> 20} of {(self.end - self.start) >> 20} "
                                          f"MiB in use (a larger --memory gives the guest more)")
@@ -55,9 +64,19 @@ class PagePool:
             return False
         run_address, length = self.free_runs[i]
         if run_address <= address and address + size <= run_address + length:
+            self._charge(size)
             self._take(i, address, size)
             return True
         return False
+
+    def _charge(self, size: int) -> None:
+        """Take *size* from the shared budget, if there is one (ENOMEM when
+        the budget has less left)."""
+        if self.charge is not None and not self.charge(size):
+            raise SyscallError(errno.ENOMEM, f"the sandbox's memory is exhausted: {size:#x} "
+                                             f"bytes wanted, and its processes together hold "
+                                             f"all of --memory (a larger --memory gives them "
+                                             f"more)")
 
     def _take(self, i: int, address: int, size: int) -> None:
         run_address, length = self.free_runs.pop(i)
@@ -76,6 +95,8 @@ class PagePool:
         i = bisect.bisect_left(self.free_runs, (address, 0))
         self.free_runs.insert(i, (address, size))
         self.used -= size
+        if self.charge is not None:
+            self.charge(-size)
         # merge with the next, then the previous run
         if i + 1 < len(self.free_runs) and address + size == self.free_runs[i + 1][0]:
             self.free_runs[i] = (address, size + self.free_runs.pop(i + 1)[1])

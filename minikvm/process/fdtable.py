@@ -163,6 +163,34 @@ class HostFile(OpenFile):
             return self.path
 
 
+class SharedPipeEnd(HostFile):
+    """One end of a pipe the sandbox's processes share: a host pipe, made
+    when a process with an in-guest pipe forks (:func:`minikvm.tree.fork.share_pipes`).
+
+    Unlike the user's terminal or stdio, nobody outside the sandbox holds
+    it, so its host fd is non-blocking for good: no read or write of it can
+    stop the host process (and with it every guest thread).  A guest call
+    that must block waits for the host fd's readiness first and writes in
+    pieces (:func:`minikvm.syscalls.files._write`); here a host EAGAIN is
+    the guest's."""
+
+    def __init__(self, host_fd: int, path: str, status_flags: int) -> None:
+        super().__init__(host_fd, path, status_flags)
+        os.set_blocking(host_fd, False)
+
+    def readv(self, views: list[memoryview]) -> int:
+        try:
+            return super().readv(views)
+        except BlockingIOError:
+            raise SyscallError(errno.EAGAIN, f"{self.path}: empty") from None
+
+    def writev(self, chunks: list[memoryview]) -> int:
+        try:
+            return super().writev(chunks)
+        except BlockingIOError:
+            raise SyscallError(errno.EAGAIN, f"{self.path}: full") from None
+
+
 class MemFd(HostFile):
     """A ``memfd_create`` file: a host memfd (anonymous tmpfs memory), so
     reads, writes, ``ftruncate``, ``lseek`` and seals (``F_ADD_SEALS``) are

@@ -64,8 +64,8 @@ from minikvm.linux_abi import (AT_FDCWD, PATH_MAX, O_CREAT, O_NOFOLLOW, O_PATH, 
                                O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_RDONLY, O_WRONLY)
 from minikvm.process import threads
 from minikvm.process.fdtable import (SEEK_CUR, SEEK_SET, AboveGrantDirectory, DeviceFile, EventFd,
-                                     HostFile, MemFd, OpenFile, PipeEnd, SyntheticDirectory,
-                                     SyntheticFile)
+                                     HostFile, MemFd, OpenFile, PipeEnd, SharedPipeEnd,
+                                     SyntheticDirectory, SyntheticFile)
 from minikvm.syscalls import procfs, signals
 from minikvm.syscalls.base import Syscall, signed32, signed64
 from minikvm.syscalls.memfd import check_memfd_size
@@ -360,6 +360,8 @@ def sys_read(proc: Process, fd: int, buffer: int, count: int) -> int:
 
 
 def _read(proc: Process, file, views: list[memoryview]) -> int:
+    if isinstance(file, SharedPipeEnd) and views:
+        return _read_shared_pipe(proc, file, views)
     if isinstance(file, HostFile) and views and may_wait(file):
         if file.status_flags & O_NONBLOCK:
             _check_ready_now(file, select.POLLIN)
@@ -376,6 +378,66 @@ def _read(proc: Process, file, views: list[memoryview]) -> int:
                 _wait_for_pipe(proc, file, error, "read from an empty pipe")
                 raise
             _wait_for_time(proc, file)
+
+
+def _read_shared_pipe(proc: Process, file: SharedPipeEnd, views: list[memoryview]) -> int:
+    """A read of a pipe shared with other processes (its host fd never
+    blocks): EAGAIN at once when the guest's fd is non-blocking; otherwise
+    wait for data or the last writer's close — with other threads, while
+    they run — and read again if another process took the data first."""
+    while True:
+        try:
+            return file.readv(views)
+        except SyscallError as error:
+            if error.errno != errno.EAGAIN or file.status_flags & O_NONBLOCK:
+                raise
+        if len(proc.threads) > 1:
+            threads.retry_after_others(proc, "read from a pipe",
+                                       lambda seconds: signals.sleep(proc, seconds),
+                                       watch=((file.host_fd, select.POLLIN),))
+        signals.wait_for_host_fd(proc, file.host_fd, select.POLLIN)
+
+
+def _write_shared_pipe(proc: Process, file: SharedPipeEnd, views: list[memoryview]) -> int:
+    """A write to a pipe shared with other processes: what fits now, and
+    for a blocking fd the rest as room comes (a signal's handler or, with
+    other threads, the first wait ends it early with what was written)."""
+    total = 0
+    while True:
+        try:
+            written = file.writev(views)
+        except SyscallError as error:
+            if error.errno != errno.EAGAIN or file.status_flags & O_NONBLOCK and not total:
+                raise
+            written = 0
+        total += written
+        views = _after(views, written)
+        if not views or file.status_flags & O_NONBLOCK:
+            return total
+        if len(proc.threads) > 1:
+            if total:
+                return total
+            threads.retry_after_others(proc, "write to a full pipe",
+                                       lambda seconds: signals.sleep(proc, seconds),
+                                       watch=((file.host_fd, select.POLLOUT),))
+        try:
+            signals.wait_for_host_fd(proc, file.host_fd, select.POLLOUT)
+        except SyscallError:
+            if total:
+                return total
+            raise
+
+
+def _after(views: list[memoryview], count: int) -> list[memoryview]:
+    """*views* without their first *count* bytes."""
+    rest = []
+    for view in views:
+        if count >= len(view):
+            count -= len(view)
+            continue
+        rest.append(view[count:])
+        count = 0
+    return rest
 
 
 def may_wait(file: HostFile) -> bool:
@@ -486,6 +548,12 @@ def _write(proc: Process, file, views: list[memoryview]) -> int:
     does: ``yes | head -1`` ends ``yes`` with status 141.  A write to a
     host pipe or terminal that is full waits as :func:`_read` does (a
     signal from outside interrupts it)."""
+    if isinstance(file, SharedPipeEnd) and views and file.writable():
+        try:
+            return _write_shared_pipe(proc, file, views)
+        except BrokenPipeError:
+            signals.broken_pipe(proc)
+            raise
     if isinstance(file, HostFile) and views and file.writable() and may_wait(file):
         if file.status_flags & O_NONBLOCK:
             _check_ready_now(file, select.POLLOUT)

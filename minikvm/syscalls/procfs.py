@@ -60,7 +60,7 @@ from minikvm.linux_abi import (O_ACCMODE, O_CLOEXEC, O_CREAT, O_DIRECTORY, O_EXC
 from minikvm.machine.mm import PROT_EXEC, PROT_READ, PROT_WRITE
 from minikvm.process.fdtable import HostFile, MemFd, OpenFile, SyntheticDirectory, SyntheticFile
 from minikvm.syscalls.info import NODE_NAME, ONLY_CPU
-from minikvm.syscalls.process import PARENT_PID_OFFSET, RLIM_INFINITY, resource_limits
+from minikvm.syscalls.process import RLIM_INFINITY, resource_limits, sys_getppid
 from minikvm.x86 import PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -405,7 +405,7 @@ def status(proc: Process, tid: int) -> bytes:
     lines = [
         f"Name:\t{name}", f"Umask:\t{proc.umask:04o}", "State:\tR (running)",
         f"Tgid:\t{proc.pid}", "Ngid:\t0", f"Pid:\t{tid}",
-        f"PPid:\t{proc.pid - PARENT_PID_OFFSET}", "TracerPid:\t0",
+        f"PPid:\t{sys_getppid(proc)}", "TracerPid:\t0",
         f"Uid:\t{uid}\t{uid}\t{uid}\t{uid}", f"Gid:\t{gid}\t{gid}\t{gid}\t{gid}",
         f"FDSize:\t{fd_size}", "Groups:\t", f"NStgid:\t{proc.pid}", f"NSpid:\t{tid}",
         f"NSpgid:\t{proc.pgid}", f"NSsid:\t{proc.sid}",
@@ -443,7 +443,7 @@ def process_stat(proc: Process, tid: int) -> bytes:
     stack_top = max((vma.end for vma in proc.mm.vmas if vma.name == "[stack]"), default=0)
     name = proc.name.decode("utf-8", "replace")
     fields = [
-        tid, f"({name})", "R", proc.pid - PARENT_PID_OFFSET, proc.pgid, proc.sid,
+        tid, f"({name})", "R", sys_getppid(proc), proc.pgid, proc.sid,
         0, -1, 0x400000,                       # tty_nr, tpgid, flags (PF_FORKNOEXEC)
         0, 0, 0, 0,                            # minflt, cminflt, majflt, cmajflt
         int(host.user * CLOCK_TICKS), int(host.system * CLOCK_TICKS), 0, 0,

@@ -81,6 +81,8 @@ NSIG = 64
 SIG_DFL, SIG_IGN = 0, 1
 SIGKILL, SIGSEGV, SIGPIPE, SIGALRM, SIGSTOP = 9, 11, 13, 14, 19
 # sa_flags (include/uapi/asm-generic/signal-defs.h, arch/x86/include/uapi/asm/signal.h)
+SA_NOCLDSTOP = 0x0000_0001
+SA_NOCLDWAIT = 0x0000_0002
 SA_SIGINFO = 0x0000_0004
 SA_RESTORER = 0x0400_0000
 SA_ONSTACK = 0x0800_0000
@@ -203,7 +205,9 @@ def deliver(proc: Process, sig: int, sender: str = "sent by the program itself",
         # Job control: the user's shell sees it stop.  Only a stop sent from
         # outside stops minikvm; one the program sends itself is discarded,
         # or a guest could freeze its own --timeout (it runs in minikvm).
-        if outside and proc.machine.outside is not None:
+        if proc.family is not None and not proc.family.is_root:
+            proc.family.stop(sig)      # a child stops; its parent's wait4 sees it stopped
+        elif outside and proc.machine.outside is not None:
             proc.machine.outside.stop_self(sig)
         return 0
     _die(proc, signum, sender, outside=outside)
@@ -327,6 +331,12 @@ def _wait_for_wakeup(proc: Process, seconds: float) -> bool:
 
 
 # -- signals from outside ----------------------------------------------------------
+#: What a terminal sends its foreground process group (Ctrl-C, Ctrl-\\, Ctrl-Z):
+#: every host process of a sandbox gets them, as all are in minikvm's host
+#: group; the sandbox's own foreground group (tcsetpgrp) is the one that takes them.
+TERMINAL_SIGNALS = (2, 3, 20)       # SIGINT, SIGQUIT, SIGTSTP
+
+
 def take_outside_signals(proc: Process, woken: bool = False) -> None:
     """Deliver the signals sent to minikvm from outside since the last look
     (:class:`minikvm.machine.outside.OutsideSignals`) as the program's own:
@@ -338,6 +348,9 @@ def take_outside_signals(proc: Process, woken: bool = False) -> None:
     if outside is None or not (woken or outside.pending()):
         return
     for sig in outside.take():
+        if (sig in TERMINAL_SIGNALS and sig not in outside.from_mailbox
+                and proc.family is not None and proc.family.in_background(proc.pgid)):
+            continue    # the terminal's Ctrl-C or Ctrl-Z: for its foreground group only
         deliver(proc, sig, OUTSIDE_SENDER, sigframe.siginfo(sig, SI_USER), outside=True)
     refresh_work(proc)
 

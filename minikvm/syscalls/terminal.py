@@ -93,7 +93,11 @@ def guest_process_group(proc: Process, host_group: int) -> int:
     minikvm runs in the background) is the session's leader's,
     :attr:`Process.sid`.  The one place where host and guest process
     groups meet: a sandbox with many processes maps its groups here."""
-    return proc.pgid if host_group == os.getpgrp() else proc.sid
+    if host_group != os.getpgrp():
+        return proc.sid
+    if proc.family is not None:    # the group a sandbox's process made the foreground
+        return proc.family.table.foreground() or proc.family.root_group
+    return proc.pgid
 
 
 def terminal_ioctl(proc: Process, fd: int, file: OpenFile, request: int, argument: int) -> int:
@@ -171,8 +175,15 @@ def _set_foreground(proc: Process, host_fd: int, argument: int) -> int:
     does, at start); the shell's group is outside the sandbox (EPERM), any
     other number is no group (ESRCH)."""
     (group,) = proc.mm.read_struct(argument, "<i")
-    if group == proc.pgid:
+    if group == proc.pgid or proc.family is not None and group > 0 and any(
+            record.pgid == group and record.sid == proc.sid
+            for record in proc.family.table.records()):
+        # On the host, minikvm's group holds the terminal; which of the
+        # sandbox's groups has it is the table's (minikvm.tree.table):
+        # only that group takes Ctrl-C and Ctrl-Z (signals.take_outside_signals).
         os.tcsetpgrp(host_fd, os.getpgrp())
+        if proc.family is not None:
+            proc.family.table.set_foreground(group)
         return 0
     if group == proc.sid:
         raise SyscallError(errno.EPERM, f"process group {group} is outside the sandbox")

@@ -78,6 +78,9 @@ class Tracer:
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
+        #: Put before each line: ``"[pid 1001] "`` once the sandbox holds
+        #: more than one process (set at a fork, as ``strace -f`` shows it).
+        self.prefix = ""
 
     def _string(self, process: Process, address: int, size: int | None = None) -> str:
         if address == 0:
@@ -132,15 +135,15 @@ class Tracer:
                             else hex(args[i]))
         result_text = error_text(result, reason) if -4096 < result < 0 else (
             hex(result) if entry.name in ("mmap", "mremap", "brk") else str(result))
-        self.stream.write(f"{entry.name}({', '.join(shown)}) = {result_text}\n")
+        self.stream.write(f"{self.prefix}{entry.name}({', '.join(shown)}) = {result_text}\n")
         self.stream.flush()
 
     def unfinished(self, entry: Syscall, shown: list[str] | None) -> None:
         """A call that did not return (exit, exit_group): ``= ?`` like strace."""
-        self.stream.write(f"{entry.name}({', '.join(shown or [])}) = ?\n")
+        self.stream.write(f"{self.prefix}{entry.name}({', '.join(shown or [])}) = ?\n")
         self.stream.flush()
 
     def unknown(self, number: int) -> None:
         """A number minikvm has no handler for."""
-        self.stream.write(f"syscall_{number}(...) = -1 ENOSYS (unknown to minikvm)\n")
+        self.stream.write(f"{self.prefix}syscall_{number}(...) = -1 ENOSYS (unknown to minikvm)\n")
         self.stream.flush()

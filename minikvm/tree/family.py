@@ -28,8 +28,8 @@ import errno
 import os
 import signal
 import threading
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
 
 from minikvm.errors import SyscallError
 from minikvm.machine.outside import MAILBOX_SIGNAL
@@ -55,18 +55,30 @@ class Family:
     #: In a child made by vfork: the write end of the pipe its parent waits
     #: on, closed when it execs or ends; -1 otherwise.
     vfork_done: int = -1
+    #: The first process's process group: the terminal's foreground until a
+    #: process of the sandbox makes another one the foreground (tcsetpgrp).
+    root_group: int = FIRST_PID
+    #: Called in every new child, once its machine runs on its own VM: what
+    #: the parent's tools must undo there (a debugger's breakpoints).
+    in_child: list[Callable[[], None]] = field(default_factory=list)
+    #: Called in a child whose guest ended, before its host process ends
+    #: (what it must hand on: its part of ``--summary``).
+    at_end: list[Callable[[], None]] = field(default_factory=list)
+    #: Called at each fork in the parent and the child (with the parent's
+    #: pid), e.g. so that the trace starts naming pids.
+    on_fork: list[Callable[[], None]] = field(default_factory=list)
 
     @classmethod
-    def start(cls, max_processes: int, pgid: int, sid: int) -> "Family":
+    def start(cls, max_processes: int, pgid: int, sid: int, memory: int,
+              memory_limit: int) -> "Family":
         """The tree of a new sandbox, with the calling process as its first
-        (pid :data:`~minikvm.tree.table.FIRST_PID`).  Before the walls go up:
-        ``prctl`` and the memfd need nothing from them, but a reader should
-        see the whole tree made in one place."""
+        (pid :data:`~minikvm.tree.table.FIRST_PID`), whose page pool holds
+        *memory* bytes; all processes together may hold *memory_limit*."""
         table = ProcessTable.create(max_processes, Record(FIRST_PID, os.getpid(), FIRST_PID - 1,
-                                                          pgid, sid))
+                                                          pgid, sid), memory, memory_limit)
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-        return cls(table, FIRST_PID, FIRST_PID, read_end, write_end)
+        return cls(table, FIRST_PID, FIRST_PID, read_end, write_end, root_group=pgid)
 
     @property
     def is_root(self) -> bool:
@@ -91,6 +103,11 @@ class Family:
         watcher = threading.Thread(target=_end_with_the_first, args=(self.lifeline_read,),
                                    name="minikvm-lifeline", daemon=True)
         watcher.start()
+
+    def note_fork(self, parent: int) -> None:
+        """Run the :attr:`on_fork` hooks (just before the host's fork)."""
+        for hook in self.on_fork:
+            hook()
 
     def executed(self) -> None:
         """The process ran a new program (execve): if it is a vfork child,
@@ -146,11 +163,36 @@ class Family:
             return
         try:
             if sig in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT):
+                if sig == signal.SIGSTOP:
+                    self.table.note_stop(record.pid, sig)
                 os.kill(record.host_pid, sig)
             elif self.table.post(record.pid, sig) is not None:
                 os.kill(record.host_pid, MAILBOX_SIGNAL)
         except ProcessLookupError:
             pass                # it ended a moment ago
+
+    def in_background(self, pgid: int) -> bool:
+        """Whether a process of group *pgid* is not the terminal's foreground
+        group: Ctrl-C, Ctrl-\\ and Ctrl-Z are the foreground's only."""
+        foreground = self.table.foreground()
+        return foreground != 0 and foreground != pgid
+
+    def stop(self, sig: int) -> None:
+        """A child's guest stops by *sig* (SIGTSTP, SIGTTIN, SIGTTOU,
+        SIGSTOP): its host process stops until a SIGCONT.  By SIGSTOP,
+        whatever *sig* was: the sandbox's host processes form one host
+        process group whose leader's parent may be in another session (a
+        terminal emulator's shell), which makes it "orphaned", and Linux
+        discards the other stop signals in an orphaned group.  The table
+        keeps *sig* for the parent's wait4 (WSTOPSIG)."""
+        self.table.note_stop(self.pid, sig)
+        os.kill(os.getpid(), signal.SIGSTOP)      # returns once continued
+        self.table.note_stop(self.pid, 0)
+
+    def charge(self, delta: int) -> bool:
+        """This process's page pool took or gave back *delta* bytes
+        (:attr:`PagePool.charge <minikvm.machine.pages.PagePool.charge>`)."""
+        return self.table.charge(self.pid, delta)
 
     def mail(self) -> int:
         """The signals others sent this process (for OutsideSignals.mailbox)."""

@@ -38,6 +38,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+import signal
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
@@ -46,11 +47,12 @@ from minikvm.errors import SyscallError
 from minikvm.machine.outside import raise_on_self
 from minikvm.machine.stops import RegistersLoaded
 from minikvm.process import vdso
-from minikvm.process.fdtable import HostFile, PipeEnd
+from minikvm.process.fdtable import EpollFile, PipeEnd, SharedPipeEnd
 from minikvm.process.threads import ThreadTable
 from minikvm.snapshot.cpu_state import CpuState
 from minikvm.snapshot.frozen import freeze_memory
 from minikvm.syscalls.signals import take_outside_signals
+from minikvm.tree.wait import children_reaped_by_themselves, reap_quietly
 
 if TYPE_CHECKING:
     from minikvm.process.process import Process, RunResult
@@ -75,7 +77,9 @@ def fork(proc: Process, *, stack: int = 0, vfork: bool = False, tls: int | None 
     family: Family | None = proc.family
     if family is None:
         raise proc.policy.refuse("fork")
-    pid = family.table.reserve(proc.pid, proc.pgid, proc.sid)
+    if children_reaped_by_themselves(proc):
+        reap_quietly(family, proc)     # their records are free again, as Linux frees them
+    pid = family.table.reserve(proc.pid, proc.pgid, proc.sid, proc.mm.user_pool.used)
     frozen = done_read = done_write = -1
     try:
         share_pipes(proc)
@@ -94,6 +98,7 @@ def fork(proc: Process, *, stack: int = 0, vfork: bool = False, tls: int | None 
             if fd >= 0:
                 os.close(fd)
         raise
+    family.note_fork(proc.pid)
     if host_pid == 0:
         if done_read >= 0:
             os.close(done_read)
@@ -124,18 +129,13 @@ def _become_child(proc: Process, pid: int, frozen: int, cpu: CpuState, cpuid: ob
     """The child's side of :func:`fork` (in the new host process)."""
     try:
         machine = proc.machine
-        # The wakeup pipe of the signals from outside is shared with the
-        # parent: a signal to one would wake the other.  Each has its own.
-        forwarding = machine.outside is not None
-        mailbox = machine.outside.mailbox if machine.outside is not None else None
-        machine.stop_forwarding()
         family: Family = proc.family
         family.become_child(pid)
         family.vfork_done = vfork_done
         machine.start_over_after_fork(frozen, cpuid)
         cpu.restore(machine)
-        if forwarding:
-            machine.forward_outside_signals().mailbox = mailbox
+        if machine.outside is not None:
+            machine.outside.renew_after_fork(machine.vcpu.run_state)
         proc.pid = pid
         # Only the calling thread goes on in the child, its tid the new pid.
         proc.threads = ThreadTable(pid, proc.threads.max_threads)
@@ -152,6 +152,8 @@ def _become_child(proc: Process, pid: int, frozen: int, cpu: CpuState, cpuid: ob
         proc.alarm_deadline = None     # alarm(2) and setitimer(2) are not inherited
         proc.alarm_interval = 0.0
         proc.end_hook = lambda result: end_child(proc, result)
+        for hook in family.in_child:
+            hook()                     # a debugger lets the child go (minikvm.debug.session)
         vdso.write_data_page(proc)     # the new vCPU's TSC: a new clock line
         regs = machine.vcpu.run_state.s.regs.regs
         regs.rax = 0
@@ -171,9 +173,13 @@ def end_child(proc: Process, result: RunResult) -> NoReturn:
     try:
         family: Family = proc.family
         family.table.reparent(proc.pid, family.root_pid)
+        for hook in family.at_end:
+            hook()
         sys.stdout.flush()
         sys.stderr.flush()
-        if result.signal is not None:
+        if result.signal in (signal.SIGKILL, signal.SIGSTOP):
+            os.kill(os.getpid(), signal.SIGKILL)    # no handler to put back first
+        elif result.signal is not None:
             raise_on_self(result.signal)
     finally:
         os._exit(result.exit_status & 0xFF)
@@ -205,13 +211,20 @@ def share_pipes(proc: Process) -> None:
                 pipes[id(pipe)] = (read_fd, write_fd)
             read_fd, write_fd = pipes[id(pipe)]
             host_fd = os.dup(write_fd if end.writing else read_fd)
-            replaced[id(end)] = HostFile(host_fd, f"pipe:[{pipe.number}]", end.status_flags)
-        references = proc.fds.references.pop(id(end), 0)
-        proc.fds.references[id(replaced[id(end)])] = references
+            replaced[id(end)] = SharedPipeEnd(host_fd, f"pipe:[{pipe.number}]",
+                                              end.status_flags)
+            # dup'd fds share the end: its count of fds moves once, whole
+            count = proc.fds.references.pop(id(end))
+            proc.fds.references[id(replaced[id(end)])] = count
         entry.file = replaced[id(end)]
     for read_fd, write_fd in pipes.values():
         os.close(read_fd)
         os.close(write_fd)
+    # An epoll watches files, not numbers (Linux's epitem holds the struct file).
+    for entry in proc.fds.entries.values():
+        if isinstance(entry.file, EpollFile):
+            for item in entry.file.interest.values():
+                item.file = replaced.get(id(item.file), item.file)
 
 
 def _fill(write_fd: int, data: bytes) -> None:

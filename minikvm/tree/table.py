@@ -14,12 +14,17 @@ The layout is one header and :data:`RECORD` records, little-endian::
 
     header   u32 next_id       the next pid or tid to hand out
              u32 capacity      how many records (--max-processes)
+             u64 memory_used   what the processes' guest memory pools hold together
+             u64 memory_limit  the most they may hold together (--memory)
+             i32 foreground    the terminal's foreground group (0: the first process's)
+             u32 (padding)
     record   i32 pid           0: a free record
              i32 host_pid      the host process that runs it (0 until the fork returned)
              i32 ppid          its parent's pid, as getppid(2) reports it
              i32 pgid, sid     its process group and session
-             u32 (padding)
+             u32 stop_signal   the signal it last stopped by (SIGTSTP …; see Family.stop)
              u64 mailbox       signals other processes sent it, bit n-1 for signal n
+             u64 memory        what its guest memory pool holds (part of memory_used)
 
 Every update takes ``flock(LOCK_EX)`` on the memfd: the host processes
 really run in parallel, on several cores.  Reads of one record's field take
@@ -28,6 +33,12 @@ the lock too — a record is 32 bytes and Python reads it in several steps.
 The table's size bounds the sandbox: :meth:`ProcessTable.reserve` refuses a
 new process once every record is in use (``fork`` then fails with EAGAIN,
 as at ``RLIMIT_NPROC``), which is what keeps a fork bomb from taking the host.
+The memory fields bound it too, as a cgroup's memory limit would: each
+process's page pool (:class:`~minikvm.machine.pages.PagePool`) charges
+what it maps to its record (:meth:`ProcessTable.charge`), and the total may
+not pass the limit (ENOMEM for the mapping, or for the fork that would copy
+too much).  A process's charge is given back when its record is freed —
+when it is reaped — so even a process killed with SIGKILL returns its share.
 """
 
 from __future__ import annotations
@@ -41,15 +52,18 @@ from dataclasses import dataclass
 
 from minikvm.errors import SyscallError
 
-#: u32 next_id, u32 capacity
-HEADER = struct.Struct("<II")
-#: pid, host_pid, ppid, pgid, sid, padding, mailbox
-RECORD = struct.Struct("<iiiiiIQ")
+#: next_id, capacity, memory_used, memory_limit, foreground, padding
+HEADER = struct.Struct("<IIQQiI")
+#: pid, host_pid, ppid, pgid, sid, stop_signal, mailbox, memory
+RECORD = struct.Struct("<iiiiiIQQ")
 #: The first process's pid (what :class:`~minikvm.process.process.Process` gives it).
 FIRST_PID = 1000
 #: ``--max-processes`` when not given: enough for ``make -j`` and a shell's
 #: pipelines, few enough that a fork bomb stays a small load.
 DEFAULT_MAX_PROCESSES = 256
+#: What the sandbox's processes may hold together when ``--memory`` is not
+#: given (each one's VM then has the default 1 GiB): four of them full.
+DEFAULT_SANDBOX_MEMORY = 4 << 30
 #: Pids and tids are handed out up to here, then from FIRST_PID + 1 again,
 #: skipping those in use (Linux's ``pid_max`` is 4194304 on 64-bit hosts).
 PID_MAX = 4_194_304
@@ -78,15 +92,18 @@ class ProcessTable:
                               prot=mmap.PROT_READ | mmap.PROT_WRITE)
 
     @classmethod
-    def create(cls, capacity: int, first: Record) -> "ProcessTable":
-        """A table for at most *capacity* processes holding *first*."""
+    def create(cls, capacity: int, first: Record, memory: int,
+               memory_limit: int) -> "ProcessTable":
+        """A table for at most *capacity* processes holding *first*, whose
+        pool holds *memory* bytes, all of them holding at most *memory_limit*."""
         if capacity < 1:
             raise ValueError(f"a sandbox holds at least one process, not {capacity}")
         fd = os.memfd_create("minikvm-processes", os.MFD_CLOEXEC)
         os.ftruncate(fd, HEADER.size + capacity * RECORD.size)
         table = cls(fd, capacity)
-        HEADER.pack_into(table._map, 0, first.pid + 1, capacity)
+        HEADER.pack_into(table._map, 0, first.pid + 1, capacity, memory, memory_limit, 0, 0)
         table._write(0, first)
+        table._set_field(0, 7, memory)
         return table
 
     # -- the lock -------------------------------------------------------------------
@@ -102,12 +119,34 @@ class ProcessTable:
         return HEADER.size + index * RECORD.size
 
     def _read(self, index: int) -> Record | None:
-        pid, host_pid, ppid, pgid, sid, _, _ = RECORD.unpack_from(self._map, self._offset(index))
+        pid, host_pid, ppid, pgid, sid, *_ = RECORD.unpack_from(self._map, self._offset(index))
         return Record(pid, host_pid, ppid, pgid, sid) if pid else None
 
-    def _write(self, index: int, record: Record, mailbox: int = 0) -> None:
-        RECORD.pack_into(self._map, self._offset(index), record.pid, record.host_pid,
-                         record.ppid, record.pgid, record.sid, 0, mailbox)
+    def _write(self, index: int, record: Record) -> None:
+        """Write *record*'s fields, keeping the mailbox and the memory."""
+        fields = list(RECORD.unpack_from(self._map, self._offset(index)))
+        if fields[0] != record.pid:
+            fields[5] = fields[6] = fields[7] = 0          # a new record starts empty
+        fields[:5] = record.pid, record.host_pid, record.ppid, record.pgid, record.sid
+        RECORD.pack_into(self._map, self._offset(index), *fields)
+
+    def _field(self, index: int, position: int) -> int:
+        return RECORD.unpack_from(self._map, self._offset(index))[position]
+
+    def _set_field(self, index: int, position: int, value: int) -> None:
+        fields = list(RECORD.unpack_from(self._map, self._offset(index)))
+        fields[position] = value
+        RECORD.pack_into(self._map, self._offset(index), *fields)
+
+    def _add_memory(self, delta: int) -> bool:
+        """Add *delta* to the total (the lock is held); False, changing
+        nothing, when a positive one would pass the limit."""
+        fields = list(HEADER.unpack_from(self._map, 0))
+        if delta > 0 and fields[2] + delta > fields[3]:
+            return False
+        fields[2] = max(0, fields[2] + delta)
+        HEADER.pack_into(self._map, 0, *fields)
+        return True
 
     def _index(self, pid: int) -> int | None:
         for index in range(self.capacity):
@@ -121,11 +160,13 @@ class ProcessTable:
 
     def _new_id(self) -> int:
         """The next free pid/tid (the lock is held): one no record uses."""
-        next_id, capacity = HEADER.unpack_from(self._map, 0)
+        fields = list(HEADER.unpack_from(self._map, 0))
+        next_id = fields[0]
         in_use = {record.pid for record in self._records()}
         while next_id in in_use or next_id <= FIRST_PID:
             next_id = next_id + 1 if FIRST_PID < next_id < PID_MAX else FIRST_PID + 1
-        HEADER.pack_into(self._map, 0, next_id + 1, capacity)
+        fields[0] = next_id + 1
+        HEADER.pack_into(self._map, 0, *fields)
         return next_id
 
     # -- what the processes ask ---------------------------------------------------------
@@ -135,14 +176,21 @@ class ProcessTable:
         with self:
             return self._new_id()
 
-    def reserve(self, ppid: int, pgid: int, sid: int) -> int:
-        """A record for a new child of *ppid*, before the host fork; its
-        pid.  EAGAIN when every record is in use (``--max-processes``)."""
+    def reserve(self, ppid: int, pgid: int, sid: int, memory: int) -> int:
+        """A record for a new child of *ppid*, whose pool holds *memory*
+        bytes (a copy of its parent's), before the host fork; its pid.
+        EAGAIN when every record is in use (``--max-processes``), ENOMEM
+        when the copy would pass the memory limit."""
         with self:
             for index in range(self.capacity):
                 if self._read(index) is None:
+                    if not self._add_memory(memory):
+                        raise SyscallError(errno.ENOMEM, f"a copy of this process's "
+                                           f"{memory >> 20} MiB would pass the sandbox's "
+                                           f"memory limit (--memory)")
                     pid = self._new_id()
                     self._write(index, Record(pid, 0, ppid, pgid, sid))
+                    self._set_field(index, 7, memory)
                     return pid
         raise SyscallError(errno.EAGAIN, f"the sandbox already has {self.capacity} processes, "
                                          f"the most it may have (--max-processes {self.capacity})")
@@ -170,18 +218,61 @@ class ProcessTable:
                 return
             record = self._read(index)
             assert record is not None
-            mailbox = RECORD.unpack_from(self._map, self._offset(index))[6]
             self._write(index, Record(pid, record.host_pid if host_pid is None else host_pid,
                                       record.ppid if ppid is None else ppid,
                                       record.pgid if pgid is None else pgid,
-                                      record.sid if sid is None else sid), mailbox)
+                                      record.sid if sid is None else sid))
 
     def remove(self, pid: int) -> None:
-        """Free *pid*'s record (its parent reaped it, or the fork failed)."""
+        """Free *pid*'s record (its parent reaped it, or the fork failed),
+        and its share of the memory."""
         with self:
             index = self._index(pid)
             if index is not None:
+                self._add_memory(-self._field(index, 7))
                 self._map[self._offset(index):self._offset(index + 1)] = bytes(RECORD.size)
+
+    def charge(self, pid: int, delta: int) -> bool:
+        """*pid*'s pool took (*delta* > 0) or gave back memory; False, and
+        nothing charged, when taking it would pass the limit."""
+        with self:
+            index = self._index(pid)
+            if index is None:
+                return delta <= 0
+            if not self._add_memory(delta):
+                return False
+            self._set_field(index, 7, max(0, self._field(index, 7) + delta))
+            return True
+
+    def note_stop(self, pid: int, sig: int) -> None:
+        """*pid* is stopping by *sig* (its host process stops by SIGSTOP)."""
+        with self:
+            index = self._index(pid)
+            if index is not None:
+                self._set_field(index, 5, sig)
+
+    def stop_signal(self, pid: int) -> int:
+        """The signal *pid* last stopped by, as :meth:`note_stop` noted it (0: none)."""
+        with self:
+            index = self._index(pid)
+            return 0 if index is None else self._field(index, 5)
+
+    def foreground(self) -> int:
+        """The terminal's foreground process group as the guest set it
+        (``tcsetpgrp``); 0 until a process sets one."""
+        with self:
+            return HEADER.unpack_from(self._map, 0)[4]
+
+    def set_foreground(self, pgid: int) -> None:
+        with self:
+            fields = list(HEADER.unpack_from(self._map, 0))
+            fields[4] = pgid
+            HEADER.pack_into(self._map, 0, *fields)
+
+    def memory_used(self) -> int:
+        """What the sandbox's pools hold together."""
+        with self:
+            return HEADER.unpack_from(self._map, 0)[2]
 
     def records(self) -> list[Record]:
         """Every process of the sandbox now."""
@@ -195,9 +286,8 @@ class ProcessTable:
             for index in range(self.capacity):
                 record = self._read(index)
                 if record is not None and record.ppid == old_parent:
-                    mailbox = RECORD.unpack_from(self._map, self._offset(index))[6]
                     record.ppid = new_parent
-                    self._write(index, record, mailbox)
+                    self._write(index, record)
 
     # -- signals between processes ---------------------------------------------------------
     def post(self, pid: int, sig: int) -> int | None:
@@ -229,4 +319,5 @@ class ProcessTable:
         os.close(self.fd)
 
 
-__all__ = ["ProcessTable", "Record", "FIRST_PID", "DEFAULT_MAX_PROCESSES"]
+__all__ = ["ProcessTable", "Record", "FIRST_PID", "DEFAULT_MAX_PROCESSES",
+           "DEFAULT_SANDBOX_MEMORY"]

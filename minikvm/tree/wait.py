@@ -24,11 +24,13 @@ import os
 import select
 import signal
 import struct
+import time
 from typing import TYPE_CHECKING
 
 from minikvm.errors import SyscallError
-from minikvm.syscalls.signals import (ERESTARTSYS, deliver_due_alarm, ready,
-                                      take_outside_signals)
+from minikvm.process import threads
+from minikvm.syscalls.signals import (ERESTARTSYS, SA_NOCLDWAIT, SIG_IGN, action_of,
+                                      deliver_due_alarm, ready, sleep, take_outside_signals)
 from minikvm.tree.table import Record
 
 if TYPE_CHECKING:
@@ -107,7 +109,23 @@ def wait_child(family: Family, proc: Process, kind: int,
             return record, info
         if options & WNOHANG:
             return None
-        _nap(proc)
+        if len(proc.threads) > 1:
+            _wait_beside_threads(proc)
+        else:
+            _nap(proc)
+
+
+def _wait_beside_threads(proc: Process) -> None:
+    """With other threads, a wait must not stop the host: they may be what
+    the child waits for (Go feeds a child's stdin from one goroutine while
+    another waits for it).  The calling thread waits as a read of a host fd
+    does (:func:`~minikvm.process.threads.retry_after_others`): it makes the
+    call again when the wakeup fd says a signal came — a child's SIGCHLD —
+    or a slice has passed (a stop or a continue sends no byte there either)."""
+    outside = proc.machine.outside
+    watch = ((outside.wakeup_fd, select.POLLIN),) if outside is not None else ()
+    threads.retry_after_others(proc, "wait for a child", lambda seconds: sleep(proc, seconds),
+                               watch=watch, wake_at=time.monotonic() + WAIT_SLICE_SECONDS)
 
 
 def _nap(proc: Process) -> None:
@@ -131,6 +149,32 @@ def _nap(proc: Process) -> None:
         raise SyscallError(errno.EINTR, "interrupted: the run is being stopped")
 
 
+def _reported_status(family: Family, record: Record, info: os.waitid_result) -> int:
+    """The host's si_status, except for a stop: a child stops its host
+    process by SIGSTOP whatever the guest's signal was
+    (:meth:`Family.stop <minikvm.tree.family.Family.stop>`), which the table kept."""
+    if info.si_code == CLD_STOPPED:
+        return family.table.stop_signal(record.pid) or info.si_status
+    return info.si_status
+
+
+def children_reaped_by_themselves(proc: Process) -> bool:
+    """Whether the caller's children leave no zombie: SIGCHLD is ignored
+    (SIG_IGN) or its action has SA_NOCLDWAIT, as POSIX.1-2001 says."""
+    handler, flags, _, _ = action_of(proc, signal.SIGCHLD)
+    return handler == SIG_IGN or bool(flags & SA_NOCLDWAIT)
+
+
+def reap_quietly(family: Family, proc: Process) -> None:
+    """Reap the caller's children that ended, reporting nothing: what the
+    kernel does at once for a parent whose children leave no zombie."""
+    try:
+        while wait_child(family, proc, P_ALL, 0, WEXITED | WNOHANG) is not None:
+            pass
+    except SyscallError:
+        pass                            # no children left
+
+
 def wait4(family: Family, proc: Process, pid: int, status: int, options: int,
           usage: int) -> int:
     """wait4(2): *pid* -1 any child, 0 the caller's group, < -1 group -pid,
@@ -145,11 +189,16 @@ def wait4(family: Family, proc: Process, pid: int, status: int, options: int,
                    else (P_PGID, -pid) if pid < 0 else (P_PID, pid))
     flags = WEXITED | (WSTOPPED if options & WUNTRACED else 0) | options & (WCONTINUED | WNOHANG)
     found = wait_child(family, proc, kind, ident, flags)
+    while found is not None and children_reaped_by_themselves(proc) \
+            and found[1].si_code in (CLD_EXITED, CLD_KILLED, CLD_DUMPED):
+        # No zombie to report: wait on, until no child is left (ECHILD).
+        found = wait_child(family, proc, kind, ident, flags)
     if found is None:
         return 0
     record, info = found
     if status:
-        proc.mm.write_struct(status, "<i", status_word(info.si_code, info.si_status))
+        proc.mm.write_struct(status, "<i", status_word(info.si_code,
+                                                       _reported_status(family, record, info)))
     if usage:
         proc.mm.write(usage, bytes(RUSAGE_SIZE))
     return record.pid
@@ -174,7 +223,8 @@ def waitid(family: Family, proc: Process, kind: int, ident: int, info: int, opti
         else:
             record, result = found
             proc.mm.write(info, SIGINFO_CHLD.pack(signal.SIGCHLD, 0, result.si_code, 0,
-                                                  record.pid, os.getuid(), result.si_status,
+                                                  record.pid, os.getuid(),
+                                                  _reported_status(family, record, result),
                                                   0, 0, 0).ljust(SIGINFO_SIZE, b"\0"))
     if usage:
         proc.mm.write(usage, bytes(RUSAGE_SIZE))
