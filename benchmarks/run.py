@@ -28,6 +28,8 @@ temporary directory, from the sources beside this file:
 ``compute.c``         fill, hash and sort a buffer (CPU and memory)
 ``memtouch.c``        malloc, write every page of, and free 256 MiB (first touches)
 ``hello.c``           the smallest program: what starting costs
+``fork_exec_wait.c``  fork, exec and wait for a child, as a shell runs a command
+``true_static.c``     ``/bin/true`` as a static program: that child
 ``snapshot_guest.c``  a request handler dirtying N pages per request, for
                       ``snapshot_bench.py`` (fork, reset, snapshot files)
 ``echo_handler.c``    a small HTTP handler, for ``serve_bench.py``:
@@ -36,12 +38,14 @@ temporary directory, from the sources beside this file:
 ====================  =====================================================
 
 plus ``/bin/busybox`` for the I/O workloads (``cat`` and ``dd bs=64k`` of a
-big file).  Snapshots are timed by ``snapshot_bench.py`` (forks; resets
+big file) and for the shell loop (``sh -c 'for i in $(seq 50); do
+true_static; done'``).  Snapshots are timed by ``snapshot_bench.py`` (forks; resets
 after requests dirtying 0, 1, 16, 256 and 4096 pages, with both reset
 mechanisms; a snapshot file's save and load) and ``minikvm serve`` by
 ``serve_bench.py`` (a load generator at 1 and 4 concurrent clients, against
 a native CGI server running the same handler in the same run), each in a
-process of its own.
+process of its own.  Where a guest's fork+exec+wait spends its time, step by
+step, is ``fork_breakdown.py``'s to say (a profile, not part of this run).
 
 Peers, when installed: Debian's qemu-user (``qemu-x86_64``; install it with
 ``apt-get install qemu-user``) and gVisor (``runsc``).  Neither is
@@ -71,7 +75,8 @@ BENCHMARKS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCHMARKS_DIR.parent
 BUSYBOX = "/bin/busybox"
 C_PROGRAMS = ("exit_floor", "fork_floor", "getpid_bench", "clock_bench", "stat_bench",
-              "compute", "memtouch", "hello", "snapshot_guest", "echo_handler")
+              "compute", "memtouch", "hello", "snapshot_guest", "echo_handler",
+              "fork_exec_wait", "true_static")
 #: stat_bench's paths: one missing and outside every grant (the policy
 #: answers ENOENT, hidden), one found in the default system view.
 STAT_HIDDEN_PATH = "/minikvm-bench-missing/file"
@@ -89,7 +94,9 @@ PROCESS_TIMEOUT_SECONDS = 600
 
 #: The moonshot goals (docs/explanation/performance.md): ratio key -> (goal, "≤"/"≥").
 GOALS = {"syscall_ratio": (1.3, "≤"), "vdso_clock_ratio": (3.0, "≤"), "compute_ratio": (0.97, "≥"), "memtouch_ratio": (0.7, "≥"),
-         "hello_ratio": (2.0, "≤")}
+         "hello_ratio": (2.0, "≤"),
+         # issue 13: a child process started faster than gVisor starts one
+         "fork_exec_wait_gvisor_ratio": (1.0, "≤"), "shell_loop_gvisor_ratio": (1.0, "≤")}
 
 
 @dataclass(frozen=True)
@@ -102,15 +109,19 @@ class Sizes:
     compute_mib: int            # compute.c's buffer
     io_mib: int                 # the file busybox cats
     serve_requests: int         # requests per server and concurrency (serve_bench.py)
+    spawn_iterations: int       # fork+exec+waits per repetition of fork_exec_wait
+    shell_iterations: int       # N of the shell loop's $(seq N)
 
 
 FULL = Sizes(repetitions=7, exit_iterations=50_000, syscall_iterations=20_000,
              native_syscall_iterations=1_000_000, compute_mib=32, io_mib=64,
-             serve_requests=1400)
+             serve_requests=1400, spawn_iterations=100, shell_iterations=50)
 QUICK = Sizes(repetitions=5, exit_iterations=10_000, syscall_iterations=4_000,
-              native_syscall_iterations=200_000, compute_mib=8, io_mib=16, serve_requests=500)
+              native_syscall_iterations=200_000, compute_mib=8, io_mib=16, serve_requests=500,
+              spawn_iterations=30, shell_iterations=50)
 SMOKE = Sizes(repetitions=2, exit_iterations=1_000, syscall_iterations=500,
-              native_syscall_iterations=10_000, compute_mib=1, io_mib=1, serve_requests=40)
+              native_syscall_iterations=10_000, compute_mib=1, io_mib=1, serve_requests=40,
+              spawn_iterations=3, shell_iterations=3)
 
 #: The guest memory fork_floor.c gives its VMs, MiB: minikvm's default
 #: (DEFAULT_MEMORY_SIZE in minikvm/cpu/layout.py), which snapshot_guest runs with.
@@ -198,6 +209,23 @@ def run_process(argv: list[str], env: dict[str, str] | None = None,
         sys.exit(f"benchmarks: {' '.join(argv)} failed with status {result.returncode}:\n"
                  f"{result.stderr.strip()}")
     return elapsed, result.stdout or ""
+
+
+def attempt(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, str, str]:
+    """Run *argv* as :func:`run_process` does, for a workload that a runner
+    may legitimately be unable to do: (wall seconds, stdout, "" or why it
+    failed — the last line of its stderr), never stopping the run."""
+    start = time.perf_counter()
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, env=env,
+                                timeout=PROCESS_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        return 0.0, "", f"did not finish in {PROCESS_TIMEOUT_SECONDS} s"
+    elapsed = time.perf_counter() - start
+    if result.returncode == 0:
+        return elapsed, result.stdout, ""
+    lines = result.stderr.strip().splitlines() or [""]
+    return elapsed, result.stdout, f"exit status {result.returncode}: {lines[-1]}"
 
 
 def numbers(output: str) -> list[float]:
@@ -551,6 +579,127 @@ def bench_dlopen(programs: dict[str, Path], sizes: Sizes, runners: dict[str, Run
     results.derived["dlopen_mmap_share"] = seconds.get("mmap", 0.0) / seconds["total"]
 
 
+#: The runners that start a child in the same sandbox as its parent.
+#: qemu-user is left out: its execve hands the child to the host kernel,
+#: which runs an x86-64 child natively, outside the emulator.
+PROCESS_RUNNERS = ("native", "minikvm", "bwrap", "gvisor")
+
+
+def shell_loop(child: Path, count: int) -> str:
+    """issue 13's shell loop, *count* times *child*.  ``|| exit 1`` and the
+    final ``echo "$i"`` are its check: a shell whose fork is refused says
+    "can't fork" and goes on, so only the last ``$i`` shows that every
+    iteration ran (and ran *child*)."""
+    return f'for i in $(seq {count}); do {child} || exit 1; done; echo "$i"'
+
+
+def bench_processes(programs: dict[str, Path], sizes: Sizes, runners: dict[str, Runner],
+                    data: Path, results: Results) -> None:
+    """A second process (issue 13), in rounds, under each of PROCESS_RUNNERS.
+
+    ``fork_exec_wait_ms`` (minikvm), ``fork_exec_wait_native_ms``,
+    ``bwrap_fork_exec_wait_ms``, ``gvisor_fork_exec_wait_ms``: milliseconds
+    per fork, exec of true_static and wait, timed by fork_exec_wait.c itself
+    over ``spawn_iterations`` of them (100 in a full run).
+
+    ``shell_loop_ms`` (and ``shell_loop_native_ms``, …): milliseconds per
+    *iteration* of busybox ``sh -c 'for i in $(seq N); do true_static;
+    done'`` (N = ``shell_iterations``, 50 in a full run).  Each round times
+    the script end to end with N and with 0 iterations, and the difference
+    over N is the figure: the sandbox's and the shell's start-up and
+    ``$(seq)``'s subshell drop out.  ``shell_loop_total_ms`` is the whole
+    N-iteration script, start-up included.
+
+    Ratios (lower is better): ``fork_exec_wait_ratio`` = minikvm / native,
+    ``fork_exec_wait_gvisor_ratio`` = minikvm / gVisor (issue 13's goal:
+    below 1); the same for ``shell_loop``.
+
+    A runner that cannot start a second process — minikvm refused fork
+    with EPERM before issue 13 — leaves its figure out, with the program's
+    own words in ``skipped`` under the figure's key, and the run goes on.
+    Natively a failure stops the run: the harness or the machine is wrong."""
+    child = data / "true_static"            # in the grant minikvm is given
+    shutil.copy2(programs["true_static"], child)
+    shell = os.access(BUSYBOX, os.X_OK)
+    if not shell:
+        results.skipped["shell_loop_ms"] = f"{BUSYBOX} not found (apt-get install busybox-static)"
+    chosen = {name: runners[name] for name in PROCESS_RUNNERS if name in runners}
+    count = sizes.shell_iterations
+    samples: dict[str, list[float]] = {}
+    refused: dict[str, str] = {}            # figure -> why it is not measured
+
+    def figure(runner: str, measure: str) -> str:
+        return f"{measure}_native_ms" if runner == "native" else key(runner, f"{measure}_ms")
+
+    def refuse(runner: str, name: str, problem: str, what: str) -> None:
+        if runner == "native":
+            sys.exit(f"benchmarks: {what} failed natively: {problem}")
+        refused[name] = f"{runner} could not run {what}: {problem}"
+
+    for _ in range(sizes.repetitions):
+        for name, runner in chosen.items():
+            spawn = figure(name, "fork_exec_wait")
+            if spawn not in refused:
+                _, output, problem = attempt(runner.argv(
+                    programs["fork_exec_wait"], child, sizes.spawn_iterations, 1, data=data),
+                    runner.env)
+                if problem:
+                    refuse(name, spawn, problem, "fork_exec_wait")
+                else:
+                    samples.setdefault(spawn, []).extend(numbers(output))
+            loop = figure(name, "shell_loop")
+            if not shell or loop in refused:
+                continue
+            seconds = {}
+            for iterations in (count, 0):
+                elapsed, output, problem = attempt(runner.argv(
+                    BUSYBOX, "sh", "-c", shell_loop(child, iterations), data=data), runner.env)
+                ran = output.strip()
+                if not problem and ran != (str(iterations) if iterations else ""):
+                    problem = f"the loop ended at i = {ran or 'nothing'}, not {iterations}"
+                if problem:
+                    refuse(name, loop, problem, f"the shell loop of {iterations}")
+                    break
+                seconds[iterations] = elapsed
+            else:
+                samples.setdefault(loop, []).append((seconds[count] - seconds[0]) * 1000 / count)
+                samples.setdefault(figure(name, "shell_loop_total"), []).append(
+                    seconds[count] * 1000)
+    for name, values in samples.items():
+        results.add(name, Samples(values))
+    results.skipped.update(refused)
+    for measure in ("fork_exec_wait", "shell_loop"):
+        results.ratio(f"{measure}_ratio", f"{measure}_ms", f"{measure}_native_ms")
+        results.ratio(f"{measure}_gvisor_ratio", f"{measure}_ms", f"gvisor_{measure}_ms")
+
+
+#: fork_breakdown.py's steps of a fork+exec+wait, in order (its TIMELINE's keys).
+FORK_STEPS = ("copies", "host_fork", "child_vm", "to_exec", "exec", "child_run", "child_exit",
+              "back")
+
+
+def bench_fork_steps(sizes: Sizes, scratch: Path, results: Results) -> None:
+    """Where minikvm's fork+exec+wait goes: ``fork_breakdown.py`` once, over
+    ``spawn_iterations`` forks, gives ``fork_step_KEY_ms`` for each key of
+    FORK_STEPS — the mean of each step of the relay between the two host
+    processes (its docstring says which is which); they add up to about
+    ``fork_exec_wait_ms``.  Skipped, with the reason, when minikvm did not
+    fork, or when the profile cannot run (its timers name minikvm's
+    functions: a renamed one is a skip, not a failed run)."""
+    if "fork_exec_wait_ms" not in results.figures:
+        results.skipped["fork_steps"] = "minikvm did not fork (see fork_exec_wait_ms)"
+        return
+    _, output, problem = attempt([sys.executable, str(BENCHMARKS_DIR / "fork_breakdown.py"),
+                                  "--json", str(sizes.spawn_iterations)],
+                                 minikvm_environment(scratch))
+    if problem:
+        results.skipped["fork_steps"] = f"fork_breakdown.py failed: {problem}"
+        return
+    steps = json.loads(output)["steps_ms"]
+    for step in FORK_STEPS:
+        results.derived[f"fork_step_{step}_ms"] = steps[step]
+
+
 def bench_snapshot(programs: dict[str, Path], sizes: Sizes, scratch: Path,
                    results: Results) -> None:
     """Fork, reset and snapshot files through minikvm/snapshot/ (in
@@ -739,7 +888,20 @@ def format_table(results: Results, mode: str) -> str:
          "native " + show("dlopen_native_s", "s")),
         ("", f"{results.derived.get('dlopen_mmap_share', 0):.0%} of it in mmap (copies)",
          f"{results.derived.get('dlopen_library_mib', 0):.1f} MiB file"),
+        ("fork+exec+wait", show("fork_exec_wait_ms", "ms"),
+         "native " + show("fork_exec_wait_native_ms", "ms")),
+        ("", "", "bwrap " + show("bwrap_fork_exec_wait_ms", "ms")),
+        ("", "", "gVisor " + show("gvisor_fork_exec_wait_ms", "ms")),
+        ("shell loop, per iteration", show("shell_loop_ms", "ms"),
+         "native " + show("shell_loop_native_ms", "ms")),
+        ("", "", "bwrap " + show("bwrap_shell_loop_ms", "ms")),
+        ("", "", "gVisor " + show("gvisor_shell_loop_ms", "ms")),
+        ("shell loop, whole script", show("shell_loop_total_ms", "ms"),
+         "gVisor " + show("gvisor_shell_loop_total_ms", "ms")),
     ]
+    rows += [(f"  fork step: {step}", f"{results.derived[f'fork_step_{step}_ms']:.3f} ms",
+              "mean (fork_breakdown.py)") for step in FORK_STEPS
+             if f"fork_step_{step}_ms" in results.derived]
     derived = results.derived
     if "fork_us" in figures:
         rows.append(("snapshot fork", show("fork_us", "µs"),
@@ -794,7 +956,11 @@ def format_table(results: Results, mode: str) -> str:
               ratio("io_rw_ratio", "the same, for dd's 64 KiB reads and writes"),
               ratio("hello_ratio", "minikvm hello / python3 -c pass: lower is better"),
               ratio("fork_floor_ratio", "snapshot fork / its C floor: lower is better, "
-                    "1 = no Python cost")]
+                    "1 = no Python cost"),
+              ratio("fork_exec_wait_ratio", "minikvm fork+exec+wait / native: lower is better"),
+              ratio("fork_exec_wait_gvisor_ratio", "the same / gVisor: below 1 beats gVisor"),
+              ratio("shell_loop_ratio", "minikvm shell loop iteration / native: lower is better"),
+              ratio("shell_loop_gvisor_ratio", "the same / gVisor: below 1 beats gVisor")]
     for clients in SERVE_CLIENTS:
         level = "" if clients == 1 else f"_c{clients}"
         lines.append(ratio(f"serve{level}_rps_ratio",
@@ -853,6 +1019,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_hello(programs, sizes, runners, data, scratch, results)
         bench_dynamic(sizes, runners, data, scratch, results)
         bench_dlopen(programs, sizes, runners, data, results)
+        bench_processes(programs, sizes, runners, data, results)
+        bench_fork_steps(sizes, scratch, results)
         bench_snapshot(programs, sizes, scratch, results)
         bench_serve(programs, sizes, scratch, results)
     results.facts["load_average_at_end"] = round(os.getloadavg()[0], 2)

@@ -122,6 +122,39 @@ def test_serve_and_its_native_baselines_or_a_reason(report: dict) -> None:
             assert report[f"{backend}{level}_p50_ms"] <= report[f"{backend}{level}_p99_ms"]
 
 
+def test_processes_are_measured_beside_native_and_the_peers(report: dict) -> None:
+    """fork+exec+wait and the shell loop (issue 13) natively, in minikvm, and
+    in each peer that can start a child (one that cannot says why)."""
+    runners = ["native", "minikvm"] + [peer for peer in ("bwrap", "gvisor")
+                                       if peer not in report["skipped"]]
+    for runner in runners:
+        for measure in ("fork_exec_wait", "shell_loop", "shell_loop_total"):
+            figure = (f"{measure}_native_ms" if runner == "native" else
+                      f"{measure}_ms" if runner == "minikvm" else f"{runner}_{measure}_ms")
+            reason = report["skipped"].get(figure.replace("_total", ""), "")
+            if figure not in report and runner not in ("native", "minikvm"):
+                assert reason, f"{figure} is missing without a reason"
+                continue
+            assert figure in report, f"{figure} is missing: {reason}"
+            assert isinstance(report[figure], float), figure
+            if measure != "shell_loop":   # a difference of two wall times may be noise
+                assert report[figure] > 0, f"{figure} = {report[figure]}"
+
+
+FORK_STEPS = ("copies", "host_fork", "child_vm", "to_exec", "exec", "child_run", "child_exit",
+              "back")
+
+
+def test_a_forks_steps_are_timed(report: dict) -> None:
+    """fork_breakdown.py's steps follow one another in the relay between the
+    two host processes, so each lasts some time: a step of zero or less
+    means the moments came out of order (the profile misreads the code);
+    a missing one, that its timers no longer find minikvm's functions."""
+    assert "fork_steps" not in report["skipped"], report["skipped"]["fork_steps"]
+    for step in FORK_STEPS:
+        assert report[f"fork_step_{step}_ms"] > 0, step
+
+
 def test_peers_are_measured_or_skipped_with_a_reason(report: dict) -> None:
     if shutil.which("qemu-x86_64"):
         for key in QEMU:
