@@ -250,8 +250,13 @@ class PageTables:
             pt = self._child(pd, pd_index, create=False)
             run_end = min(end, next_huge)
             if pt is not None:
-                for index in range(table_index(vaddr, 3), table_index(run_end - 1, 3) + 1):
-                    self._set_entry(pt, index, change(self._entry(pt, index)))
+                # The run's entries in one slice: read, change, write back
+                # (an exec unmaps thousands of pages; one call each was most
+                # of its cost).
+                first = self._slot(pt, table_index(vaddr, 3))
+                count = (run_end - vaddr) // PAGE_SIZE
+                old = self.words[first:first + count]
+                self._store(first, array("Q", [change(entry) for entry in old]))
             vaddr = run_end
 
     # -- reading ---------------------------------------------------------------
