@@ -124,7 +124,7 @@ def without_job_pids(stderr: bytes) -> str:
     """*stderr* with the pid in bash's report of a killed child
     (``/bin/bash: line 1: 32285 Killed  sh -c ...``) replaced by ``PID``:
     the host's pid natively, the sandbox's own in the guest."""
-    return re.sub(r"(: line \d+: +)\d+ ", r"\1PID ", stderr.decode(errors="replace"))
+    return re.sub(r"(: line \d+: ) *\d+ ", r"\1PID ", stderr.decode(errors="replace"))
 
 
 def compare(argv: list[object], tmp_path: Path, *, expect_status: int | None = None,
