@@ -7,13 +7,7 @@ writes appears in our mapping, and whatever we write the guest sees.
 
 The memory lives in a **memfd** (an anonymous file) rather than an anonymous
 mapping, so that later layers can map the *same* pages again: a snapshot
-keeps the fd, and a copy-on-write fork maps it ``MAP_PRIVATE``.  A machine
-no snapshot will be taken of — ``minikvm run``'s, whose processes fork —
-may use plain **anonymous** memory instead (``anonymous=True``): the
-host's own ``fork`` then shares it copy-on-write with the child, page by
-page, with nothing copied up front (:mod:`minikvm.tree.fork`).  (A private
-mapping of a memfd would not do: every page written in it would exist
-twice, once in the file and once as the private copy.)
+keeps the fd, and a copy-on-write fork maps it ``MAP_PRIVATE``.
 
 Every access from the host goes through :meth:`GuestMemory.view`, which
 checks the guest-physical range against the region and raises
@@ -36,7 +30,6 @@ MAP_NORESERVE = 0x4000
 MAP_FIXED = 0x10            # asm-generic/mman-common.h (mmap module: 3.12+)
 FALLOC_FL_KEEP_SIZE = 0x01   # linux/falloc.h
 FALLOC_FL_PUNCH_HOLE = 0x02
-MADV_DONTNEED = 4            # asm-generic/mman-common.h
 MADV_POPULATE_WRITE = 23     # asm-generic/mman-common.h, Linux 5.14
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -47,33 +40,24 @@ class GuestMemory:
 
     *size* must be a multiple of the page size.  ``shared=True`` maps the
     memfd ``MAP_SHARED`` (the owner's view); ``shared=False`` maps it
-    ``MAP_PRIVATE``, giving copy-on-write on top of another machine's pages;
-    ``anonymous=True`` maps no file at all (:attr:`fd` is -1).
+    ``MAP_PRIVATE``, giving copy-on-write on top of another machine's pages.
     """
 
     def __init__(self, size: int, base: int = 0, *, fd: int | None = None,
-                 shared: bool = True, anonymous: bool = False,
-                 name: str = "minikvm-guest") -> None:
+                 shared: bool = True, name: str = "minikvm-guest") -> None:
         if size <= 0 or size % PAGE_SIZE:
             raise ValueError(f"guest memory size {size:#x} must be a positive multiple "
                              f"of the page size ({PAGE_SIZE:#x})")
         self.base = base
         self.size = size
-        self.anonymous = anonymous
-        self.shared = shared and not anonymous
-        self.owns_fd = fd is None and not anonymous
-        if anonymous:
-            self.fd = -1
-            self._map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-                                  | MAP_NORESERVE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-        else:
-            if fd is None:
-                fd = os.memfd_create(name, os.MFD_CLOEXEC)
-                os.ftruncate(fd, size)
-            self.fd = fd
-            flags = (mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE) | MAP_NORESERVE
-            self._map = mmap.mmap(fd, size, flags=flags,
-                                  prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        self.shared = shared
+        self.owns_fd = fd is None
+        if fd is None:
+            fd = os.memfd_create(name, os.MFD_CLOEXEC)
+            os.ftruncate(fd, size)
+        self.fd = fd
+        flags = (mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE) | MAP_NORESERVE
+        self._map = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         self.buffer = memoryview(self._map)
         # The host address KVM needs: a ctypes view pins the buffer while we live.
         self._pin = ctypes.c_ubyte.from_buffer(self._map)
@@ -186,11 +170,6 @@ class GuestMemory:
         """
         self.view(gpa, length)  # bounds check
         self.note_written(gpa, length)
-        if self.anonymous:
-            # Anonymous pages dropped read as zeros again (and free the host's).
-            if _libc.madvise(ctypes.c_void_p(self.host_address + gpa - self.base),
-                             ctypes.c_size_t(length), MADV_DONTNEED) == 0:
-                return
         if self.shared and self.owns_fd:
             offset = gpa - self.base
             if _libc.fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
@@ -208,7 +187,7 @@ class GuestMemory:
         the call (before 5.14), or when the host is short of memory — the
         guest then faults the pages in one by one, as without it."""
         self.view(gpa, length)  # bounds check
-        if self.anonymous or self.shared and self.owns_fd:
+        if self.shared and self.owns_fd:
             _libc.madvise(ctypes.c_void_p(self.host_address + gpa - self.base),
                           ctypes.c_size_t(length), MADV_POPULATE_WRITE)
 

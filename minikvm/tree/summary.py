@@ -5,7 +5,8 @@ with many processes it must count every process's calls, as ``strace -f
 -c`` does.  Each host process counts its own (the dispatcher's
 ``counts``, emptied in a new child so nothing is counted twice); a child
 whose guest ends appends its counts as one JSON line to a memfd all the
-sandbox's processes share, under ``flock``; the first process adds the
+sandbox's processes share, under a record lock (``lockf``: flock's would
+be shared by every forked process); the first process adds the
 lines to its own counts before it prints.  A process still running when
 the first one ends is killed with the rest, and its calls are not counted.
 """
@@ -29,21 +30,21 @@ class TreeSummary:
     def add(self, counts: dict[str, list[float]]) -> None:
         """Append one process's counts (in a child, as it ends)."""
         line = (json.dumps(counts) + "\n").encode()[:MAX_LINE]
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        fcntl.lockf(self.fd, fcntl.LOCK_EX)
         try:
             os.lseek(self.fd, 0, os.SEEK_END)
             os.write(self.fd, line)
         finally:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            fcntl.lockf(self.fd, fcntl.LOCK_UN)
 
     def merge_into(self, counts: dict[str, list[float]]) -> None:
         """Add every child's counts to *counts* (in the first process, at the end)."""
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        fcntl.lockf(self.fd, fcntl.LOCK_EX)
         try:
             size = os.lseek(self.fd, 0, os.SEEK_END)
             data = os.pread(self.fd, size, 0)
         finally:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            fcntl.lockf(self.fd, fcntl.LOCK_UN)
         for line in data.splitlines():
             try:
                 child = json.loads(line)

@@ -26,8 +26,8 @@ The layout is one header and :data:`RECORD` records, little-endian::
              u64 mailbox       signals other processes sent it, bit n-1 for signal n
              u64 memory        what its guest memory pool holds (part of memory_used)
 
-Every update takes ``flock(LOCK_EX)`` on the memfd: the host processes
-really run in parallel, on several cores.  Reads of one record's field take
+Every update takes a POSIX record lock (``lockf``, ``F_SETLKW``) on the
+memfd: the host processes really run in parallel, on several cores.  Reads of one record's field take
 the lock too — a record is 32 bytes and Python reads it in several steps.
 
 The table's size bounds the sandbox: :meth:`ProcessTable.reserve` refuses a
@@ -108,11 +108,15 @@ class ProcessTable:
 
     # -- the lock -------------------------------------------------------------------
     def __enter__(self) -> "ProcessTable":
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        # A POSIX record lock (F_SETLKW), not flock: flock's lock belongs to
+        # the open file description, which every forked process shares, so
+        # two processes could both "hold" it; a record lock belongs to the
+        # process.  (Found by a fork bomb: records went missing.)
+        fcntl.lockf(self.fd, fcntl.LOCK_EX)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        fcntl.lockf(self.fd, fcntl.LOCK_UN)
 
     # -- records, with the lock held -------------------------------------------------
     def _offset(self, index: int) -> int:
