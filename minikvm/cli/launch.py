@@ -134,6 +134,7 @@ def raise_walls(policy: "Policy | None", *, allow_fork: bool = False,
 
 def launch(options: argparse.Namespace, *, stdio: tuple[int, int, int] = (0, 1, 2),
            program: bytes | None = None, allow_fork: bool = False,
+           anonymous_memory: bool = False,
            before_walls: Callable[[], None] | None = None) -> Launched:
     """Steps 1 to 5 for ``options.program`` with ``options.args``: the
     file is ``options.program_path`` (what :func:`find_program` found, set
@@ -143,6 +144,8 @@ def launch(options: argparse.Namespace, *, stdio: tuple[int, int, int] = (0, 1, 
     a fork, say); *stdio* the host fds of the guest's 0, 1 and 2;
     *allow_fork* the seccomp variant of a server that forks its workers
     (and of a run, whose guest processes are host processes);
+    *anonymous_memory* a machine no snapshot is taken of, whose memory the
+    host's fork shares copy-on-write (:class:`~minikvm.machine.machine.Machine`);
     *before_walls* opens what else the command needs once the policy is
     known to be good (it may raise LaunchError).  ``options.verbose``, where
     the command has it, prints the walls."""
@@ -165,7 +168,8 @@ def launch(options: argparse.Namespace, *, stdio: tuple[int, int, int] = (0, 1, 
     try:
         if program is None:
             program = read_program(path)
-        machine = Machine(options.memory or DEFAULT_MEMORY_SIZE)
+        machine = Machine(options.memory or DEFAULT_MEMORY_SIZE,
+                          anonymous_memory=anonymous_memory)
     except MinikvmError as error:    # ElfError (unreadable), KvmUnavailable, ...
         policy.close()
         raise LaunchError(EXIT_CANNOT_RUN, str(error)) from None

@@ -364,7 +364,8 @@ def _run_to_end(options: argparse.Namespace, open_trace: Callable[[], None],
     try:
         nested = start_x11(options)
         # allow_fork: guest processes are host processes (minikvm.tree.fork).
-        launched = launch(options, before_walls=open_trace, allow_fork=True)
+        launched = launch(options, before_walls=open_trace, allow_fork=True,
+                          anonymous_memory=True)
     except LaunchError as error:
         if nested is not None:
             nested.close()

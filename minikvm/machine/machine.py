@@ -129,17 +129,21 @@ class Machine:
     def __init__(self, memory_size: int = DEFAULT_MEMORY_SIZE, *, kvm: Kvm | None = None,
                  dirty_logging: bool = False, manual_protect: bool = False,
                  memory: GuestMemory | None = None,
-                 mm: AddressSpace | None = None, cpuid: object | None = None) -> None:
+                 mm: AddressSpace | None = None, cpuid: object | None = None,
+                 anonymous_memory: bool = False) -> None:
         """A fresh machine; or, given *memory* and *mm* (a snapshot's copy,
         see :mod:`minikvm.snapshot.snapshot`), a machine over memory that already
         holds the kernel area and page tables: only CPUID is set, and the
         caller loads the registers.  *cpuid* saves asking KVM again.
         *dirty_logging* logs the guest's writes (:meth:`take_dirty_log`);
         *manual_protect* also leaves the logged pages writable until
-        :meth:`protect_again` names them (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2)."""
+        :meth:`protect_again` names them (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2).
+        *anonymous_memory*: new memory that is no memfd
+        (:class:`~minikvm.kvm.memory.GuestMemory`), for a machine whose
+        processes fork and of which no snapshot is taken."""
         self.kvm = kvm or Kvm()
         self.vm = self.kvm.create_vm()
-        self.memory = memory or GuestMemory(memory_size)
+        self.memory = memory or GuestMemory(memory_size, anonymous=anonymous_memory)
         self.slot_flags = k.KVM_MEM_LOG_DIRTY_PAGES if dirty_logging else 0
         self.manual_protect = dirty_logging and manual_protect
         if self.manual_protect:
@@ -205,18 +209,21 @@ class Machine:
         self.memory.close()
         self.kvm.close()
 
-    def start_over_after_fork(self, memory_fd: int, cpuid: object) -> None:
+    def start_over_after_fork(self, memory_fd: int | None, cpuid: object) -> None:
         """In a host process just forked from this machine's owner: run on a
-        VM and vCPU of its own, over *memory_fd*, a copy of the memory.
+        VM and vCPU of its own.
 
         KVM ties a VM to the host process that made it (every ioctl of it
         from another address space fails with EIO), so a child cannot go on
-        with its parent's.  The memory moves onto the copy at the same host
-        addresses (:meth:`GuestMemory.take_over`); the new VM gets the same
+        with its parent's.  Anonymous memory is the child's already — the
+        host's fork made it a copy-on-write copy at the same addresses; a
+        memfd's is moved onto *memory_fd*, a copy, at the same host
+        addresses (:meth:`GuestMemory.take_over`).  The new VM gets the same
         memory slot and the new vCPU the same CPUID — the caller then loads
         the registers (the vCPU starts in reset state).  The parent's fds
         are only closed here: the parent's VM goes on in the parent."""
-        self.memory.take_over(memory_fd)
+        if memory_fd is not None:
+            self.memory.take_over(memory_fd)
         self.vm.close()
         self.vm = self.kvm.create_vm()
         self._dirty_carried = []

@@ -355,6 +355,20 @@ class AddressSpace:
         if vma is not None and vma.phys is not None and start + size <= vma.end:
             self.memory.populate(vma.physical(start), size)
 
+    def advise_huge(self, start: int, size: int) -> None:
+        """Ask the host for 2 MiB pages behind the whole 2 MiB blocks of the
+        fresh mapping ``[start, start + size)`` (:meth:`GuestMemory.advise_huge
+        <minikvm.kvm.memory.GuestMemory.advise_huge>`): one host fault per
+        2 MiB instead of 512 when the guest first touches it.  Only for a
+        mapping of at least 2 MiB, which a program asked for to use: a huge
+        page for every small one would hold up to 512 times the host memory
+        the guest touches."""
+        if size < HUGE_PAGE_SIZE:
+            return
+        vma = self.find(start)
+        if vma is not None and vma.phys is not None and start + size <= vma.end:
+            self.memory.advise_huge(vma.physical(start), size)
+
     def _allocate_backing(self, start: int, size: int) -> int:
         """Physical pages for a new mapping: 2 MiB aligned when the mapping
         can use huge pages; right after the previous VMA's pages when that

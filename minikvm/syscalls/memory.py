@@ -160,8 +160,10 @@ def sys_mmap(proc: Process, address: int, length: int, prot: int, flags: int, fd
             _copy_file(proc, source.host_fd, offset, size, vma.physical(start))
             if prot == PROT_NONE:
                 proc.mm.protect(start, size, PROT_NONE)
-    if source is None and prot & PROT_WRITE and size <= POPULATE_LIMIT:
-        proc.mm.populate(start, size)   # a buffer: its pages will be written
+    if source is None and prot & PROT_WRITE:
+        proc.mm.advise_huge(start, size)    # a large buffer: 2 MiB host pages
+        if size <= POPULATE_LIMIT:
+            proc.mm.populate(start, size)   # a buffer: its pages will be written
     return start
 
 

@@ -10,9 +10,12 @@ does — the host, inside the system-call handler:
    (EAGAIN at ``--max-processes``): the child's pid;
 2. turns the in-guest pipes into host pipes (:func:`share_pipes`), so that
    both processes see one pipe;
-3. copies the guest memory into a new memfd
-   (:func:`~minikvm.snapshot.frozen.freeze_memory`, the copy a snapshot
-   makes) and reads the vCPU's state (:class:`~minikvm.snapshot.cpu_state.CpuState`);
+3. reads the vCPU's state (:class:`~minikvm.snapshot.cpu_state.CpuState`);
+   the memory of ``minikvm run``'s machine is anonymous, which the host's
+   fork shares copy-on-write with the child, page by page — a machine
+   backed by a memfd (one a snapshot can be taken of) has its memory
+   copied into a new memfd first (:func:`~minikvm.snapshot.frozen.freeze_memory`,
+   the copy a snapshot makes);
 4. calls ``os.fork()``.
 
 Then, as in the kernel, **fork returns twice**.  The parent's handler
@@ -86,7 +89,8 @@ def fork(proc: Process, *, stack: int = 0, vfork: bool = False, tls: int | None 
         machine = proc.machine
         cpu = CpuState.capture(machine)
         cpuid = machine.vcpu.get_cpuid2()
-        frozen = freeze_memory(machine.memory, machine.mm)
+        if not machine.memory.anonymous:     # anonymous: the host's fork shares it CoW
+            frozen = freeze_memory(machine.memory, machine.mm)
         if vfork:
             done_read, done_write = os.pipe2(os.O_CLOEXEC)
         sys.stdout.flush()          # or the child would print it again
@@ -104,7 +108,14 @@ def fork(proc: Process, *, stack: int = 0, vfork: bool = False, tls: int | None 
             os.close(done_read)
         _become_child(proc, pid, frozen, cpu, cpuid, done_write,
                       _ChildSetup(stack, tls, set_child_tid, clear_child_tid))
-    os.close(frozen)
+    if frozen >= 0:
+        os.close(frozen)
+    else:
+        # The host's fork made every page of the anonymous memory read-only
+        # for copy-on-write; KVM's own mappings (PVM's shadow page tables)
+        # may still let the guest write the page the child now shares.
+        # Dropping them makes the next write fault, and the host copy it.
+        machine.mm.stale_translations = True
     family.table.update(pid, host_pid=host_pid)
     if vfork:
         os.close(done_write)
@@ -132,7 +143,7 @@ def _become_child(proc: Process, pid: int, frozen: int, cpu: CpuState, cpuid: ob
         family: Family = proc.family
         family.become_child(pid)
         family.vfork_done = vfork_done
-        machine.start_over_after_fork(frozen, cpuid)
+        machine.start_over_after_fork(frozen if frozen >= 0 else None, cpuid)
         cpu.restore(machine)
         if machine.outside is not None:
             machine.outside.renew_after_fork(machine.vcpu.run_state)
