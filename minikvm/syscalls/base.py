@@ -52,3 +52,16 @@ def signed64(value: int) -> int:
     """A register as a C ``long`` (offsets, ``ssize_t`` results)."""
     value &= MASK64
     return value - (1 << 64) if value & (1 << 63) else value
+
+
+def views_after(views: list[memoryview], count: int) -> list[memoryview]:
+    """*views* (a call's guest buffers) without their first *count* bytes:
+    what is left of a read or write that went part of the way."""
+    rest = []
+    for view in views:
+        if count >= len(view):
+            count -= len(view)
+            continue
+        rest.append(view[count:])
+        count = 0
+    return rest

@@ -67,7 +67,7 @@ from minikvm.process.fdtable import (SEEK_CUR, SEEK_SET, AboveGrantDirectory, De
                                      HostFile, MemFd, OpenFile, PipeEnd, SharedPipeEnd,
                                      SyntheticDirectory, SyntheticFile)
 from minikvm.syscalls import procfs, signals
-from minikvm.syscalls.base import Syscall, signed32, signed64
+from minikvm.syscalls.base import Syscall, signed32, signed64, views_after
 from minikvm.syscalls.memfd import check_memfd_size
 from minikvm.syscalls.signalfd import SignalFd
 
@@ -411,7 +411,7 @@ def _write_shared_pipe(proc: Process, file: SharedPipeEnd, views: list[memoryvie
                 raise
             written = 0
         total += written
-        views = _after(views, written)
+        views = views_after(views, written)
         if not views or file.status_flags & O_NONBLOCK:
             return total
         if len(proc.threads) > 1:
@@ -426,18 +426,6 @@ def _write_shared_pipe(proc: Process, file: SharedPipeEnd, views: list[memoryvie
             if total:
                 return total
             raise
-
-
-def _after(views: list[memoryview], count: int) -> list[memoryview]:
-    """*views* without their first *count* bytes."""
-    rest = []
-    for view in views:
-        if count >= len(view):
-            count -= len(view)
-            continue
-        rest.append(view[count:])
-        count = 0
-    return rest
 
 
 def may_wait(file: HostFile) -> bool:

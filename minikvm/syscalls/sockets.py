@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Union
 from minikvm.errors import SyscallError
 from minikvm.linux_abi import O_NONBLOCK, O_RDWR
 from minikvm.process.fdtable import OpenFile
+from minikvm.syscalls.base import views_after
 
 if TYPE_CHECKING:
     pass
@@ -276,7 +277,7 @@ class SocketFile(OpenFile):
         if flags & MSG_WAITALL and self.type == SOCK_STREAM and not flags & MSG_PEEK:
             wanted = sum(len(v) for v in views)
             while 0 < count < wanted:
-                more = self._receive_once(_advance(views, count), flags)[0]
+                more = self._receive_once(views_after(views, count), flags)[0]
                 if more == 0:
                     break
                 count += more
@@ -321,18 +322,6 @@ class SocketFile(OpenFile):
                 slice_seconds = min(slice_seconds, left)
             if poller.poll(slice_seconds * 1000):
                 return
-
-
-def _advance(views: list[memoryview], count: int) -> list[memoryview]:
-    """*views* without their first *count* bytes."""
-    rest = []
-    for view in views:
-        if count >= len(view):
-            count -= len(view)
-            continue
-        rest.append(view[count:])
-        count = 0
-    return rest
 
 
 def host_socket_call(operation: Callable):
