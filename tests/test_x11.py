@@ -8,12 +8,15 @@ are missing (apt-get install xvfb x11-apps x11-utils).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -107,14 +110,7 @@ def test_without_x11_the_users_display_is_unreachable():
     """A host-side Xvfb stands for the user's display: natively a client
     opens it, in the sandbox it does not (path nor abstract socket), and
     with --x11 the program's DISPLAY is the nested one whatever was asked."""
-    read_end, write_end = os.pipe()
-    user = subprocess.Popen(["Xvfb", "-displayfd", str(write_end), "-nolisten", "tcp",
-                             "-screen", "0", "320x200x24"], pass_fds=(write_end,),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.close(write_end)
-    try:
-        with os.fdopen(read_end) as ready:
-            display = ":" + ready.readline().strip()
+    with users_display("320x200") as display:
         assert subprocess.run(["xdpyinfo"], env=dict(os.environ, DISPLAY=display),
                               capture_output=True).returncode == 0    # natively it opens
         result = minikvm("--trace", "--env", f"DISPLAY={display}", "--", "/usr/bin/xdpyinfo")
@@ -140,9 +136,6 @@ def test_without_x11_the_users_display_is_unreachable():
                          "/usr/bin/xdpyinfo")
         assert result.returncode == 0, result.stderr
         assert f"name of display:    {display}\n" not in result.stdout
-    finally:
-        user.terminate()
-        user.wait()
 
 
 def window_on_nested_display(before: set[str], name: str) -> dict[str, str] | None:
@@ -162,11 +155,85 @@ def window_on_nested_display(before: set[str], name: str) -> dict[str, str] | No
     return None
 
 
-def start_client(*argv: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "minikvm", "run", "--x11=headless",
-                             "--timeout", "20", "--", *argv],
-                            env=dict(os.environ, PYTHONPATH=HERE), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+def start_client(*argv: str, mode: str = "headless", display: str | None = None,
+                 options: tuple[str, ...] = ()) -> subprocess.Popen:
+    """``minikvm run --x11=MODE`` of *argv* in the background; *display* is
+    the ``$DISPLAY`` it is started with (the user's, for Xephyr)."""
+    env = dict(os.environ, PYTHONPATH=HERE)
+    env.pop("DISPLAY", None)
+    if display is not None:
+        env["DISPLAY"] = display
+    return subprocess.Popen([sys.executable, "-m", "minikvm", "run", f"--x11={mode}",
+                             "--timeout", "20", *options, "--", *argv],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@contextlib.contextmanager
+def users_display(size: str = "1280x1024") -> Iterator[str]:
+    """A host-side Xvfb standing for the user's own display: its name (``:N``)."""
+    read_end, write_end = os.pipe()
+    server = subprocess.Popen(["Xvfb", "-displayfd", str(write_end), "-nolisten", "tcp",
+                               "-screen", "0", f"{size}x24"], pass_fds=(write_end,),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write_end)
+    try:
+        with os.fdopen(read_end) as ready:
+            yield ":" + ready.readline().strip()
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def window_geometry(env: dict[str, str], name: str) -> tuple[int, int, int, int]:
+    """x, y, width and height of the top-level window called *name*, from
+    ``xwininfo -name`` (its "Absolute upper-left" lines)."""
+    info = subprocess.run(["xwininfo", "-name", name], env=env, capture_output=True,
+                          text=True, check=True).stdout
+    field = {key.strip(): value.strip() for key, _, value in
+             (line.partition(":") for line in info.splitlines()) if value}
+    return (int(field["Absolute upper-left X"]), int(field["Absolute upper-left Y"]),
+            int(field["Width"]), int(field["Height"]))
+
+
+#: ``XWDFileHeader`` of X11/XWDFile.h: 25 CARD32 fields, 100 bytes
+#: (``sz_XWDheader``), written big-endian by xwd whatever the machine's order.
+XWD_HEADER = struct.Struct(">25I")
+XWD_FIELDS = ("header_size file_version pixmap_format pixmap_depth pixmap_width "
+              "pixmap_height xoffset byte_order bitmap_unit bitmap_bit_order bitmap_pad "
+              "bits_per_pixel bytes_per_line visual_class red_mask green_mask blue_mask "
+              "bits_per_rgb colormap_entries ncolors window_width window_height window_x "
+              "window_y window_bdrwidth").split()
+#: ``sz_XWDColor``: one colormap entry after the header and the window name.
+XWD_COLOR_SIZE = 12
+#: ``ZPixmap`` in X.h: pixels one after another, each ``bits_per_pixel`` wide.
+ZPIXMAP = 2
+
+
+def screenshot_rows(env: dict[str, str]) -> tuple[dict[str, int], list[bytes]]:
+    """The root window of the display in *env*, by ``xwd -root -silent``:
+    the XWD header's fields and the image's rows (each ``pixmap_width``
+    pixels of ``bits_per_pixel // 8`` bytes, the line padding cut off)."""
+    data = subprocess.run(["xwd", "-root", "-silent"], env=env, capture_output=True,
+                          check=True, timeout=30).stdout
+    header = dict(zip(XWD_FIELDS, XWD_HEADER.unpack_from(data)))
+    assert header["file_version"] == 7 and header["pixmap_format"] == ZPIXMAP, header
+    assert header["bits_per_pixel"] % 8 == 0, header
+    start = header["header_size"] + header["ncolors"] * XWD_COLOR_SIZE
+    width = header["pixmap_width"] * header["bits_per_pixel"] // 8
+    line = header["bytes_per_line"]
+    assert len(data) >= start + line * header["pixmap_height"], (len(data), header)
+    rows = [data[start + y * line:start + y * line + width] for y in range(header["pixmap_height"])]
+    return header, rows
+
+
+def distinct_pixels(env: dict[str, str], box: tuple[int, int, int, int]) -> set[bytes]:
+    """The different pixel values inside *box* (x, y, width, height) of the
+    root window's screenshot."""
+    header, rows = screenshot_rows(env)
+    size = header["bits_per_pixel"] // 8
+    x, y, width, height = box
+    return {row[column * size:(column + 1) * size]
+            for row in rows[y:y + height] for column in range(x, x + width)}
 
 
 def wait_for_window(before: set[str], name: str) -> dict[str, str]:
@@ -224,3 +291,43 @@ def test_keys_typed_on_the_nested_display_reach_the_sandboxed_client():
     keys = [line.split("keysym ")[1].split(")")[0] for line in out.splitlines()
             if "KeyPress" not in line and "keysym" in line]
     assert "0x68, h" in keys and "0x69, i" in keys, out
+
+
+@needs_x
+@pytest.mark.skipif(shutil.which("Xephyr") is None or shutil.which("xeyes") is None,
+                    reason="Xephyr or xeyes missing (apt-get install xserver-xephyr x11-apps)")
+def test_xephyr_shows_the_nested_display_as_one_window_on_the_users():
+    """``--x11`` with a ``$DISPLAY``: Xephyr, one window on the user's
+    display; the client's window is on the nested server inside it, and
+    drawn (its pixels in the root window's screenshot are not uniform)."""
+    before = nested_dirs()
+    with users_display() as display:
+        # xeyes +shape: a rectangular window, so the box it covers on the
+        # root is its own drawing only (a shaped one lets the root show through)
+        run = start_client("/usr/bin/xeyes", "+shape", mode="auto", display=display)
+        try:
+            env = wait_for_window(before, "xeyes")
+            assert env["DISPLAY"] != display
+            outer = subprocess.run(["xwininfo", "-root", "-tree"],
+                                   env=dict(os.environ, DISPLAY=display),
+                                   capture_output=True, text=True, check=True).stdout
+            assert '"minikvm sandbox": ("Xephyr" "Xephyr")' in outer, outer
+            assert '"xeyes"' not in outer                 # the client is not on the user's
+            box = window_geometry(env, "xeyes")
+            colours: set[bytes] = set()
+            for _ in range(100):                          # until xeyes has drawn its eyes
+                colours = distinct_pixels(env, box)
+                if len(colours) > 1:
+                    break
+                time.sleep(0.1)
+            assert len(colours) > 1, f"the xeyes window at {box} is one colour: {colours}"
+            run.terminate()
+            run.communicate(timeout=60)
+        finally:
+            run.kill()
+    assert run.returncode == -15
+    for _ in range(50):
+        if nested_dirs() == before:
+            break
+        time.sleep(0.1)
+    assert nested_dirs() == before
