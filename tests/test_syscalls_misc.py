@@ -142,6 +142,7 @@ guest: setsid: EPERM
 guest: setpgid(0, 0): ok
 guest: setuid to another user: EPERM
 guest: setgroups: EPERM
+guest: setgroups to the groups it has: ok
 guest: sched_setscheduler(SCHED_FIFO): EPERM
 guest: setpriority -5: EACCES
 guest: CPUs: 1

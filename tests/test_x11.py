@@ -156,7 +156,7 @@ def window_on_nested_display(before: set[str], name: str) -> dict[str, str] | No
 
 
 def start_client(*argv: str, mode: str = "headless", display: str | None = None,
-                 options: tuple[str, ...] = ()) -> subprocess.Popen:
+                 options: tuple[str, ...] = (), cwd: str | None = None) -> subprocess.Popen:
     """``minikvm run --x11=MODE`` of *argv* in the background; *display* is
     the ``$DISPLAY`` it is started with (the user's, for Xephyr)."""
     env = dict(os.environ, PYTHONPATH=HERE)
@@ -165,7 +165,8 @@ def start_client(*argv: str, mode: str = "headless", display: str | None = None,
         env["DISPLAY"] = display
     return subprocess.Popen([sys.executable, "-m", "minikvm", "run", f"--x11={mode}",
                              "--timeout", "20", *options, "--", *argv],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=cwd)
 
 
 @contextlib.contextmanager
@@ -330,4 +331,43 @@ def test_xephyr_shows_the_nested_display_as_one_window_on_the_users():
         if nested_dirs() == before:
             break
         time.sleep(0.1)
+    assert nested_dirs() == before
+
+
+@needs_x
+@pytest.mark.skipif(shutil.which("xterm") is None or shutil.which("xdotool") is None,
+                    reason="xterm or xdotool missing (apt-get install xterm xdotool)")
+def test_keys_typed_into_a_sandboxed_xterm_reach_its_sandboxed_shell(tmp_path):
+    """xterm makes a pty (/dev/ptmx, a pair from minikvm's pty broker),
+    forks, and its child runs sh on the slave as its controlling terminal;
+    the keys xdotool types on the nested display reach that shell, whose
+    ``echo`` makes a file in the grant (--here)."""
+    before = nested_dirs()
+    # The shell says when it runs on the pty (keys typed before xterm has
+    # set the pty up are not for the shell), then reads what is typed.
+    run = start_client("/usr/bin/xterm", "-T", "sandboxed-xterm", "-e", "/bin/sh", "-c",
+                       "echo > shell-runs; exec /bin/sh -i", options=("--here",),
+                       cwd=str(tmp_path))
+    try:
+        env = wait_for_window(before, "sandboxed-xterm")
+        for _ in range(150):
+            if (tmp_path / "shell-runs").exists():
+                break
+            time.sleep(0.1)
+        assert (tmp_path / "shell-runs").exists(), "the shell did not start in the xterm"
+        window = subprocess.run(["xdotool", "search", "--name", "sandboxed-xterm"], env=env,
+                                capture_output=True, text=True, check=True).stdout.split()[0]
+        typed = tmp_path / "typed-in-xterm"
+        subprocess.run(["xdotool", "mousemove", "--window", window, "20", "20", "type",
+                        "echo $$ typed > typed-in-xterm\n"], env=env, check=True, timeout=30)
+        for _ in range(100):
+            if typed.exists() and typed.read_text():
+                break
+            time.sleep(0.1)
+        assert typed.read_text().endswith(" typed\n"), typed.read_text()
+        subprocess.run(["xdotool", "type", "exit\n"], env=env, check=True, timeout=30)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 0, stderr
     assert nested_dirs() == before

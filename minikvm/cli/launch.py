@@ -160,6 +160,13 @@ def launch(options: argparse.Namespace, *, stdio: tuple[int, int, int] = (0, 1, 
         policy = policy_from(options)
     except (PolicyError, ValueError, OSError) as error:
         raise LaunchError(EXIT_USAGE, str(error)) from None
+    if getattr(options, "allow_pty", False) or getattr(options, "x11", False):
+        from minikvm.sandbox.ptys import PtyError, SandboxPtys
+        try:
+            policy.ptys = SandboxPtys.start()      # the broker, outside the walls
+        except PtyError as error:
+            policy.close()
+            raise LaunchError(EXIT_CANNOT_RUN, str(error)) from None
     if before_walls is not None:
         before_walls()
     # Read the program and create the VM while every file is reachable; the

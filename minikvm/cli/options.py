@@ -165,6 +165,10 @@ def add_display_options(parser: argparse.ArgumentParser) -> None:
                         help=argparse.SUPPRESS)   # what --x11=MODE is rewritten to
     parser.add_argument("--x11-size", type=x11_size, default=None, metavar="WxH",
                         help="with --x11: the nested screen's size in pixels (default 1024x768)")
+    parser.add_argument("--allow-pty", action="store_true", default=False,
+                        help="let the program make new pseudo-terminals (/dev/ptmx: xterm, "
+                             "script); it reaches only those, never the host's others "
+                             "(--x11 gives it too)")
 
 
 def add_sandbox_options(parser: argparse.ArgumentParser, timeout_help: str =

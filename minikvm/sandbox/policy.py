@@ -107,7 +107,7 @@ import os
 import posixpath
 import socket
 import stat as stat_module
-from typing import Callable, Iterable, Optional, TypeVar, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Optional, TypeVar, Union
 
 from minikvm.errors import MinikvmError
 from minikvm.linux_abi import (AT_EACCESS, AT_EMPTY_PATH, MODE_BITS, O_CLOEXEC, O_CREAT,
@@ -122,6 +122,9 @@ from minikvm.sandbox.grants import (Grant, GrantError, GrantTree, Mount, Parent,
                                     close_grant, identity, normalise_grant, open_grant,
                                     open_mount, reopen)
 from minikvm.sandbox.links import follow_between_grants
+
+if TYPE_CHECKING:
+    from minikvm.sandbox.ptys import SandboxPtys
 from minikvm.sandbox.openat2 import (O_PATH_FLAGS, VALID_OPEN_FLAGS, faccessat2, open_how,
                                      open_writes, openat2)
 
@@ -212,6 +215,9 @@ class Policy:
         self.tree = GrantTree(())
         self.mounts: tuple[Mount, ...] = ()
         self.pinned: dict[str, PinnedSocket] = {}
+        #: the sandbox's pseudo-terminals (:mod:`minikvm.sandbox.ptys`): None
+        #: unless the command started their broker (``run --allow-pty``)
+        self.ptys: "SandboxPtys | None" = None
         try:
             writable = {normalise_grant(p) for p in _path_list(write, "write")}
             readable = {normalise_grant(p) for p in _path_list(read, "read")} - writable
@@ -273,6 +279,9 @@ class Policy:
         self.grants = ()
         for pinned in self.pinned.values():
             pinned.close()
+        if self.ptys is not None:
+            self.ptys.close()
+            self.ptys = None
 
     def __enter__(self) -> "Policy":
         return self

@@ -24,7 +24,7 @@ from minikvm.linux_abi import (F_ADD_SEALS, F_DUPFD, F_DUPFD_CLOEXEC, F_GET_SEAL
                                FIONREAD, O_APPEND, O_CLOEXEC, O_NONBLOCK)
 from minikvm.process.fdtable import (PIPE_CAPACITY, SEEK_CUR, SEEK_SET, EventFd, MemFd,
                                      OpenFile, Pipe, PipeEnd, SyntheticFile)
-from minikvm.syscalls import terminal
+from minikvm.syscalls import pty, terminal
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32, signed64
 from minikvm.syscalls.files import MAX_IO, UINT_MASK, check_file_size
 from minikvm.syscalls.memfd import memfd_fcntl
@@ -266,6 +266,8 @@ def sys_ioctl(proc: Process, fd: int, request: int, argument: int) -> int:
     fd = signed32(fd)
     file = proc.fds.get(fd)
     request &= 0xFFFF_FFFF
+    if pty.handles(file, request):
+        return pty.pty_ioctl(proc, file, request, argument)   # type: ignore[arg-type]
     if terminal.handles(request):
         return terminal.terminal_ioctl(proc, fd, file, request, argument)
     if request == FIONREAD and isinstance(file, PipeEnd):

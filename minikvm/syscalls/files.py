@@ -66,7 +66,7 @@ from minikvm.process import threads
 from minikvm.process.fdtable import (SEEK_CUR, SEEK_SET, AboveGrantDirectory, DeviceFile, EventFd,
                                      HostFile, MemFd, OpenFile, PipeEnd, SharedPipeEnd,
                                      SyntheticDirectory, SyntheticFile)
-from minikvm.syscalls import procfs, signals
+from minikvm.syscalls import procfs, pty, signals
 from minikvm.syscalls.base import Syscall, signed32, signed64, views_after
 from minikvm.syscalls.memfd import check_memfd_size
 from minikvm.syscalls.signalfd import SignalFd
@@ -254,7 +254,12 @@ def controlling_terminal(proc: Process, flags: int) -> OpenFile:
     of the stdio minikvm was given is it (``TIOCGSID`` succeeds only on
     the caller's controlling terminal), opened again with the guest's
     access mode; ENXIO without one, as Linux answers a process that has no
-    controlling terminal.  The host's /dev/tty is never opened by name."""
+    controlling terminal.  The host's /dev/tty is never opened by name.
+    In a session whose controlling terminal is a sandbox pty (``xterm``'s
+    shell), that pty (:mod:`minikvm.syscalls.pty`)."""
+    own_pty = pty.controlling_pty(proc, flags)
+    if own_pty is not None:
+        return own_pty
     for entry in list(proc.fds.entries.values()):
         file = entry.file
         if not (isinstance(file, HostFile) and file.path.startswith("<stdio")
@@ -280,6 +285,9 @@ def synthesized_open(proc: Process, path: str, flags: int) -> tuple[OpenFile | N
     absolute = posixpath.normpath(path) + ("/" if path.endswith("/") else "")
     if absolute.rstrip("/") == CONTROLLING_TERMINAL:
         return controlling_terminal(proc, flags), path
+    own_pty = pty.pty_open(proc, posixpath.normpath(posixpath.join(proc.cwd, path)), flags)
+    if own_pty is not None:
+        return own_pty, path
     try:
         found = procfs.lookup(proc, absolute, follow=not flags & O_NOFOLLOW)
     except SyscallError as error:

@@ -214,9 +214,24 @@ def sys_setfsgid(proc: Process, gid: int) -> int:
     return os.getgid()
 
 
+#: ``NGROUPS_MAX`` (uapi/linux/limits.h): the most groups setgroups takes.
+NGROUPS_MAX = 65536
+
+
 def sys_setgroups(proc: Process, size: int, address: int) -> int:
-    """setgroups(2): refused with EPERM: the sandbox's groups are fixed."""
-    raise SyscallError(errno.EPERM, "the sandbox cannot change its groups")
+    """setgroups(2): the sandbox's groups are fixed, so any change is EPERM;
+    setting the groups it has already is no change and succeeds —
+    ``initgroups`` of the user it runs as, which ``xterm`` run by root
+    does before it starts the shell.  The effective group counts as had:
+    listed or not among the supplementary ones, it gives the same access
+    (``initgroups("root", 0)`` asks for ``[0]`` where getgroups says ``[]``)."""
+    size = signed32(size)
+    if not 0 <= size <= NGROUPS_MAX:
+        raise SyscallError(errno.EINVAL, f"size {size} (0 to {NGROUPS_MAX})")
+    wanted = set(struct.unpack(f"<{size}I", proc.mm.read(address, 4 * size))) if size else set()
+    if wanted | {os.getegid()} != set(os.getgroups()) | {os.getegid()}:
+        raise SyscallError(errno.EPERM, "the sandbox cannot change its groups")
+    return 0
 
 
 # -- process groups and sessions ------------------------------------------------------

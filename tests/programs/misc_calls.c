@@ -269,7 +269,12 @@ static void guest_only(void)
     printf("guest: setsid: %s\n", RESULT(setsid()));
     printf("guest: setpgid(0, 0): %s\n", RESULT(setpgid(0, 0)));
     printf("guest: setuid to another user: %s\n", RESULT(setuid(getuid() + 1)));
-    printf("guest: setgroups: %s\n", RESULT(setgroups(0, NULL)));
+    gid_t another = getgid() + 4242;      /* a group the user is not in: a change */
+    printf("guest: setgroups: %s\n", RESULT(setgroups(1, &another)));
+    gid_t had[64];
+    int count = getgroups(64, had);
+    printf("guest: setgroups to the groups it has: %s\n",
+           count < 0 ? "getgroups failed" : RESULT(setgroups(count, had)));
     struct sched_param param = {.sched_priority = 10};
     /* (musl's sched_setscheduler() never asks the kernel: it says ENOSYS itself) */
     printf("guest: sched_setscheduler(SCHED_FIFO): %s\n",
