@@ -25,7 +25,7 @@ from minikvm.linux_abi import (AT_EMPTY_PATH, AT_FDCWD, AT_NO_AUTOMOUNT, AT_SYML
                                NSEC_PER_SEC, O_PATH)
 from minikvm.process.fdtable import (DeviceFile, HostFile, OpenFile, PipeEnd, SyntheticDirectory,
                                      SyntheticFile)
-from minikvm.syscalls import procfs
+from minikvm.syscalls import procfs, pty
 from minikvm.syscalls.base import PARTIAL, SUPPORTED, Syscall, signed32
 
 from minikvm.syscalls.files import (PATH_MAX, UINT_MASK, host_call, guest_path, read_path, _directory_path)
@@ -112,6 +112,9 @@ def stat_of_path(proc: Process, dirfd: int, path_address: int, flags: int,
     device = proc.policy.is_virtual_device(path, proc.cwd)
     if device:
         return stat_of_file(DeviceFile(device, path, 0))
+    own_pty = pty.stat_of_name(proc, path)
+    if own_pty is not None:
+        return own_pty
     return proc.policy.stat(path, proc.cwd, follow, syscall=syscall)
 
 

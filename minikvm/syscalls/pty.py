@@ -99,6 +99,15 @@ def open_slave(proc: Process, pair: SandboxPty, flags: int) -> PtyFile:
     return PtyFile(pair, False, flags & (O_ACCMODE | O_NONBLOCK))
 
 
+def stat_of_name(proc: Process, path: str) -> os.stat_result | None:
+    """``stat("/dev/pts/N")`` of a sandbox pty: its slave's (what
+    ``ttyname`` compares with the fd's); None for any other path."""
+    ptys = proc.policy.ptys
+    match = SLAVE_PATH.fullmatch(os.path.normpath(os.path.join(proc.cwd, path)))
+    pair = ptys.find(int(match.group(1))) if match and ptys is not None else None
+    return os.fstat(pair.slave_fd) if pair is not None else None
+
+
 def controlling_pty(proc: Process, flags: int) -> PtyFile | None:
     """``open("/dev/tty")`` in a session whose controlling terminal is a
     sandbox pty: its slave; None otherwise."""

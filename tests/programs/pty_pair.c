@@ -1,7 +1,7 @@
 /* A pty as a terminal emulator makes one (tests/test_pty.py): posix_openpt,
  * grantpt, unlockpt, ptsname; a child that starts a session, opens the slave
  * by name as its controlling terminal and writes a line through the line
- * discipline; the parent reads it from the master (ONLCR turns "\n" into
+ * discipline (ttyname finds the name back); the parent reads it from the master (ONLCR turns "\n" into
  * "\r\n").  Then openpty(3) (glibc: TIOCGPTPEER), and the open of another
  * pty's name, given as argv[1]: "hidden" when it fails with ENOENT. */
 #define _GNU_SOURCE
@@ -39,6 +39,8 @@ int main(int argc, char **argv) {
         int tty = open("/dev/tty", O_RDWR);
         check(tty >= 0, "open /dev/tty");
         check(tcgetpgrp(tty) == getpgrp(), "tcgetpgrp");
+        char *own = ttyname(slave);                 /* readlink, then stat the name */
+        check(own != NULL && strcmp(own, name) == 0, "ttyname");
         dprintf(tty, "child on its terminal\n");
         _exit(0);
     }
