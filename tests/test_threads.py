@@ -64,7 +64,7 @@ def test_threads_same_as_native(variant: str) -> None:
     executable = built(variant)
     host = native(executable)
     assert host.returncode == 0, host.stdout.decode() + host.stderr.decode()
-    assert host.stdout.count(b"\n") == 15   # every part printed its line
+    assert host.stdout.count(b"\n") == 16   # every part printed its line
     assert_same(minikvm(executable), host)
 
 

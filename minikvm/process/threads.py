@@ -511,7 +511,7 @@ def yield_cpu(proc: Process, sleep: Sleep) -> int:
 
 
 def retry_after_others(proc: Process, what: str, sleep: Sleep, *,
-                       deadline: float | None = None, timeout_result: int = 0,
+                       deadline: float | None = None, timeout_result: int | None = 0,
                        watch: tuple[tuple[int, int], ...] = (),
                        wake_at: float | None = None) -> int:
     """The current thread's call would block on something only another
@@ -520,7 +520,8 @@ def retry_after_others(proc: Process, what: str, sleep: Sleep, *,
     waits for, the thread steps back onto its ``syscall`` instruction and
     makes the call again once another thread has run or a watched fd is
     ready.  At *deadline* the call returns *timeout_result* instead (poll's
-    0); a call made again asks :func:`kept_deadline` for it.  At *wake_at*,
+    0; None: the call is made again then); a call made again asks
+    :func:`kept_deadline` for it.  At *wake_at*,
     when it comes first, the call is made again (a timer it waits for
     expired: :meth:`OpenFile.wakes_at <minikvm.process.fdtable.OpenFile.wakes_at>`).
     *what* names the wait for a deadlock report."""

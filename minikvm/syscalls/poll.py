@@ -57,7 +57,8 @@ BITS_PER_LONG = 64
 
 def ready_events(proc: Process, requests: list[tuple[int, int]], timeout: float | None,
                  before_wait: Callable[[], None] | None = None,
-                 enough: Callable[[list[int]], bool] = any, what: str = "poll") -> list[int]:
+                 enough: Callable[[list[int]], bool] = any, what: str = "poll",
+                 again_at_deadline: bool = False) -> list[int]:
     """``revents`` for each ``(fd, events)``, waiting up to *timeout* seconds
     (None: no limit) until at least one is non-zero — or, with *enough*,
     until ``enough(revents)`` is true (epoll's edge-triggered registrations
@@ -71,7 +72,10 @@ def ready_events(proc: Process, requests: list[tuple[int, int]], timeout: float 
     waits as :func:`minikvm.process.threads.retry_after_others` describes (its
     call made again once another thread ran or a host fd is ready; 0 at
     the deadline, which the call made again keeps).  *before_wait* then
-    first writes the call's "nothing ready" results to the guest.
+    first writes the call's "nothing ready" results to the guest — or, with
+    *again_at_deadline*, the call is made again at the deadline too, for a
+    call whose results overwrite what it reads (select's sets: cleared
+    before the wait, a call made again would find no fd to wait for).
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     threaded = len(proc.threads) > 1
@@ -90,7 +94,8 @@ def ready_events(proc: Process, requests: list[tuple[int, int]], timeout: float 
                 before_wait()
             threads.retry_after_others(proc, what, lambda seconds: sleep(proc, seconds),
                                        deadline=deadline, watch=_host_watch(proc, requests),
-                                       wake_at=wake)
+                                       wake_at=wake,
+                                       timeout_result=None if again_at_deadline else 0)
             return results                    # the deadline passed: nothing was ready
         slice_seconds = min([WAIT_SLICE_SECONDS] + [max(0.0, t - now) for t in (deadline, wake)
                                                     if t is not None])
@@ -239,12 +244,10 @@ def _select(proc: Process, count: int, sets: tuple[int, int, int], timeout: floa
                 raise SyscallError(errno.EBADF, f"fd {fd} is not open")
             requests.append((fd, events))
 
-    def clear_sets() -> None:
-        for address in sets:
-            if address:
-                proc.mm.write(address, bytes(size))
-
-    results = ready_events(proc, requests, timeout, clear_sets)
+    # With other threads, a wait makes the call again, which reads the
+    # sets again: they are written only when the call returns (at the
+    # deadline too, the call made again finding its kept deadline passed).
+    results = ready_events(proc, requests, timeout, what="select", again_at_deadline=True)
     found = [0, 0, 0]
     for (fd, _), revents in zip(requests, results):
         for which, flags in enumerate((POLLIN_SET, POLLOUT_SET, POLLEX_SET)):

@@ -412,6 +412,40 @@ static void part_poll(void) {
     close(poll_fds[1]);
 }
 
+/* Tk's notifier: a thread selects on a pipe another thread writes to wake
+ * it.  First a select with a timeout on the empty pipe (0, its set
+ * cleared), then one without, which the writer ends. */
+static void *selector(void *unused) {
+    fd_set readable;
+    FD_ZERO(&readable);
+    FD_SET(poll_fds[0], &readable);
+    struct timeval brief = {0, 20000};
+    int timed_out = select(poll_fds[0] + 1, &readable, NULL, NULL, &brief);
+    int cleared = !FD_ISSET(poll_fds[0], &readable);
+    sem_post(&may_write);
+    FD_SET(poll_fds[0], &readable);
+    int woke = select(poll_fds[0] + 1, &readable, NULL, NULL, NULL);
+    char byte = 0;
+    int got = FD_ISSET(poll_fds[0], &readable) && read(poll_fds[0], &byte, 1) == 1 && byte == 'x';
+    return (void *)(long)(timed_out * 1000 + cleared * 100 + woke * 10 + got);
+}
+
+static void part_select(void) {
+    pthread_t thread;
+    if (pipe(poll_fds) != 0)
+        exit(1);
+    sem_init(&may_write, 0, 0);
+    start(&thread, selector, NULL);
+    sem_wait(&may_write);
+    if (write(poll_fds[1], "x", 1) != 1)
+        exit(1);
+    long seen = join(thread);
+    printf("select: timed out %ld (set cleared %ld), woke for the writer %ld, read x %ld\n",
+           seen / 1000, seen / 100 % 10, seen / 10 % 10, seen % 10);
+    close(poll_fds[0]);
+    close(poll_fds[1]);
+}
+
 static void *read_stdin(void *unused) {
     struct pollfd wanted = {0, POLLIN, 0};
     char line[100] = "";
@@ -688,6 +722,7 @@ static const struct part parts[] = {
     {"tls", part_tls}, {"spin", part_spin}, {"barrier", part_barrier},
     {"detached", part_detached}, {"semaphore", part_semaphore}, {"many", part_many},
     {"timeouts", part_timeouts}, {"pipe", part_pipe}, {"poll", part_poll},
+    {"select", part_select},
     {"futex", part_futex},
     {"ids", part_ids},
     {"--- hostile", NULL},
