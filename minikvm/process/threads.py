@@ -83,6 +83,7 @@ from __future__ import annotations
 import ctypes
 import enum
 import errno
+import os
 import select
 import signal
 import struct
@@ -129,6 +130,8 @@ SYSCALL_INSTRUCTION_SIZE = 2
 #: terminal), the host polls them for this long at most before it looks at
 #: deadlines, the alarm and the time limit again.
 HOST_POLL_SLICE_SECONDS = 0.05
+#: How much of the wakeup pipe one read takes (:func:`_poll_host`).
+WAKEUP_READ = 4096
 
 #: A function that sleeps the host for up to *seconds* (None: until a signal
 #: ends the program), delivering a due alarm and returning early when the
@@ -360,7 +363,11 @@ def _retry_others(table: ThreadTable, me: Thread, machine: Machine) -> None:
 def _poll_host(watchers: list[Thread], seconds: float, wakeup_fd: int | None = None) -> None:
     """Wait up to *seconds* for a host fd one of *watchers* polls; those
     whose fds are ready make their calls again.  A byte on *wakeup_fd* (a
-    signal from outside: :mod:`minikvm.machine.outside`) ends the wait too."""
+    signal from outside: :mod:`minikvm.machine.outside`) ends the wait too,
+    and is read here: Python writes one for every signal it handles, the
+    time slices' SIGALRM too, which no one else takes — left there, it
+    ended every later wait at once (an idle Tk program used 60% of a CPU).
+    What arrived is in the handlers' flags, which the caller looks at."""
     poller = select.poll()
     if wakeup_fd is not None:
         poller.register(wakeup_fd, select.POLLIN)
@@ -368,6 +375,12 @@ def _poll_host(watchers: list[Thread], seconds: float, wakeup_fd: int | None = N
         for host_fd, events in WATCH_ENTRY.iter_unpack(thread.watch):
             poller.register(host_fd, events)
     ready = {host_fd for host_fd, _ in poller.poll(max(0.0, seconds) * 1000)}
+    if wakeup_fd is not None and wakeup_fd in ready:
+        try:
+            while os.read(wakeup_fd, WAKEUP_READ):
+                pass
+        except OSError:                   # BlockingIOError: empty now
+            pass
     for thread in watchers:
         if any(host_fd in ready for host_fd, _ in WATCH_ENTRY.iter_unpack(thread.watch)):
             _make_runnable(thread, None)
