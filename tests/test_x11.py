@@ -371,3 +371,35 @@ def test_keys_typed_into_a_sandboxed_xterm_reach_its_sandboxed_shell(tmp_path):
         run.kill()
     assert run.returncode == 0, stderr
     assert nested_dirs() == before
+
+
+TK_SCRIPT = """\
+wm title . sandboxed-tk
+wm geometry . 200x100+0+0
+button .b -text press -command {exit 7}
+pack .b -fill both -expand 1
+"""
+
+
+@needs_x
+@pytest.mark.skipif(shutil.which("wish") is None or shutil.which("xdotool") is None,
+                    reason="wish or xdotool missing (apt-get install tk xdotool)")
+def test_a_tk_program_draws_its_button_and_a_click_reaches_it(tmp_path):
+    """wish (Tcl/Tk: a notifier thread woken through a pipe, fontconfig)
+    makes its window; a click on its button, from xdotool on the nested
+    display, runs the button's ``exit 7``."""
+    (tmp_path / "press.tcl").write_text(TK_SCRIPT)
+    before = nested_dirs()
+    run = start_client("/usr/bin/wish", "press.tcl", options=("--here",), cwd=str(tmp_path))
+    try:
+        env = wait_for_window(before, "sandboxed-tk")
+        # not check=True: the click ends the program, and with it the
+        # server xdotool is still connected to ("X connection broken")
+        subprocess.run(["xdotool", "mousemove", "100", "50", "click", "1"], env=env,
+                       capture_output=True, timeout=30)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 7, stderr
+    assert "Fontconfig error" not in stderr        # its cache is in the private /tmp
+    assert nested_dirs() == before

@@ -384,7 +384,8 @@ def start_x11(options: argparse.Namespace) -> "NestedDisplay | None":
     for its cookie (:mod:`minikvm.cli.x11`).  None without ``--x11``."""
     from minikvm.cli.launch import LaunchError
     from minikvm.cli.options import endpoint
-    from minikvm.cli.x11 import DEFAULT_SIZE, X11Error, choose_mode, start_nested_display
+    from minikvm.cli.x11 import (DEFAULT_SIZE, X11_CACHE_HOME, X11Error, choose_mode,
+                                 start_nested_display)
     from minikvm.machine.stops import EXIT_CANNOT_RUN
     if not getattr(options, "x11", False):
         if getattr(options, "x11_size", None) is not None:
@@ -397,8 +398,12 @@ def start_x11(options: argparse.Namespace) -> "NestedDisplay | None":
         raise LaunchError(EXIT_CANNOT_RUN, str(error)) from None
     options.allow_connect = [*options.allow_connect, endpoint(f"unix:{nested.socket_path}")]
     options.allow_read = [*options.allow_read, nested.directory]
-    options.env = [*options.env, f"DISPLAY=:{nested.display}",
-                   f"XAUTHORITY={nested.auth_file}"]
+    # Fontconfig's cache (and any other XDG cache) in the private /tmp:
+    # the user's ~/.cache is hidden, and without a writable cache each
+    # client says "No writable cache directories" and scans every font.
+    # First, so that the user's own --env XDG_CACHE_HOME=... wins.
+    options.env = [f"XDG_CACHE_HOME={X11_CACHE_HOME}", *options.env,
+                   f"DISPLAY=:{nested.display}", f"XAUTHORITY={nested.auth_file}"]
     return nested
 
 

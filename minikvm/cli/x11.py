@@ -70,6 +70,11 @@ COOKIE_NAME = b"MIT-MAGIC-COOKIE-1"
 #: own ``uname`` host name need not be the host's.
 FAMILY_WILD = 0xFFFF
 
+#: ``XDG_CACHE_HOME`` of an ``--x11`` program: in the private ``/tmp``
+#: (:mod:`minikvm.sandbox.private_tmp`), so fontconfig's cache is writable
+#: there and goes with the sandbox.
+X11_CACHE_HOME = "/tmp/.cache"
+
 #: How long the keeper waits for the server to say its display number.
 START_SECONDS = 20
 
