@@ -263,3 +263,18 @@ def test_dev_tty_is_the_controlling_terminal(tmp_path):
                                  "sh", "-c", f"exec > /dev/null; {script}"])
     assert b"to-the-terminal" in output, output
     assert b"status=0" in output, output
+
+
+@needs_busybox
+def test_exe_of_a_program_started_by_a_symlink_is_the_file_itself(tmp_path):
+    """/proc/self/exe is the file with its symlinks resolved, as Linux has
+    it (Firefox's /usr/bin/firefox-esr is a link, and it looks for its
+    libraries next to the file the link leads to)."""
+    link = tmp_path / "readlink"           # busybox runs the applet its name says
+    link.symlink_to(BUSYBOX)
+    native = run_native([link, "/proc/self/exe"], cwd=tmp_path, text=True,
+                        timeout=TIMEOUT_SECONDS)
+    assert native.stdout == f"{BUSYBOX.resolve()}\n"
+    sandboxed = run_minikvm(["--here", "--", link, "/proc/self/exe"], cwd=tmp_path,
+                            text=True, timeout=TIMEOUT_SECONDS)
+    assert (sandboxed.returncode, sandboxed.stdout) == (0, native.stdout), sandboxed.stderr

@@ -160,8 +160,11 @@ class Process:
             env_bytes = [os.fsencode(f"{k}={v}") for k, v in env.items()]
         else:
             env_bytes = list(env)
+        # /proc/self/exe names the file, its symlinks resolved, as Linux's
+        # does and as an execve's does (find_executable): Firefox finds its
+        # libraries next to /usr/lib/firefox-esr/firefox-esr, not /usr/bin.
         process = cls(machine, image, policy, argv_bytes, env_bytes,
-                      os.path.abspath(path), cwd or os.getcwd())
+                      os.path.realpath(path), cwd or os.getcwd())
         process.vdso = vdso
         entry, stack_pointer = process.load(image, os.fsencode(path))
         machine.set_entry(entry, stack_pointer)
