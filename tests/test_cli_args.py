@@ -1,6 +1,6 @@
 """The command line's own parsing: pure tests, no guest."""
 
-from minikvm.cli.main import spell_trace_file
+from minikvm.cli.main import run_only_option, spell_trace_file
 from minikvm.cli.options import parse_size
 
 
@@ -380,3 +380,21 @@ def test_the_how_to_s_policy_file_reads(tmp_path: Path) -> None:
     values = read_policy_file(str(profile))
     assert values["memory"] == 256 << 20 and values["max_fds"] == 64
     assert values["allow_connect"] == ["192.0.2.1:443"] and values["clearenv"] is True
+
+
+@pytest.mark.parametrize("arguments", [
+    ["serve", "--x11", "--", "/bin/true"],
+    ["serve", "--allow-read", "/tmp", "--x11=headless", "/bin/true"],
+    ["snapshot", "save", "-o", "x.snapshot", "--x11-size", "10x10", "/bin/true"],
+    ["serve", "--allow-pty", "/bin/true"],
+], ids=["serve --x11", "serve --x11=headless", "snapshot save --x11-size", "serve --allow-pty"])
+def test_run_only_options_elsewhere_say_they_are_for_run(arguments: list[str]) -> None:
+    option = next(word for word in arguments if word.startswith(("--x11", "--allow-pty")))
+    result = minikvm_command(arguments)
+    assert_usage_error(result, option.partition("=")[0], "is an option of run only")
+
+
+def test_a_programs_own_x11_argument_is_its_own() -> None:
+    assert run_only_option(["serve", "--allow-read", "/tmp", "./prog", "--x11"]) is None
+    assert run_only_option(["serve", "--", "./prog", "--allow-pty"]) is None
+    assert run_only_option(["run", "--x11", "./prog"]) is None

@@ -198,6 +198,10 @@ def add_snapshot_commands(commands: argparse._SubParsersAction,
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = spell_trace_file(list(sys.argv[1:] if argv is None else argv))
+    misplaced = run_only_option(argv)
+    if misplaced is not None:
+        print(f"minikvm: {misplaced}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         options = build_parser().parse_args(argv)
         if getattr(options, "policy", None):
@@ -254,6 +258,47 @@ def prepare_sandboxed(options: argparse.Namespace) -> int | None:
     return None
 
 
+#: minikvm's options that take a value as the next word (the command line's
+#: own options end at the first other word that does not start with "-").
+OPTIONS_WITH_VALUES = frozenset({
+    "--allow-read", "--allow-write", "--allow-connect", "--allow-listen", "--memory",
+    "--timeout", "--max-fds", "--max-file-size", "--env", "--unsetenv", "--trace-file",
+    "--max-threads", "--max-processes", "--policy", "--vdso", "--system-root", "--keep-tmp",
+    "--resolv-conf", "--x11-size", "--flamegraph", "--sample-hz", "--gdb", "-o", "--output",
+    "--listen", "--workers", "--request-timeout", "--reset", "--from-snapshot"})
+
+#: ``run``'s options that ``serve`` and ``snapshot save`` do not take, and why.
+RUN_ONLY_OPTIONS = {
+    "--x11": "only run starts a nested X server (a served or saved program has no display)",
+    "--x11-size": "only run starts a nested X server (a served or saved program has no display)",
+    "--allow-pty": "only run starts the pty broker",
+}
+
+
+def run_only_option(argv: list[str]) -> str | None:
+    """The usage error for a ``run``-only option (:data:`RUN_ONLY_OPTIONS`)
+    given to ``serve`` or ``snapshot``, among minikvm's own options (never
+    the program's, after ``--`` or its name); None when there is none.
+    argparse alone would say "unrecognized arguments", which does not say
+    that the option exists, for run."""
+    if argv[:1] not in (["serve"], ["snapshot"]):
+        return None
+    expecting_value = False
+    for word in argv[1:]:
+        if expecting_value:
+            expecting_value = False
+        elif word == "--" or not word.startswith("-"):
+            if argv[:1] == ["snapshot"] and word in ("save", "run", "info"):
+                continue
+            return None
+        else:
+            name = word.partition("=")[0]
+            if name in RUN_ONLY_OPTIONS:
+                return f"{argv[0]}: {name} is an option of run only: {RUN_ONLY_OPTIONS[name]}"
+            expecting_value = word in OPTIONS_WITH_VALUES
+    return None
+
+
 def spell_trace_file(argv: list[str]) -> list[str]:
     """Rewrite ``run --trace=FILE`` as ``--trace-file=FILE``.
 
@@ -263,11 +308,7 @@ def spell_trace_file(argv: list[str]) -> list[str]:
     is neither an option nor an option's value (or after ``--``)."""
     if argv[:1] != ["run"]:
         return argv
-    takes_value = {"--allow-read", "--allow-write", "--allow-connect", "--allow-listen",
-                   "--memory", "--timeout",
-                   "--max-fds", "--max-file-size", "--env", "--unsetenv", "--trace-file",
-                   "--max-threads", "--max-processes", "--policy", "--vdso", "--system-root", "--keep-tmp",
-                   "--resolv-conf", "--x11-size", "--flamegraph", "--sample-hz", "--gdb"}
+    takes_value = OPTIONS_WITH_VALUES
     rewritten = ["run"]
     expecting_value = False
     for position, word in enumerate(argv[1:], start=1):
