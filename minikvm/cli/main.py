@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from minikvm.cli import __version__
-from minikvm.cli.options import (EXIT_USAGE, PolicyFileError, add_display_options,
-                                 add_sandbox_options,
+from minikvm.cli.options import (EXIT_USAGE, PolicyFileError, add_determinism_options,
+                                 add_display_options, add_sandbox_options,
                                  here_directory, policy_toml, positive_int, read_policy_file,
                                  seconds)
 from minikvm.machine.stops import signal_status
@@ -49,6 +49,7 @@ def build_parser(policy: dict[str, object] | None = None) -> argparse.ArgumentPa
     add_sandbox_options(run, timeout_help="stop the program after this much wall-clock "
                                           "time (exit 124)", policy=policy)
     add_display_options(run)
+    add_determinism_options(run)
     run.add_argument("--trace", action="store_const", const="-", default=None,
                      help="print each system call, strace-style, to stderr "
                           "(--trace=FILE writes them to FILE)")
@@ -154,6 +155,7 @@ def add_snapshot_commands(commands: argparse._SubParsersAction,
         description="Start PROGRAM, snapshot it at its first minikvm_wait_request, and "
                     "answer each HTTP request with a reset copy of that snapshot.")
     add_sandbox_options(serve, policy=policy)
+    add_determinism_options(serve)
     serve.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT", type=listen_address,
                        help="where to listen (default 127.0.0.1:8080; port 0 picks a free "
                             "port, printed at start)")
@@ -180,6 +182,7 @@ def add_snapshot_commands(commands: argparse._SubParsersAction,
     save = actions.add_parser(
         "save", help="run PROGRAM to its first minikvm_wait_request and save it to FILE")
     add_sandbox_options(save, policy=policy)
+    add_determinism_options(save)
     save.add_argument("-o", "--output", required=True, metavar="FILE",
                       help="the snapshot file to write")
     save.add_argument("--at-first-request", action="store_true", default=True,
@@ -191,6 +194,12 @@ def add_snapshot_commands(commands: argparse._SubParsersAction,
         "run", help="resume a snapshot: stdin is its one request, the response goes to stdout")
     run.add_argument("--timeout", type=seconds, default=None, metavar="SECONDS",
                      help="stop the program after this much wall-clock time (exit 124)")
+    run.add_argument("--request", metavar="FILE", default=None,
+                     help="read the request from FILE instead of stdin (as serve hands it "
+                          "to the program: request line, headers, empty line, body)")
+    run.add_argument("--deterministic", action="store_true", default=False,
+                     help="refuse a snapshot saved without --deterministic (whose clocks and "
+                          "random bytes would differ from run to run)")
     run.add_argument("file", help="a file from 'minikvm snapshot save'")
     info = actions.add_parser("info", help="check a snapshot file and describe it")
     info.add_argument("file", help="a file from 'minikvm snapshot save'")

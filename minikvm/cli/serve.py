@@ -507,6 +507,7 @@ def serve_command(options: argparse.Namespace) -> int:
 
 def _serve(options: argparse.Namespace) -> int:
     from minikvm.cli.launch import launch_to_ready_point, load_confined
+    from minikvm.cli.snapshot import require_deterministic
     from minikvm.sandbox.confine import confine_worker
     listen = options.listen           # parsed and checked by the command line
     if not (options.from_snapshot or options.program):
@@ -516,8 +517,13 @@ def _serve(options: argparse.Namespace) -> int:
     listener = open_listener(listen)
     try:
         if options.from_snapshot:
+            if options.seed is not None:
+                raise ValueError("--seed: a snapshot keeps the seed it was saved with (give "
+                                 "--seed to 'minikvm snapshot save')")
             snapshot, confinement = load_confined(options.from_snapshot, stdio,
                                                    allow_fork=True)
+            if options.deterministic:
+                require_deterministic(snapshot, options.from_snapshot)
         else:
             snapshot, confinement = launch_to_ready_point(options, stdio, allow_fork=True)
     except BaseException:

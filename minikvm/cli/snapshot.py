@@ -22,10 +22,13 @@ import argparse
 import os
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from minikvm.machine.stops import EXIT_TIMEOUT, StopKind, signal_status
 from minikvm.snapshot.channel import Reply
+
+if TYPE_CHECKING:
+    from minikvm.snapshot.snapshot import Snapshot
 
 
 def exit_status(reply: Reply) -> int:
@@ -40,6 +43,26 @@ def exit_status(reply: Reply) -> int:
     return signal_status(signal.SIGKILL)
 
 
+def require_deterministic(snapshot: "Snapshot", name: str) -> None:
+    """``--deterministic`` on a saved snapshot: its process state must hold
+    the seeded sources (:mod:`minikvm.process.determinism`), else every run
+    of it would read the host's clocks and random bytes.  ValueError says so."""
+    if snapshot.process_state.get("determinism") is None:
+        raise ValueError(f"{name} was saved without --deterministic: its runs would read the "
+                         f"host's clocks and random bytes; save it again with 'minikvm "
+                         f"snapshot save --deterministic [--seed N] ...'")
+
+
+def read_request(name: str) -> bytes:
+    """``snapshot run --request FILE``: the request's bytes; ValueError names
+    the file and what went wrong."""
+    try:
+        with open(name, "rb") as file:
+            return file.read()
+    except OSError as error:
+        raise ValueError(f"--request {name}: {error.strerror}") from None
+
+
 def snapshot_command(options: argparse.Namespace) -> int:
     """``minikvm snapshot save|run|info``; 1 with a one-line message when it fails."""
     from minikvm.cli.launch import load_confined
@@ -51,9 +74,15 @@ def snapshot_command(options: argparse.Namespace) -> int:
         if options.snapshot_command == "info":
             print(describe_header(options.file, read_header(options.file)))
             return 0
-        snapshot, _ = load_confined(options.file, (0, 1, 2))
-        with snapshot:
+        if options.request is not None:    # read before the walls, which may hide it
+            request = read_request(options.request)
+            snapshot, _ = load_confined(options.file, (0, 1, 2))
+        else:
+            snapshot, _ = load_confined(options.file, (0, 1, 2))
             request = sys.stdin.buffer.read()
+        with snapshot:
+            if options.deterministic:
+                require_deterministic(snapshot, options.file)
             with snapshot.fork() as fork:
                 reply = fork.request(request, timeout=options.timeout, reset=False)
                 sys.stdout.buffer.write(reply.response)

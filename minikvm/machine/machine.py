@@ -316,6 +316,31 @@ class Machine:
         fpu = k.kvm_fpu(fcw=FCW_DEFAULT, mxcsr=MXCSR_DEFAULT)
         self.vcpu.set_fpu(fpu)
 
+    def withhold_random_instructions(self) -> bool:
+        """Clear RDRAND and RDSEED from the vCPU's CPUID (``--deterministic``):
+        libraries that ask CPUID first (OpenSSL, libstdc++'s random_device)
+        then take their randomness from ``getrandom``, which the host
+        answers.  The instructions themselves still run for a program that
+        does not ask.  Before the first KVM_RUN only: KVM refuses a CPUID
+        change after it.
+
+        Returns whether KVM took the change.  PVM does not: its
+        ``KVM_GET_CPUID2`` reads back the host's leaves whatever was set
+        (measured: no bit of leaf 1 can be cleared), and the guest's
+        ``cpuid`` shows them."""
+        cpuid = self.vcpu.get_cpuid2()
+        for index in range(cpuid.nent):
+            entry = cpuid.entries[index]     # a view (a slice would be copies)
+            if entry.function == CPUID_FEATURES:
+                entry.ecx &= ~x86.CPUID_ECX_RDRAND
+            elif entry.function == CPUID_EXTENDED_FEATURES and entry.index == 0:
+                entry.ebx &= ~x86.CPUID_EBX_RDSEED
+        self.vcpu.set_cpuid2(cpuid)
+        shown = self.vcpu.get_cpuid2()
+        return not any(shown.entries[index].function == CPUID_FEATURES
+                       and shown.entries[index].ecx & x86.CPUID_ECX_RDRAND
+                       for index in range(shown.nent))
+
     def set_entry(self, rip: int, rsp: int, **registers: int) -> None:
         """Point the vCPU at the program's first instruction and stack."""
         regs = k.kvm_regs(rip=rip, rsp=rsp, rflags=x86.RFLAGS_FIXED)

@@ -234,15 +234,19 @@ class DeviceFile(OpenFile):
     RDEV = {"null": os.makedev(1, 3), "zero": os.makedev(1, 5), "full": os.makedev(1, 7),
             "random": os.makedev(1, 8), "urandom": os.makedev(1, 9)}
 
-    def __init__(self, name: str, path: str, status_flags: int) -> None:
+    def __init__(self, name: str, path: str, status_flags: int,
+                 source: Callable[[int], bytes] = os.urandom) -> None:
         self.name = name
         self.path = path
         self.status_flags = status_flags
+        #: Where ``random`` and ``urandom`` read from: the process's
+        #: :attr:`~minikvm.process.process.Process.random`.
+        self.source = source
 
     def readv(self, views: list[memoryview]) -> int:
         if self.name == "null":
             return 0
-        return fill_views(views, bytes if self.name in ("zero", "full") else os.urandom)
+        return fill_views(views, bytes if self.name in ("zero", "full") else self.source)
 
     def writev(self, chunks: list[memoryview]) -> int:
         if self.name == "full":   # the device that is always full: for testing ENOSPC paths

@@ -510,6 +510,20 @@ def yield_cpu(proc: Process, sleep: Sleep) -> int:
     return _switch_from_call(proc, me, sleep)
 
 
+def end_turn(proc: Process, result: int, sleep: Sleep) -> int:
+    """``--deterministic``: the current thread's turn is over after a call
+    that returned *result* (:meth:`Determinism.switch_now
+    <minikvm.process.determinism.Determinism.switch_now>`): the next runnable
+    thread goes first, as at ``sched_yield``, and this one gets *result*
+    when it runs again.  Returns *result* when no other thread can run."""
+    table: ThreadTable = proc.threads
+    me = table.running
+    if all(t.state != RUNNABLE for t in table.threads.values() if t is not me):
+        return result
+    me.result = result
+    return _switch_from_call(proc, me, sleep)
+
+
 def retry_after_others(proc: Process, what: str, sleep: Sleep, *,
                        deadline: float | None = None, timeout_result: int = 0,
                        watch: tuple[tuple[int, int], ...] = (),
@@ -649,6 +663,8 @@ def preempt(proc: Process) -> None:
     regs = machine.vcpu.run_state.s.regs.regs
     if len(table) < 2 or not at_user_instruction(machine):
         return
+    if proc.determinism is not None and not proc.determinism.may_preempt():
+        return      # switched at its system calls instead, by the seeded schedule
     _expire(table, time.monotonic())
     me = table.running
     _retry_others(table, me, machine)

@@ -218,7 +218,10 @@ class Fork:
         if len(process.threads) < 2:
             self.machine.stop_time_slices()
         self._restore_files()
-        process.random = os.urandom  # fresh entropy in every fork, after every reset
+        # Fresh entropy in every fork and after every reset — or, for a
+        # snapshot taken under --deterministic, the seeded sources exactly as
+        # they were at the snapshot (restored above with the rest).
+        process.use_determinism(process.determinism)
         vdso.after_restore(process)
 
     def _restore_files(self) -> None:

@@ -56,7 +56,9 @@ NOT_CAPTURED: dict[str, str] = {
                    "by the snapshot and its forks",
     "policy": "the sandbox policy: the same for the snapshot and every fork; a guest "
               "changes nothing in it but the (bounded) log of its denials, for --audit",
-    "random": "the entropy source: a fresh one in every fork and after every reset",
+    "random": "the entropy source: the host's, fresh in every fork and after every reset, "
+              "or under --deterministic the seeded stream of the restored determinism "
+              "(Process.use_determinism)",
     "requests": "the request channel: each fork's own, emptied by every reset",
 }
 

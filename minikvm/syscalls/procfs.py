@@ -55,12 +55,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, NamedTuple, Union
 
 from minikvm.errors import SyscallError
+from minikvm.linux_abi import NSEC_PER_SEC
+from minikvm.process.determinism import CLOCK_REALTIME, KERNEL_VERSION
 from minikvm.linux_abi import (O_ACCMODE, O_CLOEXEC, O_CREAT, O_DIRECTORY, O_EXCL, O_PATH,
                                O_RDONLY, O_TRUNC)
 from minikvm.machine.mm import PROT_EXEC, PROT_READ, PROT_WRITE
 from minikvm.process.fdtable import HostFile, MemFd, OpenFile, SyntheticDirectory, SyntheticFile
 from minikvm.syscalls.info import NODE_NAME, ONLY_CPU
 from minikvm.syscalls.process import RLIM_INFINITY, resource_limits, sys_getppid
+from minikvm.syscalls.time import cpu_seconds, now_ns
 from minikvm.x86 import PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -245,7 +248,7 @@ def proc_root(proc: Process) -> Node:
             "uptime": _file("/proc/uptime", lambda: uptime(proc)),
             "loadavg": _file("/proc/loadavg", lambda: loadavg(proc)),
             "stat": _file("/proc/stat", lambda: system_stat(proc)),
-            "version": _file("/proc/version", lambda: version()),
+            "version": _file("/proc/version", lambda: version(proc)),
             "filesystems": _file("/proc/filesystems", lambda: FILESYSTEMS),
             "mounts": _link("/proc/mounts", lambda: "self/mounts"),
             "sys": _directory("/proc/sys", lambda: _sys_children()),
@@ -431,14 +434,17 @@ def status(proc: Process, tid: int) -> bytes:
 
 
 def uptime_seconds(proc: Process) -> float:
-    """How long the sandbox has been up: since its process was made."""
+    """How long the sandbox has been up: since its process was made (under
+    ``--deterministic``, the virtual clock's uptime)."""
+    if proc.determinism is not None:
+        return proc.determinism.clock.uptime_seconds()
     return max(0.0, time.monotonic() - proc.start_time)
 
 
 def process_stat(proc: Process, tid: int) -> bytes:
     """``/proc/<pid>/stat``: the 52 fields of ``do_task_stat``, in order."""
     memory = _memory_kib(proc)
-    host = os.times()
+    user, system = cpu_seconds(proc)
     ignored, caught = _signal_sets(proc)
     stack_top = max((vma.end for vma in proc.mm.vmas if vma.name == "[stack]"), default=0)
     name = proc.name.decode("utf-8", "replace")
@@ -446,7 +452,7 @@ def process_stat(proc: Process, tid: int) -> bytes:
         tid, f"({name})", "R", sys_getppid(proc), proc.pgid, proc.sid,
         0, -1, 0x400000,                       # tty_nr, tpgid, flags (PF_FORKNOEXEC)
         0, 0, 0, 0,                            # minflt, cminflt, majflt, cmajflt
-        int(host.user * CLOCK_TICKS), int(host.system * CLOCK_TICKS), 0, 0,
+        int(user * CLOCK_TICKS), int(system * CLOCK_TICKS), 0, 0,
         20 + proc.nice, proc.nice, len(proc.threads), 0,
         0,                                     # starttime: the sandbox started with it
         memory["size"] << 10, (memory["rss"] << 10) // PAGE_SIZE, RLIM_INFINITY,
@@ -698,21 +704,23 @@ def loadavg(proc: Process) -> bytes:
 
 def system_stat(proc: Process) -> bytes:
     """``/proc/stat``, minimal: one CPU's times, the boot time, one process."""
-    host = os.times()
-    user, system = int(host.user * CLOCK_TICKS), int(host.system * CLOCK_TICKS)
+    user_seconds, system_seconds = cpu_seconds(proc)
+    user, system = int(user_seconds * CLOCK_TICKS), int(system_seconds * CLOCK_TICKS)
     up = uptime_seconds(proc)
     idle = max(0, int(up * CLOCK_TICKS) - user - system)
     cpu = f"{user} 0 {system} {idle} 0 0 0 0 0 0"
-    boot = int(time.time() - up)
+    boot = int(now_ns(proc, CLOCK_REALTIME) / NSEC_PER_SEC - up)
     each = "".join(f"cpu{number} {cpu}\n" for number in guest_cpus())
     return (f"cpu  {cpu}\n{each}intr 0\nctxt 0\nbtime {boot}\nprocesses 1\n"
             f"procs_running 1\nprocs_blocked 0\nsoftirq 0\n").encode()
 
 
-def version() -> bytes:
-    """``/proc/version``: the kernel uname reports (the host's release)."""
+def version(proc: Process) -> bytes:
+    """``/proc/version``: the kernel uname reports (the host's release; its
+    version, or under ``--deterministic`` a fixed one)."""
     host = os.uname()
-    return f"Linux version {host.release} (minikvm) {host.version}\n".encode()
+    built = host.version if proc.determinism is None else KERNEL_VERSION
+    return f"Linux version {host.release} (minikvm) {built}\n".encode()
 
 
 # -- opening ----------------------------------------------------------------------------

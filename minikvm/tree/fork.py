@@ -163,6 +163,8 @@ def _become_child(proc: Process, pid: int, frozen: int, cpu: CpuState, cpuid: ob
         proc.alarm_deadline = None     # alarm(2) and setitimer(2) are not inherited
         proc.alarm_interval = 0.0
         proc.end_hook = lambda result: end_child(proc, result)
+        if proc.determinism is not None:   # streams of its own, the parent's clock
+            proc.use_determinism(proc.determinism.for_child(pid))
         for hook in family.in_child:
             hook()                     # a debugger lets the child go (minikvm.debug.session)
         vdso.write_data_page(proc)     # the new vCPU's TSC: a new clock line
