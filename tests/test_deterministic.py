@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from minikvm.process.determinism import (MONOTONIC_START_NS, REALTIME_START_NS, 
 from minikvm.linux_abi import NSEC_PER_SEC
 from tests.guest_runs import ROOT, run_minikvm, run_native
 from tests.guests import guest
-from tests.programs.build import program
+from tests.programs.build import go_program, program
 
 pytestmark = pytest.mark.kvm
 
@@ -148,6 +149,17 @@ def test_a_shell_that_forks_is_deterministic_too(tmp_path: Path) -> None:
     assert deterministic(["--", "/bin/bash", "-c", script], 4) not in outputs
 
 
+def test_go_timers_and_goroutines_run_the_same_every_time() -> None:
+    """Go's runtime waits for its timers with epoll and futex timeouts: a
+    timeout that passes moves the virtual clock by its length (a clock that
+    stood still would keep every timer from expiring)."""
+    executable = go_program("goroutines")
+    outputs = {run_minikvm(["--seed", 2, "--timeout", 50, "--", executable], timeout=TIMEOUT,
+                           text=True).stdout for _ in range(3)}
+    assert len(outputs) == 1, outputs
+    assert next(iter(outputs)).rstrip().endswith("done")
+
+
 def test_a_child_draws_other_bytes_than_its_parent() -> None:
     script = "head -c 16 /dev/urandom | od -x; (head -c 16 /dev/urandom | od -x)"
     output = deterministic(["--", "/bin/bash", "-c", script], 9)
@@ -202,6 +214,36 @@ def test_a_snapshot_saved_without_it_is_refused(saved: dict[str, Path]) -> None:
     missing = minikvm("snapshot", "run", "--request", "/nonexistent/request", saved["seeded"])
     assert missing.returncode == 1
     assert b"--request /nonexistent/request: No such file or directory" in missing.stderr
+
+
+@pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb missing (apt-get install gdb)")
+def test_a_replay_under_gdb_answers_the_same(saved: dict[str, Path], tmp_path: Path) -> None:
+    """``snapshot run --gdb``: gdb stops where the request is handed over,
+    a breakpoint two calls on is hit with main below it, and the answer is
+    the one the replays without gdb give."""
+    request = tmp_path / "request"
+    request.write_bytes(b"GET / HTTP/1.1\r\n\r\n")
+    plain = minikvm("snapshot", "run", "--request", request, saved["seeded"]).stdout
+    replay = subprocess.Popen([sys.executable, "-m", "minikvm", "snapshot", "run", "--gdb",
+                               "127.0.0.1:0", "--request", request, saved["seeded"]],
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        waiting = replay.stderr.readline().decode()
+        where = re.search(r"waiting for gdb on (\S+)", waiting)
+        assert where, waiting
+        debugger = subprocess.run(["gdb", "-batch", "-nx", "-ex", f"target remote {where[1]}",
+                                   "-ex", "break getrandom", "-ex", "continue", "-ex", "bt",
+                                   "-ex", "continue", guest("seeded_handler")],
+                                  capture_output=True, text=True, timeout=TIMEOUT)
+        answer, _ = replay.communicate(timeout=TIMEOUT)
+    finally:
+        replay.kill()
+    # The first stop: just after the wait's system call (inlined into main at -O2).
+    assert re.match(r"0x[0-9a-f]+ in (main|minikvm_\w+) \(", debugger.stdout), debugger.stdout
+    assert re.search(r"#1 .* in main \(\)", debugger.stdout), debugger.stdout
+    assert "exited normally" in debugger.stdout, debugger.stdout
+    assert replay.returncode == 0 and answer == plain
 
 
 def free_port() -> int:

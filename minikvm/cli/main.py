@@ -200,6 +200,9 @@ def add_snapshot_commands(commands: argparse._SubParsersAction,
     run.add_argument("--deterministic", action="store_true", default=False,
                      help="refuse a snapshot saved without --deterministic (whose clocks and "
                           "random bytes would differ from run to run)")
+    run.add_argument("--gdb", default=None, metavar="HOST:PORT",
+                     help="stop where the request is handed over and wait for gdb on this "
+                          "loopback address (port 0 picks a free one)")
     run.add_argument("file", help="a file from 'minikvm snapshot save'")
     info = actions.add_parser("info", help="check a snapshot file and describe it")
     info.add_argument("file", help="a file from 'minikvm snapshot save'")

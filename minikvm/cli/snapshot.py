@@ -28,6 +28,9 @@ from minikvm.machine.stops import EXIT_TIMEOUT, StopKind, signal_status
 from minikvm.snapshot.channel import Reply
 
 if TYPE_CHECKING:
+    import socket
+
+    from minikvm.snapshot.fork import Fork
     from minikvm.snapshot.snapshot import Snapshot
 
 
@@ -53,6 +56,36 @@ def require_deterministic(snapshot: "Snapshot", name: str) -> None:
                          f"snapshot save --deterministic [--seed N] ...'")
 
 
+def gdb_listener(address: str) -> "socket.socket":
+    """``snapshot run --gdb HOST:PORT``: the listening socket (loopback
+    only, as for ``run --gdb``); ValueError says why there is none."""
+    from minikvm.debug.address import GdbAddressError, parse_gdb_address
+    from minikvm.debug.session import listen
+    try:
+        host, port = parse_gdb_address(address, any_address=False)
+        return listen(host, port)
+    except GdbAddressError as error:
+        raise ValueError(str(error)) from None
+    except OSError as error:
+        raise ValueError(f"--gdb {address}: cannot listen there: {error.strerror}") from None
+
+
+def _run_under_gdb(fork: "Fork", request: bytes, server: "socket.socket",
+                   options: argparse.Namespace) -> int:
+    """The request and the program's end as one run that gdb follows: it
+    stops where ``minikvm_wait_request`` returns the request."""
+    from minikvm.debug.session import DebugSession, accept
+    fork.hand_over(request)
+    session = DebugSession(fork.process, fork.dispatcher,
+                           accept(server, fork.process.exe_path))
+    result = session.run(timeout=options.timeout)
+    sys.stdout.buffer.write(fork.channel.take_response() or b"")
+    sys.stdout.flush()
+    if result.message:
+        print(result.message, file=sys.stderr)
+    return result.exit_status
+
+
 def read_request(name: str) -> bytes:
     """``snapshot run --request FILE``: the request's bytes; ValueError names
     the file and what went wrong."""
@@ -74,7 +107,10 @@ def snapshot_command(options: argparse.Namespace) -> int:
         if options.snapshot_command == "info":
             print(describe_header(options.file, read_header(options.file)))
             return 0
-        if options.request is not None:    # read before the walls, which may hide it
+        # gdb's socket is bound and the request file read before the walls,
+        # which may refuse a bind and hide the file.
+        gdb_server = gdb_listener(options.gdb) if options.gdb is not None else None
+        if options.request is not None:
             request = read_request(options.request)
             snapshot, _ = load_confined(options.file, (0, 1, 2))
         else:
@@ -84,6 +120,8 @@ def snapshot_command(options: argparse.Namespace) -> int:
             if options.deterministic:
                 require_deterministic(snapshot, options.file)
             with snapshot.fork() as fork:
+                if gdb_server is not None:
+                    return _run_under_gdb(fork, request, gdb_server, options)
                 reply = fork.request(request, timeout=options.timeout, reset=False)
                 sys.stdout.buffer.write(reply.response)
                 sys.stdout.flush()

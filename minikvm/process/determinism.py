@@ -10,7 +10,10 @@ The clocks
     every clock id of ``clock_gettime``, ``gettimeofday``, ``time``, the
     vDSO's, CPU times, ``/proc/uptime``, ``times``: :class:`VirtualClock`.
     Time is *counted*, not measured: every system call advances it by
-    :data:`TICK_NS`, a sleep by what it asked for.  It starts at
+    :data:`TICK_NS`, a sleep by what it asked for, and a ``futex``,
+    ``poll``, ``select`` or ``epoll_wait`` that times out by its timeout
+    (a clock that stood still while a program waited for it to move would
+    keep its timers from ever expiring: Go's runtime does just that).  It starts at
     :data:`REALTIME_START_NS` (wall clock) and :data:`MONOTONIC_START_NS`
     (uptime).  The vDSO makes the system call (``--vdso syscall``), so that
     no read escapes the count.

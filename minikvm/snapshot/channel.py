@@ -74,6 +74,18 @@ class RequestChannel:
         raise CallReturned(value)
 
 
+class LastRequestChannel(RequestChannel):
+    """The channel of a fork that gets one request and then none: its
+    waits return 0 (no more requests) instead of leaving the run loop, so
+    the request and the program's end are one :meth:`Process.run
+    <minikvm.process.process.Process.run>` — what a debugger
+    (``snapshot run --gdb``) can follow from the first instruction to the
+    exit."""
+
+    def wait(self, proc: Process, buffer: int, size: int) -> int:
+        return 0
+
+
 @dataclass
 class Reply:
     """How one request (or call) ended.

@@ -164,11 +164,17 @@ def sys_time(proc: Process, address: int) -> int:
 
 # -- sleeping ---------------------------------------------------------------------
 def _sleep(proc: Process, seconds: float) -> None:
-    """Sleep the calling thread; with other threads, they run meanwhile."""
+    """Sleep the calling thread; with other threads, they run meanwhile.
+    Under ``--deterministic`` a whole sleep moves the virtual clock on by
+    its length (with threads, when its deadline passes)."""
+    virtual_ns = round(seconds * NSEC_PER_SEC)
     if len(proc.threads) == 1:
         sleep(proc, seconds)
+        if proc.determinism is not None:
+            proc.determinism.clock.advance(virtual_ns)
     else:
-        threads.sleep_until(proc, time.monotonic() + seconds, lambda s: sleep(proc, s))
+        threads.sleep_until(proc, time.monotonic() + seconds, lambda s: sleep(proc, s),
+                            virtual_ns=virtual_ns)
 
 
 def sys_nanosleep(proc: Process, request: int, remaining: int) -> int:
@@ -189,8 +195,6 @@ def _interruptible_sleep(proc: Process, duration: int, remaining: int) -> None:
             left = max(duration - (time.monotonic_ns() - start), 0)
             proc.mm.write_struct(remaining, TIMESPEC_FORMAT, *divmod(left, NSEC_PER_SEC))
         raise
-    if proc.determinism is not None:
-        proc.determinism.clock.advance(duration)   # a sleep moves the virtual clock
 
 
 def sys_clock_nanosleep(proc: Process, clock_id: int, flags: int, request: int,
