@@ -395,13 +395,14 @@ def start_x11(options: argparse.Namespace) -> "NestedDisplay | None":
     XAUTHORITY, a connect grant for that server's socket and a read grant
     for its cookie (:mod:`minikvm.cli.x11`).  None without ``--x11``."""
     from minikvm.cli.launch import LaunchError
-    from minikvm.cli.options import endpoint
-    from minikvm.cli.x11 import DEFAULT_SIZE, X11Error, choose_mode, start_nested_display
-    from minikvm.machine.stops import EXIT_CANNOT_RUN
     if not getattr(options, "x11", False):
         if getattr(options, "x11_size", None) is not None:
             raise LaunchError(EXIT_USAGE, "--x11-size needs --x11")
         return None
+    # Imported only now: ~8 ms of start-up a run without --x11 skips.
+    from minikvm.cli.options import endpoint
+    from minikvm.cli.x11 import DEFAULT_SIZE, X11Error, choose_mode, start_nested_display
+    from minikvm.machine.stops import EXIT_CANNOT_RUN
     try:
         mode = choose_mode(options.x11_server or "auto", dict(os.environ))
         nested = start_nested_display(mode, options.x11_size or DEFAULT_SIZE)

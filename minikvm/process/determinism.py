@@ -64,7 +64,6 @@ and the same schedule.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 from minikvm.linux_abi import NSEC_PER_SEC
@@ -132,6 +131,7 @@ class SeededStream:
 
     def read(self, count: int) -> bytes:
         """The next *count* bytes of the stream."""
+        import hashlib      # here: ~1 ms of start-up that a run without --deterministic skips
         material = b"%d/%s/%d" % (self.seed, self.purpose.encode(), self.reads)
         self.reads += 1
         return hashlib.shake_256(material).digest(count) if count > 0 else b""
