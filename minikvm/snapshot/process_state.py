@@ -74,6 +74,8 @@ NOT_RESTORED: dict[str, str] = {
     "machine.vcpu": _HANDLE,
     "machine.memory": _HANDLE,
     "machine.mm": "the same object as mm, compared there",
+    "machine._flush_page": "the page of the slot whose removal flushes KVM's translations "
+                           "(Machine.flush_translations): never mapped, never the guest's",
     "machine.guest_clock": "the host's measurement of the fork's own vCPU's TSC against the "
                            "host's clocks (minikvm.machine.guest_clock): a fact about the host, "
                            "not the guest; every reset writes it into the vDSO's data page",
