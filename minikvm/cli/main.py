@@ -431,6 +431,7 @@ def _run_launched(options: argparse.Namespace, launched: "Launched",
     family = Family.start(options.max_processes, process.pgid, process.sid, pool.used,
                           options.memory or DEFAULT_SANDBOX_MEMORY)
     process.family = family
+    family.publish(process)
     process.new_id = family.table.new_id
     pool.charge = family.charge     # --memory bounds the sandbox's processes together
     tree_summary = None

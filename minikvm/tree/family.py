@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Callable
 from minikvm.errors import SyscallError
 from minikvm.machine.outside import MAILBOX_SIGNAL
 from minikvm.tree import fork as forking, wait as waiting
-from minikvm.tree.table import FIRST_PID, ProcessTable, Record
+from minikvm.tree.table import FIRST_PID, Description, ProcessTable, Record
 
 if TYPE_CHECKING:
     from minikvm.process.process import Process
@@ -113,9 +113,24 @@ class Family:
         for hook in self.on_fork:
             hook()
 
-    def executed(self) -> None:
-        """The process ran a new program (execve): if it is a vfork child,
-        its parent goes on now."""
+    def publish(self, proc: Process) -> None:
+        """Tell the table *proc*'s name and argv, for the other processes'
+        ``/proc/<pid>`` (at the start, at execve and at PR_SET_NAME)."""
+        self.table.publish(self.pid, proc.name, proc.argv)
+
+    def set_state(self, state: str) -> None:
+        """This process runs ('R'), sleeps in a wait ('S') or ended ('Z'),
+        as other processes' ``/proc/<pid>/stat`` shows it."""
+        self.table.set_state(self.pid, state)
+
+    def describe(self, pid: int) -> Description | None:
+        """What another process may see of *pid* (None: not in the sandbox)."""
+        return self.table.describe(pid) if pid > 0 else None
+
+    def executed(self, proc: Process) -> None:
+        """The process ran a new program (execve): the table learns its new
+        name and argv, and if it is a vfork child, its parent goes on now."""
+        self.publish(proc)
         if self.vfork_done >= 0:
             os.close(self.vfork_done)
             self.vfork_done = -1

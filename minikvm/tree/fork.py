@@ -186,6 +186,7 @@ def end_child(proc: Process, result: RunResult) -> NoReturn:
     try:
         family: Family = proc.family
         family.table.reparent(proc.pid, family.root_pid)
+        family.set_state("Z")          # a zombie until its parent reaps it
         for hook in family.at_end:
             hook()
         sys.stdout.flush()
