@@ -1,6 +1,6 @@
 """What one process of the sandbox sees of the others: ``/proc/<pid>`` of
 every process in the sandbox's table, ``ps`` listing exactly them, and no
-host process.
+host process; and what a vfork child leaves in its parent's memory.
 
 The shells here start children whose pids they know (``$$``, ``$!``), run
 ``ps``, and print what they know; the test checks that ``ps`` lists those
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.guest_runs import run_minikvm
+from tests.guest_runs import run_minikvm, run_native
+from tests.programs.build import program
 
 pytestmark = pytest.mark.kvm
 
@@ -97,3 +98,27 @@ def test_procps_ps_lists_the_sandbox_s_processes(tmp_path: Path) -> None:
     needs(PROCPS, "procps")
     needs(Path("/bin/bash"), "bash")
     check(run_script(tmp_path, ["/bin/bash", "-c"], f"{PROCPS} -e -o pid=PID,ppid=PPID,comm"))
+
+
+# --- a vfork child's stores reach its parent -----------------------------------------
+
+@pytest.mark.parametrize("variant", ["glibc-static", "musl-static"])
+def test_vfork_child_stores_and_posix_spawn_errors_reach_the_parent(variant: str,
+                                                                     tmp_path: Path) -> None:
+    """``tests/programs/vfork_memory.c``: glibc's posix_spawn of a missing
+    program returns ENOENT (its child stores the error in the parent's
+    memory), musl's too (a pipe), a spawn that works still works, and a
+    vfork child's own store and a read into its buffer are seen by the
+    parent — all as natively."""
+    executable = program("vfork_memory", variant)
+    native = run_native([executable], cwd=tmp_path, timeout=TIMEOUT_SECONDS)
+    assert native.returncode == 0, native.stderr
+    assert native.stdout.decode().splitlines() == [
+        "posix_spawn(/no/such/program) = No such file or directory",
+        "posix_spawn(/bin/sh) = 0, child exited 3",
+        'vfork child stored 42 and read "through the pipe", exited 0']
+    guest = run_minikvm(["--here", "--timeout", "30", "--", executable], cwd=tmp_path,
+                        timeout=TIMEOUT_SECONDS)
+    assert guest.stderr.decode() == native.stderr.decode()
+    assert guest.stdout.decode() == native.stdout.decode()
+    assert guest.returncode == 0

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Callable
 
 from minikvm.errors import SyscallError
 from minikvm.machine.outside import MAILBOX_SIGNAL
-from minikvm.tree import fork as forking, wait as waiting
+from minikvm.tree import fork as forking, vfork_memory, wait as waiting
 from minikvm.tree.table import FIRST_PID, Description, ProcessTable, Record
 
 if TYPE_CHECKING:
@@ -59,6 +59,9 @@ class Family:
     #: In a child made by vfork: the write end of the pipe its parent waits
     #: on, closed when it execs or ends; -1 otherwise.
     vfork_done: int = -1
+    #: In a child made by vfork, until it execs or ends: what it borrowed
+    #: of its parent's memory (:mod:`minikvm.tree.vfork_memory`).
+    lending: vfork_memory.Lending | None = None
     #: The first process's process group: the terminal's foreground until a
     #: process of the sandbox makes another one the foreground (tcsetpgrp).
     root_group: int = FIRST_PID
@@ -126,6 +129,17 @@ class Family:
     def describe(self, pid: int) -> Description | None:
         """What another process may see of *pid* (None: not in the sandbox)."""
         return self.table.describe(pid) if pid > 0 else None
+
+    def give_back_memory(self, proc: Process) -> None:
+        """A vfork child execs (before its new image is loaded) or ends:
+        the pages it wrote of its parent's memory go back to the parent
+        (:func:`minikvm.tree.vfork_memory.give_back`)."""
+        if self.lending is not None and self.vfork_done >= 0:
+            lending, self.lending = self.lending, None
+            try:
+                vfork_memory.give_back(proc, lending, self.vfork_done)
+            except OSError:
+                pass            # the parent is gone: nobody to give them to
 
     def executed(self, proc: Process) -> None:
         """The process ran a new program (execve): the table learns its new
