@@ -1,6 +1,7 @@
 """What one process of the sandbox sees of the others: ``/proc/<pid>`` of
 every process in the sandbox's table, ``ps`` listing exactly them, and no
-host process; and what a vfork child leaves in its parent's memory.
+host process; what a vfork child leaves in its parent's memory; the
+status flags of a pipe the processes share.
 
 The shells here start children whose pids they know (``$$``, ``$!``), run
 ``ps``, and print what they know; the test checks that ``ps`` lists those
@@ -117,6 +118,28 @@ def test_vfork_child_stores_and_posix_spawn_errors_reach_the_parent(variant: str
         "posix_spawn(/no/such/program) = No such file or directory",
         "posix_spawn(/bin/sh) = 0, child exited 3",
         'vfork child stored 42 and read "through the pipe", exited 0']
+    guest = run_minikvm(["--here", "--timeout", "30", "--", executable], cwd=tmp_path,
+                        timeout=TIMEOUT_SECONDS)
+    assert guest.stderr.decode() == native.stderr.decode()
+    assert guest.stdout.decode() == native.stdout.decode()
+    assert guest.returncode == 0
+
+
+# --- status flags shared across fork -----------------------------------------------------
+
+def test_o_nonblock_on_a_pipe_is_shared_with_the_forked_processes(tmp_path: Path) -> None:
+    """``tests/programs/pipe_flags.c``: O_NONBLOCK set by F_SETFL in one
+    process is seen in the other (the open file description is shared), as
+    natively."""
+    executable = program("pipe_flags", "glibc-static")
+    native = run_native([executable], cwd=tmp_path, timeout=TIMEOUT_SECONDS)
+    assert native.returncode == 0, native.stderr
+    assert native.stdout.decode().splitlines() == [
+        "before the fork: read end blocking",
+        "after the child set O_NONBLOCK: read end non-blocking in the parent",
+        "read of the empty pipe: -1 Resource temporarily unavailable",
+        "the child sees the read end blocking",
+        "after the child set it on a dup of the write end: write end non-blocking"]
     guest = run_minikvm(["--here", "--timeout", "30", "--", executable], cwd=tmp_path,
                         timeout=TIMEOUT_SECONDS)
     assert guest.stderr.decode() == native.stderr.decode()

@@ -27,8 +27,9 @@ The layout is one header and :data:`RECORD` records, little-endian::
              u64 memory        what its guest memory pool holds (part of memory_used)
 
 and after the records, one text entry per record (:data:`TEXT_HEAD`, then
-the cmdline), what ``/proc/<pid>`` of *another* process shows (:mod:`minikvm.syscalls.procfs`; a process's own
-``/proc/<pid>`` is made from its own state)::
+the cmdline), what ``/proc/<pid>`` of *another* process shows
+(:mod:`minikvm.syscalls.procfs`; a process's own ``/proc/<pid>`` is made
+from its own state)::
 
     text     u8  state         'R' running, 'S' asleep in a wait, 'Z' ended, not reaped
              u8  pad[3]
