@@ -1,7 +1,8 @@
 """What one process of the sandbox sees of the others: ``/proc/<pid>`` of
 every process in the sandbox's table, ``ps`` listing exactly them, and no
 host process; what a vfork child leaves in its parent's memory; the
-status flags of a pipe the processes share.
+status flags of a pipe the processes share; who sent a signal; the trace
+of a fork.
 
 The shells here start children whose pids they know (``$$``, ``$!``), run
 ``ps``, and print what they know; the test checks that ``ps`` lists those
@@ -145,3 +146,26 @@ def test_o_nonblock_on_a_pipe_is_shared_with_the_forked_processes(tmp_path: Path
     assert guest.stderr.decode() == native.stderr.decode()
     assert guest.stdout.decode() == native.stdout.decode()
     assert guest.returncode == 0
+
+
+# --- who sent a signal, and the trace of a fork -----------------------------------------
+
+def test_a_signal_between_processes_names_its_sender(tmp_path: Path) -> None:
+    """``tests/programs/signal_sender.c``: si_pid of a signal from the child
+    is the child's pid, and the other way round (it travels through the
+    table's mailbox), as natively.  Under ``--trace`` the child's own line
+    of the fork's clone ends ``= 0``, as ``strace -f`` shows it, the
+    parent's with the child's pid."""
+    executable = program("signal_sender", "glibc-static")
+    native = run_native([executable], cwd=tmp_path, timeout=TIMEOUT_SECONDS)
+    assert native.returncode == 0, native.stderr
+    assert native.stdout.decode().count(": yes") == 6
+    guest = run_minikvm(["--here", "--timeout", "30", "--trace", "--", executable],
+                        cwd=tmp_path, timeout=TIMEOUT_SECONDS)
+    assert guest.stdout.decode() == native.stdout.decode()
+    assert guest.returncode == 0
+    clones = [line for line in guest.stderr.decode().splitlines() if "] clone(" in line]
+    assert len(clones) == 2, guest.stderr.decode()
+    parent_line, child_line = sorted(clones)      # [pid 1000] before [pid 1001]
+    assert parent_line.startswith("[pid 1000] ") and parent_line.endswith(" = 1001")
+    assert child_line.startswith("[pid 1001] ") and child_line.endswith(" = 0")

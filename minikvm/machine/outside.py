@@ -85,12 +85,14 @@ class OutsideSignals:
         self._previous: dict[int, Any] = {}
         self._previous_wakeup = -1
         #: Empties this process's mailbox (:data:`MAILBOX_SIGNAL`), giving the
-        #: signals in it as a mask (bit n-1 for signal n); None when the
-        #: process is alone (no process table).
-        self.mailbox: Callable[[], int] | None = None
+        #: signals in it as a mask (bit n-1 for signal n) and the pid that
+        #: sent each; None when the process is alone (no process table).
+        self.mailbox: Callable[[], tuple[int, dict[int, int]]] | None = None
         #: The signals the last :meth:`take` found in the mailbox (sent by
         #: the sandbox's processes, not by the terminal or the user).
         self.from_mailbox: list[int] = []
+        #: Who sent each of :attr:`from_mailbox` (signal → the sender's pid).
+        self.senders: dict[int, int] = {}
 
     # -- installing -------------------------------------------------------------------
     def install(self) -> None:
@@ -161,7 +163,7 @@ class OutsideSignals:
         self.from_mailbox = []
         if self.arrived[MAILBOX_SIGNAL]:
             self.arrived[MAILBOX_SIGNAL] = 0
-            mail = self.mailbox() if self.mailbox is not None else 0
+            mail, self.senders = self.mailbox() if self.mailbox is not None else (0, {})
             self.from_mailbox = [sig for sig in range(1, signal.NSIG) if mail >> (sig - 1) & 1]
             taken += [sig for sig in self.from_mailbox if sig not in taken]
             taken.sort()

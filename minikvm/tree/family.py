@@ -199,7 +199,7 @@ class Family:
                 if sig == signal.SIGSTOP:
                     self.table.note_stop(record.pid, sig)
                 os.kill(record.host_pid, sig)
-            elif self.table.post(record.pid, sig) is not None:
+            elif self.table.post(record.pid, sig, self.pid) is not None:
                 os.kill(record.host_pid, MAILBOX_SIGNAL)
         except ProcessLookupError:
             pass                # it ended a moment ago
@@ -227,8 +227,9 @@ class Family:
         (:attr:`PagePool.charge <minikvm.machine.pages.PagePool.charge>`)."""
         return self.table.charge(self.pid, delta)
 
-    def mail(self) -> int:
-        """The signals others sent this process (for OutsideSignals.mailbox)."""
+    def mail(self) -> tuple[int, dict[int, int]]:
+        """The signals others sent this process, and who sent each (for
+        OutsideSignals.mailbox)."""
         return self.table.take_mail(self.pid)
 
     def set_group(self, proc: Process, pid: int, pgid: int) -> None:

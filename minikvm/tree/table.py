@@ -36,6 +36,7 @@ from its own state)::
              u32 cmdline_size  how many bytes of cmdline are kept
              u64 start_ns      CLOCK_MONOTONIC when it was forked (stat's starttime)
              char comm[16]     its name (exec's basename, prctl(PR_SET_NAME)), NUL-padded
+             i32 senders[64]   who sent each signal in its mailbox (si_pid), by signal - 1
              char cmdline[CMDLINE_BYTES]  argv, each NUL-terminated, cut at the end
 
 Each process writes its own entry: at the fork (a copy of the parent's, as
@@ -82,8 +83,10 @@ TEXT_HEAD = struct.Struct("<B3xIQ16s")
 #: How much of a process's argv another process's ``/proc/<pid>/cmdline``
 #: shows: enough for ``ps``'s widest column and a shell's ``-c`` script.
 CMDLINE_BYTES = 1024
-#: A text entry's size: its head and the cmdline, 8-byte aligned.
-TEXT_SIZE = TEXT_HEAD.size + CMDLINE_BYTES
+#: senders[64]: the pid that sent signal n + 1 while it was in the mailbox
+SENDERS = struct.Struct("<64i")
+#: A text entry's size: its head, the senders and the cmdline, 8-byte aligned.
+TEXT_SIZE = TEXT_HEAD.size + SENDERS.size + CMDLINE_BYTES
 #: TASK_COMM_LEN (linux/sched.h), with its NUL.
 COMM_BYTES = 16
 #: The first process's pid (what :class:`~minikvm.process.process.Process` gives it).
@@ -381,7 +384,7 @@ class ProcessTable:
             state, _, start_ns, _ = TEXT_HEAD.unpack_from(self._map, start)
             TEXT_HEAD.pack_into(self._map, start, state, len(cmdline), start_ns,
                                 comm[:COMM_BYTES - 1])
-            body = start + TEXT_HEAD.size
+            body = start + TEXT_HEAD.size + SENDERS.size
             self._map[body:body + len(cmdline)] = cmdline
 
     def set_state(self, pid: int, state: str) -> None:
@@ -402,36 +405,47 @@ class ProcessTable:
             assert record is not None
             start = self._text_offset(index)
             state, size, start_ns, comm = TEXT_HEAD.unpack_from(self._map, start)
-            body = start + TEXT_HEAD.size
+            body = start + TEXT_HEAD.size + SENDERS.size
             cmdline = bytes(self._map[body:body + min(size, CMDLINE_BYTES)])
             shown = "T" if self._field(index, 5) and state != ord("Z") else chr(state or ord("R"))
             return Description(record, shown, comm.rstrip(b"\0"), cmdline, start_ns,
                                self._field(index, 7))
 
     # -- signals between processes ---------------------------------------------------------
-    def post(self, pid: int, sig: int) -> int | None:
-        """Put *sig* in *pid*'s mailbox; its host pid (None: it is gone, or
-        not started yet — then the signal is lost, as for a process that is
-        just exiting)."""
+    def post(self, pid: int, sig: int, sender: int = 0) -> int | None:
+        """Put *sig*, sent by process *sender*, in *pid*'s mailbox; its host
+        pid (None: it is gone, or not started yet — then the signal is lost,
+        as for a process that is just exiting).  A signal already in the
+        mailbox keeps its first sender, as a standard signal already pending
+        keeps its first ``siginfo_t`` on Linux."""
         with self:
             index = self._index(pid)
             if index is None:
                 return None
             fields = list(RECORD.unpack_from(self._map, self._offset(index)))
+            if not fields[6] & 1 << (sig - 1):
+                struct.pack_into("<i", self._map, self._senders_offset(index) + 4 * (sig - 1),
+                                 sender)
             fields[6] |= 1 << (sig - 1)
             RECORD.pack_into(self._map, self._offset(index), *fields)
             return fields[1] or None
 
-    def take_mail(self, pid: int) -> int:
-        """The signals in *pid*'s mailbox (bit n-1 for signal n), emptied."""
+    def _senders_offset(self, index: int) -> int:
+        return self._text_offset(index) + TEXT_HEAD.size
+
+    def take_mail(self, pid: int) -> tuple[int, dict[int, int]]:
+        """The signals in *pid*'s mailbox (bit n-1 for signal n), emptied,
+        and who sent each (signal → pid)."""
         with self:
             index = self._index(pid)
             if index is None:
-                return 0
+                return 0, {}
             fields = list(RECORD.unpack_from(self._map, self._offset(index)))
             mailbox, fields[6] = fields[6], 0
             RECORD.pack_into(self._map, self._offset(index), *fields)
-            return mailbox
+            senders = SENDERS.unpack_from(self._map, self._senders_offset(index))
+            return mailbox, {sig: senders[sig - 1] for sig in range(1, 65)
+                             if mailbox >> (sig - 1) & 1}
 
     def close(self) -> None:
         self._map.close()
