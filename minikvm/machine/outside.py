@@ -74,9 +74,15 @@ class OutsideSignals:
     the run is being stopped (the time limit), when ``immediate_exit``
     must stay set."""
 
-    def __init__(self, run_state: "kvm_run", stopping: Callable[[], bool]) -> None:
+    def __init__(self, run_state: "kvm_run", stopping: Callable[[], bool],
+                 signals: tuple[int, ...] = FORWARDED) -> None:
         self.run_state = run_state
         self.stopping = stopping
+        #: The signals caught for the guest: :data:`FORWARDED`, or fewer for
+        #: a host process that keeps the others (a ``serve`` worker keeps
+        #: SIGTERM and SIGINT for its graceful stop; its requests' processes
+        #: need only SIGCHLD and the mailbox).
+        self.signals = signals
         #: ``arrived[n]`` is 1 when signal *n* came and was not taken yet: one
         #: store in the handler, so it never interrupts a half-done update.
         self.arrived = bytearray(signal.NSIG)
@@ -99,7 +105,7 @@ class OutsideSignals:
         """Catch :data:`FORWARDED` (from the main thread, as Python requires)."""
         self.wakeup_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._previous_wakeup = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
-        for sig in (*FORWARDED, MAILBOX_SIGNAL):
+        for sig in (*self.signals, MAILBOX_SIGNAL):
             self._previous[sig] = signal.signal(sig, self._on_signal)
 
     def uninstall(self) -> None:
@@ -156,7 +162,7 @@ class OutsideSignals:
         if not self.stopping():
             self.run_state.immediate_exit = 0
         taken = []
-        for sig in FORWARDED:
+        for sig in self.signals:
             if self.arrived[sig]:
                 self.arrived[sig] = 0   # a new one arriving now sets it again: not lost
                 taken.append(int(sig))

@@ -253,6 +253,22 @@ class Family:
         one whose fork was under way when the doors closed is waited for
         until its host pid is known — briefly: the lifeline ends it anyway."""
         self.table.close_doors()
+        self._kill_others()
+        if self.lifeline_write >= 0:
+            os.close(self.lifeline_write)
+            self.lifeline_write = -1
+
+    def end_others(self) -> None:
+        """A request of ``minikvm serve`` is over (its fork is reset): every
+        process it made ends at once (SIGKILL) and is reaped, and the next
+        request's processes are numbered from the first pid after this one
+        again, as the snapshot's would be."""
+        self._kill_others()
+        self.table.restart_numbering()
+
+    def _kill_others(self) -> None:
+        """SIGKILL every other process of the sandbox and reap it (see
+        :meth:`end_all`)."""
         for _ in range(END_ALL_ROUNDS):
             others = self.others()
             if not others:
@@ -273,9 +289,6 @@ class Family:
                 self.table.remove(record.pid)
             if any(record.host_pid <= 0 for record in others):
                 time.sleep(END_ALL_PAUSE_SECONDS)
-        if self.lifeline_write >= 0:
-            os.close(self.lifeline_write)
-            self.lifeline_write = -1
 
 
 def _end_with_the_first(read_end: int) -> None:

@@ -150,8 +150,7 @@ def _become_child(proc: Process, pid: int, frozen: int, cpu: CpuState, cpuid: ob
         family.become_child(pid)
         family.vfork_done = vfork_done
         family.lending = None
-        if vfork_done >= 0:
-            vfork_memory.start_logging(machine)   # its stores go back to the parent
+        vfork_memory.log_stores(machine, vfork=vfork_done >= 0)   # for the parent
         machine.start_over_after_fork(frozen if frozen >= 0 else None, cpuid)
         cpu.restore(machine)
         if machine.outside is not None:

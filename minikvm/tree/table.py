@@ -327,6 +327,14 @@ class ProcessTable:
             fields[5] = 1
             HEADER.pack_into(self._map, 0, *fields)
 
+    def restart_numbering(self) -> None:
+        """The next pid is the first after the first process's again (for
+        a ``serve`` request's fork, whose processes are all gone)."""
+        with self:
+            fields = list(HEADER.unpack_from(self._map, 0))
+            fields[0] = FIRST_PID + 1
+            HEADER.pack_into(self._map, 0, *fields)
+
     def foreground(self) -> int:
         """The terminal's foreground process group as the guest set it
         (``tcsetpgrp``); 0 until a process sets one."""

@@ -72,12 +72,18 @@ class Lending:
     patching: bool
 
 
-def start_logging(machine: Machine) -> None:
-    """In a vfork child, before its VM's memory slot is made: the slot logs
-    the guest's stores (:meth:`Machine.start_over_after_fork
+def log_stores(machine: Machine, vfork: bool) -> None:
+    """In a new child, before its VM's memory slot is made: a vfork child's
+    slot logs the guest's stores (:meth:`Machine.start_over_after_fork
     <minikvm.machine.machine.Machine.start_over_after_fork>` adds it with
-    the machine's :attr:`~minikvm.machine.machine.Machine.slot_flags`)."""
-    machine.slot_flags |= k.KVM_MEM_LOG_DIRTY_PAGES
+    the machine's :attr:`~minikvm.machine.machine.Machine.slot_flags`);
+    any other child's logs nothing, even when its parent's did (a ``serve``
+    fork's, for its reset) — the host's record of its writes goes too."""
+    machine.memory.host_writes = None
+    if vfork:
+        machine.slot_flags |= k.KVM_MEM_LOG_DIRTY_PAGES
+    else:
+        machine.slot_flags &= ~k.KVM_MEM_LOG_DIRTY_PAGES
 
 
 def lend(proc: Process) -> Lending:
@@ -155,4 +161,4 @@ def take_back(machine: Machine, pool: PagePool, data: bytes) -> int:
     return copied
 
 
-__all__ = ["Lending", "start_logging", "lend", "give_back", "take_back"]
+__all__ = ["Lending", "log_stores", "lend", "give_back", "take_back"]
