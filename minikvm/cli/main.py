@@ -171,6 +171,10 @@ def add_snapshot_commands(commands: argparse._SubParsersAction,
                             "copies, copy the dirty pages back, or copy the working set back "
                             "and keep it writable (default keep: fastest when requests write "
                             "the same pages; 'copy' where KVM cannot)")
+    serve.add_argument("--max-processes", type=positive_int, default=1, metavar="N",
+                       help="most processes a request may hold at once, its own included "
+                            "(default 1: fork is refused); the processes a request made "
+                            "are killed when it is answered")
     serve.add_argument("--from-snapshot", metavar="FILE", default=None,
                        help="serve a file from 'minikvm snapshot save' instead of PROGRAM")
     serve.add_argument("program", nargs="?", help="the static executable to serve")
@@ -431,6 +435,7 @@ def _run_launched(options: argparse.Namespace, launched: "Launched",
     family = Family.start(options.max_processes, process.pgid, process.sid, pool.used,
                           options.memory or DEFAULT_SANDBOX_MEMORY)
     process.family = family
+    family.publish(process)
     process.new_id = family.table.new_id
     pool.charge = family.charge     # --memory bounds the sandbox's processes together
     tree_summary = None

@@ -44,7 +44,7 @@ from minikvm.kvm.system import Kvm
 from minikvm.machine.guest_clock import GuestClock
 from minikvm.machine.crash import ExceptionFrame, Symbolizer, describe_exception
 from minikvm.machine.mm import AddressSpace
-from minikvm.machine.outside import OutsideSignals
+from minikvm.machine.outside import FORWARDED, OutsideSignals
 from minikvm.machine.stops import (RegistersLoaded, Stop, StopKind, SyscallHandler, ThreadSwitched,
                                    TimeLimitReached)
 from minikvm.machine.syscall_sites import PATCH_SIZE, SyscallSites, patching_enabled
@@ -608,13 +608,13 @@ class Machine:
         return Stop(StopKind.CRASH, report.one_line(), report)
 
     # -- signals from outside ------------------------------------------------------
-    def forward_outside_signals(self) -> OutsideSignals:
+    def forward_outside_signals(self, signals: tuple[int, ...] = FORWARDED) -> OutsideSignals:
         """Catch the signals a user sends ``minikvm run`` (Ctrl-C, SIGTERM,
-        a window resize …: :data:`~minikvm.machine.outside.FORWARDED`) for
-        the guest, until :meth:`stop_forwarding`; see
-        :mod:`minikvm.machine.outside`."""
+        a window resize …: :data:`~minikvm.machine.outside.FORWARDED`, or
+        the fewer *signals*) for the guest, until :meth:`stop_forwarding`;
+        see :mod:`minikvm.machine.outside`."""
         if self.outside is None:
-            self.outside = OutsideSignals(self.vcpu.run_state, lambda: self._timed_out)
+            self.outside = OutsideSignals(self.vcpu.run_state, lambda: self._timed_out, signals)
             self.outside.install()
         return self.outside
 

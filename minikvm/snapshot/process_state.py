@@ -60,6 +60,10 @@ NOT_CAPTURED: dict[str, str] = {
               "or under --deterministic the seeded stream of the restored determinism "
               "(Process.use_determinism)",
     "requests": "the request channel: each fork's own, emptied by every reset",
+    "family": "the process tree of a serve worker's fork (minikvm.tree.family), made by "
+              "the worker when requests may fork (serve --max-processes); the "
+              "processes a request made are ended before every reset",
+    "new_id": "where the tree's tids and pids come from (the family's table), set with it",
 }
 
 _HANDLE = ("a handle of the fork's own VM: what it holds (memory pages, registers) "

@@ -24,9 +24,10 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from minikvm.errors import SyscallError
+from minikvm.machine.stops import RegistersLoaded
 from minikvm.process import threads
 from minikvm.process.vdso import refresh_if_due
-from minikvm.syscalls.base import MASK64, Syscall
+from minikvm.syscalls.base import MASK64, Syscall, signed64
 from minikvm.syscalls.signal_handlers import (deliver_fault, deliver_on_return, deliver_outside,
                                               deliver_switched_in)
 from minikvm.syscalls.signals import sleep
@@ -199,6 +200,14 @@ class Dispatcher:
             result = -(error.errno or errno.EIO)
         except Exception as error:  # a bug in a handler; exits are BaseException
             result = self._handler_bug(entry, error)
+        except RegistersLoaded:
+            # The call returns, with the registers it loaded: a fork's child
+            # (RAX 0), execve (0), rt_sigreturn (the restored RAX) — strace
+            # shows that value, not "?".
+            if self.tracer:
+                rax = self.process.machine.vcpu.run_state.s.regs.regs.rax
+                self.tracer.after(self.process, entry, args, before, signed64(rax), "")
+            raise
         except BaseException:
             if self.tracer:
                 self.tracer.unfinished(entry, before)
