@@ -112,13 +112,18 @@ def test_vfork_child_stores_and_posix_spawn_errors_reach_the_parent(variant: str
     memory), musl's too (a pipe), a spawn that works still works, and a
     vfork child's own store and a read into its buffer are seen by the
     parent — all as natively."""
-    executable = program("vfork_memory", variant)
-    native = run_native([executable], cwd=tmp_path, timeout=TIMEOUT_SECONDS)
-    assert native.returncode == 0, native.stderr
-    assert native.stdout.decode().splitlines() == [
+    assert_same_as_native(tmp_path, program("vfork_memory", variant), [
         "posix_spawn(/no/such/program) = No such file or directory",
         "posix_spawn(/bin/sh) = 0, child exited 3",
-        'vfork child stored 42 and read "through the pipe", exited 0']
+        'vfork child stored 42 and read "through the pipe", exited 0'])
+
+
+def assert_same_as_native(tmp_path: Path, executable: Path, expected: list[str]) -> None:
+    """*executable* prints *expected* natively, and the same under
+    ``minikvm run --here``, with the same stderr and a 0 status."""
+    native = run_native([executable], cwd=tmp_path, timeout=TIMEOUT_SECONDS)
+    assert native.returncode == 0, native.stderr
+    assert native.stdout.decode().splitlines() == expected
     guest = run_minikvm(["--here", "--timeout", "30", "--", executable], cwd=tmp_path,
                         timeout=TIMEOUT_SECONDS)
     assert guest.stderr.decode() == native.stderr.decode()
@@ -132,20 +137,12 @@ def test_o_nonblock_on_a_pipe_is_shared_with_the_forked_processes(tmp_path: Path
     """``tests/programs/pipe_flags.c``: O_NONBLOCK set by F_SETFL in one
     process is seen in the other (the open file description is shared), as
     natively."""
-    executable = program("pipe_flags", "glibc-static")
-    native = run_native([executable], cwd=tmp_path, timeout=TIMEOUT_SECONDS)
-    assert native.returncode == 0, native.stderr
-    assert native.stdout.decode().splitlines() == [
+    assert_same_as_native(tmp_path, program("pipe_flags", "glibc-static"), [
         "before the fork: read end blocking",
         "after the child set O_NONBLOCK: read end non-blocking in the parent",
         "read of the empty pipe: -1 Resource temporarily unavailable",
         "the child sees the read end blocking",
-        "after the child set it on a dup of the write end: write end non-blocking"]
-    guest = run_minikvm(["--here", "--timeout", "30", "--", executable], cwd=tmp_path,
-                        timeout=TIMEOUT_SECONDS)
-    assert guest.stderr.decode() == native.stderr.decode()
-    assert guest.stdout.decode() == native.stdout.decode()
-    assert guest.returncode == 0
+        "after the child set it on a dup of the write end: write end non-blocking"])
 
 
 # --- who sent a signal, and the trace of a fork -----------------------------------------

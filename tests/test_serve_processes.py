@@ -12,23 +12,18 @@ without ``--max-processes`` a request still cannot fork.
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.guests import guest
-from tests.test_serve import get, stop_server, worker_pids
+from tests.test_serve import get, start_server, stop_server, worker_pids
 
 pytestmark = pytest.mark.kvm
 
-ROOT = Path(__file__).resolve().parent.parent
-START_TIMEOUT = 60.0
 #: How long the worker's host children may take to be reaped after the answer.
 GONE_WITHIN_SECONDS = 10.0
 HELPER_ANSWER = 'child 1001 said "helper 1001 of 1000" and exited 5'
@@ -37,24 +32,9 @@ HELPER_ANSWER = 'child 1001 said "helper 1001 of 1000" and exited 5'
 def start(program: Path, *options: str) -> tuple[int, subprocess.Popen]:
     """``minikvm serve`` of *program* (one worker) on an ephemeral port,
     its directory readable: ``(port, process)``."""
-    command = [sys.executable, "-m", "minikvm", "serve", "--listen", "127.0.0.1:0",
-               "--workers", "1", "--request-timeout", "20", "--allow-read",
-               str(program.parent), *options, "--", str(program)]
-    process = subprocess.Popen(command, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + START_TIMEOUT
-    log = []
-    while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        if not line:
-            break
-        log.append(line)
-        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
-        if match:
-            return int(match.group(1)), process
-    process.kill()
-    pytest.fail("minikvm serve did not start:\n" + "".join(log))
+    port, process, _ = start_server(program, 1, 20,
+                                    options=("--allow-read", str(program.parent), *options))
+    return port, process
 
 
 @pytest.fixture
