@@ -94,6 +94,7 @@ def test_five_runs_with_one_seed_print_the_same(tmp_path: Path) -> None:
     after = float(line(output, "after").split()[1])
     assert after - float(monotonic) >= 0.002              # the 2 ms nanosleep counted
     assert re.fullmatch(r"order [ABC]{60}", line(output, "order"))
+    assert line(output, "timed") == "timed waits took their timeouts"   # poll, sigtimedwait
 
 
 def test_natively_two_runs_differ(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ The clocks
     vDSO's, CPU times, ``/proc/uptime``, ``times``: :class:`VirtualClock`.
     Time is *counted*, not measured: every system call advances it by
     :data:`TICK_NS`, a sleep by what it asked for, and a ``futex``,
-    ``poll``, ``select`` or ``epoll_wait`` that times out by its timeout
+    ``poll``, ``select``, ``epoll_wait`` or ``sigtimedwait`` that times out
+    by its timeout
     (a clock that stood still while a program waited for it to move would
     keep its timers from ever expiring: Go's runtime does just that).  It starts at
     :data:`REALTIME_START_NS` (wall clock) and :data:`MONOTONIC_START_NS`
@@ -48,7 +49,8 @@ Not covered, and why (``docs/howto/reproduce-a-request.md`` says it too):
   <minikvm.machine.machine.Machine.withhold_random_instructions>`).
 * Time-driven events — the alarm, interval timers, timerfds, poll and
   futex timeouts, signals sent from outside — happen when the *host's* time
-  says; where in the program they land varies.  So does the input itself:
+  says; where in the program they land varies.  Timerfds, the alarm and
+  socket timeouts run on the host's clocks, not the virtual one.  So does the input itself:
   what the program reads from a pipe, a socket or a file the host changes.
 * A thread that runs longer than a time slice without a system call (a spin
   lock) is preempted wherever the slice ends.

@@ -10,7 +10,9 @@
  */
 #include <cpuid.h>
 #include <dirent.h>
+#include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,6 +92,22 @@ int main(int argc, char **argv)
     clock_gettime(CLOCK_MONOTONIC, &mono);
     printf("after %lld.%09ld cpu %ld.%06ld\n", (long long)mono.tv_sec, mono.tv_nsec,
            (long)usage.ru_utime.tv_sec, (long)usage.ru_utime.tv_usec);
+
+    /* Timed waits that time out: under --deterministic each moves the
+     * virtual clock by its timeout, as the time passes natively. */
+    struct timespec before_waits, after_waits;
+    clock_gettime(CLOCK_MONOTONIC, &before_waits);
+    poll(NULL, 0, 10);
+    sigset_t usr1;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &usr1, NULL);
+    struct timespec ten_ms = {0, 10000000};
+    sigtimedwait(&usr1, NULL, &ten_ms);
+    clock_gettime(CLOCK_MONOTONIC, &after_waits);
+    printf("timed waits %s\n", (after_waits.tv_sec - before_waits.tv_sec) * 1000000000L
+                               + after_waits.tv_nsec - before_waits.tv_nsec >= 20000000L
+                               ? "took their timeouts" : "took less than their timeouts");
 
     char uptime[64] = "";
     FILE *proc = fopen("/proc/uptime", "r");
