@@ -40,6 +40,12 @@ next one's in.  It happens only at these points:
     :func:`preempt` switches there — but only when the vCPU stopped at CPL 3
     in the program's own code with no exception on its way in, so the
     saved registers are exactly a user thread's.
+``turn``
+    under ``--deterministic`` (:mod:`minikvm.process.determinism`), after a
+    seeded number of system calls the running thread gives way as at
+    ``sched_yield`` (:func:`end_turn`), and ``preempt`` only interrupts a
+    thread that made no call during its slice: the interleaving follows
+    the seed, not the host's timing.
 ``idle``
     when no thread can run, the host sleeps until the earliest deadline (a
     timed futex wait, a ``nanosleep``, the alarm), polling the host fds a
