@@ -375,6 +375,11 @@ def _run_to_end(options: argparse.Namespace, open_trace: Callable[[], None],
     from minikvm.cli.launch import LaunchError, launch
     from minikvm.syscalls.dispatch import Dispatcher
     from minikvm.syscalls.trace import Tracer
+    # The process tree's modules, imported while the walls are down: after
+    # them Landlock lets Python write no bytecode cache beside the sources,
+    # and it would compile these again at every run (~10 ms).
+    import minikvm.tree.family, minikvm.tree.fork, minikvm.tree.wait  # noqa: F401, E401
+    import minikvm.tree.vfork_memory  # noqa: F401
 
     nested = None
     try:
