@@ -146,6 +146,18 @@ def listen_address(text: str) -> tuple[str, int]:
     return parse_listen(text)
 
 
+def loopback_gdb_address(text: str) -> str:
+    """``snapshot run --gdb HOST:PORT``: checked as ``run --gdb`` checks it,
+    loopback only (:func:`minikvm.debug.address.parse_gdb_address`)."""
+    from minikvm.debug.address import GdbAddressError, parse_gdb_address
+    try:
+        parse_gdb_address(text)
+    except GdbAddressError as error:
+        message = str(error).removeprefix(f"--gdb {text!r}: ")
+        raise argparse.ArgumentTypeError(message.split("; use 127.0.0.1")[0]) from None
+    return text
+
+
 def add_snapshot_commands(commands: argparse._SubParsersAction,
                           policy: dict[str, object] | None = None) -> None:
     """``minikvm serve`` and ``minikvm snapshot save|run|info`` (implemented
@@ -204,7 +216,7 @@ def add_snapshot_commands(commands: argparse._SubParsersAction,
     run.add_argument("--deterministic", action="store_true", default=False,
                      help="refuse a snapshot saved without --deterministic (whose clocks and "
                           "random bytes would differ from run to run)")
-    run.add_argument("--gdb", default=None, metavar="HOST:PORT",
+    run.add_argument("--gdb", default=None, metavar="HOST:PORT", type=loopback_gdb_address,
                      help="stop where the request is handed over and wait for gdb on this "
                           "loopback address (port 0 picks a free one)")
     run.add_argument("file", help="a file from 'minikvm snapshot save'")
