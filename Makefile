@@ -21,6 +21,9 @@ $(INSTALLED): pyproject.toml
 	       "(sudo apt-get install python3-venv) and run make again" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[test,docs]'
+	# Bytecode for every module now: minikvm imports some after its
+	# Landlock walls are up, when Python may no longer write the cache.
+	$(BIN)/python -m compileall -q minikvm
 	touch $@
 
 # The main job: a static C program, built here, run in the sandbox with

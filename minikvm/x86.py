@@ -88,6 +88,10 @@ CPUID_FEATURES = 1              # leaf 1: ECX/EDX feature flags
 CPUID_ECX_XSAVE = 1 << 26
 CPUID_EXTENDED_FEATURES = 7     # leaf 7 sub-leaf 0
 CPUID_EBX_FSGSBASE = 1 << 0
+#: CPUID.1:ECX bit 30 and CPUID.(EAX=7,ECX=0):EBX bit 18: the RDRAND and
+#: RDSEED instructions exist (Intel SDM Vol. 2A, CPUID, Tables 3-10 and 3-8).
+CPUID_ECX_RDRAND = 1 << 30
+CPUID_EBX_RDSEED = 1 << 18
 CPUID_XSAVE_STATE = 0xD         # leaf 0xD sub-leaf 0: EAX = XCR0 bits supported
 
 # --- Page-table entries, 4-level paging (Intel SDM Vol. 3A §4.5, Table 4-15 to 4-20)

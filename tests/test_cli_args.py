@@ -67,6 +67,11 @@ BAD_VALUES = [
     (["serve", "--listen", "127.0.0.1:99999"], "--listen", "127.0.0.1:99999"),
     (["serve", "--listen", "nowhere"], "--listen", "nowhere"),
     (["snapshot", "run", "--timeout", "inf"], "--timeout", "inf"),
+    (["snapshot", "run", "--gdb", "10.0.0.1:5"], "--gdb", "10.0.0.1"),
+    (["snapshot", "run", "--gdb", "1234"], "--gdb", "no port"),
+    (["run", "--seed", "-1"], "--seed", "-1"),
+    (["run", "--seed", "seven"], "--seed", "seven"),
+    (["snapshot", "save", "--seed", "0x"], "--seed", "0x"),
 ]
 
 

@@ -13,6 +13,7 @@ lines).  Bad option values are tests/test_cli_args.py's.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
@@ -70,6 +71,7 @@ def test_the_longer_function_gets_more_samples(built: dict[str, Path], variant: 
     hot_a, hot_b = samples_under(counts, "main", "hot_a"), samples_under(counts, "main", "hot_b")
     assert hot_b > 0, output.read_text()
     assert hot_a > 1.3 * hot_b, output.read_text()        # 2x as long, with noise
+    assert hot_a > 0.5 * sum(counts.values()), output.read_text()   # most of the run
 
 
 @pytest.mark.kvm
@@ -120,6 +122,21 @@ def test_svg_has_a_title_per_frame(built: dict[str, Path], tmp_path: Path) -> No
     titles = [element.text or "" for element in root.iter("{http://www.w3.org/2000/svg}title")]
     assert any(title.startswith("hot_a ") for title in titles), titles
     assert any(title.startswith("main ") for title in titles), titles
+    # The nesting: hot_a's box stands on main's, inside its width, and
+    # holds most of the samples (it runs twice as long as hot_b).
+    frames = {}
+    for group in root.iter("{http://www.w3.org/2000/svg}g"):
+        if group.get("class") == "frame":
+            frames.setdefault(group.get("data-name"), []).append(group)
+    (main,) = frames["main"]
+    hot = [group for group in frames["hot_a"]
+           if int(group.get("data-level")) == int(main.get("data-level")) + 1]
+    assert len(hot) == 1, [group.attrib for group in frames["hot_a"]]
+    left, width = float(main.get("data-x")), float(main.get("data-width"))
+    assert left <= float(hot[0].get("data-x"))
+    assert float(hot[0].get("data-x")) + float(hot[0].get("data-width")) <= left + width + 0.2
+    share = float(re.search(r"([\d.]+)%\)$", hot[0].findtext("{http://www.w3.org/2000/svg}title"))[1])
+    assert share > 50, hot[0].findtext("{http://www.w3.org/2000/svg}title")
 
 
 @pytest.mark.kvm

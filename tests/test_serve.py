@@ -60,12 +60,12 @@ def test_listen_addresses() -> None:
 # -- a real server ------------------------------------------------------------------------
 
 def start_server(program: Path, workers: int | str, request_timeout: float,
-                 cores: set[int] | None = None):
+                 cores: set[int] | None = None, options: tuple[str, ...] = ()):
     """``minikvm serve`` of *program* on an ephemeral port: ``(port, process, log)``;
-    on *cores* only when given (as ``taskset`` would)."""
+    on *cores* only when given (as ``taskset`` would); *options* go before ``--``."""
     command = [sys.executable, "-m", "minikvm", "serve", "--listen", "127.0.0.1:0",
-               "--workers", str(workers), "--request-timeout", str(request_timeout), "--",
-               str(program)]
+               "--workers", str(workers), "--request-timeout", str(request_timeout), *options,
+               "--", str(program)]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,

@@ -34,7 +34,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from minikvm.cli.options import EXIT_USAGE, guest_environment, policy_from
+from minikvm.cli.options import EXIT_USAGE, determinism_from, guest_environment, policy_from
 from minikvm.errors import MinikvmError
 from minikvm.machine.stops import EXIT_CANNOT_RUN, EXIT_NOT_FOUND
 
@@ -186,7 +186,8 @@ def launch(options: argparse.Namespace, *, stdio: tuple[int, int, int] = (0, 1, 
         process = Process.spawn(path, [options.program, *options.args],
                                 guest_environment(options), policy,
                                 machine=machine, program=program, stdio=stdio,
-                                vdso=getattr(options, "vdso", "auto"))
+                                vdso=getattr(options, "vdso", "auto"),
+                                determinism=determinism_from(options))
     except LaunchError:
         machine.close()
         raise

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from minikvm.cli import __version__
-from minikvm.cli.options import (EXIT_USAGE, PolicyFileError, add_display_options,
-                                 add_sandbox_options,
+from minikvm.cli.options import (EXIT_USAGE, PolicyFileError, add_determinism_options,
+                                 add_display_options, add_sandbox_options,
                                  here_directory, policy_toml, positive_int, read_policy_file,
                                  seconds)
 from minikvm.machine.stops import signal_status
@@ -49,6 +49,7 @@ def build_parser(policy: dict[str, object] | None = None) -> argparse.ArgumentPa
     add_sandbox_options(run, timeout_help="stop the program after this much wall-clock "
                                           "time (exit 124)", policy=policy)
     add_display_options(run)
+    add_determinism_options(run)
     run.add_argument("--trace", action="store_const", const="-", default=None,
                      help="print each system call, strace-style, to stderr "
                           "(--trace=FILE writes them to FILE)")
@@ -145,6 +146,18 @@ def listen_address(text: str) -> tuple[str, int]:
     return parse_listen(text)
 
 
+def loopback_gdb_address(text: str) -> str:
+    """``snapshot run --gdb HOST:PORT``: checked as ``run --gdb`` checks it,
+    loopback only (:func:`minikvm.debug.address.parse_gdb_address`)."""
+    from minikvm.debug.address import GdbAddressError, parse_gdb_address
+    try:
+        parse_gdb_address(text)
+    except GdbAddressError as error:
+        message = str(error).removeprefix(f"--gdb {text!r}: ")
+        raise argparse.ArgumentTypeError(message.split("; use 127.0.0.1")[0]) from None
+    return text
+
+
 def add_snapshot_commands(commands: argparse._SubParsersAction,
                           policy: dict[str, object] | None = None) -> None:
     """``minikvm serve`` and ``minikvm snapshot save|run|info`` (implemented
@@ -154,6 +167,7 @@ def add_snapshot_commands(commands: argparse._SubParsersAction,
         description="Start PROGRAM, snapshot it at its first minikvm_wait_request, and "
                     "answer each HTTP request with a reset copy of that snapshot.")
     add_sandbox_options(serve, policy=policy)
+    add_determinism_options(serve)
     serve.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT", type=listen_address,
                        help="where to listen (default 127.0.0.1:8080; port 0 picks a free "
                             "port, printed at start)")
@@ -169,6 +183,10 @@ def add_snapshot_commands(commands: argparse._SubParsersAction,
                             "copies, copy the dirty pages back, or copy the working set back "
                             "and keep it writable (default keep: fastest when requests write "
                             "the same pages; 'copy' where KVM cannot)")
+    serve.add_argument("--max-processes", type=positive_int, default=1, metavar="N",
+                       help="most processes a request may hold at once, its own included "
+                            "(default 1: fork is refused); the processes a request made "
+                            "are killed when it is answered")
     serve.add_argument("--from-snapshot", metavar="FILE", default=None,
                        help="serve a file from 'minikvm snapshot save' instead of PROGRAM")
     serve.add_argument("program", nargs="?", help="the static executable to serve")
@@ -180,6 +198,7 @@ def add_snapshot_commands(commands: argparse._SubParsersAction,
     save = actions.add_parser(
         "save", help="run PROGRAM to its first minikvm_wait_request and save it to FILE")
     add_sandbox_options(save, policy=policy)
+    add_determinism_options(save)
     save.add_argument("-o", "--output", required=True, metavar="FILE",
                       help="the snapshot file to write")
     save.add_argument("--at-first-request", action="store_true", default=True,
@@ -191,6 +210,15 @@ def add_snapshot_commands(commands: argparse._SubParsersAction,
         "run", help="resume a snapshot: stdin is its one request, the response goes to stdout")
     run.add_argument("--timeout", type=seconds, default=None, metavar="SECONDS",
                      help="stop the program after this much wall-clock time (exit 124)")
+    run.add_argument("--request", metavar="FILE", default=None,
+                     help="read the request from FILE instead of stdin (as serve hands it "
+                          "to the program: request line, headers, empty line, body)")
+    run.add_argument("--deterministic", action="store_true", default=False,
+                     help="refuse a snapshot saved without --deterministic (whose clocks and "
+                          "random bytes would differ from run to run)")
+    run.add_argument("--gdb", default=None, metavar="HOST:PORT", type=loopback_gdb_address,
+                     help="stop where the request is handed over and wait for gdb on this "
+                          "loopback address (port 0 picks a free one)")
     run.add_argument("file", help="a file from 'minikvm snapshot save'")
     info = actions.add_parser("info", help="check a snapshot file and describe it")
     info.add_argument("file", help="a file from 'minikvm snapshot save'")
@@ -265,7 +293,7 @@ OPTIONS_WITH_VALUES = frozenset({
     "--timeout", "--max-fds", "--max-file-size", "--env", "--unsetenv", "--trace-file",
     "--max-threads", "--max-processes", "--policy", "--vdso", "--system-root", "--keep-tmp",
     "--resolv-conf", "--x11-size", "--flamegraph", "--sample-hz", "--gdb", "-o", "--output",
-    "--listen", "--workers", "--request-timeout", "--reset", "--from-snapshot"})
+    "--listen", "--workers", "--request-timeout", "--reset", "--from-snapshot", "--seed"})
 
 #: ``run``'s options that ``serve`` and ``snapshot save`` do not take, and why.
 RUN_ONLY_OPTIONS = {
@@ -400,6 +428,11 @@ def _run_to_end(options: argparse.Namespace, open_trace: Callable[[], None],
     from minikvm.cli.launch import LaunchError, launch
     from minikvm.syscalls.dispatch import Dispatcher
     from minikvm.syscalls.trace import Tracer
+    # The process tree's modules, imported while the walls are down: after
+    # them Landlock lets Python write no bytecode cache beside the sources,
+    # and it would compile these again at every run (~10 ms).
+    import minikvm.tree.family, minikvm.tree.fork, minikvm.tree.wait  # noqa: F401, E401
+    import minikvm.tree.vfork_memory  # noqa: F401
 
     nested = None
     try:
@@ -424,14 +457,15 @@ def start_x11(options: argparse.Namespace) -> "NestedDisplay | None":
     XAUTHORITY, a connect grant for that server's socket and a read grant
     for its cookie (:mod:`minikvm.cli.x11`).  None without ``--x11``."""
     from minikvm.cli.launch import LaunchError
-    from minikvm.cli.options import endpoint
-    from minikvm.cli.x11 import (DEFAULT_SIZE, X11_CACHE_HOME, X11Error, choose_mode,
-                                 start_nested_display)
-    from minikvm.machine.stops import EXIT_CANNOT_RUN
     if not getattr(options, "x11", False):
         if getattr(options, "x11_size", None) is not None:
             raise LaunchError(EXIT_USAGE, "--x11-size needs --x11")
         return None
+    # Imported only now: ~8 ms of start-up a run without --x11 skips.
+    from minikvm.cli.options import endpoint
+    from minikvm.cli.x11 import (DEFAULT_SIZE, X11_CACHE_HOME, X11Error, choose_mode,
+                                 start_nested_display)
+    from minikvm.machine.stops import EXIT_CANNOT_RUN
     try:
         mode = choose_mode(options.x11_server or "auto", dict(os.environ))
         nested = start_nested_display(mode, options.x11_size or DEFAULT_SIZE)
@@ -464,6 +498,7 @@ def _run_launched(options: argparse.Namespace, launched: "Launched",
     family = Family.start(options.max_processes, process.pgid, process.sid, pool.used,
                           options.memory or DEFAULT_SANDBOX_MEMORY)
     process.family = family
+    family.publish(process)
     process.new_id = family.table.new_id
     pool.charge = family.charge     # --memory bounds the sandbox's processes together
     tree_summary = None

@@ -22,12 +22,15 @@ import argparse
 import math
 import os
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from minikvm.cpu.layout import MAX_MEMORY_SIZE, MIN_MEMORY_SIZE
 from minikvm.sandbox.grants import Mount
 from minikvm.sandbox.policy import Policy
 from minikvm.x86 import PAGE_SIZE
+
+if TYPE_CHECKING:
+    from minikvm.process.determinism import Determinism
 
 #: A command line minikvm does not understand (argparse's status too).
 EXIT_USAGE = 2
@@ -151,6 +154,37 @@ def env_assignment(text: str) -> str:
     if not equals or not name:
         raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
     return text
+
+
+def seed(text: str) -> int:
+    """``--seed N`` (:func:`minikvm.process.determinism.parse_seed`)."""
+    from minikvm.process.determinism import parse_seed
+    try:
+        return parse_seed(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--seed: ")) from None
+
+
+def add_determinism_options(parser: argparse.ArgumentParser) -> None:
+    """``--deterministic`` and ``--seed`` (:mod:`minikvm.process.determinism`),
+    for the commands that start a program: ``run``, ``serve`` and
+    ``snapshot save`` (a snapshot keeps the seeded state it was saved with)."""
+    parser.add_argument("--deterministic", action="store_true", default=False,
+                        help="make the clocks, random bytes, thread schedule, CPUID and "
+                             "directory order a function of --seed, so that two runs with "
+                             "the same inputs see the same")
+    parser.add_argument("--seed", type=seed, default=None, metavar="N",
+                        help="the seed of --deterministic (default 0; giving it implies "
+                             "--deterministic)")
+
+
+def determinism_from(options: argparse.Namespace) -> Determinism | None:
+    """The seeded sources the options ask for, or None without
+    ``--deterministic`` and ``--seed``."""
+    if not getattr(options, "deterministic", False) and getattr(options, "seed", None) is None:
+        return None
+    from minikvm.process.determinism import DEFAULT_SEED, Determinism
+    return Determinism(DEFAULT_SEED if options.seed is None else options.seed)
 
 
 def add_display_options(parser: argparse.ArgumentParser) -> None:

@@ -178,13 +178,42 @@ class ForkBackend(Backend):
     """A fork of the snapshot, reset after each request, replaced after a
     crash or a timeout."""
 
-    def __init__(self, snapshot: Snapshot, mechanism: str, timeout: float) -> None:
+    def __init__(self, snapshot: Snapshot, mechanism: str, timeout: float,
+                 max_processes: int = 1) -> None:
         self.snapshot = snapshot
         self.mechanism = mechanism
         self.timeout = timeout
-        self.fork = snapshot.fork(mechanism)
+        self.max_processes = max_processes
+        self.family: Any = None
+        self.fork = self._new_fork()
         self.max_request = snapshot.wait[1] if snapshot.wait else 0
         self.pending: str | None = None    # "reset" or "replace"
+
+    def _new_fork(self) -> Any:
+        """A fork of the snapshot; with ``--max-processes`` above 1, one
+        whose program may make processes (fork, vfork, posix_spawn: a
+        CGI-style handler running a helper): a process tree of its own
+        (:class:`~minikvm.tree.family.Family`), this worker its first
+        host process.  Its guest gets SIGCHLD and the tree's mailbox signal;
+        the worker keeps SIGTERM and SIGINT for its graceful stop."""
+        fork = self.snapshot.fork(self.mechanism)
+        if self.max_processes < 2:
+            return fork
+        from minikvm.tree.family import Family
+        from minikvm.tree.table import DEFAULT_SANDBOX_MEMORY
+        process = fork.process
+        self.family = Family.start(self.max_processes, process.pgid, process.sid,
+                                   process.mm.user_pool.used, DEFAULT_SANDBOX_MEMORY)
+        process.family = self.family
+        process.new_id = self.family.table.new_id
+        self.family.publish(process)
+        fork.machine.forward_outside_signals((signal.SIGCHLD,)).mailbox = self.family.mail
+        return fork
+
+    def _end_processes(self) -> None:
+        """The processes the request made end with it (SIGKILL, reaped)."""
+        if self.family is not None:
+            self.family.end_others()
 
     def handle(self, request: bytes | bytearray) -> Outcome:
         reply = self.fork.request(request, timeout=self.timeout, reset=False)
@@ -193,13 +222,21 @@ class ForkBackend(Backend):
 
     def after_response(self) -> None:
         if self.pending == "reset":
+            self._end_processes()
             self.fork.reset()
         elif self.pending == "replace":
-            self.fork.close()
-            self.fork = self.snapshot.fork(self.mechanism)
+            self.close()
+            self.fork = self._new_fork()
         self.pending = None
 
     def close(self) -> None:
+        self._end_processes()
+        if self.family is not None:
+            self.fork.machine.stop_forwarding()
+            self.family.end_all()
+            self.family.table.close()
+            os.close(self.family.lifeline_read)
+            self.family = None
         self.fork.close()
 
 
@@ -475,18 +512,20 @@ def run_workers(listener: socket.socket, workers: int,
 def serve(snapshot: Snapshot, listen: tuple[str, int] | socket.socket, *, workers: int = 1,
           mechanism: str = "cow", request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
           ready: Callable[[tuple[str, int]], None] | None = None,
-          in_worker: Callable[[], None] | None = None) -> int:
+          in_worker: Callable[[], None] | None = None, max_processes: int = 1) -> int:
     """Serve HTTP on *listen* (an address, or a listening socket opened
     earlier — before confinement, which allows no ``bind``) from forks of
     *snapshot* until SIGINT/SIGTERM; the socket is closed at the end.
-    *in_worker* as in :func:`run_workers`."""
+    *in_worker* as in :func:`run_workers`; *max_processes* as in
+    :class:`ForkBackend`."""
     listener = listen if isinstance(listen, socket.socket) else open_listener(listen)
     address = listener.getsockname()[:2]
     if ready is not None:
         ready(address)
     try:
         return run_workers(listener, workers,
-                           lambda: ForkBackend(snapshot, mechanism, request_timeout),
+                           lambda: ForkBackend(snapshot, mechanism, request_timeout,
+                                               max_processes),
                            in_worker)
     finally:
         listener.close()
@@ -507,6 +546,7 @@ def serve_command(options: argparse.Namespace) -> int:
 
 def _serve(options: argparse.Namespace) -> int:
     from minikvm.cli.launch import launch_to_ready_point, load_confined
+    from minikvm.cli.snapshot import require_deterministic
     from minikvm.sandbox.confine import confine_worker
     listen = options.listen           # parsed and checked by the command line
     if not (options.from_snapshot or options.program):
@@ -516,8 +556,13 @@ def _serve(options: argparse.Namespace) -> int:
     listener = open_listener(listen)
     try:
         if options.from_snapshot:
+            if options.seed is not None:
+                raise ValueError("--seed: a snapshot keeps the seed it was saved with (give "
+                                 "--seed to 'minikvm snapshot save')")
             snapshot, confinement = load_confined(options.from_snapshot, stdio,
                                                    allow_fork=True)
+            if options.deterministic:
+                require_deterministic(snapshot, options.from_snapshot)
         else:
             snapshot, confinement = launch_to_ready_point(options, stdio, allow_fork=True)
     except BaseException:
@@ -525,8 +570,12 @@ def _serve(options: argparse.Namespace) -> int:
         raise
 
     def no_fork() -> None:
-        """In each worker: the strict seccomp filter, stacked (no fork)."""
-        confine_worker(confinement)
+        """In each worker: the strict seccomp filter, stacked (no fork) —
+        unless requests may make processes (``--max-processes``): then the
+        supervisor's filter stays, which allows the host's fork and still
+        refuses its execve."""
+        if options.max_processes < 2:
+            confine_worker(confinement)
 
     def ready(address: tuple[str, int]) -> None:
         print(f"minikvm serve: listening on http://{address[0]}:{address[1]}/ "
@@ -536,7 +585,7 @@ def _serve(options: argparse.Namespace) -> int:
     try:
         return serve(snapshot, listener, workers=options.workers, mechanism=options.reset,
                      request_timeout=options.request_timeout, ready=ready,
-                     in_worker=no_fork)
+                     in_worker=no_fork, max_processes=options.max_processes)
     finally:
         snapshot.close()
 

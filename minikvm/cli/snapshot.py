@@ -22,10 +22,16 @@ import argparse
 import os
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from minikvm.machine.stops import EXIT_TIMEOUT, StopKind, signal_status
 from minikvm.snapshot.channel import Reply
+
+if TYPE_CHECKING:
+    import socket
+
+    from minikvm.snapshot.fork import Fork
+    from minikvm.snapshot.snapshot import Snapshot
 
 
 def exit_status(reply: Reply) -> int:
@@ -40,6 +46,56 @@ def exit_status(reply: Reply) -> int:
     return signal_status(signal.SIGKILL)
 
 
+def require_deterministic(snapshot: "Snapshot", name: str) -> None:
+    """``--deterministic`` on a saved snapshot: its process state must hold
+    the seeded sources (:mod:`minikvm.process.determinism`), else every run
+    of it would read the host's clocks and random bytes.  ValueError says so."""
+    if snapshot.process_state.get("determinism") is None:
+        raise ValueError(f"{name} was saved without --deterministic: its runs would read the "
+                         f"host's clocks and random bytes; save it again with 'minikvm "
+                         f"snapshot save --deterministic [--seed N] ...'")
+
+
+def gdb_listener(address: str) -> "socket.socket":
+    """``snapshot run --gdb HOST:PORT``: the listening socket (loopback
+    only, as for ``run --gdb``); ValueError says why there is none."""
+    from minikvm.debug.address import GdbAddressError, parse_gdb_address
+    from minikvm.debug.session import listen
+    try:
+        host, port = parse_gdb_address(address, any_address=False)
+        return listen(host, port)
+    except GdbAddressError as error:
+        raise ValueError(str(error)) from None
+    except OSError as error:
+        raise ValueError(f"--gdb {address}: cannot listen there: {error.strerror}") from None
+
+
+def _run_under_gdb(fork: "Fork", request: bytes, server: "socket.socket",
+                   options: argparse.Namespace) -> int:
+    """The request and the program's end as one run that gdb follows: it
+    stops where ``minikvm_wait_request`` returns the request."""
+    from minikvm.debug.session import DebugSession, accept
+    fork.hand_over(request)
+    session = DebugSession(fork.process, fork.dispatcher,
+                           accept(server, fork.process.exe_path))
+    result = session.run(timeout=options.timeout)
+    sys.stdout.buffer.write(fork.channel.take_response() or b"")
+    sys.stdout.flush()
+    if result.message:
+        print(result.message, file=sys.stderr)
+    return result.exit_status
+
+
+def read_request(name: str) -> bytes:
+    """``snapshot run --request FILE``: the request's bytes; ValueError names
+    the file and what went wrong."""
+    try:
+        with open(name, "rb") as file:
+            return file.read()
+    except OSError as error:
+        raise ValueError(f"--request {name}: {error.strerror}") from None
+
+
 def snapshot_command(options: argparse.Namespace) -> int:
     """``minikvm snapshot save|run|info``; 1 with a one-line message when it fails."""
     from minikvm.cli.launch import load_confined
@@ -51,10 +107,21 @@ def snapshot_command(options: argparse.Namespace) -> int:
         if options.snapshot_command == "info":
             print(describe_header(options.file, read_header(options.file)))
             return 0
-        snapshot, _ = load_confined(options.file, (0, 1, 2))
-        with snapshot:
+        # gdb's socket is bound and the request file read before the walls,
+        # which may refuse a bind and hide the file.
+        gdb_server = gdb_listener(options.gdb) if options.gdb is not None else None
+        if options.request is not None:
+            request = read_request(options.request)
+            snapshot, _ = load_confined(options.file, (0, 1, 2))
+        else:
+            snapshot, _ = load_confined(options.file, (0, 1, 2))
             request = sys.stdin.buffer.read()
+        with snapshot:
+            if options.deterministic:
+                require_deterministic(snapshot, options.file)
             with snapshot.fork() as fork:
+                if gdb_server is not None:
+                    return _run_under_gdb(fork, request, gdb_server, options)
                 reply = fork.request(request, timeout=options.timeout, reset=False)
                 sys.stdout.buffer.write(reply.response)
                 sys.stdout.flush()

@@ -143,11 +143,15 @@ class DebugSession:
     def _mirror_registers(self) -> None:
         """Before the first KVM_RUN, ``kvm_run``'s synced registers are
         not filled in yet (KVM writes them at an exit): copy them from the
-        vCPU, so that every stop reads the same place."""
+        vCPU, so that every stop reads the same place.  Registers already
+        written there for the next KVM_RUN (marked dirty: a snapshot's fork
+        returning from its ``minikvm_wait_request``) are the newer: kept."""
         state = self.machine.vcpu.run_state
-        regs, sregs = self.machine.vcpu.get_regs(), self.machine.vcpu.get_sregs()
-        ctypes.memmove(ctypes.addressof(state.s.regs.regs), ctypes.addressof(regs),
-                       ctypes.sizeof(regs))
+        if not state.kvm_dirty_regs & k.KVM_SYNC_X86_REGS:
+            regs = self.machine.vcpu.get_regs()
+            ctypes.memmove(ctypes.addressof(state.s.regs.regs), ctypes.addressof(regs),
+                           ctypes.sizeof(regs))
+        sregs = self.machine.vcpu.get_sregs()
         ctypes.memmove(ctypes.addressof(state.s.regs.sregs), ctypes.addressof(sregs),
                        ctypes.sizeof(sregs))
         state.kvm_dirty_regs |= k.KVM_SYNC_X86_REGS

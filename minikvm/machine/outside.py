@@ -74,9 +74,15 @@ class OutsideSignals:
     the run is being stopped (the time limit), when ``immediate_exit``
     must stay set."""
 
-    def __init__(self, run_state: "kvm_run", stopping: Callable[[], bool]) -> None:
+    def __init__(self, run_state: "kvm_run", stopping: Callable[[], bool],
+                 signals: tuple[int, ...] = FORWARDED) -> None:
         self.run_state = run_state
         self.stopping = stopping
+        #: The signals caught for the guest: :data:`FORWARDED`, or fewer for
+        #: a host process that keeps the others (a ``serve`` worker keeps
+        #: SIGTERM and SIGINT for its graceful stop; its requests' processes
+        #: need only SIGCHLD and the mailbox).
+        self.signals = signals
         #: ``arrived[n]`` is 1 when signal *n* came and was not taken yet: one
         #: store in the handler, so it never interrupts a half-done update.
         self.arrived = bytearray(signal.NSIG)
@@ -85,19 +91,21 @@ class OutsideSignals:
         self._previous: dict[int, Any] = {}
         self._previous_wakeup = -1
         #: Empties this process's mailbox (:data:`MAILBOX_SIGNAL`), giving the
-        #: signals in it as a mask (bit n-1 for signal n); None when the
-        #: process is alone (no process table).
-        self.mailbox: Callable[[], int] | None = None
+        #: signals in it as a mask (bit n-1 for signal n) and the pid that
+        #: sent each; None when the process is alone (no process table).
+        self.mailbox: Callable[[], tuple[int, dict[int, int]]] | None = None
         #: The signals the last :meth:`take` found in the mailbox (sent by
         #: the sandbox's processes, not by the terminal or the user).
         self.from_mailbox: list[int] = []
+        #: Who sent each of :attr:`from_mailbox` (signal → the sender's pid).
+        self.senders: dict[int, int] = {}
 
     # -- installing -------------------------------------------------------------------
     def install(self) -> None:
         """Catch :data:`FORWARDED` (from the main thread, as Python requires)."""
         self.wakeup_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._previous_wakeup = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
-        for sig in (*FORWARDED, MAILBOX_SIGNAL):
+        for sig in (*self.signals, MAILBOX_SIGNAL):
             self._previous[sig] = signal.signal(sig, self._on_signal)
 
     def uninstall(self) -> None:
@@ -154,14 +162,14 @@ class OutsideSignals:
         if not self.stopping():
             self.run_state.immediate_exit = 0
         taken = []
-        for sig in FORWARDED:
+        for sig in self.signals:
             if self.arrived[sig]:
                 self.arrived[sig] = 0   # a new one arriving now sets it again: not lost
                 taken.append(int(sig))
         self.from_mailbox = []
         if self.arrived[MAILBOX_SIGNAL]:
             self.arrived[MAILBOX_SIGNAL] = 0
-            mail = self.mailbox() if self.mailbox is not None else 0
+            mail, self.senders = self.mailbox() if self.mailbox is not None else (0, {})
             self.from_mailbox = [sig for sig in range(1, signal.NSIG) if mail >> (sig - 1) & 1]
             taken += [sig for sig in self.from_mailbox if sig not in taken]
             taken.sort()

@@ -27,10 +27,13 @@ the fd was readable already.
 
 from __future__ import annotations
 
+import copy
 import errno
+import mmap
 import os
 import select
 import stat as stat_module
+import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -39,6 +42,8 @@ from minikvm.linux_abi import O_ACCMODE, O_RDONLY, O_RDWR, O_WRONLY
 
 DEFAULT_MAX_FDS = 1024   # RLIMIT_NOFILE's usual soft limit
 PIPE_CAPACITY = 65536    # Linux's default pipe buffer
+#: A shared pipe end's status flags, in the word its processes share (SharedPipeEnd).
+SHARED_FLAGS = struct.Struct("<I")
 #: The most bytes all of a process's pipes may hold together.  Each pipe
 #: holds at most :data:`PIPE_CAPACITY`, but a guest may have ``--max-fds``
 #: / 2 of them (500,000 pipes would be 32 GiB of host memory); Linux
@@ -172,11 +177,36 @@ class SharedPipeEnd(HostFile):
     stop the host process (and with it every guest thread).  A guest call
     that must block waits for the host fd's readiness first and writes in
     pieces (:func:`minikvm.syscalls.files._write`); here a host EAGAIN is
-    the guest's."""
+    the guest's.
+
+    Its status flags (``O_NONBLOCK``, set by ``fcntl(F_SETFL)``) belong to
+    the open file description on Linux, which every process that inherited
+    the fd shares: a child that makes the pipe non-blocking makes it so for
+    its parent too.  The host fd's own flag cannot carry them (it stays
+    non-blocking, see above), so they live in a word of shared memory made
+    with the end (an anonymous ``MAP_SHARED`` page), which the host's fork
+    shares as it shares the fd.  (Two processes changing them at the very
+    same moment may lose one change; Linux's ``f_lock`` would order them.)"""
 
     def __init__(self, host_fd: int, path: str, status_flags: int) -> None:
+        self._shared = mmap.mmap(-1, mmap.PAGESIZE, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
         super().__init__(host_fd, path, status_flags)
         os.set_blocking(host_fd, False)
+
+    @property               # type: ignore[override]
+    def status_flags(self) -> int:
+        return SHARED_FLAGS.unpack_from(self._shared)[0]
+
+    @status_flags.setter
+    def status_flags(self, value: int) -> None:
+        SHARED_FLAGS.pack_into(self._shared, 0, value)
+
+    def __deepcopy__(self, memo: dict) -> "SharedPipeEnd":
+        """A snapshot's copy shares the flags' word, as the host fd (the
+        shared memory cannot be copied, and is the file's, not the process's)."""
+        clone = copy.copy(self)
+        memo[id(self)] = clone
+        return clone
 
     def readv(self, views: list[memoryview]) -> int:
         try:
@@ -234,15 +264,19 @@ class DeviceFile(OpenFile):
     RDEV = {"null": os.makedev(1, 3), "zero": os.makedev(1, 5), "full": os.makedev(1, 7),
             "random": os.makedev(1, 8), "urandom": os.makedev(1, 9)}
 
-    def __init__(self, name: str, path: str, status_flags: int) -> None:
+    def __init__(self, name: str, path: str, status_flags: int,
+                 source: Callable[[int], bytes] = os.urandom) -> None:
         self.name = name
         self.path = path
         self.status_flags = status_flags
+        #: Where ``random`` and ``urandom`` read from: the process's
+        #: :attr:`~minikvm.process.process.Process.random`.
+        self.source = source
 
     def readv(self, views: list[memoryview]) -> int:
         if self.name == "null":
             return 0
-        return fill_views(views, bytes if self.name in ("zero", "full") else os.urandom)
+        return fill_views(views, bytes if self.name in ("zero", "full") else self.source)
 
     def writev(self, chunks: list[memoryview]) -> int:
         if self.name == "full":   # the device that is always full: for testing ENOSPC paths

@@ -36,13 +36,14 @@ from minikvm.machine.machine import Machine
 from minikvm.machine.mm import PROT_EXEC, PROT_READ, PROT_WRITE, page_align_down, page_align_up
 from minikvm.machine.stops import (EXIT_CANNOT_RUN, EXIT_TIMEOUT, ProcessExit, ProcessKilled,
                                    StopKind, SyscallHandler, signal_status)
+from minikvm.process.determinism import Determinism
 from minikvm.process.elf import ElfImage, check_interpreter, default_bias, load_elf, span
 from minikvm.process.interpreter import read_interpreter
-from minikvm.process.fdtable import FdTable, HostFile
+from minikvm.process.fdtable import DeviceFile, FdTable, HostFile
 from minikvm.process.stack import (AT_SYSINFO_EHDR, PLATFORM, RANDOM_BYTES_SIZE,
                                    build_initial_stack, standard_auxv)
 from minikvm.process.threads import DEFAULT_MAX_THREADS, ThreadTable
-from minikvm.process.vdso import VDSO_AUTO, map_vdso
+from minikvm.process.vdso import VDSO_AUTO, VDSO_SYSCALL, map_vdso
 from minikvm.sandbox.policy import Policy
 from minikvm.x86 import PAGE_SIZE, CPUID_FEATURES
 
@@ -118,7 +119,12 @@ class Process:
         self.unknown_syscalls: dict[int, int] = {}
         #: How many pipes the program made: the next one's number (its inode).
         self.pipes_made = 0
+        #: Where random bytes come from (``getrandom``, ``/dev/urandom``,
+        #: ``AT_RANDOM``): the host's, or the seeded stream of :attr:`determinism`.
         self.random: Callable[[int], bytes] = os.urandom
+        #: ``--deterministic``'s seeded clock, randomness and schedule
+        #: (:mod:`minikvm.process.determinism`); None: the host's.
+        self.determinism: Determinism | None = None
         #: Where ``minikvm_wait_request``/``minikvm_respond`` go: None under a
         #: plain run; a snapshot's fork (:mod:`minikvm.snapshot.fork`) sets it.
         self.requests: Any = None
@@ -145,12 +151,15 @@ class Process:
     def spawn(cls, path: str, argv: list[str] | list[bytes], env: dict[str, str] | list[bytes],
               policy: Policy | None, *, memory_size: int = DEFAULT_MEMORY_SIZE, cwd: str | None = None,
               stdio: tuple[int, int, int] = (0, 1, 2), machine: Machine | None = None,
-              program: bytes | None = None, vdso: str = VDSO_AUTO) -> "Process":
+              program: bytes | None = None, vdso: str = VDSO_AUTO,
+              determinism: Determinism | None = None) -> "Process":
         """Load the program at *path* into a new machine, ready to run.
         *program* is the file's bytes when the caller read them already
         (:func:`~minikvm.process.elf.read_program`, before confining itself); *path*
         then only names the program.  Its interpreter, if it has one, is read
         through *policy* (the guest's view).  *vdso*: one of ``vdso.VDSO_MODES``.
+        *determinism*: the seeded sources of ``--deterministic`` (its vDSO
+        then makes system calls, and CPUID withholds RDRAND and RDSEED).
         Raises ElfError for a file that is not a program minikvm can run, or
         whose interpreter cannot be loaded."""
         image = parse_program(path if program is None else program, os.fspath(path))
@@ -166,6 +175,9 @@ class Process:
         process = cls(machine, image, policy, argv_bytes, env_bytes,
                       os.path.realpath(path), cwd or os.getcwd())
         process.vdso = vdso
+        if determinism is not None:
+            process.use_determinism(determinism)
+            machine.withhold_random_instructions()
         entry, stack_pointer = process.load(image, os.fsencode(path))
         machine.set_entry(entry, stack_pointer)
         process._open_stdio(stdio)
@@ -249,10 +261,23 @@ class Process:
         if vdso_address is not None:
             auxv.append((AT_SYSINFO_EHDR, vdso_address))
         image, stack_pointer = build_initial_stack(STACK_TOP, self.argv, self.env, auxv, execfn,
-                                                   PLATFORM, os.urandom(RANDOM_BYTES_SIZE))
+                                                   PLATFORM, self.random(RANDOM_BYTES_SIZE))
         self.poke(stack_pointer, image)
         entry = self.image.entry if interpreter is None else interpreter.entry
         return entry, stack_pointer
+
+    def use_determinism(self, determinism: Determinism | None) -> None:
+        """Take random bytes (and, through the system calls, the time and the
+        schedule) from *determinism*, or from the host when None — also in
+        the random devices already open, so ``getrandom`` and a read of
+        ``/dev/urandom`` never draw from two sources."""
+        self.determinism = determinism
+        self.random = os.urandom if determinism is None else determinism.random_bytes
+        if determinism is not None and self.vdso == VDSO_AUTO:
+            self.vdso = VDSO_SYSCALL      # every clock read is a counted system call
+        for entry in self.fds.entries.values():
+            if isinstance(entry.file, DeviceFile):
+                entry.file.source = self.random
 
     def _open_stdio(self, stdio: tuple[int, int, int]) -> None:
         for guest_fd, host_fd in enumerate(stdio):

@@ -40,6 +40,12 @@ next one's in.  It happens only at these points:
     :func:`preempt` switches there — but only when the vCPU stopped at CPL 3
     in the program's own code with no exception on its way in, so the
     saved registers are exactly a user thread's.
+``turn``
+    under ``--deterministic`` (:mod:`minikvm.process.determinism`), after a
+    seeded number of system calls the running thread gives way as at
+    ``sched_yield`` (:func:`end_turn`), and ``preempt`` only interrupts a
+    thread that made no call during its slice: the interleaving follows
+    the seed, not the host's timing.
 ``idle``
     when no thread can run, the host sleeps until the earliest deadline (a
     timed futex wait, a ``nanosleep``, the alarm), polling the host fds a
@@ -164,6 +170,9 @@ class Thread:
     #: RAX when the deadline passes (``-ETIMEDOUT``, or 0 for a sleep); None
     #: for a RETRYING call that is made again then (a timer expired).
     timeout_result: int | None = 0
+    #: ``--deterministic``: how far the virtual clock moves when the deadline
+    #: passes (the wait's timeout, in ns, from the guest's own arguments).
+    virtual_wait_ns: int = 0
     #: RAX when it runs again after a wait: set by whoever ends the wait.
     result: int | None = None
     #: Its saved RIP is on its ``syscall`` instruction (RETRYING): it makes
@@ -319,11 +328,18 @@ def create(proc: Process, stack: int, tls: int | None, clear_child_tid: int) -> 
 
 
 # -- choosing who runs ------------------------------------------------------------------------
-def _expire(table: ThreadTable, now: float) -> None:
-    """Wake every waiting or sleeping thread whose deadline has passed."""
-    for thread in table.threads.values():
+def _expire(proc: Process, now: float) -> None:
+    """Wake every waiting or sleeping thread whose deadline has passed.
+    Under ``--deterministic`` the virtual clock moves on by the longest of
+    their timeouts: the time they waited for has passed."""
+    waited = 0
+    for thread in proc.threads.threads.values():
         if thread.state != RUNNABLE and thread.deadline is not None and now >= thread.deadline:
+            if thread.timeout_result is not None:
+                waited = max(waited, thread.virtual_wait_ns)
             _make_runnable(thread, thread.timeout_result)
+    if waited and proc.determinism is not None:
+        proc.determinism.clock.advance(waited)
 
 
 def _make_runnable(thread: Thread, result: int | None) -> None:
@@ -332,6 +348,7 @@ def _make_runnable(thread: Thread, result: int | None) -> None:
     thread.state = RUNNABLE
     thread.result = result
     thread.deadline = None
+    thread.virtual_wait_ns = 0
     thread.futex = 0
     thread.watch = b""
     thread.waiting_for = ""
@@ -407,7 +424,7 @@ def _choose(proc: Process, me: Thread, sleep: Sleep) -> Thread | None:
     _retry_others(table, me, proc.machine)
     while True:
         now = time.monotonic()
-        _expire(table, now)
+        _expire(proc, now)
         thread = _next_runnable(table)
         if thread is not None:
             return thread
@@ -491,22 +508,26 @@ def _swap_signal_state(proc: Process, me: Thread, chosen: Thread) -> None:
 
 # -- the waits the system calls need --------------------------------------------------------------
 def wait_on_futex(proc: Process, address: int, bitset: int, deadline: float | None,
-                  sleep: Sleep) -> int:
+                  sleep: Sleep, *, virtual_ns: int = 0) -> int:
     """FUTEX_WAIT: sleep until :func:`wake` names *address* (result 0) or
-    *deadline* passes (ETIMEDOUT).  The caller has checked the word."""
+    *deadline* passes (ETIMEDOUT; the virtual clock of ``--deterministic``
+    then moves on by *virtual_ns*).  The caller has checked the word."""
     table: ThreadTable = proc.threads
     me = table.running
     table.waits += 1
     me.state, me.futex, me.bitset, me.deadline = WAITING, address, bitset, deadline
+    me.virtual_wait_ns = virtual_ns
     me.timeout_result, me.wait_order = -errno.ETIMEDOUT, table.waits
     me.waiting_for = f"FUTEX_WAIT on {address:#x}"
     return _switch_from_call(proc, me, sleep)
 
 
-def sleep_until(proc: Process, deadline: float, sleep: Sleep) -> int:
-    """nanosleep with other threads around: they run while this one sleeps."""
+def sleep_until(proc: Process, deadline: float, sleep: Sleep, *, virtual_ns: int = 0) -> int:
+    """nanosleep with other threads around: they run while this one sleeps
+    (*virtual_ns*: as :func:`wait_on_futex`)."""
     me = proc.threads.running
     me.state, me.deadline, me.timeout_result = SLEEPING, deadline, 0
+    me.virtual_wait_ns = virtual_ns
     me.waiting_for = "sleeping"
     return _switch_from_call(proc, me, sleep)
 
@@ -523,10 +544,24 @@ def yield_cpu(proc: Process, sleep: Sleep) -> int:
     return _switch_from_call(proc, me, sleep)
 
 
+def end_turn(proc: Process, result: int, sleep: Sleep) -> int:
+    """``--deterministic``: the current thread's turn is over after a call
+    that returned *result* (:meth:`Determinism.switch_now
+    <minikvm.process.determinism.Determinism.switch_now>`): the next runnable
+    thread goes first, as at ``sched_yield``, and this one gets *result*
+    when it runs again.  Returns *result* when no other thread can run."""
+    table: ThreadTable = proc.threads
+    me = table.running
+    if all(t.state != RUNNABLE for t in table.threads.values() if t is not me):
+        return result
+    me.result = result
+    return _switch_from_call(proc, me, sleep)
+
+
 def retry_after_others(proc: Process, what: str, sleep: Sleep, *,
                        deadline: float | None = None, timeout_result: int | None = 0,
                        watch: tuple[tuple[int, int], ...] = (),
-                       wake_at: float | None = None) -> int:
+                       wake_at: float | None = None, virtual_ns: int = 0) -> int:
     """The current thread's call would block on something only another
     thread can change — an empty in-guest pipe, a full one — or on host fds
     (*watch*: ``(host fd, poll events)``).  Rather than track what each call
@@ -537,11 +572,13 @@ def retry_after_others(proc: Process, what: str, sleep: Sleep, *,
     :func:`kept_deadline` for it.  At *wake_at*,
     when it comes first, the call is made again (a timer it waits for
     expired: :meth:`OpenFile.wakes_at <minikvm.process.fdtable.OpenFile.wakes_at>`).
-    *what* names the wait for a deadlock report."""
+    *what* names the wait for a deadlock report; *virtual_ns* is as for
+    :func:`wait_on_futex`."""
     me = proc.threads.running
     me.state, me.waiting_for = RETRYING, what
     me.watch = b"".join(WATCH_ENTRY.pack(host_fd, events) for host_fd, events in watch)
     me.deadline, me.timeout_result = deadline, timeout_result
+    me.virtual_wait_ns = virtual_ns
     if wake_at is not None and (deadline is None or wake_at < deadline):
         me.deadline, me.timeout_result = wake_at, None
     me.kept_deadline = deadline
@@ -663,7 +700,9 @@ def preempt(proc: Process) -> None:
     regs = machine.vcpu.run_state.s.regs.regs
     if len(table) < 2 or not at_user_instruction(machine):
         return
-    _expire(table, time.monotonic())
+    if proc.determinism is not None and not proc.determinism.may_preempt():
+        return      # switched at its system calls instead, by the seeded schedule
+    _expire(proc, time.monotonic())
     me = table.running
     _retry_others(table, me, machine)
     chosen = _next_runnable(table)

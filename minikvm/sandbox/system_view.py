@@ -30,6 +30,7 @@ the filter keeps them out.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 import posixpath
 from typing import Iterable, Optional
@@ -160,18 +161,34 @@ def _at_or_beneath(path: str, pattern: str) -> bool:
     """True if *path* is *pattern* (a glob per component) or beneath it."""
     parts, wanted = _components(path), _components(pattern)
     return (len(parts) >= len(wanted)
-            and all(fnmatch.fnmatchcase(part, want) for part, want in zip(parts, wanted)))
+            and all(_matches(part, want) for part, want in zip(parts, wanted)))
 
 
 def _holds(path: str, pattern: str) -> bool:
     """True if directory *path* is above what *pattern* names."""
     parts, wanted = _components(path), _components(pattern)
     return (len(parts) < len(wanted)
-            and all(fnmatch.fnmatchcase(part, want) for part, want in zip(parts, wanted)))
+            and all(_matches(part, want) for part, want in zip(parts, wanted)))
 
 
-def _components(path: str) -> list[str]:
-    return [part for part in path.split("/") if part]
+#: What makes a component a glob (fnmatch's special characters).
+GLOB_CHARACTERS = frozenset("*?[")
+
+
+def _matches(part: str, want: str) -> bool:
+    """One component against one of a pattern: a plain name is compared as
+    a string, a glob through fnmatch (most components are plain, and
+    fnmatch costs ~1 µs each: the view is checked at every start-up)."""
+    if GLOB_CHARACTERS.isdisjoint(want):
+        return part == want
+    return fnmatch.fnmatchcase(part, want)
+
+
+@functools.lru_cache(maxsize=1024)
+def _components(path: str) -> tuple[str, ...]:
+    """*path*'s names, cached: the same few dozen paths and patterns are
+    split thousands of times when the view is chosen at start-up."""
+    return tuple(part for part in path.split("/") if part)
 
 
 __all__ = ["SYSTEM_DIRECTORIES", "SYSTEM_ETC_FILES", "SYSTEM_ETC_DIRECTORIES", "NEVER_SHOWN",

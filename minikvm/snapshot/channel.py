@@ -17,12 +17,13 @@ they sit in a module of their own below both.
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 from typing import Any
 
-from minikvm.machine.stops import (CallReturned, ProcessExit, ProcessKilled, Stop, StopKind,
-                                   WaitingForRequest)
-from minikvm.process.process import Process
+from minikvm.machine.stops import (EXIT_CANNOT_RUN, CallReturned, ProcessExit, ProcessKilled, Stop,
+                                   StopKind, WaitingForRequest, signal_status)
+from minikvm.process.process import Process, RunResult
 from minikvm.syscalls.dispatch import Dispatcher
 from minikvm.syscalls.requests import MAX_RESPONSE
 
@@ -74,6 +75,18 @@ class RequestChannel:
         raise CallReturned(value)
 
 
+class LastRequestChannel(RequestChannel):
+    """The channel of a fork that gets one request and then none: its
+    waits return 0 (no more requests) instead of leaving the run loop, so
+    the request and the program's end are one :meth:`Process.run
+    <minikvm.process.process.Process.run>` — what a debugger
+    (``snapshot run --gdb``) can follow from the first instruction to the
+    exit."""
+
+    def wait(self, proc: Process, buffer: int, size: int) -> int:
+        return 0
+
+
 @dataclass
 class Reply:
     """How one request (or call) ended.
@@ -105,9 +118,11 @@ def run_until_stop(process: Process, dispatcher: Dispatcher,
     FAILURE the one-line message.
 
     Unlike :meth:`Process.run` this keeps the process usable afterwards
-    (its files stay open): the caller snapshots or resets it."""
+    (its files stay open): the caller snapshots or resets it.
+
+    In a process a request forked this never returns (:func:`_run_or_end_child`)."""
     try:
-        stop: Stop = process.machine.run(dispatcher, timeout)
+        stop: Stop = _run_or_end_child(process, dispatcher, timeout)
     except WaitingForRequest as waiting:
         # Not the exception itself: its traceback holds the run loop's
         # frames, which hold views of kvm_run and would keep it mapped.
@@ -121,3 +136,38 @@ def run_until_stop(process: Process, dispatcher: Dispatcher,
     if stop.kind == StopKind.TIMEOUT:
         return StopKind.TIMEOUT, f"timed out: {stop.message}"
     return stop.kind, stop.message
+
+
+def _run_or_end_child(process: Process, dispatcher: Dispatcher, timeout: float | None) -> Stop:
+    """``machine.run``; but when the request's process forks during it, the
+    host's fork returns twice inside this call, and in the child
+    (:mod:`minikvm.tree.fork` sets its
+    :attr:`~minikvm.process.process.Process.end_hook`) the run ends here:
+    its host process ends as its guest did, never unwinding into the
+    server's code the host's fork copied — which would answer the request
+    a second time."""
+    try:
+        stop = process.machine.run(dispatcher, timeout)
+    except BaseException as error:
+        if process.end_hook is None:
+            raise
+        process.end_hook(_child_result(None, error))
+        raise
+    if process.end_hook is not None:
+        process.end_hook(_child_result(stop, None))
+    return stop
+
+
+def _child_result(stop: Stop | None, error: BaseException | None) -> RunResult:
+    """How a forked child's run ended, for its ``end_hook``: its exit
+    status, or the signal that killed it (a timeout as SIGKILL would)."""
+    if isinstance(error, ProcessExit):
+        return RunResult(error.status & 0xFF)
+    if isinstance(error, ProcessKilled):
+        return RunResult(signal_status(error.signal), error.reason, signal=int(error.signal))
+    if stop is not None and stop.crash is not None:
+        return RunResult(stop.crash.exit_status, stop.message, stop.crash,
+                         signal=int(stop.crash.signal))
+    if stop is not None:
+        return RunResult(signal_status(signal.SIGKILL), stop.message, signal=int(signal.SIGKILL))
+    return RunResult(EXIT_CANNOT_RUN, "minikvm: the process failed")

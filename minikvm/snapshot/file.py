@@ -25,6 +25,7 @@ from minikvm.errors import MinikvmError, SnapshotError
 from minikvm.kvm.memory import GuestMemory
 from minikvm.machine.mm import AddressSpace, Vma
 from minikvm.machine.pages import PagePool
+from minikvm.process.determinism import Determinism, SeededStream, VirtualClock
 from minikvm.process.elf import load_elf
 from minikvm.process.fdtable import DeviceFile, FdEntry, HostFile, OpenFile, Pipe, PipeEnd
 from minikvm.process.threads import Thread, ThreadTable
@@ -72,7 +73,8 @@ MAX_HEADER = 64 << 20
 STDIO_PREFIX = "<stdio "
 #: The classes besides the builtin types that the process state may hold:
 #: plain-data dataclasses, stored by name and fields.
-PLAIN_CLASSES: dict[str, type] = {cls.__name__: cls for cls in (ThreadTable, Thread)}
+PLAIN_CLASSES: dict[str, type] = {cls.__name__: cls for cls in (
+    ThreadTable, Thread, Determinism, SeededStream, VirtualClock)}
 
 
 def _encode(value: Any, where: str) -> Any:

@@ -72,7 +72,8 @@ from minikvm.machine.syscall_sites import after_patched_site
 from minikvm.process import vdso
 from minikvm.process.fdtable import FdEntry
 from minikvm.process.process import Process
-from minikvm.snapshot.channel import RESPONSE_TOO_LARGE, Reply, RequestChannel, run_until_stop
+from minikvm.snapshot.channel import (RESPONSE_TOO_LARGE, LastRequestChannel, Reply,
+                                      RequestChannel, run_until_stop)
 from minikvm.snapshot.frozen import (allocated_end, allocated_runs, bitmap_runs, merge_runs,
                                      page_runs)
 from minikvm.snapshot.process_state import (PLAIN_FILE_KINDS, copy_fd_entries, install_fd_entries,
@@ -218,7 +219,10 @@ class Fork:
         if len(process.threads) < 2:
             self.machine.stop_time_slices()
         self._restore_files()
-        process.random = os.urandom  # fresh entropy in every fork, after every reset
+        # Fresh entropy in every fork and after every reset — or, for a
+        # snapshot taken under --deterministic, the seeded sources exactly as
+        # they were at the snapshot (restored above with the rest).
+        process.use_determinism(process.determinism)
         vdso.after_restore(process)
 
     def _restore_files(self) -> None:
@@ -395,6 +399,29 @@ class Fork:
         else:
             reply = Reply(kind, response, str(detail))
         return self._finish(reply, True)
+
+    def hand_over(self, data: bytes) -> None:
+        """Give *data* to the pending ``minikvm_wait_request`` and say that
+        no request follows (:class:`~minikvm.snapshot.channel.LastRequestChannel`),
+        without running: the caller runs the process to its end itself —
+        under a debugger (``snapshot run --gdb``).  SnapshotError when the
+        fork does not wait or *data* does not fit."""
+        if self.wait is None:
+            raise SnapshotError("this fork is not waiting for a request: reset() it first")
+        buffer, size = self.wait
+        if len(data) > size:
+            raise SnapshotError(f"request of {len(data)} bytes does not fit the program's "
+                                f"buffer of {size} bytes")
+        try:
+            self.process.mm.write(buffer, data)
+        except SyscallError as error:
+            raise SnapshotError(f"the request buffer {buffer:#x} is no longer writable: "
+                                f"{error}") from None
+        self.channel = LastRequestChannel()      # this fork serves no request after it
+        self.process.requests = self.channel
+        self.machine.vcpu.run_state.s.regs.regs.rax = len(data)
+        self.machine.return_from_syscall()
+        self.wait = None
 
     def end(self, timeout: float | None = None) -> Reply:
         """Tell the program there are no more requests (its pending

@@ -56,8 +56,14 @@ NOT_CAPTURED: dict[str, str] = {
                    "by the snapshot and its forks",
     "policy": "the sandbox policy: the same for the snapshot and every fork; a guest "
               "changes nothing in it but the (bounded) log of its denials, for --audit",
-    "random": "the entropy source: a fresh one in every fork and after every reset",
+    "random": "the entropy source: the host's, fresh in every fork and after every reset, "
+              "or under --deterministic the seeded stream of the restored determinism "
+              "(Process.use_determinism)",
     "requests": "the request channel: each fork's own, emptied by every reset",
+    "family": "the process tree of a serve worker's fork (minikvm.tree.family), made by "
+              "the worker when requests may fork (serve --max-processes); the "
+              "processes a request made are ended before every reset",
+    "new_id": "where the tree's tids and pids come from (the family's table), set with it",
 }
 
 _HANDLE = ("a handle of the fork's own VM: what it holds (memory pages, registers) "
@@ -72,6 +78,8 @@ NOT_RESTORED: dict[str, str] = {
     "machine.vcpu": _HANDLE,
     "machine.memory": _HANDLE,
     "machine.mm": "the same object as mm, compared there",
+    "machine._flush_page": "the page of the slot whose removal flushes KVM's translations "
+                           "(Machine.flush_translations): never mapped, never the guest's",
     "machine.guest_clock": "the host's measurement of the fork's own vCPU's TSC against the "
                            "host's clocks (minikvm.machine.guest_clock): a fact about the host, "
                            "not the guest; every reset writes it into the vDSO's data page",

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from minikvm.errors import SyscallError
 from minikvm.linux_abi import (AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_FOLLOW, MODE_BITS)
+from minikvm.process.determinism import MAX_SORTED_ENTRIES
 from minikvm.process.fdtable import DIRECTORY_WINDOW, HostFile, OpenFile, SyntheticDirectory
 from minikvm.syscalls import procfs
 from minikvm.syscalls.base import PARTIAL, REFUSED, SUPPORTED, Syscall, signed32
@@ -101,11 +102,30 @@ def directory_listing(proc: Process, file: OpenFile, start: int = 0,
                 continue        # the way down is gone: nothing to show
             dots.append((os.fsencode(name), st.st_ino, stat_module.S_IFMT(st.st_mode) >> 12))
         return dots[start:stop]
+    if proc.determinism is not None:
+        names = _sorted_listing(file.host_fd)
+        if names is not None:
+            return (dots + names)[start:stop]
     entries = dots[start:stop]
     with os.scandir(file.host_fd) as listing:
         for entry in itertools.islice(listing, max(start - len(dots), 0),
                                       None if stop is None else max(stop - len(dots), 0)):
             entries.append((os.fsencode(entry.name), entry.inode(), _d_type(entry)))
+    return entries
+
+
+def _sorted_listing(host_fd: int) -> list[tuple[bytes, int, int]] | None:
+    """``--deterministic``: the directory's entries sorted by name, so that
+    two runs list them in one order whatever order the host's file system
+    keeps; None for a directory of more than :data:`MAX_SORTED_ENTRIES`
+    (listed in the host's order: sorting holds every name at once)."""
+    entries = []
+    with os.scandir(host_fd) as listing:
+        for entry in itertools.islice(listing, MAX_SORTED_ENTRIES + 1):
+            entries.append((os.fsencode(entry.name), entry.inode(), _d_type(entry)))
+    if len(entries) > MAX_SORTED_ENTRIES:
+        return None
+    entries.sort()
     return entries
 
 

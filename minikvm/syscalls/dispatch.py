@@ -24,10 +24,13 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from minikvm.errors import SyscallError
+from minikvm.machine.stops import RegistersLoaded
+from minikvm.process import threads
 from minikvm.process.vdso import refresh_if_due
-from minikvm.syscalls.base import MASK64, Syscall
+from minikvm.syscalls.base import MASK64, Syscall, signed64
 from minikvm.syscalls.signal_handlers import (deliver_fault, deliver_on_return, deliver_outside,
                                               deliver_switched_in)
+from minikvm.syscalls.signals import sleep
 from minikvm.syscalls.table import TABLE_BY_NUMBER
 from minikvm.syscalls.trace import Tracer
 from minikvm.syscalls.vsyscall import emulate_vsyscall
@@ -97,6 +100,12 @@ class Dispatcher:
         self.process = process
         self.tracer = tracer
         self.counts: dict[str, list[float]] | None = {} if count else None
+        #: Whether calls take the slower, observed path (:meth:`_call_observed`):
+        #: traced, counted, or ``--deterministic`` (every call ticks the
+        #: process's virtual clock, and with threads its schedule may switch:
+        #: :mod:`minikvm.process.determinism`) — one test per call for all three.
+        self.observed = (tracer is not None or count
+                         or (process is not None and process.determinism is not None))
         self.entries: list[Syscall | None] = list(DEFAULT_ENTRIES)
         #: ``callers[n]`` calls ``entries[n].handler`` (kept in step by :meth:`add`).
         self.callers: list[Caller | None] = list(DEFAULT_CALLERS)
@@ -141,12 +150,20 @@ class Dispatcher:
         if caller is None:
             self._unknown(regs, number)
             return
-        if self.tracer is not None or self.counts is not None:
+        if self.observed:
             entry = self.entries[number]
             args = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9)[:len(entry.args)]
-            regs.rax = self._call_observed(entry, args) & MASK64
-            if self.process.signal_work:
-                deliver_on_return(self.process, regs, number)
+            result = self._call_observed(entry, args)
+            regs.rax = result & MASK64
+            process = self.process
+            determinism = process.determinism
+            if determinism is not None:
+                determinism.after_call()
+                if (len(process.threads) > 1 and determinism.switch_now()
+                        and not process.signal_work):
+                    threads.end_turn(process, result, lambda s: sleep(process, s))
+            if process.signal_work:
+                deliver_on_return(process, regs, number)
             return
         try:
             result = caller(self.process, regs)
@@ -183,6 +200,14 @@ class Dispatcher:
             result = -(error.errno or errno.EIO)
         except Exception as error:  # a bug in a handler; exits are BaseException
             result = self._handler_bug(entry, error)
+        except RegistersLoaded:
+            # The call returns, with the registers it loaded: a fork's child
+            # (RAX 0), execve (0), rt_sigreturn (the restored RAX) — strace
+            # shows that value, not "?".
+            if self.tracer:
+                rax = self.process.machine.vcpu.run_state.s.regs.regs.rax
+                self.tracer.after(self.process, entry, args, before, signed64(rax), "")
+            raise
         except BaseException:
             if self.tracer:
                 self.tracer.unfinished(entry, before)

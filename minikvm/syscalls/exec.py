@@ -128,10 +128,12 @@ def sys_execveat(proc: Process, dirfd: int, path: int, argv: int, envp: int, fla
             new = exec_image.prepare(proc, where, raw, arguments, environment,
                                      follow=not flags & AT_SYMLINK_NOFOLLOW)
     # -- the point of no return --
+    if proc.family is not None:
+        proc.family.give_back_memory(proc)   # a vfork child's stores reach its parent
     entry, stack_pointer = exec_image.replace_image(proc, new)
     reset_signal_handlers(proc)
     if proc.family is not None:
-        proc.family.executed()     # a vfork parent goes on (minikvm.tree.family)
+        proc.family.executed(proc)     # a vfork parent goes on (minikvm.tree.family)
     machine = proc.machine
     machine.enter_user_mode()
     regs = machine.vcpu.run_state.s.regs.regs

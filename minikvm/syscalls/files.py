@@ -328,7 +328,8 @@ def sys_openat(proc: Process, dirfd: int, path_address: int, flags: int, mode: i
     if file is not None:
         pass                                # made for this open: /proc, /dev/tty
     elif device:
-        file = DeviceFile(device, path, flags & (O_ACCMODE | O_APPEND | O_NONBLOCK))
+        file = DeviceFile(device, path, flags & (O_ACCMODE | O_APPEND | O_NONBLOCK),
+                          proc.random)
     else:
         host_fd = proc.policy.open(path, flags, mode & ~proc.umask & 0o7777, proc.cwd,
                                    syscall="openat")

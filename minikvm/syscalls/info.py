@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from minikvm.errors import SyscallError
 from minikvm.process import threads
+from minikvm.process.determinism import KERNEL_VERSION
 from minikvm.process.fdtable import fill_views
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32
 from minikvm.syscalls.signals import sleep
@@ -53,7 +54,8 @@ def sys_uname(proc: Process, address: int) -> int:
     """The host's kernel release, so libc's version checks pass; the node
     name is the sandbox's own."""
     host = os.uname()
-    fields = ["Linux", NODE_NAME, host.release, host.version, "x86_64", "(none)"]
+    version = host.version if proc.determinism is None else KERNEL_VERSION
+    fields = ["Linux", NODE_NAME, host.release, version, "x86_64", "(none)"]
     proc.mm.write(address, b"".join(os.fsencode(f)[:UTSNAME_FIELD - 1].ljust(UTSNAME_FIELD, b"\0")
                                     for f in fields))
     return 0
@@ -80,7 +82,8 @@ def sys_sysinfo(proc: Process, address: int) -> int:
     pool = proc.mm.user_pool
     total = pool.end - pool.start
     free = total - pool.used
-    uptime = int(time.monotonic() - proc.start_time)   # the sandbox's, as /proc/uptime
+    uptime = int(proc.determinism.clock.uptime_seconds() if proc.determinism is not None
+                 else time.monotonic() - proc.start_time)   # the sandbox's, as /proc/uptime
     loads = (0, 0, 0)
     proc.mm.write_struct(address, SYSINFO_FORMAT, uptime, *loads, total, free, 0, 0, 0, 0,
                          1, 0, 0, 1)

@@ -32,7 +32,7 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from minikvm.errors import SyscallError
-from minikvm.linux_abi import SIGSET_SIZE
+from minikvm.linux_abi import NSEC_PER_SEC, SIGSET_SIZE
 from minikvm.process import threads
 from minikvm.process.fdtable import (ALWAYS_REPORTED, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT,
                                      POLLPRI, POLLRDNORM, POLLWRNORM)
@@ -86,7 +86,10 @@ def ready_events(proc: Process, requests: list[tuple[int, int]], timeout: float 
         if enough(results) or timeout == 0:
             return results
         now = time.monotonic()
+        virtual_ns = 0 if timeout is None else round(timeout * NSEC_PER_SEC)
         if deadline is not None and now >= deadline:
+            if proc.determinism is not None:      # the timeout passed on its clock too
+                proc.determinism.clock.advance(virtual_ns)
             return results
         wake = _earliest_wake(proc, requests)
         if threaded:
@@ -94,7 +97,7 @@ def ready_events(proc: Process, requests: list[tuple[int, int]], timeout: float 
                 before_wait()
             threads.retry_after_others(proc, what, lambda seconds: sleep(proc, seconds),
                                        deadline=deadline, watch=_host_watch(proc, requests),
-                                       wake_at=wake,
+                                       wake_at=wake, virtual_ns=virtual_ns,
                                        timeout_result=None if again_at_deadline else 0)
             return results                    # the deadline passed: nothing was ready
         slice_seconds = min([WAIT_SLICE_SECONDS] + [max(0.0, t - now) for t in (deadline, wake)

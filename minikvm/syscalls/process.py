@@ -512,6 +512,8 @@ def sys_prctl(proc: Process, option: int, arg2: int, arg3: int, arg4: int, arg5:
                 raise
             proc.name = proc.mm.read(arg2, TASK_COMM_LEN - 1)
         proc.name = proc.name[:TASK_COMM_LEN - 1]
+        if proc.family is not None:
+            proc.family.publish(proc)      # what the others' /proc/<pid>/comm shows
         return 0
     if option == PR_GET_NAME:
         proc.mm.write(arg2, proc.name.ljust(TASK_COMM_LEN, b"\0"))

@@ -23,6 +23,14 @@ Linux)                            as bind mounts); links ``exe``, ``cwd``, ``roo
 ``/dev/fd``, ``/dev/stdin`` …     links to ``/proc/self/fd`` and ``/proc/self/fd/0..2``
 ================================  =========================================================
 
+The sandbox's *other* processes each have a ``/proc/<pid>/`` too, listed
+in ``/proc`` so that ``ps`` finds them: ``stat``, ``status``, ``statm``,
+``cmdline`` and ``comm``, made from what the sandbox's process table says of
+them (:func:`_other_directory`) — their ids and state in its records, their
+name and argv in the text each process publishes there at fork, exec and
+``PR_SET_NAME`` (:class:`minikvm.tree.table.ProcessTable`).  Their memory,
+fds and links are not shown.
+
 Everything else under ``/proc`` is ``ENOENT`` (``/proc/1``, the host's
 pids, ``/proc/kcore``…).  Files are made when they are opened (the text is
 generated then, as Linux's seq files are) and are read-only: opening for
@@ -52,19 +60,27 @@ import struct
 import time
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, NamedTuple, Union
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Union
 
 from minikvm.errors import SyscallError
+from minikvm.linux_abi import NSEC_PER_SEC
+from minikvm.process.determinism import CLOCK_REALTIME, KERNEL_VERSION
 from minikvm.linux_abi import (O_ACCMODE, O_CLOEXEC, O_CREAT, O_DIRECTORY, O_EXCL, O_PATH,
                                O_RDONLY, O_TRUNC)
 from minikvm.machine.mm import PROT_EXEC, PROT_READ, PROT_WRITE
 from minikvm.process.fdtable import HostFile, MemFd, OpenFile, SyntheticDirectory, SyntheticFile
 from minikvm.syscalls.info import NODE_NAME, ONLY_CPU
 from minikvm.syscalls.process import RLIM_INFINITY, resource_limits, sys_getppid
+from minikvm.syscalls.time import cpu_seconds, now_ns
 from minikvm.x86 import PAGE_SIZE
 
 if TYPE_CHECKING:
     from minikvm.process.process import Process
+
+#: What the process table says of another process: a
+#: :class:`minikvm.tree.table.Description` (a higher layer: reached through
+#: ``proc.family``, never imported).
+Description = Any
 
 #: The kinds of node, as their ``d_type`` (DT_x is S_IFx >> 12).
 DIRECTORY, FILE, LINK = stat_module.S_IFDIR, stat_module.S_IFREG, stat_module.S_IFLNK
@@ -106,6 +122,10 @@ class Node:
     fd: int | None = None
     #: listed by its directory (a thread's ``/proc/<tid>`` is not)
     listed: bool = True
+    #: a directory's one child by name, when finding it need not make all
+    #: of :attr:`children` (``/proc``: another process's directory needs a
+    #: look in the process table, ``/proc/self`` does not)
+    child: Callable[[str], "Node | None"] | None = None
 
     def stat(self) -> os.stat_result:
         """What stat shows: size 0 (as Linux's proc files: read to EOF),
@@ -184,7 +204,8 @@ def _walk(proc: Process, node: Node, names: list[str], path: str, follow: bool,
         if node.kind != DIRECTORY:
             raise SyscallError(errno.ENOTDIR, f"{path}: {node.path} is not a directory")
         assert node.children is not None
-        child = node.children().get(names[index])
+        child = (node.child(names[index]) if node.child is not None
+                 else node.children().get(names[index]))
         if child is None:
             raise SyscallError(errno.ENOENT, f"{path}: no such file in the synthesized /proc")
         node = child
@@ -225,13 +246,14 @@ def _link(path: str, target: Callable[[], str], uid: int = 0) -> Node:
 
 
 def _directory(path: str, children: Callable[[], dict[str, Node]], uid: int = 0,
-               listed: bool = True) -> Node:
-    return Node(path, DIRECTORY, 0o555, uid, children=children, listed=listed)
+               listed: bool = True,
+               child: Callable[[str], Node | None] | None = None) -> Node:
+    return Node(path, DIRECTORY, 0o555, uid, children=children, listed=listed, child=child)
 
 
 def proc_root(proc: Process) -> Node:
     """``/proc`` itself."""
-    def children() -> dict[str, Node]:
+    def own() -> dict[str, Node]:
         tids = {str(tid): _pid_directory(proc, f"/proc/{tid}", tid, listed=tid == proc.pid)
                 for tid in proc.threads.threads}
         tids[str(proc.pid)] = _pid_directory(proc, f"/proc/{proc.pid}", proc.pid)
@@ -245,13 +267,28 @@ def proc_root(proc: Process) -> Node:
             "uptime": _file("/proc/uptime", lambda: uptime(proc)),
             "loadavg": _file("/proc/loadavg", lambda: loadavg(proc)),
             "stat": _file("/proc/stat", lambda: system_stat(proc)),
-            "version": _file("/proc/version", lambda: version()),
+            "version": _file("/proc/version", lambda: version(proc)),
             "filesystems": _file("/proc/filesystems", lambda: FILESYSTEMS),
             "mounts": _link("/proc/mounts", lambda: "self/mounts"),
             "sys": _directory("/proc/sys", lambda: _sys_children()),
         }
         return entries
-    return _directory("/proc", children)
+
+    def children() -> dict[str, Node]:
+        entries = own()
+        if proc.family is not None:
+            for record in sorted(proc.family.table.records(), key=lambda record: record.pid):
+                if str(record.pid) not in entries:
+                    entries[str(record.pid)] = _other_directory(proc, record.pid)
+        return entries
+
+    def child(name: str) -> Node | None:
+        node = own().get(name)
+        if node is None and name.isdigit() and proc.family is not None \
+                and proc.family.describe(int(name)) is not None:
+            node = _other_directory(proc, int(name))
+        return node
+    return _directory("/proc", children, child=child)
 
 
 def _sys_children() -> dict[str, Node]:
@@ -298,6 +335,33 @@ def _pid_directory(proc: Process, base: str, tid: int, listed: bool = True,
                 for thread in proc.threads.threads}, uid)
         return entries
     return _directory(base, children, uid, listed)
+
+
+def _other_directory(proc: Process, pid: int) -> Node:
+    """``/proc/<pid>/`` of another process of the sandbox: what the process
+    table says of it (:meth:`ProcessTable.describe
+    <minikvm.tree.table.ProcessTable.describe>` — its ids, state, name,
+    argv and memory, which each process publishes itself), read anew at
+    each open.  Its memory, fds, links and environment are not shown: they
+    live in another host process, and Linux too shows them to their owner
+    only (``ptrace`` access)."""
+    base, uid = f"/proc/{pid}", os.getuid()
+
+    def described() -> Description:
+        description = proc.family.describe(pid) if proc.family is not None else None
+        if description is None:
+            raise SyscallError(errno.ESRCH, f"process {pid} has ended")
+        return description
+
+    def children() -> dict[str, Node]:
+        return {
+            "cmdline": _file(f"{base}/cmdline", lambda: described().cmdline, uid),
+            "comm": _file(f"{base}/comm", lambda: described().comm + b"\n", uid, 0o644),
+            "stat": _file(f"{base}/stat", lambda: other_stat(proc, described()), uid),
+            "statm": _file(f"{base}/statm", lambda: other_statm(described()), uid),
+            "status": _file(f"{base}/status", lambda: other_status(described()), uid),
+        }
+    return _directory(base, children, uid)
 
 
 def _fd_children(proc: Process, base: str) -> dict[str, Node]:
@@ -431,14 +495,17 @@ def status(proc: Process, tid: int) -> bytes:
 
 
 def uptime_seconds(proc: Process) -> float:
-    """How long the sandbox has been up: since its process was made."""
+    """How long the sandbox has been up: since its process was made (under
+    ``--deterministic``, the virtual clock's uptime)."""
+    if proc.determinism is not None:
+        return proc.determinism.clock.uptime_seconds()
     return max(0.0, time.monotonic() - proc.start_time)
 
 
 def process_stat(proc: Process, tid: int) -> bytes:
     """``/proc/<pid>/stat``: the 52 fields of ``do_task_stat``, in order."""
     memory = _memory_kib(proc)
-    host = os.times()
+    user, system = cpu_seconds(proc)
     ignored, caught = _signal_sets(proc)
     stack_top = max((vma.end for vma in proc.mm.vmas if vma.name == "[stack]"), default=0)
     name = proc.name.decode("utf-8", "replace")
@@ -446,7 +513,7 @@ def process_stat(proc: Process, tid: int) -> bytes:
         tid, f"({name})", "R", sys_getppid(proc), proc.pgid, proc.sid,
         0, -1, 0x400000,                       # tty_nr, tpgid, flags (PF_FORKNOEXEC)
         0, 0, 0, 0,                            # minflt, cminflt, majflt, cmajflt
-        int(host.user * CLOCK_TICKS), int(host.system * CLOCK_TICKS), 0, 0,
+        int(user * CLOCK_TICKS), int(system * CLOCK_TICKS), 0, 0,
         20 + proc.nice, proc.nice, len(proc.threads), 0,
         0,                                     # starttime: the sandbox started with it
         memory["size"] << 10, (memory["rss"] << 10) // PAGE_SIZE, RLIM_INFINITY,
@@ -456,6 +523,52 @@ def process_stat(proc: Process, tid: int) -> bytes:
         0, 0, proc.mm.brk_start, 0, 0, 0, 0, 0, 0,
     ]
     return (" ".join(str(field) for field in fields) + "\n").encode()
+
+
+#: /proc/<pid>/status's words for the states (fs/proc/array.c ``task_state_array``)
+STATE_NAMES = {"R": "R (running)", "S": "S (sleeping)", "T": "T (stopped)", "Z": "Z (zombie)"}
+
+
+def _started_ticks(proc: Process, description: Description) -> int:
+    """stat's starttime: clock ticks after the sandbox's start."""
+    return max(0, int((description.start_ns / 1e9 - proc.start_time) * CLOCK_TICKS))
+
+
+def other_stat(proc: Process, description: Description) -> bytes:
+    """``/proc/<pid>/stat`` of another process: the 52 fields, those the
+    table knows filled in (ids, state, start, memory), the others 0 — its
+    CPU times and addresses are its host process's to know."""
+    record = description.record
+    name = description.comm.decode("utf-8", "replace")
+    fields = [record.pid, f"({name})", description.state, record.ppid, record.pgid,
+              record.sid, 0, -1, 0x400000, 0, 0, 0, 0, 0, 0, 0, 0, 20, 0, 1, 0,
+              _started_ticks(proc, description), description.memory,
+              description.memory // PAGE_SIZE, RLIM_INFINITY,
+              *([0] * 12), 17, *([0] * 14)]
+    return (" ".join(str(field) for field in fields) + "\n").encode()
+
+
+def other_status(description: Description) -> bytes:
+    """``/proc/<pid>/status`` of another process: the fields the table knows."""
+    record, uid, gid = description.record, os.getuid(), os.getgid()
+    rss = description.memory >> 10
+    lines = [
+        f"Name:\t{description.comm.decode('utf-8', 'replace')}",
+        f"State:\t{STATE_NAMES.get(description.state, description.state)}",
+        f"Tgid:\t{record.pid}", "Ngid:\t0", f"Pid:\t{record.pid}", f"PPid:\t{record.ppid}",
+        "TracerPid:\t0", f"Uid:\t{uid}\t{uid}\t{uid}\t{uid}",
+        f"Gid:\t{gid}\t{gid}\t{gid}\t{gid}", "Groups:\t",
+        f"NStgid:\t{record.pid}", f"NSpid:\t{record.pid}", f"NSpgid:\t{record.pgid}",
+        f"NSsid:\t{record.sid}", f"VmRSS:\t{rss:8d} kB", f"RssAnon:\t{rss:8d} kB",
+        "Threads:\t1", "NoNewPrivs:\t1",
+    ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def other_statm(description: Description) -> bytes:
+    """``/proc/<pid>/statm`` of another process: its resident pages (as its size too)."""
+    pages = description.memory // PAGE_SIZE
+    return f"{pages} {pages} 0 0 0 {pages} 0\n".encode()
 
 
 def statm(proc: Process) -> bytes:
@@ -698,21 +811,23 @@ def loadavg(proc: Process) -> bytes:
 
 def system_stat(proc: Process) -> bytes:
     """``/proc/stat``, minimal: one CPU's times, the boot time, one process."""
-    host = os.times()
-    user, system = int(host.user * CLOCK_TICKS), int(host.system * CLOCK_TICKS)
+    user_seconds, system_seconds = cpu_seconds(proc)
+    user, system = int(user_seconds * CLOCK_TICKS), int(system_seconds * CLOCK_TICKS)
     up = uptime_seconds(proc)
     idle = max(0, int(up * CLOCK_TICKS) - user - system)
     cpu = f"{user} 0 {system} {idle} 0 0 0 0 0 0"
-    boot = int(time.time() - up)
+    boot = int(now_ns(proc, CLOCK_REALTIME) / NSEC_PER_SEC - up)
     each = "".join(f"cpu{number} {cpu}\n" for number in guest_cpus())
     return (f"cpu  {cpu}\n{each}intr 0\nctxt 0\nbtime {boot}\nprocesses 1\n"
             f"procs_running 1\nprocs_blocked 0\nsoftirq 0\n").encode()
 
 
-def version() -> bytes:
-    """``/proc/version``: the kernel uname reports (the host's release)."""
+def version(proc: Process) -> bytes:
+    """``/proc/version``: the kernel uname reports (the host's release; its
+    version, or under ``--deterministic`` a fixed one)."""
     host = os.uname()
-    return f"Linux version {host.release} (minikvm) {host.version}\n".encode()
+    built = host.version if proc.determinism is None else KERNEL_VERSION
+    return f"Linux version {host.release} (minikvm) {built}\n".encode()
 
 
 # -- opening ----------------------------------------------------------------------------

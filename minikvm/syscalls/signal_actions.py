@@ -24,7 +24,7 @@ import time
 from typing import TYPE_CHECKING
 
 from minikvm.errors import SyscallError
-from minikvm.linux_abi import SIGSET_SIZE
+from minikvm.linux_abi import NSEC_PER_SEC, SIGSET_SIZE
 from minikvm.syscalls.base import PARTIAL, Syscall, signed32
 from minikvm.syscalls.signals import (IGNORED_BY_DEFAULT, SIG_DFL, SIG_IGN, SIGINFO_SIZE,
                                       SIGKILL, SIGSTOP, SLEEP_SLICE_SECONDS, UNBLOCKABLE,
@@ -156,6 +156,8 @@ def sys_rt_sigtimedwait(proc: Process, address: int, info: int, timeout: int, si
             return sig
         now = time.monotonic()
         if deadline is not None and now >= deadline:
+            if proc.determinism is not None:     # the timeout passed on its clock too
+                proc.determinism.clock.advance(round(seconds * NSEC_PER_SEC))
             raise SyscallError(errno.EAGAIN, "no signal arrived in time")
         if proc.machine.stopping:
             raise SyscallError(errno.EINTR, "the run's time limit interrupted the wait")

@@ -341,7 +341,8 @@ def take_outside_signals(proc: Process, woken: bool = False) -> None:
     """Deliver the signals sent to minikvm from outside since the last look
     (:class:`minikvm.machine.outside.OutsideSignals`) as the program's own:
     with ``si_code`` SI_USER and ``si_pid`` 0, the sender being outside
-    the sandbox.  *woken*: a wait just saw the wakeup fd readable (the
+    the sandbox — or, for a signal another process of the sandbox sent
+    through the table's mailbox, ``si_pid`` its pid and ``si_uid`` the user's.  *woken*: a wait just saw the wakeup fd readable (the
     flags may not be set yet: look anyway).  Nothing to do — one look at a
     flag — when minikvm does not forward signals or none came."""
     outside = proc.machine.outside
@@ -351,7 +352,12 @@ def take_outside_signals(proc: Process, woken: bool = False) -> None:
         if (sig in TERMINAL_SIGNALS and sig not in outside.from_mailbox
                 and proc.family is not None and proc.family.in_background(proc.pgid)):
             continue    # the terminal's Ctrl-C or Ctrl-Z: for its foreground group only
-        deliver(proc, sig, OUTSIDE_SENDER, sigframe.siginfo(sig, SI_USER), outside=True)
+        if sig in outside.from_mailbox:     # from another process of the sandbox
+            sender = outside.senders.get(sig, 0)
+            deliver(proc, sig, f"sent by process {sender} (kill)",
+                    sigframe.siginfo(sig, SI_USER, pid=sender, uid=os.getuid()), outside=True)
+        else:
+            deliver(proc, sig, OUTSIDE_SENDER, sigframe.siginfo(sig, SI_USER), outside=True)
     refresh_work(proc)
 
 

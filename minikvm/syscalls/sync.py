@@ -93,24 +93,35 @@ def _read_word(proc: Process, uaddr: int) -> int:
     return proc.mm.read_struct(_word_address(uaddr), "<I")[0]
 
 
-def _deadline(proc: Process, address: int, absolute: bool, realtime: bool) -> float | None:
-    """When a wait gives up, on the host's ``time.monotonic()``: from a
+def _deadline(proc: Process, address: int, absolute: bool,
+              realtime: bool) -> tuple[float | None, int]:
+    """When a wait gives up, on the host's ``time.monotonic()``, from a
     relative timespec (FUTEX_WAIT) or an absolute one on CLOCK_MONOTONIC or
-    CLOCK_REALTIME (FUTEX_WAIT_BITSET).  None without a timeout."""
+    CLOCK_REALTIME (FUTEX_WAIT_BITSET) — None without a timeout — and how
+    long that is in ns on the guest's clock (what a ``--deterministic``
+    timeout moves the virtual clock by; an absolute time is then on the
+    virtual clock too)."""
     if not address:
-        return None
-    value = read_timespec_ns(proc, address) / NSEC_PER_SEC
+        return None, 0
+    value = read_timespec_ns(proc, address)
     now = time.monotonic()
     if not absolute:
-        return now + value
-    return now + (value - time.time()) if realtime else value
+        return now + value / NSEC_PER_SEC, value
+    if proc.determinism is not None:
+        virtual = proc.determinism.clock
+        left = max(0, value - (virtual.realtime_ns() if realtime else virtual.monotonic_ns()))
+        return now + left / NSEC_PER_SEC, left
+    if realtime:
+        return now + (value / NSEC_PER_SEC - time.time()), 0
+    return value / NSEC_PER_SEC, 0
 
 
-def _wait(proc: Process, uaddr: int, value: int, bitset: int, deadline: float | None) -> int:
+def _wait(proc: Process, uaddr: int, value: int, bitset: int,
+          deadline: tuple[float | None, int]) -> int:
     if _read_word(proc, uaddr) != value & 0xFFFF_FFFF:
         raise SyscallError(errno.EAGAIN, "the futex word changed")
-    return threads.wait_on_futex(proc, uaddr, bitset, deadline,
-                                 lambda seconds: sleep(proc, seconds))
+    return threads.wait_on_futex(proc, uaddr, bitset, deadline[0],
+                                 lambda seconds: sleep(proc, seconds), virtual_ns=deadline[1])
 
 
 def _count(value: int) -> int:

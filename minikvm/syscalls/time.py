@@ -15,6 +15,10 @@ handler interrupts returns EINTR with the time left, as on Linux.
 
 CPU times (``times``, ``getrusage``, the CPU-time clocks) are the minikvm
 host process's: the guest's own time and the host's work on its behalf.
+
+Under ``--deterministic`` every clock, CPU time included, is the process's
+:class:`~minikvm.process.determinism.VirtualClock` instead: time counted in
+system calls and sleeps (:func:`now_ns`, :func:`cpu_seconds`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import TYPE_CHECKING
 from minikvm.errors import SyscallError
 from minikvm.linux_abi import NSEC_PER_SEC, USEC_PER_SEC
 from minikvm.process import threads
+from minikvm.process.determinism import CLOCK_MONOTONIC, CLOCK_REALTIME
 from minikvm.process.stack import CLOCK_TICKS
 from minikvm.syscalls.base import PARTIAL, REFUSED, Syscall, signed32
 from minikvm.syscalls.signals import deliver_due_alarm, sleep
@@ -85,12 +90,32 @@ def _vdso_time_ns(proc: Process, clock_id: int) -> int:
     return values[index] if values is not None else 0
 
 
+def now_ns(proc: Process, clock_id: int) -> int:
+    """What clock *clock_id* reads now for *proc*: the host's clock — no
+    earlier than the vDSO's own reading of the same clock, so that mixing
+    the two never goes back; the CPU-time clocks measure the minikvm host
+    process (guest and emulation together) — or, under ``--deterministic``,
+    the virtual clock.  EINVAL for a clock id minikvm does not know."""
+    clock = _clock(clock_id)
+    if proc.determinism is not None:
+        virtual = proc.determinism.clock.read_ns(signed32(clock_id))
+        if virtual is not None:
+            return virtual
+    return max(time.clock_gettime_ns(clock), _vdso_time_ns(proc, signed32(clock_id)))
+
+
+def cpu_seconds(proc: Process) -> tuple[float, float]:
+    """(user, system) CPU seconds of the process: the host process's, or
+    under ``--deterministic`` the virtual clock's (all of it user time)."""
+    if proc.determinism is not None:
+        return proc.determinism.clock.cpu_ns / NSEC_PER_SEC, 0.0
+    host = os.times()
+    return host.user, host.system
+
+
 def sys_clock_gettime(proc: Process, clock_id: int, address: int) -> int:
-    """clock_gettime(2): the host's clocks — no earlier than the vDSO's own
-    reading of the same clock, so that mixing the two never goes back; the
-    CPU-time clocks measure the minikvm host process (guest and emulation
-    together)."""
-    ns = max(time.clock_gettime_ns(_clock(clock_id)), _vdso_time_ns(proc, signed32(clock_id)))
+    """clock_gettime(2): :func:`now_ns`."""
+    ns = now_ns(proc, clock_id)
     proc.mm.write_struct(address, TIMESPEC_FORMAT, ns // NSEC_PER_SEC, ns % NSEC_PER_SEC)
     return 0
 
@@ -119,7 +144,7 @@ def sys_settimeofday(proc: Process, address: int, zone: int) -> int:
 def sys_gettimeofday(proc: Process, address: int, zone: int) -> int:
     """gettimeofday(2): the host's wall clock (no earlier than the vDSO's);
     the time zone is UTC, no DST."""
-    ns = max(time.time_ns(), _vdso_time_ns(proc, 0))
+    ns = now_ns(proc, CLOCK_REALTIME)
     if address:
         proc.mm.write_struct(address, TIMEVAL_FORMAT, ns // NSEC_PER_SEC,
                              ns % NSEC_PER_SEC // 1000)
@@ -129,8 +154,9 @@ def sys_gettimeofday(proc: Process, address: int, zone: int) -> int:
 
 
 def sys_time(proc: Process, address: int) -> int:
-    """time(2): the host's wall clock, in seconds."""
-    now = int(time.time())
+    """time(2): the host's wall clock (the virtual one under
+    ``--deterministic``), in seconds."""
+    now = now_ns(proc, CLOCK_REALTIME) // NSEC_PER_SEC
     if address:
         proc.mm.write_struct(address, "<q", now)
     return now
@@ -138,11 +164,17 @@ def sys_time(proc: Process, address: int) -> int:
 
 # -- sleeping ---------------------------------------------------------------------
 def _sleep(proc: Process, seconds: float) -> None:
-    """Sleep the calling thread; with other threads, they run meanwhile."""
+    """Sleep the calling thread; with other threads, they run meanwhile.
+    Under ``--deterministic`` a whole sleep moves the virtual clock on by
+    its length (with threads, when its deadline passes)."""
+    virtual_ns = round(seconds * NSEC_PER_SEC)
     if len(proc.threads) == 1:
         sleep(proc, seconds)
+        if proc.determinism is not None:
+            proc.determinism.clock.advance(virtual_ns)
     else:
-        threads.sleep_until(proc, time.monotonic() + seconds, lambda s: sleep(proc, s))
+        threads.sleep_until(proc, time.monotonic() + seconds, lambda s: sleep(proc, s),
+                            virtual_ns=virtual_ns)
 
 
 def sys_nanosleep(proc: Process, request: int, remaining: int) -> int:
@@ -174,7 +206,7 @@ def sys_clock_nanosleep(proc: Process, clock_id: int, flags: int, request: int,
         raise SyscallError(errno.EINVAL, "cannot sleep on the thread's own CPU clock")
     duration = read_timespec_ns(proc, request)
     if signed32(flags) & TIMER_ABSTIME:
-        duration -= time.clock_gettime_ns(clock)
+        duration -= now_ns(proc, clock_id)
     if duration <= 0:
         return 0
     if clock == time.CLOCK_PROCESS_CPUTIME_ID:
@@ -249,13 +281,13 @@ def sys_setitimer(proc: Process, which: int, new: int, old: int) -> int:
 
 # -- CPU time ----------------------------------------------------------------------------
 def sys_times(proc: Process, address: int) -> int:
-    """CPU time in clock ticks; the result is ticks since an arbitrary
-    point (the host's monotonic clock)."""
-    host = os.times()
+    """CPU time in clock ticks (:func:`cpu_seconds`); the result is ticks
+    since an arbitrary point (the monotonic clock's start)."""
+    user, system = cpu_seconds(proc)
     if address:
-        proc.mm.write_struct(address, TMS_FORMAT, int(host.user * CLOCK_TICKS),
-                             int(host.system * CLOCK_TICKS), 0, 0)
-    return int(time.monotonic() * CLOCK_TICKS)
+        proc.mm.write_struct(address, TMS_FORMAT, int(user * CLOCK_TICKS),
+                             int(system * CLOCK_TICKS), 0, 0)
+    return now_ns(proc, CLOCK_MONOTONIC) * CLOCK_TICKS // NSEC_PER_SEC
 
 
 def _timeval(seconds: float) -> list[int]:
@@ -270,7 +302,10 @@ def sys_getrusage(proc: Process, who: int, address: int) -> int:
     if who not in (RUSAGE_SELF, RUSAGE_CHILDREN, RUSAGE_THREAD):
         raise SyscallError(errno.EINVAL, f"who {who}")
     fields = [0] * 18
-    if who != RUSAGE_CHILDREN:
+    if who != RUSAGE_CHILDREN and proc.determinism is not None:
+        fields[0:2] = _timeval(cpu_seconds(proc)[0])         # no faults nor switches
+        fields[4] = proc.mm.user_pool.peak // KIB
+    elif who != RUSAGE_CHILDREN:
         host = resource.getrusage(resource.RUSAGE_SELF)
         fields[0:4] = _timeval(host.ru_utime) + _timeval(host.ru_stime)
         fields[4] = proc.mm.user_pool.peak // KIB                       # ru_maxrss

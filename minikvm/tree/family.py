@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Callable
 
 from minikvm.errors import SyscallError
 from minikvm.machine.outside import MAILBOX_SIGNAL
-from minikvm.tree import fork as forking, wait as waiting
-from minikvm.tree.table import FIRST_PID, ProcessTable, Record
+from minikvm.tree import fork as forking, vfork_memory, wait as waiting
+from minikvm.tree.table import FIRST_PID, Description, ProcessTable, Record
 
 if TYPE_CHECKING:
     from minikvm.process.process import Process
@@ -59,6 +59,9 @@ class Family:
     #: In a child made by vfork: the write end of the pipe its parent waits
     #: on, closed when it execs or ends; -1 otherwise.
     vfork_done: int = -1
+    #: In a child made by vfork, until it execs or ends: what it borrowed
+    #: of its parent's memory (:mod:`minikvm.tree.vfork_memory`).
+    lending: vfork_memory.Lending | None = None
     #: The first process's process group: the terminal's foreground until a
     #: process of the sandbox makes another one the foreground (tcsetpgrp).
     root_group: int = FIRST_PID
@@ -113,9 +116,35 @@ class Family:
         for hook in self.on_fork:
             hook()
 
-    def executed(self) -> None:
-        """The process ran a new program (execve): if it is a vfork child,
-        its parent goes on now."""
+    def publish(self, proc: Process) -> None:
+        """Tell the table *proc*'s name and argv, for the other processes'
+        ``/proc/<pid>`` (at the start, at execve and at PR_SET_NAME)."""
+        self.table.publish(self.pid, proc.name, proc.argv)
+
+    def set_state(self, state: str) -> None:
+        """This process runs ('R'), sleeps in a wait ('S') or ended ('Z'),
+        as other processes' ``/proc/<pid>/stat`` shows it."""
+        self.table.set_state(self.pid, state)
+
+    def describe(self, pid: int) -> Description | None:
+        """What another process may see of *pid* (None: not in the sandbox)."""
+        return self.table.describe(pid) if pid > 0 else None
+
+    def give_back_memory(self, proc: Process) -> None:
+        """A vfork child execs (before its new image is loaded) or ends:
+        the pages it wrote of its parent's memory go back to the parent
+        (:func:`minikvm.tree.vfork_memory.give_back`)."""
+        if self.lending is not None and self.vfork_done >= 0:
+            lending, self.lending = self.lending, None
+            try:
+                vfork_memory.give_back(proc, lending, self.vfork_done)
+            except OSError:
+                pass            # the parent is gone: nobody to give them to
+
+    def executed(self, proc: Process) -> None:
+        """The process ran a new program (execve): the table learns its new
+        name and argv, and if it is a vfork child, its parent goes on now."""
+        self.publish(proc)
         if self.vfork_done >= 0:
             os.close(self.vfork_done)
             self.vfork_done = -1
@@ -170,7 +199,7 @@ class Family:
                 if sig == signal.SIGSTOP:
                     self.table.note_stop(record.pid, sig)
                 os.kill(record.host_pid, sig)
-            elif self.table.post(record.pid, sig) is not None:
+            elif self.table.post(record.pid, sig, self.pid) is not None:
                 os.kill(record.host_pid, MAILBOX_SIGNAL)
         except ProcessLookupError:
             pass                # it ended a moment ago
@@ -198,8 +227,9 @@ class Family:
         (:attr:`PagePool.charge <minikvm.machine.pages.PagePool.charge>`)."""
         return self.table.charge(self.pid, delta)
 
-    def mail(self) -> int:
-        """The signals others sent this process (for OutsideSignals.mailbox)."""
+    def mail(self) -> tuple[int, dict[int, int]]:
+        """The signals others sent this process, and who sent each (for
+        OutsideSignals.mailbox)."""
         return self.table.take_mail(self.pid)
 
     def set_group(self, proc: Process, pid: int, pgid: int) -> None:
@@ -223,6 +253,22 @@ class Family:
         one whose fork was under way when the doors closed is waited for
         until its host pid is known — briefly: the lifeline ends it anyway."""
         self.table.close_doors()
+        self._kill_others()
+        if self.lifeline_write >= 0:
+            os.close(self.lifeline_write)
+            self.lifeline_write = -1
+
+    def end_others(self) -> None:
+        """A request of ``minikvm serve`` is over (its fork is reset): every
+        process it made ends at once (SIGKILL) and is reaped, and the next
+        request's processes are numbered from the first pid after this one
+        again, as the snapshot's would be."""
+        self._kill_others()
+        self.table.restart_numbering()
+
+    def _kill_others(self) -> None:
+        """SIGKILL every other process of the sandbox and reap it (see
+        :meth:`end_all`)."""
         for _ in range(END_ALL_ROUNDS):
             others = self.others()
             if not others:
@@ -243,9 +289,6 @@ class Family:
                 self.table.remove(record.pid)
             if any(record.host_pid <= 0 for record in others):
                 time.sleep(END_ALL_PAUSE_SECONDS)
-        if self.lifeline_write >= 0:
-            os.close(self.lifeline_write)
-            self.lifeline_write = -1
 
 
 def _end_with_the_first(read_end: int) -> None:

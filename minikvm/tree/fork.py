@@ -55,6 +55,7 @@ from minikvm.process.threads import ThreadTable
 from minikvm.snapshot.cpu_state import CpuState
 from minikvm.snapshot.frozen import freeze_memory
 from minikvm.syscalls.signals import take_outside_signals
+from minikvm.tree import vfork_memory
 from minikvm.tree.wait import children_reaped_by_themselves, reap_quietly
 
 if TYPE_CHECKING:
@@ -65,6 +66,8 @@ if TYPE_CHECKING:
 F_SETPIPE_SZ = 1031
 #: How long a vfork parent waits between two looks at its signals and time limit.
 VFORK_SLICE_MS = 100
+#: How much of the pages a vfork child gives back its parent reads at once.
+VFORK_READ_BYTES = 1 << 20
 
 
 def fork(proc: Process, *, stack: int = 0, vfork: bool = False, tls: int | None = None,
@@ -119,10 +122,13 @@ def fork(proc: Process, *, stack: int = 0, vfork: bool = False, tls: int | None 
     family.table.update(pid, host_pid=host_pid)
     if vfork:
         os.close(done_write)
+        family.set_state("S")
         try:
-            _wait_until_closed(proc, done_read)
+            given_back = _wait_until_closed(proc, done_read)
         finally:
             os.close(done_read)
+            family.set_state("R")
+        vfork_memory.take_back(machine, proc.mm.user_pool, given_back)
     return pid
 
 
@@ -143,6 +149,8 @@ def _become_child(proc: Process, pid: int, frozen: int, cpu: CpuState, cpuid: ob
         family: Family = proc.family
         family.become_child(pid)
         family.vfork_done = vfork_done
+        family.lending = None
+        vfork_memory.log_stores(machine, vfork=vfork_done >= 0)   # for the parent
         machine.start_over_after_fork(frozen if frozen >= 0 else None, cpuid)
         cpu.restore(machine)
         if machine.outside is not None:
@@ -163,6 +171,8 @@ def _become_child(proc: Process, pid: int, frozen: int, cpu: CpuState, cpuid: ob
         proc.alarm_deadline = None     # alarm(2) and setitimer(2) are not inherited
         proc.alarm_interval = 0.0
         proc.end_hook = lambda result: end_child(proc, result)
+        if proc.determinism is not None:   # streams of its own, the parent's clock
+            proc.use_determinism(proc.determinism.for_child(pid))
         for hook in family.in_child:
             hook()                     # a debugger lets the child go (minikvm.debug.session)
         vdso.write_data_page(proc)     # the new vCPU's TSC: a new clock line
@@ -171,6 +181,8 @@ def _become_child(proc: Process, pid: int, frozen: int, cpu: CpuState, cpuid: ob
         machine.return_from_syscall()
         if setup.stack:
             regs.rsp = setup.stack
+        if vfork_done >= 0:
+            family.lending = vfork_memory.lend(proc)
     except BaseException as error:   # never go back into the parent's code
         print(f"minikvm: the child process {pid} could not start: {error}", file=sys.stderr)
         os._exit(126)
@@ -184,6 +196,8 @@ def end_child(proc: Process, result: RunResult) -> NoReturn:
     try:
         family: Family = proc.family
         family.table.reparent(proc.pid, family.root_pid)
+        family.give_back_memory(proc)  # a vfork child's stores reach its parent
+        family.set_state("Z")          # a zombie until its parent reaps it
         for hook in family.at_end:
             hook()
         sys.stdout.flush()
@@ -256,16 +270,25 @@ def _fill(write_fd: int, data: bytes) -> None:
         os.set_blocking(write_fd, True)
 
 
-def _wait_until_closed(proc: Process, read_end: int) -> None:
+def _wait_until_closed(proc: Process, read_end: int) -> bytes:
     """A vfork parent waits for its child to exec or end (the child's end
     of the pipe closes), looking at its signals and time limit between
-    slices — a child that never execs must not hang the parent for good."""
+    slices — a child that never execs must not hang the parent for good.
+    What the child wrote into the pipe meanwhile: the pages it gives back
+    (:mod:`minikvm.tree.vfork_memory`); nothing when the wait was cut short."""
     poller = select.poll()
     poller.register(read_end, select.POLLIN)
-    while not poller.poll(VFORK_SLICE_MS):
+    received = bytearray()
+    while True:
+        if poller.poll(VFORK_SLICE_MS):
+            chunk = os.read(read_end, VFORK_READ_BYTES)
+            if not chunk:
+                return bytes(received)
+            received += chunk
+            continue
         take_outside_signals(proc)
         if proc.machine.stopping:
-            return
+            return b""
 
 
 __all__ = ["fork", "end_child", "share_pipes"]

@@ -26,6 +26,27 @@ The layout is one header and :data:`RECORD` records, little-endian::
              u64 mailbox       signals other processes sent it, bit n-1 for signal n
              u64 memory        what its guest memory pool holds (part of memory_used)
 
+and after the records, one text entry per record (:data:`TEXT_HEAD`, then
+the cmdline), what ``/proc/<pid>`` of *another* process shows
+(:mod:`minikvm.syscalls.procfs`; a process's own ``/proc/<pid>`` is made
+from its own state)::
+
+    text     u8  state         'R' running, 'S' asleep in a wait, 'Z' ended, not reaped
+             u8  pad[3]
+             u32 cmdline_size  how many bytes of cmdline are kept
+             u64 start_ns      CLOCK_MONOTONIC when it was forked (stat's starttime)
+             char comm[16]     its name (exec's basename, prctl(PR_SET_NAME)), NUL-padded
+             i32 senders[64]   who sent each signal in its mailbox (si_pid), by signal - 1
+             char cmdline[CMDLINE_BYTES]  argv, each NUL-terminated, cut at the end
+
+Each process writes its own entry: at the fork (a copy of the parent's, as
+Linux's child starts with its parent's name and arguments), at execve and
+at ``prctl(PR_SET_NAME)``.  So what another process sees is what the process
+itself said, never something read from its memory: a process cannot make
+its reader parse an unbounded or changing buffer, and no process reads
+another's guest memory.  A cmdline longer than :data:`CMDLINE_BYTES` is cut
+(Linux shows it whole).
+
 Every update takes a POSIX record lock (``lockf``, ``F_SETLKW``) on the
 memfd: the host processes really run in parallel, on several cores.  Reads of one record's field take
 the lock too — a record is 32 bytes and Python reads it in several steps.
@@ -48,6 +69,7 @@ import fcntl
 import mmap
 import os
 import struct
+import time
 from dataclasses import dataclass
 
 from minikvm.errors import SyscallError
@@ -56,6 +78,17 @@ from minikvm.errors import SyscallError
 HEADER = struct.Struct("<IIQQiI")
 #: pid, host_pid, ppid, pgid, sid, stop_signal, mailbox, memory
 RECORD = struct.Struct("<iiiiiIQQ")
+#: state, cmdline_size, start_ns, comm (see :data:`CMDLINE_BYTES` for the rest)
+TEXT_HEAD = struct.Struct("<B3xIQ16s")
+#: How much of a process's argv another process's ``/proc/<pid>/cmdline``
+#: shows: enough for ``ps``'s widest column and a shell's ``-c`` script.
+CMDLINE_BYTES = 1024
+#: senders[64]: the pid that sent signal n + 1 while it was in the mailbox
+SENDERS = struct.Struct("<64i")
+#: A text entry's size: its head, the senders and the cmdline, 8-byte aligned.
+TEXT_SIZE = TEXT_HEAD.size + SENDERS.size + CMDLINE_BYTES
+#: TASK_COMM_LEN (linux/sched.h), with its NUL.
+COMM_BYTES = 16
 #: The first process's pid (what :class:`~minikvm.process.process.Process` gives it).
 FIRST_PID = 1000
 #: ``--max-processes`` when not given: enough for ``make -j`` and a shell's
@@ -79,6 +112,21 @@ class Record:
     sid: int
 
 
+@dataclass
+class Description:
+    """What another process may learn of one process of the sandbox
+    (``/proc/<pid>`` of a process that is not the reader)."""
+    record: Record
+    #: 'R', 'S', 'T' (stopped), 'Z' (ended, not reaped yet)
+    state: str
+    comm: bytes
+    cmdline: bytes
+    #: CLOCK_MONOTONIC nanoseconds when it was forked
+    start_ns: int
+    #: what its guest memory pool holds, bytes
+    memory: int
+
+
 class ProcessTable:
     """The table of :data:`RECORD` records in a shared memfd (see the module
     docstring).  Make it with :meth:`create` in the first process, before the
@@ -87,7 +135,7 @@ class ProcessTable:
     def __init__(self, fd: int, capacity: int) -> None:
         self.fd = fd
         self.capacity = capacity
-        size = HEADER.size + capacity * RECORD.size
+        size = HEADER.size + capacity * (RECORD.size + TEXT_SIZE)
         self._map = mmap.mmap(fd, size, flags=mmap.MAP_SHARED,
                               prot=mmap.PROT_READ | mmap.PROT_WRITE)
 
@@ -99,11 +147,13 @@ class ProcessTable:
         if capacity < 1:
             raise ValueError(f"a sandbox holds at least one process, not {capacity}")
         fd = os.memfd_create("minikvm-processes", os.MFD_CLOEXEC)
-        os.ftruncate(fd, HEADER.size + capacity * RECORD.size)
+        os.ftruncate(fd, HEADER.size + capacity * (RECORD.size + TEXT_SIZE))
         table = cls(fd, capacity)
         HEADER.pack_into(table._map, 0, first.pid + 1, capacity, memory, memory_limit, 0, 0)
         table._write(0, first)
         table._set_field(0, 7, memory)
+        TEXT_HEAD.pack_into(table._map, table._text_offset(0), ord("R"), 0,
+                            time.monotonic_ns(), b"")
         return table
 
     # -- the lock -------------------------------------------------------------------
@@ -121,6 +171,9 @@ class ProcessTable:
     # -- records, with the lock held -------------------------------------------------
     def _offset(self, index: int) -> int:
         return HEADER.size + index * RECORD.size
+
+    def _text_offset(self, index: int) -> int:
+        return HEADER.size + self.capacity * RECORD.size + index * TEXT_SIZE
 
     def _read(self, index: int) -> Record | None:
         pid, host_pid, ppid, pgid, sid, *_ = RECORD.unpack_from(self._map, self._offset(index))
@@ -197,6 +250,7 @@ class ProcessTable:
                     pid = self._new_id()
                     self._write(index, Record(pid, 0, ppid, pgid, sid))
                     self._set_field(index, 7, memory)
+                    self._inherit_text(index, ppid)
                     return pid
         raise SyscallError(errno.EAGAIN, f"the sandbox already has {self.capacity} processes, "
                                          f"the most it may have (--max-processes {self.capacity})")
@@ -237,6 +291,8 @@ class ProcessTable:
             if index is not None:
                 self._add_memory(-self._field(index, 7))
                 self._map[self._offset(index):self._offset(index + 1)] = bytes(RECORD.size)
+                text = self._text_offset(index)
+                self._map[text:text + TEXT_SIZE] = bytes(TEXT_SIZE)
 
     def charge(self, pid: int, delta: int) -> bool:
         """*pid*'s pool took (*delta* > 0) or gave back memory; False, and
@@ -271,6 +327,14 @@ class ProcessTable:
             fields[5] = 1
             HEADER.pack_into(self._map, 0, *fields)
 
+    def restart_numbering(self) -> None:
+        """The next pid is the first after the first process's again (for
+        a ``serve`` request's fork, whose processes are all gone)."""
+        with self:
+            fields = list(HEADER.unpack_from(self._map, 0))
+            fields[0] = FIRST_PID + 1
+            HEADER.pack_into(self._map, 0, *fields)
+
     def foreground(self) -> int:
         """The terminal's foreground process group as the guest set it
         (``tcsetpgrp``); 0 until a process sets one."""
@@ -303,35 +367,98 @@ class ProcessTable:
                     record.ppid = new_parent
                     self._write(index, record)
 
+    # -- what /proc/<pid> shows of another process ------------------------------------------
+    def _inherit_text(self, index: int, parent: int) -> None:
+        """A new record's text: its parent's name and argv (the lock is held)."""
+        start = self._text_offset(index)
+        source = self._index(parent)
+        if source is None:
+            self._map[start:start + TEXT_SIZE] = bytes(TEXT_SIZE)
+        else:
+            origin = self._text_offset(source)
+            self._map[start:start + TEXT_SIZE] = self._map[origin:origin + TEXT_SIZE]
+        _, size, _, comm = TEXT_HEAD.unpack_from(self._map, start)
+        TEXT_HEAD.pack_into(self._map, start, ord("R"), size, time.monotonic_ns(), comm)
+
+    def publish(self, pid: int, comm: bytes, argv: list[bytes]) -> None:
+        """*pid* is now called *comm* and was run with *argv* (execve,
+        PR_SET_NAME): what other processes' ``/proc/<pid>`` shows."""
+        cmdline = b"".join(argument + b"\0" for argument in argv)[:CMDLINE_BYTES]
+        with self:
+            index = self._index(pid)
+            if index is None:
+                return
+            start = self._text_offset(index)
+            state, _, start_ns, _ = TEXT_HEAD.unpack_from(self._map, start)
+            TEXT_HEAD.pack_into(self._map, start, state, len(cmdline), start_ns,
+                                comm[:COMM_BYTES - 1])
+            body = start + TEXT_HEAD.size + SENDERS.size
+            self._map[body:body + len(cmdline)] = cmdline
+
+    def set_state(self, pid: int, state: str) -> None:
+        """*pid* runs ('R'), sleeps in a wait ('S') or has ended ('Z')."""
+        with self:
+            index = self._index(pid)
+            if index is not None:
+                self._map[self._text_offset(index)] = ord(state)
+
+    def describe(self, pid: int) -> Description | None:
+        """What ``/proc/<pid>`` shows of *pid* to another process; None
+        when no process of the sandbox has it."""
+        with self:
+            index = self._index(pid)
+            if index is None:
+                return None
+            record = self._read(index)
+            assert record is not None
+            start = self._text_offset(index)
+            state, size, start_ns, comm = TEXT_HEAD.unpack_from(self._map, start)
+            body = start + TEXT_HEAD.size + SENDERS.size
+            cmdline = bytes(self._map[body:body + min(size, CMDLINE_BYTES)])
+            shown = "T" if self._field(index, 5) and state != ord("Z") else chr(state or ord("R"))
+            return Description(record, shown, comm.rstrip(b"\0"), cmdline, start_ns,
+                               self._field(index, 7))
+
     # -- signals between processes ---------------------------------------------------------
-    def post(self, pid: int, sig: int) -> int | None:
-        """Put *sig* in *pid*'s mailbox; its host pid (None: it is gone, or
-        not started yet — then the signal is lost, as for a process that is
-        just exiting)."""
+    def post(self, pid: int, sig: int, sender: int = 0) -> int | None:
+        """Put *sig*, sent by process *sender*, in *pid*'s mailbox; its host
+        pid (None: it is gone, or not started yet — then the signal is lost,
+        as for a process that is just exiting).  A signal already in the
+        mailbox keeps its first sender, as a standard signal already pending
+        keeps its first ``siginfo_t`` on Linux."""
         with self:
             index = self._index(pid)
             if index is None:
                 return None
             fields = list(RECORD.unpack_from(self._map, self._offset(index)))
+            if not fields[6] & 1 << (sig - 1):
+                struct.pack_into("<i", self._map, self._senders_offset(index) + 4 * (sig - 1),
+                                 sender)
             fields[6] |= 1 << (sig - 1)
             RECORD.pack_into(self._map, self._offset(index), *fields)
             return fields[1] or None
 
-    def take_mail(self, pid: int) -> int:
-        """The signals in *pid*'s mailbox (bit n-1 for signal n), emptied."""
+    def _senders_offset(self, index: int) -> int:
+        return self._text_offset(index) + TEXT_HEAD.size
+
+    def take_mail(self, pid: int) -> tuple[int, dict[int, int]]:
+        """The signals in *pid*'s mailbox (bit n-1 for signal n), emptied,
+        and who sent each (signal → pid)."""
         with self:
             index = self._index(pid)
             if index is None:
-                return 0
+                return 0, {}
             fields = list(RECORD.unpack_from(self._map, self._offset(index)))
             mailbox, fields[6] = fields[6], 0
             RECORD.pack_into(self._map, self._offset(index), *fields)
-            return mailbox
+            senders = SENDERS.unpack_from(self._map, self._senders_offset(index))
+            return mailbox, {sig: senders[sig - 1] for sig in range(1, 65)
+                             if mailbox >> (sig - 1) & 1}
 
     def close(self) -> None:
         self._map.close()
         os.close(self.fd)
 
 
-__all__ = ["ProcessTable", "Record", "FIRST_PID", "DEFAULT_MAX_PROCESSES",
+__all__ = ["ProcessTable", "Record", "Description", "FIRST_PID", "DEFAULT_MAX_PROCESSES",
            "DEFAULT_SANDBOX_MEMORY"]

@@ -109,10 +109,14 @@ def wait_child(family: Family, proc: Process, kind: int,
             return record, info
         if options & WNOHANG:
             return None
-        if len(proc.threads) > 1:
-            _wait_beside_threads(proc)
-        else:
-            _nap(proc)
+        family.set_state("S")          # as other processes' /proc/<pid>/stat shows it
+        try:
+            if len(proc.threads) > 1:
+                _wait_beside_threads(proc)
+            else:
+                _nap(proc)
+        finally:
+            family.set_state("R")
 
 
 def _wait_beside_threads(proc: Process) -> None:
