@@ -39,6 +39,16 @@ def nested_dirs() -> set[str]:
     return set(glob.glob("/tmp/minikvm-x11-*"))
 
 
+def assert_nested_servers_gone(before: set[str]) -> None:
+    """The keeper takes the server down and removes its directory, within
+    a bounded wait: only the directories there *before* are left."""
+    for _ in range(50):
+        if nested_dirs() == before:
+            break
+        time.sleep(0.1)
+    assert nested_dirs() == before
+
+
 def test_sizes():
     assert parse_x11_size("800x600") == (800, 600)
     for bad in ["800", "x600", "0x10", "800x600x24", "99999x10", "-1x5", "axb"]:
@@ -262,11 +272,7 @@ def test_xeyes_makes_a_window_and_a_sigterm_ends_it_and_its_server():
     finally:
         run.kill()
     assert run.returncode == -15             # ended by it, as minikvm re-raises it
-    for _ in range(50):                       # the keeper takes the server down
-        if nested_dirs() == before:
-            break
-        time.sleep(0.1)
-    assert nested_dirs() == before
+    assert_nested_servers_gone(before)
 
 
 @needs_x
@@ -327,11 +333,7 @@ def test_xephyr_shows_the_nested_display_as_one_window_on_the_users():
         finally:
             run.kill()
     assert run.returncode == -15
-    for _ in range(50):
-        if nested_dirs() == before:
-            break
-        time.sleep(0.1)
-    assert nested_dirs() == before
+    assert_nested_servers_gone(before)
 
 
 @needs_x
