@@ -39,14 +39,34 @@ def nested_dirs() -> set[str]:
     return set(glob.glob("/tmp/minikvm-x11-*"))
 
 
+def nested_servers() -> list[str]:
+    """The command lines of the host's processes that serve a nested
+    display: each is started with ``-auth`` in a ``/tmp/minikvm-x11-*``
+    directory (:func:`minikvm.cli.x11.server_command`)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as file:
+                line = file.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue                    # not a pid, or gone meanwhile
+        if "-auth /tmp/minikvm-x11-" in line:
+            found.append(line)
+    return found
+
+
 def assert_nested_servers_gone(before: set[str]) -> None:
     """The keeper takes the server down and removes its directory, within
-    a bounded wait: only the directories there *before* are left."""
+    a bounded wait: only the directories there *before* are left, and no
+    server of a directory that went is still running."""
     for _ in range(50):
         if nested_dirs() == before:
             break
         time.sleep(0.1)
     assert nested_dirs() == before
+    left = [line for line in nested_servers()
+            if not any(f"-auth {directory}/" in line for directory in before)]
+    assert not left, left
 
 
 def test_sizes():
