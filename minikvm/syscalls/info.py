@@ -100,7 +100,7 @@ def _only_self(proc: Process, pid: int) -> None:
 def sys_sched_getaffinity(proc: Process, pid: int, size: int, mask: int) -> int:
     """One CPU: the guest has one vCPU.  Returns the bytes written, like Linux.
     /proc/cpuinfo, /proc/stat and /proc/<pid>/status list the CPUs of the
-    same mask (:func:`minikvm.syscalls.procfs.guest_cpus`)."""
+    same mask (:func:`minikvm.syscalls.proc_machine.guest_cpus`)."""
     _only_self(proc, pid)
     if size < CPU_MASK_UNIT or size % CPU_MASK_UNIT:
         raise SyscallError(errno.EINVAL, f"mask size {size} is not a positive multiple of 8")
