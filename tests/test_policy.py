@@ -560,7 +560,7 @@ def test_openat2_constants_match_linux_openat2_h(tmp_path):
 
 def test_sandbox_modules_import_only_layer_0_and_each_other():
     names = ("openat2", "grants", "links", "endpoints", "audit", "policy", "landlock", "seccomp",
-             "ptys")
+             "ptys", "network_rules")
     allowed = {"minikvm.errors", "minikvm.linux_abi"} | {f"minikvm.sandbox.{n}" for n in names}
     package = pathlib.Path(P.__file__).parent
     for name in names:

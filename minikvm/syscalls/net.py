@@ -414,8 +414,8 @@ def sys_getsockopt(proc: Process, fd: int, level: int, name: int, value: int,
 
 def sys_bind(proc: Process, fd: int, address: int, length: int) -> int:
     """bind(2): an IP address the policy's ``listen`` endpoints admit, or
-    port 0 for a client choosing its source (:meth:`Policy.check_bind
-    <minikvm.sandbox.policy.Policy.check_bind>`); EACCES otherwise, and
+    port 0 for a client choosing its source (:meth:`NetworkRules.check_bind
+    <minikvm.sandbox.network_rules.NetworkRules.check_bind>`); EACCES otherwise, and
     always for unix sockets."""
     file = _socket(proc, fd)
     family, value = _read_sockaddr(proc, address, length)
