@@ -69,6 +69,18 @@ static void fail(const char *what)
     exit(1);
 }
 
+/* A pipe into *fds*, then a fork: what fork returned (0 in the child).
+ * The parts below that hand something from a child to its parent start so. */
+static pid_t fork_with_pipe(int fds[2])
+{
+    if (pipe(fds) < 0)
+        fail("pipe");
+    pid_t pid = fork();
+    if (pid < 0)
+        fail("fork");
+    return pid;
+}
+
 static void sleep_ms(long ms)
 {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
@@ -261,11 +273,7 @@ static void parent_pid(void)
 {
     printf("getppid:\n");
     int fds[2];
-    if (pipe(fds) < 0)
-        fail("pipe");
-    pid_t pid = fork();
-    if (pid < 0)
-        fail("fork");
+    pid_t pid = fork_with_pipe(fds);
     if (pid == 0) {
         pid_t mine[2] = {getppid(), getpid()};
         write(fds[1], mine, sizeof mine);
@@ -288,11 +296,7 @@ static void signal_child(void)
 {
     printf("kill-child:\n");
     int ready[2];
-    if (pipe(ready) < 0)
-        fail("pipe");
-    pid_t pid = fork();
-    if (pid < 0)
-        fail("fork");
+    pid_t pid = fork_with_pipe(ready);
     if (pid == 0) {
         sigset_t usr1, none;
         sigemptyset(&usr1);
@@ -394,11 +398,7 @@ static void large_pipes(void)
            their_sum == sum ? "yes" : "no");
     wait_for(pid, "summing child");
 
-    if (pipe(out) < 0)
-        fail("pipe");
-    pid = fork();
-    if (pid < 0)
-        fail("fork");
+    pid = fork_with_pipe(out);
     if (pid == 0) {
         dup2(out[1], 1);
         close(out[0]); close(out[1]);
@@ -439,11 +439,7 @@ static void wait_in_a_thread(void)
 {
     printf("wait-beside-a-thread:\n");
     int in[2];
-    if (pipe(in) < 0)
-        fail("pipe");
-    pid_t pid = fork();
-    if (pid < 0)
-        fail("fork");
+    pid_t pid = fork_with_pipe(in);
     if (pid == 0) {
         dup2(in[0], 0);
         close(in[0]);
